@@ -1,0 +1,1 @@
+//! The CPU reference: plain loops over NCHW f32 tensors, reductions in f64.

@@ -1,0 +1,12 @@
+//! ddim-wgpu: sample pixel-space diffusion U-Nets (diffusers `UNet2DModel`) with DDIM on any GPU
+//! through hand-written WGSL kernels, and check every op against a pure-Rust CPU reference.
+//!
+//! Data flows one way: files → model description → (CPU reference | GPU plan) → sampler loop → images.
+
+pub mod cpu;
+pub mod gpu;
+pub mod model;
+pub mod schedule;
+pub mod tensor;
+
+pub use tensor::Tensor;

@@ -1,0 +1,47 @@
+//! `ddim`: the command-line front end. Each subcommand lives in `src/cli/<name>.rs` with its own
+//! argument struct; this file only dispatches and turns errors into one clear line and exit code 1.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ddim",
+    version,
+    about = "DDIM sampling for diffusers UNet2DModel checkpoints on any GPU (WGSL via wgpu), with a CPU reference"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the per-step sampler table (timesteps, alphas, sigma) for a scheduler configuration.
+    Schedule(cli::schedule::Args),
+    /// Describe a model: architecture, parameter count, FLOPs per forward, weight dtype.
+    Info(cli::info::Args),
+    /// Run one U-Net evaluation on a batch read from a safetensors file.
+    Forward(cli::forward::Args),
+    /// Compare the GPU against the CPU reference layer by layer; non-zero exit above tolerance.
+    Verify(cli::verify::Args),
+    /// List the adapters wgpu sees, with key limits and features.
+    Adapters(cli::adapters::Args),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Schedule(a) => cli::schedule::run(a),
+        Command::Info(a) => cli::info::run(a),
+        Command::Forward(a) => cli::forward::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Adapters(a) => cli::adapters::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

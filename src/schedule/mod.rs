@@ -1,0 +1,1 @@
+//! Noise schedules and sampler coefficients, computed in f64 on the host.
