@@ -1,1 +1,3 @@
 //! The CPU reference: plain loops over NCHW f32 tensors, reductions in f64.
+
+pub mod ops;
