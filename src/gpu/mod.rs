@@ -1,1 +1,9 @@
 //! The wgpu backend: device context, WGSL kernels, and the compiled U-Net plan.
+
+pub mod buffers;
+pub mod context;
+pub mod kernel;
+pub mod kernels;
+
+pub use context::{AdapterChoice, BackendChoice, GpuContext};
+pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};

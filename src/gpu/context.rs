@@ -1,0 +1,227 @@
+//! The device context: which adapter, which device and queue, and what they can do.
+//!
+//! Adapter choice follows one rule everywhere (CLI, tests, benches): an explicit backend
+//! (`--backend`) wins, else `WGPU_BACKEND`, else every backend; then an explicit index into that
+//! backend's adapter list (`--adapter N`, the order `ddim adapters` prints), else the best by
+//! device type (discrete > integrated > virtual > CPU).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::kernel::PipelineCache;
+
+/// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub const ALL: [BackendChoice; 4] = [Self::Vulkan, Self::Metal, Self::Dx12, Self::Gl];
+
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            Self::Vulkan => wgpu::Backends::VULKAN,
+            Self::Metal => wgpu::Backends::METAL,
+            Self::Dx12 => wgpu::Backends::DX12,
+            Self::Gl => wgpu::Backends::GL,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vulkan => "vulkan",
+            Self::Metal => "metal",
+            Self::Dx12 => "dx12",
+            Self::Gl => "gl",
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => Ok(Self::Vulkan),
+            "metal" | "mtl" => Ok(Self::Metal),
+            "dx12" | "d3d12" => Ok(Self::Dx12),
+            "gl" | "gles" | "opengl" => Ok(Self::Gl),
+            other => bail!("unknown backend {other:?}; expected one of vulkan, metal, dx12, gl"),
+        }
+    }
+}
+
+/// Which adapter to open. The default honours `WGPU_BACKEND` and picks the best device type.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    pub backend: Option<BackendChoice>,
+    /// Index into the adapter list of the selected backends, in enumeration order.
+    pub index: Option<usize>,
+}
+
+impl AdapterChoice {
+    pub fn backend(backend: BackendChoice) -> Self {
+        Self {
+            backend: Some(backend),
+            index: None,
+        }
+    }
+
+    /// The backends to enumerate: the explicit choice, else `WGPU_BACKEND`, else all.
+    pub fn backends(&self) -> wgpu::Backends {
+        match self.backend {
+            Some(b) => b.backends(),
+            None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+        }
+    }
+}
+
+/// A new instance for `backends`, with wgpu's environment overrides (e.g. `WGPU_DX12_COMPILER`).
+pub fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu sees on `backends`, in enumeration order.
+pub fn enumerate_adapters(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Optional features we use when present (profiling, later fast paths); never required.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+}
+
+/// One opened adapter: device, queue, what it is and what it allows, and the pipeline cache.
+pub struct GpuContext {
+    pub instance: wgpu::Instance,
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// The limits the device was created with (the adapter's own limits).
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub pipelines: PipelineCache,
+}
+
+impl GpuContext {
+    /// Opens the adapter described by `choice`; fails with the list of what exists otherwise.
+    pub fn new(choice: &AdapterChoice) -> Result<Self> {
+        let backends = choice.backends();
+        let instance = new_instance(backends);
+        let adapters = enumerate_adapters(&instance, backends);
+        if adapters.is_empty() {
+            bail!(
+                "no GPU adapter found for backends {backends:?} (on Linux without a GPU, install \
+                 Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)"
+            );
+        }
+        let adapter = match choice.index {
+            Some(i) => {
+                let n = adapters.len();
+                adapters.into_iter().nth(i).ok_or_else(|| {
+                    anyhow!("adapter index {i} out of range: {n} adapter(s) on {backends:?} (see `ddim adapters`)")
+                })?
+            }
+            None => adapters
+                .into_iter()
+                .min_by_key(|a| device_type_rank(a.get_info().device_type))
+                .expect("adapter list is not empty"),
+        };
+        Self::from_adapter(instance, adapter)
+    }
+
+    /// Creates the device on `adapter`, asking for the adapter's own limits so that large
+    /// batches can use what the hardware offers; kernels still fit wgpu's default limits.
+    pub fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wanted_features();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("ddim-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .with_context(|| format!("creating a device on {} ({:?})", info.name, info.backend))?;
+        Ok(Self {
+            instance,
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: PipelineCache::default(),
+        })
+    }
+
+    /// A CPU implementation (lavapipe, llvmpipe, WARP): prefers kernels without workgroup barriers.
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// "name (backend, device type)" for log lines and test output.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| anyhow!("waiting for the GPU: {e}"))
+    }
+
+    /// The largest storage binding a kernel may use, in bytes (a u32 is enough for offsets
+    /// inside one binding; wgpu reports u64).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Runs `f` inside a validation error scope and turns a captured error into an `Err`.
+    pub fn validated<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(anyhow!("{what}: {e}")),
+            None => Ok(out),
+        }
+    }
+}

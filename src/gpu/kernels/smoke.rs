@@ -1,0 +1,56 @@
+//! `y = a·x + b`: the smallest end-to-end kernel, used by `tests/gpu_smoke.rs` and as a template.
+
+use anyhow::Result;
+
+use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+
+pub const SOURCE: &str = include_str!("../../../shaders/smoke.wgsl");
+const WORKGROUP: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n: u32,
+    pub a: f32,
+    pub _pad: [u32; 2],
+}
+
+pub fn spec() -> KernelSpec {
+    KernelSpec {
+        shader: "smoke",
+        source: SOURCE,
+        entry: "axpy",
+        constants: vec![],
+        bindings: vec![
+            Binding::Uniform,
+            Binding::StorageRead,
+            Binding::StorageRead,
+            Binding::StorageReadWrite,
+        ],
+    }
+}
+
+/// A dispatch computing `y[..n] = a·x + b`; the buffers must hold at least `n` f32.
+pub fn axpy(
+    ctx: &GpuContext,
+    n: u32,
+    a: f32,
+    x: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let kernel = ctx.kernel(&spec())?;
+    let params = ctx.uniform("smoke params", &Params { n, a, _pad: [0; 2] });
+    let bind_group = kernel.bind_group(ctx, &[(&params).into(), x.into(), b.into(), y.into()])?;
+    let groups = n.div_ceil(WORKGROUP);
+    Ok(Dispatch {
+        label: "smoke axpy".into(),
+        kernel,
+        bind_group,
+        workgroups: grid_2d(groups, ctx.limits.max_compute_workgroups_per_dimension),
+        dynamic_strides: vec![],
+        flops: 2 * n as u64,
+        bytes: 12 * n as u64,
+    })
+}

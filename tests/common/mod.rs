@@ -1,0 +1,166 @@
+//! Shared harness for GPU tests: one context per backend, shared by every test in a binary and
+//! used one test at a time, and random inputs and comparisons.
+//!
+//! Backends tested: `DDIM_TEST_BACKENDS` (comma list, default "vulkan,gl"). A backend without an
+//! adapter is skipped with a clear line, except with `CI=true`, where a missing Vulkan adapter
+//! (lavapipe there) fails the test; a missing GL adapter fails too when `DDIM_REQUIRE_GL=1`.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
+use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
+
+fn env_flag(name: &str) -> bool {
+    matches!(
+        std::env::var(name).map(|v| v.to_ascii_lowercase()),
+        Ok(v) if v == "1" || v == "true" || v == "yes"
+    )
+}
+
+fn backends_under_test() -> Vec<BackendChoice> {
+    let list = std::env::var("DDIM_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into());
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|e| panic!("DDIM_TEST_BACKENDS: {e}"))
+        })
+        .collect()
+}
+
+fn required(backend: BackendChoice) -> bool {
+    match backend {
+        BackendChoice::Vulkan => env_flag("CI") || env_flag("DDIM_REQUIRE_GPU"),
+        BackendChoice::Gl => env_flag("DDIM_REQUIRE_GL"),
+        _ => false,
+    }
+}
+
+fn slot(backend: BackendChoice) -> &'static OnceLock<Option<GpuContext>> {
+    static SLOTS: [OnceLock<Option<GpuContext>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let i = BackendChoice::ALL
+        .iter()
+        .position(|&b| b == backend)
+        .unwrap();
+    &SLOTS[i]
+}
+
+/// The shared context for `backend`, or None (after printing why) when it has no adapter.
+/// Panics when the backend is required (see the module doc).
+pub fn context(backend: BackendChoice) -> Option<&'static GpuContext> {
+    slot(backend)
+        .get_or_init(|| {
+            // Mesa's drivers warn (and some fail) without a runtime dir; give them one.
+            if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+                let dir = std::env::temp_dir().join("ddim-wgpu-xdg");
+                let _ = std::fs::create_dir_all(&dir);
+                std::env::set_var("XDG_RUNTIME_DIR", dir);
+            }
+            match GpuContext::new(&AdapterChoice::backend(backend)) {
+                Ok(ctx) => {
+                    eprintln!("[gpu tests] {backend}: {}", ctx.describe());
+                    Some(ctx)
+                }
+                Err(e) if required(backend) => {
+                    panic!("{backend} adapter required (CI=true) but unavailable: {e:#}")
+                }
+                Err(e) => {
+                    eprintln!("[gpu tests] SKIPPING backend {backend}: {e:#}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Serialises GPU tests within one test binary (lavapipe is slow and shares 2 cores).
+pub fn gpu_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on every available backend under test, holding the GPU lock. Returns how many
+/// backends ran (tests may assert it is > 0 when a GPU is required).
+pub fn for_each_backend(mut f: impl FnMut(BackendChoice, &GpuContext)) -> usize {
+    let _guard = gpu_lock();
+    let mut ran = 0;
+    for backend in backends_under_test() {
+        if let Some(ctx) = context(backend) {
+            f(backend, ctx);
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        eprintln!("[gpu tests] no backend available: test body skipped");
+    }
+    ran
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (splitmix64), so failures reproduce.
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0xD1B5_4A32_D192_ED03);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// NCHW → NHWC.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    out[((b * h + y) * w + xx) * c + ch] = x[((b * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// NHWC → NCHW.
+pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Asserts rel L2 ≤ `tol` (NaN anywhere fails), reporting max-abs error and its index.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+    let rel = rel_l2(got, want);
+    let (max_abs, at) = max_abs_diff(got, want);
+    assert!(
+        rel <= tol,
+        "{what}: rel L2 {rel:.3e} > {tol:.0e}; max abs {max_abs:.3e} at index {at} \
+         (got {:?}, want {:?}); lengths {} vs {}",
+        got.get(at),
+        want.get(at),
+        got.len(),
+        want.len()
+    );
+    rel
+}
