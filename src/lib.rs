@@ -5,7 +5,9 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod image_io;
 pub mod model;
+pub mod rng;
 pub mod schedule;
 pub mod tensor;
 

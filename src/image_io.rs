@@ -1,0 +1,179 @@
+//! Images out (and in): NCHW tensors in [-1, 1] to PNG grids and strips, written atomically.
+
+use crate::Tensor;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// failed run never leaves a half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().ok();
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Maps a value in [-1, 1] to a byte the way diffusers' pipelines do:
+/// `(x / 2 + 0.5).clamp(0, 1)`, then `round(v * 255)` with numpy's half-to-even rounding.
+pub fn to_u8(x: f32) -> u8 {
+    let v = (x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0;
+    v.round_ties_even() as u8
+}
+
+/// Lays out the images of an NCHW batch (1 or 3 channels, values in [-1, 1]) in a grid of
+/// `cols` columns with `pad` pixels of black between them. Returns (width, height, channels, bytes).
+pub fn grid(batch: &Tensor, cols: usize, pad: usize) -> Result<(u32, u32, usize, Vec<u8>)> {
+    if batch.shape.len() != 4 {
+        bail!(
+            "expected images as [N, C, H, W], got shape {:?}",
+            batch.shape
+        );
+    }
+    let (n, c, h, w) = batch.nchw();
+    if c != 1 && c != 3 {
+        bail!("can only write images with 1 or 3 channels, got {c}");
+    }
+    if n == 0 || cols == 0 {
+        bail!("no images to write");
+    }
+    let cols = cols.min(n);
+    let rows = n.div_ceil(cols);
+    let (gw, gh) = (cols * w + (cols - 1) * pad, rows * h + (rows - 1) * pad);
+    let mut out = vec![0u8; gw * gh * c];
+    for i in 0..n {
+        let (ox, oy) = ((i % cols) * (w + pad), (i / cols) * (h + pad));
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let v = batch.data[((i * c + ch) * h + y) * w + x];
+                    out[((oy + y) * gw + ox + x) * c + ch] = to_u8(v);
+                }
+            }
+        }
+    }
+    Ok((gw as u32, gh as u32, c, out))
+}
+
+/// Encodes an 8-bit grayscale or RGB image as PNG bytes.
+pub fn encode_png(width: u32, height: u32, channels: usize, pixels: &[u8]) -> Result<Vec<u8>> {
+    let color = if channels == 1 {
+        image::ExtendedColorType::L8
+    } else {
+        image::ExtendedColorType::Rgb8
+    };
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+    image::ImageEncoder::write_image(encoder, pixels, width, height, color)
+        .context("PNG encoding failed")?;
+    Ok(bytes)
+}
+
+/// Writes a batch as one PNG grid (about square when `cols` is None), atomically.
+pub fn save_grid(path: &Path, batch: &Tensor, cols: Option<usize>) -> Result<()> {
+    let n = batch.shape.first().copied().unwrap_or(0);
+    let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil().max(1.0) as usize);
+    let (w, h, c, px) = grid(batch, cols, 2)?;
+    write_atomic(path, &encode_png(w, h, c, &px)?)
+}
+
+/// Reads a PNG (or any format `image` decodes) as a [1, C, H, W] tensor in [-1, 1], checking that it
+/// has the size and channel count the model expects.
+pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
+    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    if img.width() as usize != size || img.height() as usize != size {
+        bail!(
+            "image {} is {}x{}, but the model works on {size}x{size} images",
+            path.display(),
+            img.width(),
+            img.height()
+        );
+    }
+    let (data, found) = match img.color().channel_count() {
+        1 | 2 => (img.to_luma8().into_raw(), 1),
+        _ => (img.to_rgb8().into_raw(), 3),
+    };
+    if found != channels {
+        bail!(
+            "image {} has {found} channel(s), but the model expects {channels}",
+            path.display()
+        );
+    }
+    let mut t = Tensor::zeros(&[1, channels, size, size]);
+    for (i, &v) in data.iter().enumerate() {
+        let (pix, ch) = (i / channels, i % channels);
+        t.data[ch * size * size + pix] = v as f32 / 127.5 - 1.0;
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_mapping_matches_diffusers() {
+        assert_eq!(to_u8(-1.0), 0);
+        assert_eq!(to_u8(1.0), 255);
+        assert_eq!(to_u8(5.0), 255);
+        assert_eq!(to_u8(f32::NEG_INFINITY), 0);
+        // 0.0 -> 0.5 * 255 = 127.5 rounds half to even -> 128
+        assert_eq!(to_u8(0.0), 128);
+    }
+
+    #[test]
+    fn grid_places_images_and_padding() {
+        let mut t = Tensor::zeros(&[3, 1, 2, 2]);
+        t.data[4..8].fill(1.0); // image 1 white
+        let (w, h, c, px) = grid(&t, 2, 1).unwrap();
+        assert_eq!((w, h, c), (5, 5, 1));
+        assert_eq!(px[3], 255); // image 1 starts at x = 3
+        assert_eq!(px[2], 0); // padding column
+        assert_eq!(px[0], 128); // image 0 is mid-grey
+    }
+
+    #[test]
+    fn atomic_write_refuses_missing_directory_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("ddim-io-test-{}", std::process::id()));
+        let missing = dir.join("nope").join("x.png");
+        assert!(write_atomic(&missing, b"abc").is_err());
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("x.bin");
+        write_atomic(&ok, b"abc").unwrap();
+        assert_eq!(std::fs::read(&ok).unwrap(), b"abc");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "temporary files left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
