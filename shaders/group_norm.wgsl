@@ -1,0 +1,112 @@
+// Group normalisation over NHWC f32 activations, with an optional fused SiLU.
+//
+// Three barrier-free passes (lavapipe is slow with workgroup barriers; real GPUs get enough
+// parallelism from the chunking):
+//   gn_stats   one invocation per (batch, pixel chunk, channel): two-pass mean and M2 over the
+//              chunk's pixels of that channel (adjacent invocations read adjacent channels).
+//   gn_combine one invocation per (batch, group): Chan's parallel formula over the group's
+//              (chunk, channel) partials, giving the mean and 1/sqrt(var + eps) (biased variance).
+//   gn_apply   one invocation per element: y = (x - mean) * rstd * gamma[c] + beta[c], then SiLU.
+// Any number of groups; channels per group need not be a multiple of 4.
+
+struct Params {
+    batch: u32,
+    hw: u32,            // pixels per image (H * W)
+    channels: u32,
+    groups: u32,
+    chunk_pixels: u32,  // pixels per stats chunk
+    num_chunks: u32,    // ceil(hw / chunk_pixels)
+    eps: f32,
+    silu: u32,          // 1: apply SiLU after the affine transform
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+// (count, mean, M2) per (batch, chunk, channel); the fourth lane is unused.
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
+// (mean, rstd) per (batch, group).
+@group(0) @binding(3) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read> gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 256u;
+
+// Flattened invocation index over a 2-D grid of 1-D workgroups (to pass 65535 workgroups).
+fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * WG + gid.x;
+}
+
+@compute @workgroup_size(256)
+fn gn_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    let c = p.channels;
+    if idx >= p.batch * p.num_chunks * c {
+        return;
+    }
+    let ch = idx % c;
+    let rest = idx / c;
+    let chunk = rest % p.num_chunks;
+    let b = rest / p.num_chunks;
+    let p0 = chunk * p.chunk_pixels;
+    let p1 = min(p0 + p.chunk_pixels, p.hw);
+    let base = b * p.hw * c + ch;
+    var sum = 0.0;
+    for (var px = p0; px < p1; px++) {
+        sum += x[base + px * c];
+    }
+    let count = f32(p1 - p0);
+    let mean = sum / count;
+    var m2 = 0.0;
+    for (var px = p0; px < p1; px++) {
+        let d = x[base + px * c] - mean;
+        m2 += d * d;
+    }
+    partials[idx] = vec4<f32>(count, mean, m2, 0.0);
+}
+
+@compute @workgroup_size(256)
+fn gn_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    if idx >= p.batch * p.groups {
+        return;
+    }
+    let b = idx / p.groups;
+    let g = idx % p.groups;
+    let cpg = p.channels / p.groups;
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var chunk = 0u; chunk < p.num_chunks; chunk++) {
+        let row = (b * p.num_chunks + chunk) * p.channels + g * cpg;
+        for (var j = 0u; j < cpg; j++) {
+            let q = partials[row + j];
+            let n_ab = n + q.x;
+            let delta = q.y - mean;
+            let w = q.x / n_ab;
+            mean += delta * w;
+            m2 += q.z + delta * delta * n * w;
+            n = n_ab;
+        }
+    }
+    let var_biased = max(m2 / n, 0.0);
+    // 1/sqrt rather than inverseSqrt: the latter may be a low-precision approximation on GPUs.
+    stats[idx] = vec2<f32>(mean, 1.0 / sqrt(var_biased + p.eps));
+}
+
+@compute @workgroup_size(256)
+fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let c = p.channels;
+    if i >= p.batch * p.hw * c {
+        return;
+    }
+    let ch = i % c;
+    let b = i / (p.hw * c);
+    let s = stats[b * p.groups + ch / (c / p.groups)];
+    var v = (x[i] - s.x) * s.y * gamma[ch] + beta[ch];
+    if p.silu != 0u {
+        v = v / (1.0 + exp(-v));
+    }
+    y[i] = v;
+}

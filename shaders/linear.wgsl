@@ -1,0 +1,130 @@
+// Batched, strided matrix product with a fused epilogue:
+//   out[z][m][n] = silu_out?( alpha * sum_k silu_in?(A[z][m][k]) * B[z][k][n] + bias[n] ) + residual[z][m][n]
+// Strides make one kernel serve every GEMM outside the convolutions:
+//   linear layers   y = x W^T + b   (A = x [M,K]; B[k][n] = W[n][k], i.e. b_k = 1, b_n = K)
+//   attention       S = Q K^T * scale and O = P V, per (batch, head) with z = outer * inner_count + inner
+// Version 1 (barrier-free, for every adapter): each invocation owns a 4x4 register tile of the
+// output, loads are scalar with indices clamped in range (no branches in the k loop), and
+// nothing lives in workgroup memory. Out-of-range rows and columns are computed but not stored.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    inner_count: u32,   // batch index z splits into (z / inner_count, z % inner_count)
+    // A element (z, m, k) = A[a_off(z) + m * a_m + k * a_k]
+    a_m: u32,
+    a_k: u32,
+    a_outer: u32,
+    a_inner: u32,
+    // B element (z, k, n) = B[b_off(z) + k * b_k + n * b_n]
+    b_k: u32,
+    b_n: u32,
+    b_outer: u32,
+    b_inner: u32,
+    // out and residual element (z, m, n) = out[c_off(z) + m * c_m + n]
+    c_m: u32,
+    c_outer: u32,
+    c_inner: u32,
+    alpha: f32,
+    flags: u32,         // bit 0: bias, bit 1: residual, bit 2: SiLU on A, bit 3: SiLU on the output
+    // Element offsets added to every A, B and out/residual index (sub-batches of a big tensor).
+    a_base: u32,
+    b_base: u32,
+    c_base: u32,
+}
+
+const HAS_BIAS: u32 = 1u;
+const HAS_RESIDUAL: u32 = 2u;
+const SILU_IN: u32 = 4u;
+const SILU_OUT: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+fn silu4(v: vec4<f32>) -> vec4<f32> {
+    return v / (1.0 + exp(-v));
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_reg4x4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let z = gid.z;
+    let zo = z / p.inner_count;
+    let zi = z % p.inner_count;
+    let a_base = p.a_base + zo * p.a_outer + zi * p.a_inner;
+    let b_base = p.b_base + zo * p.b_outer + zi * p.b_inner;
+    let c_base = p.c_base + zo * p.c_outer + zi * p.c_inner;
+    let m0 = gid.y * 4u;
+    let n0 = gid.x * 4u;
+    if m0 >= p.m || n0 >= p.n {
+        return;
+    }
+    // Clamp row and column indices so every load is in range; results beyond M or N are dropped.
+    let last_m = p.m - 1u;
+    let last_n = p.n - 1u;
+    let ar = vec4<u32>(
+        a_base + min(m0, last_m) * p.a_m,
+        a_base + min(m0 + 1u, last_m) * p.a_m,
+        a_base + min(m0 + 2u, last_m) * p.a_m,
+        a_base + min(m0 + 3u, last_m) * p.a_m,
+    );
+    let bc = vec4<u32>(
+        b_base + min(n0, last_n) * p.b_n,
+        b_base + min(n0 + 1u, last_n) * p.b_n,
+        b_base + min(n0 + 2u, last_n) * p.b_n,
+        b_base + min(n0 + 3u, last_n) * p.b_n,
+    );
+    let silu_in = (p.flags & SILU_IN) != 0u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let ao = kk * p.a_k;
+        var av = vec4<f32>(a[ar.x + ao], a[ar.y + ao], a[ar.z + ao], a[ar.w + ao]);
+        if silu_in {
+            av = silu4(av);
+        }
+        let bo = kk * p.b_k;
+        let bv = vec4<f32>(b[bc.x + bo], b[bc.y + bo], b[bc.z + bo], b[bc.w + bo]);
+        acc0 = fma(vec4<f32>(av.x), bv, acc0);
+        acc1 = fma(vec4<f32>(av.y), bv, acc1);
+        acc2 = fma(vec4<f32>(av.z), bv, acc2);
+        acc3 = fma(vec4<f32>(av.w), bv, acc3);
+    }
+    store_row(c_base, m0, n0, acc0);
+    store_row(c_base, m0 + 1u, n0, acc1);
+    store_row(c_base, m0 + 2u, n0, acc2);
+    store_row(c_base, m0 + 3u, n0, acc3);
+}
+
+fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
+    if m >= p.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if n < p.n {
+            var v = p.alpha * acc[j];
+            if (p.flags & HAS_BIAS) != 0u {
+                v += bias[n];
+            }
+            if (p.flags & SILU_OUT) != 0u {
+                v = silu(v);
+            }
+            let o = c_base + m * p.c_m + n;
+            if (p.flags & HAS_RESIDUAL) != 0u {
+                v += residual[o];
+            }
+            out[o] = v;
+        }
+    }
+}

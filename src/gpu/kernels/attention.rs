@@ -1,0 +1,339 @@
+//! The whole self-attention block of a diffusers `UNet2DModel` on NHWC activations:
+//! group norm → fused q/k/v projection → per head softmax(QKᵀ/√d)·V → output projection + residual.
+//!
+//! Dispatches: group norm (3, `group_norm.rs`), one q/k/v product with N = 3C, then per batch
+//! chunk the scores product, the row softmax (`shaders/attention.wgsl`) and the P·V product,
+//! and finally the output projection with the residual fused in its epilogue. The score matrix
+//! is materialised (L ≤ 1024 here); batches are chunked so it stays within one binding.
+
+use anyhow::{ensure, Result};
+
+use super::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use super::linear::{matmul, Matmul, MatmulBuffers, Strides};
+use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+
+pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
+const WORKGROUP: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SoftmaxParams {
+    pub rows: u32,
+    pub len: u32,
+    pub _pad: [u32; 2],
+}
+
+/// Shape of one attention block: `[batch, tokens, channels]` NHWC activations.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    /// Sequence length H·W (token index y·W + x).
+    pub tokens: usize,
+    pub channels: usize,
+    pub heads: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl AttentionShape {
+    pub fn head_dim(&self) -> usize {
+        self.channels / self.heads
+    }
+
+    pub fn norm_shape(&self) -> GroupNormShape {
+        GroupNormShape {
+            batch: self.batch,
+            hw: self.tokens,
+            channels: self.channels,
+            groups: self.groups,
+            eps: self.eps,
+            silu: false,
+        }
+    }
+
+    /// Images per score chunk so that one chunk's scores fit in `max_binding_bytes`.
+    pub fn batch_chunk(&self, max_binding_bytes: u64) -> usize {
+        let per_image = (self.heads * self.tokens * self.tokens * 4) as u64;
+        ((max_binding_bytes / per_image.max(1)) as usize).clamp(1, self.batch)
+    }
+}
+
+/// The block's parameters on the device. `wqkv` is `[3C, C]` (to_q, to_k, to_v rows stacked,
+/// torch `[out, in]` layout) with bias `[3C]`; `wo` is `[C, C]` with bias `[C]`.
+pub struct AttentionWeights {
+    pub gamma: wgpu::Buffer,
+    pub beta: wgpu::Buffer,
+    pub wqkv: wgpu::Buffer,
+    pub bqkv: wgpu::Buffer,
+    pub wo: wgpu::Buffer,
+    pub bo: wgpu::Buffer,
+}
+
+/// Host-side tensors of one attention block, torch layouts (`Linear` weights `[out, in]`).
+pub struct AttentionParamsHost<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub wq: &'a [f32],
+    pub bq: &'a [f32],
+    pub wk: &'a [f32],
+    pub bk: &'a [f32],
+    pub wv: &'a [f32],
+    pub bv: &'a [f32],
+    pub wo: &'a [f32],
+    pub bo: &'a [f32],
+}
+
+impl AttentionWeights {
+    /// Uploads the block's parameters, stacking q/k/v into one projection.
+    pub fn upload(ctx: &GpuContext, channels: usize, p: &AttentionParamsHost<'_>) -> Result<Self> {
+        let c = channels;
+        for (name, v, n) in [
+            ("group norm weight", p.gamma, c),
+            ("group norm bias", p.beta, c),
+            ("to_q weight", p.wq, c * c),
+            ("to_q bias", p.bq, c),
+            ("to_k weight", p.wk, c * c),
+            ("to_k bias", p.bk, c),
+            ("to_v weight", p.wv, c * c),
+            ("to_v bias", p.bv, c),
+            ("to_out weight", p.wo, c * c),
+            ("to_out bias", p.bo, c),
+        ] {
+            ensure!(
+                v.len() == n,
+                "attention {name}: {} values, expected {n} for {c} channels",
+                v.len()
+            );
+        }
+        let wqkv: Vec<f32> = [p.wq, p.wk, p.wv].concat();
+        let bqkv: Vec<f32> = [p.bq, p.bk, p.bv].concat();
+        Ok(Self {
+            gamma: ctx.upload("attention norm gamma", p.gamma),
+            beta: ctx.upload("attention norm beta", p.beta),
+            wqkv: ctx.upload("attention wqkv", &wqkv),
+            bqkv: ctx.upload("attention bqkv", &bqkv),
+            wo: ctx.upload("attention wo", p.wo),
+            bo: ctx.upload("attention bo", p.bo),
+        })
+    }
+}
+
+/// Intermediate buffers of an attention block; shareable between blocks no larger than it.
+pub struct AttentionScratch {
+    pub normed: wgpu::Buffer,
+    pub qkv: wgpu::Buffer,
+    pub scores: wgpu::Buffer,
+    pub heads_out: wgpu::Buffer,
+    pub norm: GroupNormScratch,
+}
+
+impl AttentionScratch {
+    pub fn new(ctx: &GpuContext, shape: &AttentionShape) -> Self {
+        let (b, l, c) = (shape.batch, shape.tokens, shape.channels);
+        let chunk = shape.batch_chunk(ctx.max_binding_bytes());
+        Self {
+            normed: ctx.storage("attention normed", (b * l * c * 4) as u64),
+            qkv: ctx.storage("attention qkv", (b * l * 3 * c * 4) as u64),
+            scores: ctx.storage("attention scores", (chunk * shape.heads * l * l * 4) as u64),
+            heads_out: ctx.storage("attention heads", (b * l * c * 4) as u64),
+            norm: GroupNormScratch::new(ctx, &[shape.norm_shape()]),
+        }
+    }
+}
+
+fn softmax_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "attention",
+        source: SOURCE,
+        entry: "softmax_rows",
+        constants: vec![],
+        bindings: vec![Binding::Uniform, Binding::StorageReadWrite],
+    }
+}
+
+/// Softmax over each of `rows` rows of length `len` in `scores`, in place.
+pub fn softmax_rows(
+    ctx: &GpuContext,
+    rows: usize,
+    len: usize,
+    scores: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    ensure!(rows > 0 && len > 0, "softmax: empty ({rows} rows of {len})");
+    ensure!(
+        scores.size() >= (rows * len * 4) as u64,
+        "softmax: scores buffer holds fewer than {rows}×{len} f32"
+    );
+    let kernel = ctx.kernel(&softmax_spec())?;
+    let params = SoftmaxParams {
+        rows: rows as u32,
+        len: len as u32,
+        _pad: [0; 2],
+    };
+    let uniform = ctx.uniform("softmax params", &params);
+    let bind_group = kernel.bind_group(ctx, &[(&uniform).into(), scores.into()])?;
+    let n = (rows * len) as u64;
+    Ok(Dispatch {
+        label: format!("softmax {rows}x{len}"),
+        kernel,
+        bind_group,
+        workgroups: grid_2d(
+            (rows as u32).div_ceil(WORKGROUP),
+            ctx.limits.max_compute_workgroups_per_dimension,
+        ),
+        dynamic_strides: vec![],
+        flops: 4 * n,
+        bytes: 16 * n,
+    })
+}
+
+/// Dispatches computing `out = to_out(attention(norm(x))) + x` for NHWC `x` `[B, L, C]`.
+/// `out` must differ from `x` and from the scratch buffers.
+pub fn attention_block(
+    ctx: &GpuContext,
+    shape: &AttentionShape,
+    weights: &AttentionWeights,
+    scratch: &AttentionScratch,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let (b, l, c, heads) = (shape.batch, shape.tokens, shape.channels, shape.heads);
+    ensure!(
+        heads > 0 && c % heads == 0,
+        "attention: {c} channels do not split into {heads} heads"
+    );
+    let d = c / heads;
+    let mut dispatches = group_norm(
+        ctx,
+        &shape.norm_shape(),
+        &scratch.norm,
+        x,
+        &weights.gamma,
+        &weights.beta,
+        &scratch.normed,
+    )?;
+    dispatches.push(matmul(
+        ctx,
+        &Matmul::linear(b * l, c, 3 * c),
+        &MatmulBuffers {
+            a: &scratch.normed,
+            b: &weights.wqkv,
+            bias: Some(&weights.bqkv),
+            residual: None,
+            out: &scratch.qkv,
+        },
+    )?);
+    let chunk = shape.batch_chunk(ctx.max_binding_bytes());
+    ensure!(
+        scratch.scores.size() >= (chunk.min(b) * heads * l * l * 4) as u64,
+        "attention: score scratch too small for {shape:?}"
+    );
+    let mut b0 = 0;
+    while b0 < b {
+        let nb = chunk.min(b - b0);
+        // Scores S[z = image·heads + head] = Q Kᵀ / √d, each L×L, for the images b0..b0+nb.
+        let qkv_image = l * 3 * c;
+        let scores = Matmul {
+            m: l,
+            n: l,
+            k: d,
+            batch: nb * heads,
+            inner_count: heads,
+            a: Strides {
+                offset: b0 * qkv_image,
+                row: 3 * c,
+                col: 1,
+                outer: qkv_image,
+                inner: d,
+            },
+            b: Strides {
+                offset: b0 * qkv_image + c,
+                row: 1,
+                col: 3 * c,
+                outer: qkv_image,
+                inner: d,
+            },
+            c: Strides {
+                offset: 0,
+                row: l,
+                col: 1,
+                outer: heads * l * l,
+                inner: l * l,
+            },
+            alpha: (1.0 / (d as f64).sqrt()) as f32,
+            silu_in: false,
+            silu_out: false,
+        };
+        dispatches.push(matmul(
+            ctx,
+            &scores,
+            &MatmulBuffers {
+                a: &scratch.qkv,
+                b: &scratch.qkv,
+                bias: None,
+                residual: None,
+                out: &scratch.scores,
+            },
+        )?);
+        dispatches.push(softmax_rows(ctx, nb * heads * l, l, &scratch.scores)?);
+        // O[image, token, head·d + j] = Σ_key P[key] V[key, head·d + j].
+        let weighted = Matmul {
+            m: l,
+            n: d,
+            k: l,
+            batch: nb * heads,
+            inner_count: heads,
+            a: Strides {
+                offset: 0,
+                row: l,
+                col: 1,
+                outer: heads * l * l,
+                inner: l * l,
+            },
+            b: Strides {
+                offset: b0 * qkv_image + 2 * c,
+                row: 3 * c,
+                col: 1,
+                outer: qkv_image,
+                inner: d,
+            },
+            c: Strides {
+                offset: b0 * l * c,
+                row: c,
+                col: 1,
+                outer: l * c,
+                inner: d,
+            },
+            alpha: 1.0,
+            silu_in: false,
+            silu_out: false,
+        };
+        dispatches.push(matmul(
+            ctx,
+            &weighted,
+            &MatmulBuffers {
+                a: &scratch.scores,
+                b: &scratch.qkv,
+                bias: None,
+                residual: None,
+                out: &scratch.heads_out,
+            },
+        )?);
+        b0 += nb;
+    }
+    dispatches.push(matmul(
+        ctx,
+        &Matmul::linear(b * l, c, c),
+        &MatmulBuffers {
+            a: &scratch.heads_out,
+            b: &weights.wo,
+            bias: Some(&weights.bo),
+            residual: Some(x),
+            out,
+        },
+    )?);
+    for dsp in dispatches.iter_mut() {
+        dsp.label = format!("attention/{}", dsp.label);
+    }
+    Ok(dispatches)
+}

@@ -1,0 +1,208 @@
+//! Group normalisation of NHWC activations with an optional fused SiLU (`shaders/group_norm.wgsl`).
+//!
+//! Three dispatches: per-(chunk, channel) partial statistics, Chan's combination per group, and
+//! the elementwise apply. The reference twin is `cpu::ops::group_norm` (+ `cpu::ops::silu`).
+
+use anyhow::{ensure, Result};
+
+use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+
+pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
+const WORKGROUP: u32 = 256;
+/// Pixels per statistics chunk: small enough to give many invocations at low resolution,
+/// large enough that the serial combine stays short.
+const CHUNK_PIXELS: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub hw: u32,
+    pub channels: u32,
+    pub groups: u32,
+    pub chunk_pixels: u32,
+    pub num_chunks: u32,
+    pub eps: f32,
+    pub silu: u32,
+}
+
+/// What to normalise: an NHWC tensor `[batch, hw, channels]` split into `groups` channel groups.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupNormShape {
+    pub batch: usize,
+    /// Pixels per image (H·W).
+    pub hw: usize,
+    pub channels: usize,
+    pub groups: usize,
+    pub eps: f32,
+    /// Apply SiLU after the affine transform (the resnet's norm → silu).
+    pub silu: bool,
+}
+
+impl GroupNormShape {
+    pub fn numel(&self) -> usize {
+        self.batch * self.hw * self.channels
+    }
+
+    fn num_chunks(&self) -> usize {
+        self.hw.div_ceil(CHUNK_PIXELS as usize)
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            batch: self.batch as u32,
+            hw: self.hw as u32,
+            channels: self.channels as u32,
+            groups: self.groups as u32,
+            chunk_pixels: CHUNK_PIXELS,
+            num_chunks: self.num_chunks() as u32,
+            eps: self.eps,
+            silu: self.silu as u32,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.batch > 0 && self.hw > 0 && self.channels > 0,
+            "group norm: empty tensor {self:?}"
+        );
+        ensure!(
+            self.groups > 0 && self.channels % self.groups == 0,
+            "group norm: {} channels do not split into {} groups",
+            self.channels,
+            self.groups
+        );
+        ensure!(
+            self.numel() < u32::MAX as usize,
+            "group norm: {} elements overflow 32-bit indexing",
+            self.numel()
+        );
+        Ok(())
+    }
+}
+
+/// Intermediate storage for the statistics; one scratch can serve every group norm of a plan
+/// (the dispatches of one norm finish before the next norm's begin) if sized for the largest.
+pub struct GroupNormScratch {
+    pub partials: wgpu::Buffer,
+    pub stats: wgpu::Buffer,
+    partial_capacity: usize,
+    stats_capacity: usize,
+}
+
+impl GroupNormScratch {
+    /// Scratch large enough for every shape in `shapes`.
+    pub fn new(ctx: &GpuContext, shapes: &[GroupNormShape]) -> Self {
+        let partial_capacity = shapes
+            .iter()
+            .map(|s| s.batch * s.num_chunks() * s.channels)
+            .max()
+            .unwrap_or(1);
+        let stats_capacity = shapes.iter().map(|s| s.batch * s.groups).max().unwrap_or(1);
+        Self {
+            partials: ctx.storage("group norm partials", (partial_capacity * 16) as u64),
+            stats: ctx.storage("group norm stats", (stats_capacity * 8) as u64),
+            partial_capacity,
+            stats_capacity,
+        }
+    }
+}
+
+fn spec(entry: &'static str) -> KernelSpec {
+    KernelSpec {
+        shader: "group_norm",
+        source: SOURCE,
+        entry,
+        constants: vec![],
+        bindings: vec![
+            Binding::Uniform,          // params
+            Binding::StorageRead,      // x
+            Binding::StorageReadWrite, // partials
+            Binding::StorageReadWrite, // stats
+            Binding::StorageRead,      // gamma
+            Binding::StorageRead,      // beta
+            Binding::StorageReadWrite, // y
+        ],
+    }
+}
+
+/// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)`.
+/// `x` and `y` must be different buffers; `gamma`/`beta` hold `channels` f32.
+pub fn group_norm(
+    ctx: &GpuContext,
+    shape: &GroupNormShape,
+    scratch: &GroupNormScratch,
+    x: &wgpu::Buffer,
+    gamma: &wgpu::Buffer,
+    beta: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    shape.validate()?;
+    let params = shape.params();
+    let partial_len = shape.batch * shape.num_chunks() * shape.channels;
+    ensure!(
+        partial_len <= scratch.partial_capacity
+            && shape.batch * shape.groups <= scratch.stats_capacity,
+        "group norm scratch too small for {shape:?}"
+    );
+    let numel = shape.numel();
+    ensure!(
+        x.size() >= (numel * 4) as u64 && y.size() >= (numel * 4) as u64,
+        "group norm: x or y holds fewer than {numel} f32"
+    );
+    ensure!(
+        gamma.size() >= (shape.channels * 4) as u64 && beta.size() >= (shape.channels * 4) as u64,
+        "group norm: gamma or beta holds fewer than {} f32",
+        shape.channels
+    );
+    let uniform = ctx.uniform("group norm params", &params);
+    let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
+    let tag = if shape.silu {
+        "group_norm_silu"
+    } else {
+        "group_norm"
+    };
+    let n = numel as u64;
+    let stages = [
+        (
+            "gn_stats",
+            partial_len,
+            n * 4 + partial_len as u64 * 16,
+            3 * n,
+        ),
+        (
+            "gn_combine",
+            shape.batch * shape.groups,
+            partial_len as u64 * 16,
+            8 * partial_len as u64,
+        ),
+        ("gn_apply", numel, n * 8 + 16 * shape.channels as u64, 8 * n),
+    ];
+    let mut out = Vec::with_capacity(3);
+    for (entry, invocations, bytes, flops) in stages {
+        let kernel = ctx.kernel(&spec(entry))?;
+        let bind_group = kernel.bind_group(
+            ctx,
+            &[
+                (&uniform).into(),
+                x.into(),
+                (&scratch.partials).into(),
+                (&scratch.stats).into(),
+                gamma.into(),
+                beta.into(),
+                y.into(),
+            ],
+        )?;
+        out.push(Dispatch {
+            label: format!("{tag}::{entry}"),
+            kernel,
+            bind_group,
+            workgroups: grid_2d((invocations as u32).div_ceil(WORKGROUP), max_dim),
+            dynamic_strides: vec![],
+            flops,
+            bytes,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,259 @@
+//! Batched strided matrix products with a fused epilogue (`shaders/linear.wgsl`): linear layers
+//! (`y = x Wᵀ + b`, optional SiLU on the input and/or output, optional residual add) and the
+//! matrix products inside attention. The reference twin is `cpu::ops::linear`.
+
+use anyhow::{ensure, Result};
+
+use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+
+pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
+/// Output tile per workgroup: 16×16 invocations, each owning 4×4 outputs.
+const TILE: u32 = 64;
+
+const HAS_BIAS: u32 = 1;
+const HAS_RESIDUAL: u32 = 2;
+const SILU_IN: u32 = 4;
+const SILU_OUT: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub inner_count: u32,
+    pub a_m: u32,
+    pub a_k: u32,
+    pub a_outer: u32,
+    pub a_inner: u32,
+    pub b_k: u32,
+    pub b_n: u32,
+    pub b_outer: u32,
+    pub b_inner: u32,
+    pub c_m: u32,
+    pub c_outer: u32,
+    pub c_inner: u32,
+    pub alpha: f32,
+    pub flags: u32,
+    pub a_base: u32,
+    pub b_base: u32,
+    pub c_base: u32,
+}
+
+/// Element strides of one operand: (z, row, col) ↦ `offset + outer·(z / inner_count)
+/// + inner·(z % inner_count) + row·row_stride + col·col_stride`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Strides {
+    pub offset: usize,
+    pub row: usize,
+    pub col: usize,
+    pub outer: usize,
+    pub inner: usize,
+}
+
+/// `out[z] = silu_out?(alpha · silu_in?(A[z]) · B[z] + bias) + residual[z]`, for z in 0..batch.
+/// A is M×K, B is K×N, out (and residual) M×N with unit column stride.
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Number of products (grid z), split as (z / inner_count, z % inner_count).
+    pub batch: usize,
+    pub inner_count: usize,
+    pub a: Strides,
+    pub b: Strides,
+    /// Output strides; `col` must be 1.
+    pub c: Strides,
+    pub alpha: f32,
+    pub silu_in: bool,
+    pub silu_out: bool,
+}
+
+impl Matmul {
+    /// A linear layer on `rows` vectors: x `[rows, in]` times W `[out, in]` transposed (torch layout).
+    pub fn linear(rows: usize, in_features: usize, out_features: usize) -> Self {
+        Self {
+            m: rows,
+            n: out_features,
+            k: in_features,
+            batch: 1,
+            inner_count: 1,
+            a: Strides {
+                row: in_features,
+                col: 1,
+                ..Default::default()
+            },
+            b: Strides {
+                row: 1,
+                col: in_features,
+                ..Default::default()
+            },
+            c: Strides {
+                row: out_features,
+                col: 1,
+                ..Default::default()
+            },
+            alpha: 1.0,
+            silu_in: false,
+            silu_out: false,
+        }
+    }
+
+    /// Highest element index (exclusive) an operand with `s` touches for an R×C matrix.
+    fn extent(&self, s: &Strides, rows: usize, cols: usize) -> usize {
+        let zo = (self.batch - 1) / self.inner_count;
+        let zi = if self.batch > self.inner_count {
+            self.inner_count - 1
+        } else {
+            self.batch - 1
+        };
+        s.offset + zo * s.outer + zi * s.inner + (rows - 1) * s.row + (cols - 1) * s.col + 1
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.m > 0 && self.n > 0 && self.k > 0 && self.batch > 0 && self.inner_count > 0,
+            "matmul: empty product {self:?}"
+        );
+        ensure!(self.c.col == 1, "matmul: output column stride must be 1");
+        ensure!(
+            self.batch <= 65535,
+            "matmul: batch {} exceeds the grid limit",
+            self.batch
+        );
+        for (what, s, r, c) in [
+            ("A", &self.a, self.m, self.k),
+            ("B", &self.b, self.k, self.n),
+            ("out", &self.c, self.m, self.n),
+        ] {
+            ensure!(
+                self.extent(s, r, c) < u32::MAX as usize,
+                "matmul: {what} indices overflow 32 bits"
+            );
+        }
+        Ok(())
+    }
+
+    /// Useful floating-point operations (a multiply-add counts 2).
+    pub fn flops(&self) -> u64 {
+        2 * (self.batch * self.m * self.n * self.k) as u64
+    }
+
+    /// Compulsory bytes: each operand read once, the output written once.
+    pub fn bytes(&self) -> u64 {
+        4 * (self.batch * (self.m * self.k + self.k * self.n + self.m * self.n)) as u64
+    }
+}
+
+pub fn spec() -> KernelSpec {
+    KernelSpec {
+        shader: "linear",
+        source: SOURCE,
+        entry: "matmul_reg4x4",
+        constants: vec![],
+        bindings: vec![
+            Binding::Uniform,          // params
+            Binding::StorageRead,      // A
+            Binding::StorageRead,      // B
+            Binding::StorageRead,      // bias
+            Binding::StorageRead,      // residual
+            Binding::StorageReadWrite, // out
+        ],
+    }
+}
+
+/// Operand buffers of one product. Absent bias/residual are bound to a small placeholder.
+pub struct MatmulBuffers<'a> {
+    pub a: &'a wgpu::Buffer,
+    pub b: &'a wgpu::Buffer,
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub residual: Option<&'a wgpu::Buffer>,
+    pub out: &'a wgpu::Buffer,
+}
+
+fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
+    ensure!(
+        buffer.size() >= (elements * 4) as u64,
+        "matmul: {what} holds {} bytes, needs {} f32",
+        buffer.size(),
+        elements
+    );
+    Ok(())
+}
+
+/// One dispatch for `op`. `out` must not alias any input.
+pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
+    op.validate()?;
+    check_len("A", bufs.a, op.extent(&op.a, op.m, op.k))?;
+    check_len("B", bufs.b, op.extent(&op.b, op.k, op.n))?;
+    check_len("out", bufs.out, op.extent(&op.c, op.m, op.n))?;
+    if let Some(bias) = bufs.bias {
+        check_len("bias", bias, op.n)?;
+    }
+    if let Some(res) = bufs.residual {
+        check_len("residual", res, op.extent(&op.c, op.m, op.n))?;
+    }
+    let mut flags = 0;
+    flags |= if bufs.bias.is_some() { HAS_BIAS } else { 0 };
+    flags |= if bufs.residual.is_some() {
+        HAS_RESIDUAL
+    } else {
+        0
+    };
+    flags |= if op.silu_in { SILU_IN } else { 0 };
+    flags |= if op.silu_out { SILU_OUT } else { 0 };
+    let u = |v: usize| v as u32;
+    let params = Params {
+        m: u(op.m),
+        n: u(op.n),
+        k: u(op.k),
+        inner_count: u(op.inner_count),
+        a_m: u(op.a.row),
+        a_k: u(op.a.col),
+        a_outer: u(op.a.outer),
+        a_inner: u(op.a.inner),
+        b_k: u(op.b.row),
+        b_n: u(op.b.col),
+        b_outer: u(op.b.outer),
+        b_inner: u(op.b.inner),
+        c_m: u(op.c.row),
+        c_outer: u(op.c.outer),
+        c_inner: u(op.c.inner),
+        alpha: op.alpha,
+        flags,
+        a_base: u(op.a.offset),
+        b_base: u(op.b.offset),
+        c_base: u(op.c.offset),
+    };
+    let kernel = ctx.kernel(&spec())?;
+    let uniform = ctx.uniform("matmul params", &params);
+    let placeholder = ctx.storage("matmul placeholder", 16);
+    let bind_group = kernel.bind_group(
+        ctx,
+        &[
+            (&uniform).into(),
+            bufs.a.into(),
+            bufs.b.into(),
+            bufs.bias.unwrap_or(&placeholder).into(),
+            bufs.residual.unwrap_or(&placeholder).into(),
+            bufs.out.into(),
+        ],
+    )?;
+    let groups = [u(op.n).div_ceil(TILE), u(op.m).div_ceil(TILE), u(op.batch)];
+    let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
+    ensure!(
+        groups.iter().all(|&g| g <= max_dim),
+        "matmul: grid {groups:?} exceeds {max_dim} workgroups per dimension"
+    );
+    Ok(Dispatch {
+        label: format!("matmul {}x{}x{} x{}", op.m, op.n, op.k, op.batch),
+        kernel,
+        bind_group,
+        workgroups: groups,
+        dynamic_strides: vec![],
+        flops: op.flops(),
+        bytes: op.bytes(),
+    })
+}
