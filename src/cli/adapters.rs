@@ -1,10 +1,136 @@
-//! `ddim adapters`.
+//! `ddim adapters`: every adapter wgpu sees, with the limits and features our kernels care about.
+//! The index printed is the one `--adapter N` takes (with the same `--backend` / `WGPU_BACKEND`).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
+use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
+use serde_json::{json, Value};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Only this backend: vulkan, metal, dx12 or gl (default: `WGPU_BACKEND`, else all).
+    #[arg(long)]
+    backend: Option<BackendChoice>,
+    /// Print a JSON array instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("`ddim adapters` is not implemented yet")
+/// Features worth knowing about for this project, by name.
+const FEATURES: [(&str, wgpu::Features); 6] = [
+    ("SHADER_F16", wgpu::Features::SHADER_F16),
+    ("TIMESTAMP_QUERY", wgpu::Features::TIMESTAMP_QUERY),
+    ("TIMESTAMP_QUERY_INSIDE_ENCODERS", wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+    ("TIMESTAMP_QUERY_INSIDE_PASSES", wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+    ("SUBGROUP", wgpu::Features::SUBGROUP),
+    ("PIPELINE_CACHE", wgpu::Features::PIPELINE_CACHE),
+];
+
+fn describe(index: usize, adapter: &wgpu::Adapter) -> Value {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    let f = adapter.features();
+    let features: Vec<&str> = FEATURES
+        .iter()
+        .filter(|(_, bit)| f.contains(*bit))
+        .map(|(name, _)| *name)
+        .collect();
+    json!({
+        "index": index,
+        "name": info.name,
+        "backend": format!("{:?}", info.backend).to_lowercase(),
+        "device_type": format!("{:?}", info.device_type),
+        "vendor": format!("{:#06x}", info.vendor),
+        "device": format!("{:#06x}", info.device),
+        "driver": info.driver,
+        "driver_info": info.driver_info,
+        "subgroup_size": [info.subgroup_min_size, info.subgroup_max_size],
+        "limits": {
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_buffer_size": l.max_buffer_size,
+            "max_uniform_buffer_binding_size": l.max_uniform_buffer_binding_size,
+            "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+            "max_compute_workgroup_size": [
+                l.max_compute_workgroup_size_x,
+                l.max_compute_workgroup_size_y,
+                l.max_compute_workgroup_size_z
+            ],
+            "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            "min_storage_buffer_offset_alignment": l.min_storage_buffer_offset_alignment,
+        },
+        "features": features,
+    })
+}
+
+fn mib(bytes: &Value) -> String {
+    let b = bytes.as_u64().unwrap_or(0);
+    format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+fn print_text(a: &Value) {
+    let l = &a["limits"];
+    println!(
+        "[{}] {} ({}, {})",
+        a["index"],
+        a["name"].as_str().unwrap_or(""),
+        a["backend"].as_str().unwrap_or(""),
+        a["device_type"].as_str().unwrap_or("")
+    );
+    println!(
+        "    driver: {} {}",
+        a["driver"].as_str().unwrap_or(""),
+        a["driver_info"].as_str().unwrap_or("")
+    );
+    println!(
+        "    storage buffers/stage {}, max binding {}, max buffer {}, workgroup storage {} B, \
+         invocations/workgroup {}, workgroups/dim {}",
+        l["max_storage_buffers_per_shader_stage"],
+        mib(&l["max_storage_buffer_binding_size"]),
+        mib(&l["max_buffer_size"]),
+        l["max_compute_workgroup_storage_size"],
+        l["max_compute_invocations_per_workgroup"],
+        l["max_compute_workgroups_per_dimension"]
+    );
+    let features: Vec<&str> = a["features"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|f| f.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "    subgroup size {}..{}; features: {}",
+        a["subgroup_size"][0],
+        a["subgroup_size"][1],
+        if features.is_empty() {
+            "none of interest".to_string()
+        } else {
+            features.join(", ")
+        }
+    );
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let backends = AdapterChoice {
+        backend: args.backend,
+        index: None,
+    }
+    .backends();
+    let instance = new_instance(backends);
+    let adapters: Vec<Value> = enumerate_adapters(&instance, backends)
+        .iter()
+        .enumerate()
+        .map(|(i, a)| describe(i, a))
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&adapters)?);
+    } else if adapters.is_empty() {
+        println!(
+            "no adapters found on {backends:?} (on Linux without a GPU: apt-get install mesa-vulkan-drivers)"
+        );
+    } else {
+        for a in &adapters {
+            print_text(a);
+        }
+    }
+    Ok(())
 }
