@@ -20,8 +20,14 @@ pub struct Args {
 const FEATURES: [(&str, wgpu::Features); 6] = [
     ("SHADER_F16", wgpu::Features::SHADER_F16),
     ("TIMESTAMP_QUERY", wgpu::Features::TIMESTAMP_QUERY),
-    ("TIMESTAMP_QUERY_INSIDE_ENCODERS", wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
-    ("TIMESTAMP_QUERY_INSIDE_PASSES", wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+    (
+        "TIMESTAMP_QUERY_INSIDE_ENCODERS",
+        wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+    ),
+    (
+        "TIMESTAMP_QUERY_INSIDE_PASSES",
+        wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+    ),
     ("SUBGROUP", wgpu::Features::SUBGROUP),
     ("PIPELINE_CACHE", wgpu::Features::PIPELINE_CACHE),
 ];

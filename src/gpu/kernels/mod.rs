@@ -4,3 +4,12 @@ pub mod attention;
 pub mod group_norm;
 pub mod linear;
 pub mod smoke;
+
+use crate::gpu::KernelSpec;
+
+/// Every pipeline spec that a family compiles with `override` constants, so that
+/// `tests/shaders_naga.rs` translates each shader with the constant values really used.
+/// Families without overrides need not be listed (their shaders are checked as written).
+pub fn all_specs() -> Vec<KernelSpec> {
+    vec![smoke::spec()]
+}

@@ -1,0 +1,159 @@
+//! Portability without a GPU: every `shaders/*.wgsl` is parsed and validated by naga and
+//! translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL: 310 es and 430 core)
+//! for every entry point, so a shader error never first appears on a user's Metal or DX12
+//! machine. Shaders with `override` constants are translated with every constant set the crate
+//! actually compiles (`ddim_wgpu::gpu::kernels::all_specs`), or their defaults when none is listed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use naga::back::{glsl, hlsl, msl, spv, PipelineConstants};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn shader_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn validate(module: &naga::Module, what: &str) -> naga::valid::ModuleInfo {
+    // Only baseline capabilities: a shader that needs f16 or subgroups must not be a required path.
+    Validator::new(ValidationFlags::all(), Capabilities::default())
+        .validate(module)
+        .unwrap_or_else(|e| panic!("{what}: validation failed: {}", e.emit_to_string("")))
+}
+
+/// Translates `module` (already specialised for `entry`) to every backend language.
+fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str, what: &str) {
+    let stage = naga::ShaderStage::Compute;
+
+    let spv_pipeline = spv::PipelineOptions {
+        shader_stage: stage,
+        entry_point: entry.to_string(),
+    };
+    spv::write_vec(module, info, &spv::Options::default(), Some(&spv_pipeline))
+        .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+
+    let msl_pipeline = msl::PipelineOptions {
+        entry_point: Some((stage, entry.to_string())),
+        ..Default::default()
+    };
+    msl::write_string(module, info, &msl::Options::default(), &msl_pipeline)
+        .unwrap_or_else(|e| panic!("{what}: MSL: {e}"));
+
+    let hlsl_options = hlsl::Options::default();
+    let hlsl_pipeline = hlsl::PipelineOptions {
+        entry_point: Some((stage, entry.to_string())),
+    };
+    let mut hlsl_out = String::new();
+    hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
+        .write(module, info, None)
+        .unwrap_or_else(|e| panic!("{what}: HLSL: {e}"));
+
+    for version in [glsl::Version::new_gles(310), glsl::Version::Desktop(430)] {
+        let options = glsl::Options {
+            version,
+            ..Default::default()
+        };
+        let pipeline = glsl::PipelineOptions {
+            shader_stage: stage,
+            entry_point: entry.to_string(),
+            multiview: None,
+        };
+        let mut out = String::new();
+        glsl::Writer::new(
+            &mut out,
+            module,
+            info,
+            &options,
+            &pipeline,
+            naga::proc::BoundsCheckPolicies::default(),
+        )
+        .and_then(|mut w| w.write())
+        .unwrap_or_else(|e| panic!("{what}: GLSL {version}: {e}"));
+    }
+}
+
+/// The override-constant sets the crate compiles for `shader`, by entry point.
+fn constant_sets(shader: &str) -> BTreeMap<String, Vec<PipelineConstants>> {
+    let mut sets: BTreeMap<String, Vec<PipelineConstants>> = BTreeMap::new();
+    for spec in ddim_wgpu::gpu::kernels::all_specs() {
+        if spec.shader != shader {
+            continue;
+        }
+        let mut c = PipelineConstants::default();
+        for (name, value) in &spec.constants {
+            c.insert(name.to_string(), *value);
+        }
+        sets.entry(spec.entry.to_string()).or_default().push(c);
+    }
+    sets
+}
+
+#[test]
+fn every_shader_validates_and_translates_to_every_backend() {
+    let files = shader_files();
+    assert!(!files.is_empty(), "no shaders found under shaders/");
+    for path in files {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let source = std::fs::read_to_string(&path).unwrap();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+        let info = validate(&module, &name);
+        let entries: Vec<String> = module
+            .entry_points
+            .iter()
+            .filter(|e| e.stage == naga::ShaderStage::Compute)
+            .map(|e| e.name.clone())
+            .collect();
+        assert!(!entries.is_empty(), "{name}: no compute entry point");
+        let used = constant_sets(&name);
+        for entry in &entries {
+            let sets = match used.get(entry) {
+                Some(sets) => sets.clone(),
+                // Not listed by the crate: the overrides' own defaults must be enough.
+                None => vec![PipelineConstants::default()],
+            };
+            for constants in sets {
+                let what = format!("{name}.wgsl::{entry} {constants:?}");
+                let (specialised, spec_info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((naga::ShaderStage::Compute, entry)),
+                    &constants,
+                )
+                .unwrap_or_else(|e| panic!("{what}: overrides: {e}"));
+                translate(&specialised, &spec_info, entry, &what);
+            }
+        }
+        eprintln!("{name}.wgsl: {} entry point(s) OK", entries.len());
+    }
+}
+
+#[test]
+fn every_listed_spec_names_an_existing_shader_and_entry_point() {
+    let names: Vec<String> = shader_files()
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().to_string())
+        .collect();
+    for spec in ddim_wgpu::gpu::kernels::all_specs() {
+        assert!(
+            names.iter().any(|n| n == spec.shader),
+            "spec for {} has no shaders/{}.wgsl",
+            spec.entry,
+            spec.shader
+        );
+        let module = naga::front::wgsl::parse_str(spec.source).expect("parsed above");
+        assert!(
+            module.entry_points.iter().any(|e| e.name == spec.entry),
+            "{}.wgsl has no entry point {}",
+            spec.shader,
+            spec.entry
+        );
+    }
+}
