@@ -197,6 +197,20 @@ pub fn attention_block(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
+    let chunk = shape.batch_chunk(ctx.max_binding_bytes());
+    attention_block_chunked(ctx, shape, weights, scratch, x, out, chunk)
+}
+
+/// As [`attention_block`], computing scores for at most `images_per_chunk` images at a time.
+pub fn attention_block_chunked(
+    ctx: &GpuContext,
+    shape: &AttentionShape,
+    weights: &AttentionWeights,
+    scratch: &AttentionScratch,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    images_per_chunk: usize,
+) -> Result<Vec<Dispatch>> {
     let (b, l, c, heads) = (shape.batch, shape.tokens, shape.channels, shape.heads);
     ensure!(
         heads > 0 && c % heads == 0,
@@ -223,7 +237,7 @@ pub fn attention_block(
             out: &scratch.qkv,
         },
     )?);
-    let chunk = shape.batch_chunk(ctx.max_binding_bytes());
+    let chunk = images_per_chunk.max(1);
     ensure!(
         scratch.scores.size() >= (chunk.min(b) * heads * l * l * 4) as u64,
         "attention: score scratch too small for {shape:?}"
