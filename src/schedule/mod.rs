@@ -1,1 +1,26 @@
 //! Noise schedules and sampler coefficients, computed in f64 on the host.
+//!
+//! Everything starts from a [`SchedulerConfig`] (a diffusers `scheduler_config.json`). From it:
+//! - [`NoiseSchedule`]: betas and ᾱ exactly as diffusers stores them (f32 values held in f64);
+//! - [`timesteps`] / [`inverse_timesteps`]: the inference timesteps, exactly as diffusers'
+//!   `set_timesteps` (plus ermongroup/ddim's `uniform` and `quad`);
+//! - [`ddim_table`], [`inverse_table`], [`ddpm_table`]: one coefficient row per model evaluation,
+//!   shared by the CPU steps below and the GPU kernels (uploaded as f32);
+//! - [`ddim_step`], [`inverse_step`], [`ddpm_step`]: the CPU reference steps on f32 tensors,
+//!   computed per element in f64.
+
+mod betas;
+mod config;
+mod ddim;
+mod ddpm;
+mod inverse;
+mod predict;
+mod timesteps;
+
+pub use betas::{torch_linspace_f32, NoiseSchedule};
+pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
+pub use ddpm::{ddpm_step, ddpm_table, DdpmStep, DdpmVariance};
+pub use inverse::{inverse_step, inverse_table};
+pub use predict::X0Limit;
+pub use timesteps::{ddim_prev_timestep, inverse_timesteps, timesteps};
