@@ -1,1 +1,42 @@
 //! Loading diffusers UNet2DModel checkpoints and describing the network once for every backend.
+//!
+//! * [`config`]: `config.json` → [`UNet2DConfig`] (validated, bounded sizes);
+//! * [`dir`]: model directory layouts → [`ModelPaths`];
+//! * [`weights`]: safetensors → [`Weights`] (named f32 tensors), or seeded random weights;
+//! * [`unet`]: the network as a static list of layers ([`UNet`]) shared by the CPU reference and
+//!   the GPU plan.
+
+pub mod config;
+pub mod dir;
+pub mod unet;
+pub mod weights;
+
+pub use config::UNet2DConfig;
+pub use dir::ModelPaths;
+pub use unet::UNet;
+pub use weights::Weights;
+
+use anyhow::Result;
+use std::path::Path;
+
+/// A loaded model: where it came from, its config and its weights.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub paths: ModelPaths,
+    pub config: UNet2DConfig,
+    pub weights: Weights,
+}
+
+impl Model {
+    /// Resolves the directory, reads and validates the config, then loads and checks the weights.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let paths = ModelPaths::resolve(dir)?;
+        let config = UNet2DConfig::from_file(&paths.config)?;
+        let weights = Weights::load(&paths.weights, &config)?;
+        Ok(Self {
+            paths,
+            config,
+            weights,
+        })
+    }
+}

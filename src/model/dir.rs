@@ -1,0 +1,95 @@
+//! Finding the files of a model directory, in either of the two layouts diffusers uses:
+//!
+//! * pipeline: `model_index.json`, `unet/config.json`, `unet/diffusion_pytorch_model.safetensors`,
+//!   `scheduler/scheduler_config.json`;
+//! * flat (google/ddpm-cifar10-32, or a pipeline's `unet/` folder itself): `config.json`,
+//!   `diffusion_pytorch_model.safetensors`, optionally `scheduler_config.json`.
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+pub const SCHEDULER_FILE: &str = "scheduler_config.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Pipeline,
+    Flat,
+}
+
+/// The resolved paths of a model directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelPaths {
+    pub root: PathBuf,
+    pub layout: Layout,
+    /// `UNet2DModel` config.
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    /// The scheduler config, when the directory has one.
+    pub scheduler_config: Option<PathBuf>,
+}
+
+impl ModelPaths {
+    /// Resolves `dir`, preferring the pipeline layout when `unet/config.json` exists.
+    pub fn resolve(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!(
+                "model directory {} does not exist or is not a directory",
+                dir.display()
+            );
+        }
+        let unet = dir.join("unet");
+        let (layout, base, scheduler) = if unet.join(CONFIG_FILE).is_file() {
+            (
+                Layout::Pipeline,
+                unet,
+                dir.join("scheduler").join(SCHEDULER_FILE),
+            )
+        } else if dir.join(CONFIG_FILE).is_file() {
+            (Layout::Flat, dir.to_path_buf(), dir.join(SCHEDULER_FILE))
+        } else {
+            bail!(
+                "{} is not a diffusers model directory: found neither unet/{CONFIG_FILE} (pipeline layout) \
+                 nor {CONFIG_FILE} (flat layout)",
+                dir.display()
+            );
+        };
+        let weights = base.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            let bin = base.join("diffusion_pytorch_model.bin");
+            let hint = if bin.is_file() {
+                " (only a PyTorch pickle diffusion_pytorch_model.bin is there; convert it to safetensors, \
+                 e.g. by loading it with diffusers and calling save_pretrained(..., safe_serialization=True))"
+            } else {
+                ""
+            };
+            bail!("missing weights file {}{hint}", weights.display());
+        }
+        Ok(Self {
+            root: dir.to_path_buf(),
+            layout,
+            config: base.join(CONFIG_FILE),
+            weights,
+            scheduler_config: scheduler.is_file().then_some(scheduler),
+        })
+    }
+
+    /// The scheduler config path, or an error naming where it was looked for.
+    pub fn require_scheduler_config(&self) -> Result<&Path> {
+        match &self.scheduler_config {
+            Some(p) => Ok(p),
+            None => {
+                let expected = match self.layout {
+                    Layout::Pipeline => self.root.join("scheduler").join(SCHEDULER_FILE),
+                    Layout::Flat => self.root.join(SCHEDULER_FILE),
+                };
+                bail!(
+                    "model directory {} has no scheduler config (expected {}; pass --scheduler-config FILE)",
+                    self.root.display(),
+                    expected.display()
+                )
+            }
+        }
+    }
+}

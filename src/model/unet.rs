@@ -1,0 +1,791 @@
+//! The U-Net as an explicit, static program: one list of layers built once from the config, for a
+//! given image size, and walked unchanged by the CPU reference (`cpu::forward`) and the GPU plan.
+//!
+//! # Execution model
+//! A forward pass keeps one current activation `h` (per image `[C, H, W]`, batch chosen at run
+//! time) plus the time embedding `emb` `[B, time_embed_dim]` computed once up front by
+//! [`TimeEmbedding`]. [`UNet::layers`] are applied in order, each reading `h` and replacing it:
+//!
+//! * [`Op::PushSkip`] stores the current `h` in skip slot `slot` (no arithmetic: a GPU plan keeps
+//!   that buffer alive until the matching [`Op::ConcatSkip`]);
+//! * [`Op::ConcatSkip`] sets `h = cat([h, skip[slot]], channels)` (h first), releasing the slot;
+//! * [`Op::Resnet`] reads `emb` as well;
+//! * every other op is a function of `h` alone.
+//!
+//! Slots are numbered in push order and consumed in reverse (a stack), exactly as diffusers'
+//! `down_block_res_samples`. Each layer records its per-image input and output shape, its FLOPs
+//! per image and its parameter count, and names its weights by their (new-style) diffusers
+//! state-dict keys, so a planner can allocate buffers and emit dispatches without re-deriving the
+//! architecture.
+//!
+//! # FLOP convention
+//! 2 × multiply-adds of convolutions, linear layers and attention matmuls (q/k/v/out projections,
+//! q·kᵀ and p·v); norms, activations and additions are not counted. Convolution:
+//! 2·OH·OW·Cout·KH·KW·Cin per image.
+
+use crate::cpu::ops::{conv2d_output_size, Padding};
+use crate::model::config::{DownBlockKind, UNet2DConfig, UpBlockKind, MAX_PARAMETERS};
+use anyhow::{bail, ensure, Result};
+
+/// Per-image activation shape; the batch dimension is chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub fn numel(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.c, self.h, self.w)
+    }
+}
+
+/// One named weight tensor the model needs, with its exact shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// torch `Conv2d` with bias. Weight `[out, in, kernel, kernel]`, bias `[out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    pub weight: String,
+    pub bias: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+/// torch `GroupNorm` with affine weight and bias `[channels]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupNorm {
+    pub weight: String,
+    pub bias: String,
+    pub channels: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+/// torch `Linear` with bias: weight `[out, in]`, bias `[out]`, y = x Wᵀ + b.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    pub weight: String,
+    pub bias: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// diffusers `ResnetBlock2D` (pre-norm, SiLU, no up/down):
+/// ```text
+/// t   = time_emb_proj(silu(emb))                               [B, out] (or [B, 2·out])
+/// y   = conv1(silu(norm1(x)))
+/// default:     y = silu(norm2(y + t[:, :, None, None]))
+/// scale_shift: (scale, shift) = split(t); y = silu(norm2(y) * (1 + scale) + shift)
+/// y   = conv2(y)
+/// out = (shortcut(x) or x) + y, divided by output_scale_factor
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resnet {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    /// `out_features` is `out_channels`, or `2·out_channels` with `scale_shift`.
+    pub time_emb_proj: Linear,
+    pub scale_shift: bool,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    /// 1×1 convolution, present exactly when `in_channels != out_channels`.
+    pub shortcut: Option<Conv2d>,
+    pub output_scale_factor: f32,
+}
+
+/// diffusers `Attention` as built by the Attn*Block2D / UNetMidBlock2D (self-attention over the
+/// H·W tokens, token index y·W + x):
+/// ```text
+/// t = tokens(norm(x) or x)                  [B, HW, C]
+/// q, k, v = to_q(t), to_k(t), to_v(t)       [B, HW, heads·head_dim]
+/// o = per head softmax(q kᵀ / √head_dim) v  (head h = channels h·head_dim ..)
+/// out = (image(to_out(o)) + x) / rescale_output_factor
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    pub channels: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Absent only in a `scale_shift` mid block without `attn_norm_num_groups` (as in diffusers).
+    pub norm: Option<GroupNorm>,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub rescale_output_factor: f32,
+}
+
+impl Attention {
+    /// Width of q, k and v: `heads · head_dim` (equal to `channels` unless it is not divisible).
+    pub fn inner_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Sinusoidal projection of the timestep followed by the MLP `linear_2(silu(linear_1(·)))`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeEmbedding {
+    /// Width of the sinusoidal projection (`block_out_channels[0]`).
+    pub proj_dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f32,
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+impl TimeEmbedding {
+    pub fn embed_dim(&self) -> usize {
+        self.linear_2.out_features
+    }
+}
+
+/// What one layer does to the current activation `h`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `h = 2·h − 1` (config `center_input_sample`).
+    CenterInput,
+    Conv(Conv2d),
+    Resnet(Resnet),
+    Attention(Attention),
+    /// Nearest-neighbour 2× upsampling (always followed by the upsampler's 3×3 conv).
+    UpsampleNearest2x,
+    /// `GroupNorm` then SiLU (`conv_norm_out` + `conv_act`).
+    GroupNormSilu(GroupNorm),
+    /// Keep the current `h` as skip `slot`.
+    PushSkip {
+        slot: usize,
+    },
+    /// `h = cat([h, skip[slot]])` along channels.
+    ConcatSkip {
+        slot: usize,
+    },
+}
+
+/// One step of the program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// The diffusers module path (`down_blocks.1.attentions.0`), or for the ops diffusers does not
+    /// name: `<resnet path>.concat` and `<upsampler path>.interpolate`, `skip.<slot>`, `center_input`.
+    pub name: String,
+    pub op: Op,
+    pub input: Shape,
+    pub output: Shape,
+    /// FLOPs per image (see the module docs for the convention).
+    pub flops: u64,
+    pub params: u64,
+}
+
+/// The whole network for one image size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNet {
+    pub input: Shape,
+    pub output: Shape,
+    pub time: TimeEmbedding,
+    pub layers: Vec<Layer>,
+    /// Shape of each skip slot, indexed by slot.
+    pub skips: Vec<Shape>,
+}
+
+fn conv(
+    prefix: &str,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+) -> Conv2d {
+    Conv2d {
+        weight: format!("{prefix}.weight"),
+        bias: format!("{prefix}.bias"),
+        in_channels: cin,
+        out_channels: cout,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+fn linear(prefix: &str, inp: usize, out: usize) -> Linear {
+    Linear {
+        weight: format!("{prefix}.weight"),
+        bias: format!("{prefix}.bias"),
+        in_features: inp,
+        out_features: out,
+    }
+}
+
+fn group_norm(prefix: &str, channels: usize, groups: usize, eps: f32) -> Result<GroupNorm> {
+    ensure!(
+        channels % groups == 0,
+        "{prefix}: {channels} channels cannot be split into {groups} groups \
+         (norm_num_groups / attn_norm_num_groups in config.json must divide every block's channels)"
+    );
+    Ok(GroupNorm {
+        weight: format!("{prefix}.weight"),
+        bias: format!("{prefix}.bias"),
+        channels,
+        groups,
+        eps,
+    })
+}
+
+impl Conv2d {
+    pub fn output_shape(&self, input: Shape) -> Shape {
+        let (h, w) = conv2d_output_size(
+            input.h,
+            input.w,
+            self.kernel,
+            self.kernel,
+            self.stride,
+            self.padding,
+        );
+        Shape {
+            c: self.out_channels,
+            h,
+            w,
+        }
+    }
+
+    pub fn flops(&self, input: Shape) -> u64 {
+        let o = self.output_shape(input);
+        2 * (o.h * o.w * self.out_channels * self.kernel * self.kernel * self.in_channels) as u64
+    }
+
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        let k = self.kernel;
+        vec![
+            WeightSpec {
+                name: self.weight.clone(),
+                shape: vec![self.out_channels, self.in_channels, k, k],
+            },
+            WeightSpec {
+                name: self.bias.clone(),
+                shape: vec![self.out_channels],
+            },
+        ]
+    }
+}
+
+impl GroupNorm {
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        vec![
+            WeightSpec {
+                name: self.weight.clone(),
+                shape: vec![self.channels],
+            },
+            WeightSpec {
+                name: self.bias.clone(),
+                shape: vec![self.channels],
+            },
+        ]
+    }
+}
+
+impl Linear {
+    /// FLOPs for one input row.
+    pub fn flops(&self) -> u64 {
+        2 * (self.in_features * self.out_features) as u64
+    }
+
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        vec![
+            WeightSpec {
+                name: self.weight.clone(),
+                shape: vec![self.out_features, self.in_features],
+            },
+            WeightSpec {
+                name: self.bias.clone(),
+                shape: vec![self.out_features],
+            },
+        ]
+    }
+}
+
+impl Op {
+    /// Every weight this op reads, in diffusers' state-dict order.
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        match self {
+            Op::Conv(c) => c.weights(),
+            Op::GroupNormSilu(n) => n.weights(),
+            Op::Resnet(r) => {
+                let mut v = r.norm1.weights();
+                v.extend(r.conv1.weights());
+                v.extend(r.time_emb_proj.weights());
+                v.extend(r.norm2.weights());
+                v.extend(r.conv2.weights());
+                if let Some(s) = &r.shortcut {
+                    v.extend(s.weights());
+                }
+                v
+            }
+            Op::Attention(a) => {
+                let mut v = a.norm.as_ref().map(GroupNorm::weights).unwrap_or_default();
+                for l in [&a.to_q, &a.to_k, &a.to_v, &a.to_out] {
+                    v.extend(l.weights());
+                }
+                v
+            }
+            Op::CenterInput
+            | Op::UpsampleNearest2x
+            | Op::PushSkip { .. }
+            | Op::ConcatSkip { .. } => Vec::new(),
+        }
+    }
+
+    /// FLOPs per image for input shape `x`.
+    fn flops(&self, x: Shape) -> u64 {
+        match self {
+            Op::Conv(c) => c.flops(x),
+            Op::Resnet(r) => {
+                let mid = r.conv1.output_shape(x);
+                r.conv1.flops(x)
+                    + r.conv2.flops(mid)
+                    + r.shortcut.as_ref().map_or(0, |s| s.flops(x))
+                    + r.time_emb_proj.flops()
+            }
+            Op::Attention(a) => {
+                let tokens = (x.h * x.w) as u64;
+                let projections =
+                    tokens * (a.to_q.flops() + a.to_k.flops() + a.to_v.flops() + a.to_out.flops());
+                projections + 2 * 2 * tokens * tokens * a.inner_dim() as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn params(specs: &[WeightSpec]) -> u64 {
+    specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Builds the layer list while tracking the current shape and the skip stack.
+struct Builder {
+    layers: Vec<Layer>,
+    shape: Shape,
+    skips: Vec<Shape>,
+    stack: Vec<usize>,
+}
+
+impl Builder {
+    fn push(&mut self, name: String, op: Op) -> Result<()> {
+        let input = self.shape;
+        let output = match &op {
+            Op::Conv(c) => {
+                ensure!(
+                    c.in_channels == input.c,
+                    "{name}: expects {} channels, gets {}",
+                    c.in_channels,
+                    input.c
+                );
+                c.output_shape(input)
+            }
+            Op::Resnet(r) => {
+                ensure!(
+                    r.in_channels == input.c,
+                    "{name}: expects {} channels, gets {}",
+                    r.in_channels,
+                    input.c
+                );
+                Shape {
+                    c: r.out_channels,
+                    ..input
+                }
+            }
+            Op::UpsampleNearest2x => Shape {
+                h: 2 * input.h,
+                w: 2 * input.w,
+                ..input
+            },
+            Op::ConcatSkip { slot } => {
+                let s = self.skips[*slot];
+                ensure!(
+                    s.h == input.h && s.w == input.w,
+                    "{name}: skip {s} does not match activation {input} (image size not divisible by 2^(blocks-1)?)"
+                );
+                Shape {
+                    c: input.c + s.c,
+                    ..input
+                }
+            }
+            _ => input,
+        };
+        let weights = op.weights();
+        self.layers.push(Layer {
+            flops: op.flops(input),
+            params: params(&weights),
+            name,
+            op,
+            input,
+            output,
+        });
+        self.shape = output;
+        Ok(())
+    }
+
+    fn push_skip(&mut self) -> Result<()> {
+        let slot = self.skips.len();
+        self.skips.push(self.shape);
+        self.stack.push(slot);
+        self.push(format!("skip.{slot}"), Op::PushSkip { slot })
+    }
+
+    fn concat_skip(&mut self, name: String, expected_channels: usize) -> Result<()> {
+        let Some(slot) = self.stack.pop() else {
+            bail!("{name}: no skip connection left to concatenate")
+        };
+        ensure!(
+            self.skips[slot].c == expected_channels,
+            "{name}: skip {slot} has {} channels, the block expects {expected_channels}",
+            self.skips[slot].c
+        );
+        self.push(name, Op::ConcatSkip { slot })
+    }
+}
+
+impl UNet {
+    /// The network for images of `height × width`. Both must be divisible by 2^(blocks − 1) so
+    /// that every skip connection matches after downsampling and upsampling.
+    pub fn new(config: &UNet2DConfig, height: usize, width: usize) -> Result<Self> {
+        config.validate()?;
+        let boc = &config.block_out_channels;
+        let n = boc.len();
+        let factor = 1usize << (n - 1);
+        ensure!(
+            height > 0 && width > 0 && height % factor == 0 && width % factor == 0,
+            "image size {height}x{width} is not supported by this model: with {n} blocks both sides must be \
+             positive multiples of {factor}"
+        );
+        let groups = config.norm_num_groups.unwrap_or(32);
+        let eps = config.norm_eps;
+        let temb = config.time_embed_dim();
+        let proj = config.time_proj_dim();
+        let time = TimeEmbedding {
+            proj_dim: proj,
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+            linear_1: linear("time_embedding.linear_1", proj, temb),
+            linear_2: linear("time_embedding.linear_2", temb, temb),
+        };
+        let resnet = |prefix: &str, cin: usize, cout: usize, scale: f32| -> Result<Resnet> {
+            let t_out = if config.scale_shift() { 2 * cout } else { cout };
+            Ok(Resnet {
+                in_channels: cin,
+                out_channels: cout,
+                norm1: group_norm(&format!("{prefix}.norm1"), cin, groups, eps)?,
+                conv1: conv(
+                    &format!("{prefix}.conv1"),
+                    cin,
+                    cout,
+                    3,
+                    1,
+                    Padding::same(1),
+                ),
+                time_emb_proj: linear(&format!("{prefix}.time_emb_proj"), temb, t_out),
+                scale_shift: config.scale_shift(),
+                norm2: group_norm(&format!("{prefix}.norm2"), cout, groups, eps)?,
+                conv2: conv(
+                    &format!("{prefix}.conv2"),
+                    cout,
+                    cout,
+                    3,
+                    1,
+                    Padding::same(1),
+                ),
+                shortcut: (cin != cout).then(|| {
+                    conv(
+                        &format!("{prefix}.conv_shortcut"),
+                        cin,
+                        cout,
+                        1,
+                        1,
+                        Padding::same(0),
+                    )
+                }),
+                output_scale_factor: scale,
+            })
+        };
+        let attention = |prefix: &str,
+                         c: usize,
+                         norm_groups: Option<usize>,
+                         scale: f32|
+         -> Result<Attention> {
+            let head_dim = config.attention_head_dim.unwrap_or(c);
+            let heads = c / head_dim;
+            ensure!(
+                heads >= 1,
+                "{prefix}: attention_head_dim {head_dim} in config.json exceeds the block's {c} channels"
+            );
+            let inner = heads * head_dim;
+            Ok(Attention {
+                channels: c,
+                heads,
+                head_dim,
+                norm: norm_groups
+                    .map(|g| group_norm(&format!("{prefix}.group_norm"), c, g, eps))
+                    .transpose()?,
+                to_q: linear(&format!("{prefix}.to_q"), c, inner),
+                to_k: linear(&format!("{prefix}.to_k"), c, inner),
+                to_v: linear(&format!("{prefix}.to_v"), c, inner),
+                to_out: linear(&format!("{prefix}.to_out.0"), inner, c),
+                rescale_output_factor: scale,
+            })
+        };
+
+        let input = Shape {
+            c: config.in_channels,
+            h: height,
+            w: width,
+        };
+        let mut b = Builder {
+            layers: Vec::new(),
+            shape: input,
+            skips: Vec::new(),
+            stack: Vec::new(),
+        };
+        if config.center_input_sample {
+            b.push("center_input".into(), Op::CenterInput)?;
+        }
+        b.push(
+            "conv_in".into(),
+            Op::Conv(conv(
+                "conv_in",
+                config.in_channels,
+                boc[0],
+                3,
+                1,
+                Padding::same(1),
+            )),
+        )?;
+        b.push_skip()?;
+
+        let mut out_ch = boc[0];
+        for (i, kind) in config.down_blocks()?.into_iter().enumerate() {
+            let in_ch = out_ch;
+            out_ch = boc[i];
+            for j in 0..config.layers_per_block {
+                let p = format!("down_blocks.{i}.resnets.{j}");
+                let cin = if j == 0 { in_ch } else { out_ch };
+                b.push(p.clone(), Op::Resnet(resnet(&p, cin, out_ch, 1.0)?))?;
+                if kind == DownBlockKind::AttnDown {
+                    let p = format!("down_blocks.{i}.attentions.{j}");
+                    b.push(
+                        p.clone(),
+                        Op::Attention(attention(&p, out_ch, Some(groups), 1.0)?),
+                    )?;
+                }
+                b.push_skip()?;
+            }
+            if i + 1 < n {
+                let pad = match config.downsample_padding {
+                    0 => Padding {
+                        top: 0,
+                        left: 0,
+                        bottom: 1,
+                        right: 1,
+                    },
+                    p => Padding::same(p),
+                };
+                let p = format!("down_blocks.{i}.downsamplers.0.conv");
+                b.push(p.clone(), Op::Conv(conv(&p, out_ch, out_ch, 3, 2, pad)))?;
+                b.push_skip()?;
+            }
+        }
+
+        if config.mid_block_type.is_some() {
+            let c = boc[n - 1];
+            let scale = config.mid_block_scale_factor;
+            b.push(
+                "mid_block.resnets.0".into(),
+                Op::Resnet(resnet("mid_block.resnets.0", c, c, scale)?),
+            )?;
+            if config.add_attention {
+                let norm_groups = config
+                    .attn_norm_num_groups
+                    .or((!config.scale_shift()).then_some(groups));
+                let p = "mid_block.attentions.0";
+                b.push(
+                    p.into(),
+                    Op::Attention(attention(p, c, norm_groups, scale)?),
+                )?;
+            }
+            b.push(
+                "mid_block.resnets.1".into(),
+                Op::Resnet(resnet("mid_block.resnets.1", c, c, scale)?),
+            )?;
+        }
+
+        let rev: Vec<usize> = boc.iter().rev().copied().collect();
+        let mut out_ch = rev[0];
+        for (i, kind) in config.up_blocks()?.into_iter().enumerate() {
+            let prev = out_ch;
+            out_ch = rev[i];
+            let in_ch = rev[(i + 1).min(n - 1)];
+            let layers = config.layers_per_block + 1;
+            for j in 0..layers {
+                let skip_ch = if j + 1 == layers { in_ch } else { out_ch };
+                let res_in = if j == 0 { prev } else { out_ch };
+                let p = format!("up_blocks.{i}.resnets.{j}");
+                b.concat_skip(format!("{p}.concat"), skip_ch)?;
+                b.push(
+                    p.clone(),
+                    Op::Resnet(resnet(&p, res_in + skip_ch, out_ch, 1.0)?),
+                )?;
+                if kind == UpBlockKind::AttnUp {
+                    let p = format!("up_blocks.{i}.attentions.{j}");
+                    b.push(
+                        p.clone(),
+                        Op::Attention(attention(&p, out_ch, Some(groups), 1.0)?),
+                    )?;
+                }
+            }
+            if i + 1 < n {
+                b.push(
+                    format!("up_blocks.{i}.upsamplers.0.interpolate"),
+                    Op::UpsampleNearest2x,
+                )?;
+                let p = format!("up_blocks.{i}.upsamplers.0.conv");
+                b.push(
+                    p.clone(),
+                    Op::Conv(conv(&p, out_ch, out_ch, 3, 1, Padding::same(1))),
+                )?;
+            }
+        }
+        ensure!(
+            b.stack.is_empty(),
+            "internal error: {} skip connections left unused",
+            b.stack.len()
+        );
+
+        b.push(
+            "conv_norm_out".into(),
+            Op::GroupNormSilu(group_norm("conv_norm_out", boc[0], groups, eps)?),
+        )?;
+        b.push(
+            "conv_out".into(),
+            Op::Conv(conv(
+                "conv_out",
+                boc[0],
+                config.out_channels,
+                3,
+                1,
+                Padding::same(1),
+            )),
+        )?;
+
+        let unet = UNet {
+            input,
+            output: b.shape,
+            time,
+            layers: b.layers,
+            skips: b.skips,
+        };
+        let total = unet.params();
+        ensure!(
+            total <= MAX_PARAMETERS,
+            "the model in config.json would have {total} parameters ({:.1} GiB as f32); at most {MAX_PARAMETERS} are supported",
+            total as f64 * 4.0 / (1u64 << 30) as f64
+        );
+        Ok(unet)
+    }
+
+    /// The network at the config's `sample_size`, or at the smallest valid size when it has none.
+    pub fn from_config(config: &UNet2DConfig) -> Result<Self> {
+        let (h, w) = config.sample_hw().unwrap_or_else(|| {
+            let f = 1 << config.block_out_channels.len().saturating_sub(1).min(16);
+            (f, f)
+        });
+        Self::new(config, h, w)
+    }
+
+    /// The weights a config needs (independent of the image size).
+    pub fn expected_weights(config: &UNet2DConfig) -> Result<Vec<WeightSpec>> {
+        config.validate()?;
+        let f = 1 << (config.block_out_channels.len() - 1);
+        Ok(Self::new(config, f, f)?.weights())
+    }
+
+    /// Every weight, in diffusers' state-dict order of modules (time embedding first).
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        let mut v = self.time.linear_1.weights();
+        v.extend(self.time.linear_2.weights());
+        for l in &self.layers {
+            v.extend(l.op.weights());
+        }
+        v
+    }
+
+    /// Total parameter count.
+    pub fn params(&self) -> u64 {
+        params(&self.weights())
+    }
+
+    /// FLOPs of one forward pass per image, including the time embedding MLP.
+    pub fn flops(&self) -> u64 {
+        self.time.linear_1.flops()
+            + self.time.linear_2.flops()
+            + self.layers.iter().map(|l| l.flops).sum::<u64>()
+    }
+
+    /// Largest per-image activation (elements) produced by any layer.
+    pub fn max_activation(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.output.numel())
+            .max()
+            .unwrap_or(0)
+            .max(self.input.numel())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cifar10_matches_published_counts() {
+        let u = UNet::from_config(&UNet2DConfig::cifar10()).unwrap();
+        assert_eq!(u.params(), 35_746_307);
+        assert_eq!(u.weights().len(), 328);
+        assert_eq!(u.skips.len(), 12);
+        let conv: u64 = u
+            .layers
+            .iter()
+            .filter(|l| matches!(l.op, Op::Conv(_)))
+            .map(|l| l.flops)
+            .sum();
+        assert!(conv > 0);
+        let total = u.flops() as f64 / 1e9;
+        assert!((total - 12.44).abs() < 0.05, "{total} GFLOP");
+        assert_eq!(u.output, Shape { c: 3, h: 32, w: 32 });
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        let c = UNet2DConfig::cifar10();
+        assert!(UNet::new(&c, 30, 32).is_err());
+        let mut c = UNet2DConfig::cifar10();
+        c.norm_num_groups = Some(7);
+        let e = UNet::new(&c, 32, 32).unwrap_err();
+        assert!(e.to_string().contains("groups"), "{e}");
+    }
+}
