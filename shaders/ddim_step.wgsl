@@ -1,0 +1,143 @@
+// The fused DDIM update (diffusers DDIMScheduler.step), one element per invocation:
+//   x0, eps  from (x, model output) for the prediction type (epsilon | sample | v_prediction)
+//   x0       clipped to ±range, or dynamically thresholded (Imagen) with a per-sample s
+//   eps      re-derived from the limited x0 when use_clipped_model_output
+//   x_prev = sqrt(a_prev)·x0 + sqrt(1 − a_prev − σ²)·eps + σ·z
+// Per-step coefficients (computed in f64 on the host) come from a table of 256-byte slots bound
+// with a dynamic offset, so every step of a sampling run is encoded without CPU round trips.
+// z is host-generated noise (identical for the CPU reference), read at the step's offset.
+//
+// ddim_threshold runs first when thresholding: one workgroup per sample finds the two order
+// statistics of |x0| around q·(N−1) exactly, by bisection over the f32 bit patterns (for
+// non-negative floats, integer order equals float order), counting with workgroup atomics.
+
+struct Params {
+    numel: u32,
+    per_sample: u32,
+    prediction: u32,     // 0 epsilon, 1 sample, 2 v_prediction
+    limit: u32,          // 0 none, 1 clip, 2 dynamic threshold
+    clip_range: f32,
+    rank_lo: u32,        // floor(q·(N−1)) and ceil(q·(N−1)) for the quantile
+    rank_hi: u32,
+    rank_weight: f32,    // q·(N−1) − floor(q·(N−1))
+    max_value: f32,      // sample_max_value: s = clamp(quantile, 1, max_value)
+    use_clipped: u32,    // use_clipped_model_output
+    write_x0: u32,       // also store the (limited) x0
+    _pad: u32,
+}
+
+struct Step {
+    sqrt_a: f32,         // sqrt(alpha_prod_t)
+    sqrt_b: f32,         // sqrt(1 − alpha_prod_t)
+    sqrt_a_prev: f32,
+    dir: f32,            // sqrt(1 − alpha_prod_t_prev − σ²)
+    sigma: f32,          // eta · sqrt(variance)
+    noise_offset: u32,   // element offset of this step's noise
+    has_noise: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> st: Step;
+@group(0) @binding(2) var<storage, read> model_out: array<f32>;
+@group(0) @binding(3) var<storage, read> noise: array<f32>;
+@group(0) @binding(4) var<storage, read_write> thresholds: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sample: array<f32>;
+@group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
+
+const WG: u32 = 256u;
+
+// (x0, eps) before any limiting.
+fn predict(x: f32, m: f32) -> vec2<f32> {
+    switch p.prediction {
+        case 1u: {
+            return vec2<f32>(m, (x - st.sqrt_a * m) / st.sqrt_b);
+        }
+        case 2u: {
+            return vec2<f32>(st.sqrt_a * x - st.sqrt_b * m, st.sqrt_a * m + st.sqrt_b * x);
+        }
+        default: {
+            return vec2<f32>((x - st.sqrt_b * m) / st.sqrt_a, m);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn ddim_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i >= p.numel {
+        return;
+    }
+    let x = sample[i];
+    let pe = predict(x, model_out[i]);
+    var x0 = pe.x;
+    var eps = pe.y;
+    if p.limit == 1u {
+        x0 = clamp(x0, -p.clip_range, p.clip_range);
+    } else if p.limit == 2u {
+        let s = thresholds[i / p.per_sample];
+        x0 = clamp(x0, -s, s) / s;
+    }
+    if p.use_clipped != 0u {
+        eps = (x - st.sqrt_a * x0) / st.sqrt_b;
+    }
+    var prev = st.sqrt_a_prev * x0 + st.dir * eps;
+    if st.has_noise != 0u {
+        prev += st.sigma * noise[st.noise_offset + i];
+    }
+    sample[i] = prev;
+    if p.write_x0 != 0u {
+        x0_out[i] = x0;
+    }
+}
+
+// Counters for the two order statistics, double-buffered by iteration parity.
+var<workgroup> counts: array<atomic<u32>, 4>;
+
+@compute @workgroup_size(256)
+fn ddim_threshold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wid.x;
+    let base = b * p.per_sample;
+    if lid < 4u {
+        atomicStore(&counts[lid], 0u);
+    }
+    workgroupBarrier();
+    // Smallest bit pattern v with #{|x0| ≤ v} ≥ rank + 1, for both ranks.
+    var lo = vec2<u32>(0u);
+    var hi = vec2<u32>(0x7f800000u);
+    let need = vec2<u32>(p.rank_lo + 1u, p.rank_hi + 1u);
+    for (var iter = 0u; iter < 32u; iter++) {
+        let mid = lo + (hi - lo) / 2u;
+        var local = vec2<u32>(0u);
+        for (var j = lid; j < p.per_sample; j += WG) {
+            let x = sample[base + j];
+            let bits = bitcast<u32>(abs(predict(x, model_out[base + j]).x));
+            local += vec2<u32>(select(0u, 1u, bits <= mid.x), select(0u, 1u, bits <= mid.y));
+        }
+        let slot = (iter & 1u) * 2u;
+        atomicAdd(&counts[slot], local.x);
+        atomicAdd(&counts[slot + 1u], local.y);
+        workgroupBarrier();
+        let total = vec2<u32>(atomicLoad(&counts[slot]), atomicLoad(&counts[slot + 1u]));
+        // Reset the other pair for the next iteration; everyone read it before this barrier.
+        if lid == 0u {
+            atomicStore(&counts[2u - slot], 0u);
+            atomicStore(&counts[3u - slot], 0u);
+        }
+        let enough = total >= need;
+        hi = select(hi, mid, enough & (lo < hi));
+        lo = select(lo, mid + 1u, !enough & (lo < hi));
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        let below = bitcast<f32>(lo.x);
+        let above = bitcast<f32>(lo.y);
+        let w = p.rank_weight;
+        // torch.lerp's two-sided formula, as torch.quantile uses it.
+        var q = below + w * (above - below);
+        if w >= 0.5 {
+            q = above - (above - below) * (1.0 - w);
+        }
+        thresholds[b] = clamp(q, 1.0, p.max_value);
+    }
+}

@@ -1,0 +1,265 @@
+//! The fused DDIM update (`shaders/ddim_step.wgsl`): one dispatch per step (two with dynamic
+//! thresholding), recorded once and encoded for step `s` with a dynamic offset into a table of
+//! per-step coefficients. The reference twin is `schedule::ddim::ddim_step` (`step_core`).
+
+use anyhow::{bail, ensure, Result};
+
+use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+use crate::schedule::{DdimStep, PredictionType, X0Limit};
+
+pub const SOURCE: &str = include_str!("../../../shaders/ddim_step.wgsl");
+const WORKGROUP: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub numel: u32,
+    pub per_sample: u32,
+    pub prediction: u32,
+    pub limit: u32,
+    pub clip_range: f32,
+    pub rank_lo: u32,
+    pub rank_hi: u32,
+    pub rank_weight: f32,
+    pub max_value: f32,
+    pub use_clipped: u32,
+    pub write_x0: u32,
+    pub _pad: u32,
+}
+
+/// One row of the per-step table (each row sits in its own aligned uniform slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepRow {
+    pub sqrt_a: f32,
+    pub sqrt_b: f32,
+    pub sqrt_a_prev: f32,
+    pub dir: f32,
+    pub sigma: f32,
+    pub noise_offset: u32,
+    pub has_noise: u32,
+    pub _pad: u32,
+}
+
+/// Where each step's noise lies in the noise buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseLayout {
+    /// All steps' noise, step `s` at element `s · numel` (uploaded once).
+    AllSteps,
+    /// One step's worth at offset 0, rewritten (`queue.write_buffer`) before each step.
+    Rewritten,
+}
+
+/// What the update does, independent of the step.
+#[derive(Clone, Copy, Debug)]
+pub struct DdimUpdateConfig {
+    pub batch: usize,
+    /// Elements per sample (C·H·W).
+    pub per_sample: usize,
+    pub prediction: PredictionType,
+    pub limit: X0Limit,
+    pub use_clipped_model_output: bool,
+}
+
+impl DdimUpdateConfig {
+    pub fn numel(&self) -> usize {
+        self.batch * self.per_sample
+    }
+
+    fn params(&self, write_x0: bool) -> Result<Params> {
+        let (limit, clip_range, max_value, ratio) = match self.limit {
+            X0Limit::None => (0, 0.0, 0.0, 0.0),
+            X0Limit::Clip(r) => (1, r, 0.0, 0.0),
+            X0Limit::Threshold { ratio, max_value } => (2, 0.0, max_value, ratio),
+        };
+        ensure!(
+            (0.0..=1.0).contains(&ratio),
+            "dynamic_thresholding_ratio must be in [0, 1], got {ratio}"
+        );
+        // torch.quantile's rank position, computed in f64 as the CPU reference does.
+        let pos = ratio * (self.per_sample - 1) as f64;
+        Ok(Params {
+            numel: self.numel() as u32,
+            per_sample: self.per_sample as u32,
+            prediction: match self.prediction {
+                PredictionType::Epsilon => 0,
+                PredictionType::Sample => 1,
+                PredictionType::VPrediction => 2,
+            },
+            limit,
+            clip_range: clip_range as f32,
+            rank_lo: pos.floor() as u32,
+            rank_hi: pos.ceil() as u32,
+            rank_weight: (pos - pos.floor()) as f32,
+            max_value: max_value as f32,
+            use_clipped: self.use_clipped_model_output as u32,
+            write_x0: write_x0 as u32,
+            _pad: 0,
+        })
+    }
+}
+
+/// Device buffers of the update. `sample` is updated in place.
+pub struct DdimBuffers<'a> {
+    /// The model output for the current step (`numel` f32).
+    pub model_out: &'a wgpu::Buffer,
+    /// Host-generated noise (see `NoiseLayout`); None when every step has sigma = 0.
+    pub noise: Option<&'a wgpu::Buffer>,
+    pub sample: &'a wgpu::Buffer,
+    /// Where to store the (limited) predicted x0 each step, if wanted.
+    pub x0_out: Option<&'a wgpu::Buffer>,
+}
+
+fn spec(entry: &'static str) -> KernelSpec {
+    KernelSpec {
+        shader: "ddim_step",
+        source: SOURCE,
+        entry,
+        constants: vec![],
+        bindings: vec![
+            Binding::Uniform,          // params
+            Binding::UniformDynamic,   // this step's row of the table
+            Binding::StorageRead,      // model output
+            Binding::StorageRead,      // noise
+            Binding::StorageReadWrite, // per-sample thresholds
+            Binding::StorageReadWrite, // sample (in place)
+            Binding::StorageReadWrite, // x0 out
+        ],
+    }
+}
+
+/// The per-step rows of `steps` as f32, each in a slot of `stride` bytes.
+pub fn step_table_bytes(
+    steps: &[DdimStep],
+    numel: usize,
+    layout: NoiseLayout,
+    stride: usize,
+) -> Vec<u8> {
+    let mut bytes = vec![0u8; steps.len().max(1) * stride];
+    for (s, st) in steps.iter().enumerate() {
+        let row = StepRow {
+            sqrt_a: st.sqrt_alpha_prod_t as f32,
+            sqrt_b: st.sqrt_one_minus_alpha_prod_t as f32,
+            sqrt_a_prev: st.sqrt_alpha_prod_t_prev as f32,
+            dir: st.dir_coef as f32,
+            sigma: st.sigma as f32,
+            noise_offset: match layout {
+                NoiseLayout::AllSteps => (s * numel) as u32,
+                NoiseLayout::Rewritten => 0,
+            },
+            has_noise: (st.sigma > 0.0) as u32,
+            _pad: 0,
+        };
+        bytes[s * stride..s * stride + std::mem::size_of::<StepRow>()]
+            .copy_from_slice(bytemuck::bytes_of(&row));
+    }
+    bytes
+}
+
+/// The dispatches of one DDIM update (threshold search first when thresholding), to be
+/// encoded with `Dispatch::encode(pass, s)` for step `s` of `steps`.
+pub fn ddim_update(
+    ctx: &GpuContext,
+    cfg: &DdimUpdateConfig,
+    steps: &[DdimStep],
+    layout: NoiseLayout,
+    bufs: &DdimBuffers<'_>,
+) -> Result<Vec<Dispatch>> {
+    let numel = cfg.numel();
+    ensure!(numel > 0 && cfg.batch > 0, "DDIM update: empty sample");
+    ensure!(
+        numel < u32::MAX as usize,
+        "DDIM update: {numel} elements overflow 32-bit indexing"
+    );
+    ensure!(!steps.is_empty(), "DDIM update: no steps");
+    let bytes = (numel * 4) as u64;
+    ensure!(
+        bufs.model_out.size() >= bytes && bufs.sample.size() >= bytes,
+        "DDIM update: sample or model output holds fewer than {numel} f32"
+    );
+    if let Some(x0) = bufs.x0_out {
+        ensure!(
+            x0.size() >= bytes,
+            "DDIM update: x0 buffer holds fewer than {numel} f32"
+        );
+    }
+    let noisy = steps.iter().any(|s| s.sigma > 0.0);
+    match (noisy, bufs.noise) {
+        (true, None) => bail!("DDIM update: eta > 0 needs a noise buffer"),
+        (true, Some(z)) => {
+            let need = match layout {
+                NoiseLayout::AllSteps => bytes * steps.len() as u64,
+                NoiseLayout::Rewritten => bytes,
+            };
+            ensure!(
+                z.size() >= need,
+                "DDIM update: noise buffer holds {} bytes, needs {need} ({layout:?})",
+                z.size()
+            );
+            ensure!(
+                layout == NoiseLayout::Rewritten || numel * steps.len() < u32::MAX as usize,
+                "DDIM update: noise for all steps overflows 32-bit indexing; rewrite it per step"
+            );
+        }
+        (false, _) => {}
+    }
+    let params = cfg.params(bufs.x0_out.is_some())?;
+    let stride = (ctx.limits.min_uniform_buffer_offset_alignment as usize)
+        .max(std::mem::size_of::<StepRow>());
+    let table = ctx.buffer_with(
+        "ddim step table",
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        &step_table_bytes(steps, numel, layout, stride),
+    );
+    let uniform = ctx.uniform("ddim params", &params);
+    // Two placeholders: one buffer may not be bound both read-only and read-write.
+    let no_noise = ctx.storage("ddim no noise", 16);
+    let no_x0 = ctx.storage("ddim no x0", 16);
+    let thresholds = ctx.storage("ddim thresholds", (cfg.batch * 4) as u64);
+    let thresholding = matches!(cfg.limit, X0Limit::Threshold { .. });
+    let mut entries = vec![];
+    if thresholding {
+        ensure!(
+            cfg.batch <= 65535,
+            "DDIM thresholding: batch {} too large",
+            cfg.batch
+        );
+        entries.push(("ddim_threshold", [cfg.batch as u32, 1, 1], 4 * 32 * bytes));
+    }
+    let groups = grid_2d(
+        (numel as u32).div_ceil(WORKGROUP),
+        ctx.limits.max_compute_workgroups_per_dimension,
+    );
+    entries.push(("ddim_update", groups, 4 * bytes));
+    let mut out = vec![];
+    for (entry, workgroups, traffic) in entries {
+        let kernel = ctx.kernel(&spec(entry))?;
+        let bind_group = kernel.bind_group(
+            ctx,
+            &[
+                (&uniform).into(),
+                BufferSlice {
+                    buffer: &table,
+                    offset: 0,
+                    size: Some(std::mem::size_of::<StepRow>() as u64),
+                },
+                bufs.model_out.into(),
+                bufs.noise.unwrap_or(&no_noise).into(),
+                (&thresholds).into(),
+                bufs.sample.into(),
+                bufs.x0_out.unwrap_or(&no_x0).into(),
+            ],
+        )?;
+        out.push(Dispatch {
+            label: format!("ddim::{entry}"),
+            kernel,
+            bind_group,
+            workgroups,
+            dynamic_strides: vec![stride as u32],
+            flops: 8 * numel as u64,
+            bytes: traffic,
+        });
+    }
+    Ok(out)
+}
