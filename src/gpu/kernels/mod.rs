@@ -1,6 +1,7 @@
 //! One module per kernel family: params struct, bindings, dispatch size, FLOPs and bytes.
 
 pub mod attention;
+pub mod ddim_step;
 pub mod group_norm;
 pub mod linear;
 pub mod smoke;
