@@ -1,6 +1,7 @@
 //! One module per kernel family: params struct, bindings, dispatch size, FLOPs and bytes.
 
 pub mod attention;
+pub mod conv2d;
 pub mod ddim_step;
 pub mod group_norm;
 pub mod linear;
@@ -12,5 +13,7 @@ use crate::gpu::KernelSpec;
 /// `tests/shaders_naga.rs` translates each shader with the constant values really used.
 /// Families without overrides need not be listed (their shaders are checked as written).
 pub fn all_specs() -> Vec<KernelSpec> {
-    vec![smoke::spec()]
+    let mut specs = vec![smoke::spec()];
+    specs.extend(conv2d::Variant::ALL.map(conv2d::spec));
+    specs
 }

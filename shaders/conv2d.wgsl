@@ -1,0 +1,235 @@
+// conv2d as an implicit GEMM over NHWC activations: M = B·OH·OW output pixels, N = Cout,
+// K = KH·KW·Cin with k = (ky·KW + kx)·Cin + ci. Weights are pre-transposed to K-major
+// [KH][KW][Cin][Cout4] (Cout padded with zeros to a multiple of 4) so a weight row is read as vec4.
+//
+// Loader: the logical input may be a nearest 2× upsample of the stored one (read at (y/2, x/2)),
+// and its channels may come from two buffers (ci < c1 from `x_a`, the rest from `x_b`): the
+// decoder's upsample and skip concatenation cost no extra pass.
+// Epilogue: out = (acc + bias[n] + chan_add[b, n]? + residual[m, n]?) · out_scale.
+//
+// Two variants, one interface:
+//   conv_reg   — register-tiled, no workgroup memory and no barriers: each invocation computes
+//                4 pixels × 4 output channels. For CPU adapters (lavapipe), where barriers are slow.
+//   conv_tiled — workgroup-memory tiled: a 64×64 output tile per 16×16 workgroup, K in steps of 16,
+//                each invocation 4×4 outputs. For real GPUs.
+
+struct Params {
+    batch: u32,
+    src_h: u32,      // stored input height (before the optional upsample)
+    src_w: u32,
+    c1: u32,         // channels read from x_a
+    c2: u32,         // channels read from x_b (0 without concatenation)
+    out_h: u32,
+    out_w: u32,
+    cout: u32,
+    cout_v: u32,     // Cout4 / 4: vec4 columns per weight row
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    up_shift: u32,   // 1: nearest 2× upsample of the input, 0: none
+    flags: u32,      // bit 0: chan_add, bit 1: residual
+    out_scale: f32,
+    m_total: u32,    // B·OH·OW
+    m_groups_y: u32, // workgroups along grid y; grid z extends M past 65535 groups
+    _pad: u32,
+}
+
+const HAS_CHAN_ADD: u32 = 1u;
+const HAS_RESIDUAL: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x_a: array<f32>;
+@group(0) @binding(2) var<storage, read> x_b: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> chan_add: array<f32>;
+@group(0) @binding(6) var<storage, read> residual: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+// Where an output pixel's receptive field starts, in logical (upsampled) input coordinates.
+struct Pixel {
+    b: u32,
+    iy0: i32,
+    ix0: i32,
+    valid: bool,
+}
+
+fn pixel(m: u32) -> Pixel {
+    var px: Pixel;
+    px.valid = m < p.m_total;
+    let mm = select(0u, m, px.valid);
+    let ox = mm % p.out_w;
+    let t = mm / p.out_w;
+    let oy = t % p.out_h;
+    px.b = t / p.out_h;
+    px.iy0 = i32(oy * p.stride) - i32(p.pad_top);
+    px.ix0 = i32(ox * p.stride) - i32(p.pad_left);
+    return px;
+}
+
+// Element offset of pixel (b, iy, ix) in the stored input, in units of "pixels" (multiply by the
+// buffer's channel count), or -1 when (iy, ix) falls in the padding.
+fn src_pixel(b: u32, iy: i32, ix: i32) -> i32 {
+    let in_h = i32(p.src_h << p.up_shift);
+    let in_w = i32(p.src_w << p.up_shift);
+    if (iy < 0 || ix < 0 || iy >= in_h || ix >= in_w) {
+        return -1;
+    }
+    let sy = u32(iy) >> p.up_shift;
+    let sx = u32(ix) >> p.up_shift;
+    return i32((b * p.src_h + sy) * p.src_w + sx);
+}
+
+// One input value for implicit-GEMM column k of a pixel; 0 in the padding.
+fn load_x(px: Pixel, k: u32) -> f32 {
+    let cin = p.c1 + p.c2;
+    let ci = k % cin;
+    let tap = k / cin;
+    let kx = tap % p.kw;
+    let ky = tap / p.kw;
+    let s = src_pixel(px.b, px.iy0 + i32(ky), px.ix0 + i32(kx));
+    if (!px.valid || s < 0 || tap >= p.kh * p.kw) {
+        return 0.0;
+    }
+    if (ci < p.c1) {
+        return x_a[u32(s) * p.c1 + ci];
+    }
+    return x_b[u32(s) * p.c2 + (ci - p.c1)];
+}
+
+fn epilogue(m: u32, px: Pixel, nv: u32, acc: vec4<f32>) {
+    if (!px.valid || nv >= p.cout_v) {
+        return;
+    }
+    var v = acc + bias[nv];
+    let n0 = nv * 4u;
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n < p.cout) {
+            var o = v[j];
+            if ((p.flags & HAS_CHAN_ADD) != 0u) {
+                o += chan_add[px.b * p.cout + n];
+            }
+            if ((p.flags & HAS_RESIDUAL) != 0u) {
+                o += residual[m * p.cout + n];
+            }
+            out[m * p.cout + n] = o * p.out_scale;
+        }
+    }
+}
+
+fn m_group(wid: vec3<u32>) -> u32 {
+    return wid.z * p.m_groups_y + wid.y;
+}
+
+// ---- register-tiled variant --------------------------------------------------------------
+
+const REG_TM: u32 = 4u;   // pixels per invocation
+const REG_WG_X: u32 = 8u; // invocations along N (vec4 columns)
+const REG_WG_Y: u32 = 8u; // invocations along M
+
+@compute @workgroup_size(8, 8, 1)
+fn conv_reg(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let nv = wid.x * REG_WG_X + lid.x;
+    let m0 = (m_group(wid) * REG_WG_Y + lid.y) * REG_TM;
+    // Invocations past Cout still run the loop (reading a clamped column) so that control flow
+    // stays uniform; only the store is skipped.
+    let nv_load = min(nv, p.cout_v - 1u);
+
+    var px: array<Pixel, 4>;
+    for (var i = 0u; i < REG_TM; i++) {
+        px[i] = pixel(m0 + i);
+    }
+    var acc: array<vec4<f32>, 4>;
+    let cin = p.c1 + p.c2;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            // Per pixel: offsets of this tap in x_a and x_b, and whether it is inside the image.
+            var off_a: array<u32, 4>;
+            var off_b: array<u32, 4>;
+            var inside: array<bool, 4>;
+            for (var i = 0u; i < REG_TM; i++) {
+                let s = src_pixel(px[i].b, px[i].iy0 + i32(ky), px[i].ix0 + i32(kx));
+                inside[i] = px[i].valid && s >= 0;
+                let su = select(0u, u32(s), inside[i]);
+                off_a[i] = su * p.c1;
+                off_b[i] = su * p.c2;
+            }
+            let krow = (ky * p.kw + kx) * cin;
+            for (var ci = 0u; ci < p.c1; ci++) {
+                let wv = w[(krow + ci) * p.cout_v + nv_load];
+                for (var i = 0u; i < REG_TM; i++) {
+                    let a = select(0.0, x_a[off_a[i] + ci], inside[i]);
+                    acc[i] += a * wv;
+                }
+            }
+            for (var ci = 0u; ci < p.c2; ci++) {
+                let wv = w[(krow + p.c1 + ci) * p.cout_v + nv_load];
+                for (var i = 0u; i < REG_TM; i++) {
+                    let a = select(0.0, x_b[off_b[i] + ci], inside[i]);
+                    acc[i] += a * wv;
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < REG_TM; i++) {
+        epilogue(m0 + i, px[i], nv, acc[i]);
+    }
+}
+
+// ---- workgroup-memory tiled variant ------------------------------------------------------
+
+const T_BM: u32 = 64u; // pixels per workgroup tile
+const T_BNV: u32 = 16u; // vec4 columns per workgroup tile (64 output channels)
+const T_BK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>;       // [T_BK][T_BM]
+var<workgroup> b_tile: array<vec4<f32>, 256>;  // [T_BK][T_BNV]
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = lid.y * 16u + lid.x;
+    let m_base = m_group(wid) * T_BM;
+    let nv_base = wid.x * T_BNV;
+    let k_total = p.kh * p.kw * (p.c1 + p.c2);
+
+    // This invocation loads A elements (m_local = t/16 + 16j, k_local = t%16), j = 0..3:
+    // consecutive invocations read consecutive channels of one pixel.
+    let k_local = t % 16u;
+    var load_px: array<Pixel, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        load_px[j] = pixel(m_base + t / 16u + 16u * j);
+    }
+    // And one B vec4: row t/16, column t%16.
+    let b_row = t / 16u;
+    let b_col = nv_base + t % 16u;
+
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < k_total; k0 += T_BK) {
+        let k = k0 + k_local;
+        for (var j = 0u; j < 4u; j++) {
+            a_tile[k_local * T_BM + t / 16u + 16u * j] = select(0.0, load_x(load_px[j], k), k < k_total);
+        }
+        let kb = k0 + b_row;
+        let in_b = kb < k_total && b_col < p.cout_v;
+        let b_idx = select(0u, kb * p.cout_v + b_col, in_b);
+        b_tile[t] = select(vec4<f32>(0.0), w[b_idx], in_b);
+        workgroupBarrier();
+        for (var kk = 0u; kk < T_BK; kk++) {
+            let wv = b_tile[kk * T_BNV + lid.x];
+            let row = kk * T_BM + lid.y * 4u;
+            acc[0] += a_tile[row] * wv;
+            acc[1] += a_tile[row + 1u] * wv;
+            acc[2] += a_tile[row + 2u] * wv;
+            acc[3] += a_tile[row + 3u] * wv;
+        }
+        workgroupBarrier();
+    }
+    let nv = nv_base + lid.x;
+    for (var i = 0u; i < 4u; i++) {
+        let m = m_base + lid.y * 4u + i;
+        epilogue(m, pixel(m), nv, acc[i]);
+    }
+}

@@ -1,0 +1,400 @@
+//! conv2d as an implicit GEMM over NHWC (`shaders/conv2d.wgsl`), with the decoder's nearest 2×
+//! upsample and skip concatenation folded into the loader and bias, per-(batch, channel) add and
+//! residual add fused into the epilogue. The reference twin is `cpu::ops::conv2d` (+ upsample,
+//! concat, add).
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::cpu::ops::Padding;
+use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+use crate::Tensor;
+
+pub const SOURCE: &str = include_str!("../../../shaders/conv2d.wgsl");
+
+const HAS_CHAN_ADD: u32 = 1;
+const HAS_RESIDUAL: u32 = 2;
+
+/// Which kernel computes the GEMM; both give the same result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// 4×4 outputs per invocation, no workgroup memory or barriers (best on CPU adapters).
+    Register,
+    /// 64×64 workgroup tiles through workgroup memory (best on real GPUs).
+    Tiled,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Register, Variant::Tiled];
+
+    /// `DDIM_CONV_VARIANT=reg|tiled` if set, else Register on CPU adapters and Tiled elsewhere.
+    pub fn for_context(ctx: &GpuContext) -> Result<Self> {
+        match std::env::var("DDIM_CONV_VARIANT").ok().as_deref() {
+            Some("reg") | Some("register") => Ok(Self::Register),
+            Some("tiled") => Ok(Self::Tiled),
+            Some(other) => bail!("DDIM_CONV_VARIANT={other:?}: expected reg or tiled"),
+            None if ctx.is_cpu() => Ok(Self::Register),
+            None => Ok(Self::Tiled),
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            Self::Register => "conv_reg",
+            Self::Tiled => "conv_tiled",
+        }
+    }
+
+    /// (vec4 columns, pixels) covered by one workgroup.
+    fn tile(self) -> (u32, u32) {
+        match self {
+            Self::Register => (8, 8 * 4),
+            Self::Tiled => (16, 64),
+        }
+    }
+}
+
+pub fn spec(variant: Variant) -> KernelSpec {
+    KernelSpec {
+        shader: "conv2d",
+        source: SOURCE,
+        entry: variant.entry(),
+        constants: vec![],
+        bindings: vec![
+            Binding::Uniform,
+            Binding::StorageRead,        // x_a
+            Binding::StorageRead,        // x_b
+            Binding::StorageRead,        // weights, K-major
+            Binding::StorageRead,        // bias (Cout padded to 4)
+            Binding::StorageReadDynamic, // chan_add: one [B, Cout] slice per step
+            Binding::StorageRead,        // residual
+            Binding::StorageReadWrite,   // out
+        ],
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub src_h: u32,
+    pub src_w: u32,
+    pub c1: u32,
+    pub c2: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub cout: u32,
+    pub cout_v: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub up_shift: u32,
+    pub flags: u32,
+    pub out_scale: f32,
+    pub m_total: u32,
+    pub m_groups_y: u32,
+    pub _pad: u32,
+}
+
+/// The geometry of one convolution. The input is `batch × src_h × src_w × (c1 + c2)` NHWC,
+/// split over two buffers when `c2 > 0`, and upsampled 2× (nearest) first when `upsample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub src_h: usize,
+    pub src_w: usize,
+    pub c1: usize,
+    pub c2: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: Padding,
+    pub upsample: bool,
+}
+
+impl ConvShape {
+    pub fn cin(&self) -> usize {
+        self.c1 + self.c2
+    }
+
+    /// Input size after the optional upsample.
+    pub fn in_hw(&self) -> (usize, usize) {
+        let f = if self.upsample { 2 } else { 1 };
+        (self.src_h * f, self.src_w * f)
+    }
+
+    pub fn out_hw(&self) -> Result<(usize, usize)> {
+        let (h, w) = self.in_hw();
+        let ph = h + self.pad.top + self.pad.bottom;
+        let pw = w + self.pad.left + self.pad.right;
+        ensure!(
+            self.stride > 0 && ph >= self.kh && pw >= self.kw,
+            "conv2d: kernel {}×{} stride {} does not fit the padded input {ph}×{pw}",
+            self.kh,
+            self.kw,
+            self.stride
+        );
+        Ok((
+            (ph - self.kh) / self.stride + 1,
+            (pw - self.kw) / self.stride + 1,
+        ))
+    }
+
+    /// Output pixels (the GEMM's M).
+    pub fn m(&self) -> usize {
+        let (oh, ow) = self.out_hw().unwrap_or((0, 0));
+        self.batch * oh * ow
+    }
+
+    /// The GEMM's K.
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.cin()
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.m() * self.cout
+    }
+
+    pub fn flops(&self) -> u64 {
+        2 * (self.m() * self.cout * self.k()) as u64
+    }
+
+    /// Compulsory traffic: input, weights and output once (plus residual when present).
+    pub fn bytes(&self, residual: bool) -> u64 {
+        let input = self.batch * self.src_h * self.src_w * self.cin();
+        let weights = self.k() * self.cout;
+        let out = self.out_len() * if residual { 2 } else { 1 };
+        4 * (input + weights + out) as u64
+    }
+}
+
+fn round4(n: usize) -> usize {
+    n.next_multiple_of(4)
+}
+
+/// torch `[Cout, Cin, KH, KW]` → K-major `[KH][KW][Cin][Cout4]`, Cout zero-padded to a multiple
+/// of 4 so every weight row is whole vec4s.
+pub fn transpose_weight(weight: &Tensor) -> Result<Vec<f32>> {
+    ensure!(
+        weight.shape.len() == 4,
+        "conv weight must be [Cout, Cin, KH, KW], got {:?}",
+        weight.shape
+    );
+    let (cout, cin, kh, kw) = weight.nchw();
+    let cout4 = round4(cout);
+    let mut out = vec![0.0; kh * kw * cin * cout4];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src = ((co * cin + ci) * kh + ky) * kw + kx;
+                    let dst = ((ky * kw + kx) * cin + ci) * cout4 + co;
+                    out[dst] = weight.data[src];
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Weights and bias on the device, in the kernel's layout.
+pub struct ConvWeights {
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+    pub cout: usize,
+    pub cin: usize,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+impl ConvWeights {
+    pub fn upload(
+        ctx: &GpuContext,
+        label: &str,
+        weight: &Tensor,
+        bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        let w = transpose_weight(weight).with_context(|| format!("conv {label}"))?;
+        let (cout, cin, kh, kw) = weight.nchw();
+        let mut b = vec![0.0; round4(cout)];
+        if let Some(bias) = bias {
+            ensure!(
+                bias.len() == cout,
+                "conv {label}: bias has {} values for {cout} output channels",
+                bias.len()
+            );
+            b[..cout].copy_from_slice(bias);
+        }
+        Ok(Self {
+            weight: ctx.upload(&format!("{label}.weight"), &w),
+            bias: ctx.upload(&format!("{label}.bias"), &b),
+            cout,
+            cin,
+            kh,
+            kw,
+        })
+    }
+}
+
+/// The buffers one convolution reads and writes.
+pub struct ConvIo<'a> {
+    /// NHWC, `c1` channels.
+    pub x_a: &'a wgpu::Buffer,
+    /// NHWC, `c2` channels (the skip connection), when `c2 > 0`.
+    pub x_b: Option<&'a wgpu::Buffer>,
+    /// A `[B, Cout]` table added per (batch, channel); `step_stride` bytes apart per step
+    /// (a multiple of the storage offset alignment; 0 for a single step).
+    pub chan_add: Option<(&'a wgpu::Buffer, u32)>,
+    /// NHWC of the output's shape, added before `out_scale`.
+    pub residual: Option<&'a wgpu::Buffer>,
+    pub out: &'a wgpu::Buffer,
+    /// Multiplies the sum (diffusers' 1 / output_scale_factor); 1 normally.
+    pub out_scale: f32,
+}
+
+fn check_size(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
+    let need = (elements * 4) as u64;
+    ensure!(
+        buffer.size() >= need,
+        "conv2d: {what} buffer holds {} bytes, needs {need}",
+        buffer.size()
+    );
+    Ok(())
+}
+
+/// Builds the dispatch computing `io.out` for `shape` with `weights`.
+pub fn conv2d(
+    ctx: &GpuContext,
+    variant: Variant,
+    label: &str,
+    shape: &ConvShape,
+    weights: &ConvWeights,
+    io: &ConvIo<'_>,
+) -> Result<Dispatch> {
+    let (oh, ow) = shape.out_hw()?;
+    ensure!(
+        weights.cout == shape.cout
+            && weights.cin == shape.cin()
+            && weights.kh == shape.kh
+            && weights.kw == shape.kw,
+        "conv2d {label}: weights [{}, {}, {}, {}] do not match shape {shape:?}",
+        weights.cout,
+        weights.cin,
+        weights.kh,
+        weights.kw
+    );
+    ensure!(
+        shape.cin() > 0 && shape.cout > 0,
+        "conv2d {label}: empty channels"
+    );
+    ensure!(
+        (shape.c2 > 0) == io.x_b.is_some(),
+        "conv2d {label}: c2 = {} but x_b {}",
+        shape.c2,
+        if io.x_b.is_some() { "given" } else { "missing" }
+    );
+    let src_pixels = shape.batch * shape.src_h * shape.src_w;
+    check_size("x_a", io.x_a, src_pixels * shape.c1)?;
+    if let Some(b) = io.x_b {
+        check_size("x_b", b, src_pixels * shape.c2)?;
+    }
+    check_size("out", io.out, shape.out_len())?;
+    if let Some(r) = io.residual {
+        check_size("residual", r, shape.out_len())?;
+    }
+    let largest = (src_pixels * shape.cin())
+        .max(shape.out_len())
+        .max(shape.k() * round4(shape.cout));
+    ensure!(
+        ((largest * 4) as u64) <= ctx.max_binding_bytes() && largest < u32::MAX as usize,
+        "conv2d {label}: a {largest}-element binding exceeds the adapter's limit \
+         ({} bytes); split the batch",
+        ctx.max_binding_bytes()
+    );
+
+    let (tile_nv, tile_m) = variant.tile();
+    let cout_v = round4(shape.cout) / 4;
+    let m = shape.m();
+    let m_groups = (m as u32).div_ceil(tile_m);
+    let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
+    let (gy, gz) = if m_groups <= max_dim {
+        (m_groups.max(1), 1)
+    } else {
+        (max_dim, m_groups.div_ceil(max_dim))
+    };
+    let mut flags = 0;
+    if io.chan_add.is_some() {
+        flags |= HAS_CHAN_ADD;
+    }
+    if io.residual.is_some() {
+        flags |= HAS_RESIDUAL;
+    }
+    let params = Params {
+        batch: shape.batch as u32,
+        src_h: shape.src_h as u32,
+        src_w: shape.src_w as u32,
+        c1: shape.c1 as u32,
+        c2: shape.c2 as u32,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        cout: shape.cout as u32,
+        cout_v: cout_v as u32,
+        kh: shape.kh as u32,
+        kw: shape.kw as u32,
+        stride: shape.stride as u32,
+        pad_top: shape.pad.top as u32,
+        pad_left: shape.pad.left as u32,
+        up_shift: shape.upsample as u32,
+        flags,
+        out_scale: io.out_scale,
+        m_total: m as u32,
+        m_groups_y: gy,
+        _pad: 0,
+    };
+
+    let kernel = ctx.kernel(&spec(variant))?;
+    let uniform = ctx.uniform(&format!("{label} params"), &params);
+    // Unused inputs still need a binding; a tiny buffer that is never read stands in.
+    let unused = ctx.upload(&format!("{label} unused"), &[0f32; 4]);
+    let chan_bytes = (shape.batch * shape.cout * 4) as u64;
+    let (chan_buf, chan_stride, chan_size) = match io.chan_add {
+        Some((buf, stride)) => {
+            ensure!(
+                buf.size() >= chan_bytes,
+                "conv2d {label}: chan_add holds {} bytes, needs {chan_bytes}",
+                buf.size()
+            );
+            (buf, stride, chan_bytes)
+        }
+        None => (&unused, 0, unused.size()),
+    };
+    let bind_group = kernel.bind_group(
+        ctx,
+        &[
+            (&uniform).into(),
+            io.x_a.into(),
+            io.x_b.unwrap_or(&unused).into(),
+            (&weights.weight).into(),
+            (&weights.bias).into(),
+            BufferSlice {
+                buffer: chan_buf,
+                offset: 0,
+                size: Some(chan_size),
+            },
+            io.residual.unwrap_or(&unused).into(),
+            io.out.into(),
+        ],
+    )?;
+    Ok(Dispatch {
+        label: label.to_string(),
+        kernel,
+        bind_group,
+        workgroups: [(cout_v as u32).div_ceil(tile_nv), gy, gz],
+        dynamic_strides: vec![chan_stride],
+        flops: shape.flops(),
+        bytes: shape.bytes(io.residual.is_some()),
+    })
+}

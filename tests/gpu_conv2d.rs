@@ -1,0 +1,284 @@
+//! conv2d on the GPU (both variants, every backend) against `cpu::ops::conv2d` and its upsample,
+//! concat and add twins, on awkward shapes, with NaN-poisoned outputs: rel L2 ≤ 1e-5.
+
+mod common;
+
+use std::time::Instant;
+
+use ddim_wgpu::cpu::ops::{self, Padding};
+use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
+use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::Tensor;
+
+const TOL: f64 = 1e-5;
+
+struct Case {
+    name: &'static str,
+    shape: ConvShape,
+    chan_add: bool,
+    residual: bool,
+    out_scale: f32,
+    /// Read the per-channel add from this step of a 3-step table (checks dynamic offsets).
+    step: u32,
+}
+
+fn shape(
+    batch: usize,
+    (src_h, src_w): (usize, usize),
+    (c1, c2): (usize, usize),
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: Padding,
+) -> ConvShape {
+    ConvShape {
+        batch,
+        src_h,
+        src_w,
+        c1,
+        c2,
+        cout,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+        upsample: false,
+    }
+}
+
+fn pad(top: usize, left: usize, bottom: usize, right: usize) -> Padding {
+    Padding {
+        top,
+        left,
+        bottom,
+        right,
+    }
+}
+
+fn plain(name: &'static str, shape: ConvShape) -> Case {
+    Case {
+        name,
+        shape,
+        chan_add: false,
+        residual: false,
+        out_scale: 1.0,
+        step: 0,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let p1 = Padding::same(1);
+    let p0 = Padding::same(0);
+    vec![
+        plain(
+            "first conv: Cin 3, odd H W, batch 3",
+            shape(3, (7, 9), (3, 0), 5, 3, 1, p1),
+        ),
+        plain("last conv: Cout 1", shape(2, (5, 6), (6, 0), 1, 3, 1, p1)),
+        plain("1x1, Cout 3", shape(3, (5, 3), (6, 0), 3, 1, 1, p0)),
+        plain(
+            "downsample: stride 2, pad right/bottom only",
+            shape(3, (9, 8), (5, 0), 7, 3, 2, pad(0, 0, 1, 1)),
+        ),
+        plain(
+            "stride 2, symmetric pad, Cout > one tile",
+            shape(1, (11, 13), (17, 0), 70, 3, 2, p1),
+        ),
+        plain(
+            "nearest 2x upsample folded in",
+            ConvShape {
+                upsample: true,
+                ..shape(2, (5, 3), (4, 0), 3, 3, 1, p1)
+            },
+        ),
+        Case {
+            name: "skip concat + time-embedding add (step 2 of a table)",
+            shape: shape(3, (6, 7), (5, 3), 6, 3, 1, p1),
+            chan_add: true,
+            residual: false,
+            out_scale: 1.0,
+            step: 2,
+        },
+        Case {
+            name: "1x1 shortcut over a concat + residual, scaled",
+            shape: shape(2, (4, 5), (6, 2), 9, 1, 1, p0),
+            chan_add: false,
+            residual: true,
+            out_scale: 0.5,
+            step: 0,
+        },
+        Case {
+            name: "many pixels and channels, chan add + residual",
+            shape: shape(3, (13, 11), (33, 0), 67, 3, 1, p1),
+            chan_add: true,
+            residual: true,
+            out_scale: 1.0,
+            step: 1,
+        },
+    ]
+}
+
+/// The CPU reference output (NHWC) and the NHWC inputs the GPU reads.
+struct Reference {
+    x_a: Vec<f32>,
+    x_b: Vec<f32>,
+    chan_table: Vec<f32>,
+    residual: Vec<f32>,
+    want: Vec<f32>,
+}
+
+const STEPS: usize = 3;
+
+fn reference(case: &Case, weight: &Tensor, bias: &[f32], seed: u64) -> Reference {
+    let s = &case.shape;
+    let a = Tensor::new(
+        vec![s.batch, s.c1, s.src_h, s.src_w],
+        common::random(s.batch * s.c1 * s.src_h * s.src_w, seed),
+    )
+    .unwrap();
+    let b = Tensor::new(
+        vec![s.batch, s.c2, s.src_h, s.src_w],
+        common::random(s.batch * s.c2 * s.src_h * s.src_w, seed + 1),
+    )
+    .unwrap();
+    let mut x = if s.c2 > 0 {
+        ops::concat_channels(&a, &b)
+    } else {
+        a.clone()
+    };
+    if s.upsample {
+        x = ops::upsample_nearest2x(&x);
+    }
+    let mut y = ops::conv2d(&x, weight, Some(bias), s.stride, s.pad);
+    let (n, c, oh, ow) = y.nchw();
+    let chan_table = common::random(STEPS * n * c, seed + 2);
+    if case.chan_add {
+        let step = &chan_table[case.step as usize * n * c..][..n * c];
+        for (i, v) in y.data.iter_mut().enumerate() {
+            let (bi, ci) = (i / (c * oh * ow), (i / (oh * ow)) % c);
+            *v += step[bi * c + ci];
+        }
+    }
+    let residual = Tensor::new(y.shape.clone(), common::random(y.numel(), seed + 3)).unwrap();
+    if case.residual {
+        y = ops::add(&y, &residual);
+    }
+    for v in &mut y.data {
+        *v *= case.out_scale;
+    }
+    Reference {
+        x_a: common::nchw_to_nhwc(&a.data, s.batch, s.c1, s.src_h, s.src_w),
+        x_b: common::nchw_to_nhwc(&b.data, s.batch, s.c2, s.src_h, s.src_w),
+        chan_table,
+        residual: common::nchw_to_nhwc(&residual.data, n, c, oh, ow),
+        want: common::nchw_to_nhwc(&y.data, n, c, oh, ow),
+    }
+}
+
+fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f32> {
+    let s = &case.shape;
+    let weight = Tensor::new(
+        vec![s.cout, s.cin(), s.kh, s.kw],
+        common::random(s.cout * s.cin() * s.kh * s.kw, seed + 10),
+    )
+    .unwrap();
+    let bias = common::random(s.cout, seed + 11);
+    let r = reference(case, &weight, &bias, seed);
+
+    let weights = ConvWeights::upload(ctx, "w", &weight, Some(&bias)).unwrap();
+    let x_a = ctx.upload("x_a", &r.x_a);
+    let x_b = ctx.upload("x_b", &r.x_b);
+    // One [B, Cout] slice per step at an aligned stride, like the plan's per-step tables.
+    let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
+    let slice = s.batch * s.cout;
+    let stride = (slice * 4).next_multiple_of(align);
+    let mut table = vec![f32::NAN; stride / 4 * (STEPS - 1) + slice];
+    for step in 0..STEPS {
+        table[step * stride / 4..][..slice].copy_from_slice(&r.chan_table[step * slice..][..slice]);
+    }
+    let chan = ctx.upload("chan", &table);
+    let residual = ctx.upload("residual", &r.residual);
+    let out = ctx.poisoned("out", s.out_len());
+    let io = ConvIo {
+        x_a: &x_a,
+        x_b: (s.c2 > 0).then_some(&x_b),
+        chan_add: case.chan_add.then_some((&chan, stride as u32)),
+        residual: case.residual.then_some(&residual),
+        out: &out,
+        out_scale: case.out_scale,
+    };
+    let d = conv2d(ctx, variant, case.name, s, &weights, &io).unwrap();
+    run_dispatches(ctx, &[d], case.step).unwrap();
+    let got = ctx.read_f32(&out, s.out_len()).unwrap();
+    common::assert_close(case.name, &got, &r.want, TOL);
+    got
+}
+
+#[test]
+fn conv2d_matches_cpu_reference_on_awkward_shapes() {
+    let ran = common::for_each_backend(|backend, ctx| {
+        for variant in Variant::ALL {
+            for (i, case) in cases().iter().enumerate() {
+                run_case(ctx, variant, case, 100 * i as u64);
+                eprintln!("{backend} {variant:?}: {} OK", case.name);
+            }
+        }
+    });
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(ran > 0);
+    }
+}
+
+#[test]
+fn variants_agree_with_each_other() {
+    common::for_each_backend(|_, ctx| {
+        let case = &cases()[4];
+        let reg = run_case(ctx, Variant::Register, case, 7);
+        let tiled = run_case(ctx, Variant::Tiled, case, 7);
+        common::assert_close("register vs tiled", &reg, &tiled, TOL);
+    });
+}
+
+/// Throughput at the benchmark shape (128→128 channels, 32×32, batch 8, 3×3). Prints GFLOP/s;
+/// run with `--nocapture`. Timings are not asserted.
+#[test]
+fn conv2d_throughput_128ch_32x32_b8() {
+    let s = shape(8, (32, 32), (128, 0), 128, 3, 1, Padding::same(1));
+    common::for_each_backend(|backend, ctx| {
+        let weight = Tensor::new(vec![128, 128, 3, 3], common::random(128 * 128 * 9, 1)).unwrap();
+        let weights = ConvWeights::upload(ctx, "w", &weight, None).unwrap();
+        let x = ctx.upload("x", &common::random(8 * 32 * 32 * 128, 2));
+        let out = ctx.storage("out", (s.out_len() * 4) as u64);
+        for variant in Variant::ALL {
+            let io = ConvIo {
+                x_a: &x,
+                x_b: None,
+                chan_add: None,
+                residual: None,
+                out: &out,
+                out_scale: 1.0,
+            };
+            let d = conv2d(ctx, variant, "bench", &s, &weights, &io).unwrap();
+            run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
+            ctx.wait_idle().unwrap();
+            let reps = if variant == Variant::Tiled && ctx.is_cpu() {
+                1
+            } else {
+                3
+            };
+            let t = Instant::now();
+            for _ in 0..reps {
+                run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
+            }
+            ctx.wait_idle().unwrap();
+            let secs = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!(
+                "[conv2d bench] {backend} {variant:?}: {:.2} ms, {:.2} GFLOP/s ({})",
+                secs * 1e3,
+                d.flops as f64 / secs / 1e9,
+                ctx.describe()
+            );
+        }
+    });
+}
