@@ -1,5 +1,6 @@
 // Batched, strided matrix product with a fused epilogue:
-//   out[z][m][n] = silu_out?( alpha * sum_k silu_in?(A[z][m][k]) * B[z][k][n] + bias[n] ) + residual[z][m][n]
+//   out[z][m][n] = (silu_out?( alpha * sum_k silu_in?(A[z][m][k]) * B[z][k][n] + bias[n] )
+//                   + residual[z][m][n]) * out_scale
 // Strides make one kernel serve every GEMM outside the convolutions:
 //   linear layers   y = x W^T + b   (A = x [M,K]; B[k][n] = W[n][k], i.e. b_k = 1, b_n = K)
 //   attention       S = Q K^T * scale and O = P V, per (batch, head) with z = outer * inner_count + inner
@@ -32,6 +33,10 @@ struct Params {
     a_base: u32,
     b_base: u32,
     c_base: u32,
+    out_scale: f32,     // 1 / rescale_output_factor of an attention block
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const HAS_BIAS: u32 = 1u;
@@ -124,7 +129,7 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
             if (p.flags & HAS_RESIDUAL) != 0u {
                 v += residual[o];
             }
-            out[o] = v;
+            out[o] = v * p.out_scale;
         }
     }
 }

@@ -21,12 +21,13 @@ struct Block {
 }
 
 impl Block {
-    fn random(c: usize, seed: u64) -> Self {
-        let scale = 1.0 / (c as f32).sqrt();
-        let mat = |s| {
-            common::random(c * c, s)
+    /// Random parameters for `c` channels projected to width `d`.
+    fn random(c: usize, d: usize, seed: u64) -> Self {
+        let mat = |s, fan_in: usize| {
+            let scale = 1.7 / (fan_in as f32).sqrt();
+            common::random(c * d, s)
                 .iter()
-                .map(|v| v * scale * 1.7)
+                .map(|v| v * scale)
                 .collect::<Vec<f32>>()
         };
         Self {
@@ -38,20 +39,25 @@ impl Block {
                 .iter()
                 .map(|v| 0.2 * v)
                 .collect(),
-            w: [mat(seed + 2), mat(seed + 3), mat(seed + 4), mat(seed + 5)],
+            w: [
+                mat(seed + 2, c),
+                mat(seed + 3, c),
+                mat(seed + 4, c),
+                mat(seed + 5, d),
+            ],
             b: [
-                common::random(c, seed + 6),
-                common::random(c, seed + 7),
-                common::random(c, seed + 8),
+                common::random(d, seed + 6),
+                common::random(d, seed + 7),
+                common::random(d, seed + 8),
                 common::random(c, seed + 9),
             ],
         }
     }
 
-    fn host(&self) -> AttentionParamsHost<'_> {
+    fn host(&self, norm: bool) -> AttentionParamsHost<'_> {
         AttentionParamsHost {
-            gamma: &self.gamma,
-            beta: &self.beta,
+            gamma: if norm { &self.gamma } else { &[] },
+            beta: if norm { &self.beta } else { &[] },
             wq: &self.w[0],
             bq: &self.b[0],
             wk: &self.w[1],
@@ -65,59 +71,58 @@ impl Block {
 }
 
 /// The CPU reference on NCHW `x`; returns NHWC so it compares directly with the GPU.
-fn reference(x: &Tensor, blk: &Block, groups: usize, heads: usize) -> Vec<f32> {
+fn reference(x: &Tensor, blk: &Block, shape: &AttentionShape) -> Vec<f32> {
     let (n, c, h, w) = x.nchw();
-    let l = h * w;
-    let normed = ops::group_norm(x, groups, &blk.gamma, &blk.beta, 1e-6);
+    let (l, d) = (h * w, shape.inner());
+    let normed = match shape.norm {
+        Some((groups, eps)) => ops::group_norm(x, groups, &blk.gamma, &blk.beta, eps),
+        None => x.clone(),
+    };
     let tokens = Tensor::new(
         vec![n * l, c],
         common::nchw_to_nhwc(&normed.data, n, c, h, w),
     )
     .unwrap();
-    let proj = |i: usize, t: &Tensor| {
-        let wt = Tensor::new(vec![c, c], blk.w[i].clone()).unwrap();
-        let mut y = ops::linear(t, &wt, Some(&blk.b[i]));
-        y.shape = vec![n, l, c];
-        y
+    let proj = |i: usize, t: &Tensor, out: usize, inp: usize| {
+        let wt = Tensor::new(vec![out, inp], blk.w[i].clone()).unwrap();
+        ops::linear(t, &wt, Some(&blk.b[i]))
     };
-    let (q, k, v) = (proj(0, &tokens), proj(1, &tokens), proj(2, &tokens));
-    let mut o = ops::attention(&q, &k, &v, heads);
-    o.shape = vec![n * l, c];
-    let out = proj(3, &o);
+    let heads_in = |t: Tensor| Tensor::new(vec![n, l, d], t.data).unwrap();
+    let q = heads_in(proj(0, &tokens, d, c));
+    let k = heads_in(proj(1, &tokens, d, c));
+    let v = heads_in(proj(2, &tokens, d, c));
+    let o = ops::attention(&q, &k, &v, shape.heads);
+    let o = Tensor::new(vec![n * l, d], o.data).unwrap();
+    let out = proj(3, &o, c, d);
     let residual = common::nchw_to_nhwc(&x.data, n, c, h, w);
-    out.data.iter().zip(&residual).map(|(a, b)| a + b).collect()
+    let r = shape.rescale_output_factor;
+    out.data
+        .iter()
+        .zip(&residual)
+        .map(|(a, b)| (a + b) / r)
+        .collect()
 }
 
 fn check(n: usize, c: usize, h: usize, w: usize, groups: usize, heads: usize, seed: u64) {
-    check_chunked(n, c, h, w, groups, heads, seed, None)
+    check_shape(
+        AttentionShape::simple(n, h * w, c, heads, groups, 1e-6),
+        h,
+        w,
+        seed,
+        None,
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_chunked(
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    groups: usize,
-    heads: usize,
-    seed: u64,
-    chunk: Option<usize>,
-) {
+fn check_shape(shape: AttentionShape, h: usize, w: usize, seed: u64, chunk: Option<usize>) {
+    let (n, c) = (shape.batch, shape.channels);
     let x = Tensor::new(vec![n, c, h, w], common::random(n * c * h * w, seed)).unwrap();
-    let blk = Block::random(c, seed + 100);
-    let want = reference(&x, &blk, groups, heads);
+    let blk = Block::random(c, shape.inner(), seed + 100);
+    let want = reference(&x, &blk, &shape);
     let x_nhwc = common::nchw_to_nhwc(&x.data, n, c, h, w);
-    let shape = AttentionShape {
-        batch: n,
-        tokens: h * w,
-        channels: c,
-        heads,
-        groups,
-        eps: 1e-6,
-    };
-    let label = format!("attention {n}x{c}x{h}x{w} groups {groups} heads {heads}");
+    let label = format!("attention {n}x{c}x{h}x{w} {shape:?}");
     common::for_each_backend(|backend, ctx| {
-        let weights = AttentionWeights::upload(ctx, c, &blk.host()).unwrap();
+        let weights =
+            AttentionWeights::upload(ctx, &shape, &blk.host(shape.norm.is_some())).unwrap();
         let scratch = AttentionScratch::new(ctx, &shape);
         let xb = ctx.upload("x", &x_nhwc);
         let out = ctx.poisoned("out", x_nhwc.len());
@@ -145,7 +150,28 @@ fn attention_block_several_heads_odd_sequence() {
 /// Score matrices computed two images at a time (as when one image's scores fill a binding).
 #[test]
 fn attention_block_batch_chunks() {
-    check_chunked(3, 12, 3, 5, 2, 3, 5, Some(2));
+    check_shape(
+        AttentionShape::simple(3, 15, 12, 3, 2, 1e-6),
+        3,
+        5,
+        5,
+        Some(2),
+    );
+}
+
+/// No norm, q/k/v width (2 heads × 5) different from the 7 channels, output rescaled by 2.
+#[test]
+fn attention_block_without_norm_and_rescaled() {
+    let shape = AttentionShape {
+        batch: 3,
+        tokens: 3 * 7,
+        channels: 7,
+        heads: 2,
+        head_dim: 5,
+        norm: None,
+        rescale_output_factor: 2.0,
+    };
+    check_shape(shape, 3, 7, 6, None);
 }
 
 #[test]
@@ -159,18 +185,11 @@ fn attention_block_model_like() {
 #[test]
 fn attention_throughput_report() {
     let (n, c, h, w) = (2usize, 128usize, 16usize, 16usize);
-    let blk = Block::random(c, 9);
+    let blk = Block::random(c, c, 9);
     let x = common::random(n * c * h * w, 10);
-    let shape = AttentionShape {
-        batch: n,
-        tokens: h * w,
-        channels: c,
-        heads: 1,
-        groups: 32,
-        eps: 1e-6,
-    };
+    let shape = AttentionShape::simple(n, h * w, c, 1, 32, 1e-6);
     common::for_each_backend(|backend, ctx| {
-        let weights = AttentionWeights::upload(ctx, c, &blk.host()).unwrap();
+        let weights = AttentionWeights::upload(ctx, &shape, &blk.host(true)).unwrap();
         let scratch = AttentionScratch::new(ctx, &shape);
         let xb = ctx.upload("x", &x);
         let out = ctx.poisoned("out", x.len());

@@ -186,6 +186,7 @@ fn batched_strided_product_matches_loops() {
             inner: m * n,
         },
         alpha,
+        out_scale: 1.0,
         silu_in: false,
         silu_out: false,
     };

@@ -24,7 +24,8 @@ pub struct SoftmaxParams {
     pub _pad: [u32; 2],
 }
 
-/// Shape of one attention block: `[batch, tokens, channels]` NHWC activations.
+/// Shape of one attention block: `[batch, tokens, channels]` NHWC activations, projected to
+/// `heads × head_dim` for q, k and v (diffusers' `inner_dim`, usually equal to `channels`).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
     pub batch: usize,
@@ -32,35 +33,60 @@ pub struct AttentionShape {
     pub tokens: usize,
     pub channels: usize,
     pub heads: usize,
-    pub groups: usize,
-    pub eps: f32,
+    pub head_dim: usize,
+    /// The group norm before the projections: (groups, eps); None when the block has none.
+    pub norm: Option<(usize, f32)>,
+    /// The block's output is `(to_out(o) + x) / rescale_output_factor`.
+    pub rescale_output_factor: f32,
 }
 
 impl AttentionShape {
-    pub fn head_dim(&self) -> usize {
-        self.channels / self.heads
+    /// The usual block: `heads` heads splitting `channels`, a group norm, no rescaling.
+    pub fn simple(
+        batch: usize,
+        tokens: usize,
+        channels: usize,
+        heads: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Self {
+        Self {
+            batch,
+            tokens,
+            channels,
+            heads,
+            head_dim: channels / heads.max(1),
+            norm: Some((groups, eps)),
+            rescale_output_factor: 1.0,
+        }
     }
 
-    pub fn norm_shape(&self) -> GroupNormShape {
-        GroupNormShape {
+    /// Width of q, k and v.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn norm_shape(&self) -> Option<GroupNormShape> {
+        self.norm.map(|(groups, eps)| GroupNormShape {
             batch: self.batch,
             hw: self.tokens,
             channels: self.channels,
-            groups: self.groups,
-            eps: self.eps,
+            groups,
+            eps,
             silu: false,
-        }
+        })
     }
 
     /// Images per score chunk so that one chunk's scores fit in `max_binding_bytes`.
     pub fn batch_chunk(&self, max_binding_bytes: u64) -> usize {
         let per_image = (self.heads * self.tokens * self.tokens * 4) as u64;
-        ((max_binding_bytes / per_image.max(1)) as usize).clamp(1, self.batch)
+        ((max_binding_bytes / per_image.max(1)) as usize).clamp(1, self.batch.max(1))
     }
 }
 
-/// The block's parameters on the device. `wqkv` is `[3C, C]` (to_q, to_k, to_v rows stacked,
-/// torch `[out, in]` layout) with bias `[3C]`; `wo` is `[C, C]` with bias `[C]`.
+/// The block's parameters on the device. `wqkv` is `[3D, C]` (to_q, to_k, to_v rows stacked,
+/// torch `[out, in]` layout, D = heads·head_dim) with bias `[3D]`; `wo` is `[C, D]` with bias `[C]`.
+/// Without a norm, gamma and beta are unused placeholders.
 pub struct AttentionWeights {
     pub gamma: wgpu::Buffer,
     pub beta: wgpu::Buffer,
@@ -71,6 +97,7 @@ pub struct AttentionWeights {
 }
 
 /// Host-side tensors of one attention block, torch layouts (`Linear` weights `[out, in]`).
+/// gamma and beta are empty when the block has no norm.
 pub struct AttentionParamsHost<'a> {
     pub gamma: &'a [f32],
     pub beta: &'a [f32],
@@ -86,23 +113,28 @@ pub struct AttentionParamsHost<'a> {
 
 impl AttentionWeights {
     /// Uploads the block's parameters, stacking q/k/v into one projection.
-    pub fn upload(ctx: &GpuContext, channels: usize, p: &AttentionParamsHost<'_>) -> Result<Self> {
-        let c = channels;
+    pub fn upload(
+        ctx: &GpuContext,
+        shape: &AttentionShape,
+        p: &AttentionParamsHost<'_>,
+    ) -> Result<Self> {
+        let (c, d) = (shape.channels, shape.inner());
+        let norm_len = if shape.norm.is_some() { c } else { 0 };
         for (name, v, n) in [
-            ("group norm weight", p.gamma, c),
-            ("group norm bias", p.beta, c),
-            ("to_q weight", p.wq, c * c),
-            ("to_q bias", p.bq, c),
-            ("to_k weight", p.wk, c * c),
-            ("to_k bias", p.bk, c),
-            ("to_v weight", p.wv, c * c),
-            ("to_v bias", p.bv, c),
-            ("to_out weight", p.wo, c * c),
+            ("group norm weight", p.gamma, norm_len),
+            ("group norm bias", p.beta, norm_len),
+            ("to_q weight", p.wq, d * c),
+            ("to_q bias", p.bq, d),
+            ("to_k weight", p.wk, d * c),
+            ("to_k bias", p.bk, d),
+            ("to_v weight", p.wv, d * c),
+            ("to_v bias", p.bv, d),
+            ("to_out weight", p.wo, c * d),
             ("to_out bias", p.bo, c),
         ] {
             ensure!(
                 v.len() == n,
-                "attention {name}: {} values, expected {n} for {c} channels",
+                "attention {name}: {} values, expected {n} for {c} channels and inner width {d}",
                 v.len()
             );
         }
@@ -130,14 +162,15 @@ pub struct AttentionScratch {
 
 impl AttentionScratch {
     pub fn new(ctx: &GpuContext, shape: &AttentionShape) -> Self {
-        let (b, l, c) = (shape.batch, shape.tokens, shape.channels);
+        let (b, l, c, d) = (shape.batch, shape.tokens, shape.channels, shape.inner());
         let chunk = shape.batch_chunk(ctx.max_binding_bytes());
+        let norm_shapes: Vec<GroupNormShape> = shape.norm_shape().into_iter().collect();
         Self {
             normed: ctx.storage("attention normed", (b * l * c * 4) as u64),
-            qkv: ctx.storage("attention qkv", (b * l * 3 * c * 4) as u64),
+            qkv: ctx.storage("attention qkv", (b * l * 3 * d * 4) as u64),
             scores: ctx.storage("attention scores", (chunk * shape.heads * l * l * 4) as u64),
-            heads_out: ctx.storage("attention heads", (b * l * c * 4) as u64),
-            norm: GroupNormScratch::new(ctx, &[shape.norm_shape()]),
+            heads_out: ctx.storage("attention heads", (b * l * d * 4) as u64),
+            norm: GroupNormScratch::new(ctx, &norm_shapes),
         }
     }
 }
@@ -211,26 +244,43 @@ pub fn attention_block_chunked(
     out: &wgpu::Buffer,
     images_per_chunk: usize,
 ) -> Result<Vec<Dispatch>> {
-    let (b, l, c, heads) = (shape.batch, shape.tokens, shape.channels, shape.heads);
-    ensure!(
-        heads > 0 && c % heads == 0,
-        "attention: {c} channels do not split into {heads} heads"
+    let (b, l, c, heads, d) = (
+        shape.batch,
+        shape.tokens,
+        shape.channels,
+        shape.heads,
+        shape.head_dim,
     );
-    let d = c / heads;
-    let mut dispatches = group_norm(
-        ctx,
-        &shape.norm_shape(),
-        &scratch.norm,
-        x,
-        &weights.gamma,
-        &weights.beta,
-        &scratch.normed,
-    )?;
+    ensure!(
+        b > 0 && l > 0 && c > 0 && heads > 0 && d > 0,
+        "attention: empty shape {shape:?}"
+    );
+    ensure!(
+        shape.rescale_output_factor != 0.0,
+        "attention: rescale_output_factor is 0"
+    );
+    let inner = shape.inner();
+    let mut dispatches = vec![];
+    let tokens = match shape.norm_shape() {
+        Some(norm) => {
+            dispatches.extend(group_norm(
+                ctx,
+                &norm,
+                &scratch.norm,
+                x,
+                &weights.gamma,
+                &weights.beta,
+                &scratch.normed,
+            )?);
+            &scratch.normed
+        }
+        None => x,
+    };
     dispatches.push(matmul(
         ctx,
-        &Matmul::linear(b * l, c, 3 * c),
+        &Matmul::linear(b * l, c, 3 * inner),
         &MatmulBuffers {
-            a: &scratch.normed,
+            a: tokens,
             b: &weights.wqkv,
             bias: Some(&weights.bqkv),
             residual: None,
@@ -246,7 +296,7 @@ pub fn attention_block_chunked(
     while b0 < b {
         let nb = chunk.min(b - b0);
         // Scores S[z = image·heads + head] = Q Kᵀ / √d, each L×L, for the images b0..b0+nb.
-        let qkv_image = l * 3 * c;
+        let qkv_image = l * 3 * inner;
         let scores = Matmul {
             m: l,
             n: l,
@@ -255,15 +305,15 @@ pub fn attention_block_chunked(
             inner_count: heads,
             a: Strides {
                 offset: b0 * qkv_image,
-                row: 3 * c,
+                row: 3 * inner,
                 col: 1,
                 outer: qkv_image,
                 inner: d,
             },
             b: Strides {
-                offset: b0 * qkv_image + c,
+                offset: b0 * qkv_image + inner,
                 row: 1,
-                col: 3 * c,
+                col: 3 * inner,
                 outer: qkv_image,
                 inner: d,
             },
@@ -275,6 +325,7 @@ pub fn attention_block_chunked(
                 inner: l * l,
             },
             alpha: (1.0 / (d as f64).sqrt()) as f32,
+            out_scale: 1.0,
             silu_in: false,
             silu_out: false,
         };
@@ -305,20 +356,21 @@ pub fn attention_block_chunked(
                 inner: l * l,
             },
             b: Strides {
-                offset: b0 * qkv_image + 2 * c,
-                row: 3 * c,
+                offset: b0 * qkv_image + 2 * inner,
+                row: 3 * inner,
                 col: 1,
                 outer: qkv_image,
                 inner: d,
             },
             c: Strides {
-                offset: b0 * l * c,
-                row: c,
+                offset: b0 * l * inner,
+                row: inner,
                 col: 1,
-                outer: l * c,
+                outer: l * inner,
                 inner: d,
             },
             alpha: 1.0,
+            out_scale: 1.0,
             silu_in: false,
             silu_out: false,
         };
@@ -337,7 +389,10 @@ pub fn attention_block_chunked(
     }
     dispatches.push(matmul(
         ctx,
-        &Matmul::linear(b * l, c, c),
+        &Matmul {
+            out_scale: 1.0 / shape.rescale_output_factor,
+            ..Matmul::linear(b * l, inner, c)
+        },
         &MatmulBuffers {
             a: &scratch.heads_out,
             b: &weights.wo,

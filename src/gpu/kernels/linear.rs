@@ -39,6 +39,8 @@ pub struct Params {
     pub a_base: u32,
     pub b_base: u32,
     pub c_base: u32,
+    pub out_scale: f32,
+    pub _pad: [u32; 3],
 }
 
 /// Element strides of one operand: (z, row, col) ↦ `offset + outer·(z / inner_count)
@@ -52,7 +54,7 @@ pub struct Strides {
     pub inner: usize,
 }
 
-/// `out[z] = silu_out?(alpha · silu_in?(A[z]) · B[z] + bias) + residual[z]`, for z in 0..batch.
+/// `out[z] = (silu_out?(alpha · silu_in?(A[z]) · B[z] + bias) + residual[z]) · out_scale`, for z in 0..batch.
 /// A is M×K, B is K×N, out (and residual) M×N with unit column stride.
 #[derive(Clone, Copy, Debug)]
 pub struct Matmul {
@@ -67,6 +69,7 @@ pub struct Matmul {
     /// Output strides; `col` must be 1.
     pub c: Strides,
     pub alpha: f32,
+    pub out_scale: f32,
     pub silu_in: bool,
     pub silu_out: bool,
 }
@@ -96,6 +99,7 @@ impl Matmul {
                 ..Default::default()
             },
             alpha: 1.0,
+            out_scale: 1.0,
             silu_in: false,
             silu_out: false,
         }
@@ -226,6 +230,8 @@ pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result
         a_base: u(op.a.offset),
         b_base: u(op.b.offset),
         c_base: u(op.c.offset),
+        out_scale: op.out_scale,
+        _pad: [0; 3],
     };
     let kernel = ctx.kernel(&spec())?;
     let uniform = ctx.uniform("matmul params", &params);
