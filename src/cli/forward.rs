@@ -1,10 +1,91 @@
-//! `ddim forward`.
+//! `ddim forward`: one U-Net evaluation on a batch read from a safetensors file.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use ddim_wgpu::cpu;
+use ddim_wgpu::model::tensor_io::{read_tensor, write_tensor};
+use ddim_wgpu::model::{Model, UNet, UNet2DConfig, Weights};
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model directory (diffusers pipeline layout or flat layout).
+    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
+    pub model: Option<PathBuf>,
+    /// Instead of --model: a built-in architecture with seeded random weights (for timing).
+    #[arg(long, value_parser = ["cifar10", "mnist-like"])]
+    pub arch: Option<String>,
+    /// Seed of the random weights used with --arch.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Input batch [B, C, H, W]: the tensor named `sample`, or the file's only tensor.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// One timestep for the whole batch, or one per batch element: `T` or `T1,T2,...`.
+    #[arg(long)]
+    pub timestep: String,
+    /// Output file; the prediction is written as the tensor `sample`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    pub device: String,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("`ddim forward` is not implemented yet")
+/// Parses `T` or `T1,T2,...` into timesteps.
+pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let t: f32 = s
+                .parse()
+                .with_context(|| format!("--timestep: {s:?} is not a number"))?;
+            if !t.is_finite() || t < 0.0 {
+                bail!("--timestep: {s} must be a finite, non-negative number");
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let timesteps = parse_timesteps(&args.timestep)?;
+    let (config, weights) = match (&args.model, args.arch.as_deref()) {
+        (Some(dir), _) => {
+            let m = Model::load(dir)?;
+            (m.config, m.weights)
+        }
+        (None, Some(arch)) => {
+            let config = if arch == "cifar10" {
+                UNet2DConfig::cifar10()
+            } else {
+                UNet2DConfig::mnist_like()
+            };
+            let weights = Weights::random(&config, args.seed)?;
+            (config, weights)
+        }
+        (None, None) => bail!("give --model DIR or --arch"),
+    };
+    let x = read_tensor(&args.input, "sample")?;
+    if x.shape.len() != 4 {
+        bail!(
+            "{}: the input must be [batch, channels, height, width], got shape {:?}",
+            args.input.display(),
+            x.shape
+        );
+    }
+    let (_, _, h, w) = x.nchw();
+    let unet = UNet::new(&config, h, w)?;
+    if args.device == "gpu" {
+        bail!("GPU forward not wired yet; use --device cpu");
+    }
+    let start = Instant::now();
+    let y = cpu::forward::forward(&unet, &weights, &x, &timesteps)?;
+    let secs = start.elapsed().as_secs_f64();
+    let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
+    eprintln!(
+        "forward (cpu): input {:?} in {secs:.3} s ({gflop:.2} GFLOP, {:.2} GFLOP/s)",
+        x.shape,
+        gflop / secs
+    );
+    write_tensor(&args.out, "sample", &y)
 }

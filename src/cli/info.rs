@@ -1,10 +1,140 @@
-//! `ddim info`.
+//! `ddim info`: what a model is (architecture, parameters, FLOPs per forward, weight dtype).
 
 use anyhow::{bail, Result};
+use ddim_wgpu::model::unet::Op;
+use ddim_wgpu::model::{Model, UNet, UNet2DConfig};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model directory (diffusers pipeline layout or flat layout).
+    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
+    pub model: Option<PathBuf>,
+    /// Instead of --model: describe a built-in architecture.
+    #[arg(long, value_parser = ["cifar10", "mnist-like"])]
+    pub arch: Option<String>,
+    /// Image height and width to describe (default: the config's sample_size).
+    #[arg(long, num_args = 2, value_names = ["H", "W"])]
+    pub size: Option<Vec<usize>>,
+    /// List every layer with its shapes, parameters and FLOPs.
+    #[arg(long)]
+    pub layers: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("`ddim info` is not implemented yet")
+fn op_summary(op: &Op) -> String {
+    match op {
+        Op::CenterInput => "2x-1".into(),
+        Op::Conv(c) => format!(
+            "conv {}x{} s{} {}->{}",
+            c.kernel, c.kernel, c.stride, c.in_channels, c.out_channels
+        ),
+        Op::Resnet(r) => format!(
+            "resnet {}->{}{}",
+            r.in_channels,
+            r.out_channels,
+            if r.shortcut.is_some() {
+                " (1x1 shortcut)"
+            } else {
+                ""
+            }
+        ),
+        Op::Attention(a) => format!("attention {} heads x {}", a.heads, a.head_dim),
+        Op::UpsampleNearest2x => "nearest 2x".into(),
+        Op::GroupNormSilu(n) => format!("group norm ({} groups) + silu", n.groups),
+        Op::PushSkip { slot } => format!("push skip {slot}"),
+        Op::ConcatSkip { slot } => format!("concat skip {slot}"),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (config, source, dtype) = match (&args.model, args.arch.as_deref()) {
+        (Some(dir), _) => {
+            let m = Model::load(dir)?;
+            let source = format!("{} ({:?} layout)", m.paths.root.display(), m.paths.layout);
+            let mut dtype = m.weights.source_dtype.clone();
+            if m.weights.legacy_names_mapped > 0 {
+                dtype.push_str(&format!(
+                    "; {} legacy attention names mapped",
+                    m.weights.legacy_names_mapped
+                ));
+            }
+            (m.config, source, dtype)
+        }
+        (None, Some("cifar10")) => (
+            UNet2DConfig::cifar10(),
+            "built-in cifar10 architecture".into(),
+            "none (no weights)".into(),
+        ),
+        (None, Some(_)) => (
+            UNet2DConfig::mnist_like(),
+            "built-in mnist-like architecture".into(),
+            "none (no weights)".into(),
+        ),
+        (None, None) => bail!("give --model DIR or --arch"),
+    };
+    let unet = match &args.size {
+        Some(s) => UNet::new(&config, s[0], s[1])?,
+        None => UNet::from_config(&config)?,
+    };
+    println!("model:        {source}");
+    println!("input:        {} -> output {}", unet.input, unet.output);
+    println!("blocks:       down {:?}", config.down_block_types);
+    println!("              up   {:?}", config.up_block_types);
+    println!(
+        "              mid  {}",
+        config.mid_block_type.as_deref().unwrap_or("none")
+    );
+    println!(
+        "channels:     {:?}, {} layers per block, {} norm groups",
+        config.block_out_channels,
+        config.layers_per_block,
+        config.norm_num_groups.unwrap_or(32)
+    );
+    let count = |f: fn(&Op) -> bool| unet.layers.iter().filter(|l| f(&l.op)).count();
+    println!(
+        "layers:       {} resnets, {} attentions, {} convs, {} skip connections",
+        count(|o| matches!(o, Op::Resnet(_))),
+        count(|o| matches!(o, Op::Attention(_))),
+        count(|o| matches!(o, Op::Conv(_))),
+        unet.skips.len()
+    );
+    println!(
+        "parameters:   {} ({} tensors)",
+        unet.params(),
+        unet.weights().len()
+    );
+    let conv_flops: u64 = unet
+        .layers
+        .iter()
+        .map(|l| match &l.op {
+            Op::Conv(_) => l.flops,
+            Op::Resnet(r) => l.flops - r.time_emb_proj.flops(),
+            _ => 0,
+        })
+        .sum();
+    println!(
+        "FLOPs:        {:.3} GFLOP per image per forward ({:.3} in convolutions)",
+        unet.flops() as f64 / 1e9,
+        conv_flops as f64 / 1e9
+    );
+    println!("weight dtype: {dtype}");
+    if args.layers {
+        println!();
+        println!(
+            "{:<44} {:<32} {:>14} {:>14} {:>10} {:>10}",
+            "layer", "op", "input", "output", "params", "MFLOP"
+        );
+        for l in &unet.layers {
+            println!(
+                "{:<44} {:<32} {:>14} {:>14} {:>10} {:>10.2}",
+                l.name,
+                op_summary(&l.op),
+                l.input.to_string(),
+                l.output.to_string(),
+                l.params,
+                l.flops as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
 }

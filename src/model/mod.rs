@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dir;
+pub mod tensor_io;
 pub mod unet;
 pub mod weights;
 

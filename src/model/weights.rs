@@ -3,10 +3,11 @@
 //! what the config needs), or synthesized with seeded random values for tests and benchmarks.
 
 use crate::model::config::UNet2DConfig;
+use crate::model::tensor_io::bytes_to_f32;
 use crate::model::unet::{UNet, WeightSpec};
 use crate::Tensor;
 use anyhow::{bail, Context, Result};
-use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use safetensors::{SafeTensorError, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -56,30 +57,6 @@ fn describe_safetensors_error(e: SafeTensorError) -> String {
         SafeTensorError::InvalidHeader(u) => format!("the header is not UTF-8: {u}"),
         other => format!("{other:?}"),
     }
-}
-
-fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-            .collect(),
-        other => bail!(
-            "tensor {name:?} has element type {other:?}; only floating-point weights (F32, F16, BF16, F64) are supported"
-        ),
-    })
 }
 
 fn list(names: &[String]) -> String {
@@ -173,7 +150,7 @@ impl Weights {
                     spec.shape
                 );
             }
-            let data = to_f32(name, view.dtype(), view.data())?;
+            let data = bytes_to_f32(name, view.dtype(), view.data())?;
             *dtypes
                 .entry(format!("{:?}", view.dtype()).to_lowercase())
                 .or_default() += 1;

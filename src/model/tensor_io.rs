@@ -1,0 +1,99 @@
+//! Reading and writing single tensors as safetensors files (`ddim forward` input and output).
+
+use crate::Tensor;
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::io::Write;
+use std::path::Path;
+
+/// Largest tensor file read: 4 GiB.
+const MAX_FILE_BYTES: u64 = 4 << 30;
+
+/// Converts little-endian floating-point bytes to f32; integer types are refused naming `name`.
+pub fn bytes_to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
+            .collect(),
+        other => bail!(
+            "tensor {name:?} has element type {other:?}; only floating-point tensors (F32, F16, BF16, F64) are supported"
+        ),
+    })
+}
+
+/// Reads the tensor named `name` from a safetensors file, or its only tensor when it holds one.
+pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        bail!(
+            "{}: {len} bytes is too large for an input tensor",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
+    let names = st.names();
+    let chosen = if names.contains(&name) {
+        name.to_string()
+    } else if names.len() == 1 {
+        names[0].to_string()
+    } else {
+        bail!(
+            "{}: no tensor named {name:?} and {} tensors to choose from ({})",
+            path.display(),
+            names.len(),
+            names.join(", ")
+        );
+    };
+    let view = st.tensor(&chosen).expect("listed name");
+    let data = bytes_to_f32(&chosen, view.dtype(), view.data())
+        .with_context(|| format!("in {}", path.display()))?;
+    Tensor::new(view.shape().to_vec(), data)
+}
+
+/// Writes `tensor` as f32 under `name`, atomically: a temporary file next to `path`, then rename.
+pub fn write_tensor(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
+    let bytes: Vec<u8> = tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(Dtype::F32, tensor.shape.clone(), &bytes)
+        .context("building the output tensor")?;
+    let encoded = safetensors::serialize([(name, view)], None).context("encoding safetensors")?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encoded)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
