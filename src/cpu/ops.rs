@@ -412,6 +412,7 @@ mod tests {
     }
 
     /// The straightforward definition, with bounds checks per tap, to hold the fast loop against.
+    #[allow(clippy::needless_range_loop)]
     fn conv2d_naive(x: &Tensor, wt: &Tensor, bias: &[f32], stride: usize, p: Padding) -> Tensor {
         let (b, cin, h, w) = x.nchw();
         let (cout, _, kh, kw) = wt.nchw();

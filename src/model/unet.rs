@@ -157,6 +157,9 @@ impl TimeEmbedding {
 }
 
 /// What one layer does to the current activation `h`.
+// The list is built once per model and walked, so variant size does not matter; unboxed variants
+// keep matching on it simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// `h = 2·h − 1` (config `center_input_sample`).
