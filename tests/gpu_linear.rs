@@ -266,3 +266,77 @@ fn matmul_throughput_report() {
         );
     });
 }
+
+/// The precomputed time-embedding MLP and every resnet's `time_emb_proj(silu(emb))` for all
+/// (step, image) rows against the CPU ops, on a random-weight MNIST-size model.
+#[test]
+fn time_embedding_tables_match_cpu() {
+    use ddim_wgpu::gpu::kernels::time_embedding::{time_embedding, time_projection};
+    use ddim_wgpu::model::unet::Op;
+    use ddim_wgpu::model::{UNet, UNet2DConfig, Weights};
+
+    let config = UNet2DConfig::mnist_like();
+    let unet = UNet::new(&config, 32, 32).unwrap();
+    let weights = Weights::random(&config, 5).unwrap();
+    // 4 steps × batch 3, per-image timesteps including 0 and 999.
+    let timesteps: Vec<Vec<f32>> = vec![
+        vec![999.0, 998.0, 500.0],
+        vec![749.0, 1.0, 0.0],
+        vec![499.0, 250.0, 17.0],
+        vec![0.0, 999.0, 333.0],
+    ];
+    let te = &unet.time;
+    let flat: Vec<f32> = timesteps.concat();
+    let lin = |t: &Tensor, l: &ddim_wgpu::model::unet::Linear| {
+        let w = weights.get(&l.weight).unwrap();
+        ops::linear(t, w, Some(weights.slice(&l.bias).unwrap()))
+    };
+    let sinus = ops::timestep_embedding(&flat, te.proj_dim, te.flip_sin_to_cos, te.freq_shift);
+    let emb = lin(&ops::silu(&lin(&sinus, &te.linear_1)), &te.linear_2);
+    let resnets: Vec<_> = unet
+        .layers
+        .iter()
+        .filter_map(|l| match &l.op {
+            Op::Resnet(r) => Some(r.time_emb_proj.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(resnets.len() > 3);
+    common::for_each_backend(|backend, ctx| {
+        let (mut dispatches, table) = time_embedding(ctx, te, &weights, &timesteps).unwrap();
+        let mut projections = vec![];
+        for p in &resnets {
+            let (d, t) = time_projection(ctx, p, &weights, &table).unwrap();
+            dispatches.push(d);
+            projections.push(t);
+        }
+        run_dispatches(ctx, &dispatches, 0).unwrap();
+        let got_emb: Vec<f32> = table.read(ctx).unwrap().concat();
+        common::assert_close(
+            &format!("time embedding on {backend}"),
+            &got_emb,
+            &emb.data,
+            1e-5,
+        );
+        let silu_emb = ops::silu(&emb);
+        let mut worst = 0.0f64;
+        for (p, t) in resnets.iter().zip(&projections) {
+            let want = lin(&silu_emb, p);
+            let got: Vec<f32> = t.read(ctx).unwrap().concat();
+            worst = worst.max(common::assert_close(
+                &format!("{} on {backend}", p.weight),
+                &got,
+                &want.data,
+                1e-5,
+            ));
+            assert_eq!(
+                t.stride_bytes % ctx.limits.min_storage_buffer_offset_alignment,
+                0
+            );
+        }
+        eprintln!(
+            "time embedding + {} projections on {backend}: worst rel L2 {worst:.2e}",
+            resnets.len()
+        );
+    });
+}

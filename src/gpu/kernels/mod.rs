@@ -6,6 +6,7 @@ pub mod ddim_step;
 pub mod group_norm;
 pub mod linear;
 pub mod smoke;
+pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
