@@ -5,8 +5,11 @@
 //   gn_stats   one invocation per (batch, pixel chunk, channel): two-pass mean and M2 over the
 //              chunk's pixels of that channel (adjacent invocations read adjacent channels).
 //   gn_combine one invocation per (batch, group): Chan's parallel formula over the group's
-//              (chunk, channel) partials, giving the mean and 1/sqrt(var + eps) (biased variance).
-//   gn_apply   one invocation per element: y = (x - mean) * rstd * gamma[c] + beta[c], then SiLU.
+//              (chunk, channel) partials, giving the mean and rstd = 1/sqrt(var + eps) (biased
+//              variance), stored per (batch, channel) as (mean, rstd·gamma[c], beta[c]).
+//   gn_apply   four consecutive elements per invocation: y = (x − mean)·scale + shift, then SiLU.
+//              Channel and image indices advance incrementally: two integer divisions per four
+//              elements (division by a run-time value is slow on CPU adapters).
 // Any number of groups; channels per group need not be a multiple of 4.
 
 struct Params {
@@ -24,8 +27,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 // (count, mean, M2) per (batch, chunk, channel); the fourth lane is unused.
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
-// (mean, rstd) per (batch, group).
-@group(0) @binding(3) var<storage, read_write> stats: array<vec2<f32>>;
+// (mean, rstd·gamma, beta, unused) per (batch, channel).
+@group(0) @binding(3) var<storage, read_write> coef: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
@@ -91,22 +94,40 @@ fn gn_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     let var_biased = max(m2 / n, 0.0);
     // 1/sqrt rather than inverseSqrt: the latter may be a low-precision approximation on GPUs.
-    stats[idx] = vec2<f32>(mean, 1.0 / sqrt(var_biased + p.eps));
+    let rstd = 1.0 / sqrt(var_biased + p.eps);
+    for (var j = 0u; j < cpg; j++) {
+        let ch = g * cpg + j;
+        coef[b * p.channels + ch] = vec4<f32>(mean, rstd * gamma[ch], beta[ch], 0.0);
+    }
 }
 
 @compute @workgroup_size(256)
 fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
+    let i0 = flat_index(gid, nwg) * 4u;
     let c = p.channels;
-    if i >= p.batch * p.hw * c {
+    let numel = p.batch * p.hw * c;
+    if i0 >= numel {
         return;
     }
-    let ch = i % c;
-    let b = i / (p.hw * c);
-    let s = stats[b * p.groups + ch / (c / p.groups)];
-    var v = (x[i] - s.x) * s.y * gamma[ch] + beta[ch];
-    if p.silu != 0u {
-        v = v / (1.0 + exp(-v));
+    var pixel = i0 / c;          // over batch · hw
+    var ch = i0 - pixel * c;
+    var b = pixel / p.hw;
+    for (var j = 0u; j < 4u; j++) {
+        let i = i0 + j;
+        if i >= numel {
+            break;
+        }
+        let k = coef[b * c + ch];
+        var v = (x[i] - k.x) * k.y + k.z;
+        if p.silu != 0u {
+            v = v / (1.0 + exp(-v));
+        }
+        y[i] = v;
+        ch += 1u;
+        if ch == c {
+            ch = 0u;
+            pixel += 1u;
+            b = pixel / p.hw;
+        }
     }
-    y[i] = v;
 }

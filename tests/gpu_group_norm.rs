@@ -151,6 +151,15 @@ fn group_norm_throughput_report() {
         }
         ctx.wait_idle().unwrap();
         let secs = t0.elapsed().as_secs_f64() / reps as f64;
+        for one in &d {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                run_dispatches(ctx, std::slice::from_ref(one), 0).unwrap();
+            }
+            ctx.wait_idle().unwrap();
+            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            eprintln!("  {}: {:.3} ms", one.label, s * 1e3);
+        }
         // Compulsory traffic: read x twice (stats, apply) and write y once.
         let gbs = (3 * x.len() * 4) as f64 / secs / 1e9;
         eprintln!(

@@ -86,6 +86,7 @@ impl GroupNormShape {
 /// (the dispatches of one norm finish before the next norm's begin) if sized for the largest.
 pub struct GroupNormScratch {
     pub partials: wgpu::Buffer,
+    /// (mean, rstd·gamma, beta) per (batch, channel).
     pub stats: wgpu::Buffer,
     partial_capacity: usize,
     stats_capacity: usize,
@@ -99,10 +100,14 @@ impl GroupNormScratch {
             .map(|s| s.batch * s.num_chunks() * s.channels)
             .max()
             .unwrap_or(1);
-        let stats_capacity = shapes.iter().map(|s| s.batch * s.groups).max().unwrap_or(1);
+        let stats_capacity = shapes
+            .iter()
+            .map(|s| s.batch * s.channels)
+            .max()
+            .unwrap_or(1);
         Self {
             partials: ctx.storage("group norm partials", (partial_capacity * 16) as u64),
-            stats: ctx.storage("group norm stats", (stats_capacity * 8) as u64),
+            stats: ctx.storage("group norm coefficients", (stats_capacity * 16) as u64),
             partial_capacity,
             stats_capacity,
         }
@@ -119,7 +124,7 @@ fn spec(entry: &'static str) -> KernelSpec {
             Binding::Uniform,          // params
             Binding::StorageRead,      // x
             Binding::StorageReadWrite, // partials
-            Binding::StorageReadWrite, // stats
+            Binding::StorageReadWrite, // per-(batch, channel) coefficients
             Binding::StorageRead,      // gamma
             Binding::StorageRead,      // beta
             Binding::StorageReadWrite, // y
@@ -177,7 +182,12 @@ pub fn group_norm(
             partial_len as u64 * 16,
             8 * partial_len as u64,
         ),
-        ("gn_apply", numel, n * 8 + 16 * shape.channels as u64, 8 * n),
+        (
+            "gn_apply",
+            numel.div_ceil(4),
+            n * 8 + 16 * shape.channels as u64,
+            8 * n,
+        ),
     ];
     let mut out = Vec::with_capacity(3);
     for (entry, invocations, bytes, flops) in stages {
