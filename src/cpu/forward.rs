@@ -59,6 +59,7 @@ pub fn forward_with(
         b.saturating_mul(unet.max_activation())
     );
     let timesteps = broadcast_timesteps(timesteps, b)?;
+    weights.check(&unet.weights())?;
 
     let emb = time_embedding(unet, weights, &timesteps)?;
     on_layer("time_embedding", &emb);

@@ -183,8 +183,20 @@ impl UNet2DConfig {
                 log::warn!("config.json: ignoring unknown key {key:?}");
             }
         }
-        let config: Self = serde_json::from_value(value)
-            .context("config.json does not match the UNet2DModel config format")?;
+        let config: Self = match serde_json::from_value(value.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                // serde's message lacks the field; find it by parsing each key on its own.
+                let culprit = object.iter().find(|(k, v)| {
+                    let single = serde_json::json!({ k.as_str(): v });
+                    serde_json::from_value::<Self>(single).is_err()
+                });
+                match culprit {
+                    Some((k, v)) => bail!("config.json: invalid value {v} for {k:?}: {e}"),
+                    None => bail!("config.json does not match the UNet2DModel config format: {e}"),
+                }
+            }
+        };
         config.validate()?;
         Ok(config)
     }

@@ -17,7 +17,7 @@ pub use dir::ModelPaths;
 pub use unet::UNet;
 pub use weights::Weights;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// A loaded model: where it came from, its config and its weights.
@@ -33,6 +33,9 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         let paths = ModelPaths::resolve(dir)?;
         let config = UNet2DConfig::from_file(&paths.config)?;
+        // Architecture errors (e.g. channels not divisible into groups) belong to the config file.
+        UNet::expected_weights(&config)
+            .with_context(|| format!("in model config {}", paths.config.display()))?;
         let weights = Weights::load(&paths.weights, &config)?;
         Ok(Self {
             paths,

@@ -239,6 +239,23 @@ impl Weights {
         }
     }
 
+    /// Checks that every weight in `specs` is present with its exact shape (cheap: lookups only),
+    /// so that weights of another model are reported instead of being indexed out of bounds.
+    pub fn check(&self, specs: &[WeightSpec]) -> Result<()> {
+        for spec in specs {
+            let t = self.get(&spec.name)?;
+            if t.shape != spec.shape {
+                bail!(
+                    "weight {:?} has shape {:?}, the model needs {:?} (weights of another model?)",
+                    spec.name,
+                    t.shape,
+                    spec.shape
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The tensor stored under its current diffusers name.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
