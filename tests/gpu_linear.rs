@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::kernel::run_dispatches;
-use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulBuffers, Strides};
+use ddim_wgpu::gpu::kernels::linear::{
+    matmul, matmul_with, Matmul, MatmulBuffers, MatmulVariant, Strides,
+};
 use ddim_wgpu::Tensor;
 
 #[derive(Clone, Copy)]
@@ -37,6 +39,14 @@ fn reference(case: &Case, x: &[f32], w: &[f32], b: &[f32], r: &[f32]) -> Vec<f32
         }
     }
     y.data
+}
+
+/// Every variant that applies to `op` (the vec4 one needs k-contiguous, 4-aligned operands).
+fn variants(op: &Matmul) -> Vec<MatmulVariant> {
+    MatmulVariant::ALL
+        .into_iter()
+        .filter(|&v| v == MatmulVariant::Strided || op.fits_k4())
+        .collect()
 }
 
 #[test]
@@ -123,11 +133,16 @@ fn linear_matches_cpu_reference() {
                 residual: case.residual.then_some(&rb),
                 out: &yb,
             };
-            let d = matmul(ctx, &op, &bufs).expect("building");
-            run_dispatches(ctx, &[d], 0).expect("running");
-            let got = ctx.read_f32(&yb, want.len()).unwrap();
-            let rel = common::assert_close(&format!("{label} on {backend}"), &got, &want, 1e-5);
-            eprintln!("{label} on {backend}: rel L2 {rel:.2e}");
+            for variant in variants(&op) {
+                let yb = ctx.poisoned("y", want.len());
+                let bufs = MatmulBuffers { out: &yb, ..bufs };
+                let d = matmul_with(ctx, &op, &bufs, variant).expect("building");
+                run_dispatches(ctx, &[d], 0).expect("running");
+                let got = ctx.read_f32(&yb, want.len()).unwrap();
+                let what = format!("{label} {variant:?} on {backend}");
+                let rel = common::assert_close(&what, &got, &want, 1e-5);
+                eprintln!("{what}: rel L2 {rel:.2e}");
+            }
         });
     }
 }
@@ -249,21 +264,23 @@ fn matmul_throughput_report() {
             residual: None,
             out: &yb,
         };
-        let d = matmul(ctx, &op, &bufs).unwrap();
-        run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
-        ctx.wait_idle().unwrap();
-        let reps = 3;
-        let t0 = Instant::now();
-        for _ in 0..reps {
+        for variant in variants(&op) {
+            let d = matmul_with(ctx, &op, &bufs, variant).unwrap();
             run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
+            ctx.wait_idle().unwrap();
+            let reps = 3;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
+            }
+            ctx.wait_idle().unwrap();
+            let secs = t0.elapsed().as_secs_f64() / reps as f64;
+            eprintln!(
+                "linear {rows}x{inp}->{out} {variant:?} on {backend}: {:.2} ms, {:.2} GFLOP/s",
+                secs * 1e3,
+                op.flops() as f64 / secs / 1e9
+            );
         }
-        ctx.wait_idle().unwrap();
-        let secs = t0.elapsed().as_secs_f64() / reps as f64;
-        eprintln!(
-            "linear {rows}x{inp}->{out} on {backend}: {:.2} ms, {:.2} GFLOP/s",
-            secs * 1e3,
-            op.flops() as f64 / secs / 1e9
-        );
     });
 }
 

@@ -8,6 +8,7 @@ use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
+pub const SOURCE_K4: &str = include_str!("../../../shaders/linear_k4.wgsl");
 /// Output tile per workgroup: 16×16 invocations, each owning 4×4 outputs.
 const TILE: u32 = 64;
 
@@ -151,6 +152,56 @@ impl Matmul {
     }
 }
 
+/// Which kernel computes a product; both give the same result up to summation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulVariant {
+    /// Version 1 (`linear.wgsl`): any strides, scalar loads.
+    Strided,
+    /// Version 2 (`linear_k4.wgsl`): A and B contiguous along k with vec4 loads; see [`Matmul::fits_k4`].
+    K4,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Strided, MatmulVariant::K4];
+}
+
+impl Matmul {
+    /// Whether version 2 applies: unit k strides and every other stride, offset and K a
+    /// multiple of 4 (so that vec4 loads are aligned).
+    pub fn fits_k4(&self) -> bool {
+        let a = &self.a;
+        let b = &self.b;
+        a.col == 1
+            && b.row == 1
+            && [
+                self.k, a.row, a.outer, a.inner, a.offset, b.col, b.outer, b.inner, b.offset,
+            ]
+            .iter()
+            .all(|v| v % 4 == 0)
+    }
+
+    /// The fastest variant that applies.
+    pub fn best_variant(&self) -> MatmulVariant {
+        if self.fits_k4() {
+            MatmulVariant::K4
+        } else {
+            MatmulVariant::Strided
+        }
+    }
+}
+
+pub fn spec_for(variant: MatmulVariant) -> KernelSpec {
+    match variant {
+        MatmulVariant::Strided => spec(),
+        MatmulVariant::K4 => KernelSpec {
+            shader: "linear_k4",
+            source: SOURCE_K4,
+            entry: "matmul_k4",
+            ..spec()
+        },
+    }
+}
+
 pub fn spec() -> KernelSpec {
     KernelSpec {
         shader: "linear",
@@ -187,9 +238,23 @@ fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
     Ok(())
 }
 
-/// One dispatch for `op`. `out` must not alias any input.
+/// One dispatch for `op` with the best variant that applies. `out` must not alias any input.
 pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
+    matmul_with(ctx, op, bufs, op.best_variant())
+}
+
+/// One dispatch for `op` with a chosen variant (an error if it does not apply).
+pub fn matmul_with(
+    ctx: &GpuContext,
+    op: &Matmul,
+    bufs: &MatmulBuffers<'_>,
+    variant: MatmulVariant,
+) -> Result<Dispatch> {
     op.validate()?;
+    ensure!(
+        variant != MatmulVariant::K4 || op.fits_k4(),
+        "matmul: the vec4-along-k variant does not apply to {op:?}"
+    );
     check_len("A", bufs.a, op.extent(&op.a, op.m, op.k))?;
     check_len("B", bufs.b, op.extent(&op.b, op.k, op.n))?;
     check_len("out", bufs.out, op.extent(&op.c, op.m, op.n))?;
@@ -233,7 +298,7 @@ pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result
         out_scale: op.out_scale,
         _pad: [0; 3],
     };
-    let kernel = ctx.kernel(&spec())?;
+    let kernel = ctx.kernel(&spec_for(variant))?;
     let uniform = ctx.uniform("matmul params", &params);
     let placeholder = ctx.storage("matmul placeholder", 16);
     let bind_group = kernel.bind_group(
@@ -254,7 +319,10 @@ pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result
         "matmul: grid {groups:?} exceeds {max_dim} workgroups per dimension"
     );
     Ok(Dispatch {
-        label: format!("matmul {}x{}x{} x{}", op.m, op.n, op.k, op.batch),
+        label: format!(
+            "matmul[{variant:?}] {}x{}x{} x{}",
+            op.m, op.n, op.k, op.batch
+        ),
         kernel,
         bind_group,
         workgroups: groups,
