@@ -1,0 +1,166 @@
+//! `ddim forward --device cpu` reproduces PyTorch on every U-Net fixture, and `ddim info` /
+//! `ddim forward` report bad arguments as one clear line with exit code 1.
+
+use ddim_wgpu::model::tensor_io::read_tensor;
+use ddim_wgpu::tensor::rel_l2;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CASES: &[&str] = &[
+    "attn_heads_pipeline",
+    "cifar_like_flat",
+    "gray_f16_legacy",
+    "bf16_scale_shift_flat",
+    "no_mid_pipeline",
+    "uneven_heads_flat",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/unet")
+        .join(name)
+}
+
+fn ddim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .args(args)
+        .output()
+        .expect("running ddim")
+}
+
+fn timesteps(dir: &Path) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    v["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn out_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ddim-cli-{tag}-{}.safetensors", std::process::id()))
+}
+
+#[test]
+fn forward_reproduces_pytorch_on_every_fixture() {
+    for case in CASES {
+        let dir = fixture(case);
+        let out = out_path(case);
+        let o = ddim(&[
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            dir.join("input.safetensors").to_str().unwrap(),
+            "--timestep",
+            &timesteps(&dir),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(
+            o.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let y = read_tensor(&out, "sample").unwrap();
+        let reference = read_tensor(&dir.join("expected.safetensors"), "sample").unwrap();
+        assert_eq!(y.shape, reference.shape, "{case}");
+        let err = rel_l2(&y.data, &reference.data);
+        println!("{case}: ddim forward rel L2 vs PyTorch {err:.2e}");
+        assert!(err <= 1e-5, "{case}: rel L2 {err:.3e}");
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn one_timestep_is_used_for_the_whole_batch() {
+    let dir = fixture("attn_heads_pipeline");
+    let input = dir.join("input.safetensors");
+    let run = |ts: &str, tag: &str| {
+        let out = out_path(tag);
+        let o = ddim(&[
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--timestep",
+            ts,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let y = read_tensor(&out, "sample").unwrap();
+        std::fs::remove_file(&out).unwrap();
+        y
+    };
+    let broadcast = run("321", "bcast");
+    let explicit = run("321,321", "explicit");
+    assert_eq!(broadcast, explicit);
+    let different = run("321,5", "different");
+    assert_ne!(broadcast, different);
+}
+
+#[test]
+fn bad_arguments_give_one_clear_line() {
+    let dir = fixture("attn_heads_pipeline");
+    let input = dir.join("input.safetensors");
+    let out = out_path("bad");
+    let base = |ts: &'static str, device: &'static str| {
+        ddim(&[
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--timestep",
+            ts,
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            device,
+        ])
+    };
+    for (ts, device, needle) in [
+        ("1,2,3", "cpu", "3 timesteps for a batch of 2"),
+        ("ten", "cpu", "not a number"),
+        ("5", "gpu", "GPU forward not wired yet"),
+    ] {
+        let o = base(ts, device);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    assert!(!out.exists(), "no output is written on error");
+    let o = ddim(&["info", "--model", "/nonexistent/model"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn info_reports_parameters_flops_and_dtype() {
+    let o = ddim(&[
+        "info",
+        "--model",
+        fixture("gray_f16_legacy").to_str().unwrap(),
+        "--layers",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("weight dtype: f16"), "{text}");
+    assert!(text.contains("legacy attention names mapped"), "{text}");
+    assert!(text.contains("up_blocks.1.attentions.1"), "{text}");
+
+    let o = ddim(&["info", "--arch", "cifar10"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("parameters:   35746307 (328 tensors)"),
+        "{text}"
+    );
+    assert!(text.contains("12.444 GFLOP"), "{text}");
+}
