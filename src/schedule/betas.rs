@@ -71,6 +71,30 @@ impl NoiseSchedule {
     }
 }
 
+impl NoiseSchedule {
+    /// The forward process q(x_t | x0): sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise, per element in f64
+    /// (diffusers' `add_noise` with one timestep for the whole batch).
+    pub fn add_noise(&self, x0: &[f32], noise: &[f32], t: i64) -> Result<Vec<f32>> {
+        if x0.len() != noise.len() {
+            bail!(
+                "noise has {} values but the sample has {}",
+                noise.len(),
+                x0.len()
+            );
+        }
+        if t < 0 {
+            bail!("add_noise needs a timestep >= 0, got {t}");
+        }
+        let a = self.alpha_at(t)?;
+        let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
+        Ok(x0
+            .iter()
+            .zip(noise)
+            .map(|(&x, &z)| (sa * x as f64 + sb * z as f64) as f32)
+            .collect())
+    }
+}
+
 /// The betas as diffusers builds them, before any rescaling.
 fn betas_f32(cfg: &SchedulerConfig) -> Vec<f32> {
     let n = cfg.num_train_timesteps;

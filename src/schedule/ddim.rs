@@ -68,7 +68,12 @@ impl DdimStep {
         eta: f64,
     ) -> Self {
         let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
-        let sigma = eta * variance.sqrt();
+        // eta = 0 means no noise term at all, even where the variance is not a number.
+        let sigma = if eta == 0.0 {
+            0.0
+        } else {
+            eta * variance.sqrt()
+        };
         Self {
             t,
             from_t,
