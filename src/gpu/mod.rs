@@ -4,6 +4,7 @@ pub mod buffers;
 pub mod context;
 pub mod kernel;
 pub mod kernels;
+pub mod sampler;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
