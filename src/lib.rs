@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod image_io;
 pub mod model;
 pub mod rng;
+pub mod sampling;
 pub mod schedule;
 pub mod tensor;
 

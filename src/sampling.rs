@@ -1,0 +1,291 @@
+//! The sampling loop: DDIM (eta 0..1) or DDPM, on the CPU reference, and the noise it consumes.
+//!
+//! Noise follows diffusers' pipelines so `--rng torch` replays `DDIMPipeline(generator=
+//! torch.manual_seed(seed))`: one draw of shape [N, C, H, W] for x_T, then — DDIM with eta > 0 —
+//! one draw of the same shape at every step, or — DDPM — one at every step with t > 0. The GPU
+//! sampler consumes exactly the same values, so the two can be compared element for element.
+
+use crate::cpu::forward::forward;
+use crate::model::{UNet, Weights};
+use crate::rng::{NoiseSource, RngKind};
+use crate::schedule::{
+    ddim_step, ddim_table, ddpm_step, ddpm_table, DdimStep, DdpmStep, DdpmVariance, SchedulerConfig,
+};
+use crate::Tensor;
+use anyhow::{ensure, Context, Result};
+use std::ops::Range;
+
+/// Which reverse process to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like variance at eta = 1.
+    Ddim,
+    /// Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type.
+    Ddpm,
+}
+
+/// What to run: sampler, number of steps, eta.
+#[derive(Clone, Debug)]
+pub struct SampleSettings {
+    pub sampler: SamplerKind,
+    pub steps: usize,
+    /// DDIM's eta in [0, 1]; ignored by DDPM.
+    pub eta: f64,
+    /// diffusers' `use_clipped_model_output`: re-derive ε from the clipped x0.
+    pub use_clipped_model_output: bool,
+}
+
+impl Default for SampleSettings {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerKind::Ddim,
+            steps: 50,
+            eta: 0.0,
+            use_clipped_model_output: false,
+        }
+    }
+}
+
+/// The per-step coefficients of a run, in loop order.
+#[derive(Clone, Debug)]
+pub enum StepTable {
+    Ddim(Vec<DdimStep>),
+    Ddpm(Vec<DdpmStep>),
+}
+
+impl StepTable {
+    pub fn new(cfg: &SchedulerConfig, settings: &SampleSettings) -> Result<Self> {
+        ensure!(settings.steps > 0, "the number of steps must be at least 1");
+        Ok(match settings.sampler {
+            SamplerKind::Ddim => Self::Ddim(ddim_table(cfg, settings.steps, settings.eta)?),
+            SamplerKind::Ddpm => Self::Ddpm(ddpm_table(
+                cfg,
+                settings.steps,
+                DdpmVariance::from_config(cfg)?,
+            )?),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Ddim(s) => s.len(),
+            Self::Ddpm(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The model timestep of step `i`.
+    pub fn timestep(&self, i: usize) -> i64 {
+        match self {
+            Self::Ddim(s) => s[i].t,
+            Self::Ddpm(s) => s[i].t,
+        }
+    }
+
+    /// Whether step `i` draws a noise tensor, exactly as diffusers does: DDIM draws at every
+    /// step when eta > 0 (even where sigma is 0); DDPM draws when t > 0.
+    pub fn draws_noise(&self, i: usize, eta: f64) -> bool {
+        match self {
+            Self::Ddim(_) => eta > 0.0,
+            Self::Ddpm(s) => s[i].t > 0,
+        }
+    }
+}
+
+/// The noise of a run of `num` images: x_T and the per-step draws, in pipeline order.
+#[derive(Clone, Debug)]
+pub struct NoisePlan {
+    pub kind: RngKind,
+    pub seed: u64,
+    pub num: usize,
+    /// Elements per image (C·H·W).
+    pub per_image: usize,
+    /// For each step, whether it draws noise.
+    pub step_draws: Vec<bool>,
+}
+
+/// The noise a chunk of images consumes.
+#[derive(Clone, Debug)]
+pub struct ChunkNoise {
+    /// x_T for the chunk, [len · per_image].
+    pub initial: Vec<f32>,
+    /// One entry per step: the chunk's slice of that step's draw, or None when the step draws none.
+    pub steps: Vec<Option<Vec<f32>>>,
+}
+
+impl NoisePlan {
+    pub fn new(
+        kind: RngKind,
+        seed: u64,
+        num: usize,
+        per_image: usize,
+        table: &StepTable,
+        eta: f64,
+    ) -> Self {
+        let step_draws = (0..table.len())
+            .map(|i| table.draws_noise(i, eta))
+            .collect();
+        Self {
+            kind,
+            seed,
+            num,
+            per_image,
+            step_draws,
+        }
+    }
+
+    /// Replays the stream from the seed and keeps the images in `range`. Every draw covers all
+    /// `num` images (as torch draws the whole batch at once), so a chunk costs one full replay.
+    pub fn chunk(&self, range: Range<usize>) -> Result<ChunkNoise> {
+        ensure!(
+            range.end <= self.num && range.start < range.end,
+            "bad image range {range:?}"
+        );
+        let mut rng = NoiseSource::new(self.kind, self.seed);
+        let total = self.num * self.per_image;
+        let slice = range.start * self.per_image..range.end * self.per_image;
+        let initial =
+            rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec();
+        let mut steps = Vec::with_capacity(self.step_draws.len());
+        for (i, &draws) in self.step_draws.iter().enumerate() {
+            steps.push(if draws {
+                let d = rng
+                    .randn(total)
+                    .with_context(|| format!("drawing the noise of step {i}"))?;
+                Some(d[slice.clone()].to_vec())
+            } else {
+                None
+            });
+        }
+        Ok(ChunkNoise { initial, steps })
+    }
+}
+
+/// Runs the reverse process on the CPU reference from `x` (x_T, NCHW) and returns x0 in [-1, 1]
+/// (not clamped). `on_step(i, pred_x0)` is called after every step with the predicted x0.
+pub fn sample_cpu(
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    table: &StepTable,
+    mut x: Tensor,
+    step_noise: &[Option<Vec<f32>>],
+    on_step: &mut dyn FnMut(usize, &[f32]),
+) -> Result<Tensor> {
+    let batch = x.shape[0];
+    ensure!(
+        step_noise.len() == table.len(),
+        "noise for {} steps, table has {}",
+        step_noise.len(),
+        table.len()
+    );
+    for i in 0..table.len() {
+        let t = table.timestep(i);
+        let eps = forward(unet, weights, &x, &[t as f32])
+            .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
+        let noise = step_noise[i].as_deref();
+        let out = match table {
+            StepTable::Ddim(s) => ddim_step(
+                cfg,
+                &s[i],
+                &eps.data,
+                &x.data,
+                batch,
+                settings.use_clipped_model_output,
+                noise,
+            )?,
+            StepTable::Ddpm(s) => ddpm_step(cfg, &s[i], &eps.data, &x.data, batch, noise)?,
+        };
+        x.data = out.prev_sample;
+        on_step(i, &out.pred_original_sample);
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_slice_one_stream() {
+        let cfg = SchedulerConfig::default();
+        let settings = SampleSettings {
+            eta: 1.0,
+            steps: 3,
+            ..Default::default()
+        };
+        let table = StepTable::new(&cfg, &settings).unwrap();
+        let plan = NoisePlan::new(RngKind::Torch, 3, 5, 16, &table, settings.eta);
+        let all = plan.chunk(0..5).unwrap();
+        let tail = plan.chunk(2..5).unwrap();
+        assert_eq!(&all.initial[32..], &tail.initial[..]);
+        assert_eq!(all.steps.len(), 3);
+        assert_eq!(
+            &all.steps[2].as_ref().unwrap()[32..],
+            &tail.steps[2].as_ref().unwrap()[..]
+        );
+        let det = StepTable::new(
+            &cfg,
+            &SampleSettings {
+                steps: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let plan0 = NoisePlan::new(RngKind::Torch, 3, 5, 16, &det, 0.0);
+        assert!(plan0.chunk(0..5).unwrap().steps.iter().all(|s| s.is_none()));
+        // Without step noise x_T is the same first draw.
+        assert_eq!(plan0.chunk(0..5).unwrap().initial, all.initial);
+    }
+}
+
+/// Samples all `plan.num` images on the CPU reference in chunks of `batch`, each chunk starting
+/// from its slice of the planned noise. `on_step(done, total)` reports progress in model steps.
+pub fn sample_images_cpu(
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    plan: &NoisePlan,
+    batch: usize,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    ensure!(batch > 0, "the batch size must be at least 1");
+    let table = StepTable::new(cfg, settings)?;
+    let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
+    ensure!(
+        plan.per_image == c * h * w,
+        "noise plan is for {} values per image, the model takes {}",
+        plan.per_image,
+        c * h * w
+    );
+    let mut out = Tensor::zeros(&[plan.num, c, h, w]);
+    let total = plan.num.div_ceil(batch) * table.len();
+    let mut done = 0;
+    for start in (0..plan.num).step_by(batch) {
+        let range = start..(start + batch).min(plan.num);
+        let noise = plan.chunk(range.clone())?;
+        let x = Tensor::new(vec![range.len(), c, h, w], noise.initial)?;
+        let x0 = sample_cpu(
+            unet,
+            weights,
+            cfg,
+            settings,
+            &table,
+            x,
+            &noise.steps,
+            &mut |_, _| {
+                done += 1;
+                on_step(done, total);
+            },
+        )?;
+        out.data[range.start * plan.per_image..range.end * plan.per_image]
+            .copy_from_slice(&x0.data);
+    }
+    Ok(out)
+}
