@@ -13,7 +13,8 @@ For f16/bf16 checkpoints the reference runs in f32 (and f64) on the upcast store
 The model is reloaded with UNet2DModel.from_pretrained before computing the reference, so the files
 are known to load in diffusers (this checks the legacy-name files too).
 
-Also writes tests/fixtures/unet/ops.safetensors with per-op inputs and torch outputs; the op
+Also writes tests/fixtures/unet/cifar10_formula/ (the full google/ddpm-cifar10-32 architecture with
+formula weights, see formula_weights) and tests/fixtures/unet/ops.safetensors with per-op inputs and torch outputs; the op
 parameters are listed in OPS below and repeated in tests/cpu_ops.rs.
 
 Usage: /work/venv/bin/python tools/export_unet_fixtures.py [--out tests/fixtures/unet]
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -245,6 +247,69 @@ def export_case(case, out_dir):
     print(f"{case['name']}: out {tuple(y.shape)}, torch f32 vs f64 rel L2 {info['torch_f32_vs_f64_rel_l2']:.2e}")
 
 
+CIFAR10_CONFIG = dict(
+    sample_size=32, in_channels=3, out_channels=3, center_input_sample=False,
+    time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
+    down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    block_out_channels=[128, 256, 256, 256], layers_per_block=2, mid_block_scale_factor=1,
+    downsample_padding=0, act_fn="silu", attention_head_dim=None, norm_num_groups=32,
+    norm_eps=1e-6, resnet_time_scale_shift="default", add_attention=True,
+)
+
+
+def formula_uniform(h, n):
+    """n values in [-1, 1) from an integer hash of (h, i), exact in any language:
+    z = i·0x9E3779B97F4A7C15 + h·0xBF58476D1CE4E5B9 (mod 2^64); z ^= z >> 29;
+    z *= 0x94D049BB133111EB; z ^= z >> 32; s = 2·(z >> 11)/2^53 − 1."""
+    i = np.arange(n, dtype=np.uint64)
+    z = i * np.uint64(0x9E3779B97F4A7C15) + np.uint64((h * 0xBF58476D1CE4E5B9) % 2**64)
+    z ^= z >> np.uint64(29)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(32)
+    return 2.0 * (z >> np.uint64(11)).astype(np.float64) / float(2**53) - 1.0
+
+
+def formula_weights(model):
+    """The google/ddpm-cifar10-32 architecture with weights given by a formula that
+    tests/cpu_cifar10_arch.rs repeats, so its 143 MB of weights need not be stored:
+    h = sum((k+1)·byte_k of the name), s = formula_uniform(h, numel) (PyTorch-like uniform init),
+    norm scale 1 + 0.1·s, norm shift 0.1·s, conv/linear weight and bias s/sqrt(fan_in)."""
+    sd = model.state_dict()
+    out = {}
+    for name, tensor in sd.items():
+        prefix, param = name.rsplit(".", 1)
+        weight_shape = sd[prefix + ".weight"].shape
+        h = sum((k + 1) * b for k, b in enumerate(name.encode()))
+        s = formula_uniform(h, tensor.numel())
+        if len(weight_shape) == 1:
+            v = 1 + 0.1 * s if param == "weight" else 0.1 * s
+        else:
+            v = s / math.sqrt(math.prod(weight_shape[1:]))
+        out[name] = torch.from_numpy(v.astype(np.float32)).reshape(tensor.shape)
+    return out
+
+
+def export_cifar10_formula(out_dir):
+    root = os.path.join(out_dir, "cifar10_formula")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    model = UNet2DModel(**CIFAR10_CONFIG).eval()
+    model.load_state_dict(formula_weights(model))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    t = torch.tensor([500], dtype=torch.long)
+    with torch.no_grad():
+        y = model(x, t).sample
+        y64 = model.double()(x.double(), t).sample
+    save_file({"sample": x.contiguous()}, os.path.join(root, "input.safetensors"))
+    save_file({"sample": y.contiguous(), "sample_f64": y64.float().contiguous()},
+              os.path.join(root, "expected.safetensors"))
+    with open(os.path.join(root, "case.json"), "w") as f:
+        json.dump(dict(timesteps=[500], torch_f32_vs_f64_rel_l2=rel_l2(y, y64),
+                       output_std=y.std().item()), f, indent=2)
+    print(f"cifar10_formula: output std {y.std().item():.3f}, torch f32 vs f64 rel L2 {rel_l2(y, y64):.2e}")
+
+
 def export_ops(out_dir):
     """Per-op fixtures; the parameters here are repeated in tests/cpu_ops.rs."""
     g = torch.Generator().manual_seed(7)
@@ -298,6 +363,7 @@ def main():
     torch.set_num_threads(1)
     for case in CASES:
         export_case(case, args.out)
+    export_cifar10_formula(args.out)
     export_ops(args.out)
 
 

@@ -14,6 +14,17 @@ use std::path::Path;
 /// Largest safetensors header accepted (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// What a weight tensor is, for choosing a sensible synthetic value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitKind {
+    /// GroupNorm scale (γ).
+    NormScale,
+    /// GroupNorm shift (β).
+    NormShift,
+    /// Convolution or linear weight or bias; `fan_in` = input channels × kernel area.
+    Dense { fan_in: usize },
+}
+
 /// A complete, validated set of weights for one model, all converted to f32.
 #[derive(Clone, Debug)]
 pub struct Weights {
@@ -198,6 +209,28 @@ impl Weights {
     /// scales are 1 ± 0.1 and norm shifts ±0.1 (perturbed from 1 and 0 so that tests notice if
     /// either is ignored).
     pub fn random(config: &UNet2DConfig, seed: u64) -> Result<Self> {
+        let mut rng: Option<(String, SplitMix64)> = None;
+        let mut w = Self::from_fn(config, |spec, kind, _| {
+            if rng.as_ref().is_none_or(|(n, _)| *n != spec.name) {
+                rng = Some((spec.name.clone(), SplitMix64::new(seed ^ fnv1a(&spec.name))));
+            }
+            let r = rng.as_mut().expect("set above").1.symmetric();
+            match kind {
+                InitKind::NormScale => 1.0 + 0.1 * r,
+                InitKind::NormShift => 0.1 * r,
+                InitKind::Dense { fan_in } => r / (fan_in as f32).sqrt(),
+            }
+        })?;
+        w.source_dtype = "random".into();
+        Ok(w)
+    }
+
+    /// Weights for `config` with every value given by `value(spec, kind, index)`, called for the
+    /// tensors in [`UNet::expected_weights`] order and, within a tensor, in index order.
+    pub fn from_fn(
+        config: &UNet2DConfig,
+        mut value: impl FnMut(&WeightSpec, InitKind, usize) -> f32,
+    ) -> Result<Self> {
         let expected = UNet::expected_weights(config)?;
         let shapes: HashMap<&str, &[usize]> = expected
             .iter()
@@ -210,22 +243,20 @@ impl Weights {
                 .get(format!("{prefix}.weight").as_str())
                 .copied()
                 .unwrap_or(&spec.shape);
-            let mut rng = SplitMix64::new(seed ^ fnv1a(&spec.name));
-            let n: usize = spec.shape.iter().product();
-            let data: Vec<f32> = if weight_shape.len() == 1 {
-                // GroupNorm affine parameters.
-                let centre = if param == "weight" { 1.0 } else { 0.0 };
-                (0..n).map(|_| centre + 0.1 * rng.symmetric()).collect()
-            } else {
-                let fan_in: usize = weight_shape[1..].iter().product();
-                let bound = 1.0 / (fan_in as f32).sqrt();
-                (0..n).map(|_| bound * rng.symmetric()).collect()
+            let kind = match (weight_shape.len(), param) {
+                (1, "weight") => InitKind::NormScale,
+                (1, _) => InitKind::NormShift,
+                _ => InitKind::Dense {
+                    fan_in: weight_shape[1..].iter().product(),
+                },
             };
+            let n: usize = spec.shape.iter().product();
+            let data = (0..n).map(|i| value(spec, kind, i)).collect();
             tensors.insert(spec.name.clone(), Tensor::new(spec.shape.clone(), data)?);
         }
         Ok(Self {
             tensors,
-            source_dtype: "random".into(),
+            source_dtype: "synthesized".into(),
             legacy_names_mapped: 0,
         })
     }
