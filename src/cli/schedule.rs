@@ -1,10 +1,298 @@
-//! `ddim schedule`.
+//! `ddim schedule`: print the per-step sampler table for a scheduler configuration, and
+//! `SchedulerOverrides`, the scheduler flags every sampling command shares (flatten it).
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use ddim_wgpu::schedule::{
+    ddim_table, ddpm_table, inverse_table, BetaSchedule, DdimStep, DdpmStep, DdpmVariance,
+    NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing,
+};
+
+/// Where the scheduler config comes from, and options that override single keys of it.
+/// `#[command(flatten)]` this into any command that samples.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SchedulerOverrides {
+    /// A diffusers scheduler_config.json (any scheduler class; unknown keys are ignored).
+    /// Takes precedence over the one in --model.
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_config: Option<PathBuf>,
+    /// Timestep spacing: leading | trailing | linspace (diffusers), uniform | quad (ermongroup/ddim).
+    #[arg(long, value_name = "SPACING", value_parser = |s: &str| TimestepSpacing::parse_for("--spacing", s))]
+    pub spacing: Option<TimestepSpacing>,
+    /// Offset added to every timestep (leading spacing only).
+    #[arg(long, value_name = "N")]
+    pub steps_offset: Option<usize>,
+    /// Beta schedule: linear | scaled_linear | squaredcos_cap_v2.
+    #[arg(long, value_name = "SCHEDULE", value_parser = |s: &str| BetaSchedule::parse_for("--beta-schedule", s))]
+    pub beta_schedule: Option<BetaSchedule>,
+    /// What the model predicts: epsilon | sample | v_prediction.
+    #[arg(long, value_name = "TYPE", value_parser = |s: &str| PredictionType::parse_for("--prediction-type", s))]
+    pub prediction_type: Option<PredictionType>,
+    /// Clamp the predicted x0 to ±clip_sample_range.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub clip_sample: Option<bool>,
+    /// Use ᾱ = 1 after the last step (else ᾱ[0]).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub set_alpha_to_one: Option<bool>,
+}
+
+impl SchedulerOverrides {
+    /// The scheduler config to use: `--scheduler-config`, else the model directory's
+    /// (`scheduler/scheduler_config.json` or `scheduler_config.json`), else DDIMScheduler's
+    /// defaults; then the overrides. Also returns a one-line description of the source.
+    pub fn resolve(&self, model_dir: Option<&Path>) -> Result<(SchedulerConfig, String)> {
+        let (mut cfg, source) = match (&self.scheduler_config, model_dir) {
+            (Some(path), _) => (
+                SchedulerConfig::from_file(path)?,
+                path.display().to_string(),
+            ),
+            (None, Some(dir)) => match SchedulerConfig::from_model_dir(dir)? {
+                Some((cfg, path)) => (cfg, path.display().to_string()),
+                None => {
+                    log::warn!(
+                        "{} has no scheduler/scheduler_config.json or scheduler_config.json; \
+                         using DDIMScheduler defaults",
+                        dir.display()
+                    );
+                    (SchedulerConfig::default(), "DDIMScheduler defaults".into())
+                }
+            },
+            (None, None) => (SchedulerConfig::default(), "DDIMScheduler defaults".into()),
+        };
+        let mut changed = Vec::new();
+        if let Some(v) = self.spacing {
+            cfg.timestep_spacing = v;
+            changed.push("timestep_spacing");
+        }
+        if let Some(v) = self.steps_offset {
+            cfg.steps_offset = v;
+            changed.push("steps_offset");
+        }
+        if let Some(v) = self.beta_schedule {
+            cfg.beta_schedule = v;
+            changed.push("beta_schedule");
+        }
+        if let Some(v) = self.prediction_type {
+            cfg.prediction_type = v;
+            changed.push("prediction_type");
+        }
+        if let Some(v) = self.clip_sample {
+            cfg.clip_sample = v;
+            changed.push("clip_sample");
+        }
+        if let Some(v) = self.set_alpha_to_one {
+            cfg.set_alpha_to_one = v;
+            changed.push("set_alpha_to_one");
+        }
+        cfg.validate()?;
+        let source = if changed.is_empty() {
+            source
+        } else {
+            format!("{source}, overriding {}", changed.join(", "))
+        };
+        Ok((cfg, source))
+    }
+}
+
+/// Which sampler's table to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableSampler {
+    /// DDIM (eta 0 = deterministic, 1 = DDPM posterior variance).
+    Ddim,
+    /// Ancestral DDPM with the config's variance_type (default fixed_small).
+    Ddpm,
+    /// DDIM inversion (x0 → x_T), as diffusers' DDIMInverseScheduler.
+    Inverse,
+}
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A diffusers model directory; its scheduler config is used unless --scheduler-config is given.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub scheduler: SchedulerOverrides,
+    /// Number of inference steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM noise scale in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Which sampler's steps to show.
+    #[arg(long, value_enum, default_value_t = TableSampler::Ddim)]
+    pub sampler: TableSampler,
+    /// Print JSON: {"sampler", "num_inference_steps", "eta", "config_source", "config",
+    /// "steps": [{"t", "prev_t", "alpha_prod_t", "alpha_prod_t_prev", "sigma", ...}, ...]}.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("`ddim schedule` is not implemented yet")
+enum Table {
+    Ddim(Vec<DdimStep>),
+    Ddpm(Vec<DdpmStep>, DdpmVariance),
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (cfg, source) = args.scheduler.resolve(args.model.as_deref())?;
+    if args.sampler != TableSampler::Ddim && args.eta != 0.0 {
+        bail!(
+            "--eta applies to the DDIM sampler only, not to --sampler {:?}",
+            args.sampler
+        );
+    }
+    let table = match args.sampler {
+        TableSampler::Ddim => Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?),
+        TableSampler::Inverse => Table::Ddim(inverse_table(&cfg, args.steps)?),
+        TableSampler::Ddpm => {
+            let kind = DdpmVariance::from_config(&cfg)?;
+            Table::Ddpm(ddpm_table(&cfg, args.steps, kind)?, kind)
+        }
+    };
+    let sampler = match args.sampler {
+        TableSampler::Ddim => "ddim",
+        TableSampler::Ddpm => "ddpm",
+        TableSampler::Inverse => "inverse",
+    };
+    if args.json {
+        let steps: Vec<Value> = match &table {
+            Table::Ddim(rows) => rows.iter().map(DdimStep::to_json).collect(),
+            Table::Ddpm(rows, _) => rows.iter().map(DdpmStep::to_json).collect(),
+        };
+        let mut out = json!({
+            "sampler": sampler,
+            "num_inference_steps": args.steps,
+            "eta": args.eta,
+            "config_source": source,
+            "config": cfg.to_json(),
+            "final_alpha_cumprod": NoiseSchedule::new(&cfg)?.final_alpha_cumprod,
+            "steps": steps,
+        });
+        if let Table::Ddpm(_, kind) = &table {
+            out["variance_type"] = json!(kind.as_str());
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{sampler}: {} model evaluations for {} steps{}",
+        match &table {
+            Table::Ddim(r) => r.len(),
+            Table::Ddpm(r, _) => r.len(),
+        },
+        args.steps,
+        if args.sampler == TableSampler::Ddim {
+            format!(", eta {}", args.eta)
+        } else {
+            String::new()
+        }
+    );
+    println!("config: {source}");
+    println!("{}", describe(&cfg));
+    match &table {
+        Table::Ddim(rows) => print_ddim(rows, args.sampler == TableSampler::Inverse),
+        Table::Ddpm(rows, kind) => {
+            println!("variance_type: {}", kind.as_str());
+            print_ddpm(rows)
+        }
+    }
+    Ok(())
+}
+
+/// The config on two lines, in diffusers' key names.
+fn describe(cfg: &SchedulerConfig) -> String {
+    let betas = match &cfg.trained_betas {
+        Some(b) => format!("trained_betas ({} values)", b.len()),
+        None => format!("{} {}..{}", cfg.beta_schedule, cfg.beta_start, cfg.beta_end),
+    };
+    let limit = if cfg.thresholding {
+        format!(
+            "thresholding (ratio {}, max {})",
+            cfg.dynamic_thresholding_ratio, cfg.sample_max_value
+        )
+    } else if cfg.clip_sample {
+        format!("clip_sample ±{}", cfg.clip_sample_range)
+    } else {
+        "no clipping".into()
+    };
+    format!(
+        "T {}, betas {betas}{}, spacing {} (steps_offset {}), prediction {}, {limit}, \
+         set_alpha_to_one {}",
+        cfg.num_train_timesteps,
+        if cfg.rescale_betas_zero_snr {
+            " rescaled to zero terminal SNR"
+        } else {
+            ""
+        },
+        cfg.timestep_spacing,
+        cfg.steps_offset,
+        cfg.prediction_type,
+        cfg.set_alpha_to_one
+    )
+}
+
+fn print_ddim(rows: &[DdimStep], inverse: bool) {
+    let from = if inverse { "  from_t" } else { "" };
+    println!(
+        "{:>4} {:>5}{from} {:>6} {:>13} {:>17} {:>11} {:>11} {:>11} {:>12} {:>11}",
+        "step",
+        "t",
+        "prev_t",
+        "alpha_prod_t",
+        "alpha_prod_t_prev",
+        "sigma",
+        "sqrt(a_t)",
+        "sqrt(1-a_t)",
+        "sqrt(a_prev)",
+        "dir_coef"
+    );
+    for (i, s) in rows.iter().enumerate() {
+        let from = if inverse {
+            format!(" {:>7}", s.from_t)
+        } else {
+            String::new()
+        };
+        println!(
+            "{i:>4} {:>5}{from} {:>6} {:>13.6e} {:>17.6e} {:>11.4e} {:>11.6} {:>11.6} {:>12.6} {:>11.6}",
+            s.t,
+            s.prev_t,
+            s.alpha_prod_t,
+            s.alpha_prod_t_prev,
+            s.sigma,
+            s.sqrt_alpha_prod_t,
+            s.sqrt_one_minus_alpha_prod_t,
+            s.sqrt_alpha_prod_t_prev,
+            s.dir_coef
+        );
+    }
+}
+
+fn print_ddpm(rows: &[DdpmStep]) {
+    println!(
+        "{:>4} {:>5} {:>6} {:>13} {:>17} {:>11} {:>11} {:>11} {:>11}",
+        "step",
+        "t",
+        "prev_t",
+        "alpha_prod_t",
+        "alpha_prod_t_prev",
+        "beta_t",
+        "sigma",
+        "x0_coef",
+        "sample_coef"
+    );
+    for (i, s) in rows.iter().enumerate() {
+        println!(
+            "{i:>4} {:>5} {:>6} {:>13.6e} {:>17.6e} {:>11.4e} {:>11.4e} {:>11.6} {:>11.6}",
+            s.t,
+            s.prev_t,
+            s.alpha_prod_t,
+            s.alpha_prod_t_prev,
+            s.beta_t,
+            s.sigma,
+            s.x0_coef,
+            s.sample_coef
+        );
+    }
 }

@@ -1,0 +1,217 @@
+//! `ddim schedule` end to end: the JSON contract, config sources, overrides and error messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use ddim_wgpu::schedule::{ddim_table, inverse_table, SchedulerConfig, TimestepSpacing};
+use serde_json::Value;
+
+fn ddim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .arg("schedule")
+        .args(args)
+        .output()
+        .expect("running ddim")
+}
+
+fn json_of(args: &[&str]) -> Value {
+    let out = ddim(args);
+    assert!(
+        out.status.success(),
+        "ddim schedule {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn failure(args: &[&str]) -> String {
+    let out = ddim(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ddim schedule {args:?} should fail"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddim_schedule_cli_{name}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn json_rows_carry_the_contract_fields_and_match_the_library() {
+    let v = json_of(&["--json", "--steps", "10", "--eta", "0.5"]);
+    assert_eq!(v["sampler"], "ddim");
+    assert_eq!(v["config"]["timestep_spacing"], "leading");
+    let steps = v["steps"].as_array().unwrap();
+    let table = ddim_table(&SchedulerConfig::default(), 10, 0.5).unwrap();
+    assert_eq!(steps.len(), 10);
+    for (row, s) in steps.iter().zip(&table) {
+        assert_eq!(row["t"].as_i64().unwrap(), s.t);
+        assert_eq!(row["prev_t"].as_i64().unwrap(), s.prev_t);
+        for (key, want) in [
+            ("alpha_prod_t", s.alpha_prod_t),
+            ("alpha_prod_t_prev", s.alpha_prod_t_prev),
+            ("sigma", s.sigma),
+        ] {
+            let got = row[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-15 * want.abs(),
+                "{key}: {got} vs {want}"
+            );
+        }
+    }
+    let ts: Vec<i64> = steps.iter().map(|r| r["t"].as_i64().unwrap()).collect();
+    assert_eq!(ts, vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
+    assert_eq!(steps[9]["prev_t"], -100);
+    assert_eq!(steps[9]["alpha_prod_t_prev"], 1.0);
+    assert_eq!(steps[9]["sigma"], 0.0);
+}
+
+#[test]
+fn overrides_apply_on_top_of_the_config_file() {
+    let v = json_of(&[
+        "--json",
+        "--steps",
+        "10",
+        "--spacing",
+        "linspace",
+        "--set-alpha-to-one",
+        "false",
+        "--clip-sample",
+        "false",
+        "--prediction-type",
+        "v_prediction",
+    ]);
+    assert_eq!(v["config"]["timestep_spacing"], "linspace");
+    assert_eq!(v["config"]["clip_sample"], false);
+    assert_eq!(v["config"]["prediction_type"], "v_prediction");
+    let steps = v["steps"].as_array().unwrap();
+    // diffusers' quirk: linspace 999, 888, ... but DDIM steps to t − T//n = 899
+    assert_eq!(steps[0]["t"], 999);
+    assert_eq!(steps[0]["prev_t"], 899);
+    assert_eq!(steps[1]["t"], 888);
+    // set_alpha_to_one false: the last step goes to ᾱ[0]
+    let last = steps.last().unwrap();
+    assert_eq!(last["prev_t"], -100);
+    assert!((last["alpha_prod_t_prev"].as_f64().unwrap() - 0.9998999834060669).abs() < 1e-15);
+    let v = json_of(&["--json", "--steps", "5", "--steps-offset", "1"]);
+    let ts: Vec<i64> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["t"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ts, vec![801, 601, 401, 201, 1]);
+    let v = json_of(&["--json", "--steps", "10", "--spacing", "quad"]);
+    assert_eq!(v["steps"][0]["t"], 800);
+    assert_eq!(v["steps"][0]["prev_t"], 632);
+}
+
+#[test]
+fn model_dirs_in_both_layouts_and_scheduler_config_files() {
+    let cfg = r#"{"_class_name": "DDPMScheduler", "num_train_timesteps": 500,
+                  "timestep_spacing": "trailing", "variance_type": "fixed_large"}"#;
+    let nested = temp_dir("nested");
+    std::fs::create_dir_all(nested.join("scheduler")).unwrap();
+    std::fs::write(nested.join("scheduler/scheduler_config.json"), cfg).unwrap();
+    let flat = temp_dir("flat");
+    std::fs::write(flat.join("scheduler_config.json"), cfg).unwrap();
+    for dir in [&nested, &flat] {
+        let v = json_of(&["--json", "--steps", "4", "--model", dir.to_str().unwrap()]);
+        assert_eq!(v["config"]["num_train_timesteps"], 500);
+        assert_eq!(v["steps"][0]["t"], 499);
+        assert!(v["config_source"]
+            .as_str()
+            .unwrap()
+            .contains("scheduler_config.json"));
+    }
+    let file = flat.join("scheduler_config.json");
+    let v = json_of(&[
+        "--json",
+        "--steps",
+        "4",
+        "--sampler",
+        "ddpm",
+        "--scheduler-config",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(v["variance_type"], "fixed_large");
+    let s = &v["steps"][0];
+    let beta = s["beta_t"].as_f64().unwrap();
+    assert!((s["sigma"].as_f64().unwrap() - beta.sqrt()).abs() < 1e-15);
+    let v = json_of(&[
+        "--json",
+        "--steps",
+        "4",
+        "--sampler",
+        "inverse",
+        "--model",
+        nested.to_str().unwrap(),
+    ]);
+    let cfg = SchedulerConfig {
+        num_train_timesteps: 500,
+        timestep_spacing: TimestepSpacing::Trailing,
+        ..SchedulerConfig::default()
+    };
+    let table = inverse_table(&cfg, 4).unwrap();
+    for (row, s) in v["steps"].as_array().unwrap().iter().zip(&table) {
+        assert_eq!(row["t"].as_i64().unwrap(), s.t);
+        assert_eq!(row["from_t"].as_i64().unwrap(), s.from_t);
+    }
+    std::fs::remove_dir_all(&nested).ok();
+    std::fs::remove_dir_all(&flat).ok();
+}
+
+#[test]
+fn human_table_has_one_row_per_step() {
+    let out = ddim(&["--steps", "7"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .collect();
+    assert_eq!(rows.len(), 7, "{text}");
+    assert!(rows[0].split_whitespace().nth(1) == Some("852"), "{text}");
+}
+
+#[test]
+fn bad_input_is_one_clear_error() {
+    let e = failure(&["--steps", "0"]);
+    assert!(e.contains("at least 1"), "{e}");
+    let e = failure(&["--eta", "1.5"]);
+    assert!(e.contains("eta") && e.contains("1.5"), "{e}");
+    let e = failure(&["--steps", "2000"]);
+    assert!(e.contains("2000"), "{e}");
+    let e = failure(&["--sampler", "inverse", "--spacing", "linspace"]);
+    assert!(e.contains("leading or trailing"), "{e}");
+    let dir = temp_dir("bad");
+    let file = dir.join("scheduler_config.json");
+    std::fs::write(&file, r#"{"prediction_type": "noise"}"#).unwrap();
+    let e = failure(&["--scheduler-config", file.to_str().unwrap()]);
+    assert!(
+        e.contains("prediction_type")
+            && e.contains("epsilon, sample, v_prediction")
+            && e.contains(file.to_str().unwrap()),
+        "{e}"
+    );
+    let e = failure(&[
+        "--scheduler-config",
+        dir.join("missing.json").to_str().unwrap(),
+    ]);
+    assert!(e.contains("missing.json"), "{e}");
+    // clap rejects a bad --spacing value, naming the allowed ones
+    let out = ddim(&["--spacing", "even"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("leading") && e.contains("quad"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
