@@ -3,10 +3,12 @@
 //!
 //! Data flows one way: files → model description → (CPU reference | GPU plan) → sampler loop → images.
 
+pub mod bundled;
 pub mod cpu;
 pub mod gpu;
 pub mod image_io;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
 pub mod sampling;
 pub mod schedule;

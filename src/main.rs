@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sample images (default: the bundled MNIST model, 50 DDIM steps, eta 0, samples.png).
+    Sample(cli::sample::Args),
     /// Print the per-step sampler table (timesteps, alphas, sigma) for a scheduler configuration.
     Schedule(cli::schedule::Args),
     /// Describe a model: architecture, parameter count, FLOPs per forward, weight dtype.
@@ -34,6 +36,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Sample(a) => cli::sample::run(a),
         Command::Schedule(a) => cli::schedule::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Forward(a) => cli::forward::run(a),

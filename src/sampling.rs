@@ -106,6 +106,9 @@ pub struct NoisePlan {
     pub per_image: usize,
     /// For each step, whether it draws noise.
     pub step_draws: Vec<bool>,
+    /// x_T for all images given by the user (`--init-noise`); the stream then starts with the
+    /// per-step draws.
+    pub initial_override: Option<Vec<f32>>,
 }
 
 /// The noise a chunk of images consumes.
@@ -135,6 +138,7 @@ impl NoisePlan {
             num,
             per_image,
             step_draws,
+            initial_override: None,
         }
     }
 

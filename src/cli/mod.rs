@@ -3,5 +3,6 @@
 pub mod adapters;
 pub mod forward;
 pub mod info;
+pub mod sample;
 pub mod schedule;
 pub mod verify;

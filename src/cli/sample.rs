@@ -1,0 +1,245 @@
+//! `ddim sample`: draw images from a model with DDIM or DDPM and write a PNG grid.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
+use ddim_wgpu::image_io::save_grid;
+use ddim_wgpu::model::tensor_io;
+use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::rng::RngKind;
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
+
+use super::schedule::SchedulerOverrides;
+
+/// Where the U-Net runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// A GPU adapter if wgpu finds one, else the CPU reference.
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// Device selection shared by commands that run the model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to run the U-Net.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
+    #[arg(long)]
+    pub backend: Option<BackendChoice>,
+    /// Adapter index among those of the chosen backends (see `ddim adapters`).
+    #[arg(long)]
+    pub adapter: Option<usize>,
+}
+
+impl DeviceArgs {
+    pub fn open(&self) -> Result<Device> {
+        let choice = AdapterChoice {
+            backend: self.backend,
+            index: self.adapter,
+        };
+        match self.device {
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Gpu => Device::gpu(&choice),
+            DeviceArg::Auto => Ok(Device::gpu(&choice).unwrap_or_else(|e| {
+                log::warn!("no usable GPU adapter ({e:#}); using the CPU reference");
+                Device::Cpu
+            })),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory in diffusers layout (default: the bundled MNIST model).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Number of images.
+    #[arg(short = 'n', long = "num", default_value_t = 16)]
+    pub num: usize,
+    /// Images per U-Net evaluation (default: up to 16).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Number of denoising steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    pub sampler: SamplerKind,
+    /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
+    #[arg(long)]
+    pub use_clipped_model_output: bool,
+    #[command(flatten)]
+    pub scheduler: SchedulerOverrides,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
+    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    pub rng: RngKind,
+    /// Initial noise x_T from a safetensors file ([N, C, H, W], tensor `sample` or the only one).
+    #[arg(long, value_name = "FILE")]
+    pub init_noise: Option<PathBuf>,
+    /// The PNG grid to write.
+    #[arg(long, value_name = "FILE", default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write one PNG per image into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Also write x0 (NCHW, in [-1, 1]) as safetensors, tensor `sample`.
+    #[arg(long, value_name = "FILE")]
+    pub save_tensor: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bar, no summary line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(args.num > 0, "-n/--num must be at least 1");
+    ensure!(args.batch != Some(0), "--batch must be at least 1");
+    ensure!(
+        (0.0..=1.0).contains(&args.eta),
+        "--eta must be in [0, 1] (0 = DDIM, 1 = DDPM-like), got {}",
+        args.eta
+    );
+    check_output_dir(&args.out)?;
+    if let Some(p) = &args.save_tensor {
+        check_output_dir(p)?;
+    }
+    if let Some(d) = &args.out_dir {
+        ensure!(
+            d.is_dir(),
+            "--out-dir {} is not an existing directory",
+            d.display()
+        );
+    }
+    let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
+    let init_noise = match &args.init_noise {
+        Some(p) => Some(
+            tensor_io::read_tensor(p, "sample")
+                .with_context(|| format!("reading --init-noise {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let request = SampleRequest {
+        settings: SampleSettings {
+            sampler: args.sampler,
+            steps: args.steps,
+            eta: args.eta,
+            use_clipped_model_output: args.use_clipped_model_output,
+        },
+        num: args.num,
+        batch: args.batch,
+        seed: args.seed,
+        rng: args.rng,
+        init_noise,
+    };
+    let device = args.device.open()?;
+    let bar = progress_bar(args.quiet);
+    let started = Instant::now();
+    let images = pipe.sample(&device, &request, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+
+    save_grid(&args.out, &images, None)?;
+    if let Some(p) = &args.save_tensor {
+        tensor_io::write_tensor(p, "sample", &images)?;
+    }
+    if let Some(dir) = &args.out_dir {
+        let per = pipe.per_image();
+        let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
+        for i in 0..args.num {
+            let one = ddim_wgpu::Tensor::new(
+                vec![1, c, h, w],
+                images.data[i * per..(i + 1) * per].to_vec(),
+            )?;
+            save_grid(&dir.join(format!("{i:05}.png")), &one, Some(1))?;
+        }
+    }
+    if !args.quiet {
+        println!(
+            "wrote {} ({} image(s) from {model_name}; {} {} steps, eta {}, seed {}, rng {:?}) on {} in {secs:.1} s",
+            args.out.display(),
+            args.num,
+            format!("{:?}", args.sampler).to_uppercase(),
+            args.steps,
+            args.eta,
+            args.seed,
+            args.rng,
+            device.describe(),
+        );
+    }
+    Ok(())
+}
+
+/// Loads `--model` (with the scheduler flags applied) or the bundled model.
+pub fn load_pipeline(
+    model: Option<&Path>,
+    overrides: &SchedulerOverrides,
+) -> Result<(Pipeline, String)> {
+    match model {
+        Some(dir) => {
+            let (cfg, _) = overrides.resolve(Some(dir))?;
+            let mut pipe = Pipeline::load(dir)?;
+            pipe.scheduler = cfg;
+            Ok((pipe, dir.display().to_string()))
+        }
+        None => {
+            let mut pipe = ddim_wgpu::bundled::pipeline()?;
+            if overrides.scheduler_config.is_some() || overrides_any(overrides) {
+                let (cfg, _) = overrides.resolve(None)?;
+                pipe.scheduler = cfg;
+            }
+            Ok((pipe, "the bundled MNIST model".to_string()))
+        }
+    }
+}
+
+fn overrides_any(o: &SchedulerOverrides) -> bool {
+    o.spacing.is_some()
+        || o.steps_offset.is_some()
+        || o.beta_schedule.is_some()
+        || o.prediction_type.is_some()
+        || o.clip_sample.is_some()
+        || o.set_alpha_to_one.is_some()
+}
+
+/// Fails early, before any work, when an output's directory does not exist.
+pub fn check_output_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    ensure!(
+        dir.is_dir(),
+        "cannot write {}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr (steps/s and ETA); hidden with --quiet or when stderr is no terminal.
+pub fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  ETA {eta}")
+            .expect("a valid progress template"),
+    );
+    bar
+}

@@ -1,0 +1,161 @@
+//! The public entry point: a model with its scheduler, sampled on a device.
+//!
+//! ```no_run
+//! use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+//! let pipe = Pipeline::load(std::path::Path::new("weights/mnist"))?;
+//! let device = Device::auto();
+//! let request = SampleRequest { num: 16, ..SampleRequest::default() };
+//! let images = pipe.sample(&device, &request, &mut |_, _| {})?; // NCHW in [-1, 1]
+//! ddim_wgpu::image_io::save_grid(std::path::Path::new("grid.png"), &images, None)?;
+//! # anyhow::Ok(())
+//! ```
+
+use crate::gpu::{AdapterChoice, GpuContext};
+use crate::model::{Model, UNet};
+use crate::rng::RngKind;
+use crate::sampling::{sample_images_cpu, NoisePlan, SampleSettings, StepTable};
+use crate::schedule::SchedulerConfig;
+use crate::Tensor;
+use anyhow::{ensure, Context, Result};
+use std::path::Path;
+
+/// Where the U-Net runs.
+pub enum Device {
+    /// The pure-Rust CPU reference.
+    Cpu,
+    /// A wgpu adapter.
+    Gpu(Box<GpuContext>),
+}
+
+impl Device {
+    /// Opens the adapter `choice` selects.
+    pub fn gpu(choice: &AdapterChoice) -> Result<Self> {
+        Ok(Self::Gpu(Box::new(GpuContext::new(choice)?)))
+    }
+
+    /// The best adapter if there is one, else the CPU reference.
+    pub fn auto() -> Self {
+        Self::gpu(&AdapterChoice::default()).unwrap_or(Self::Cpu)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Cpu => "CPU reference".to_string(),
+            Self::Gpu(ctx) => ctx.describe(),
+        }
+    }
+}
+
+/// What to sample.
+#[derive(Clone, Debug)]
+pub struct SampleRequest {
+    pub settings: SampleSettings,
+    /// Number of images.
+    pub num: usize,
+    /// Images per U-Net evaluation; None chooses one.
+    pub batch: Option<usize>,
+    pub seed: u64,
+    pub rng: RngKind,
+    /// x_T for all `num` images (NCHW) instead of drawing it.
+    pub init_noise: Option<Tensor>,
+}
+
+impl Default for SampleRequest {
+    fn default() -> Self {
+        Self {
+            settings: SampleSettings::default(),
+            num: 16,
+            batch: None,
+            seed: 0,
+            rng: RngKind::Torch,
+            init_noise: None,
+        }
+    }
+}
+
+/// A model, its network description and its scheduler configuration.
+pub struct Pipeline {
+    pub model: Model,
+    pub unet: UNet,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Pipeline {
+    /// Loads a diffusers model directory (pipeline or flat layout); the scheduler config comes
+    /// from the directory, or DDIM defaults when it has none.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let model = Model::load(dir)?;
+        let scheduler = match SchedulerConfig::from_model_dir(dir)? {
+            Some((cfg, _)) => cfg,
+            None => SchedulerConfig::default(),
+        };
+        Self::new(model, scheduler)
+    }
+
+    pub fn new(model: Model, scheduler: SchedulerConfig) -> Result<Self> {
+        let unet = UNet::from_config(&model.config)
+            .with_context(|| format!("building the network of {}", model.paths.config.display()))?;
+        Ok(Self {
+            model,
+            unet,
+            scheduler,
+        })
+    }
+
+    /// Values per image (C·H·W).
+    pub fn per_image(&self) -> usize {
+        self.unet.input.c * self.unet.input.h * self.unet.input.w
+    }
+
+    /// Samples `request.num` images; returns x0 as NCHW in [-1, 1] (not clamped).
+    /// `progress(done, total)` counts model evaluations.
+    pub fn sample(
+        &self,
+        device: &Device,
+        request: &SampleRequest,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        ensure!(request.num > 0, "the number of images must be at least 1");
+        let table = StepTable::new(&self.scheduler, &request.settings)?;
+        let mut plan = NoisePlan::new(
+            request.rng,
+            request.seed,
+            request.num,
+            self.per_image(),
+            &table,
+            request.settings.eta,
+        );
+        if let Some(x) = &request.init_noise {
+            let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
+            ensure!(
+                x.shape == [request.num, c, h, w],
+                "the initial noise has shape {:?}, expected [{}, {c}, {h}, {w}]",
+                x.shape,
+                request.num
+            );
+            plan.initial_override = Some(x.data.clone());
+        }
+        let batch = request.batch.unwrap_or(request.num.min(16)).max(1);
+        match device {
+            Device::Cpu => sample_images_cpu(
+                &self.unet,
+                &self.model.weights,
+                &self.scheduler,
+                &request.settings,
+                &plan,
+                batch,
+                progress,
+            ),
+            Device::Gpu(ctx) => crate::gpu::sample_images(
+                ctx,
+                &self.unet,
+                &self.model.weights,
+                &self.scheduler,
+                &request.settings,
+                &plan,
+                batch,
+                progress,
+            ),
+        }
+    }
+}
