@@ -198,22 +198,12 @@ pub fn load_pipeline(
         }
         None => {
             let mut pipe = ddim_wgpu::bundled::pipeline()?;
-            if overrides.scheduler_config.is_some() || overrides_any(overrides) {
-                let (cfg, _) = overrides.resolve(None)?;
-                pipe.scheduler = cfg;
-            }
+            let (cfg, _) =
+                overrides.resolve_from(pipe.scheduler.clone(), ddim_wgpu::bundled::SOURCE)?;
+            pipe.scheduler = cfg;
             Ok((pipe, "the bundled MNIST model".to_string()))
         }
     }
-}
-
-fn overrides_any(o: &SchedulerOverrides) -> bool {
-    o.spacing.is_some()
-        || o.steps_offset.is_some()
-        || o.beta_schedule.is_some()
-        || o.prediction_type.is_some()
-        || o.clip_sample.is_some()
-        || o.set_alpha_to_one.is_some()
 }
 
 /// Fails early, before any work, when an output's directory does not exist.

@@ -44,7 +44,7 @@ impl SchedulerOverrides {
     /// (`scheduler/scheduler_config.json` or `scheduler_config.json`), else DDIMScheduler's
     /// defaults; then the overrides. Also returns a one-line description of the source.
     pub fn resolve(&self, model_dir: Option<&Path>) -> Result<(SchedulerConfig, String)> {
-        let (mut cfg, source) = match (&self.scheduler_config, model_dir) {
+        let (cfg, source) = match (&self.scheduler_config, model_dir) {
             (Some(path), _) => (
                 SchedulerConfig::from_file(path)?,
                 path.display().to_string(),
@@ -62,6 +62,26 @@ impl SchedulerOverrides {
             },
             (None, None) => (SchedulerConfig::default(), "DDIMScheduler defaults".into()),
         };
+        self.apply(cfg, source)
+    }
+
+    /// Applies `--scheduler-config` (when given, it replaces `base`) and the single-key overrides
+    /// to `base`, e.g. the bundled model's scheduler config.
+    pub fn resolve_from(
+        &self,
+        base: SchedulerConfig,
+        source: &str,
+    ) -> Result<(SchedulerConfig, String)> {
+        match &self.scheduler_config {
+            Some(path) => self.apply(
+                SchedulerConfig::from_file(path)?,
+                path.display().to_string(),
+            ),
+            None => self.apply(base, source.to_string()),
+        }
+    }
+
+    fn apply(&self, mut cfg: SchedulerConfig, source: String) -> Result<(SchedulerConfig, String)> {
         let mut changed = Vec::new();
         if let Some(v) = self.spacing {
             cfg.timestep_spacing = v;
