@@ -1,8 +1,11 @@
-// The fused DDIM update (diffusers DDIMScheduler.step), one element per invocation:
+// The fused sampler update, one element per invocation: diffusers DDIMScheduler.step (and, with
+// other coefficients, DDPMScheduler.step):
 //   x0, eps  from (x, model output) for the prediction type (epsilon | sample | v_prediction)
 //   x0       clipped to ±range, or dynamically thresholded (Imagen) with a per-sample s
 //   eps      re-derived from the limited x0 when use_clipped_model_output
-//   x_prev = sqrt(a_prev)·x0 + sqrt(1 − a_prev − σ²)·eps + σ·z
+//   x_prev = x0_coef·x0 + eps_coef·eps + sample_coef·x + σ·z
+//   DDIM: x0_coef = sqrt(a_prev), eps_coef = sqrt(1 − a_prev − σ²), sample_coef = 0
+//   DDPM: x0_coef = sqrt(a_prev)·β_t/(1 − a_t), eps_coef = 0, sample_coef = sqrt(α_t)·(1 − a_prev)/(1 − a_t)
 // Per-step coefficients (computed in f64 on the host) come from a table of 256-byte slots bound
 // with a dynamic offset, so every step of a sampling run is encoded without CPU round trips.
 // z is host-generated noise (identical for the CPU reference), read at the step's offset.
@@ -29,12 +32,12 @@ struct Params {
 struct Step {
     sqrt_a: f32,         // sqrt(alpha_prod_t)
     sqrt_b: f32,         // sqrt(1 − alpha_prod_t)
-    sqrt_a_prev: f32,
-    dir: f32,            // sqrt(1 − alpha_prod_t_prev − σ²)
-    sigma: f32,          // eta · sqrt(variance)
+    x0_coef: f32,
+    eps_coef: f32,
+    sample_coef: f32,
+    sigma: f32,          // standard deviation of the noise term
     noise_offset: u32,   // element offset of this step's noise
     has_noise: u32,
-    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -81,7 +84,10 @@ fn ddim_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if p.use_clipped != 0u {
         eps = (x - st.sqrt_a * x0) / st.sqrt_b;
     }
-    var prev = st.sqrt_a_prev * x0 + st.dir * eps;
+    var prev = st.x0_coef * x0 + st.eps_coef * eps;
+    if st.sample_coef != 0.0 {
+        prev += st.sample_coef * x;
+    }
     if st.has_noise != 0u {
         prev += st.sigma * noise[st.noise_offset + i];
     }

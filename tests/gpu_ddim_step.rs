@@ -5,9 +5,14 @@
 mod common;
 
 use ddim_wgpu::gpu::kernel::run_dispatches;
-use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
+use ddim_wgpu::gpu::kernels::ddim_step::{
+    ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout,
+};
 use ddim_wgpu::gpu::GpuContext;
-use ddim_wgpu::schedule::{ddim_step, ddim_table, PredictionType, SchedulerConfig, X0Limit};
+use ddim_wgpu::schedule::{
+    ddim_step, ddim_table, ddpm_step, ddpm_table, DdpmVariance, PredictionType, SchedulerConfig,
+    X0Limit,
+};
 
 const BATCH: usize = 3;
 /// 3 × 7 × 5: not a multiple of the 256-wide workgroup; 315 elements in all.
@@ -34,18 +39,28 @@ fn config(pred: &str, limit: Limit) -> SchedulerConfig {
     .unwrap()
 }
 
+/// Which sampler's step is checked.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Ddim { eta: f64, clipped: bool },
+    Ddpm(DdpmVariance),
+}
+
 /// Runs every step of a 10-step table on the GPU, checking each against the CPU step applied
 /// to the GPU's own input for that step. Returns the worst rel L2 seen.
 fn run_case(
     ctx: &GpuContext,
     cfg: &SchedulerConfig,
-    eta: f64,
-    clipped: bool,
+    kind: Kind,
     layout: NoiseLayout,
     seed: u64,
 ) -> f64 {
     let numel = BATCH * PER_SAMPLE;
-    let table = ddim_table(cfg, STEPS, eta).unwrap();
+    let (rows, clipped) = match kind {
+        Kind::Ddim { eta, clipped } => (ddim_rows(&ddim_table(cfg, STEPS, eta).unwrap()), clipped),
+        Kind::Ddpm(v) => (ddpm_rows(&ddpm_table(cfg, STEPS, v).unwrap()), false),
+    };
+    let noisy = rows.iter().any(|r| r.sigma > 0.0);
     let noise: Vec<f32> = common::random(numel * STEPS, seed)
         .iter()
         .map(|v| 1.7 * v)
@@ -78,14 +93,14 @@ fn run_case(
     };
     let bufs = DdimBuffers {
         model_out: &model_out,
-        noise: (eta > 0.0).then_some(&noise_buf),
+        noise: noisy.then_some(&noise_buf),
         sample: &sample,
         x0_out: Some(&x0),
     };
-    let dispatches = ddim_update(ctx, &update, &table, layout, &bufs).expect("building");
+    let dispatches = ddim_update(ctx, &update, &rows, layout, &bufs).expect("building");
     let mut current = start;
     let mut worst = 0.0f64;
-    for (s, step) in table.iter().enumerate() {
+    for s in 0..STEPS {
         let z = &noise[s * numel..(s + 1) * numel];
         ctx.queue
             .write_buffer(&model_out, 0, bytemuck::cast_slice(&outputs[s]));
@@ -95,19 +110,27 @@ fn run_case(
         }
         run_dispatches(ctx, &dispatches, s as u32).expect("running");
         let got = ctx.read_many(&[(&sample, numel), (&x0, numel)]).unwrap();
-        let want = ddim_step(
-            cfg,
-            step,
-            &outputs[s],
-            &current,
-            BATCH,
-            clipped,
-            (eta > 0.0).then_some(z),
-        )
-        .unwrap();
+        let (want, t) = match kind {
+            Kind::Ddim { eta, clipped } => {
+                let st = ddim_table(cfg, STEPS, eta).unwrap()[s];
+                let z = (eta > 0.0).then_some(z);
+                (
+                    ddim_step(cfg, &st, &outputs[s], &current, BATCH, clipped, z).unwrap(),
+                    st.t,
+                )
+            }
+            Kind::Ddpm(v) => {
+                let st = ddpm_table(cfg, STEPS, v).unwrap()[s];
+                let z = (st.sigma > 0.0).then_some(z);
+                (
+                    ddpm_step(cfg, &st, &outputs[s], &current, BATCH, z).unwrap(),
+                    st.t,
+                )
+            }
+        };
         let what = format!(
-            "{:?} {:?} eta {eta} clipped {clipped} {layout:?} step {s} (t = {})",
-            cfg.prediction_type, update.limit, step.t
+            "{:?} {:?} {kind:?} {layout:?} step {s} (t = {t})",
+            cfg.prediction_type, update.limit
         );
         worst = worst.max(common::assert_close(
             &format!("{what}: prev_sample"),
@@ -137,14 +160,8 @@ fn ddim_update_matches_cpu_step_for_every_option() {
                 let cfg = config(pred, limit);
                 for eta in [0.0, 1.0] {
                     for clipped in [false, true] {
-                        worst = worst.max(run_case(
-                            ctx,
-                            &cfg,
-                            eta,
-                            clipped,
-                            NoiseLayout::AllSteps,
-                            seed,
-                        ));
+                        let kind = Kind::Ddim { eta, clipped };
+                        worst = worst.max(run_case(ctx, &cfg, kind, NoiseLayout::AllSteps, seed));
                         seed += 100;
                         cases += 1;
                     }
@@ -159,7 +176,40 @@ fn ddim_update_matches_cpu_step_for_every_option() {
 fn ddim_update_with_noise_rewritten_per_step() {
     common::for_each_backend(|_, ctx| {
         let cfg = config("epsilon", Limit::Threshold);
-        run_case(ctx, &cfg, 1.0, false, NoiseLayout::Rewritten, 77);
+        let kind = Kind::Ddim {
+            eta: 1.0,
+            clipped: false,
+        };
+        run_case(ctx, &cfg, kind, NoiseLayout::Rewritten, 77);
+    });
+}
+
+/// The same kernel with DDPM coefficients (x_prev = c0·x0 + c1·x + σ·z) against `ddpm_step`.
+#[test]
+fn ddpm_update_matches_cpu_step() {
+    let mut seed = 5000;
+    common::for_each_backend(|backend, ctx| {
+        let mut worst = 0.0f64;
+        for pred in ["epsilon", "sample", "v_prediction"] {
+            for limit in [Limit::None, Limit::Clip, Limit::Threshold] {
+                let cfg = config(pred, limit);
+                for v in [
+                    DdpmVariance::FixedSmall,
+                    DdpmVariance::FixedLarge,
+                    DdpmVariance::FixedSmallLog,
+                ] {
+                    worst = worst.max(run_case(
+                        ctx,
+                        &cfg,
+                        Kind::Ddpm(v),
+                        NoiseLayout::AllSteps,
+                        seed,
+                    ));
+                    seed += 100;
+                }
+            }
+        }
+        eprintln!("ddpm update on {backend}: worst rel L2 {worst:.2e}");
     });
 }
 

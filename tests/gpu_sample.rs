@@ -5,6 +5,7 @@ mod common;
 
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::kernel::Dispatch;
+use ddim_wgpu::gpu::kernels::ddim_step::ddim_rows;
 use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulBuffers};
 use ddim_wgpu::gpu::sampler::{sample, SampleSpec, StepForward};
 use ddim_wgpu::gpu::GpuContext;
@@ -112,7 +113,7 @@ fn run_toy(eta: f64, cfg_json: &str) {
     common::for_each_backend(|backend, ctx| {
         let fwd = toy_gpu(ctx, n * h * wd, c, &w.data, &b);
         let spec = SampleSpec {
-            steps: &table,
+            steps: &ddim_rows(&table),
             prediction: cfg.prediction_type,
             limit: X0Limit::from_config(&cfg),
             use_clipped_model_output: false,
@@ -126,7 +127,7 @@ fn run_toy(eta: f64, cfg_json: &str) {
             &x_t,
             &mut |s| {
                 calls.push(s);
-                Ok(noise[s].clone())
+                Ok(Some(noise[s].clone()))
             },
             &mut |s, total| {
                 assert_eq!(total, STEPS);

@@ -11,9 +11,11 @@
 use anyhow::{ensure, Context, Result};
 
 use super::kernel::Dispatch;
-use super::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
+use super::kernels::ddim_step::{
+    ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
+};
 use super::GpuContext;
-use crate::schedule::{DdimStep, PredictionType, X0Limit};
+use crate::schedule::{PredictionType, X0Limit};
 use crate::Tensor;
 
 /// What the sampler needs from a compiled U-Net forward: NHWC input and output buffers for a
@@ -58,11 +60,12 @@ pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f3
     out
 }
 
-/// How to run a DDIM sampling loop.
+/// How to run a sampling loop (DDIM, or DDPM with `ddpm_rows`).
 pub struct SampleSpec<'a> {
-    /// One row per model evaluation (`schedule::ddim_table`), the same rows the forward's
-    /// timesteps were built from.
-    pub steps: &'a [DdimStep],
+    /// One row per model evaluation (`ddim_step::ddim_rows(&schedule::ddim_table(..))` or
+    /// `ddpm_rows`), in the order of the timesteps the forward was built with.
+    pub steps: &'a [UpdateRow],
+    /// DDPM: false.
     pub prediction: PredictionType,
     pub limit: X0Limit,
     pub use_clipped_model_output: bool,
@@ -70,16 +73,17 @@ pub struct SampleSpec<'a> {
 
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 ///
-/// When any step has sigma > 0 (eta > 0), `noise(s)` is called for every step `s` in order and
-/// must return its NCHW noise (`x_t.numel()` values), as diffusers draws one tensor per step
-/// even where sigma is 0 (the last step), so a sequential generator (torch's) stays aligned
-/// with the reference. With eta = 0 it is never called. `progress(s, total)` is called after each step is submitted.
+/// `noise(s)` is called for every step `s` in order when any step has sigma > 0, and returns
+/// that step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the
+/// caller knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where
+/// sigma is 0; DDPM only where t > 0), so a sequential generator (torch's) stays aligned with
+/// the reference. With eta = 0 it is never called. `progress(s, total)` follows each submission.
 pub fn sample(
     ctx: &GpuContext,
     forward: &dyn StepForward,
     spec: &SampleSpec<'_>,
     x_t: &Tensor,
-    noise: &mut dyn FnMut(usize) -> Result<Vec<f32>>,
+    noise: &mut dyn FnMut(usize) -> Result<Option<Vec<f32>>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     let (n, c, h, w) = x_t.nchw();
@@ -113,15 +117,23 @@ pub fn sample(
     let total = spec.steps.len();
     for (s, step) in spec.steps.iter().enumerate() {
         if let Some(buf) = &noise_buf {
-            let z = noise(s).with_context(|| format!("noise for step {s}"))?;
-            ensure!(
-                z.len() == numel,
-                "noise for step {s} has {} values, the sample {numel}",
-                z.len()
-            );
-            // Applied before this submission, after the previous step's commands.
-            ctx.queue
-                .write_buffer(buf, 0, bytemuck::cast_slice(&nchw_to_nhwc(&z, n, c, h, w)));
+            match noise(s).with_context(|| format!("noise for step {s}"))? {
+                Some(z) => {
+                    ensure!(
+                        z.len() == numel,
+                        "noise for step {s} has {} values, the sample {numel}",
+                        z.len()
+                    );
+                    // Applied before this submission, after the previous step's commands.
+                    let z = nchw_to_nhwc(&z, n, c, h, w);
+                    ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&z));
+                }
+                None => ensure!(
+                    step.sigma == 0.0,
+                    "step {s} has sigma {} but no noise was given",
+                    step.sigma
+                ),
+            }
         }
         let mut encoder = ctx
             .device

@@ -1,12 +1,13 @@
-//! The fused DDIM update (`shaders/ddim_step.wgsl`): one dispatch per step (two with dynamic
+//! The fused sampler update (`shaders/ddim_step.wgsl`): one dispatch per step (two with dynamic
 //! thresholding), recorded once and encoded for step `s` with a dynamic offset into a table of
-//! per-step coefficients. The reference twin is `schedule::ddim::ddim_step` (`step_core`).
+//! per-step coefficients. DDIM rows come from `schedule::ddim_table`, DDPM rows from
+//! `schedule::ddpm_table`; the reference twins are `schedule::ddim_step` and `schedule::ddpm_step`.
 
 use anyhow::{bail, ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
-use crate::schedule::{DdimStep, PredictionType, X0Limit};
+use crate::schedule::{DdimStep, DdpmStep, PredictionType, X0Limit};
 
 pub const SOURCE: &str = include_str!("../../../shaders/ddim_step.wgsl");
 const WORKGROUP: u32 = 256;
@@ -28,18 +29,66 @@ pub struct Params {
     pub _pad: u32,
 }
 
-/// One row of the per-step table (each row sits in its own aligned uniform slot).
+/// One row of the per-step table as the shader sees it (each in its own aligned uniform slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepRow {
     pub sqrt_a: f32,
     pub sqrt_b: f32,
-    pub sqrt_a_prev: f32,
-    pub dir: f32,
+    pub x0_coef: f32,
+    pub eps_coef: f32,
+    pub sample_coef: f32,
     pub sigma: f32,
     pub noise_offset: u32,
     pub has_noise: u32,
-    pub _pad: u32,
+}
+
+/// One step's coefficients in f64: `x_prev = x0_coef·x0 + eps_coef·ε + sample_coef·x + sigma·z`,
+/// with (x0, ε) predicted using `sqrt_alpha_prod_t` and `sqrt_one_minus_alpha_prod_t`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateRow {
+    pub sqrt_alpha_prod_t: f64,
+    pub sqrt_one_minus_alpha_prod_t: f64,
+    pub x0_coef: f64,
+    pub eps_coef: f64,
+    pub sample_coef: f64,
+    pub sigma: f64,
+}
+
+impl From<&DdimStep> for UpdateRow {
+    fn from(s: &DdimStep) -> Self {
+        Self {
+            sqrt_alpha_prod_t: s.sqrt_alpha_prod_t,
+            sqrt_one_minus_alpha_prod_t: s.sqrt_one_minus_alpha_prod_t,
+            x0_coef: s.sqrt_alpha_prod_t_prev,
+            eps_coef: s.dir_coef,
+            sample_coef: 0.0,
+            sigma: s.sigma,
+        }
+    }
+}
+
+impl From<&DdpmStep> for UpdateRow {
+    fn from(s: &DdpmStep) -> Self {
+        Self {
+            sqrt_alpha_prod_t: s.sqrt_alpha_prod_t,
+            sqrt_one_minus_alpha_prod_t: s.sqrt_one_minus_alpha_prod_t,
+            x0_coef: s.x0_coef,
+            eps_coef: 0.0,
+            sample_coef: s.sample_coef,
+            sigma: s.sigma,
+        }
+    }
+}
+
+/// DDIM rows for a table from `schedule::ddim_table`.
+pub fn ddim_rows(steps: &[DdimStep]) -> Vec<UpdateRow> {
+    steps.iter().map(UpdateRow::from).collect()
+}
+
+/// DDPM rows for a table from `schedule::ddpm_table`.
+pub fn ddpm_rows(steps: &[DdpmStep]) -> Vec<UpdateRow> {
+    steps.iter().map(UpdateRow::from).collect()
 }
 
 /// Where each step's noise lies in the noise buffer.
@@ -129,9 +178,9 @@ fn spec(entry: &'static str) -> KernelSpec {
     }
 }
 
-/// The per-step rows of `steps` as f32, each in a slot of `stride` bytes.
+/// The per-step rows as f32, each in a slot of `stride` bytes.
 pub fn step_table_bytes(
-    steps: &[DdimStep],
+    steps: &[UpdateRow],
     numel: usize,
     layout: NoiseLayout,
     stride: usize,
@@ -141,15 +190,15 @@ pub fn step_table_bytes(
         let row = StepRow {
             sqrt_a: st.sqrt_alpha_prod_t as f32,
             sqrt_b: st.sqrt_one_minus_alpha_prod_t as f32,
-            sqrt_a_prev: st.sqrt_alpha_prod_t_prev as f32,
-            dir: st.dir_coef as f32,
+            x0_coef: st.x0_coef as f32,
+            eps_coef: st.eps_coef as f32,
+            sample_coef: st.sample_coef as f32,
             sigma: st.sigma as f32,
             noise_offset: match layout {
                 NoiseLayout::AllSteps => (s * numel) as u32,
                 NoiseLayout::Rewritten => 0,
             },
             has_noise: (st.sigma > 0.0) as u32,
-            _pad: 0,
         };
         bytes[s * stride..s * stride + std::mem::size_of::<StepRow>()]
             .copy_from_slice(bytemuck::bytes_of(&row));
@@ -162,7 +211,7 @@ pub fn step_table_bytes(
 pub fn ddim_update(
     ctx: &GpuContext,
     cfg: &DdimUpdateConfig,
-    steps: &[DdimStep],
+    steps: &[UpdateRow],
     layout: NoiseLayout,
     bufs: &DdimBuffers<'_>,
 ) -> Result<Vec<Dispatch>> {
