@@ -107,6 +107,36 @@ fn one_timestep_is_used_for_the_whole_batch() {
 }
 
 #[test]
+fn save_layers_writes_every_layer() {
+    let dir = fixture("no_mid_pipeline");
+    let (out, layers) = (out_path("sl-out"), out_path("sl-layers"));
+    let o = ddim(&[
+        "forward",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        dir.join("input.safetensors").to_str().unwrap(),
+        "--timestep",
+        "123",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-layers",
+        layers.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for name in ["time_embedding", "up_blocks.0.upsamplers.0.conv", "conv_out"] {
+        let got = read_tensor(&layers, name).unwrap();
+        let reference = read_tensor(&dir.join("expected.safetensors"), name).unwrap();
+        let err = rel_l2(&got.data, &reference.data);
+        assert!(err <= 1e-5, "{name}: rel L2 {err:.3e}");
+    }
+    let concat = read_tensor(&layers, "up_blocks.1.resnets.0.concat").unwrap();
+    assert_eq!(concat.shape, vec![1, 24, 8, 8]);
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&layers).unwrap();
+}
+
+#[test]
 fn bad_arguments_give_one_clear_line() {
     let dir = fixture("attn_heads_pipeline");
     let input = dir.join("input.safetensors");

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use ddim_wgpu::cpu;
-use ddim_wgpu::model::tensor_io::{read_tensor, write_tensor};
+use ddim_wgpu::model::tensor_io::{read_tensor, write_tensor, write_tensors};
 use ddim_wgpu::model::{Model, UNet, UNet2DConfig, Weights};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,6 +29,9 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
+    /// Also write every layer's output (and the time embedding), named by layer, to this file.
+    #[arg(long)]
+    pub save_layers: Option<PathBuf>,
 }
 
 /// Parses `T` or `T1,T2,...` into timesteps.
@@ -79,7 +82,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("GPU forward not wired yet; use --device cpu");
     }
     let start = Instant::now();
-    let y = cpu::forward::forward(&unet, &weights, &x, &timesteps)?;
+    let mut layers = Vec::new();
+    let keep = args.save_layers.is_some();
+    let y = cpu::forward::forward_with(&unet, &weights, &x, &timesteps, &mut |name, t| {
+        if keep {
+            layers.push((name.to_string(), t.clone()));
+        }
+    })?;
     let secs = start.elapsed().as_secs_f64();
     let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
     eprintln!(
@@ -87,5 +96,9 @@ pub fn run(args: Args) -> Result<()> {
         x.shape,
         gflop / secs
     );
-    write_tensor(&args.out, "sample", &y)
+    write_tensor(&args.out, "sample", &y)?;
+    if let Some(path) = &args.save_layers {
+        write_tensors(path, &layers)?;
+    }
+    Ok(())
 }

@@ -57,12 +57,13 @@ fn worker_count() -> usize {
         .clamp(1, 16)
 }
 
-/// Calls `f(i, chunk)` for every `chunk_len`-sized chunk `i` of `out`, spread over scoped threads.
+/// Calls `f(i, chunk)` for every `chunk_len`-sized chunk `i` of `out` (the last may be shorter),
+/// spread over scoped threads.
 fn par_chunks_mut(out: &mut [f32], chunk_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if chunk_len == 0 || out.is_empty() {
         return;
     }
-    let chunks = out.len() / chunk_len;
+    let chunks = out.len().div_ceil(chunk_len);
     let threads = worker_count().min(chunks);
     if threads <= 1 {
         for (i, c) in out.chunks_mut(chunk_len).enumerate() {
@@ -83,11 +84,16 @@ fn par_chunks_mut(out: &mut [f32], chunk_len: usize, f: impl Fn(usize, &mut [f32
     });
 }
 
+/// Output channels computed together in `conv2d`, sharing each loaded input row.
+const CONV_CO_BLOCK: usize = 4;
+
 /// 2-D cross-correlation as torch's `Conv2d` (weight `[Cout, Cin, KH, KW]`, no groups, no dilation).
 ///
-/// Loop order: for each output plane (b, co) an f64 accumulator plane is filled by sweeping every
-/// input channel and kernel tap over whole output rows, so the innermost loop is a contiguous
-/// multiply-add along x; padding is handled by clipping each row's valid x range, not by branches.
+/// Every output value is `bias + Σ_{ci, ky, kx} w · x` accumulated in f64 in that order. Loop
+/// order: the input is widened to f64 once; then for a block of output channels of one image,
+/// f64 accumulator planes are swept by every input channel and kernel tap over whole output rows,
+/// so the innermost loop is a contiguous multiply-add along x. Padding is handled by clipping each
+/// row's valid x range, not by branches.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -108,6 +114,7 @@ pub fn conv2d(
     let (oh, ow) = conv2d_output_size(h, w, kh, kw, stride, pad);
     let mut out = Tensor::zeros(&[b, cout, oh, ow]);
     let plane = oh * ow;
+    let x64: Vec<f64> = x.data.iter().map(|&v| v as f64).collect();
 
     // For kernel column `kx`, the output columns whose input column lies inside the image:
     // ix = ox*stride + kx - left must satisfy 0 <= ix < w.
@@ -122,44 +129,53 @@ pub fn conv2d(
     };
     let ranges: Vec<(usize, usize)> = (0..kw).map(x_range).collect();
 
-    par_chunks_mut(&mut out.data, plane, |idx, out_plane| {
-        let (bi, co) = (idx / cout, idx % cout);
-        let mut acc = vec![bias.map_or(0.0, |b| b[co] as f64); plane];
-        for ci in 0..cin {
-            let src = &x.data[(bi * cin + ci) * h * w..][..h * w];
-            let wk = &weight.data[(co * cin + ci) * kh * kw..][..kh * kw];
-            for ky in 0..kh {
-                for oy in 0..oh {
-                    let iy = (oy * stride + ky) as isize - pad.top as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = &src[iy as usize * w..][..w];
-                    let acc_row = &mut acc[oy * ow..][..ow];
-                    for kx in 0..kw {
-                        let wv = wk[ky * kw + kx] as f64;
-                        let (lo, hi) = ranges[kx];
-                        if stride == 1 {
-                            // ix = ox + kx - left, contiguous.
-                            let start = lo + kx - pad.left;
-                            let src_row = &row[start..start + (hi - lo)];
-                            for (a, &v) in acc_row[lo..hi].iter_mut().zip(src_row) {
-                                *a += wv * v as f64;
-                            }
-                        } else {
-                            for (ox, a) in acc_row.iter_mut().enumerate().take(hi).skip(lo) {
-                                let ix = ox * stride + kx - pad.left;
-                                *a += wv * row[ix] as f64;
+    for bi in 0..b {
+        let image = &x64[bi * cin * h * w..][..cin * h * w];
+        let out_image = &mut out.data[bi * cout * plane..][..cout * plane];
+        par_chunks_mut(out_image, CONV_CO_BLOCK * plane, |block, out_planes| {
+            let co0 = block * CONV_CO_BLOCK;
+            let nco = out_planes.len() / plane;
+            let mut acc = vec![0f64; nco * plane];
+            for (j, a) in acc.chunks_mut(plane).enumerate() {
+                a.fill(bias.map_or(0.0, |b| b[co0 + j] as f64));
+            }
+            for ci in 0..cin {
+                let src = &image[ci * h * w..][..h * w];
+                for ky in 0..kh {
+                    for oy in 0..oh {
+                        let iy = (oy * stride + ky) as isize - pad.top as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let row = &src[iy as usize * w..][..w];
+                        for (kx, &(lo, hi)) in ranges.iter().enumerate() {
+                            for j in 0..nco {
+                                let wv = weight.data[(((co0 + j) * cin + ci) * kh + ky) * kw + kx]
+                                    as f64;
+                                let acc_row = &mut acc[j * plane + oy * ow..][..ow];
+                                if stride == 1 {
+                                    // ix = ox + kx - left, contiguous.
+                                    let start = lo + kx - pad.left;
+                                    let src_row = &row[start..start + (hi - lo)];
+                                    for (a, &v) in acc_row[lo..hi].iter_mut().zip(src_row) {
+                                        *a += wv * v;
+                                    }
+                                } else {
+                                    for (ox, a) in acc_row.iter_mut().enumerate().take(hi).skip(lo)
+                                    {
+                                        *a += wv * row[ox * stride + kx - pad.left];
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-        for (o, a) in out_plane.iter_mut().zip(&acc) {
-            *o = *a as f32;
-        }
-    });
+            for (o, a) in out_planes.iter_mut().zip(&acc) {
+                *o = *a as f32;
+            }
+        });
+    }
     out
 }
 
@@ -475,8 +491,8 @@ mod tests {
                 },
             ),
         ] {
-            let wt = t(&[4, 3, k, k], |i| ((i * 13 % 17) as f32 - 8.0) / 9.0);
-            let bias = [0.5, -0.25, 0.0, 1.0];
+            let wt = t(&[5, 3, k, k], |i| ((i * 13 % 17) as f32 - 8.0) / 9.0);
+            let bias = [0.5, -0.25, 0.0, 1.0, -2.0];
             let fast = conv2d(&x, &wt, Some(&bias), stride, pad);
             let slow = conv2d_naive(&x, &wt, &bias, stride, pad);
             assert_eq!(fast.shape, slow.shape);

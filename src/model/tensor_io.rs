@@ -69,10 +69,25 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
 
 /// Writes `tensor` as f32 under `name`, atomically: a temporary file next to `path`, then rename.
 pub fn write_tensor(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
-    let bytes: Vec<u8> = tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(Dtype::F32, tensor.shape.clone(), &bytes)
-        .context("building the output tensor")?;
-    let encoded = safetensors::serialize([(name, view)], None).context("encoding safetensors")?;
+    write_tensors(path, &[(name.to_string(), tensor.clone())])
+}
+
+/// Writes named f32 tensors to one safetensors file, atomically (temporary file, then rename).
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
+                .map(|v| (name.as_str(), v))
+                .with_context(|| format!("building tensor {name:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let encoded = safetensors::serialize(views, None).context("encoding safetensors")?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
