@@ -157,11 +157,13 @@ enum Table {
 
 pub fn run(args: Args) -> Result<()> {
     let (cfg, source) = args.scheduler.resolve(args.model.as_deref())?;
+    let sampler = match args.sampler {
+        TableSampler::Ddim => "ddim",
+        TableSampler::Ddpm => "ddpm",
+        TableSampler::Inverse => "inverse",
+    };
     if args.sampler != TableSampler::Ddim && args.eta != 0.0 {
-        bail!(
-            "--eta applies to the DDIM sampler only, not to --sampler {:?}",
-            args.sampler
-        );
+        bail!("--eta applies to the DDIM sampler only, not to --sampler {sampler}");
     }
     let table = match args.sampler {
         TableSampler::Ddim => Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?),
@@ -170,11 +172,6 @@ pub fn run(args: Args) -> Result<()> {
             let kind = DdpmVariance::from_config(&cfg)?;
             Table::Ddpm(ddpm_table(&cfg, args.steps, kind)?, kind)
         }
-    };
-    let sampler = match args.sampler {
-        TableSampler::Ddim => "ddim",
-        TableSampler::Ddpm => "ddpm",
-        TableSampler::Inverse => "inverse",
     };
     if args.json {
         let steps: Vec<Value> = match &table {

@@ -2,7 +2,7 @@
 //!
 //! Everything starts from a [`SchedulerConfig`] (a diffusers `scheduler_config.json`). From it:
 //! - [`NoiseSchedule`]: betas and ᾱ exactly as diffusers stores them (f32 values held in f64);
-//! - [`timesteps`] / [`inverse_timesteps`]: the inference timesteps, exactly as diffusers'
+//! - [`timesteps()`] / [`inverse_timesteps`]: the inference timesteps, exactly as diffusers'
 //!   `set_timesteps` (plus ermongroup/ddim's `uniform` and `quad`);
 //! - [`ddim_table`], [`inverse_table`], [`ddpm_table`]: one coefficient row per model evaluation,
 //!   shared by the CPU steps below and the GPU kernels (uploaded as f32);
