@@ -250,7 +250,14 @@ fn conv2d_throughput_128ch_32x32_b8() {
         let weights = ConvWeights::upload(ctx, "w", &weight, None).unwrap();
         let x = ctx.upload("x", &common::random(8 * 32 * 32 * 128, 2));
         let out = ctx.storage("out", (s.out_len() * 4) as u64);
-        for variant in Variant::ALL {
+        // DDIM_CONV_VARIANT=reg|tiled benchmarks one variant only.
+        let only = std::env::var("DDIM_CONV_VARIANT")
+            .ok()
+            .map(|_| Variant::for_context(ctx).unwrap());
+        for variant in Variant::ALL
+            .into_iter()
+            .filter(|v| only.is_none_or(|o| o == *v))
+        {
             let io = ConvIo {
                 x_a: &x,
                 x_b: None,
@@ -268,17 +275,36 @@ fn conv2d_throughput_128ch_32x32_b8() {
                 3
             };
             let t = Instant::now();
+            let cpu0 = process_cpu_seconds();
             for _ in 0..reps {
                 run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
             }
             ctx.wait_idle().unwrap();
             let secs = t.elapsed().as_secs_f64() / reps as f64;
+            // On a CPU adapter on a shared machine, CPU time used says more than wall time.
+            let cpu = match (cpu0, process_cpu_seconds()) {
+                (Some(a), Some(b)) => format!(
+                    ", {:.2} GFLOP per CPU-second",
+                    d.flops as f64 * reps as f64 / (b - a) / 1e9
+                ),
+                _ => String::new(),
+            };
             eprintln!(
-                "[conv2d bench] {backend} {variant:?}: {:.2} ms, {:.2} GFLOP/s ({})",
+                "[conv2d bench] {backend} {variant:?}: {:.2} ms, {:.2} GFLOP/s{cpu} ({})",
                 secs * 1e3,
                 d.flops as f64 / secs / 1e9,
                 ctx.describe()
             );
         }
     });
+}
+
+/// User + system CPU time of this process (all threads), from /proc on Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

@@ -18,7 +18,7 @@ const HAS_RESIDUAL: u32 = 2;
 /// Which kernel computes the GEMM; both give the same result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// 4×4 outputs per invocation, no workgroup memory or barriers (best on CPU adapters).
+    /// 4 pixels × 8 channels per invocation, no workgroup memory or barriers (best on CPU adapters).
     Register,
     /// 64×64 workgroup tiles through workgroup memory (best on real GPUs).
     Tiled,
@@ -48,7 +48,7 @@ impl Variant {
     /// (vec4 columns, pixels) covered by one workgroup.
     fn tile(self) -> (u32, u32) {
         match self {
-            Self::Register => (8, 8 * 4),
+            Self::Register => (2, 64 * 4),
             Self::Tiled => (16, 64),
         }
     }
