@@ -124,7 +124,11 @@ fn save_layers_writes_every_layer() {
         layers.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for name in ["time_embedding", "up_blocks.0.upsamplers.0.conv", "conv_out"] {
+    for name in [
+        "time_embedding",
+        "up_blocks.0.upsamplers.0.conv",
+        "conv_out",
+    ] {
         let got = read_tensor(&layers, name).unwrap();
         let reference = read_tensor(&dir.join("expected.safetensors"), name).unwrap();
         let err = rel_l2(&got.data, &reference.data);
@@ -185,6 +189,14 @@ fn info_reports_parameters_flops_and_dtype() {
     assert!(text.contains("weight dtype: f16"), "{text}");
     assert!(text.contains("legacy attention names mapped"), "{text}");
     assert!(text.contains("up_blocks.1.attentions.1"), "{text}");
+
+    let o = ddim(&["info", "--arch", "mnist-like", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    let sum: u64 = layers.iter().map(|l| l["params"].as_u64().unwrap()).sum();
+    let mlp = v["params"].as_u64().unwrap() - sum; // the time embedding MLP is not a layer
+    assert_eq!(mlp, (32 * 128 + 128) + (128 * 128 + 128));
+    assert_eq!(layers.last().unwrap()["name"], "conv_out");
 
     let o = ddim(&["info", "--arch", "cifar10"]);
     let text = String::from_utf8_lossy(&o.stdout);

@@ -29,6 +29,9 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
+    /// Do not print the timing line.
+    #[arg(long)]
+    pub quiet: bool,
     /// Also write every layer's output (and the time embedding), named by layer, to this file.
     #[arg(long)]
     pub save_layers: Option<PathBuf>,
@@ -91,11 +94,13 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let secs = start.elapsed().as_secs_f64();
     let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
-    eprintln!(
-        "forward (cpu): input {:?} in {secs:.3} s ({gflop:.2} GFLOP, {:.2} GFLOP/s)",
-        x.shape,
-        gflop / secs
-    );
+    if !args.quiet {
+        eprintln!(
+            "forward (cpu): input {:?} in {secs:.3} s ({gflop:.2} GFLOP, {:.2} GFLOP/s)",
+            x.shape,
+            gflop / secs
+        );
+    }
     write_tensor(&args.out, "sample", &y)?;
     if let Some(path) = &args.save_layers {
         write_tensors(path, &layers)?;

@@ -19,6 +19,53 @@ pub struct Args {
     /// List every layer with its shapes, parameters and FLOPs.
     #[arg(long)]
     pub layers: bool,
+    /// Print one JSON object (totals and every layer) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::CenterInput => "center_input",
+        Op::Conv(_) => "conv2d",
+        Op::Resnet(_) => "resnet",
+        Op::Attention(_) => "attention",
+        Op::UpsampleNearest2x => "upsample_nearest2x",
+        Op::GroupNormSilu(_) => "group_norm_silu",
+        Op::PushSkip { .. } => "push_skip",
+        Op::ConcatSkip { .. } => "concat_skip",
+    }
+}
+
+fn print_json(unet: &UNet, source: &str, dtype: &str) -> Result<()> {
+    let shape = |s: ddim_wgpu::model::unet::Shape| serde_json::json!([s.c, s.h, s.w]);
+    let layers: Vec<serde_json::Value> = unet
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name,
+                "op": op_kind(&l.op),
+                "summary": op_summary(&l.op),
+                "input": shape(l.input),
+                "output": shape(l.output),
+                "params": l.params,
+                "flops": l.flops,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "model": source,
+        "input": shape(unet.input),
+        "output": shape(unet.output),
+        "params": unet.params(),
+        "tensors": unet.weights().len(),
+        "flops_per_image": unet.flops(),
+        "weight_dtype": dtype,
+        "layers": layers,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }
 
 fn op_summary(op: &Op) -> String {
@@ -76,6 +123,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(s) => UNet::new(&config, s[0], s[1])?,
         None => UNet::from_config(&config)?,
     };
+    if args.json {
+        return print_json(&unet, &source, &dtype);
+    }
     println!("model:        {source}");
     println!("input:        {} -> output {}", unet.input, unet.output);
     println!("blocks:       down {:?}", config.down_block_types);
