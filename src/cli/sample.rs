@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Sampler.
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]

@@ -1,0 +1,243 @@
+//! `ddim sample` end to end through the binary: outputs, reproducibility, and every bad argument
+//! or file giving one clear error line, a non-zero exit, no panic and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ddim(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the ddim binary runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddim-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/tiny");
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Asserts a clean failure: non-zero exit, an `error:` line, no panic, and `out` not created.
+fn assert_fails(out: &Output, needle: &str, not_created: &Path) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error: {stderr}"
+    );
+    assert!(stderr.contains("error"), "no error line: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "error does not mention {needle:?}: {stderr}"
+    );
+    assert!(
+        !not_created.exists(),
+        "{} was written by a failed run",
+        not_created.display()
+    );
+}
+
+#[test]
+fn sample_writes_grid_tensor_and_per_image_pngs_reproducibly() {
+    let dir = temp_dir("ok");
+    std::fs::create_dir_all(dir.join("imgs")).unwrap();
+    let args = [
+        "sample", "--model", TINY, "--device", "cpu", "-n", "3", "--steps", "3", "--quiet",
+    ];
+    let first = ddim(
+        &[
+            &args[..],
+            &[
+                "--out",
+                "a.png",
+                "--save-tensor",
+                "x.safetensors",
+                "--out-dir",
+                "imgs",
+            ],
+        ]
+        .concat(),
+        &dir,
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = ddim(&[&args[..], &["--out", "b.png"]].concat(), &dir);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let (a, b) = (
+        std::fs::read(dir.join("a.png")).unwrap(),
+        std::fs::read(dir.join("b.png")).unwrap(),
+    );
+    assert_eq!(
+        a, b,
+        "the same seed and settings must give a byte-identical PNG"
+    );
+    let grid = image::load_from_memory(&a).unwrap();
+    // 3 images of 16x16 in a 2-column grid with 2 px padding.
+    assert_eq!((grid.width(), grid.height()), (34, 34));
+    for i in 0..3 {
+        let one = image::open(dir.join("imgs").join(format!("{i:05}.png"))).unwrap();
+        assert_eq!((one.width(), one.height()), (16, 16));
+    }
+    let x = ddim_wgpu::model::tensor_io::read_tensor(&dir.join("x.safetensors"), "sample").unwrap();
+    assert_eq!(x.shape, vec![3, 3, 16, 16]);
+    // A different seed gives a different image.
+    let other = ddim(
+        &[&args[..], &["--out", "c.png", "--seed", "1"]].concat(),
+        &dir,
+    );
+    assert!(other.status.success());
+    assert_ne!(a, std::fs::read(dir.join("c.png")).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bundled_model_samples_with_no_model_argument() {
+    let dir = temp_dir("bundled");
+    let out = ddim(
+        &[
+            "sample", "--device", "cpu", "-n", "2", "--steps", "2", "--quiet",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(dir.join("samples.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (66, 32));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let dir = temp_dir("args");
+    let base = [
+        "sample", "--model", TINY, "--device", "cpu", "--quiet", "--out", "o.png",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--steps", "0"], "steps"),
+        (&["--steps", "1001"], "1000"),
+        (&["--eta", "1.5"], "eta"),
+        (&["--eta", "-0.1"], "eta"),
+        (&["--sampler", "euler"], "sampler"),
+        (&["-n", "0"], "num"),
+        (&["--batch", "0"], "batch"),
+        (&["--spacing", "sideways"], "spacing"),
+    ];
+    for (extra, needle) in cases {
+        let out = ddim(&[&base[..], extra].concat(), &dir);
+        assert_fails(&out, needle, &dir.join("o.png"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_files_fail_cleanly() {
+    let dir = temp_dir("files");
+    let out_png = dir.join("o.png");
+    let run = |model: &Path| {
+        ddim(
+            &[
+                "sample",
+                "--model",
+                model.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--quiet",
+                "--steps",
+                "2",
+                "--out",
+                "o.png",
+            ],
+            &dir,
+        )
+    };
+
+    assert_fails(&run(&dir.join("no-such-model")), "no-such-model", &out_png);
+
+    let truncated = dir.join("truncated");
+    copy_dir(Path::new(TINY), &truncated);
+    let weights = truncated.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(
+        &run(&truncated),
+        "diffusion_pytorch_model.safetensors",
+        &out_png,
+    );
+
+    let unsupported = dir.join("unsupported");
+    copy_dir(Path::new(TINY), &unsupported);
+    let cfg_path = unsupported.join("unet/config.json");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"AttnDownBlock2D\"", "\"CrossAttnDownBlock2D\"");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    assert_fails(&run(&unsupported), "CrossAttnDownBlock2D", &out_png);
+
+    let out = ddim(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--steps",
+            "2",
+            "--out",
+            "missing-dir/o.png",
+        ],
+        &dir,
+    );
+    assert_fails(&out, "missing-dir", &dir.join("missing-dir/o.png"));
+
+    let out = ddim(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--steps",
+            "2",
+            "--out",
+            "o.png",
+            "--init-noise",
+            "nope.safetensors",
+        ],
+        &dir,
+    );
+    assert_fails(&out, "nope.safetensors", &out_png);
+    let _ = std::fs::remove_dir_all(&dir);
+}
