@@ -323,8 +323,11 @@ impl SchedulerConfig {
 
     /// Checks ranges that diffusers leaves unchecked but that would give NaN or nonsense.
     pub fn validate(&self) -> Result<()> {
-        if self.num_train_timesteps == 0 {
-            bail!("`num_train_timesteps` must be at least 1");
+        if !(1..=10_000_000).contains(&self.num_train_timesteps) {
+            bail!(
+                "`num_train_timesteps` must be between 1 and 10000000, got {}",
+                self.num_train_timesteps
+            );
         }
         if self.clip_sample_range <= 0.0 {
             bail!(

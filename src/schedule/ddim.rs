@@ -217,7 +217,7 @@ pub(crate) fn step_core(
         .zip(model_output)
         .map(|(&x, &m)| x0_and_eps(pred, x as f64, m as f64, sa, sb))
         .unzip();
-    limit.apply(&mut x0, batch);
+    limit.apply(&mut x0, batch)?;
     if use_clipped_model_output {
         for ((e, &x), &p) in eps.iter_mut().zip(sample).zip(&x0) {
             *e = (x as f64 - sa * p) / sb;

@@ -174,7 +174,7 @@ pub fn ddpm_step(
         .zip(model_output)
         .map(|(&x, &m)| x0_and_eps(cfg.prediction_type, x as f64, m as f64, sa, sb).0)
         .collect();
-    X0Limit::from_config(cfg).apply(&mut x0, batch);
+    X0Limit::from_config(cfg).apply(&mut x0, batch)?;
     let prev_sample = (0..sample.len())
         .map(|i| {
             let mut v = step.x0_coef * x0[i] + step.sample_coef * sample[i] as f64;

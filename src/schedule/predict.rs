@@ -54,8 +54,15 @@ impl X0Limit {
         }
     }
 
-    /// Applies the limit in place to `x0`, laid out as `batch` equal, contiguous samples.
-    pub fn apply(self, x0: &mut [f64], batch: usize) {
+    /// Applies the limit in place to `x0`, laid out as `batch` equal, contiguous samples
+    /// (thresholding takes its quantile per sample).
+    pub fn apply(self, x0: &mut [f64], batch: usize) -> Result<()> {
+        if batch == 0 || x0.is_empty() || x0.len() % batch != 0 {
+            bail!(
+                "{} values cannot be split into a batch of {batch}",
+                x0.len()
+            );
+        }
         match self {
             Self::None => {}
             Self::Clip(r) => x0.iter_mut().for_each(|v| *v = v.max(-r).min(r)),
@@ -69,6 +76,7 @@ impl X0Limit {
                 }
             }
         }
+        Ok(())
     }
 }
 
