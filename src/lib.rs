@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: files → model description → (CPU reference | GPU plan) → sampler loop → images.
 
+pub mod bench;
 pub mod bundled;
 pub mod cpu;
 pub mod gpu;

@@ -4,9 +4,10 @@ pub mod buffers;
 pub mod context;
 pub mod kernel;
 pub mod kernels;
+pub mod profile;
 pub mod run;
 pub mod sampler;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
-pub use run::sample_images;
+pub use run::{run_table, sample_images};

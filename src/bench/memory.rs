@@ -1,0 +1,107 @@
+//! GPU memory accounting for the bench: what the weights need, what the largest set of
+//! simultaneously live activations needs, and what the driver's allocator reports.
+
+use serde::Serialize;
+
+use crate::gpu::GpuContext;
+use crate::model::unet::Op;
+use crate::model::UNet;
+
+/// Bytes of f32 weights.
+pub fn weights_bytes(unet: &UNet) -> u64 {
+    unet.params() * 4
+}
+
+/// The largest set of activations that must exist at once in a forward at `batch`, in bytes
+/// (f32): over all layers, the layer's input and output plus every skip tensor pushed and not
+/// yet consumed. Layer-internal temporaries (a resnet's normalised input, the attention scores)
+/// are not counted: the target "memory ≤ weights + 3 × this" leaves room for them.
+pub fn largest_live_activations_bytes(unet: &UNet, batch: usize) -> u64 {
+    let mut live_skips: Vec<usize> = Vec::new();
+    let mut largest = unet.input.numel();
+    for layer in &unet.layers {
+        let skips: usize = live_skips.iter().sum();
+        match layer.op {
+            Op::PushSkip { slot } => {
+                let n = unet.skips.get(slot).map_or(0, |s| s.numel());
+                live_skips.push(n);
+            }
+            Op::ConcatSkip { .. } => {
+                // Reads h and the skip, writes the concatenation; the skip is released after.
+                largest = largest.max(layer.input.numel() + layer.output.numel() + skips);
+                live_skips.pop();
+                continue;
+            }
+            _ => {}
+        }
+        largest = largest.max(layer.input.numel() + layer.output.numel() + skips);
+    }
+    (largest * batch * 4) as u64
+}
+
+/// Bytes the backend's allocator has handed out, where the backend reports it (Vulkan, DX12,
+/// Metal with sub-allocation); None elsewhere (GL).
+pub fn allocator_bytes(ctx: &GpuContext) -> Option<u64> {
+    ctx.device
+        .generate_allocator_report()
+        .map(|r| r.total_allocated_bytes)
+}
+
+/// The memory part of a bench report.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// Sum of the sizes of the buffers the forward plan allocated (weights included), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffers_bytes: Option<u64>,
+    /// Growth of the allocator's total while building the plan, where the backend reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator_delta_bytes: Option<u64>,
+    pub weights_bytes: u64,
+    pub largest_live_activations_bytes: u64,
+    /// weights + 3 × largest live activations (the target).
+    pub budget_bytes: u64,
+    /// Whether the measured total (buffers, else allocator delta) is within the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within_budget: Option<bool>,
+}
+
+impl MemoryReport {
+    pub fn new(
+        unet: &UNet,
+        batch: usize,
+        buffers_bytes: Option<u64>,
+        allocator_delta_bytes: Option<u64>,
+    ) -> Self {
+        let weights_bytes = weights_bytes(unet);
+        let live = largest_live_activations_bytes(unet, batch);
+        let budget_bytes = weights_bytes + 3 * live;
+        let measured = buffers_bytes.or(allocator_delta_bytes);
+        Self {
+            buffers_bytes,
+            allocator_delta_bytes,
+            weights_bytes,
+            largest_live_activations_bytes: live,
+            budget_bytes,
+            within_budget: measured.map(|m| m <= budget_bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UNet2DConfig;
+
+    #[test]
+    fn live_set_counts_skips() {
+        let unet = UNet::from_config(&UNet2DConfig::cifar10()).unwrap();
+        let one = largest_live_activations_bytes(&unet, 1);
+        assert_eq!(largest_live_activations_bytes(&unet, 4), 4 * one);
+        // The largest activation is produced by a concat, whose input (and live skips) add to it.
+        let biggest = unet.max_activation() as u64 * 4;
+        assert!(one > 2 * biggest, "{one} vs {biggest}");
+        // All skips plus in and out of the largest layer bound it from above.
+        let all_skips: usize = unet.skips.iter().map(|s| s.numel()).sum();
+        assert!(one <= (all_skips as u64 + 2 * unet.max_activation() as u64) * 4);
+    }
+}

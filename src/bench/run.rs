@@ -1,0 +1,251 @@
+//! Whole-model measurements: the sampling run (images/s, ms per step), the forward in one pass
+//! (achieved GFLOP/s), host encoding time, and per-kernel GPU times, on a GPU forward plan or on
+//! the CPU reference.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::memory::MemoryReport;
+use super::report::{kernel_rows, median_per_dispatch, KernelRow};
+use super::{gflops, Summary};
+use crate::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
+use crate::gpu::profile::{time_one_pass, Profiler, TimingSource};
+use crate::gpu::sampler::{sample, SampleSpec, StepForward};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::pipeline::Pipeline;
+use crate::schedule::{ddim_table, DdimStep, X0Limit};
+use crate::Tensor;
+
+/// How many times to run each measurement.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Repeats {
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+/// Process CPU time (user + system) in seconds, where the OS tells it (Linux `/proc`); on a
+/// CPU adapter (lavapipe, llvmpipe) the driver's threads are ours, so work per CPU-second is a
+/// rate that a busy shared machine disturbs much less than wall-clock.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux configuration in practice.
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs `f` `warmup` times untimed, then `iters` times; returns the wall-clock of each timed
+/// run in nanoseconds and the CPU seconds per timed run (when known).
+pub fn repeat_timed(
+    repeats: Repeats,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    for _ in 0..repeats.warmup {
+        f()?;
+    }
+    let iters = repeats.iters.max(1);
+    let cpu0 = process_cpu_seconds();
+    let mut ns = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        ns.push(start.elapsed().as_nanos() as f64);
+    }
+    let cpu = match (cpu0, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / iters as f64),
+        _ => None,
+    };
+    Ok((ns, cpu))
+}
+
+/// The DDIM steps of a `steps`-step, eta-0 run with the pipeline's scheduler.
+pub fn ddim_steps(pipe: &Pipeline, steps: usize) -> Result<Vec<DdimStep>> {
+    ddim_table(&pipe.scheduler, steps, 0.0).context("building the DDIM table")
+}
+
+/// Deterministic x_T for `batch` images (NCHW): a cheap hash, not torch's generator; the
+/// timings do not depend on the values.
+pub fn bench_input(pipe: &Pipeline, batch: usize) -> Result<Tensor> {
+    let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
+    let n = batch * c * h * w;
+    let data = (0..n)
+        .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 3.0)
+        .collect();
+    Tensor::new(vec![batch, c, h, w], data)
+}
+
+/// Everything measured for one (device, model, batch, steps).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Wall-clock of a whole sampling run (x_T upload, `steps` steps, read back), ms.
+    pub run_ms: Summary,
+    /// batch / median run time.
+    pub images_per_s: f64,
+    /// Median run time / steps.
+    pub step_ms: f64,
+    /// Wall-clock of one forward (one pass on a GPU, submit to completion), ms.
+    pub forward_ms: Summary,
+    /// GFLOP per forward / median forward time: the achieved rate of the whole U-Net.
+    pub forward_gflops: f64,
+    /// Host time to encode one step's commands (GPU only), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_encode_ms: Option<Summary>,
+    /// Median host encoding time / median step time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_encode_fraction: Option<f64>,
+    /// Process CPU seconds per run (user + system; on a CPU adapter this includes the driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s_per_run: Option<f64>,
+    /// GFLOP of the run's forwards per process CPU-second: comparable across machine loads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop_per_cpu_s: Option<f64>,
+    /// Where the per-kernel times come from (GPU only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_timing: Option<TimingSource>,
+    /// Sum of the per-dispatch medians of one forward, ms (one pass per dispatch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels_total_ms: Option<f64>,
+    /// Per kernel (`shader::entry`), summed over one forward, largest first.
+    pub kernels: Vec<KernelRow>,
+    /// Per dispatch of one forward, in execution order.
+    pub dispatches: Vec<KernelRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+}
+
+/// Measures the sampler on the GPU with a compiled `forward` (built for `steps`' timesteps at
+/// batch `x_t.shape[0]`). `memory` is filled in by the caller, who knows the plan's buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_gpu(
+    ctx: &GpuContext,
+    profiler: &Profiler,
+    pipe: &Pipeline,
+    forward: &dyn StepForward,
+    steps: &[DdimStep],
+    x_t: &Tensor,
+    repeats: Repeats,
+    kernel_iters: usize,
+) -> Result<RunResult> {
+    let batch = x_t.shape[0];
+    let rows: Vec<UpdateRow> = ddim_rows(steps);
+    let spec = SampleSpec {
+        steps: &rows,
+        prediction: pipe.scheduler.prediction_type,
+        limit: X0Limit::from_config(&pipe.scheduler),
+        use_clipped_model_output: false,
+    };
+    let flops = pipe.unet.flops() * batch as u64;
+    let dispatches: Vec<&Dispatch> = forward.dispatches().iter().collect();
+
+    // Whole runs, as `ddim sample` runs them.
+    let (run_ns, cpu_per_run) = repeat_timed(repeats, || {
+        sample(ctx, forward, &spec, x_t, &mut |_| Ok(None), &mut |_, _| {}).map(|_| ())
+    })?;
+    let run = Summary::of(&run_ns).context("no run timings")?;
+
+    // One forward in one pass: wall-clock and host encoding.
+    let mut encode = Vec::new();
+    let mut execute = Vec::new();
+    for i in 0..repeats.warmup + repeats.iters.max(1) {
+        let t = time_one_pass(ctx, &dispatches, 0)?;
+        if i >= repeats.warmup {
+            encode.push(t.encode_ns);
+            execute.push(t.execute_ns);
+        }
+    }
+    let forward_ns = Summary::of(&execute).context("no forward timings")?;
+    let encode_ns = Summary::of(&encode).context("no encoding timings")?;
+
+    // Per dispatch, one pass each.
+    let mut runs = Vec::new();
+    for i in 0..repeats.warmup + kernel_iters.max(1) {
+        let t = profiler.time_each(ctx, &dispatches, 0)?;
+        if i >= repeats.warmup {
+            runs.push(t);
+        }
+    }
+    let medians = median_per_dispatch(&runs);
+    let described: Vec<(String, String, u64, u64)> = dispatches
+        .iter()
+        .map(|d| (d.label.clone(), d.kernel.label.clone(), d.flops, d.bytes))
+        .collect();
+    let (per_dispatch, per_kernel) = kernel_rows(&described, &medians);
+
+    let step_ns = run.median / steps.len().max(1) as f64;
+    let run_flops = flops * steps.len() as u64;
+    Ok(RunResult {
+        run_ms: run.scaled(1e-6),
+        images_per_s: batch as f64 / (run.median * 1e-9),
+        step_ms: step_ns * 1e-6,
+        forward_ms: forward_ns.scaled(1e-6),
+        forward_gflops: gflops(flops, forward_ns.median),
+        host_encode_ms: Some(encode_ns.scaled(1e-6)),
+        host_encode_fraction: Some(encode_ns.median / step_ns),
+        cpu_s_per_run: cpu_per_run,
+        gflop_per_cpu_s: cpu_per_run
+            .filter(|&c| c > 0.0)
+            .map(|c| run_flops as f64 * 1e-9 / c),
+        kernel_timing: Some(profiler.source()),
+        kernels_total_ms: Some(medians.iter().sum::<f64>() * 1e-6),
+        kernels: per_kernel,
+        dispatches: per_dispatch,
+        memory: None,
+    })
+}
+
+/// Measures the CPU reference: whole sampling runs through [`Pipeline::sample`], and single
+/// forwards at the same batch.
+pub fn bench_cpu(
+    pipe: &Pipeline,
+    batch: usize,
+    steps: usize,
+    repeats: Repeats,
+) -> Result<RunResult> {
+    use crate::pipeline::{Device, SampleRequest};
+    use crate::sampling::SampleSettings;
+    let x_t = bench_input(pipe, batch)?;
+    let request = SampleRequest {
+        settings: SampleSettings {
+            steps,
+            ..SampleSettings::default()
+        },
+        num: batch,
+        batch: Some(batch),
+        init_noise: Some(x_t.clone()),
+        ..SampleRequest::default()
+    };
+    let (run_ns, cpu_per_run) = repeat_timed(repeats, || {
+        pipe.sample(&Device::Cpu, &request, &mut |_, _| {})
+            .map(|_| ())
+    })?;
+    let run = Summary::of(&run_ns).context("no run timings")?;
+    let t = ddim_steps(pipe, steps)?.first().map_or(0.0, |s| s.t as f32);
+    let (fwd_ns, _) = repeat_timed(repeats, || {
+        crate::cpu::forward::forward(&pipe.unet, &pipe.model.weights, &x_t, &[t]).map(|_| ())
+    })?;
+    let forward = Summary::of(&fwd_ns).context("no forward timings")?;
+    let flops = pipe.unet.flops() * batch as u64;
+    Ok(RunResult {
+        run_ms: run.scaled(1e-6),
+        images_per_s: batch as f64 / (run.median * 1e-9),
+        step_ms: run.median * 1e-6 / steps.max(1) as f64,
+        forward_ms: forward.scaled(1e-6),
+        forward_gflops: gflops(flops, forward.median),
+        host_encode_ms: None,
+        host_encode_fraction: None,
+        cpu_s_per_run: cpu_per_run,
+        gflop_per_cpu_s: cpu_per_run
+            .filter(|&c| c > 0.0)
+            .map(|c| (flops * steps as u64) as f64 * 1e-9 / c),
+        kernel_timing: None,
+        kernels_total_ms: None,
+        kernels: Vec::new(),
+        dispatches: Vec::new(),
+        memory: None,
+    })
+}
