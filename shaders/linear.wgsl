@@ -133,3 +133,84 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
         }
     }
 }
+
+// Version 3 (real GPUs): the same product through workgroup memory. A workgroup computes a
+// 64×64 output tile; per 16-wide k slice all 256 invocations cooperatively stage A (64×16) and
+// B (16×64) in workgroup memory (8 KiB; out-of-range elements read as 0), then each computes
+// its 4×4 outputs from the staged tiles. Two barriers per k slice: slow on lavapipe.
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> tile_a: array<array<f32, 16>, 64>;  // [m][k]
+var<workgroup> tile_b: array<array<f32, 64>, 16>;  // [k][n]
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let z = wid.z;
+    let zo = z / p.inner_count;
+    let zi = z % p.inner_count;
+    let a_base = p.a_base + zo * p.a_outer + zi * p.a_inner;
+    let b_base = p.b_base + zo * p.b_outer + zi * p.b_inner;
+    let c_base = p.c_base + zo * p.c_outer + zi * p.c_inner;
+    let tile_m0 = wid.y * TM;
+    let tile_n0 = wid.x * TN;
+    let flat = lid.y * 16u + lid.x;
+    let silu_in = (p.flags & SILU_IN) != 0u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        // Stage: each invocation loads 4 elements of A and 4 of B.
+        for (var r = 0u; r < 4u; r++) {
+            let e = flat + r * 256u;
+            let am = e / TK;
+            let ak = e % TK;
+            let gm = tile_m0 + am;
+            let gk = k0 + ak;
+            var av = 0.0;
+            if gm < p.m && gk < p.k {
+                av = a[a_base + gm * p.a_m + gk * p.a_k];
+                if silu_in {
+                    av = silu(av);
+                }
+            }
+            tile_a[am][ak] = av;
+            let bk = e / TN;
+            let bn = e % TN;
+            let gk2 = k0 + bk;
+            let gn = tile_n0 + bn;
+            var bv = 0.0;
+            if gk2 < p.k && gn < p.n {
+                bv = b[b_base + gk2 * p.b_k + gn * p.b_n];
+            }
+            tile_b[bk][bn] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let bv = vec4<f32>(
+                tile_b[kk][lid.x * 4u],
+                tile_b[kk][lid.x * 4u + 1u],
+                tile_b[kk][lid.x * 4u + 2u],
+                tile_b[kk][lid.x * 4u + 3u],
+            );
+            acc0 = fma(vec4<f32>(tile_a[lid.y * 4u][kk]), bv, acc0);
+            acc1 = fma(vec4<f32>(tile_a[lid.y * 4u + 1u][kk]), bv, acc1);
+            acc2 = fma(vec4<f32>(tile_a[lid.y * 4u + 2u][kk]), bv, acc2);
+            acc3 = fma(vec4<f32>(tile_a[lid.y * 4u + 3u][kk]), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    let m0 = tile_m0 + lid.y * 4u;
+    let n0 = tile_n0 + lid.x * 4u;
+    if n0 >= p.n {
+        return;
+    }
+    store_row(c_base, m0, n0, acc0);
+    store_row(c_base, m0 + 1u, n0, acc1);
+    store_row(c_base, m0 + 2u, n0, acc2);
+    store_row(c_base, m0 + 3u, n0, acc3);
+}

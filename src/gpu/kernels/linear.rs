@@ -159,10 +159,37 @@ pub enum MatmulVariant {
     Strided,
     /// Version 2 (`linear_k4.wgsl`): A and B contiguous along k with vec4 loads; see [`Matmul::fits_k4`].
     K4,
+    /// Version 3 (`linear.wgsl`): 64×64 tiles staged through workgroup memory (real GPUs).
+    Tiled,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Strided, MatmulVariant::K4];
+    pub const ALL: [MatmulVariant; 3] = [
+        MatmulVariant::Strided,
+        MatmulVariant::K4,
+        MatmulVariant::Tiled,
+    ];
+
+    /// `DDIM_MATMUL_VARIANT=strided|k4|tiled` if set; else, on CPU adapters (lavapipe, where
+    /// barriers are slow) the barrier-free kernels, and the workgroup-memory one elsewhere.
+    pub fn for_context(ctx: &GpuContext, op: &Matmul) -> Result<Self> {
+        let forced = match std::env::var("DDIM_MATMUL_VARIANT").ok().as_deref() {
+            None | Some("") => None,
+            Some("strided") => Some(Self::Strided),
+            Some("k4") => Some(Self::K4),
+            Some("tiled") => Some(Self::Tiled),
+            Some(other) => {
+                anyhow::bail!("DDIM_MATMUL_VARIANT={other:?}: expected strided, k4 or tiled")
+            }
+        };
+        Ok(match forced {
+            Some(Self::K4) if !op.fits_k4() => Self::Strided,
+            Some(v) => v,
+            None if !ctx.is_cpu() => Self::Tiled,
+            None if op.fits_k4() => Self::K4,
+            None => Self::Strided,
+        })
+    }
 }
 
 impl Matmul {
@@ -179,20 +206,15 @@ impl Matmul {
             .iter()
             .all(|v| v % 4 == 0)
     }
-
-    /// The fastest variant that applies.
-    pub fn best_variant(&self) -> MatmulVariant {
-        if self.fits_k4() {
-            MatmulVariant::K4
-        } else {
-            MatmulVariant::Strided
-        }
-    }
 }
 
 pub fn spec_for(variant: MatmulVariant) -> KernelSpec {
     match variant {
         MatmulVariant::Strided => spec(),
+        MatmulVariant::Tiled => KernelSpec {
+            entry: "matmul_tiled",
+            ..spec()
+        },
         MatmulVariant::K4 => KernelSpec {
             shader: "linear_k4",
             source: SOURCE_K4,
@@ -238,9 +260,10 @@ fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
     Ok(())
 }
 
-/// One dispatch for `op` with the best variant that applies. `out` must not alias any input.
+/// One dispatch for `op` with the variant suited to the adapter (see
+/// [`MatmulVariant::for_context`]). `out` must not alias any input.
 pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
-    matmul_with(ctx, op, bufs, op.best_variant())
+    matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op)?)
 }
 
 /// One dispatch for `op` with a chosen variant (an error if it does not apply).
