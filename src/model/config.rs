@@ -393,21 +393,21 @@ impl UNet2DConfig {
         }
     }
 
-    /// A small MNIST-size model: 1 channel, 28×28 → use 32×32 padding-free sizes, (32, 64, 64),
-    /// one layer per block, attention at the lowest resolution.
+    /// The architecture of the bundled MNIST model (tools/train_mnist.py `UNET_CONFIG`): 1 channel
+    /// at 32×32, block channels (32, 64, 64), one layer per block, 8 norm groups, one-head
+    /// attention in the middle (16×16) blocks and the mid block; other fields at diffusers defaults.
     pub fn mnist_like() -> Self {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
         Self {
             sample_size: Some(SampleSize::Square(32)),
             in_channels: 1,
             out_channels: 1,
-            down_block_types: s(&["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]),
-            up_block_types: s(&["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]),
+            down_block_types: s(&["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]),
+            up_block_types: s(&["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]),
             block_out_channels: vec![32, 64, 64],
             layers_per_block: 1,
             attention_head_dim: None,
             norm_num_groups: Some(8),
-            norm_eps: 1e-6,
             ..Self::default()
         }
     }
