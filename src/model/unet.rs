@@ -18,6 +18,18 @@
 //! state-dict keys, so a planner can allocate buffers and emit dispatches without re-deriving the
 //! architecture.
 //!
+//! # Layer order (cifar10 architecture, abridged)
+//! ```text
+//! conv_in, skip.0,
+//! down_blocks.0.resnets.0, skip.1, down_blocks.0.resnets.1, skip.2, down_blocks.0.downsamplers.0.conv, skip.3,
+//! down_blocks.1.resnets.0, down_blocks.1.attentions.0, skip.4, ...            (attention right after its resnet)
+//! mid_block.resnets.0, mid_block.attentions.0, mid_block.resnets.1,
+//! up_blocks.0.resnets.0.concat, up_blocks.0.resnets.0, ...,                  (concat pops the newest skip)
+//! up_blocks.0.upsamplers.0.interpolate, up_blocks.0.upsamplers.0.conv, ...,
+//! conv_norm_out (group norm + SiLU), conv_out
+//! ```
+//! `ddim info --layers` (or `--json`) prints the full list for any model.
+//!
 //! # FLOP convention
 //! 2 × multiply-adds of convolutions, linear layers and attention matmuls (q/k/v/out projections,
 //! q·kᵀ and p·v); norms, activations and additions are not counted. Convolution:
@@ -749,6 +761,21 @@ impl UNet {
             + self.layers.iter().map(|l| l.flops).sum::<u64>()
     }
 
+    /// For every skip slot, the index in [`UNet::layers`] of its [`Op::PushSkip`] and of the
+    /// [`Op::ConcatSkip`] that consumes it: the slot's buffer must live from the first to the
+    /// second (a GPU plan can alias it with the producing layer's output).
+    pub fn skip_lifetimes(&self) -> Vec<(usize, usize)> {
+        let mut spans = vec![(usize::MAX, usize::MAX); self.skips.len()];
+        for (i, l) in self.layers.iter().enumerate() {
+            match l.op {
+                Op::PushSkip { slot } => spans[slot].0 = i,
+                Op::ConcatSkip { slot } => spans[slot].1 = i,
+                _ => {}
+            }
+        }
+        spans
+    }
+
     /// Largest per-image activation (elements) produced by any layer.
     pub fn max_activation(&self) -> usize {
         self.layers
@@ -780,6 +807,36 @@ mod tests {
         let total = u.flops() as f64 / 1e9;
         assert!((total - 12.44).abs() < 0.05, "{total} GFLOP");
         assert_eq!(u.output, Shape { c: 3, h: 32, w: 32 });
+    }
+
+    #[test]
+    fn skips_are_consumed_newest_first_with_matching_shapes() {
+        let u = UNet::from_config(&UNet2DConfig::cifar10()).unwrap();
+        let spans = u.skip_lifetimes();
+        let mut stack = Vec::new();
+        for (i, l) in u.layers.iter().enumerate() {
+            match l.op {
+                Op::PushSkip { slot } => {
+                    assert_eq!(spans[slot].0, i);
+                    assert_eq!(u.skips[slot], l.input);
+                    stack.push(slot);
+                }
+                Op::ConcatSkip { slot } => {
+                    assert_eq!(stack.pop(), Some(slot));
+                    assert_eq!(spans[slot].1, i);
+                    assert_eq!(l.output.c, l.input.c + u.skips[slot].c);
+                }
+                _ => {}
+            }
+        }
+        assert!(stack.is_empty());
+        // Channel bookkeeping from the semantics reference: up_blocks.2.resnets.2 is 384 -> 256.
+        let r = u
+            .layers
+            .iter()
+            .find(|l| l.name == "up_blocks.2.resnets.2")
+            .unwrap();
+        assert_eq!((r.input.c, r.output.c, r.input.h), (384, 256, 16));
     }
 
     #[test]
