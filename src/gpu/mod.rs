@@ -4,6 +4,7 @@ pub mod buffers;
 pub mod context;
 pub mod kernel;
 pub mod kernels;
+pub mod plan;
 pub mod profile;
 pub mod run;
 pub mod sampler;

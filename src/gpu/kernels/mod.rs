@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod conv2d;
 pub mod ddim_step;
+pub mod elementwise;
 pub mod group_norm;
 pub mod linear;
 pub mod smoke;

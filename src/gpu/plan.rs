@@ -1,0 +1,759 @@
+//! The compiled U-Net: the shared model description (`model::unet`) lowered once per
+//! (model, batch, timestep schedule) into a flat list of dispatches.
+//!
+//! * Weights are uploaded once (conv weights pre-transposed to K-major).
+//! * Activations are NHWC buffers from a pool: a value's buffer returns to the pool after its
+//!   last reader is recorded (skip connections hold theirs until concatenated), and a new value
+//!   takes the smallest free buffer that fits. wgpu orders the dispatches of a pass, so reuse
+//!   needs no extra synchronisation.
+//! * Everything that depends only on the timestep (time embedding, every resnet's projection)
+//!   is computed for all steps when the plan is built, into tables the convolutions read at a
+//!   dynamic offset: dispatches and bind groups are recorded once and replayed per step.
+//! * The decoder's nearest upsample and the skip concatenation feeding a shortcut conv are
+//!   folded into the conv loader; a concatenation feeding a group norm is materialised.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::kernel::{run_dispatches, Dispatch};
+use super::kernels::attention::{
+    attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
+};
+use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
+use super::kernels::elementwise;
+use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use super::kernels::time_embedding::{time_embedding, time_projection, StepTable};
+use super::sampler::{nchw_to_nhwc, nhwc_to_nchw, StepForward};
+use super::GpuContext;
+use crate::model::unet::{Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet};
+use crate::model::Weights;
+use crate::Tensor;
+
+/// An activation: a pooled buffer holding `batch × h × w × c` NHWC values.
+#[derive(Clone, Copy, Debug)]
+struct Act {
+    id: usize,
+    shape: Shape,
+}
+
+/// The current activation: one buffer, or a pending skip concatenation (h first).
+#[derive(Clone, Copy, Debug)]
+enum Cur {
+    One(Act),
+    Pair(Act, Act),
+}
+
+struct Slot {
+    buffer: wgpu::Buffer,
+    refs: usize,
+    /// Never returned to the pool (the plan's input).
+    pinned: bool,
+}
+
+/// Buffers by liveness: reference-counted, reused smallest-fit.
+struct Pool {
+    slots: Vec<Slot>,
+    /// Keep every value alive (for per-layer read back).
+    keep_all: bool,
+}
+
+impl Pool {
+    fn alloc(&mut self, ctx: &GpuContext, label: &str, elements: usize) -> usize {
+        let bytes = (elements * 4) as u64;
+        let best = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.refs == 0 && !s.pinned && s.buffer.size() >= bytes)
+            .min_by_key(|(_, s)| s.buffer.size())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            self.slots[i].refs = 1;
+            return i;
+        }
+        self.slots.push(Slot {
+            buffer: ctx.storage(label, bytes),
+            refs: 1,
+            pinned: false,
+        });
+        self.slots.len() - 1
+    }
+
+    fn retain(&mut self, id: usize) {
+        self.slots[id].refs += 1;
+    }
+
+    fn release(&mut self, id: usize) {
+        let s = &mut self.slots[id];
+        debug_assert!(s.refs > 0, "released a free buffer");
+        if !self.keep_all || s.refs > 1 {
+            s.refs -= 1;
+        }
+    }
+
+    fn buf(&self, id: usize) -> &wgpu::Buffer {
+        &self.slots[id].buffer
+    }
+}
+
+/// Options for building a plan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanOptions {
+    /// Conv variant; None chooses per adapter (`Variant::for_context`).
+    pub conv_variant: Option<Variant>,
+    /// Keep every layer's output in its own buffer (for `ddim verify`); uses more memory.
+    pub keep_layer_outputs: bool,
+}
+
+/// One compiled forward pass for a fixed batch and timestep schedule.
+pub struct UNetPlan {
+    pub batch: usize,
+    pub steps: usize,
+    pub input_shape: Shape,
+    pub output_shape: Shape,
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    /// (layer name, buffer, per-image shape) when built with `keep_layer_outputs`.
+    layer_outputs: Vec<(String, usize, Shape)>,
+    pool: Pool,
+    /// Useful FLOPs of one forward (all dispatches).
+    pub flops: u64,
+}
+
+/// Largest batch whose every buffer fits in one binding on `ctx` (at least 1, or an error when
+/// even one image does not fit).
+pub fn max_batch(ctx: &GpuContext, unet: &UNet) -> Result<usize> {
+    let limit = ctx.max_binding_bytes();
+    let mut per_image = unet.max_activation();
+    for l in &unet.layers {
+        if let Op::Attention(a) = &l.op {
+            let tokens = l.input.h * l.input.w;
+            per_image = per_image.max(tokens * 3 * a.inner_dim());
+            // Scores are computed in chunks of images, but one image's must fit.
+            let scores = (a.heads * tokens * tokens * 4) as u64;
+            ensure!(
+                scores <= limit,
+                "{}: one image's attention scores need {} MiB, {} allows {} MiB per binding",
+                l.name,
+                scores >> 20,
+                ctx.info.name,
+                limit >> 20
+            );
+        }
+    }
+    let n = limit / (per_image as u64 * 4).max(1);
+    ensure!(
+        n >= 1,
+        "one image needs a {} MiB buffer but {} allows {} MiB per binding",
+        (per_image * 4) >> 20,
+        ctx.info.name,
+        limit >> 20
+    );
+    Ok(n.min(u32::MAX as u64) as usize)
+}
+
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    weights: &'a Weights,
+    batch: usize,
+    variant: Variant,
+    pool: Pool,
+    dispatches: Vec<Dispatch>,
+    norm_scratch: GroupNormScratch,
+    attn_scratch: HashMap<String, AttentionScratch>,
+    emb: StepTable,
+    /// Time-embedding and projection dispatches, run once when the plan is built.
+    prelude: Vec<Dispatch>,
+}
+
+impl Builder<'_> {
+    fn buf(&self, a: Act) -> &wgpu::Buffer {
+        self.pool.buf(a.id)
+    }
+
+    fn new_act(&mut self, label: &str, shape: Shape) -> Act {
+        let id = self.pool.alloc(self.ctx, label, self.batch * shape.numel());
+        Act { id, shape }
+    }
+
+    fn release_cur(&mut self, cur: Cur) {
+        match cur {
+            Cur::One(a) => self.pool.release(a.id),
+            Cur::Pair(a, b) => {
+                self.pool.release(a.id);
+                self.pool.release(b.id);
+            }
+        }
+    }
+
+    /// A convolution reading `x` (one buffer, or a pair concatenated by the loader).
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        conv: &Conv2d,
+        x: Cur,
+        upsample: bool,
+        chan_add: Option<&StepTable>,
+        residual: Option<Act>,
+        out_scale: f32,
+    ) -> Result<Act> {
+        let (a, b) = match x {
+            Cur::One(a) => (a, None),
+            Cur::Pair(a, b) => (a, Some(b)),
+        };
+        let shape = ConvShape {
+            batch: self.batch,
+            src_h: a.shape.h,
+            src_w: a.shape.w,
+            c1: a.shape.c,
+            c2: b.map_or(0, |b| b.shape.c),
+            cout: conv.out_channels,
+            kh: conv.kernel,
+            kw: conv.kernel,
+            stride: conv.stride,
+            pad: conv.padding,
+            upsample,
+        };
+        let weight = self.weights.get(&conv.weight)?;
+        let bias = self.weights.slice(&conv.bias)?;
+        let w = ConvWeights::upload(self.ctx, &conv.weight, weight, Some(bias))
+            .with_context(|| format!("{name}: uploading {}", conv.weight))?;
+        let (oh, ow) = shape.out_hw()?;
+        let out = self.new_act(
+            name,
+            Shape {
+                c: conv.out_channels,
+                h: oh,
+                w: ow,
+            },
+        );
+        let io = ConvIo {
+            x_a: self.buf(a),
+            x_b: b.map(|b| self.buf(b)),
+            chan_add: chan_add.map(|t| (&t.buffer, t.stride_bytes)),
+            residual: residual.map(|r| self.buf(r)),
+            out: self.buf(out),
+            out_scale,
+        };
+        let d = conv2d(self.ctx, self.variant, name, &shape, &w, &io)
+            .with_context(|| format!("{name}: conv2d"))?;
+        self.dispatches.push(d);
+        Ok(out)
+    }
+
+    fn norm_shape(&self, norm: &GroupNorm, shape: Shape, silu: bool) -> GroupNormShape {
+        GroupNormShape {
+            batch: self.batch,
+            hw: shape.h * shape.w,
+            channels: norm.channels,
+            groups: norm.groups,
+            eps: norm.eps,
+            silu,
+        }
+    }
+
+    fn group_norm(&mut self, name: &str, norm: &GroupNorm, x: Act, silu: bool) -> Result<Act> {
+        ensure!(
+            norm.channels == x.shape.c,
+            "{name}: norm over {} channels, activation has {}",
+            norm.channels,
+            x.shape.c
+        );
+        let gamma = self
+            .ctx
+            .upload(&norm.weight, self.weights.slice(&norm.weight)?);
+        let beta = self.ctx.upload(&norm.bias, self.weights.slice(&norm.bias)?);
+        let shape = self.norm_shape(norm, x.shape, silu);
+        let out = self.new_act(name, x.shape);
+        let ds = group_norm(
+            self.ctx,
+            &shape,
+            &self.norm_scratch,
+            self.buf(x),
+            &gamma,
+            &beta,
+            self.buf(out),
+        )
+        .with_context(|| format!("{name}: group norm"))?;
+        self.dispatches.extend(ds);
+        Ok(out)
+    }
+
+    /// The single buffer a group norm or residual needs: a pair is concatenated here.
+    fn materialise(&mut self, name: &str, x: Cur) -> Result<Act> {
+        match x {
+            Cur::One(a) => {
+                self.pool.retain(a.id);
+                Ok(a)
+            }
+            Cur::Pair(a, b) => {
+                let shape = Shape {
+                    c: a.shape.c + b.shape.c,
+                    ..a.shape
+                };
+                let out = self.new_act(name, shape);
+                let d = elementwise::concat_channels(
+                    self.ctx,
+                    name,
+                    self.batch * a.shape.h * a.shape.w,
+                    (a.shape.c, b.shape.c),
+                    self.buf(a),
+                    self.buf(b),
+                    self.buf(out),
+                )?;
+                self.dispatches.push(d);
+                Ok(out)
+            }
+        }
+    }
+
+    fn resnet(&mut self, name: &str, r: &Resnet, x: Cur) -> Result<Act> {
+        let (proj, table) = time_projection(self.ctx, &r.time_emb_proj, self.weights, &self.emb)
+            .with_context(|| format!("{name}: time_emb_proj"))?;
+        self.prelude.push(proj);
+
+        let xs = self.materialise(&format!("{name}.concat"), x)?;
+        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, xs, true)?;
+        let n2 = if r.scale_shift {
+            let h1 = self.conv(
+                &format!("{name}.conv1"),
+                &r.conv1,
+                Cur::One(n1),
+                false,
+                None,
+                None,
+                1.0,
+            )?;
+            self.pool.release(n1.id);
+            let g = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, false)?;
+            self.pool.release(h1.id);
+            let out = self.new_act(&format!("{name}.scale_shift"), g.shape);
+            let d = elementwise::scale_shift_silu(
+                self.ctx,
+                &format!("{name}.scale_shift"),
+                (self.batch, g.shape.h * g.shape.w, g.shape.c),
+                self.buf(g),
+                &table.buffer,
+                table.stride_bytes,
+                self.buf(out),
+            )?;
+            self.dispatches.push(d);
+            self.pool.release(g.id);
+            out
+        } else {
+            let h1 = self.conv(
+                &format!("{name}.conv1"),
+                &r.conv1,
+                Cur::One(n1),
+                false,
+                Some(&table),
+                None,
+                1.0,
+            )?;
+            self.pool.release(n1.id);
+            let n2 = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?;
+            self.pool.release(h1.id);
+            n2
+        };
+        let residual = match &r.shortcut {
+            // The shortcut reads the two halves of a concatenation directly.
+            Some(s) => self.conv(
+                &format!("{name}.conv_shortcut"),
+                s,
+                x,
+                false,
+                None,
+                None,
+                1.0,
+            )?,
+            None => {
+                self.pool.retain(xs.id);
+                xs
+            }
+        };
+        let out = self.conv(
+            &format!("{name}.conv2"),
+            &r.conv2,
+            Cur::One(n2),
+            false,
+            None,
+            Some(residual),
+            1.0 / r.output_scale_factor,
+        )?;
+        self.pool.release(n2.id);
+        self.pool.release(residual.id);
+        self.pool.release(xs.id);
+        self.release_cur(x);
+        Ok(out)
+    }
+
+    fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
+        let shape = AttentionShape {
+            batch: self.batch,
+            tokens: x.shape.h * x.shape.w,
+            channels: a.channels,
+            heads: a.heads,
+            head_dim: a.head_dim,
+            norm: a.norm.as_ref().map(|n| (n.groups, n.eps)),
+            rescale_output_factor: a.rescale_output_factor,
+        };
+        let w = self.weights;
+        let (gamma, beta) = match &a.norm {
+            Some(n) => (w.slice(&n.weight)?, w.slice(&n.bias)?),
+            None => (&[][..], &[][..]),
+        };
+        let host = AttentionParamsHost {
+            gamma,
+            beta,
+            wq: w.slice(&a.to_q.weight)?,
+            bq: w.slice(&a.to_q.bias)?,
+            wk: w.slice(&a.to_k.weight)?,
+            bk: w.slice(&a.to_k.bias)?,
+            wv: w.slice(&a.to_v.weight)?,
+            bv: w.slice(&a.to_v.bias)?,
+            wo: w.slice(&a.to_out.weight)?,
+            bo: w.slice(&a.to_out.bias)?,
+        };
+        let weights = AttentionWeights::upload(self.ctx, &shape, &host)
+            .with_context(|| format!("{name}: uploading weights"))?;
+        // One scratch per distinct shape: attention layers run one after another.
+        let key = format!("{shape:?}");
+        if !self.attn_scratch.contains_key(&key) {
+            self.attn_scratch
+                .insert(key.clone(), AttentionScratch::new(self.ctx, &shape));
+        }
+        let out = self.new_act(name, x.shape);
+        let ds = attention_block(
+            self.ctx,
+            &shape,
+            &weights,
+            &self.attn_scratch[&key],
+            self.buf(x),
+            self.buf(out),
+        )
+        .with_context(|| format!("{name}: attention"))?;
+        self.dispatches.extend(ds);
+        self.pool.release(x.id);
+        Ok(out)
+    }
+}
+
+fn one(cur: Cur, name: &str) -> Result<Act> {
+    match cur {
+        Cur::One(a) => Ok(a),
+        Cur::Pair(..) => bail!("{name}: a skip concatenation must be followed by a resnet"),
+    }
+}
+
+impl UNetPlan {
+    /// Compiles `unet` for `timesteps[step][image]` (every step the same batch size) and runs
+    /// the time-embedding prelude for all steps.
+    pub fn new(
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &Weights,
+        timesteps: &[Vec<f32>],
+        options: PlanOptions,
+    ) -> Result<Self> {
+        ensure!(!timesteps.is_empty(), "a plan needs at least one step");
+        let batch = timesteps[0].len();
+        ensure!(batch > 0, "a plan needs a batch of at least one image");
+        let fits = max_batch(ctx, unet)?;
+        ensure!(
+            batch <= fits,
+            "batch {batch} exceeds the {fits} images whose buffers fit one binding on {}; \
+             split the batch (see `gpu::plan::forward`)",
+            ctx.info.name
+        );
+        weights.check(&unet.weights())?;
+        let variant = match options.conv_variant {
+            Some(v) => v,
+            None => Variant::for_context(ctx)?,
+        };
+
+        // One group-norm scratch for every norm outside attention.
+        let mut norm_shapes = Vec::new();
+        for l in &unet.layers {
+            let gn = |n: &GroupNorm, s: Shape| GroupNormShape {
+                batch,
+                hw: s.h * s.w,
+                channels: n.channels,
+                groups: n.groups,
+                eps: n.eps,
+                silu: true,
+            };
+            match &l.op {
+                Op::Resnet(r) => {
+                    norm_shapes.push(gn(&r.norm1, l.input));
+                    norm_shapes.push(gn(&r.norm2, l.output));
+                }
+                Op::GroupNormSilu(n) => norm_shapes.push(gn(n, l.input)),
+                _ => {}
+            }
+        }
+        let (prelude, emb) =
+            time_embedding(ctx, &unet.time, weights, timesteps).context("time embedding")?;
+        let mut b = Builder {
+            ctx,
+            weights,
+            batch,
+            variant,
+            pool: Pool {
+                slots: Vec::new(),
+                keep_all: options.keep_layer_outputs,
+            },
+            dispatches: Vec::new(),
+            norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
+            attn_scratch: HashMap::new(),
+            emb,
+            prelude,
+        };
+
+        let input = b.new_act("plan input", unet.input);
+        b.pool.slots[input.id].pinned = true;
+        let mut cur = Cur::One(input);
+        let mut skips: Vec<Option<Act>> = vec![None; unet.skips.len()];
+        let mut pending_upsample = false;
+        let mut layer_outputs = Vec::new();
+        for layer in &unet.layers {
+            let name = layer.name.as_str();
+            ensure!(
+                !pending_upsample || matches!(layer.op, Op::Conv(_)),
+                "{name}: the GPU plan folds a nearest upsample into the next conv, found {:?}",
+                layer.op
+            );
+            let out = match &layer.op {
+                Op::CenterInput => {
+                    let x = one(cur, name)?;
+                    let out = b.new_act(name, x.shape);
+                    let d = elementwise::affine(
+                        ctx,
+                        name,
+                        batch * x.shape.numel(),
+                        (2.0, -1.0),
+                        b.buf(x),
+                        b.buf(out),
+                    )?;
+                    b.dispatches.push(d);
+                    b.pool.release(x.id);
+                    out
+                }
+                Op::Conv(c) => {
+                    let out = b.conv(name, c, cur, pending_upsample, None, None, 1.0)?;
+                    pending_upsample = false;
+                    b.release_cur(cur);
+                    out
+                }
+                Op::Resnet(r) => b.resnet(name, r, cur)?,
+                Op::Attention(a) => {
+                    let x = one(cur, name)?;
+                    b.attention(name, a, x)?
+                }
+                Op::UpsampleNearest2x => {
+                    pending_upsample = true;
+                    continue;
+                }
+                Op::GroupNormSilu(n) => {
+                    let x = one(cur, name)?;
+                    let out = b.group_norm(name, n, x, true)?;
+                    b.pool.release(x.id);
+                    out
+                }
+                Op::PushSkip { slot } => {
+                    let x = one(cur, name)?;
+                    b.pool.retain(x.id);
+                    skips[*slot] = Some(x);
+                    continue;
+                }
+                Op::ConcatSkip { slot } => {
+                    let x = one(cur, name)?;
+                    let s = skips[*slot]
+                        .take()
+                        .with_context(|| format!("{name}: skip {slot} was never stored"))?;
+                    cur = Cur::Pair(x, s);
+                    continue;
+                }
+            };
+            ensure!(
+                out.shape == layer.output,
+                "{name}: GPU plan produced {} but the model says {}",
+                out.shape,
+                layer.output
+            );
+            if options.keep_layer_outputs {
+                layer_outputs.push((layer.name.clone(), out.id, out.shape));
+            }
+            cur = Cur::One(out);
+        }
+        ensure!(!pending_upsample, "the model ends with an upsample");
+        let last = one(cur, "output")?;
+        // The sampler reads the output while the pool may hand its buffer out again in the
+        // next step, so the result goes to a buffer of its own.
+        let output = ctx.storage("plan output", (batch * last.shape.numel() * 4) as u64);
+        let d = elementwise::affine(
+            ctx,
+            "output copy",
+            batch * last.shape.numel(),
+            (1.0, 0.0),
+            b.buf(last),
+            &output,
+        )?;
+        b.dispatches.push(d);
+
+        run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
+        let flops = b.dispatches.iter().map(|d| d.flops).sum();
+        let input_buffer = b.pool.buf(input.id).clone();
+        Ok(Self {
+            batch,
+            steps: timesteps.len(),
+            input_shape: unet.input,
+            output_shape: last.shape,
+            input: input_buffer,
+            output,
+            dispatches: b.dispatches,
+            layer_outputs,
+            pool: b.pool,
+            flops,
+        })
+    }
+
+    /// Uploads an NCHW batch into the plan's input.
+    pub fn write_input(&self, ctx: &GpuContext, x: &Tensor) -> Result<()> {
+        let (n, c, h, w) = x.nchw();
+        let s = self.input_shape;
+        ensure!(
+            (n, c, h, w) == (self.batch, s.c, s.h, s.w),
+            "input {:?} does not match the plan's [{}, {}, {}, {}]",
+            x.shape,
+            self.batch,
+            s.c,
+            s.h,
+            s.w
+        );
+        ctx.queue.write_buffer(
+            &self.input,
+            0,
+            bytemuck::cast_slice(&nchw_to_nhwc(&x.data, n, c, h, w)),
+        );
+        Ok(())
+    }
+
+    /// Records one forward at `step` into one compute pass and submits it.
+    pub fn run(&self, ctx: &GpuContext, step: usize) -> Result<()> {
+        ensure!(
+            step < self.steps,
+            "step {step} of a {}-step plan",
+            self.steps
+        );
+        run_dispatches(ctx, &self.dispatches, step as u32)
+    }
+
+    /// Reads the output back as NCHW.
+    pub fn read_output(&self, ctx: &GpuContext) -> Result<Tensor> {
+        let s = self.output_shape;
+        let n = self.batch * s.numel();
+        let data = ctx.read_f32(&self.output, n)?;
+        Tensor::new(
+            vec![self.batch, s.c, s.h, s.w],
+            nhwc_to_nchw(&data, self.batch, s.c, s.h, s.w),
+        )
+    }
+
+    /// Every layer's output as NCHW (plans built with `keep_layer_outputs` only).
+    pub fn read_layers(&self, ctx: &GpuContext) -> Result<Vec<(String, Tensor)>> {
+        ensure!(
+            !self.layer_outputs.is_empty(),
+            "the plan was built without keep_layer_outputs"
+        );
+        let reads: Vec<(&wgpu::Buffer, usize)> = self
+            .layer_outputs
+            .iter()
+            .map(|(_, id, s)| (self.pool.buf(*id), self.batch * s.numel()))
+            .collect();
+        let data = ctx.read_many(&reads)?;
+        self.layer_outputs
+            .iter()
+            .zip(data)
+            .map(|((name, _, s), d)| {
+                let t = Tensor::new(
+                    vec![self.batch, s.c, s.h, s.w],
+                    nhwc_to_nchw(&d, self.batch, s.c, s.h, s.w),
+                )?;
+                Ok((name.clone(), t))
+            })
+            .collect()
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Bytes of activation buffers the pool created.
+    pub fn activation_bytes(&self) -> u64 {
+        self.pool.slots.iter().map(|s| s.buffer.size()).sum()
+    }
+}
+
+impl StepForward for UNetPlan {
+    fn input(&self) -> &wgpu::Buffer {
+        &self.input
+    }
+
+    fn output(&self) -> &wgpu::Buffer {
+        &self.output
+    }
+
+    fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+}
+
+/// One U-Net evaluation of an NCHW batch on the GPU, with one timestep per image (or one for
+/// all). Batches larger than `max_batch` (or than what fits one binding) run in chunks: the
+/// chunks become the plan's "steps", so one plan and one set of weights serve them all.
+pub fn forward(
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &Weights,
+    x: &Tensor,
+    timesteps: &[f32],
+    max_batch_override: Option<usize>,
+) -> Result<Tensor> {
+    ensure!(
+        x.shape.len() == 4,
+        "the input must be NCHW, got {:?}",
+        x.shape
+    );
+    let (n, c, h, w) = x.nchw();
+    ensure!(n > 0, "the input batch is empty");
+    let timesteps = crate::cpu::forward::broadcast_timesteps(timesteps, n)?;
+    let fits = max_batch(ctx, unet)?;
+    let chunk = max_batch_override.unwrap_or(fits).clamp(1, fits).min(n);
+    let chunks = n.div_ceil(chunk);
+    let per_image = c * h * w;
+    // Pad the last chunk with copies of timestep 0 (its outputs are dropped).
+    let table: Vec<Vec<f32>> = (0..chunks)
+        .map(|k| {
+            (0..chunk)
+                .map(|i| timesteps.get(k * chunk + i).copied().unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    let plan = UNetPlan::new(ctx, unet, weights, &table, PlanOptions::default())?;
+    let out_shape = plan.output_shape;
+    let mut out = Vec::with_capacity(n * out_shape.numel());
+    for k in 0..chunks {
+        let lo = k * chunk;
+        let hi = (lo + chunk).min(n);
+        let mut data = x.data[lo * per_image..hi * per_image].to_vec();
+        data.resize(chunk * per_image, 0.0);
+        plan.write_input(ctx, &Tensor::new(vec![chunk, c, h, w], data)?)?;
+        plan.run(ctx, k)?;
+        let y = plan.read_output(ctx)?;
+        out.extend_from_slice(&y.data[..(hi - lo) * out_shape.numel()]);
+    }
+    Tensor::new(vec![n, out_shape.c, out_shape.h, out_shape.w], out)
+}

@@ -1,0 +1,190 @@
+//! The whole U-Net forward on the GPU plan against the CPU reference and against PyTorch's output
+//! stored in each `tests/fixtures/unet/*` model fixture: rel L2 ≤ 1e-4. Also: batch splitting,
+//! both conv variants, and per-layer outputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ddim_wgpu::cpu::forward::{forward as cpu_forward, forward_with};
+use ddim_wgpu::gpu::kernels::conv2d::Variant;
+use ddim_wgpu::gpu::plan::{forward, PlanOptions, UNetPlan};
+use ddim_wgpu::model::tensor_io::read_tensor;
+use ddim_wgpu::model::{Model, UNet};
+use ddim_wgpu::Tensor;
+
+const TOL: f64 = 1e-4;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet")
+}
+
+/// Every fixture directory that holds a loadable model (config + weights).
+fn model_fixtures() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.join("case.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn timesteps(dir: &Path) -> Vec<f32> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    v["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap() as f32)
+        .collect()
+}
+
+struct Fixture {
+    name: String,
+    model: Model,
+    unet: UNet,
+    x: Tensor,
+    t: Vec<f32>,
+    torch: Tensor,
+}
+
+fn load(dir: &Path) -> Option<Fixture> {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let model = match Model::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            // cifar10_formula stores no checkpoint (its weights come from a formula in
+            // tests/cpu_cifar10_arch.rs).
+            eprintln!("[gpu forward] {name}: no loadable model ({e:#}); skipped");
+            return None;
+        }
+    };
+    let x = read_tensor(&dir.join("input.safetensors"), "sample").unwrap();
+    let (_, _, h, w) = x.nchw();
+    let unet = UNet::new(&model.config, h, w).unwrap();
+    let torch = read_tensor(&dir.join("expected.safetensors"), "sample").unwrap();
+    Some(Fixture {
+        name,
+        model,
+        unet,
+        x,
+        t: timesteps(dir),
+        torch,
+    })
+}
+
+#[test]
+fn forward_matches_cpu_reference_and_pytorch_on_every_fixture() {
+    let fixtures: Vec<Fixture> = model_fixtures().iter().filter_map(|d| load(d)).collect();
+    assert!(fixtures.len() >= 5, "expected the committed model fixtures");
+    let cpu: Vec<Tensor> = fixtures
+        .iter()
+        .map(|f| cpu_forward(&f.unet, &f.model.weights, &f.x, &f.t).unwrap())
+        .collect();
+    common::for_each_backend(|backend, ctx| {
+        for (f, cpu) in fixtures.iter().zip(&cpu) {
+            let y = forward(ctx, &f.unet, &f.model.weights, &f.x, &f.t, None)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
+            assert_eq!(y.shape, cpu.shape, "{}", f.name);
+            let vs_cpu = common::assert_close(
+                &format!("{} on {backend} vs CPU", f.name),
+                &y.data,
+                &cpu.data,
+                TOL,
+            );
+            let vs_torch = common::assert_close(
+                &format!("{} on {backend} vs PyTorch", f.name),
+                &y.data,
+                &f.torch.data,
+                TOL,
+            );
+            eprintln!(
+                "[gpu forward] {backend} {}: rel L2 vs CPU {vs_cpu:.2e}, vs PyTorch {vs_torch:.2e}",
+                f.name
+            );
+        }
+    });
+}
+
+#[test]
+fn batch_split_and_both_conv_variants_agree() {
+    let dir = fixtures_dir().join("cifar_like_flat");
+    let f = load(&dir).unwrap();
+    // Batch 3 with distinct timesteps, run as chunks of 1 and of 2, and whole.
+    let (n, c, h, w) = f.x.nchw();
+    let mut data = f.x.data.clone();
+    data.extend_from_slice(&common::random(c * h * w, 5));
+    let x = Tensor::new(vec![n + 1, c, h, w], data).unwrap();
+    let t = [3.0, 400.0, 999.0];
+    let cpu = cpu_forward(&f.unet, &f.model.weights, &x, &t).unwrap();
+    common::for_each_backend(|backend, ctx| {
+        for chunk in [None, Some(1), Some(2)] {
+            let y = forward(ctx, &f.unet, &f.model.weights, &x, &t, chunk).unwrap();
+            common::assert_close(
+                &format!("{backend} chunk {chunk:?}"),
+                &y.data,
+                &cpu.data,
+                TOL,
+            );
+        }
+        for variant in Variant::ALL {
+            let plan = UNetPlan::new(
+                ctx,
+                &f.unet,
+                &f.model.weights,
+                &[t.to_vec()],
+                PlanOptions {
+                    conv_variant: Some(variant),
+                    keep_layer_outputs: false,
+                },
+            )
+            .unwrap();
+            plan.write_input(ctx, &x).unwrap();
+            plan.run(ctx, 0).unwrap();
+            let y = plan.read_output(ctx).unwrap();
+            common::assert_close(&format!("{backend} {variant:?}"), &y.data, &cpu.data, TOL);
+        }
+    });
+}
+
+#[test]
+fn per_layer_outputs_match_the_cpu_layers() {
+    let dir = fixtures_dir().join("attn_heads_pipeline");
+    let f = load(&dir).unwrap();
+    let mut cpu_layers = std::collections::HashMap::new();
+    forward_with(&f.unet, &f.model.weights, &f.x, &f.t, &mut |name, t| {
+        cpu_layers.insert(name.to_string(), t.clone());
+    })
+    .unwrap();
+    common::for_each_backend(|backend, ctx| {
+        // A two-step plan: step 1 holds the fixture's timesteps, step 0 others.
+        let other: Vec<f32> = f.t.iter().map(|t| (t + 17.0) % 1000.0).collect();
+        let plan = UNetPlan::new(
+            ctx,
+            &f.unet,
+            &f.model.weights,
+            &[other, f.t.clone()],
+            PlanOptions {
+                conv_variant: None,
+                keep_layer_outputs: true,
+            },
+        )
+        .unwrap();
+        plan.write_input(ctx, &f.x).unwrap();
+        plan.run(ctx, 1).unwrap();
+        let layers = plan.read_layers(ctx).unwrap();
+        assert!(layers.len() > 10);
+        for (name, got) in &layers {
+            let want = &cpu_layers[name];
+            assert_eq!(got.shape, want.shape, "{name}");
+            common::assert_close(
+                &format!("{backend} layer {name}"),
+                &got.data,
+                &want.data,
+                TOL,
+            );
+        }
+    });
+}
