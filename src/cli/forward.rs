@@ -29,6 +29,12 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
+    /// GPU backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else the best adapter).
+    #[arg(long)]
+    pub backend: Option<ddim_wgpu::gpu::BackendChoice>,
+    /// GPU adapter index, as listed by `ddim adapters`.
+    #[arg(long)]
+    pub adapter: Option<usize>,
     /// Do not print the timing line.
     #[arg(long)]
     pub quiet: bool,
@@ -82,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
     let (_, _, h, w) = x.nchw();
     let unet = UNet::new(&config, h, w)?;
     if args.device == "gpu" {
-        bail!("GPU forward not wired yet; use --device cpu");
+        return run_gpu(&args, &unet, &weights, &x, &timesteps);
     }
     let start = Instant::now();
     let mut layers = Vec::new();
@@ -106,4 +112,34 @@ pub fn run(args: Args) -> Result<()> {
         write_tensors(path, &layers)?;
     }
     Ok(())
+}
+
+/// The `--device gpu` branch: the compiled plan (batch split by the adapter's binding limits).
+fn run_gpu(
+    args: &Args,
+    unet: &UNet,
+    weights: &Weights,
+    x: &ddim_wgpu::Tensor,
+    timesteps: &[f32],
+) -> Result<()> {
+    use ddim_wgpu::gpu::{AdapterChoice, GpuContext};
+    if args.save_layers.is_some() {
+        bail!("--save-layers is only supported with --device cpu (use `ddim verify` for the GPU)");
+    }
+    let ctx = GpuContext::new(&AdapterChoice {
+        backend: args.backend,
+        index: args.adapter,
+    })?;
+    let start = Instant::now();
+    let y = ddim_wgpu::gpu::plan::forward(&ctx, unet, weights, x, timesteps, None)?;
+    let secs = start.elapsed().as_secs_f64();
+    if !args.quiet {
+        let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
+        eprintln!(
+            "forward (gpu: {}): input {:?} in {secs:.3} s including plan build ({gflop:.2} GFLOP)",
+            ctx.describe(),
+            x.shape
+        );
+    }
+    write_tensor(&args.out, "sample", &y)
 }
