@@ -30,6 +30,8 @@ enum Command {
     Verify(cli::verify::Args),
     /// List the adapters wgpu sees, with key limits and features.
     Adapters(cli::adapters::Args),
+    /// Timings and achieved rates: images/s, ms per step, per-kernel GPU time, GEMM ceiling.
+    Bench(cli::bench::Args),
 }
 
 fn main() {
@@ -42,6 +44,7 @@ fn main() {
         Command::Forward(a) => cli::forward::run(a),
         Command::Verify(a) => cli::verify::run(a),
         Command::Adapters(a) => cli::adapters::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

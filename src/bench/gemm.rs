@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::run::process_cpu_seconds;
 use super::{gflops, Summary};
 use crate::cpu::ops::Padding;
 use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
@@ -95,6 +96,10 @@ pub struct GemmRow {
     pub time_ms: Summary,
     /// From the median time.
     pub gflops: f64,
+    /// GFLOP per process CPU-second over the timed runs (Linux): on a CPU adapter the driver's
+    /// threads are ours, so this rate barely moves with the machine's load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop_per_cpu_s: Option<f64>,
 }
 
 /// Device buffers and the dispatch of one GEMM; kept alive while timed.
@@ -187,7 +192,9 @@ pub fn measure(
     if warmup > 0 {
         profiler.time_repeated(ctx, &case.dispatch, warmup, 0)?;
     }
+    let cpu0 = process_cpu_seconds();
     let ns = profiler.time_repeated(ctx, &case.dispatch, iters.max(1), 0)?;
+    let cpu = cpu0.zip(process_cpu_seconds()).map(|(a, b)| b - a);
     let summary = Summary::of(&ns).context("no timings")?;
     Ok(GemmRow {
         kernel: kernel.name(),
@@ -195,6 +202,9 @@ pub fn measure(
         size,
         time_ms: summary.scaled(1e-6),
         gflops: gflops(size.flops(), summary.median),
+        gflop_per_cpu_s: cpu
+            .filter(|&c| c > 0.0)
+            .map(|c| (size.flops() * ns.len() as u64) as f64 * 1e-9 / c),
     })
 }
 

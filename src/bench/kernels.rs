@@ -304,6 +304,9 @@ pub struct CaseResult {
     pub gbps: f64,
     /// Spread of the whole case's time over iterations, milliseconds.
     pub spread_ms: Summary,
+    /// GFLOP per process CPU-second over the timed runs (see `GemmRow::gflop_per_cpu_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop_per_cpu_s: Option<f64>,
     pub dispatches: Vec<KernelRow>,
 }
 
@@ -320,9 +323,13 @@ pub fn measure(
         profiler.time_each(ctx, &list, 0)?;
     }
     let mut runs = Vec::with_capacity(iters);
+    let cpu0 = super::run::process_cpu_seconds();
     for _ in 0..iters.max(1) {
         runs.push(profiler.time_each(ctx, &list, 0)?);
     }
+    let cpu = cpu0
+        .zip(super::run::process_cpu_seconds())
+        .map(|(a, b)| b - a);
     let medians = super::report::median_per_dispatch(&runs);
     let totals: Vec<f64> = runs.iter().map(|r| r.iter().sum()).collect();
     let spread = Summary::of(&totals).context("no timings")?;
@@ -341,6 +348,9 @@ pub fn measure(
         gflops: gflops(case.flops(), ns),
         gbps: gbps(case.bytes(), ns),
         spread_ms: spread.scaled(1e-6),
+        gflop_per_cpu_s: cpu
+            .filter(|&c| c > 0.0)
+            .map(|c| (case.flops() * runs.len() as u64) as f64 * 1e-9 / c),
         dispatches: rows,
     })
 }

@@ -50,7 +50,11 @@ pub fn allocator_bytes(ctx: &GpuContext) -> Option<u64> {
 /// The memory part of a bench report.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryReport {
-    /// Sum of the sizes of the buffers the forward plan allocated (weights included), when known.
+    /// The plan's activation buffers (pooled by liveness), when the plan reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_buffers_bytes: Option<u64>,
+    /// weights_bytes + activation_buffers_bytes: the buffers the forward needs, without scratch
+    /// and parameter blocks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffers_bytes: Option<u64>,
     /// Growth of the allocator's total while building the plan, where the backend reports it.
@@ -60,7 +64,8 @@ pub struct MemoryReport {
     pub largest_live_activations_bytes: u64,
     /// weights + 3 × largest live activations (the target).
     pub budget_bytes: u64,
-    /// Whether the measured total (buffers, else allocator delta) is within the budget.
+    /// Whether the measured total (the allocator delta where the backend reports it, else
+    /// `buffers_bytes`) is within the budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub within_budget: Option<bool>,
 }
@@ -69,14 +74,16 @@ impl MemoryReport {
     pub fn new(
         unet: &UNet,
         batch: usize,
-        buffers_bytes: Option<u64>,
+        activation_buffers_bytes: Option<u64>,
         allocator_delta_bytes: Option<u64>,
     ) -> Self {
         let weights_bytes = weights_bytes(unet);
         let live = largest_live_activations_bytes(unet, batch);
         let budget_bytes = weights_bytes + 3 * live;
-        let measured = buffers_bytes.or(allocator_delta_bytes);
+        let buffers_bytes = activation_buffers_bytes.map(|a| a + weights_bytes);
+        let measured = allocator_delta_bytes.or(buffers_bytes);
         Self {
+            activation_buffers_bytes,
             buffers_bytes,
             allocator_delta_bytes,
             weights_bytes,

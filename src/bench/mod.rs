@@ -10,6 +10,7 @@ pub mod memory;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod suite;
 
 pub use report::{AdapterReport, BuildInfo, HostInfo};
 pub use stats::Summary;

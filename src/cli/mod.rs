@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub mod adapters;
+pub mod bench;
 pub mod forward;
 pub mod info;
 pub mod sample;

@@ -1,0 +1,464 @@
+//! One `ddim bench` invocation on one device: the sections asked for (GEMM ceiling, kernel
+//! micro-benchmarks, whole run) gathered into one JSON document, plus the targets
+//! evaluated from ratios measured in the same invocation.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::gemm::{self, GemmSize, GemmSweep};
+use super::kernels::{self, CaseResult};
+use super::memory::{self, MemoryReport};
+use super::report::{AdapterReport, BuildInfo, HostInfo, SCHEMA};
+use super::run::{self, Repeats, RunResult};
+use crate::gpu::kernels::attention::AttentionShape;
+use crate::gpu::kernels::conv2d::{self, Variant};
+use crate::gpu::kernels::group_norm::GroupNormShape;
+use crate::gpu::profile::{Profiler, TimingSource};
+use crate::gpu::sampler::StepForward;
+use crate::gpu::GpuContext;
+use crate::model::unet::Op;
+use crate::pipeline::Pipeline;
+
+/// burn 0.22's WGSL conv2d on lavapipe at the [`kernels::burn_conv_shape`] (design.md).
+pub const BURN_CONV_GFLOPS: f64 = 6.3;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Shown in the report: "bundled", "arch:cifar10", or the model directory.
+    pub model_label: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub repeats: Repeats,
+    /// Iterations of the per-dispatch profile (defaults to `repeats.iters`).
+    pub kernel_iters: usize,
+    pub gemm: bool,
+    pub gemm_sizes: Vec<GemmSize>,
+    pub kernels: bool,
+    pub run: bool,
+}
+
+/// The model part of a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelReport {
+    pub source: String,
+    /// Per image, [C, H, W].
+    pub image: [usize; 3],
+    pub params: u64,
+    pub weights_bytes: u64,
+    pub gflop_per_image: f64,
+    /// At the benchmark's batch.
+    pub gflop_per_forward: f64,
+}
+
+/// The settings part of a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    /// "gpu" or "cpu".
+    pub device: &'static str,
+    pub batch: usize,
+    pub steps: usize,
+    pub sampler: &'static str,
+    pub eta: f64,
+    pub warmup: usize,
+    pub iters: usize,
+    pub kernel_iters: usize,
+}
+
+/// One of the targets, checked against measurements from this invocation.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetCheck {
+    pub name: &'static str,
+    pub target: String,
+    pub measured: f64,
+    pub met: bool,
+}
+
+/// A whole `ddim bench` report for one device (schema [`SCHEMA`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Document {
+    pub schema: &'static str,
+    pub build: BuildInfo,
+    pub host: HostInfo,
+    pub adapter: AdapterReport,
+    pub settings: Settings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelReport>,
+    /// Where per-kernel GPU times come from (GPU only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timing: Option<TimingSource>,
+    /// Best GEMM rate of our kernels (`--gemm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_gflops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm: Option<GemmSweep>,
+    /// Kernel micro-benchmarks at the model's shapes (`--kernels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<CaseResult>>,
+    /// Achieved GFLOP/s of the whole forward (the run section's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_gflops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunResult>,
+    /// The targets that this invocation measured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetCheck>,
+}
+
+fn model_report(pipe: &Pipeline, batch: usize) -> ModelReport {
+    let u = &pipe.unet;
+    let per_image = u.flops() as f64 * 1e-9;
+    ModelReport {
+        source: String::new(),
+        image: [u.input.c, u.input.h, u.input.w],
+        params: u.params(),
+        weights_bytes: memory::weights_bytes(u),
+        gflop_per_image: per_image,
+        gflop_per_forward: per_image * batch as f64,
+    }
+}
+
+fn settings(device: &'static str, o: &Options) -> Settings {
+    Settings {
+        device,
+        batch: o.batch,
+        steps: o.steps,
+        sampler: "ddim",
+        eta: 0.0,
+        warmup: o.repeats.warmup,
+        iters: o.repeats.iters,
+        kernel_iters: o.kernel_iters,
+    }
+}
+
+/// The CPU reference: the run section only.
+pub fn cpu_document(pipe: &Pipeline, o: &Options) -> Result<Document> {
+    if o.gemm || o.kernels {
+        bail!("--gemm and --kernels measure GPU kernels; they do not apply to --device cpu");
+    }
+    let host = HostInfo::current();
+    let mut model = model_report(pipe, o.batch);
+    model.source = o.model_label.clone();
+    let mut result = run::bench_cpu(pipe, o.batch, o.steps, o.repeats)?;
+    result.memory = None;
+    Ok(Document {
+        schema: SCHEMA,
+        build: BuildInfo::current(),
+        host,
+        adapter: AdapterReport::cpu_reference(),
+        settings: settings("cpu", o),
+        model: Some(model),
+        timing: None,
+        gemm_gflops: None,
+        gemm: None,
+        kernels: None,
+        forward_gflops: Some(result.forward_gflops),
+        run: Some(result),
+        targets: Vec::new(),
+    })
+}
+
+/// A compiled GPU forward for the benchmark, with the bytes of the buffers it allocated.
+pub struct BuiltForward {
+    pub forward: Box<dyn StepForward>,
+    /// Sum of the plan's activation buffer sizes, when the plan reports it.
+    pub activation_bytes: Option<u64>,
+}
+
+/// Builds the U-Net forward plan on the GPU for `steps`' timesteps at `batch`.
+pub type ForwardBuilder<'a> = dyn Fn(&GpuContext, &Pipeline, &[crate::schedule::DdimStep], usize) -> Result<BuiltForward>
+    + 'a;
+
+/// Every distinct group norm (+SiLU) and attention block of the model at `batch`.
+fn model_norms_and_attention(
+    pipe: &Pipeline,
+    batch: usize,
+) -> (Vec<GroupNormShape>, Vec<AttentionShape>) {
+    let mut norms: Vec<GroupNormShape> = Vec::new();
+    let mut attns: Vec<AttentionShape> = Vec::new();
+    for l in &pipe.unet.layers {
+        let hw = l.input.h * l.input.w;
+        let mut add_norm = |channels: usize, groups: usize, eps: f32| {
+            let s = GroupNormShape {
+                batch,
+                hw,
+                channels,
+                groups,
+                eps,
+                silu: true,
+            };
+            if !norms
+                .iter()
+                .any(|n| (n.hw, n.channels, n.groups) == (s.hw, s.channels, s.groups))
+            {
+                norms.push(s);
+            }
+        };
+        match &l.op {
+            Op::Resnet(r) => {
+                add_norm(r.norm1.channels, r.norm1.groups, r.norm1.eps);
+                add_norm(r.norm2.channels, r.norm2.groups, r.norm2.eps);
+            }
+            Op::GroupNormSilu(n) => add_norm(n.channels, n.groups, n.eps),
+            Op::Attention(a) => {
+                let s = AttentionShape {
+                    batch,
+                    tokens: hw,
+                    channels: a.channels,
+                    heads: a.heads,
+                    head_dim: a.head_dim,
+                    norm: a.norm.as_ref().map(|n| (n.groups, n.eps)),
+                    rescale_output_factor: a.rescale_output_factor,
+                };
+                if !attns
+                    .iter()
+                    .any(|x| (x.tokens, x.channels, x.heads) == (s.tokens, s.channels, s.heads))
+                {
+                    attns.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    (norms, attns)
+}
+
+/// Kernel micro-benchmarks: the burn comparison conv (both variants), every distinct conv of
+/// the model (the variant the plan uses; name suffixed ×count), norms, attention, DDIM update.
+fn kernel_section(
+    ctx: &GpuContext,
+    profiler: &Profiler,
+    pipe: &Pipeline,
+    o: &Options,
+    progress: &mut dyn FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>> {
+    let mut out = Vec::new();
+    let mut push = |r: CaseResult, out: &mut Vec<CaseResult>| {
+        progress(&r);
+        out.push(r);
+    };
+    let iters = o.kernel_iters;
+    let w = o.repeats.warmup;
+    for v in Variant::ALL {
+        let case = kernels::conv_case(
+            ctx,
+            v,
+            &format!("burn-comparison conv3x3 128->128 32x32 B8 ({v:?})"),
+            &kernels::burn_conv_shape(),
+        )?;
+        push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
+    }
+    let variant = Variant::for_context(ctx)?;
+    for mc in kernels::model_convs(&pipe.unet, o.batch) {
+        let s = &mc.shape;
+        let name = format!(
+            "conv {}x{} {}{}->{} {}x{}{}{} x{} ({})",
+            s.kh,
+            s.kw,
+            s.c1,
+            if s.c2 > 0 {
+                format!("+{}", s.c2)
+            } else {
+                String::new()
+            },
+            s.cout,
+            s.src_h,
+            s.src_w,
+            if s.upsample { " up2" } else { "" },
+            if s.stride > 1 { " s2" } else { "" },
+            mc.count,
+            mc.layer
+        );
+        let case = kernels::conv_case(ctx, variant, &name, s)?;
+        push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
+    }
+    let (norms, attns) = model_norms_and_attention(pipe, o.batch);
+    for n in &norms {
+        let case = kernels::group_norm_case(ctx, n)?;
+        push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
+    }
+    for a in &attns {
+        let case = kernels::attention_case(ctx, a)?;
+        push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
+    }
+    let u = &pipe.unet;
+    let case = kernels::ddim_update_case(ctx, o.batch, u.output.numel())?;
+    push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
+    Ok(out)
+}
+
+/// Progress lines while measuring (text mode prints them; JSON mode ignores them).
+pub trait Progress {
+    fn gemm_row(&mut self, _row: &gemm::GemmRow) {}
+    fn kernel_case(&mut self, _case: &CaseResult) {}
+    fn note(&mut self, _line: &str) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Measures the sections `o` asks for on `ctx`.
+pub fn gpu_document(
+    ctx: &GpuContext,
+    pipe: &Pipeline,
+    o: &Options,
+    build_forward: &ForwardBuilder<'_>,
+    progress: &mut dyn Progress,
+) -> Result<Document> {
+    let host = HostInfo::current();
+    let profiler = Profiler::new(ctx);
+    let mut model = model_report(pipe, o.batch);
+    model.source = o.model_label.clone();
+    let mut doc = Document {
+        schema: SCHEMA,
+        build: BuildInfo::current(),
+        host,
+        adapter: AdapterReport::from_context(ctx),
+        settings: settings("gpu", o),
+        model: (o.kernels || o.run).then_some(model),
+        timing: Some(profiler.source()),
+        gemm_gflops: None,
+        gemm: None,
+        kernels: None,
+        forward_gflops: None,
+        run: None,
+        targets: Vec::new(),
+    };
+    if o.gemm {
+        progress.note("GEMM ceiling");
+        let sweep = gemm::sweep(
+            ctx,
+            &profiler,
+            &gemm::GemmKernel::ALL,
+            &o.gemm_sizes,
+            o.repeats.warmup,
+            o.kernel_iters,
+            &mut |r| progress.gemm_row(r),
+        )?;
+        doc.gemm_gflops = Some(sweep.gemm_gflops);
+        doc.gemm = Some(sweep);
+    }
+    if o.kernels {
+        progress.note("kernels at the model's shapes");
+        let cases = kernel_section(ctx, &profiler, pipe, o, &mut |c| progress.kernel_case(c))?;
+        doc.kernels = Some(cases);
+    }
+    if o.run {
+        progress.note("whole runs");
+        let steps = run::ddim_steps(pipe, o.steps)?;
+        let before = memory::allocator_bytes(ctx);
+        let built =
+            build_forward(ctx, pipe, &steps, o.batch).context("building the GPU forward")?;
+        let after = memory::allocator_bytes(ctx);
+        let x_t = run::bench_input(pipe, o.batch)?;
+        let mut result = run::bench_gpu(
+            ctx,
+            &profiler,
+            pipe,
+            built.forward.as_ref(),
+            &steps,
+            &x_t,
+            o.repeats,
+            o.kernel_iters,
+        )?;
+        let delta = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+        result.memory = Some(MemoryReport::new(
+            &pipe.unet,
+            o.batch,
+            built.activation_bytes,
+            delta,
+        ));
+        doc.forward_gflops = Some(result.forward_gflops);
+        doc.run = Some(result);
+    }
+    doc.targets = targets(&doc);
+    Ok(doc)
+}
+
+/// Sum of flops / sum of time over cases whose name starts with `prefix`.
+fn aggregate_rate(cases: &[CaseResult], prefix: &str) -> Option<f64> {
+    let (f, t) =
+        cases
+            .iter()
+            .filter(|c| c.name.starts_with(prefix))
+            .fold((0.0, 0.0), |(f, t), c| {
+                // Model convs carry their repeat count in the name (" xN ("); weight by it.
+                let count = c
+                    .name
+                    .rsplit_once(" x")
+                    .and_then(|(_, r)| r.split_whitespace().next()?.parse::<f64>().ok())
+                    .unwrap_or(1.0);
+                (f + c.flops as f64 * count, t + c.time_ms * 1e6 * count)
+            });
+    (t > 0.0).then(|| f / t)
+}
+
+/// The targets that the measured sections allow checking.
+pub fn targets(doc: &Document) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let gemm = doc.gemm_gflops.filter(|g| *g > 0.0);
+    if let Some(cases) = &doc.kernels {
+        let burn_best = cases
+            .iter()
+            .filter(|c| c.name.starts_with("burn-comparison"))
+            .map(|c| c.gflops)
+            .fold(0.0, f64::max);
+        out.push(TargetCheck {
+            name: "conv_vs_burn",
+            target: format!(">= 2 x burn's {BURN_CONV_GFLOPS} GFLOP/s (conv3x3 128->128 32x32 B8)"),
+            measured: burn_best / BURN_CONV_GFLOPS,
+            met: burn_best >= 2.0 * BURN_CONV_GFLOPS,
+        });
+        if let Some(g) = gemm {
+            out.push(TargetCheck {
+                name: "conv_burn_shape_vs_gemm",
+                target: ">= 0.70 x gemm_gflops".into(),
+                measured: burn_best / g,
+                met: burn_best >= 0.7 * g,
+            });
+            if let Some(rate) = aggregate_rate(cases, "conv ") {
+                out.push(TargetCheck {
+                    name: "conv_model_shapes_vs_gemm",
+                    target: ">= 0.70 x gemm_gflops (all the model's convs, time-weighted)".into(),
+                    measured: rate / g,
+                    met: rate >= 0.7 * g,
+                });
+            }
+        }
+    }
+    if let Some(run) = &doc.run {
+        if let Some(g) = gemm {
+            out.push(TargetCheck {
+                name: "forward_vs_gemm",
+                target: ">= 0.50 x gemm_gflops".into(),
+                measured: run.forward_gflops / g,
+                met: run.forward_gflops >= 0.5 * g,
+            });
+        }
+        if let Some(f) = run.host_encode_fraction {
+            out.push(TargetCheck {
+                name: "host_encode_fraction",
+                target: "<= 0.02 of step time".into(),
+                measured: f,
+                met: f <= 0.02,
+            });
+        }
+        if let Some(m) = &run.memory {
+            if let Some(measured) = m.allocator_delta_bytes.or(m.buffers_bytes) {
+                out.push(TargetCheck {
+                    name: "gpu_memory_vs_budget",
+                    target: "<= weights + 3 x largest live activations".into(),
+                    measured: measured as f64 / m.budget_bytes.max(1) as f64,
+                    met: measured <= m.budget_bytes,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The conv variant the plan picks on `ctx` (for labels).
+pub fn conv_variant(ctx: &GpuContext) -> Result<conv2d::Variant> {
+    Variant::for_context(ctx)
+}
