@@ -4,6 +4,8 @@
 //!   `scheduler/scheduler_config.json`;
 //! * flat (google/ddpm-cifar10-32, or a pipeline's `unet/` folder itself): `config.json`,
 //!   `diffusion_pytorch_model.safetensors`, optionally `scheduler_config.json`.
+//!
+//! `diffusion_pytorch_model.fp16.safetensors` is used when the standard weights file is absent.
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,31 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 pub const SCHEDULER_FILE: &str = "scheduler_config.json";
+/// The half-precision variant some repositories ship instead of (or next to) the f32 file.
+pub const WEIGHTS_FP16_FILE: &str = "diffusion_pytorch_model.fp16.safetensors";
+
+/// The weights file in `base`: the standard name, else the fp16 variant; otherwise an error
+/// naming what was looked for and what was found instead.
+fn find_weights(base: &Path) -> Result<PathBuf> {
+    for name in [WEIGHTS_FILE, WEIGHTS_FP16_FILE] {
+        let p = base.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let hint = if base.join(format!("{WEIGHTS_FILE}.index.json")).is_file() {
+        " (found a sharded checkpoint index; sharded weights are not supported, merge them into one file)"
+    } else if base.join("diffusion_pytorch_model.bin").is_file() {
+        " (only a PyTorch pickle diffusion_pytorch_model.bin is there; convert it to safetensors, \
+         e.g. by loading it with diffusers and calling save_pretrained(..., safe_serialization=True))"
+    } else {
+        ""
+    };
+    bail!(
+        "missing weights file {}{hint}",
+        base.join(WEIGHTS_FILE).display()
+    )
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -55,17 +82,7 @@ impl ModelPaths {
                 dir.display()
             );
         };
-        let weights = base.join(WEIGHTS_FILE);
-        if !weights.is_file() {
-            let bin = base.join("diffusion_pytorch_model.bin");
-            let hint = if bin.is_file() {
-                " (only a PyTorch pickle diffusion_pytorch_model.bin is there; convert it to safetensors, \
-                 e.g. by loading it with diffusers and calling save_pretrained(..., safe_serialization=True))"
-            } else {
-                ""
-            };
-            bail!("missing weights file {}{hint}", weights.display());
-        }
+        let weights = find_weights(&base)?;
         Ok(Self {
             root: dir.to_path_buf(),
             layout,
