@@ -13,6 +13,50 @@ const CONFIG: &str = include_str!("../weights/mnist/unet/config.json");
 const WEIGHTS: &[u8] = include_bytes!("../weights/mnist/unet/diffusion_pytorch_model.safetensors");
 const SCHEDULER: &str = include_str!("../weights/mnist/scheduler/scheduler_config.json");
 
+/// One MNIST test image per digit (PNG, 32×32), for `ddim invert --report`.
+pub const EXAMPLES: [(&str, &[u8]); 10] = [
+    (
+        "digit_0.png",
+        include_bytes!("../weights/mnist/examples/digit_0.png"),
+    ),
+    (
+        "digit_1.png",
+        include_bytes!("../weights/mnist/examples/digit_1.png"),
+    ),
+    (
+        "digit_2.png",
+        include_bytes!("../weights/mnist/examples/digit_2.png"),
+    ),
+    (
+        "digit_3.png",
+        include_bytes!("../weights/mnist/examples/digit_3.png"),
+    ),
+    (
+        "digit_4.png",
+        include_bytes!("../weights/mnist/examples/digit_4.png"),
+    ),
+    (
+        "digit_5.png",
+        include_bytes!("../weights/mnist/examples/digit_5.png"),
+    ),
+    (
+        "digit_6.png",
+        include_bytes!("../weights/mnist/examples/digit_6.png"),
+    ),
+    (
+        "digit_7.png",
+        include_bytes!("../weights/mnist/examples/digit_7.png"),
+    ),
+    (
+        "digit_8.png",
+        include_bytes!("../weights/mnist/examples/digit_8.png"),
+    ),
+    (
+        "digit_9.png",
+        include_bytes!("../weights/mnist/examples/digit_9.png"),
+    ),
+];
+
 /// Where the bundled files came from, for messages (they are read from the binary, not disk).
 pub const SOURCE: &str = "weights/mnist (bundled)";
 

@@ -109,10 +109,25 @@ pub fn save_grid(path: &Path, batch: &Tensor, cols: Option<usize>) -> Result<()>
 /// has the size and channel count the model expects.
 pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
     let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    image_to_tensor(img, &path.display().to_string(), channels, size)
+}
+
+/// Decodes an in-memory image (e.g. a bundled example) like [`load_image`].
+pub fn decode_image(bytes: &[u8], name: &str, channels: usize, size: usize) -> Result<Tensor> {
+    let img =
+        image::load_from_memory(bytes).with_context(|| format!("cannot decode image {name}"))?;
+    image_to_tensor(img, name, channels, size)
+}
+
+fn image_to_tensor(
+    img: image::DynamicImage,
+    name: &str,
+    channels: usize,
+    size: usize,
+) -> Result<Tensor> {
     if img.width() as usize != size || img.height() as usize != size {
         bail!(
-            "image {} is {}x{}, but the model works on {size}x{size} images",
-            path.display(),
+            "image {name} is {}x{}, but the model works on {size}x{size} images",
             img.width(),
             img.height()
         );
@@ -122,10 +137,7 @@ pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
         _ => (img.to_rgb8().into_raw(), 3),
     };
     if found != channels {
-        bail!(
-            "image {} has {found} channel(s), but the model expects {channels}",
-            path.display()
-        );
+        bail!("image {name} has {found} channel(s), but the model expects {channels}");
     }
     let mut t = Tensor::zeros(&[1, channels, size, size]);
     for (i, &v) in data.iter().enumerate() {

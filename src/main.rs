@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// Sample images (default: the bundled MNIST model, 50 DDIM steps, eta 0, samples.png).
     Sample(cli::sample::Args),
+    /// Decode a spherical interpolation between two seeds' initial noise, as one strip.
+    Interpolate(cli::interpolate::Args),
+    /// DDIM inversion of images to x_T, reconstruction, and its mean squared error.
+    Invert(cli::invert::Args),
     /// Print the per-step sampler table (timesteps, alphas, sigma) for a scheduler configuration.
     Schedule(cli::schedule::Args),
     /// Describe a model: architecture, parameter count, FLOPs per forward, weight dtype.
@@ -39,6 +43,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(a) => cli::sample::run(a),
+        Command::Interpolate(a) => cli::interpolate::run(a),
+        Command::Invert(a) => cli::invert::run(a),
         Command::Schedule(a) => cli::schedule::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Forward(a) => cli::forward::run(a),

@@ -13,7 +13,9 @@
 use crate::gpu::{AdapterChoice, GpuContext};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
-use crate::sampling::{sample_images_cpu, NoisePlan, SampleSettings, StepTable};
+use crate::sampling::{
+    run_table_cpu, sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable,
+};
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -157,5 +159,83 @@ impl Pipeline {
                 progress,
             ),
         }
+    }
+
+    /// DDIM inversion (diffusers' DDIMInverseScheduler): clean images x0 (NCHW in [-1, 1]) to
+    /// their latents x_T after `steps` steps.
+    pub fn invert(
+        &self,
+        device: &Device,
+        x0: &Tensor,
+        steps: usize,
+        batch: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        self.check_images(x0)?;
+        let table = StepTable::inverse(&self.scheduler, steps)?;
+        self.run_table(device, &table, x0, batch, progress)
+    }
+
+    /// Deterministic DDIM (eta 0) from given latents x_T: the decoder that inversion and
+    /// interpolation use.
+    pub fn decode(
+        &self,
+        device: &Device,
+        x_t: &Tensor,
+        steps: usize,
+        batch: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        self.check_images(x_t)?;
+        let settings = SampleSettings {
+            sampler: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            use_clipped_model_output: false,
+        };
+        let table = StepTable::new(&self.scheduler, &settings)?;
+        self.run_table(device, &table, x_t, batch, progress)
+    }
+
+    fn run_table(
+        &self,
+        device: &Device,
+        table: &StepTable,
+        x: &Tensor,
+        batch: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let batch = batch.unwrap_or(x.shape[0].min(16)).max(1);
+        match device {
+            Device::Cpu => run_table_cpu(
+                &self.unet,
+                &self.model.weights,
+                &self.scheduler,
+                table,
+                x,
+                batch,
+                progress,
+            ),
+            Device::Gpu(ctx) => crate::gpu::run_table(
+                ctx,
+                &self.unet,
+                &self.model.weights,
+                &self.scheduler,
+                table,
+                x,
+                batch,
+                progress,
+            ),
+        }
+    }
+
+    fn check_images(&self, x: &Tensor) -> Result<()> {
+        let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
+        ensure!(
+            x.shape.len() == 4 && x.shape[1..] == [c, h, w] && x.shape[0] > 0,
+            "expected images of shape [N, {c}, {h}, {w}], got {:?}",
+            x.shape
+        );
+        Ok(())
     }
 }

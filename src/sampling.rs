@@ -9,7 +9,8 @@ use crate::cpu::forward::forward;
 use crate::model::{UNet, Weights};
 use crate::rng::{NoiseSource, RngKind};
 use crate::schedule::{
-    ddim_step, ddim_table, ddpm_step, ddpm_table, DdimStep, DdpmStep, DdpmVariance, SchedulerConfig,
+    ddim_step, ddim_table, ddpm_step, ddpm_table, inverse_step, inverse_table, DdimStep, DdpmStep,
+    DdpmVariance, SchedulerConfig,
 };
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -52,6 +53,8 @@ impl Default for SampleSettings {
 pub enum StepTable {
     Ddim(Vec<DdimStep>),
     Ddpm(Vec<DdpmStep>),
+    /// DDIM inversion (x0 → x_T), diffusers' DDIMInverseScheduler.
+    Inverse(Vec<DdimStep>),
 }
 
 impl StepTable {
@@ -67,9 +70,15 @@ impl StepTable {
         })
     }
 
+    /// The DDIM inversion table for `steps` steps.
+    pub fn inverse(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        ensure!(steps > 0, "the number of steps must be at least 1");
+        Ok(Self::Inverse(inverse_table(cfg, steps)?))
+    }
+
     pub fn len(&self) -> usize {
         match self {
-            Self::Ddim(s) => s.len(),
+            Self::Ddim(s) | Self::Inverse(s) => s.len(),
             Self::Ddpm(s) => s.len(),
         }
     }
@@ -81,7 +90,7 @@ impl StepTable {
     /// The model timestep of step `i`.
     pub fn timestep(&self, i: usize) -> i64 {
         match self {
-            Self::Ddim(s) => s[i].t,
+            Self::Ddim(s) | Self::Inverse(s) => s[i].t,
             Self::Ddpm(s) => s[i].t,
         }
     }
@@ -92,6 +101,7 @@ impl StepTable {
         match self {
             Self::Ddim(_) => eta > 0.0,
             Self::Ddpm(s) => s[i].t > 0,
+            Self::Inverse(_) => false,
         }
     }
 }
@@ -204,6 +214,7 @@ pub fn sample_cpu(
                 noise,
             )?,
             StepTable::Ddpm(s) => ddpm_step(cfg, &s[i], &eps.data, &x.data, batch, noise)?,
+            StepTable::Inverse(s) => inverse_step(cfg, &s[i], &eps.data, &x.data, batch)?,
         };
         x.data = out.prev_sample;
         on_step(i, &out.pred_original_sample);
@@ -292,4 +303,103 @@ pub fn sample_images_cpu(
             .copy_from_slice(&x0.data);
     }
     Ok(out)
+}
+
+/// Runs a noise-free table (DDIM eta 0, or inversion) on the CPU reference from the given
+/// samples, in chunks of `batch`.
+pub fn run_table_cpu(
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    table: &StepTable,
+    x: &Tensor,
+    batch: usize,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    ensure!(batch > 0, "the batch size must be at least 1");
+    let (n, c, h, w) = x.nchw();
+    let per = c * h * w;
+    let settings = SampleSettings::default();
+    let none = vec![None; table.len()];
+    let total = n.div_ceil(batch) * table.len();
+    let mut done = 0;
+    let mut out = x.clone();
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let chunk = Tensor::new(
+            vec![end - start, c, h, w],
+            x.data[start * per..end * per].to_vec(),
+        )?;
+        let y = sample_cpu(
+            unet,
+            weights,
+            cfg,
+            &settings,
+            table,
+            chunk,
+            &none,
+            &mut |_, _| {
+                done += 1;
+                on_step(done, total);
+            },
+        )?;
+        out.data[start * per..end * per].copy_from_slice(&y.data);
+    }
+    Ok(out)
+}
+
+/// Spherical linear interpolation between two noise tensors (DDIM paper, eq. 67):
+/// `sin((1 − α)θ)/sin θ · a + sin(αθ)/sin θ · b`, θ the angle between a and b; computed in f64.
+/// Falls back to linear interpolation when a and b are (nearly) parallel.
+pub fn slerp(a: &[f32], b: &[f32], alpha: f64) -> Vec<f32> {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let cos = (dot / (na * nb)).clamp(-1.0, 1.0);
+    let theta = cos.acos();
+    if theta.sin().abs() < 1e-6 {
+        return lerp(a, b, alpha);
+    }
+    let (wa, wb) = (
+        ((1.0 - alpha) * theta).sin() / theta.sin(),
+        (alpha * theta).sin() / theta.sin(),
+    );
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (wa * x as f64 + wb * y as f64) as f32)
+        .collect()
+}
+
+/// Linear interpolation `(1 − α)·a + α·b`, for comparison with [`slerp`].
+pub fn lerp(a: &[f32], b: &[f32], alpha: f64) -> Vec<f32> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| ((1.0 - alpha) * x as f64 + alpha * y as f64) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod interpolation_tests {
+    use super::*;
+
+    #[test]
+    fn slerp_keeps_endpoints_and_norm() {
+        let a: Vec<f32> = (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
+        let b: Vec<f32> = (0..64).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        for (x, y) in slerp(&a, &b, 0.0).iter().zip(&a) {
+            assert!((x - y).abs() < 1e-6);
+        }
+        for (x, y) in slerp(&a, &b, 1.0).iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // With equal norms, slerp stays on the sphere while lerp cuts inside it.
+        let b_scaled: Vec<f32> = b
+            .iter()
+            .map(|&y| y * (norm(&a) / norm(&b)) as f32)
+            .collect();
+        let mid = slerp(&a, &b_scaled, 0.5);
+        assert!((norm(&mid) - norm(&a)).abs() / norm(&a) < 1e-5);
+        assert!(norm(&lerp(&a, &b_scaled, 0.5)) < norm(&a) * 0.99);
+    }
 }

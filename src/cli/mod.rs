@@ -4,6 +4,8 @@ pub mod adapters;
 pub mod bench;
 pub mod forward;
 pub mod info;
+pub mod interpolate;
+pub mod invert;
 pub mod sample;
 pub mod schedule;
 pub mod verify;

@@ -3,7 +3,7 @@
 
 use super::GpuContext;
 use crate::model::{UNet, Weights};
-use crate::sampling::{NoisePlan, SampleSettings};
+use crate::sampling::{NoisePlan, SampleSettings, StepTable};
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
 use anyhow::{bail, Result};
@@ -21,4 +21,19 @@ pub fn sample_images(
     _progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     bail!("GPU sampling is not wired yet: the U-Net plan is still being built; use --device cpu")
+}
+
+/// Runs a noise-free table (DDIM eta 0 or inversion) from the given samples, in chunks of `batch`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_table(
+    _ctx: &GpuContext,
+    _unet: &UNet,
+    _weights: &Weights,
+    _cfg: &SchedulerConfig,
+    _table: &StepTable,
+    _x: &Tensor,
+    _batch: usize,
+    _progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    bail!("GPU inversion is not wired yet: the U-Net plan is still being built; use --device cpu")
 }

@@ -1,0 +1,92 @@
+//! `ddim interpolate`: decode a spherical (or linear) interpolation between two seeds' noise.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use ddim_wgpu::image_io::save_grid;
+use ddim_wgpu::rng::{NoiseSource, RngKind};
+use ddim_wgpu::sampling::{lerp, slerp};
+use ddim_wgpu::Tensor;
+
+use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
+use super::schedule::SchedulerOverrides;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory in diffusers layout (default: the bundled MNIST model).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Seed of the first endpoint's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed_a: u64,
+    /// Seed of the second endpoint's noise.
+    #[arg(long, default_value_t = 1)]
+    pub seed_b: u64,
+    /// Number of frames, endpoints included.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Interpolate linearly instead of spherically (to compare: lerp leaves the noise shell).
+    #[arg(long)]
+    pub lerp: bool,
+    /// DDIM steps used to decode each frame (eta 0).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    pub rng: RngKind,
+    #[command(flatten)]
+    pub scheduler: SchedulerOverrides,
+    /// The PNG strip to write.
+    #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(
+        args.frames >= 2,
+        "--frames must be at least 2 (the two endpoints)"
+    );
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    check_output_dir(&args.out)?;
+    let (pipe, name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
+    let per = pipe.per_image();
+    let a = NoiseSource::new(args.rng, args.seed_a).randn(per)?;
+    let b = NoiseSource::new(args.rng, args.seed_b).randn(per)?;
+    let mut x = Vec::with_capacity(per * args.frames);
+    for f in 0..args.frames {
+        let alpha = f as f64 / (args.frames - 1) as f64;
+        x.extend(if args.lerp {
+            lerp(&a, &b, alpha)
+        } else {
+            slerp(&a, &b, alpha)
+        });
+    }
+    let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
+    let x = Tensor::new(vec![args.frames, c, h, w], x)?;
+    let device = args.device.open()?;
+    let bar = progress_bar(args.quiet);
+    let images = pipe.decode(&device, &x, args.steps, args.batch, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    save_grid(&args.out, &images, Some(args.frames))?;
+    if !args.quiet {
+        println!(
+            "wrote {} ({} frames, {} from seed {} to seed {}, {name}, DDIM {} steps) on {}",
+            args.out.display(),
+            args.frames,
+            if args.lerp { "lerp" } else { "slerp" },
+            args.seed_a,
+            args.seed_b,
+            args.steps,
+            device.describe()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `ddim invert`: DDIM inversion of images to x_T, reconstruction from it, and the per-dimension
+//! mean squared error in [0, 1] (the metric of Table 2 in the DDIM paper).
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use ddim_wgpu::image_io::{decode_image, load_image, save_grid};
+use ddim_wgpu::model::tensor_io;
+use ddim_wgpu::pipeline::{Device, Pipeline};
+use ddim_wgpu::Tensor;
+
+use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
+use super::schedule::SchedulerOverrides;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory in diffusers layout (default: the bundled MNIST model).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Image(s) to invert (PNG of the model's size and channel count); repeatable. With --report
+    /// and the bundled model, defaults to one MNIST test image per digit.
+    #[arg(long, value_name = "FILE")]
+    pub image: Vec<PathBuf>,
+    /// Inversion and reconstruction steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// PNG with each original next to its reconstruction.
+    #[arg(long, value_name = "FILE", default_value = "inversion.png")]
+    pub out: PathBuf,
+    /// Where to save the latents x_T (NCHW, tensor `sample`).
+    #[arg(long, value_name = "FILE", default_value = "latents.safetensors")]
+    pub latents: PathBuf,
+    /// Print the reconstruction error for S = 10, 20, 50, 100 instead (writes no files).
+    #[arg(long)]
+    pub report: bool,
+    #[command(flatten)]
+    pub scheduler: SchedulerOverrides,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    if !args.report {
+        check_output_dir(&args.out)?;
+        check_output_dir(&args.latents)?;
+    }
+    let (pipe, name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
+    let x0 = load_images(&args, &pipe)?;
+    let device = args.device.open()?;
+    if args.report {
+        println!(
+            "DDIM inversion + reconstruction of {} image(s), {name}, on {}",
+            x0.shape[0],
+            device.describe()
+        );
+        println!("{:>6} {:>14}", "steps", "MSE in [0, 1]");
+        for steps in [10, 20, 50, 100] {
+            let (_, rec) = invert_and_reconstruct(&pipe, &device, &x0, steps, &args)?;
+            println!("{steps:>6} {:>14.6e}", mse01(&x0, &rec));
+        }
+        return Ok(());
+    }
+    let (latents, rec) = invert_and_reconstruct(&pipe, &device, &x0, args.steps, &args)?;
+    tensor_io::write_tensor(&args.latents, "sample", &latents)?;
+    let n = x0.shape[0];
+    let per = pipe.per_image();
+    let mut pairs = Vec::with_capacity(2 * n * per);
+    for i in 0..n {
+        pairs.extend_from_slice(&x0.data[i * per..(i + 1) * per]);
+        pairs.extend_from_slice(&rec.data[i * per..(i + 1) * per]);
+    }
+    let mut shape = x0.shape.clone();
+    shape[0] = 2 * n;
+    save_grid(&args.out, &Tensor::new(shape, pairs)?, Some(2))?;
+    if !args.quiet {
+        println!(
+            "inverted {n} image(s) with {} DDIM steps on {}: reconstruction MSE {:.6e} (per dimension, pixels in [0, 1]); wrote {} and {}",
+            args.steps,
+            device.describe(),
+            mse01(&x0, &rec),
+            args.out.display(),
+            args.latents.display()
+        );
+    }
+    Ok(())
+}
+
+fn load_images(args: &Args, pipe: &Pipeline) -> Result<Tensor> {
+    let (c, size) = (pipe.unet.input.c, pipe.unet.input.h);
+    let mut images = Vec::new();
+    if args.image.is_empty() {
+        ensure!(
+            args.model.is_none() && args.report,
+            "give the image(s) to invert with --image FILE (only --report on the bundled model has default images)"
+        );
+        for (name, bytes) in ddim_wgpu::bundled::EXAMPLES {
+            images.push(decode_image(bytes, name, c, size)?);
+        }
+    } else {
+        for path in &args.image {
+            images.push(load_image(path, c, size)?);
+        }
+    }
+    let n = images.len();
+    let data = images.into_iter().flat_map(|t| t.data).collect();
+    Tensor::new(vec![n, c, size, size], data).context("stacking the images")
+}
+
+fn invert_and_reconstruct(
+    pipe: &Pipeline,
+    device: &Device,
+    x0: &Tensor,
+    steps: usize,
+    args: &Args,
+) -> Result<(Tensor, Tensor)> {
+    let bar = progress_bar(args.quiet);
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(2 * total as u64);
+        bar.set_position(done as u64);
+    };
+    let latents = pipe.invert(device, x0, steps, args.batch, &mut progress)?;
+    let offset = bar.position();
+    let rec = pipe.decode(device, &latents, steps, args.batch, &mut |done, _| {
+        bar.set_position(offset + done as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok((latents, rec))
+}
+
+/// Mean squared error per dimension with both images mapped to [0, 1] (the reconstruction clamped,
+/// as it would be saved).
+fn mse01(x0: &Tensor, rec: &Tensor) -> f64 {
+    let sum: f64 = x0
+        .data
+        .iter()
+        .zip(&rec.data)
+        .map(|(&a, &b)| {
+            let (a, b) = (
+                (a as f64 / 2.0 + 0.5).clamp(0.0, 1.0),
+                (b as f64 / 2.0 + 0.5).clamp(0.0, 1.0),
+            );
+            (a - b) * (a - b)
+        })
+        .sum();
+    sum / x0.numel() as f64
+}
