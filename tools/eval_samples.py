@@ -14,6 +14,8 @@ Sources of samples:
     python tools/eval_samples.py --sampler ddim --steps 50 --eta 0 --num 1000
     # diffusers' DDPM pipeline, 1000 steps:
     python tools/eval_samples.py --sampler ddpm --num 200
+    # the FD floor: real training images scored the same way, at the same N:
+    python tools/eval_samples.py --real-baseline --num 200
     # the grid of Table 1 of the DDIM paper (S = 10, 20, 50, 100; eta 0 and 1; DDPM 1000):
     python tools/eval_samples.py --table --num 200 --ddpm-num 100 --json tools/runs/table.json
 
@@ -146,6 +148,11 @@ def main():
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", action="store_true")
+    p.add_argument(
+        "--real-baseline",
+        action="store_true",
+        help="score the first --num MNIST training images: the FD floor for that sample count",
+    )
     p.add_argument("--grid", help="write a 10x10 PNG grid of the first samples")
     p.add_argument("--save-samples", help="write the generated samples as safetensors ('sample')")
     p.add_argument("--json", help="append the results to this JSON file")
@@ -171,6 +178,9 @@ def main():
         if "sample" not in tensors:
             raise KeyError(f"{args.tensor}: no tensor named 'sample' (found {sorted(tensors)})")
         x = run(os.path.basename(args.tensor), lambda: tensors["sample"])
+    elif args.real_baseline:
+        images, _ = mnist.load_split("train")
+        x = run(f"mnist train[:{args.num}]", lambda: torch.from_numpy(mnist.to_model_range(images[: args.num])))
     elif args.table:
         ddim = load_pipeline(args.model, "ddim")
         for eta in TABLE_ETAS:

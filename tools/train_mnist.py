@@ -1,13 +1,20 @@
 """Train the bundled MNIST DDPM (issue 6): a ~1.1 M-parameter diffusers UNet2DModel.
 
-Runs on the CPU (2 threads), checkpoints every few minutes with an atomic write,
+Runs on the CPU (1 thread, bf16 autocast; weights, EMA and optimizer stay f32),
+checkpoints every few minutes with an atomic write,
 and resumes exactly (model, EMA, optimizer, LR schedule, RNG, step, loss log).
 
-Start (or resume: the same command picks up the checkpoint if it exists):
+Start (or resume: the same command picks up the checkpoint if it exists). The
+bundled model was trained with exactly this command (first 1112 steps without the
+cooldown flags, which only act from step 2700 on):
 
     mkdir -p tools/runs
     setsid nohup nice -n 10 /work/venv/bin/python tools/train_mnist.py \
-        --max-steps 40000 --stop-at 06:45 > tools/runs/train.log 2>&1 < /dev/null &
+        --max-steps 40000 --stop-at 06:40 --cooldown-start 2700 --cooldown-steps 800 \
+        > tools/runs/train.log 2>&1 < /dev/null &
+
+To train further from the committed checkpoint, pass a later --cooldown-start (the LR
+is a pure function of the step and these flags, so any schedule can be continued).
 
 `--stop-at HH:MM` (UTC) ends the run at that wall-clock time (checkpoint + export);
 rerunning the command with a later time continues from the checkpoint. The
@@ -74,6 +81,9 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--cooldown-start", type=int, default=None, help="step at which the LR starts to decay")
+    p.add_argument("--cooldown-steps", type=int, default=1000)
+    p.add_argument("--cooldown-floor", type=float, default=0.05)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -99,8 +109,13 @@ def parse_args():
 
 
 def lr_at(step, args):
-    """Linear warmup, then constant (EMA does the averaging, and the run can stop at any step)."""
-    return args.lr * min(1.0, (step + 1) / args.warmup_steps)
+    """Linear warmup, constant, then (if --cooldown-start is set) a linear cooldown to
+    --cooldown-floor x lr over --cooldown-steps; the run can stop at any step."""
+    lr = args.lr * min(1.0, (step + 1) / args.warmup_steps)
+    if args.cooldown_start is not None and step >= args.cooldown_start:
+        frac = 1.0 - (step - args.cooldown_start) / args.cooldown_steps
+        lr *= max(args.cooldown_floor, frac)
+    return lr
 
 
 def ema_decay_at(step, args):
@@ -232,7 +247,18 @@ class Trainer:
                     "last_logged_loss": last[1] if last else None,
                     "hyperparameters": {
                         k: getattr(self.args, k)
-                        for k in ("lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay", "seed", "bf16")
+                        for k in (
+                            "lr",
+                            "warmup_steps",
+                            "cooldown_start",
+                            "cooldown_steps",
+                            "cooldown_floor",
+                            "weight_decay",
+                            "grad_clip",
+                            "ema_decay",
+                            "seed",
+                            "bf16",
+                        )
                     },
                 },
                 f,
