@@ -12,10 +12,13 @@ use anyhow::{ensure, Context, Result};
 
 use super::kernel::Dispatch;
 use super::kernels::ddim_step::{
-    ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
+    ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
+use super::plan::{max_batch, PlanOptions, UNetPlan};
 use super::GpuContext;
-use crate::schedule::{PredictionType, X0Limit};
+use crate::model::{UNet, Weights};
+use crate::sampling::{NoisePlan, SampleSettings, StepTable};
+use crate::schedule::{PredictionType, SchedulerConfig, X0Limit};
 use crate::Tensor;
 
 /// What the sampler needs from a compiled U-Net forward: NHWC input and output buffers for a
@@ -157,4 +160,181 @@ pub fn sample(
     }
     let out = ctx.read_f32(&sample, numel)?;
     Tensor::new(vec![n, c, h, w], nhwc_to_nchw(&out, n, c, h, w))
+}
+
+/// The update rows of a sampler table, the x0 limit, and whether ε is re-derived from the
+/// limited x0 (as the CPU steps `ddim_step`, `ddpm_step` and `inverse_step` do).
+fn update_rows(
+    table: &StepTable,
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+) -> (Vec<UpdateRow>, X0Limit, bool) {
+    match table {
+        StepTable::Ddim(s) => (
+            ddim_rows(s),
+            X0Limit::from_config(cfg),
+            settings.use_clipped_model_output,
+        ),
+        StepTable::Ddpm(s) => (ddpm_rows(s), X0Limit::from_config(cfg), false),
+        StepTable::Inverse(s) => (ddim_rows(s), X0Limit::for_inverse(cfg), false),
+    }
+}
+
+/// Compiled plans by batch size (a run needs at most two: full chunks and the remainder).
+#[derive(Default)]
+struct Plans(Vec<(usize, UNetPlan)>);
+
+impl Plans {
+    fn get(
+        &mut self,
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &Weights,
+        table: &StepTable,
+        batch: usize,
+    ) -> Result<&UNetPlan> {
+        let i = match self.0.iter().position(|(b, _)| *b == batch) {
+            Some(i) => i,
+            None => {
+                let timesteps: Vec<Vec<f32>> = (0..table.len())
+                    .map(|i| vec![table.timestep(i) as f32; batch])
+                    .collect();
+                let plan = UNetPlan::new(ctx, unet, weights, &timesteps, PlanOptions::default())
+                    .with_context(|| format!("compiling the U-Net for a batch of {batch}"))?;
+                self.0.push((batch, plan));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[i].1)
+    }
+}
+
+/// Samples all `noise.num` images on the GPU in chunks of `batch` (x0 as NCHW in [-1, 1], not
+/// clamped), consuming exactly the noise the CPU reference (`sampling::sample_images_cpu`)
+/// consumes. One plan is compiled per distinct chunk size (at most two) and reused.
+/// `progress(done, total)` counts model evaluations.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_images(
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    noise: &NoisePlan,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    ensure!(batch > 0, "the batch size must be at least 1");
+    let table = StepTable::new(cfg, settings)?;
+    let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
+    let per_image = c * h * w;
+    ensure!(
+        noise.per_image == per_image,
+        "noise plan is for {} values per image, the model takes {per_image}",
+        noise.per_image
+    );
+    ensure!(
+        (unet.output.c, unet.output.h, unet.output.w) == (c, h, w),
+        "the model outputs {} but samples are {c}x{h}x{w}: cannot sample with it",
+        unet.output
+    );
+    let fits = max_batch(ctx, unet)?;
+    let batch = batch.min(fits).min(noise.num);
+    let (rows, limit, use_clipped) = update_rows(&table, cfg, settings);
+    let spec = SampleSpec {
+        steps: &rows,
+        prediction: cfg.prediction_type,
+        limit,
+        use_clipped_model_output: use_clipped,
+    };
+    let mut plans = Plans::default();
+    let mut out = Tensor::zeros(&[noise.num, c, h, w]);
+    let total = noise.num.div_ceil(batch) * table.len();
+    let mut done = 0;
+    for start in (0..noise.num).step_by(batch) {
+        let range = start..(start + batch).min(noise.num);
+        let n = range.len();
+        let plan = plans.get(ctx, unet, weights, &table, n)?;
+        let chunk = noise.chunk(range.clone())?;
+        let x_t = Tensor::new(vec![n, c, h, w], chunk.initial)?;
+        let mut steps = chunk.steps;
+        let x0 = sample(
+            ctx,
+            plan,
+            &spec,
+            &x_t,
+            &mut |s| Ok(steps.get_mut(s).and_then(Option::take)),
+            &mut |_, _| {
+                done += 1;
+                progress(done, total);
+            },
+        )
+        .with_context(|| format!("sampling images {range:?}"))?;
+        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&x0.data);
+    }
+    Ok(out)
+}
+
+/// Runs a noise-free table (DDIM with eta 0, or DDIM inversion) on the GPU from the samples `x`
+/// (NCHW), in chunks of `batch`; the counterpart of `sampling::run_table_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_table(
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    table: &StepTable,
+    x: &Tensor,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    ensure!(batch > 0, "the batch size must be at least 1");
+    ensure!(
+        x.shape.len() == 4,
+        "samples must be NCHW, got {:?}",
+        x.shape
+    );
+    let (num, c, h, w) = x.nchw();
+    ensure!(num > 0, "no samples given");
+    ensure!(
+        (c, h, w) == (unet.input.c, unet.input.h, unet.input.w)
+            && (unet.output.c, unet.output.h, unet.output.w) == (c, h, w),
+        "samples {:?} do not match the model's input {} and output {}",
+        x.shape,
+        unet.input,
+        unet.output
+    );
+    let (rows, limit, use_clipped) = update_rows(table, cfg, &SampleSettings::default());
+    ensure!(
+        rows.iter().all(|r| r.sigma == 0.0),
+        "run_table takes a noise-free table (eta 0 or inversion)"
+    );
+    let spec = SampleSpec {
+        steps: &rows,
+        prediction: cfg.prediction_type,
+        limit,
+        use_clipped_model_output: use_clipped,
+    };
+    let per_image = c * h * w;
+    let batch = batch.min(max_batch(ctx, unet)?).min(num);
+    let mut plans = Plans::default();
+    let mut out = Tensor::zeros(&x.shape);
+    let total = num.div_ceil(batch) * table.len();
+    let mut done = 0;
+    for start in (0..num).step_by(batch) {
+        let range = start..(start + batch).min(num);
+        let n = range.len();
+        let plan = plans.get(ctx, unet, weights, table, n)?;
+        let chunk = Tensor::new(
+            vec![n, c, h, w],
+            x.data[range.start * per_image..range.end * per_image].to_vec(),
+        )?;
+        let y = sample(ctx, plan, &spec, &chunk, &mut |_| Ok(None), &mut |_, _| {
+            done += 1;
+            progress(done, total);
+        })
+        .with_context(|| format!("running samples {range:?}"))?;
+        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&y.data);
+    }
+    Ok(out)
 }
