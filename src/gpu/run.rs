@@ -6,34 +6,34 @@ use crate::model::{UNet, Weights};
 use crate::sampling::{NoisePlan, SampleSettings, StepTable};
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// Samples all `plan.num` images in chunks of `batch`; x0 as NCHW in [-1, 1].
 #[allow(clippy::too_many_arguments)]
 pub fn sample_images(
-    _ctx: &GpuContext,
-    _unet: &UNet,
-    _weights: &Weights,
-    _cfg: &SchedulerConfig,
-    _settings: &SampleSettings,
-    _plan: &NoisePlan,
-    _batch: usize,
-    _progress: &mut dyn FnMut(usize, usize),
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    plan: &NoisePlan,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    bail!("GPU sampling is not wired yet: the U-Net plan is still being built; use --device cpu")
+    super::sampler::sample_images(ctx, unet, weights, cfg, settings, plan, batch, progress)
 }
 
 /// Runs a noise-free table (DDIM eta 0 or inversion) from the given samples, in chunks of `batch`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_table(
-    _ctx: &GpuContext,
-    _unet: &UNet,
-    _weights: &Weights,
-    _cfg: &SchedulerConfig,
-    _table: &StepTable,
-    _x: &Tensor,
-    _batch: usize,
-    _progress: &mut dyn FnMut(usize, usize),
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &Weights,
+    cfg: &SchedulerConfig,
+    table: &StepTable,
+    x: &Tensor,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    bail!("GPU inversion is not wired yet: the U-Net plan is still being built; use --device cpu")
+    super::sampler::run_table(ctx, unet, weights, cfg, table, x, batch, progress)
 }
