@@ -184,14 +184,15 @@ pub enum RngKind {
 /// A seeded noise source of either kind.
 #[derive(Clone)]
 pub enum NoiseSource {
-    Torch(TorchRng),
+    /// Boxed: the Mersenne Twister state is 2.5 KB.
+    Torch(Box<TorchRng>),
     Philox(PhiloxRng),
 }
 
 impl NoiseSource {
     pub fn new(kind: RngKind, seed: u64) -> Self {
         match kind {
-            RngKind::Torch => Self::Torch(TorchRng::new(seed)),
+            RngKind::Torch => Self::Torch(Box::new(TorchRng::new(seed))),
             RngKind::Philox => Self::Philox(PhiloxRng::new(seed)),
         }
     }

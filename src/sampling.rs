@@ -181,6 +181,7 @@ impl NoisePlan {
 
 /// Runs the reverse process on the CPU reference from `x` (x_T, NCHW) and returns x0 in [-1, 1]
 /// (not clamped). `on_step(i, pred_x0)` is called after every step with the predicted x0.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_cpu(
     unet: &UNet,
     weights: &Weights,
