@@ -1,0 +1,187 @@
+//! Criterion benchmarks of the GPU kernels at small sizes (conv2d, group norm, attention, DDIM
+//! update) and of one sampling step of the bundled MNIST model. Each iteration's time is the
+//! GPU time from timestamp queries (one pass per dispatch) where the adapter has them, else host
+//! wall-clock per dispatch (see `ddim_wgpu::gpu::profile`). The adapter follows `WGPU_BACKEND`;
+//! without one the benchmarks are skipped with a message.
+//!
+//! `cargo bench --bench gpu_kernels`
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ddim_wgpu::bench::kernels::{self, KernelCase};
+use ddim_wgpu::cpu::ops::Padding;
+use ddim_wgpu::gpu::kernels::attention::AttentionShape;
+use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};
+use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
+use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
+use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
+use ddim_wgpu::gpu::profile::Profiler;
+use ddim_wgpu::gpu::sampler::StepForward;
+use ddim_wgpu::gpu::{AdapterChoice, Dispatch, GpuContext};
+use ddim_wgpu::schedule::{PredictionType, X0Limit};
+
+fn context() -> Option<GpuContext> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("ddim-wgpu-xdg");
+        let _ = std::fs::create_dir_all(&dir);
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+    match GpuContext::new(&AdapterChoice::default()) {
+        Ok(ctx) => {
+            eprintln!("gpu_kernels on {}", ctx.describe());
+            Some(ctx)
+        }
+        Err(e) => {
+            eprintln!("gpu_kernels: no GPU adapter, skipped ({e:#})");
+            None
+        }
+    }
+}
+
+/// Times `iters` runs of `dispatches` as GPU time (summed per-dispatch timestamps).
+fn gpu_time(
+    ctx: &GpuContext,
+    profiler: &Profiler,
+    dispatches: &[&Dispatch],
+    iters: u64,
+) -> Duration {
+    let mut ns = 0.0;
+    for _ in 0..iters {
+        ns += profiler
+            .time_each(ctx, dispatches, 0)
+            .expect("timing dispatches")
+            .iter()
+            .sum::<f64>();
+    }
+    Duration::from_nanos(ns as u64)
+}
+
+fn bench_case(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler, case: &KernelCase) {
+    let list: Vec<&Dispatch> = case.dispatches.iter().collect();
+    c.bench_function(&case.name, |b| {
+        b.iter_custom(|iters| gpu_time(ctx, profiler, &list, iters))
+    });
+}
+
+fn small_conv() -> ConvShape {
+    ConvShape {
+        batch: 2,
+        src_h: 16,
+        src_w: 16,
+        c1: 64,
+        c2: 0,
+        cout: 64,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: Padding::same(1),
+        upsample: false,
+    }
+}
+
+fn gpu_benches(c: &mut Criterion) {
+    let Some(ctx) = context() else {
+        return;
+    };
+    let profiler = Profiler::new(&ctx);
+    eprintln!("timing: {}", profiler.source().describe());
+    for v in Variant::ALL {
+        let case = kernels::conv_case(
+            &ctx,
+            v,
+            &format!("conv2d 3x3 64->64 16x16 B2 {v:?}"),
+            &small_conv(),
+        )
+        .expect("conv case");
+        bench_case(c, &ctx, &profiler, &case);
+    }
+    let gn = GroupNormShape {
+        batch: 2,
+        hw: 16 * 16,
+        channels: 64,
+        groups: 8,
+        eps: 1e-5,
+        silu: true,
+    };
+    bench_case(
+        c,
+        &ctx,
+        &profiler,
+        &kernels::group_norm_case(&ctx, &gn).expect("group norm case"),
+    );
+    let attn = AttentionShape::simple(2, 16 * 16, 64, 1, 8, 1e-5);
+    bench_case(
+        c,
+        &ctx,
+        &profiler,
+        &kernels::attention_case(&ctx, &attn).expect("attention case"),
+    );
+    bench_case(
+        c,
+        &ctx,
+        &profiler,
+        &kernels::ddim_update_case(&ctx, 2, 32 * 32).expect("ddim case"),
+    );
+    one_step(c, &ctx, &profiler);
+}
+
+/// One DDIM step of the bundled model at batch 1: the plan's forward and the fused update.
+fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
+    let pipe = ddim_wgpu::bundled::pipeline().expect("bundled model");
+    let plan = UNetPlan::new(
+        ctx,
+        &pipe.unet,
+        &pipe.model.weights,
+        &[vec![500.0]],
+        PlanOptions::default(),
+    )
+    .expect("compiling the plan");
+    let numel = pipe.unet.output.numel();
+    let sample = ctx.storage("bench sample", (numel * 4) as u64);
+    let row = ddim_wgpu::gpu::kernels::ddim_step::UpdateRow {
+        sqrt_alpha_prod_t: 0.5,
+        sqrt_one_minus_alpha_prod_t: 0.75f64.sqrt(),
+        x0_coef: 0.9,
+        eps_coef: 0.3,
+        sample_coef: 0.0,
+        sigma: 0.0,
+    };
+    let update = ddim_update(
+        ctx,
+        &DdimUpdateConfig {
+            batch: 1,
+            per_sample: numel,
+            prediction: PredictionType::Epsilon,
+            limit: X0Limit::Clip(1.0),
+            use_clipped_model_output: false,
+        },
+        &[row],
+        NoiseLayout::Rewritten,
+        &DdimBuffers {
+            model_out: plan.output(),
+            noise: None,
+            sample: &sample,
+            x0_out: None,
+        },
+    )
+    .expect("DDIM update");
+    let list: Vec<&Dispatch> = plan.dispatches().iter().chain(&update).collect();
+    c.bench_function("one DDIM step, bundled MNIST model, B1", |b| {
+        b.iter_custom(|iters| gpu_time(ctx, profiler, &list, iters))
+    });
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = gpu_benches
+}
+criterion_main!(benches);
