@@ -129,54 +129,93 @@ pub fn conv2d(
     };
     let ranges: Vec<(usize, usize)> = (0..kw).map(x_range).collect();
 
+    let ctx = ConvBlock {
+        weight: &weight.data,
+        bias,
+        cin,
+        h,
+        w,
+        kh,
+        kw,
+        oh,
+        ow,
+        stride,
+        pad,
+        ranges: &ranges,
+    };
     for bi in 0..b {
         let image = &x64[bi * cin * h * w..][..cin * h * w];
         let out_image = &mut out.data[bi * cout * plane..][..cout * plane];
         par_chunks_mut(out_image, CONV_CO_BLOCK * plane, |block, out_planes| {
-            let co0 = block * CONV_CO_BLOCK;
-            let nco = out_planes.len() / plane;
-            let mut acc = vec![0f64; nco * plane];
-            for (j, a) in acc.chunks_mut(plane).enumerate() {
-                a.fill(bias.map_or(0.0, |b| b[co0 + j] as f64));
-            }
-            for ci in 0..cin {
-                let src = &image[ci * h * w..][..h * w];
-                for ky in 0..kh {
-                    for oy in 0..oh {
-                        let iy = (oy * stride + ky) as isize - pad.top as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &src[iy as usize * w..][..w];
-                        for (kx, &(lo, hi)) in ranges.iter().enumerate() {
-                            for j in 0..nco {
-                                let wv = weight.data[(((co0 + j) * cin + ci) * kh + ky) * kw + kx]
-                                    as f64;
-                                let acc_row = &mut acc[j * plane + oy * ow..][..ow];
-                                if stride == 1 {
-                                    // ix = ox + kx - left, contiguous.
-                                    let start = lo + kx - pad.left;
-                                    let src_row = &row[start..start + (hi - lo)];
-                                    for (a, &v) in acc_row[lo..hi].iter_mut().zip(src_row) {
-                                        *a += wv * v;
-                                    }
-                                } else {
-                                    for (ox, a) in acc_row.iter_mut().enumerate().take(hi).skip(lo)
-                                    {
-                                        *a += wv * row[ox * stride + kx - pad.left];
-                                    }
+            ctx.run(image, block * CONV_CO_BLOCK, out_planes)
+        });
+    }
+    out
+}
+
+/// The geometry of one convolution, shared by the blocks of output channels computed in parallel.
+struct ConvBlock<'a> {
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    cin: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    pad: Padding,
+    /// Valid output x range per kernel column.
+    ranges: &'a [(usize, usize)],
+}
+
+impl ConvBlock<'_> {
+    /// Output planes `co0 ..` of one image into `out_planes`.
+    fn run(&self, image: &[f64], co0: usize, out_planes: &mut [f32]) {
+        let (h, w, kh, kw, ow) = (self.h, self.w, self.kh, self.kw, self.ow);
+        let (stride, left) = (self.stride, self.pad.left);
+        let plane = self.oh * ow;
+        let nco = out_planes.len() / plane;
+        let mut acc = vec![0f64; nco * plane];
+        for (j, a) in acc.chunks_mut(plane).enumerate() {
+            a.fill(self.bias.map_or(0.0, |b| b[co0 + j] as f64));
+        }
+        for ci in 0..self.cin {
+            let src = &image[ci * h * w..][..h * w];
+            for ky in 0..kh {
+                for oy in 0..self.oh {
+                    let iy = (oy * stride + ky) as isize - self.pad.top as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = &src[iy as usize * w..][..w];
+                    for (kx, &(lo, hi)) in self.ranges.iter().enumerate() {
+                        for j in 0..nco {
+                            let wv = self.weight[(((co0 + j) * self.cin + ci) * kh + ky) * kw + kx]
+                                as f64;
+                            let acc_row = &mut acc[j * plane + oy * ow..][..ow];
+                            if stride == 1 {
+                                // ix = ox + kx - left, contiguous.
+                                let start = lo + kx - left;
+                                let src_row = &row[start..start + (hi - lo)];
+                                for (a, &v) in acc_row[lo..hi].iter_mut().zip(src_row) {
+                                    *a += wv * v;
+                                }
+                            } else {
+                                for (ox, a) in acc_row.iter_mut().enumerate().take(hi).skip(lo) {
+                                    *a += wv * row[ox * stride + kx - left];
                                 }
                             }
                         }
                     }
                 }
             }
-            for (o, a) in out_planes.iter_mut().zip(&acc) {
-                *o = *a as f32;
-            }
-        });
+        }
+        for (o, a) in out_planes.iter_mut().zip(&acc) {
+            *o = *a as f32;
+        }
     }
-    out
 }
 
 /// torch `GroupNorm`: per sample and group of `C/groups` consecutive channels, normalise with the
