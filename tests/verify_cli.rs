@@ -1,0 +1,118 @@
+//! `ddim verify` end to end: green on a fixture model (exit 0, a per-layer table), and a non-zero
+//! exit naming the failing layers when the tolerance cannot be met.
+
+mod common;
+
+use std::process::Command;
+
+use ddim_wgpu::gpu::BackendChoice;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/unet/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn verify(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .arg("verify")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("running ddim verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs `f` only when the Vulkan adapter exists (required under CI=true, see tests/common).
+fn with_vulkan(f: impl FnOnce()) {
+    let _guard = common::gpu_lock();
+    if common::context(BackendChoice::Vulkan).is_some() {
+        f();
+    }
+}
+
+#[test]
+fn verify_is_green_on_a_fixture() {
+    with_vulkan(|| {
+        let model = fixture("attn_heads_pipeline");
+        let (ok, text) = verify(&[
+            "--model",
+            &model,
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--backend",
+            "vulkan",
+        ]);
+        assert!(ok, "ddim verify failed:\n{text}");
+        for expected in [
+            "time_embedding",
+            "mid_block.attentions.0",
+            "conv_out",
+            "sample (2 DDIM steps",
+            "OK:",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    });
+}
+
+#[test]
+fn verify_json_reports_every_layer() {
+    with_vulkan(|| {
+        let model = fixture("no_mid_pipeline");
+        let (ok, text) = verify(&[
+            "--model",
+            &model,
+            "--steps",
+            "0",
+            "--backend",
+            "vulkan",
+            "--json",
+        ]);
+        assert!(ok, "ddim verify failed:\n{text}");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+        let layers = report["layers"].as_array().unwrap();
+        assert!(layers.len() > 10, "{text}");
+        for l in layers {
+            let rel = l["rel_l2"].as_f64().unwrap();
+            assert!(rel <= 1e-4, "{}: rel L2 {rel}", l["name"]);
+        }
+        assert!(report["sample"].is_null());
+        assert_eq!(report["ok"], true);
+    });
+}
+
+#[test]
+fn verify_fails_above_tolerance() {
+    with_vulkan(|| {
+        let model = fixture("no_mid_pipeline");
+        let (ok, text) = verify(&[
+            "--model",
+            &model,
+            "--steps",
+            "0",
+            "--backend",
+            "vulkan",
+            "--tolerance",
+            "1e-12",
+        ]);
+        assert!(!ok, "an unreachable tolerance must fail:\n{text}");
+        assert!(
+            text.contains("above tolerance") && text.contains("verify failed"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn verify_rejects_bad_arguments() {
+    let (ok, text) = verify(&["--batch", "0"]);
+    assert!(!ok && text.contains("--batch"), "{text}");
+    let (ok, text) = verify(&["--model", "/nonexistent/model"]);
+    assert!(!ok && text.contains("/nonexistent/model"), "{text}");
+}
