@@ -59,6 +59,11 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Whether an error is within tolerance; NaN never is.
+fn within(err: f64, tolerance: f64) -> bool {
+    err <= tolerance
+}
+
 /// One compared tensor.
 struct Row {
     name: String,
@@ -256,11 +261,11 @@ pub fn run(args: Args) -> Result<()> {
 
     let failed: Vec<&Row> = rows
         .iter()
-        .filter(|r| !(r.rel_l2 <= args.tolerance))
+        .filter(|r| !within(r.rel_l2, args.tolerance))
         .collect();
     let sample_failed = sample_row
         .as_ref()
-        .is_some_and(|r| !(r.max_abs <= args.sample_tolerance));
+        .is_some_and(|r| !within(r.max_abs, args.sample_tolerance));
     if args.json {
         let layer = |r: &Row| json!({"name": r.name, "shape": r.shape, "max_abs": r.max_abs, "rel_l2": r.rel_l2});
         let report = json!({
@@ -293,7 +298,7 @@ pub fn run(args: Args) -> Result<()> {
             "layer", "shape", "max abs", "rel L2"
         );
         for r in &rows {
-            let flag = if r.rel_l2 <= args.tolerance {
+            let flag = if within(r.rel_l2, args.tolerance) {
                 ""
             } else {
                 "  <-- above tolerance"
