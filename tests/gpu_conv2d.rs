@@ -108,6 +108,21 @@ fn cases() -> Vec<Case> {
             out_scale: 0.5,
             step: 0,
         },
+        plain(
+            "wide rows (16-pixel row kernel), width not a multiple of 16",
+            shape(2, (5, 21), (6, 0), 5, 3, 1, p1),
+        ),
+        Case {
+            name: "upsampled to 18 wide, concatenated, chan add",
+            shape: ConvShape {
+                upsample: true,
+                ..shape(2, (4, 9), (3, 2), 7, 3, 1, p1)
+            },
+            chan_add: true,
+            residual: false,
+            out_scale: 1.0,
+            step: 0,
+        },
         Case {
             name: "many pixels and channels, chan add + residual",
             shape: shape(3, (13, 11), (33, 0), 67, 3, 1, p1),

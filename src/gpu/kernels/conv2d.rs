@@ -38,27 +38,49 @@ impl Variant {
         }
     }
 
-    fn entry(self) -> &'static str {
+    /// The entry point computing `shape`: the register variant has row kernels for 3×3 stride-1
+    /// convolutions (most of a U-Net's FLOPs) that reuse input columns across neighbouring
+    /// pixels, 16 pixels per invocation on rows of 16 or more, else 8.
+    fn entry(self, shape: &ConvShape) -> &'static str {
+        let row_kernel = shape.kh == 3 && shape.kw == 3 && shape.stride == 1;
         match self {
+            Self::Register if row_kernel && shape.out_hw().is_ok_and(|(_, w)| w >= 16) => {
+                "conv_rows16"
+            }
+            Self::Register if row_kernel => "conv_rows8",
             Self::Register => "conv_reg",
             Self::Tiled => "conv_tiled",
         }
     }
+}
 
-    /// (vec4 columns, pixels) covered by one workgroup.
-    fn tile(self) -> (u32, u32) {
-        match self {
-            Self::Register => (2, 64 * 4),
-            Self::Tiled => (16, 64),
-        }
+/// (vec4 columns, work items along M, items per workgroup) for an entry point; work items are
+/// pixels, or row segments of 8 or 16 pixels for the row kernels.
+fn tiling(entry: &str, shape: &ConvShape) -> (u32, u64, u32) {
+    let m = shape.m() as u64;
+    let rows = |seg: u64| {
+        let (oh, ow) = shape.out_hw().unwrap_or((0, 0));
+        (shape.batch * oh) as u64 * (ow as u64).div_ceil(seg)
+    };
+    match entry {
+        "conv_rows8" => (1, rows(8), 64),
+        "conv_rows16" => (1, rows(16), 64),
+        "conv_reg" => (2, m, 64 * 4),
+        _ => (16, m, 64),
     }
 }
 
-pub fn spec(variant: Variant) -> KernelSpec {
+pub fn all_specs() -> Vec<KernelSpec> {
+    ["conv_reg", "conv_rows8", "conv_rows16", "conv_tiled"]
+        .map(spec)
+        .to_vec()
+}
+
+pub fn spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
         shader: "conv2d",
         source: SOURCE,
-        entry: variant.entry(),
+        entry,
         constants: vec![],
         bindings: vec![
             Binding::Uniform,
@@ -315,10 +337,11 @@ pub fn conv2d(
         ctx.max_binding_bytes()
     );
 
-    let (tile_nv, tile_m) = variant.tile();
+    let entry = variant.entry(shape);
+    let (tile_nv, items, per_group) = tiling(entry, shape);
     let cout_v = round4(shape.cout) / 4;
     let m = shape.m();
-    let m_groups = (m as u32).div_ceil(tile_m);
+    let m_groups = items.div_ceil(per_group as u64) as u32;
     let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
     let (gy, gz) = if m_groups <= max_dim {
         (m_groups.max(1), 1)
@@ -355,7 +378,7 @@ pub fn conv2d(
         _pad: 0,
     };
 
-    let kernel = ctx.kernel(&spec(variant))?;
+    let kernel = ctx.kernel(&spec(entry))?;
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
     let unused = ctx.upload(&format!("{label} unused"), &[0f32; 4]);

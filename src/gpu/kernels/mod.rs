@@ -16,6 +16,6 @@ use crate::gpu::KernelSpec;
 /// Families without overrides need not be listed (their shaders are checked as written).
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = vec![smoke::spec()];
-    specs.extend(conv2d::Variant::ALL.map(conv2d::spec));
+    specs.extend(conv2d::all_specs());
     specs
 }
