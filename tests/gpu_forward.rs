@@ -217,3 +217,38 @@ fn builtin_architectures_with_random_weights_match_the_cpu() {
         });
     }
 }
+
+/// A batch whose buffers would not fit one binding is refused by the plan with a clear error,
+/// and `forward` splits it instead (checked here through the computed limit, without running
+/// the oversized batch).
+#[test]
+fn oversized_batch_is_refused_by_the_plan() {
+    use ddim_wgpu::gpu::plan::max_batch;
+    use ddim_wgpu::model::{UNet2DConfig, Weights};
+    let config = UNet2DConfig::cifar10();
+    let unet = UNet::from_config(&config).unwrap();
+    let weights = Weights::random(&config, 1).unwrap();
+    common::for_each_backend(|backend, ctx| {
+        let fits = max_batch(ctx, &unet).unwrap();
+        // Largest activation: 384 channels at 32×32 (the decoder's first concat at full size).
+        let per_image = (unet.max_activation() * 4) as u64;
+        assert!(
+            fits as u64 * per_image <= ctx.max_binding_bytes(),
+            "{backend}"
+        );
+        assert!(
+            (fits as u64 + 1) * per_image > ctx.max_binding_bytes(),
+            "{backend}"
+        );
+        let err = UNetPlan::new(
+            ctx,
+            &unet,
+            &weights,
+            &[vec![1.0; fits + 1]],
+            PlanOptions::default(),
+        )
+        .err()
+        .expect("an oversized batch must be refused");
+        assert!(format!("{err:#}").contains("split the batch"), "{err:#}");
+    });
+}
