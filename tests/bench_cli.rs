@@ -11,10 +11,14 @@ use serde_json::Value;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn ddim(args: &[&str]) -> Output {
+    ddim_env(args, &[])
+}
+
+fn ddim_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let xdg = std::env::temp_dir().join("ddim-wgpu-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddim"));
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         cmd.env("XDG_RUNTIME_DIR", xdg);
     }
@@ -27,8 +31,12 @@ fn ci() -> bool {
 
 /// Runs a GPU bench and parses its JSON; None (skip) when no adapter exists outside CI.
 fn gpu_json(args: &[&str]) -> Option<Value> {
+    gpu_json_env(args, &[])
+}
+
+fn gpu_json_env(args: &[&str], env: &[(&str, &str)]) -> Option<Value> {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let out = ddim(args);
+    let out = ddim_env(args, env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("no GPU adapter") && !ci() {
         eprintln!("[bench_cli] SKIPPING (no GPU adapter): {stderr}");
@@ -129,6 +137,30 @@ fn gemm_reports_the_best_rate_and_its_table() {
     assert_eq!(doc["gemm"]["best"]["gflops"].as_f64(), Some(best));
     assert!(doc.get("run").is_none() && doc.get("forward_gflops").is_none());
     assert!(doc["timing"].is_string());
+}
+
+#[test]
+fn wall_clock_fallback_is_flagged() {
+    let args = [
+        "bench",
+        "--gemm",
+        "--gemm-size",
+        "16x8x12",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+    ];
+    let Some(doc) = gpu_json_env(&args, &[("DDIM_PROFILE_WALLCLOCK", "1")]) else {
+        return;
+    };
+    assert_eq!(doc["timing"], "wall_clock_per_pass");
+    positive(&doc["gemm_gflops"], "gemm_gflops");
+    if doc["adapter"]["timestamp_query"] == true {
+        let doc = gpu_json(&args).expect("same adapter");
+        assert_eq!(doc["timing"], "gpu_timestamps");
+    }
 }
 
 #[test]
