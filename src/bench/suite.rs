@@ -11,7 +11,7 @@ use super::memory::{self, MemoryReport};
 use super::report::{AdapterReport, BuildInfo, HostInfo, SCHEMA};
 use super::run::{self, Repeats, RunResult};
 use crate::gpu::kernels::attention::AttentionShape;
-use crate::gpu::kernels::conv2d::{self, Variant};
+use crate::gpu::kernels::conv2d::Variant;
 use crate::gpu::kernels::group_norm::GroupNormShape;
 use crate::gpu::profile::{Profiler, TimingSource};
 use crate::gpu::sampler::StepForward;
@@ -456,9 +456,4 @@ pub fn targets(doc: &Document) -> Vec<TargetCheck> {
         }
     }
     out
-}
-
-/// The conv variant the plan picks on `ctx` (for labels).
-pub fn conv_variant(ctx: &GpuContext) -> Result<conv2d::Variant> {
-    Variant::for_context(ctx)
 }
