@@ -1,5 +1,5 @@
 // Batched, strided matrix product with a fused epilogue:
-//   out[z][m][n] = (silu_out?( alpha * sum_k silu_in?(A[z][m][k]) * B[z][k][n] + bias[n] )
+//   out[z][m][n] = (silu_out?( alpha * sum_k silu_in?(A[z][m][k]) * B[z][k][n] + bias[n or m] )
 //                   + residual[z][m][n]) * out_scale
 // Strides make one kernel serve every GEMM outside the convolutions:
 //   linear layers   y = x W^T + b   (A = x [M,K]; B[k][n] = W[n][k], i.e. b_k = 1, b_n = K)
@@ -28,7 +28,7 @@ struct Params {
     c_outer: u32,
     c_inner: u32,
     alpha: f32,
-    flags: u32,         // bit 0: bias, bit 1: residual, bit 2: SiLU on A, bit 3: SiLU on the output
+    flags: u32,         // bit 0: bias, 1: residual, 2: SiLU on A, 3: SiLU on the output, 4: bias by row
     // Element offsets added to every A, B and out/residual index (sub-batches of a big tensor).
     a_base: u32,
     b_base: u32,
@@ -43,6 +43,7 @@ const HAS_BIAS: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 const SILU_IN: u32 = 4u;
 const SILU_OUT: u32 = 8u;
+const BIAS_PER_ROW: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -120,7 +121,7 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
         if n < p.n {
             var v = p.alpha * acc[j];
             if (p.flags & HAS_BIAS) != 0u {
-                v += bias[n];
+                v += bias[select(n, m, (p.flags & BIAS_PER_ROW) != 0u)];
             }
             if (p.flags & SILU_OUT) != 0u {
                 v = silu(v);

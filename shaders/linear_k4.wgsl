@@ -35,6 +35,7 @@ const HAS_BIAS: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 const SILU_IN: u32 = 4u;
 const SILU_OUT: u32 = 8u;
+const BIAS_PER_ROW: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -118,7 +119,7 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
         if n < p.n {
             var v = p.alpha * acc[j];
             if (p.flags & HAS_BIAS) != 0u {
-                v += bias[n];
+                v += bias[select(n, m, (p.flags & BIAS_PER_ROW) != 0u)];
             }
             if (p.flags & SILU_OUT) != 0u {
                 v = silu(v);

@@ -204,6 +204,7 @@ fn batched_strided_product_matches_loops() {
         out_scale: 1.0,
         silu_in: false,
         silu_out: false,
+        bias_per_row: false,
     };
     common::for_each_backend(|backend, ctx| {
         let (ab, bb) = (ctx.upload("a", &a), ctx.upload("b", &b));
@@ -355,5 +356,86 @@ fn time_embedding_tables_match_cpu() {
             "time embedding + {} projections on {backend}: worst rel L2 {worst:.2e}",
             resnets.len()
         );
+    });
+}
+
+/// A bias indexed by output row (as the attention's transposed V projection uses it), over a
+/// batch of images: out[z][m][n] = Σ_k W[m][k] X[z][n][k] + bias[m], every variant.
+#[test]
+fn bias_per_row_matches_loops() {
+    let (images, m, n, k) = (3usize, 10usize, 21usize, 12usize);
+    let w = common::random(m * k, 11);
+    let x = common::random(images * n * k, 12);
+    let bias = common::random(m, 13);
+    let mut want = vec![0.0f32; images * m * n];
+    for z in 0..images {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|kk| w[i * k + kk] as f64 * x[(z * n + j) * k + kk] as f64)
+                    .sum();
+                want[(z * m + i) * n + j] = dot as f32 + bias[i];
+            }
+        }
+    }
+    let op = Matmul {
+        m,
+        n,
+        k,
+        batch: images,
+        inner_count: 1,
+        a: Strides {
+            offset: 0,
+            row: k,
+            col: 1,
+            outer: 0,
+            inner: 0,
+        },
+        b: Strides {
+            offset: 0,
+            row: 1,
+            col: k,
+            outer: n * k,
+            inner: 0,
+        },
+        c: Strides {
+            offset: 0,
+            row: n,
+            col: 1,
+            outer: m * n,
+            inner: 0,
+        },
+        alpha: 1.0,
+        out_scale: 1.0,
+        silu_in: false,
+        silu_out: false,
+        bias_per_row: true,
+    };
+    assert!(op.fits_k4());
+    common::for_each_backend(|backend, ctx| {
+        let (wb, xb, bb) = (
+            ctx.upload("w", &w),
+            ctx.upload("x", &x),
+            ctx.upload("bias", &bias),
+        );
+        for variant in variants(&op) {
+            let out = ctx.poisoned("out", want.len());
+            let bufs = MatmulBuffers {
+                a: &wb,
+                b: &xb,
+                bias: Some(&bb),
+                residual: None,
+                out: &out,
+            };
+            let d = matmul_with(ctx, &op, &bufs, variant).unwrap();
+            run_dispatches(ctx, &[d], 0).unwrap();
+            let got = ctx.read_f32(&out, want.len()).unwrap();
+            common::assert_close(
+                &format!("bias per row {variant:?} on {backend}"),
+                &got,
+                &want,
+                1e-5,
+            );
+        }
     });
 }

@@ -1,10 +1,12 @@
 //! The whole self-attention block of a diffusers `UNet2DModel` on NHWC activations:
 //! group norm → fused q/k/v projection → per head softmax(QKᵀ/√d)·V → output projection + residual.
 //!
-//! Dispatches: group norm (3, `group_norm.rs`), one q/k/v product with N = 3C, then per batch
-//! chunk the scores product, the row softmax (`shaders/attention.wgsl`) and the P·V product,
-//! and finally the output projection with the residual fused in its epilogue. The score matrix
-//! is materialised (L ≤ 1024 here); batches are chunked so it stays within one binding.
+//! Dispatches: group norm (3, `group_norm.rs`), one q/k product with N = 2D, the v projection
+//! computed transposed (Vᵀ per image, `[D, L]`, so that P·V reads both operands contiguously
+//! along its k = key dimension), then per batch chunk the scores product, the row softmax
+//! (`shaders/attention.wgsl`) and the P·V product, and finally the output projection with the
+//! residual fused in its epilogue. The score matrix is materialised (L ≤ 1024 here); batches
+//! are chunked so it stays within one binding.
 
 use anyhow::{ensure, Result};
 
@@ -92,6 +94,8 @@ pub struct AttentionWeights {
     pub beta: wgpu::Buffer,
     pub wqkv: wgpu::Buffer,
     pub bqkv: wgpu::Buffer,
+    /// to_v's bias alone (`[D]`), added per row of Vᵀ.
+    pub bv: wgpu::Buffer,
     pub wo: wgpu::Buffer,
     pub bo: wgpu::Buffer,
 }
@@ -145,6 +149,7 @@ impl AttentionWeights {
             beta: ctx.upload("attention norm beta", p.beta),
             wqkv: ctx.upload("attention wqkv", &wqkv),
             bqkv: ctx.upload("attention bqkv", &bqkv),
+            bv: ctx.upload("attention bv", p.bv),
             wo: ctx.upload("attention wo", p.wo),
             bo: ctx.upload("attention bo", p.bo),
         })
@@ -154,7 +159,10 @@ impl AttentionWeights {
 /// Intermediate buffers of an attention block; shareable between blocks no larger than it.
 pub struct AttentionScratch {
     pub normed: wgpu::Buffer,
-    pub qkv: wgpu::Buffer,
+    /// Q and K, `[B, L, 2D]`.
+    pub qk: wgpu::Buffer,
+    /// Vᵀ, `[B, D, L]`.
+    pub vt: wgpu::Buffer,
     pub scores: wgpu::Buffer,
     pub heads_out: wgpu::Buffer,
     pub norm: GroupNormScratch,
@@ -167,7 +175,8 @@ impl AttentionScratch {
         let norm_shapes: Vec<GroupNormShape> = shape.norm_shape().into_iter().collect();
         Self {
             normed: ctx.storage("attention normed", (b * l * c * 4) as u64),
-            qkv: ctx.storage("attention qkv", (b * l * 3 * d * 4) as u64),
+            qk: ctx.storage("attention qk", (b * l * 2 * d * 4) as u64),
+            vt: ctx.storage("attention vt", (b * l * d * 4) as u64),
             scores: ctx.storage("attention scores", (chunk * shape.heads * l * l * 4) as u64),
             heads_out: ctx.storage("attention heads", (b * l * d * 4) as u64),
             norm: GroupNormScratch::new(ctx, &norm_shapes),
@@ -278,13 +287,55 @@ pub fn attention_block_chunked(
     };
     dispatches.push(matmul(
         ctx,
-        &Matmul::linear(b * l, c, 3 * inner),
+        &Matmul::linear(b * l, c, 2 * inner),
         &MatmulBuffers {
             a: tokens,
             b: &weights.wqkv,
             bias: Some(&weights.bqkv),
             residual: None,
-            out: &scratch.qkv,
+            out: &scratch.qk,
+        },
+    )?);
+    // Vᵀ[image][j][token] = Σ_c Wv[j][c] · tokens[image][token][c] + bv[j].
+    let v_transposed = Matmul {
+        m: inner,
+        n: l,
+        k: c,
+        batch: b,
+        inner_count: 1,
+        a: Strides {
+            offset: 2 * inner * c,
+            row: c,
+            col: 1,
+            outer: 0,
+            inner: 0,
+        },
+        b: Strides {
+            offset: 0,
+            row: 1,
+            col: c,
+            outer: l * c,
+            inner: 0,
+        },
+        c: Strides {
+            offset: 0,
+            row: l,
+            col: 1,
+            outer: inner * l,
+            inner: 0,
+        },
+        bias_per_row: true,
+        ..Matmul::linear(1, 1, 1)
+    };
+    dispatches.push(matmul(
+        ctx,
+        &v_transposed,
+        &MatmulBuffers {
+            a: &weights.wqkv,
+            b: tokens,
+            bias: Some(&weights.bv),
+            residual: None,
+            out: &scratch.vt,
         },
     )?);
     let chunk = images_per_chunk.max(1);
@@ -296,7 +347,7 @@ pub fn attention_block_chunked(
     while b0 < b {
         let nb = chunk.min(b - b0);
         // Scores S[z = image·heads + head] = Q Kᵀ / √d, each L×L, for the images b0..b0+nb.
-        let qkv_image = l * 3 * inner;
+        let qk_image = l * 2 * inner;
         let scores = Matmul {
             m: l,
             n: l,
@@ -304,17 +355,17 @@ pub fn attention_block_chunked(
             batch: nb * heads,
             inner_count: heads,
             a: Strides {
-                offset: b0 * qkv_image,
-                row: 3 * inner,
+                offset: b0 * qk_image,
+                row: 2 * inner,
                 col: 1,
-                outer: qkv_image,
+                outer: qk_image,
                 inner: d,
             },
             b: Strides {
-                offset: b0 * qkv_image + inner,
+                offset: b0 * qk_image + inner,
                 row: 1,
-                col: 3 * inner,
-                outer: qkv_image,
+                col: 2 * inner,
+                outer: qk_image,
                 inner: d,
             },
             c: Strides {
@@ -328,20 +379,21 @@ pub fn attention_block_chunked(
             out_scale: 1.0,
             silu_in: false,
             silu_out: false,
+            bias_per_row: false,
         };
         dispatches.push(matmul(
             ctx,
             &scores,
             &MatmulBuffers {
-                a: &scratch.qkv,
-                b: &scratch.qkv,
+                a: &scratch.qk,
+                b: &scratch.qk,
                 bias: None,
                 residual: None,
                 out: &scratch.scores,
             },
         )?);
         dispatches.push(softmax_rows(ctx, nb * heads * l, l, &scratch.scores)?);
-        // O[image, token, head·d + j] = Σ_key P[key] V[key, head·d + j].
+        // O[image, token, head·d + j] = Σ_key P[key] Vᵀ[head·d + j, key].
         let weighted = Matmul {
             m: l,
             n: d,
@@ -356,11 +408,11 @@ pub fn attention_block_chunked(
                 inner: l * l,
             },
             b: Strides {
-                offset: b0 * qkv_image + 2 * inner,
-                row: 3 * inner,
-                col: 1,
-                outer: qkv_image,
-                inner: d,
+                offset: b0 * inner * l,
+                row: 1,
+                col: l,
+                outer: inner * l,
+                inner: d * l,
             },
             c: Strides {
                 offset: b0 * l * inner,
@@ -373,13 +425,14 @@ pub fn attention_block_chunked(
             out_scale: 1.0,
             silu_in: false,
             silu_out: false,
+            bias_per_row: false,
         };
         dispatches.push(matmul(
             ctx,
             &weighted,
             &MatmulBuffers {
                 a: &scratch.scores,
-                b: &scratch.qkv,
+                b: &scratch.vt,
                 bias: None,
                 residual: None,
                 out: &scratch.heads_out,

@@ -16,6 +16,7 @@ const HAS_BIAS: u32 = 1;
 const HAS_RESIDUAL: u32 = 2;
 const SILU_IN: u32 = 4;
 const SILU_OUT: u32 = 8;
+const BIAS_PER_ROW: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -73,6 +74,8 @@ pub struct Matmul {
     pub out_scale: f32,
     pub silu_in: bool,
     pub silu_out: bool,
+    /// The bias is indexed by the output row m (length M) instead of the column n.
+    pub bias_per_row: bool,
 }
 
 impl Matmul {
@@ -103,6 +106,7 @@ impl Matmul {
             out_scale: 1.0,
             silu_in: false,
             silu_out: false,
+            bias_per_row: false,
         }
     }
 
@@ -282,7 +286,7 @@ pub fn matmul_with(
     check_len("B", bufs.b, op.extent(&op.b, op.k, op.n))?;
     check_len("out", bufs.out, op.extent(&op.c, op.m, op.n))?;
     if let Some(bias) = bufs.bias {
-        check_len("bias", bias, op.n)?;
+        check_len("bias", bias, if op.bias_per_row { op.m } else { op.n })?;
     }
     if let Some(res) = bufs.residual {
         check_len("residual", res, op.extent(&op.c, op.m, op.n))?;
@@ -296,6 +300,7 @@ pub fn matmul_with(
     };
     flags |= if op.silu_in { SILU_IN } else { 0 };
     flags |= if op.silu_out { SILU_OUT } else { 0 };
+    flags |= if op.bias_per_row { BIAS_PER_ROW } else { 0 };
     let u = |v: usize| v as u32;
     let params = Params {
         m: u(op.m),

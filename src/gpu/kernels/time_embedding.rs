@@ -184,6 +184,7 @@ pub fn time_projection(
         out_scale: 1.0,
         silu_in: true,
         silu_out: false,
+        bias_per_row: false,
     };
     let dispatch = matmul(
         ctx,
