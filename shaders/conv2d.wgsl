@@ -143,6 +143,10 @@ fn conv_reg(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
     let col0 = min(nv0 + 0u, p.cout_v - 1u);
     let col1 = min(nv0 + 1u, p.cout_v - 1u);
     let m_base = m_group(wid) * (REG_WG * REG_TM) + lid.x;
+    // No barriers here, so an invocation without any valid pixel may leave at once.
+    if (m_base >= p.m_total) {
+        return;
+    }
 
     var px: array<Pixel, REG_TM>;
     for (var i = 0u; i < REG_TM; i++) {
@@ -212,6 +216,11 @@ fn conv_rows8(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let seg_total = p.batch * p.out_h * segs;
     let sidx = m_group(wid) * ROW_WG + lid.x;
     let valid = sidx < seg_total;
+    // No barriers here, so idle invocations may leave at once (on a CPU adapter a SIMD
+    // batch of idle lanes then costs nothing: small layers leave many idle).
+    if (!valid) {
+        return;
+    }
     let s = select(0u, sidx, valid);
     let ox0 = (s % segs) * 8u;
     let row = s / segs; // b * out_h + oy
@@ -342,6 +351,11 @@ fn conv_rows16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     let seg_total = p.batch * p.out_h * segs;
     let sidx = m_group(wid) * ROW_WG + lid.x;
     let valid = sidx < seg_total;
+    // No barriers here, so idle invocations may leave at once (on a CPU adapter a SIMD
+    // batch of idle lanes then costs nothing: small layers leave many idle).
+    if (!valid) {
+        return;
+    }
     let s = select(0u, sidx, valid);
     let ox0 = (s % segs) * 16u;
     let row = s / segs; // b * out_h + oy
