@@ -5,12 +5,12 @@ checkpoints every few minutes with an atomic write,
 and resumes exactly (model, EMA, optimizer, LR schedule, RNG, step, loss log).
 
 Start (or resume: the same command picks up the checkpoint if it exists). The
-bundled model was trained with exactly this command (first 1112 steps without the
-cooldown flags, which only act from step 2700 on):
+bundled model was trained with exactly this command (it was restarted twice from
+its checkpoint, with the cooldown flags changed before step 2500, where they first act):
 
     mkdir -p tools/runs
     setsid nohup nice -n 10 /work/venv/bin/python tools/train_mnist.py \
-        --max-steps 40000 --stop-at 06:40 --cooldown-start 2700 --cooldown-steps 800 \
+        --max-steps 40000 --stop-at 06:40 --cooldown-start 2500 --cooldown-steps 600 \
         > tools/runs/train.log 2>&1 < /dev/null &
 
 To train further from the committed checkpoint, pass a later --cooldown-start (the LR
