@@ -315,3 +315,44 @@ fn unet_inversion_and_reconstruction_match_cpu_reference() {
         assert!(m <= 1e-3, "reconstruction on {backend}: max abs {m:.3e}");
     });
 }
+
+/// Wrong noise (length, or missing where sigma > 0) and a non-NCHW start are errors, not panics.
+#[test]
+fn bad_noise_and_shapes_are_errors() {
+    let cfg = SchedulerConfig::from_json_str("{}").unwrap();
+    let table = ddim_table(&cfg, 3, 1.0).unwrap();
+    let rows = ddim_rows(&table);
+    let (n, c, h, wd) = (2usize, 3usize, 4usize, 5usize);
+    let w = common::random(c * c, 1);
+    let b = common::random(c, 2);
+    let x_t = Tensor::new(vec![n, c, h, wd], common::random(n * c * h * wd, 3)).unwrap();
+    common::for_each_backend(|backend, ctx| {
+        let fwd = toy_gpu(ctx, n * h * wd, c, &w, &b);
+        let spec = SampleSpec {
+            steps: &rows,
+            prediction: cfg.prediction_type,
+            limit: X0Limit::from_config(&cfg),
+            use_clipped_model_output: false,
+        };
+        let noop = &mut |_: usize, _: usize| {};
+        let err = sample(
+            ctx,
+            &fwd,
+            &spec,
+            &x_t,
+            &mut |_| Ok(Some(vec![0.0; 7])),
+            noop,
+        )
+        .expect_err("short noise must fail");
+        assert!(
+            format!("{err:#}").contains("noise for step 0"),
+            "{backend}: {err:#}"
+        );
+        let err = sample(ctx, &fwd, &spec, &x_t, &mut |_| Ok(None), noop)
+            .expect_err("missing noise with sigma > 0 must fail");
+        assert!(format!("{err:#}").contains("sigma"), "{backend}: {err:#}");
+        let flat = Tensor::new(vec![x_t.numel()], x_t.data.clone()).unwrap();
+        let err = sample(ctx, &fwd, &spec, &flat, &mut |_| Ok(None), noop).expect_err("1-D start");
+        assert!(format!("{err:#}").contains("NCHW"), "{backend}: {err:#}");
+    });
+}

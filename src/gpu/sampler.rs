@@ -1,8 +1,12 @@
-//! The DDIM sampling loop on the GPU: every step is one command buffer (copy the sample into the
-//! forward's input, the U-Net forward, the fused DDIM update), submitted per step for progress,
-//! with no read back until the end. Per-step data (the time-embedding tables inside the forward,
-//! the DDIM coefficients) is selected by step index through dynamic offsets, so the dispatches
-//! are recorded once.
+//! The sampling loop on the GPU (DDIM, DDPM, and noise-free tables such as DDIM inversion):
+//! every step is one command buffer (copy the sample into the forward's input, the U-Net
+//! forward, the fused update), submitted per step for progress, with no read back until the
+//! end. Per-step data (the time-embedding tables inside the forward, the update coefficients)
+//! is selected by step index through dynamic offsets, so the dispatches are recorded once.
+//!
+//! Entry points: [`sample`] runs one batch on any [`StepForward`]; [`sample_images`] and
+//! [`run_table`] compile `UNetPlan`s and mirror `sampling::sample_images_cpu` /
+//! `sampling::run_table_cpu` (what `gpu::run` and `ddim sample --device gpu` call).
 //!
 //! Layout: the sample lives on the device in NHWC, like every activation. The DDIM update is
 //! elementwise and thresholds per image, so NHWC changes nothing in its math; the host converts
@@ -68,9 +72,9 @@ pub struct SampleSpec<'a> {
     /// One row per model evaluation (`ddim_step::ddim_rows(&schedule::ddim_table(..))` or
     /// `ddpm_rows`), in the order of the timesteps the forward was built with.
     pub steps: &'a [UpdateRow],
-    /// DDPM: false.
     pub prediction: PredictionType,
     pub limit: X0Limit,
+    /// diffusers' `use_clipped_model_output` (DDIM only; false for DDPM and inversion).
     pub use_clipped_model_output: bool,
 }
 
@@ -89,6 +93,11 @@ pub fn sample(
     noise: &mut dyn FnMut(usize) -> Result<Option<Vec<f32>>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    ensure!(
+        x_t.shape.len() == 4,
+        "the initial sample must be NCHW, got shape {:?}",
+        x_t.shape
+    );
     let (n, c, h, w) = x_t.nchw();
     let numel = x_t.numel();
     ensure!(!spec.steps.is_empty(), "sampling needs at least one step");
