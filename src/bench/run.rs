@@ -25,10 +25,30 @@ pub struct Repeats {
     pub iters: usize,
 }
 
-/// Process CPU time (user + system) in seconds, where the OS tells it (Linux `/proc`); on a
-/// CPU adapter (lavapipe, llvmpipe) the driver's threads are ours, so work per CPU-second is a
-/// rate that a busy shared machine disturbs much less than wall-clock.
+/// Process CPU time in seconds, where the OS tells it (Linux `/proc`); on a CPU adapter
+/// (lavapipe, llvmpipe) the driver's threads are ours, so work per CPU-second is a rate that a
+/// busy shared machine disturbs much less than wall-clock.
+///
+/// Sums the nanosecond run times of the live threads (`/proc/self/task/*/schedstat`), falling
+/// back to the process's user + system ticks (10 ms resolution) without schedstat. Threads that
+/// exit between two readings take their time with them; the drivers' worker threads persist.
 pub fn process_cpu_seconds() -> Option<f64> {
+    thread_run_time_seconds().or_else(process_ticks_seconds)
+}
+
+fn thread_run_time_seconds() -> Option<f64> {
+    let mut total_ns: u64 = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        // A thread may exit while we read; skip it.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total_ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total_ns as f64 * 1e-9)
+}
+
+fn process_ticks_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')')?.1;
@@ -57,7 +77,7 @@ pub fn repeat_timed(
         ns.push(start.elapsed().as_nanos() as f64);
     }
     let cpu = match (cpu0, process_cpu_seconds()) {
-        (Some(a), Some(b)) => Some((b - a) / iters as f64),
+        (Some(a), Some(b)) if b > a => Some((b - a) / iters as f64),
         _ => None,
     };
     Ok((ns, cpu))
@@ -248,4 +268,22 @@ pub fn bench_cpu(
         dispatches: Vec::new(),
         memory: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_time_advances_with_work() {
+        let Some(a) = super::process_cpu_seconds() else {
+            return; // not Linux
+        };
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed().as_millis() < 50 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let b = super::process_cpu_seconds().unwrap();
+        assert!(b > a, "{a} -> {b}");
+    }
 }

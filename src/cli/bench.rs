@@ -398,12 +398,19 @@ fn print_text(doc: &Document, per_dispatch: bool) {
         }
     }
     for t in &doc.targets {
+        let cpu = match (t.measured_cpu_time, t.met_cpu_time) {
+            (Some(m), Some(ok)) => format!(
+                "; per CPU-second {m:.3} {}",
+                if ok { "met" } else { "MISSED" }
+            ),
+            _ => String::new(),
+        };
         println!(
-            "target {:<28} {:>8.3}  ({})  {}",
+            "target {:<28} {:>8.3} {}{cpu}  ({})",
             t.name,
             t.measured,
-            t.target,
-            if t.met { "met" } else { "MISSED" }
+            if t.met { "met" } else { "MISSED" },
+            t.target
         );
     }
 }
