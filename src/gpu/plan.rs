@@ -604,6 +604,8 @@ impl UNetPlan {
         b.dispatches.push(d);
 
         run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
+        // Waiting lets wgpu free the staging copies of every upload (as large as the weights).
+        ctx.wait_idle()?;
         let flops = b.dispatches.iter().map(|d| d.flops).sum();
         let input_buffer = b.pool.buf(input.id).clone();
         Ok(Self {
