@@ -163,7 +163,7 @@ fn bad_arguments_give_one_clear_line() {
     for (ts, device, needle) in [
         ("1,2,3", "cpu", "3 timesteps for a batch of 2"),
         ("ten", "cpu", "not a number"),
-        ("5", "gpu", "GPU forward not wired yet"),
+        ("inf", "cpu", "finite, non-negative"),
     ] {
         let o = base(ts, device);
         let stderr = String::from_utf8_lossy(&o.stderr);
