@@ -131,6 +131,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub pipelines: PipelineCache,
+    /// A tiny storage buffer bound where a kernel's optional input is absent.
+    placeholder: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 impl GpuContext {
@@ -183,6 +185,7 @@ impl GpuContext {
             limits,
             features,
             pipelines: PipelineCache::default(),
+            placeholder: std::sync::OnceLock::new(),
         })
     }
 
@@ -197,6 +200,13 @@ impl GpuContext {
             "{} ({:?}, {:?})",
             self.info.name, self.info.backend, self.info.device_type
         )
+    }
+
+    /// One 16-byte read-only storage buffer, shared by every binding that a kernel declares but
+    /// a dispatch does not use (never bind it as a kernel's output).
+    pub fn placeholder(&self) -> &wgpu::Buffer {
+        self.placeholder
+            .get_or_init(|| self.upload("unused binding", &[0f32; 4]))
     }
 
     /// Blocks until all submitted work has finished.

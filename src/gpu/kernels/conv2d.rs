@@ -381,7 +381,7 @@ pub fn conv2d(
     let kernel = ctx.kernel(&spec(entry))?;
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
-    let unused = ctx.upload(&format!("{label} unused"), &[0f32; 4]);
+    let unused = ctx.placeholder();
     let chan_bytes = (shape.batch * shape.cout * 4) as u64;
     let (chan_buf, chan_stride, chan_size) = match io.chan_add {
         Some((buf, stride)) => {
@@ -392,14 +392,14 @@ pub fn conv2d(
             );
             (buf, stride, chan_bytes)
         }
-        None => (&unused, 0, unused.size()),
+        None => (unused, 0, unused.size()),
     };
     let bind_group = kernel.bind_group(
         ctx,
         &[
             (&uniform).into(),
             io.x_a.into(),
-            io.x_b.unwrap_or(&unused).into(),
+            io.x_b.unwrap_or(unused).into(),
             (&weights.weight).into(),
             (&weights.bias).into(),
             BufferSlice {
@@ -407,7 +407,7 @@ pub fn conv2d(
                 offset: 0,
                 size: Some(chan_size),
             },
-            io.residual.unwrap_or(&unused).into(),
+            io.residual.unwrap_or(unused).into(),
             io.out.into(),
         ],
     )?;

@@ -66,14 +66,14 @@ fn build(
     let grid = grid_2d(groups, ctx.limits.max_compute_workgroups_per_dimension);
     params.row_groups = grid[0];
     let uniform = ctx.uniform(&format!("{label} params"), &params);
-    let unused = ctx.upload(&format!("{label} unused"), &[0f32; 4]);
-    let (tbuf, tsize, tstride) = table.unwrap_or((&unused, unused.size(), 0));
+    let unused = ctx.placeholder();
+    let (tbuf, tsize, tstride) = table.unwrap_or((unused, unused.size(), 0));
     let bind_group = kernel.bind_group(
         ctx,
         &[
             (&uniform).into(),
             a.into(),
-            b.unwrap_or(&unused).into(),
+            b.unwrap_or(unused).into(),
             BufferSlice {
                 buffer: tbuf,
                 offset: 0,
