@@ -573,7 +573,10 @@ const T_BM: u32 = 64u; // pixels per workgroup tile
 const T_BNV: u32 = 16u; // vec4 columns per workgroup tile (64 output channels)
 const T_BK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>;       // [T_BK][T_BM]
+// Rows padded by one float: the loads below write 16 consecutive k of one pixel, which would
+// otherwise all fall in one memory bank (a row stride of 64 floats).
+const T_ROW: u32 = 65u;
+var<workgroup> a_tile: array<f32, 1040>;       // [T_BK][T_ROW]
 var<workgroup> b_tile: array<vec4<f32>, 256>;  // [T_BK][T_BNV]
 
 @compute @workgroup_size(16, 16, 1)
@@ -598,7 +601,7 @@ fn conv_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     for (var k0 = 0u; k0 < k_total; k0 += T_BK) {
         let k = k0 + k_local;
         for (var j = 0u; j < 4u; j++) {
-            a_tile[k_local * T_BM + t / 16u + 16u * j] = select(0.0, load_x(load_px[j], k), k < k_total);
+            a_tile[k_local * T_ROW + t / 16u + 16u * j] = select(0.0, load_x(load_px[j], k), k < k_total);
         }
         let kb = k0 + b_row;
         let in_b = kb < k_total && b_col < p.cout_v;
@@ -607,7 +610,7 @@ fn conv_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         workgroupBarrier();
         for (var kk = 0u; kk < T_BK; kk++) {
             let wv = b_tile[kk * T_BNV + lid.x];
-            let row = kk * T_BM + lid.y * 4u;
+            let row = kk * T_ROW + lid.y * 4u;
             acc[0] += a_tile[row] * wv;
             acc[1] += a_tile[row + 1u] * wv;
             acc[2] += a_tile[row + 2u] * wv;
