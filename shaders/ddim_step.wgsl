@@ -11,8 +11,8 @@
 // z is host-generated noise (identical for the CPU reference), read at the step's offset.
 //
 // ddim_threshold runs first when thresholding: one workgroup per sample finds the two order
-// statistics of |x0| around q·(N−1) exactly, by bisection over the f32 bit patterns (for
-// non-negative floats, integer order equals float order), counting with workgroup atomics.
+// statistics of |x0| around q·(N−1) exactly, by a radix select over the f32 bit patterns (for
+// non-negative floats, integer order equals float order) with workgroup-atomic histograms.
 
 struct Params {
     numel: u32,
@@ -97,47 +97,66 @@ fn ddim_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
 }
 
-// Counters for the two order statistics, double-buffered by iteration parity.
-var<workgroup> counts: array<atomic<u32>, 4>;
+// Histograms of the current 8-bit digit for the two order statistics ([rank][digit]), and the
+// selection state: bit prefix decided so far and rank within it, for each statistic.
+var<workgroup> hist: array<atomic<u32>, 512>;
+var<workgroup> sel_prefix: array<u32, 2>;
+var<workgroup> sel_rank: array<u32, 2>;
 
 @compute @workgroup_size(256)
 fn ddim_threshold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
     let base = b * p.per_sample;
-    if lid < 4u {
-        atomicStore(&counts[lid], 0u);
+    if lid == 0u {
+        sel_prefix[0] = 0u;
+        sel_prefix[1] = 0u;
+        sel_rank[0] = p.rank_lo;
+        sel_rank[1] = p.rank_hi;
     }
-    workgroupBarrier();
-    // Smallest bit pattern v with #{|x0| ≤ v} ≥ rank + 1, for both ranks.
-    var lo = vec2<u32>(0u);
-    var hi = vec2<u32>(0x7f800000u);
-    let need = vec2<u32>(p.rank_lo + 1u, p.rank_hi + 1u);
-    for (var iter = 0u; iter < 32u; iter++) {
-        let mid = lo + (hi - lo) / 2u;
-        var local = vec2<u32>(0u);
+    // Radix select over the bit patterns of |x0| (for non-negative floats integer order is
+    // float order), most significant 8-bit digit first: 4 passes, 3 barriers each.
+    for (var round = 0u; round < 4u; round++) {
+        let shift = 24u - 8u * round;
+        for (var i = lid; i < 512u; i += WG) {
+            atomicStore(&hist[i], 0u);
+        }
+        workgroupBarrier();
+        let prefix = vec2<u32>(sel_prefix[0], sel_prefix[1]);
         for (var j = lid; j < p.per_sample; j += WG) {
             let x = sample[base + j];
             let bits = bitcast<u32>(abs(predict(x, model_out[base + j]).x));
-            local += vec2<u32>(select(0u, 1u, bits <= mid.x), select(0u, 1u, bits <= mid.y));
+            let digit = (bits >> shift) & 255u;
+            // Only values whose higher digits equal the prefix chosen so far (all in round 0).
+            // (In round 0 the shift would be 32, which WGSL reduces modulo 32; hence the test.)
+            let higher = (vec2<u32>(bits) ^ prefix) >> vec2<u32>(min(shift + 8u, 31u));
+            let same = vec2<bool>(round == 0u) | (higher == vec2<u32>(0u));
+            if same.x {
+                atomicAdd(&hist[digit], 1u);
+            }
+            if same.y {
+                atomicAdd(&hist[256u + digit], 1u);
+            }
         }
-        let slot = (iter & 1u) * 2u;
-        atomicAdd(&counts[slot], local.x);
-        atomicAdd(&counts[slot + 1u], local.y);
         workgroupBarrier();
-        let total = vec2<u32>(atomicLoad(&counts[slot]), atomicLoad(&counts[slot + 1u]));
-        // Reset the other pair for the next iteration; everyone read it before this barrier.
-        if lid == 0u {
-            atomicStore(&counts[2u - slot], 0u);
-            atomicStore(&counts[3u - slot], 0u);
+        if lid < 2u {
+            var below = 0u;
+            var digit = 255u;
+            for (var d = 0u; d < 256u; d++) {
+                let count = atomicLoad(&hist[lid * 256u + d]);
+                if below + count > sel_rank[lid] {
+                    digit = d;
+                    break;
+                }
+                below += count;
+            }
+            sel_rank[lid] -= below;
+            sel_prefix[lid] |= digit << shift;
         }
-        let enough = total >= need;
-        hi = select(hi, mid, enough & (lo < hi));
-        lo = select(lo, mid + 1u, !enough & (lo < hi));
         workgroupBarrier();
     }
     if lid == 0u {
-        let below = bitcast<f32>(lo.x);
-        let above = bitcast<f32>(lo.y);
+        let below = bitcast<f32>(sel_prefix[0]);
+        let above = bitcast<f32>(sel_prefix[1]);
         let w = p.rank_weight;
         // torch.lerp's two-sided formula, as torch.quantile uses it.
         var q = below + w * (above - below);

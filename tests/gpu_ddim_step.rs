@@ -292,3 +292,70 @@ fn ddim_update_throughput_report() {
         }
     });
 }
+
+/// The order statistics themselves: with sample prediction x0 is the model output exactly, so
+/// the GPU's thresholded x0 must equal the CPU's when the quantile lies strictly inside
+/// (1, sample_max_value). Many elements per invocation, ties, and values sharing their high
+/// bits (every radix round decides something).
+#[test]
+fn dynamic_threshold_order_statistics_are_exact() {
+    let (batch, per_sample) = (3usize, 1000usize);
+    let numel = batch * per_sample;
+    let cfg = SchedulerConfig::from_json_str(
+        r#"{"prediction_type": "sample", "thresholding": true,
+            "dynamic_thresholding_ratio": 0.9, "sample_max_value": 4.0}"#,
+    )
+    .unwrap();
+    let mut m: Vec<f32> = common::random(numel, 9)
+        .iter()
+        .map(|u| (1.0 + 2.5 * u.abs()) * u.signum())
+        .collect();
+    // Ties, and values equal in their top 24 bits, below the 90th percentile (ties at the
+    // percentile itself would make neighbouring order statistics equal and hide off-by-one
+    // ranks; the random values there differ in their low digits, so every radix round counts).
+    for i in (0..numel).step_by(7) {
+        m[i] = 2.0;
+    }
+    for i in (3..numel).step_by(11) {
+        m[i] = -f32::from_bits(2.2f32.to_bits() + (i % 5) as u32);
+    }
+    let rows = ddim_rows(&ddim_table(&cfg, 4, 0.0).unwrap());
+    let st = ddim_table(&cfg, 4, 0.0).unwrap()[1];
+    let x = common::random(numel, 10);
+    let want = ddim_step(&cfg, &st, &m, &x, batch, false, None).unwrap();
+    let peak = want
+        .pred_original_sample
+        .iter()
+        .fold(0.0f32, |a, v| a.max(v.abs()));
+    assert!(
+        (peak - 1.0).abs() < 1e-6,
+        "x0 is divided by s, so its peak is 1"
+    );
+    common::for_each_backend(|backend, ctx| {
+        let update = DdimUpdateConfig {
+            batch,
+            per_sample,
+            prediction: cfg.prediction_type,
+            limit: X0Limit::from_config(&cfg),
+            use_clipped_model_output: false,
+        };
+        let sample = ctx.upload("sample", &x);
+        let model_out = ctx.upload("model out", &m);
+        let x0 = ctx.poisoned("x0", numel);
+        let bufs = DdimBuffers {
+            model_out: &model_out,
+            noise: None,
+            sample: &sample,
+            x0_out: Some(&x0),
+        };
+        let d = ddim_update(ctx, &update, &rows, NoiseLayout::AllSteps, &bufs).unwrap();
+        run_dispatches(ctx, &d, 1).unwrap();
+        let got = ctx.read_f32(&x0, numel).unwrap();
+        common::assert_close(
+            &format!("thresholded x0 on {backend}"),
+            &got,
+            &want.pred_original_sample,
+            1e-6,
+        );
+    });
+}
