@@ -117,6 +117,29 @@ impl Pipeline {
         request: &SampleRequest,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
+        let gpu = match device {
+            Device::Cpu => None,
+            Device::Gpu(ctx) => Some(ctx.as_ref()),
+        };
+        self.sample_with(gpu, request, progress)
+    }
+
+    /// [`Pipeline::sample`] on an adapter the caller already opened.
+    pub fn sample_on_gpu(
+        &self,
+        ctx: &GpuContext,
+        request: &SampleRequest,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        self.sample_with(Some(ctx), request, progress)
+    }
+
+    fn sample_with(
+        &self,
+        gpu: Option<&GpuContext>,
+        request: &SampleRequest,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         ensure!(request.num > 0, "the number of images must be at least 1");
         let table = StepTable::new(&self.scheduler, &request.settings)?;
         let mut plan = NoisePlan::new(
@@ -138,8 +161,8 @@ impl Pipeline {
             plan.initial_override = Some(x.data.clone());
         }
         let batch = request.batch.unwrap_or(request.num.min(16)).max(1);
-        match device {
-            Device::Cpu => sample_images_cpu(
+        match gpu {
+            None => sample_images_cpu(
                 &self.unet,
                 &self.model.weights,
                 &self.scheduler,
@@ -148,7 +171,7 @@ impl Pipeline {
                 batch,
                 progress,
             ),
-            Device::Gpu(ctx) => crate::gpu::sample_images(
+            Some(ctx) => crate::gpu::sample_images(
                 ctx,
                 &self.unet,
                 &self.model.weights,

@@ -6,9 +6,8 @@ pub mod kernel;
 pub mod kernels;
 pub mod plan;
 pub mod profile;
-pub mod run;
 pub mod sampler;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
-pub use run::{run_table, sample_images};
+pub use sampler::{run_table, sample_images};
