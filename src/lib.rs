@@ -16,3 +16,8 @@ pub mod schedule;
 pub mod tensor;
 
 pub use tensor::Tensor;
+
+// Compiles the Rust examples in README.md as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
