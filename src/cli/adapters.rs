@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
+use ddim_wgpu::gpu::kernels::conv2d::Variant;
 use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
 use serde_json::{json, Value};
 
@@ -67,6 +68,7 @@ fn describe(index: usize, adapter: &wgpu::Adapter) -> Value {
             "min_storage_buffer_offset_alignment": l.min_storage_buffer_offset_alignment,
         },
         "features": features,
+        "conv_variant": format!("{:?}", Variant::default_for(info.device_type)).to_lowercase(),
     })
 }
 
@@ -103,6 +105,10 @@ fn print_text(a: &Value) {
         .as_array()
         .map(|v| v.iter().filter_map(|f| f.as_str()).collect())
         .unwrap_or_default();
+    println!(
+        "    conv kernels: {} (DDIM_CONV_VARIANT=reg|tiled overrides)",
+        a["conv_variant"].as_str().unwrap_or("")
+    );
     println!(
         "    subgroup size {}..{}; features: {}",
         a["subgroup_size"][0],

@@ -33,8 +33,15 @@ impl Variant {
             Some("reg") | Some("register") => Ok(Self::Register),
             Some("tiled") => Ok(Self::Tiled),
             Some(other) => bail!("DDIM_CONV_VARIANT={other:?}: expected reg or tiled"),
-            None if ctx.is_cpu() => Ok(Self::Register),
-            None => Ok(Self::Tiled),
+            None => Ok(Self::default_for(ctx.info.device_type)),
+        }
+    }
+
+    /// The variant for a device type: Register on CPU implementations, Tiled on GPUs.
+    pub fn default_for(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => Self::Register,
+            _ => Self::Tiled,
         }
     }
 
