@@ -40,11 +40,15 @@ pub fn largest_live_activations_bytes(unet: &UNet, batch: usize) -> u64 {
 }
 
 /// Bytes the backend's allocator has handed out, where the backend reports it (Vulkan, DX12,
-/// Metal with sub-allocation); None elsewhere (GL).
-pub fn allocator_bytes(ctx: &GpuContext) -> Option<u64> {
-    ctx.device
+/// Metal with sub-allocation); None elsewhere (GL). Buffers created mapped are filled through
+/// staging memory that wgpu frees only once a submission completes, so this flushes first.
+pub fn allocator_bytes(ctx: &GpuContext) -> anyhow::Result<Option<u64>> {
+    ctx.queue.submit([]);
+    ctx.wait_idle()?;
+    Ok(ctx
+        .device
         .generate_allocator_report()
-        .map(|r| r.total_allocated_bytes)
+        .map(|r| r.total_allocated_bytes))
 }
 
 /// The memory part of a bench report.

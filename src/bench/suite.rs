@@ -374,10 +374,10 @@ pub fn gpu_document(
     if o.run {
         progress.note("whole runs");
         let steps = run::ddim_steps(pipe, o.steps)?;
-        let before = memory::allocator_bytes(ctx);
+        let before = memory::allocator_bytes(ctx)?;
         let built =
             build_forward(ctx, pipe, &steps, o.batch).context("building the GPU forward")?;
-        let after = memory::allocator_bytes(ctx);
+        let after = memory::allocator_bytes(ctx)?;
         let x_t = run::bench_input(pipe, o.batch)?;
         let mut result = run::bench_gpu(
             ctx,
