@@ -2,45 +2,9 @@
 
 use crate::Tensor;
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// failed run never leaves a half-written file behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "cannot write {}: directory {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().ok();
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use crate::output::write_atomic;
 
 /// Maps a value in [-1, 1] to a byte the way diffusers' pipelines do:
 /// `(x / 2 + 0.5).clamp(0, 1)`, then `round(v * 255)` with numpy's half-to-even rounding.
@@ -170,22 +134,5 @@ mod tests {
         assert_eq!(px[3], 255); // image 1 starts at x = 3
         assert_eq!(px[2], 0); // padding column
         assert_eq!(px[0], 128); // image 0 is mid-grey
-    }
-
-    #[test]
-    fn atomic_write_refuses_missing_directory_and_leaves_nothing() {
-        let dir = std::env::temp_dir().join(format!("ddim-io-test-{}", std::process::id()));
-        let missing = dir.join("nope").join("x.png");
-        assert!(write_atomic(&missing, b"abc").is_err());
-        std::fs::create_dir_all(&dir).unwrap();
-        let ok = dir.join("x.bin");
-        write_atomic(&ok, b"abc").unwrap();
-        assert_eq!(std::fs::read(&ok).unwrap(), b"abc");
-        let leftovers: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .collect();
-        assert_eq!(leftovers.len(), 1, "temporary files left behind");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod image_io;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod rng;
 pub mod sampling;

@@ -3,7 +3,6 @@
 use crate::Tensor;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
-use std::io::Write;
 use std::path::Path;
 
 /// Largest tensor file read: 4 GiB.
@@ -88,27 +87,5 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let encoded = safetensors::serialize(views, None).context("encoding safetensors")?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encoded)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    crate::output::write_atomic(path, &encoded)
 }
