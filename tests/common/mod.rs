@@ -2,8 +2,9 @@
 //! used one test at a time, and random inputs and comparisons.
 //!
 //! Backends tested: `DDIM_TEST_BACKENDS` (comma list, default "vulkan,gl"). A backend without an
-//! adapter is skipped with a clear line, except with `CI=true`, where a missing Vulkan adapter
-//! (lavapipe there) fails the test; a missing GL adapter fails too when `DDIM_REQUIRE_GL=1`.
+//! adapter is skipped with a clear line, except with `CI=true`, where a missing Vulkan (lavapipe)
+//! or GL (llvmpipe) adapter fails the test (`.ci/run` installs both drivers). Outside CI,
+//! `DDIM_REQUIRE_GPU=1` / `DDIM_REQUIRE_GL=1` make them required too.
 #![allow(dead_code)]
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -32,7 +33,7 @@ fn backends_under_test() -> Vec<BackendChoice> {
 fn required(backend: BackendChoice) -> bool {
     match backend {
         BackendChoice::Vulkan => env_flag("CI") || env_flag("DDIM_REQUIRE_GPU"),
-        BackendChoice::Gl => env_flag("DDIM_REQUIRE_GL"),
+        BackendChoice::Gl => env_flag("CI") || env_flag("DDIM_REQUIRE_GL"),
         _ => false,
     }
 }
