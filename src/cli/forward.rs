@@ -27,7 +27,9 @@ pub struct Args {
     /// Output file; the prediction is written as the tensor `sample`.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    /// Where to run: auto (a GPU adapter when wgpu finds one, else the CPU reference), cpu or gpu.
+    /// `--save-layers` runs on the CPU under auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     pub device: String,
     /// GPU backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else the best adapter).
     #[arg(long)]
@@ -87,8 +89,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (_, _, h, w) = x.nchw();
     let unet = UNet::new(&config, h, w)?;
-    if args.device == "gpu" {
-        return run_gpu(&args, &unet, &weights, &x, &timesteps);
+    if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none()) {
+        match open_gpu(&args) {
+            Ok(ctx) => return run_gpu(&args, &ctx, &unet, &weights, &x, &timesteps),
+            Err(e) if args.device == "gpu" => return Err(e),
+            Err(e) => log::warn!("no usable GPU adapter ({e:#}); using the CPU reference"),
+        }
     }
     let start = Instant::now();
     let mut layers = Vec::new();
@@ -114,24 +120,27 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The `--device gpu` branch: the compiled plan (batch split by the adapter's binding limits).
+fn open_gpu(args: &Args) -> Result<ddim_wgpu::gpu::GpuContext> {
+    if args.save_layers.is_some() {
+        bail!("--save-layers is only supported with --device cpu (use `ddim verify` for the GPU)");
+    }
+    ddim_wgpu::gpu::GpuContext::new(&ddim_wgpu::gpu::AdapterChoice {
+        backend: args.backend,
+        index: args.adapter,
+    })
+}
+
+/// The GPU branch: the compiled plan (batch split by the adapter's binding limits).
 fn run_gpu(
     args: &Args,
+    ctx: &ddim_wgpu::gpu::GpuContext,
     unet: &UNet,
     weights: &Weights,
     x: &ddim_wgpu::Tensor,
     timesteps: &[f32],
 ) -> Result<()> {
-    use ddim_wgpu::gpu::{AdapterChoice, GpuContext};
-    if args.save_layers.is_some() {
-        bail!("--save-layers is only supported with --device cpu (use `ddim verify` for the GPU)");
-    }
-    let ctx = GpuContext::new(&AdapterChoice {
-        backend: args.backend,
-        index: args.adapter,
-    })?;
     let start = Instant::now();
-    let y = ddim_wgpu::gpu::plan::forward(&ctx, unet, weights, x, timesteps, None)?;
+    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, weights, x, timesteps, None)?;
     let secs = start.elapsed().as_secs_f64();
     if !args.quiet {
         let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
