@@ -12,6 +12,10 @@ additions are not counted. It is measured here with forward hooks, so it cross-c
     /work/venv/bin/python tools/bench_torch.py                      # bundled MNIST model
     /work/venv/bin/python tools/bench_torch.py --arch cifar10 --batch 8 --steps 10 --json
     /work/venv/bin/python tools/bench_torch.py --model DIR --device cuda
+
+On a shared, busy machine pass --threads 1: PyTorch's worker threads spin-wait and lose badly
+to oversubscription (measured here at load ~5 on 2 cores: 2 threads 1100 ms per MNIST step at
+batch 8, 1 thread 93 ms).
 """
 
 import argparse
