@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::run::process_cpu_seconds;
+use super::run::CpuTime;
 use super::{gflops, Summary};
 use crate::cpu::ops::Padding;
 use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
@@ -192,9 +192,9 @@ pub fn measure(
     if warmup > 0 {
         profiler.time_repeated(ctx, &case.dispatch, warmup, 0)?;
     }
-    let cpu0 = process_cpu_seconds();
+    let cpu0 = CpuTime::now();
     let ns = profiler.time_repeated(ctx, &case.dispatch, iters.max(1), 0)?;
-    let cpu = cpu0.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+    let cpu = CpuTime::since(&cpu0);
     let summary = Summary::of(&ns).context("no timings")?;
     Ok(GemmRow {
         kernel: kernel.name(),

@@ -323,13 +323,11 @@ pub fn measure(
         profiler.time_each(ctx, &list, 0)?;
     }
     let mut runs = Vec::with_capacity(iters);
-    let cpu0 = super::run::process_cpu_seconds();
+    let cpu0 = super::run::CpuTime::now();
     for _ in 0..iters.max(1) {
         runs.push(profiler.time_each(ctx, &list, 0)?);
     }
-    let cpu = cpu0
-        .zip(super::run::process_cpu_seconds())
-        .map(|(a, b)| b - a);
+    let cpu = super::run::CpuTime::since(&cpu0);
     let medians = super::report::median_per_dispatch(&runs);
     let totals: Vec<f64> = runs.iter().map(|r| r.iter().sum()).collect();
     let spread = Summary::of(&totals).context("no timings")?;
