@@ -30,7 +30,7 @@ pub struct Args {
     pub model: Option<PathBuf>,
     /// Instead of a model: a built-in architecture with seeded random weights (cifar10 =
     /// google/ddpm-cifar10-32, 35.7 M parameters; mnist = the bundled model's architecture).
-    #[arg(long, value_parser = ["cifar10", "mnist"])]
+    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
     pub arch: Option<String>,
     /// Images per forward.
     #[arg(long, default_value_t = 8)]

@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// Instead of --model: a built-in architecture with seeded random weights (for timing).
-    #[arg(long, value_parser = ["cifar10", "mnist-like"])]
+    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
     pub arch: Option<String>,
     /// Seed of the random weights used with --arch.
     #[arg(long, default_value_t = 0)]

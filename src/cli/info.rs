@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// Instead of --model: describe a built-in architecture.
-    #[arg(long, value_parser = ["cifar10", "mnist-like"])]
+    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
     pub arch: Option<String>,
     /// Image height and width to describe (default: the config's sample_size).
     #[arg(long, num_args = 2, value_names = ["H", "W"])]

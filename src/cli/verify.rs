@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// Instead of a model: a built-in architecture with seeded random weights.
-    #[arg(long, value_parser = ["cifar10", "mnist-like"])]
+    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
     pub arch: Option<String>,
     /// Images per forward.
     #[arg(long, default_value_t = 2)]
