@@ -65,7 +65,9 @@ fn ensure_runtime_dir() {
     #[cfg(unix)]
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!("ddim-runtime-{uid}"));
         if std::fs::create_dir_all(&dir).is_ok()
             && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
