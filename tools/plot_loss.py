@@ -13,10 +13,12 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def smooth(values, k):
+def smooth(values, half_width):
+    """Centred moving average (the window shrinks at the ends, so the start is not lagged)."""
     out = []
     for i in range(len(values)):
-        window = values[max(0, i - k + 1) : i + 1]
+        k = min(half_width, i, len(values) - 1 - i)
+        window = values[i - k : i + k + 1]
         out.append(sum(window) / len(window))
     return out
 
@@ -50,7 +52,7 @@ def draw(steps, losses, path, width=800, height=450, margin=60):
     d.text((margin, 20), "training loss (MSE on epsilon), log scale; grey: per 50 steps, blue: smoothed", fill="black")
     pts = [px(s, y) for s, y in zip(steps, ys)]
     d.line(pts, fill=(180, 180, 180), width=1)
-    sm = [px(s, math.log10(v)) for s, v in zip(steps, smooth(losses, 10))]
+    sm = [px(s, y) for s, y in zip(steps, smooth(ys, 4))]
     d.line(sm, fill=(30, 80, 200), width=2)
     img.save(path)
 
