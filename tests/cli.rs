@@ -241,3 +241,96 @@ fn bad_files_fail_cleanly() {
     assert_fails(&out, "nope.safetensors", &out_png);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn invert_rejects_bad_images_cleanly() {
+    let dir = temp_dir("invert");
+    let small = dir.join("small.png");
+    image::GrayImage::new(10, 10).save(&small).unwrap();
+    let rgb = dir.join("rgb.png");
+    image::RgbImage::new(32, 32).save(&rgb).unwrap();
+    let junk = dir.join("junk.png");
+    std::fs::write(&junk, b"not a png").unwrap();
+    let out = dir.join("inv.png");
+    for (img, needle) in [
+        (&small, "10x10"),
+        (&rgb, "channel"),
+        (&junk, "junk.png"),
+        (&dir.join("missing.png"), "missing.png"),
+    ] {
+        let o = ddim(
+            &[
+                "invert",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--steps",
+                "2",
+                "--image",
+                img.to_str().unwrap(),
+                "--out",
+                "inv.png",
+            ],
+            &dir,
+        );
+        assert_fails(&o, needle, &out);
+    }
+    // A good image works end to end and writes the strip and the latents.
+    let good = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/weights/mnist/examples/digit_3.png"
+    );
+    let o = ddim(
+        &[
+            "invert", "--device", "cpu", "--quiet", "--steps", "2", "--image", good, "--out",
+            "inv.png",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(image::open(&out).unwrap().width(), 66);
+    assert!(dir.join("latents.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn interpolate_writes_a_strip() {
+    let dir = temp_dir("interp");
+    let o = ddim(
+        &[
+            "interpolate",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--steps",
+            "2",
+            "--frames",
+            "3",
+            "--out",
+            "i.png",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let strip = image::open(dir.join("i.png")).unwrap();
+    assert_eq!((strip.width(), strip.height()), (3 * 16 + 2 * 2, 16));
+    let o = ddim(
+        &[
+            "interpolate",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--frames",
+            "1",
+            "--out",
+            "j.png",
+        ],
+        &dir,
+    );
+    assert_fails(&o, "frames", &dir.join("j.png"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
