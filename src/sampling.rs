@@ -152,6 +152,24 @@ impl NoisePlan {
         }
     }
 
+    /// Checks that the plan's images fit `unet` and that the model can be sampled from at all
+    /// (its output has the shape of its input); shared by the CPU and GPU samplers.
+    pub fn check_model(&self, unet: &UNet) -> Result<()> {
+        let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
+        ensure!(
+            self.per_image == c * h * w,
+            "noise plan is for {} values per image, the model takes {}",
+            self.per_image,
+            c * h * w
+        );
+        ensure!(
+            (unet.output.c, unet.output.h, unet.output.w) == (c, h, w),
+            "the model outputs {} but samples are {c}x{h}x{w}: cannot sample with it",
+            unet.output
+        );
+        Ok(())
+    }
+
     /// Replays the stream from the seed and keeps the images in `range`. Every draw covers all
     /// `num` images (as torch draws the whole batch at once), so a chunk costs one full replay.
     pub fn chunk(&self, range: Range<usize>) -> Result<ChunkNoise> {
@@ -273,13 +291,8 @@ pub fn sample_images_cpu(
 ) -> Result<Tensor> {
     ensure!(batch > 0, "the batch size must be at least 1");
     let table = StepTable::new(cfg, settings)?;
+    plan.check_model(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
-    ensure!(
-        plan.per_image == c * h * w,
-        "noise plan is for {} values per image, the model takes {}",
-        plan.per_image,
-        c * h * w
-    );
     let mut out = Tensor::zeros(&[plan.num, c, h, w]);
     let total = plan.num.div_ceil(batch) * table.len();
     let mut done = 0;

@@ -235,18 +235,9 @@ pub fn sample_images(
 ) -> Result<Tensor> {
     ensure!(batch > 0, "the batch size must be at least 1");
     let table = StepTable::new(cfg, settings)?;
+    noise.check_model(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
     let per_image = c * h * w;
-    ensure!(
-        noise.per_image == per_image,
-        "noise plan is for {} values per image, the model takes {per_image}",
-        noise.per_image
-    );
-    ensure!(
-        (unet.output.c, unet.output.h, unet.output.w) == (c, h, w),
-        "the model outputs {} but samples are {c}x{h}x{w}: cannot sample with it",
-        unet.output
-    );
     let fits = max_batch(ctx, unet)?;
     let batch = batch.min(fits).min(noise.num);
     let (rows, limit, use_clipped) = update_rows(&table, cfg, settings);
