@@ -84,6 +84,16 @@ def parse_args():
     p.add_argument("--cooldown-start", type=int, default=None, help="step at which the LR starts to decay")
     p.add_argument("--cooldown-steps", type=int, default=1000)
     p.add_argument("--cooldown-floor", type=float, default=0.05)
+    p.add_argument(
+        "--rewarm-at",
+        type=int,
+        default=None,
+        help="second phase: from this step ramp the LR back up over --rewarm-steps, then "
+        "hold it until --second-cooldown-start (continues a run that had cooled down)",
+    )
+    p.add_argument("--rewarm-steps", type=int, default=200)
+    p.add_argument("--second-cooldown-start", type=int, default=None)
+    p.add_argument("--second-cooldown-steps", type=int, default=2000)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -110,12 +120,22 @@ def parse_args():
 
 def lr_at(step, args):
     """Linear warmup, constant, then (if --cooldown-start is set) a linear cooldown to
-    --cooldown-floor x lr over --cooldown-steps; the run can stop at any step."""
+    --cooldown-floor x lr over --cooldown-steps; the run can stop at any step.
+    With --rewarm-at, a second phase of the same shape starts at that step from the
+    floor, so a cooled-down run can be continued and the LR stays a pure function of
+    the step (exact resume)."""
+    if args.rewarm_at is not None and step >= args.rewarm_at:
+        ramp = min(1.0, (step - args.rewarm_at + 1) / args.rewarm_steps)
+        scale = args.cooldown_floor + (1.0 - args.cooldown_floor) * ramp
+        return args.lr * scale * _cooldown(step, args.second_cooldown_start, args.second_cooldown_steps, args)
     lr = args.lr * min(1.0, (step + 1) / args.warmup_steps)
-    if args.cooldown_start is not None and step >= args.cooldown_start:
-        frac = 1.0 - (step - args.cooldown_start) / args.cooldown_steps
-        lr *= max(args.cooldown_floor, frac)
-    return lr
+    return lr * _cooldown(step, args.cooldown_start, args.cooldown_steps, args)
+
+
+def _cooldown(step, start, length, args):
+    if start is None or step < start:
+        return 1.0
+    return max(args.cooldown_floor, 1.0 - (step - start) / length)
 
 
 def ema_decay_at(step, args):
@@ -253,6 +273,10 @@ class Trainer:
                             "cooldown_start",
                             "cooldown_steps",
                             "cooldown_floor",
+                            "rewarm_at",
+                            "rewarm_steps",
+                            "second_cooldown_start",
+                            "second_cooldown_steps",
                             "weight_decay",
                             "grad_clip",
                             "ema_decay",
