@@ -14,7 +14,7 @@ use crate::gpu::{AdapterChoice, GpuContext};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
 use crate::sampling::{
-    run_table_cpu, sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable,
+    run_table_cpu, sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable, Trajectory,
 };
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
@@ -40,6 +40,14 @@ impl Device {
         Self::gpu(&AdapterChoice::default()).unwrap_or(Self::Cpu)
     }
 
+    /// The adapter, or None for the CPU reference.
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        match self {
+            Self::Cpu => None,
+            Self::Gpu(ctx) => Some(ctx),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Cpu => "CPU reference".to_string(),
@@ -54,7 +62,7 @@ pub struct SampleRequest {
     pub settings: SampleSettings,
     /// Number of images.
     pub num: usize,
-    /// Images per U-Net evaluation; None chooses one.
+    /// Images per U-Net evaluation; None chooses one ([`Pipeline::auto_batch`]).
     pub batch: Option<usize>,
     pub seed: u64,
     pub rng: RngKind,
@@ -117,11 +125,43 @@ impl Pipeline {
         request: &SampleRequest,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        let gpu = match device {
-            Device::Cpu => None,
-            Device::Gpu(ctx) => Some(ctx.as_ref()),
-        };
-        self.sample_with(gpu, request, progress)
+        self.sample_with(device.gpu_context(), request, None, progress)
+    }
+
+    /// [`Pipeline::sample`], also keeping the predicted x0 after the steps `trajectory.steps`
+    /// (see [`Trajectory::every`]) in `trajectory.frames`.
+    pub fn sample_trajectory(
+        &self,
+        device: &Device,
+        request: &SampleRequest,
+        trajectory: &mut Trajectory,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        self.sample_with(device.gpu_context(), request, Some(trajectory), progress)
+    }
+
+    /// Images per U-Net evaluation when the caller does not choose one: as many as fit the
+    /// device (on a GPU every buffer within one storage binding, `gpu::plan::max_batch`) and
+    /// about 512 MiB of activations (16 at most on the CPU reference, which gains nothing from
+    /// more), then evened out so all chunks of `num` have the same size (one compiled plan).
+    /// `gpu` is None for the CPU reference ([`Device::gpu_context`]).
+    pub fn auto_batch(&self, gpu: Option<&GpuContext>, num: usize) -> Result<usize> {
+        const ACTIVATION_BUDGET: u64 = 512 << 20;
+        // Every layer's output at once: an upper bound on what the liveness pool keeps.
+        let per_image: u64 = self
+            .unet
+            .layers
+            .iter()
+            .map(|l| l.output.numel() as u64 * 4)
+            .sum::<u64>()
+            .max(1);
+        let mut cap = (ACTIVATION_BUDGET / per_image).max(1) as usize;
+        match gpu {
+            None => cap = cap.min(16),
+            Some(ctx) => cap = cap.min(crate::gpu::plan::max_batch(ctx, &self.unet)?),
+        }
+        let num = num.max(1);
+        Ok(num.div_ceil(num.div_ceil(cap)))
     }
 
     /// [`Pipeline::sample`] on an adapter the caller already opened.
@@ -131,13 +171,14 @@ impl Pipeline {
         request: &SampleRequest,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        self.sample_with(Some(ctx), request, progress)
+        self.sample_with(Some(ctx), request, None, progress)
     }
 
     fn sample_with(
         &self,
         gpu: Option<&GpuContext>,
         request: &SampleRequest,
+        trajectory: Option<&mut Trajectory>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
         ensure!(request.num > 0, "the number of images must be at least 1");
@@ -160,7 +201,10 @@ impl Pipeline {
             );
             plan.initial_override = Some(x.data.clone());
         }
-        let batch = request.batch.unwrap_or(request.num.min(16)).max(1);
+        let batch = match request.batch {
+            Some(b) => b.max(1),
+            None => self.auto_batch(gpu, request.num)?,
+        };
         match gpu {
             None => sample_images_cpu(
                 &self.unet,
@@ -169,6 +213,7 @@ impl Pipeline {
                 &request.settings,
                 &plan,
                 batch,
+                trajectory,
                 progress,
             ),
             Some(ctx) => crate::gpu::sample_images(
@@ -179,6 +224,7 @@ impl Pipeline {
                 &request.settings,
                 &plan,
                 batch,
+                trajectory,
                 progress,
             ),
         }
@@ -228,7 +274,10 @@ impl Pipeline {
         batch: Option<usize>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        let batch = batch.unwrap_or(x.shape[0].min(16)).max(1);
+        let batch = match batch {
+            Some(b) => b.max(1),
+            None => self.auto_batch(device.gpu_context(), x.shape[0])?,
+        };
         match device {
             Device::Cpu => run_table_cpu(
                 &self.unet,

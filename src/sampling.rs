@@ -106,6 +106,57 @@ impl StepTable {
     }
 }
 
+/// The predicted x0 after chosen steps of a run (`ddim sample --save-trajectory`), filled by
+/// the CPU and GPU samplers.
+#[derive(Clone, Debug, Default)]
+pub struct Trajectory {
+    /// Step indices (ascending, in loop order) whose predicted x0 is kept.
+    pub steps: Vec<usize>,
+    /// One NCHW tensor of all images per entry of `steps`.
+    pub frames: Vec<Tensor>,
+}
+
+impl Trajectory {
+    /// Every `every`-th step of a `len`-step run (steps every-1, 2·every-1, ...) and always the
+    /// last, whose prediction is the final image.
+    pub fn every(len: usize, every: usize) -> Result<Self> {
+        ensure!(len > 0, "a trajectory needs at least one step");
+        ensure!(every > 0, "the trajectory interval must be at least 1 step");
+        let mut steps: Vec<usize> = (every - 1..len).step_by(every).collect();
+        if steps.last() != Some(&(len - 1)) {
+            steps.push(len - 1);
+        }
+        Ok(Self {
+            steps,
+            frames: Vec::new(),
+        })
+    }
+
+    /// Zeroed frames for `num` images of shape (c, h, w), after checking the steps against
+    /// a `len`-step table.
+    pub(crate) fn start(
+        &mut self,
+        len: usize,
+        num: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        ensure!(
+            self.steps.windows(2).all(|p| p[0] < p[1]) && self.steps.iter().all(|&s| s < len),
+            "trajectory steps must ascend and lie below {len}, got {:?}",
+            self.steps
+        );
+        self.frames = vec![Tensor::zeros(&[num, c, h, w]); self.steps.len()];
+        Ok(())
+    }
+
+    /// Stores frame `k` of the images `range` (their NCHW values, `per_image` each).
+    pub(crate) fn store(&mut self, k: usize, range: Range<usize>, per_image: usize, x0: &[f32]) {
+        self.frames[k].data[range.start * per_image..range.end * per_image].copy_from_slice(x0);
+    }
+}
+
 /// The noise of a run of `num` images: x_T and the per-step draws, in pipeline order.
 #[derive(Clone, Debug)]
 pub struct NoisePlan {
@@ -246,6 +297,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn trajectory_keeps_every_kth_step_and_the_last() {
+        assert_eq!(Trajectory::every(10, 3).unwrap().steps, [2, 5, 8, 9]);
+        assert_eq!(Trajectory::every(10, 5).unwrap().steps, [4, 9]);
+        assert_eq!(
+            Trajectory::every(10, 1).unwrap().steps,
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(Trajectory::every(3, 50).unwrap().steps, [2]);
+        assert!(Trajectory::every(10, 0).is_err());
+        assert!(Trajectory::every(0, 1).is_err());
+        let mut bad = Trajectory {
+            steps: vec![3, 1],
+            frames: vec![],
+        };
+        assert!(bad.start(10, 1, 1, 2, 2).is_err());
+    }
+
+    #[test]
     fn chunks_slice_one_stream() {
         let cfg = SchedulerConfig::default();
         let settings = SampleSettings {
@@ -279,7 +348,9 @@ mod tests {
 }
 
 /// Samples all `plan.num` images on the CPU reference in chunks of `batch`, each chunk starting
-/// from its slice of the planned noise. `on_step(done, total)` reports progress in model steps.
+/// from its slice of the planned noise, filling `trajectory`'s frames when given.
+/// `on_step(done, total)` reports progress in model steps.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_images_cpu(
     unet: &UNet,
     weights: &Weights,
@@ -287,12 +358,16 @@ pub fn sample_images_cpu(
     settings: &SampleSettings,
     plan: &NoisePlan,
     batch: usize,
+    mut trajectory: Option<&mut Trajectory>,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     ensure!(batch > 0, "the batch size must be at least 1");
     let table = StepTable::new(cfg, settings)?;
     plan.check_model(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
+    if let Some(t) = trajectory.as_deref_mut() {
+        t.start(table.len(), plan.num, c, h, w)?;
+    }
     let mut out = Tensor::zeros(&[plan.num, c, h, w]);
     let total = plan.num.div_ceil(batch) * table.len();
     let mut done = 0;
@@ -308,7 +383,12 @@ pub fn sample_images_cpu(
             &table,
             x,
             &noise.steps,
-            &mut |_, _| {
+            &mut |i, x0| {
+                if let Some(t) = trajectory.as_deref_mut() {
+                    if let Some(k) = t.steps.iter().position(|&s| s == i) {
+                        t.store(k, range.clone(), plan.per_image, x0);
+                    }
+                }
                 done += 1;
                 on_step(done, total);
             },

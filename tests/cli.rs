@@ -119,6 +119,94 @@ fn sample_writes_grid_tensor_and_per_image_pngs_reproducibly() {
 }
 
 #[test]
+fn sample_saves_the_predicted_x0_trajectory() {
+    let dir = temp_dir("trajectory");
+    std::fs::create_dir_all(dir.join("imgs")).unwrap();
+    let out = ddim(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "-n",
+            "3",
+            "--steps",
+            "10",
+            "--quiet",
+            "--out-dir",
+            "imgs",
+            "--save-trajectory",
+            "t.png",
+            "--trajectory-every",
+            "3",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Steps 2, 5, 8 and 9 (always the last): 4 columns, one row per image, 16x16 + 2 px pad.
+    let strip = image::open(dir.join("t.png")).unwrap().to_rgb8();
+    assert_eq!(
+        (strip.width(), strip.height()),
+        (4 * 16 + 3 * 2, 3 * 16 + 2 * 2)
+    );
+    for i in 0..3u32 {
+        // With set_alpha_to_one (the default), the last step's x0 is the final image.
+        let final_image = image::open(dir.join("imgs").join(format!("{i:05}.png")))
+            .unwrap()
+            .to_rgb8();
+        let first_column_differs = (0..16).any(|y| {
+            (0..16).any(|x| strip.get_pixel(x, i * 18 + y) != final_image.get_pixel(x, y))
+        });
+        assert!(
+            first_column_differs,
+            "image {i}: step 2's x0 should still be rough"
+        );
+        for y in 0..16 {
+            for x in 0..16 {
+                assert_eq!(
+                    strip.get_pixel(3 * 18 + x, i * 18 + y),
+                    final_image.get_pixel(x, y),
+                    "image {i}, pixel ({x}, {y}) of the last column"
+                );
+            }
+        }
+    }
+    // The default interval (steps / 10 rounded up) keeps about ten columns; rows stop at 16.
+    let out = ddim(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "-n",
+            "17",
+            "--steps",
+            "20",
+            "--quiet",
+            "--out",
+            "many.png",
+            "--save-trajectory",
+            "t20.png",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let strip = image::open(dir.join("t20.png")).unwrap();
+    assert_eq!((strip.width(), strip.height()), (10 * 18 - 2, 16 * 18 - 2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bundled_model_samples_with_no_model_argument() {
     let dir = temp_dir("bundled");
     let out = ddim(
@@ -152,6 +240,12 @@ fn bad_arguments_fail_cleanly() {
         (&["-n", "0"], "num"),
         (&["--batch", "0"], "batch"),
         (&["--spacing", "sideways"], "spacing"),
+        (
+            &["--save-trajectory", "t.png", "--trajectory-every", "0"],
+            "trajectory-every",
+        ),
+        (&["--trajectory-every", "2"], "save-trajectory"),
+        (&["--save-trajectory", "missing/t.png"], "does not exist"),
     ];
     for (extra, needle) in cases {
         let out = ddim(&[&base[..], extra].concat(), &dir);

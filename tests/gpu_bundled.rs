@@ -69,3 +69,35 @@ fn same_seed_gives_a_byte_identical_png_on_the_gpu() {
         );
     });
 }
+
+#[test]
+fn batch_is_chosen_from_device_limits_when_omitted() {
+    let pipe = ddim_wgpu::bundled::pipeline().unwrap();
+    // The CPU reference: at most 16 per evaluation, in even chunks.
+    assert_eq!(pipe.auto_batch(None, 16).unwrap(), 16);
+    assert_eq!(pipe.auto_batch(None, 40).unwrap(), 14);
+    assert_eq!(pipe.auto_batch(None, 1).unwrap(), 1);
+    common::for_each_backend(|backend, ctx| {
+        let fits = ddim_wgpu::gpu::plan::max_batch(ctx, &pipe.unet).unwrap();
+        for num in [1, 7, 64, 1000] {
+            let b = pipe.auto_batch(Some(ctx), num).unwrap();
+            let chunks = num.div_ceil(b);
+            eprintln!(
+                "{backend}: {num} images -> batch {b} ({chunks} chunks; {fits} fit one binding)"
+            );
+            assert!(
+                b >= 1 && b <= fits && b <= num,
+                "{backend}: batch {b} for {num}"
+            );
+            // Even chunks: no chunk is smaller than needed for this number of chunks.
+            assert_eq!(
+                b,
+                num.div_ceil(chunks),
+                "{backend}: uneven chunks for {num}"
+            );
+        }
+        // A small run goes in one evaluation per step; a 1,000-image run in more than one.
+        assert_eq!(pipe.auto_batch(Some(ctx), 64).unwrap(), 64);
+        assert!(pipe.auto_batch(Some(ctx), 1000).unwrap() < 1000);
+    });
+}

@@ -184,7 +184,7 @@ fn unet_sample_matches_cpu_reference() {
     use ddim_wgpu::pipeline::Pipeline;
     use ddim_wgpu::rng::RngKind;
     use ddim_wgpu::sampling::{
-        sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable,
+        sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable, Trajectory,
     };
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet");
@@ -207,6 +207,9 @@ fn unet_sample_matches_cpu_reference() {
         let noise = NoisePlan::new(RngKind::Torch, 7, 3, pipe.per_image(), &table, eta);
         let weights = &pipe.model.weights;
         let noop = &mut |_: usize, _: usize| {};
+        // The predicted x0 after steps 2, 5, 8 and 9, as `--save-trajectory` keeps it.
+        let mut want_traj = Trajectory::every(STEPS, 3).unwrap();
+        assert_eq!(want_traj.steps, [2, 5, 8, 9]);
         let want = sample_images_cpu(
             &pipe.unet,
             weights,
@@ -214,11 +217,13 @@ fn unet_sample_matches_cpu_reference() {
             &settings,
             &noise,
             2,
+            Some(&mut want_traj),
             noop,
         )
         .unwrap();
         common::for_each_backend(|backend, ctx| {
             let mut last = (0, 0);
+            let mut traj = Trajectory::every(STEPS, 3).unwrap();
             let got = sample_images(
                 ctx,
                 &pipe.unet,
@@ -227,9 +232,25 @@ fn unet_sample_matches_cpu_reference() {
                 &settings,
                 &noise,
                 2,
+                Some(&mut traj),
                 &mut |d, t| last = (d, t),
             )
             .unwrap();
+            assert_eq!(traj.frames.len(), 4);
+            for (k, (g, w)) in traj.frames.iter().zip(&want_traj.frames).enumerate() {
+                assert_eq!(
+                    g.shape,
+                    [3, pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w]
+                );
+                let (max_abs, at) = max_abs_diff(&g.data, &w.data);
+                assert!(
+                    max_abs <= 1e-3,
+                    "{fixture} {sampler:?} eta {eta} on {backend}: predicted x0 of step {} differs by {max_abs:.3e} at {at}",
+                    want_traj.steps[k]
+                );
+            }
+            // The x0 predictions move: frames differ from each other (a stale buffer would not).
+            assert!(max_abs_diff(&traj.frames[0].data, &traj.frames[3].data).0 > 1e-3);
             assert_eq!(
                 last,
                 (2 * STEPS, 2 * STEPS),

@@ -52,6 +52,7 @@ fn cpu_sampler_reproduces_diffusers_pipelines() {
                 &settings,
                 &plan,
                 batch,
+                None,
                 &mut |_, _| {},
             )
             .unwrap();

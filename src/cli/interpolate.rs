@@ -38,6 +38,7 @@ pub struct Args {
     /// The PNG strip to write.
     #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
     pub out: PathBuf,
+    /// Images per U-Net evaluation (default: chosen from the device's limits, as for `sample`).
     #[arg(long)]
     pub batch: Option<usize>,
     #[command(flatten)]

@@ -36,6 +36,7 @@ pub struct Args {
     pub report: bool,
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
+    /// Images per U-Net evaluation (default: chosen from the device's limits, as for `sample`).
     #[arg(long)]
     pub batch: Option<usize>,
     #[command(flatten)]

@@ -9,7 +9,7 @@ use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
 use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
-use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind, StepTable, Trajectory};
 
 use super::schedule::SchedulerOverrides;
 
@@ -61,7 +61,8 @@ pub struct Args {
     /// Number of images.
     #[arg(short = 'n', long = "num", default_value_t = 16)]
     pub num: usize,
-    /// Images per U-Net evaluation (default: up to 16).
+    /// Images per U-Net evaluation (default: as many as the device's limits and a 512 MiB
+    /// activation budget allow, 16 at most on the CPU, in equal chunks).
     #[arg(long)]
     pub batch: Option<usize>,
     /// Number of denoising steps.
@@ -96,6 +97,13 @@ pub struct Args {
     /// Also write x0 (NCHW, in [-1, 1]) as safetensors, tensor `sample`.
     #[arg(long, value_name = "FILE")]
     pub save_tensor: Option<PathBuf>,
+    /// Also write the predicted x0 every k steps as a PNG: one row per image (the first 16),
+    /// one column per kept step, the last column being the final sample.
+    #[arg(long, value_name = "FILE")]
+    pub save_trajectory: Option<PathBuf>,
+    /// The k of --save-trajectory (default: steps / 10, rounded up, so about 10 columns).
+    #[arg(long, value_name = "K", requires = "save_trajectory")]
+    pub trajectory_every: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// No progress bar, no summary line.
@@ -111,8 +119,12 @@ pub fn run(args: Args) -> Result<()> {
         "--eta must be in [0, 1] (0 = DDIM, 1 = DDPM-like), got {}",
         args.eta
     );
+    ensure!(
+        args.trajectory_every != Some(0),
+        "--trajectory-every must be at least 1"
+    );
     check_output_dir(&args.out)?;
-    if let Some(p) = &args.save_tensor {
+    for p in args.save_tensor.iter().chain(&args.save_trajectory) {
         check_output_dir(p)?;
     }
     if let Some(d) = &args.out_dir {
@@ -144,16 +156,39 @@ pub fn run(args: Args) -> Result<()> {
         init_noise,
     };
     let device = args.device.open()?;
+    let batch = match args.batch {
+        Some(b) => b,
+        None => pipe.auto_batch(device.gpu_context(), args.num)?,
+    };
+    let request = SampleRequest {
+        batch: Some(batch),
+        ..request
+    };
+    let mut trajectory = match &args.save_trajectory {
+        Some(_) => {
+            let len = StepTable::new(&pipe.scheduler, &request.settings)?.len();
+            let every = args.trajectory_every.unwrap_or(len.div_ceil(10));
+            Some(Trajectory::every(len, every)?)
+        }
+        None => None,
+    };
     let bar = progress_bar(args.quiet);
     let started = Instant::now();
-    let images = pipe.sample(&device, &request, &mut |done, total| {
+    let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let images = match trajectory.as_mut() {
+        Some(t) => pipe.sample_trajectory(&device, &request, t, &mut progress)?,
+        None => pipe.sample(&device, &request, &mut progress)?,
+    };
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 
     save_grid(&args.out, &images, None)?;
+    if let (Some(p), Some(t)) = (&args.save_trajectory, &trajectory) {
+        save_trajectory(p, t)?;
+    }
     if let Some(p) = &args.save_tensor {
         tensor_io::write_tensor(p, "sample", &images)?;
     }
@@ -170,7 +205,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !args.quiet {
         println!(
-            "wrote {} ({} image(s) from {model_name}; {} {} steps, eta {}, seed {}, rng {:?}) on {} in {secs:.1} s",
+            "wrote {} ({} image(s) from {model_name}; {} {} steps, eta {}, seed {}, rng {:?}, batch {batch}) on {} in {secs:.1} s",
             args.out.display(),
             args.num,
             format!("{:?}", args.sampler).to_uppercase(),
@@ -182,6 +217,24 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Rows of the trajectory PNG: the first images only, so that it stays viewable.
+const TRAJECTORY_ROWS: usize = 16;
+
+/// Writes one row per image (the first [`TRAJECTORY_ROWS`]) and one column per kept step.
+fn save_trajectory(path: &Path, t: &Trajectory) -> Result<()> {
+    let first = t.frames.first().context("the trajectory kept no steps")?;
+    let (n, c, h, w) = first.nchw();
+    let rows = n.min(TRAJECTORY_ROWS);
+    let per = c * h * w;
+    let mut strip = ddim_wgpu::Tensor::zeros(&[rows * t.frames.len(), c, h, w]);
+    for (cell, chunk) in strip.data.chunks_mut(per).enumerate() {
+        let (image, frame) = (cell / t.frames.len(), cell % t.frames.len());
+        chunk.copy_from_slice(&t.frames[frame].data[image * per..(image + 1) * per]);
+    }
+    save_grid(path, &strip, Some(t.frames.len()))
+        .with_context(|| format!("writing --save-trajectory {}", path.display()))
 }
 
 /// Loads `--model` (with the scheduler flags applied) or the bundled model.

@@ -239,6 +239,7 @@ pub fn run(args: Args) -> Result<()> {
             &settings,
             &plan,
             args.batch,
+            None,
             noop,
         )?;
         let gpu = sample_images(
@@ -249,6 +250,7 @@ pub fn run(args: Args) -> Result<()> {
             &settings,
             &plan,
             args.batch,
+            None,
             noop,
         )
         .context("sampling on the GPU")?;

@@ -21,7 +21,7 @@ use super::kernels::ddim_step::{
 use super::plan::{max_batch, PlanOptions, UNetPlan};
 use super::GpuContext;
 use crate::model::{UNet, Weights};
-use crate::sampling::{NoisePlan, SampleSettings, StepTable};
+use crate::sampling::{NoisePlan, SampleSettings, StepTable, Trajectory};
 use crate::schedule::{PredictionType, SchedulerConfig, X0Limit};
 use crate::Tensor;
 
@@ -79,6 +79,7 @@ pub struct SampleSpec<'a> {
 }
 
 /// The sample after every step, in NCHW: x_T in, x_0 out.
+/// [`sample_recording`] also keeps the predicted x0 of chosen steps.
 ///
 /// `noise(s)` is called for every step `s` in order when any step has sigma > 0, and returns
 /// that step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the
@@ -93,6 +94,22 @@ pub fn sample(
     noise: &mut dyn FnMut(usize) -> Result<Option<Vec<f32>>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    Ok(sample_recording(ctx, forward, spec, x_t, noise, &[], progress)?.0)
+}
+
+/// [`sample`], also returning the predicted x0 (after the x0 limit, as the update uses it;
+/// NCHW) after each step listed in `record` (ascending step indices). The update kernel writes
+/// x0 to a scratch buffer that each recorded step's command buffer copies into its own frame
+/// buffer, so there is still no read back until the end.
+pub fn sample_recording(
+    ctx: &GpuContext,
+    forward: &dyn StepForward,
+    spec: &SampleSpec<'_>,
+    x_t: &Tensor,
+    noise: &mut dyn FnMut(usize) -> Result<Option<Vec<f32>>>,
+    record: &[usize],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Vec<Tensor>)> {
     ensure!(
         x_t.shape.len() == 4,
         "the initial sample must be NCHW, got shape {:?}",
@@ -106,6 +123,27 @@ pub fn sample(
         "the forward plan's input/output hold fewer than the sample's {numel} values ({n}x{c}x{h}x{w})"
     );
     let sample = ctx.upload("sample", &nchw_to_nhwc(&x_t.data, n, c, h, w));
+    ensure!(
+        record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.steps.len()),
+        "steps to record must ascend and lie below {}, got {record:?}",
+        spec.steps.len()
+    );
+    let bytes = (numel * 4) as u64;
+    let read_back = bytes * (record.len() as u64 + 1);
+    ensure!(
+        read_back <= ctx.limits.max_buffer_size,
+        "keeping the predicted x0 of {} steps for {n} image(s) needs {} MiB, more than the {} MiB \
+         one buffer may hold on {}: record fewer steps or use a smaller batch",
+        record.len(),
+        read_back >> 20,
+        ctx.limits.max_buffer_size >> 20,
+        ctx.info.name
+    );
+    let x0_scratch = (!record.is_empty()).then(|| ctx.storage("predicted x0", bytes));
+    let frames: Vec<wgpu::Buffer> = record
+        .iter()
+        .map(|s| ctx.storage(&format!("predicted x0 after step {s}"), bytes))
+        .collect();
     let noisy = spec.steps.iter().any(|s| s.sigma > 0.0);
     let noise_buf = noisy.then(|| ctx.storage("step noise", (numel * 4) as u64));
     let update = ddim_update(
@@ -123,7 +161,7 @@ pub fn sample(
             model_out: forward.output(),
             noise: noise_buf.as_ref(),
             sample: &sample,
-            x0_out: None,
+            x0_out: x0_scratch.as_ref(),
         },
     )?;
     let total = spec.steps.len();
@@ -162,13 +200,24 @@ pub fn sample(
                 d.encode(&mut pass, s as u32);
             }
         }
+        if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
+            encoder.copy_buffer_to_buffer(x0, 0, &frames[k], 0, Some(bytes));
+        }
         ctx.validated(&format!("submitting DDIM step {s}"), || {
             ctx.queue.submit([encoder.finish()]);
         })?;
         progress(s + 1, total);
     }
-    let out = ctx.read_f32(&sample, numel)?;
-    Tensor::new(vec![n, c, h, w], nhwc_to_nchw(&out, n, c, h, w))
+    let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once(&sample)
+        .chain(&frames)
+        .map(|b| (b, numel))
+        .collect();
+    let mut tensors = ctx
+        .read_many(&reads)?
+        .into_iter()
+        .map(|v| Tensor::new(vec![n, c, h, w], nhwc_to_nchw(&v, n, c, h, w)));
+    let out = tensors.next().context("reading the sample back")??;
+    Ok((out, tensors.collect::<Result<_>>()?))
 }
 
 /// The update rows of a sampler table, the x0 limit, and whether ε is re-derived from the
@@ -221,7 +270,7 @@ impl Plans {
 /// Samples all `noise.num` images on the GPU in chunks of `batch` (x0 as NCHW in [-1, 1], not
 /// clamped), consuming exactly the noise the CPU reference (`sampling::sample_images_cpu`)
 /// consumes. One plan is compiled per distinct chunk size (at most two) and reused.
-/// `progress(done, total)` counts model evaluations.
+/// Fills `trajectory`'s frames when given. `progress(done, total)` counts model evaluations.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_images(
     ctx: &GpuContext,
@@ -231,6 +280,7 @@ pub fn sample_images(
     settings: &SampleSettings,
     noise: &NoisePlan,
     batch: usize,
+    mut trajectory: Option<&mut Trajectory>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
     ensure!(batch > 0, "the batch size must be at least 1");
@@ -240,6 +290,13 @@ pub fn sample_images(
     let per_image = c * h * w;
     let fits = max_batch(ctx, unet)?;
     let batch = batch.min(fits).min(noise.num);
+    if let Some(t) = trajectory.as_deref_mut() {
+        t.start(table.len(), noise.num, c, h, w)?;
+    }
+    let record = trajectory
+        .as_ref()
+        .map_or(&[][..], |t| &t.steps[..])
+        .to_vec();
     let (rows, limit, use_clipped) = update_rows(&table, cfg, settings);
     let spec = SampleSpec {
         steps: &rows,
@@ -258,12 +315,13 @@ pub fn sample_images(
         let chunk = noise.chunk(range.clone())?;
         let x_t = Tensor::new(vec![n, c, h, w], chunk.initial)?;
         let mut steps = chunk.steps;
-        let x0 = sample(
+        let (x0, frames) = sample_recording(
             ctx,
             plan,
             &spec,
             &x_t,
             &mut |s| Ok(steps.get_mut(s).and_then(Option::take)),
+            &record,
             &mut |_, _| {
                 done += 1;
                 progress(done, total);
@@ -271,6 +329,11 @@ pub fn sample_images(
         )
         .with_context(|| format!("sampling images {range:?}"))?;
         out.data[range.start * per_image..range.end * per_image].copy_from_slice(&x0.data);
+        if let Some(t) = trajectory.as_deref_mut() {
+            for (k, frame) in frames.iter().enumerate() {
+                t.store(k, range.clone(), per_image, &frame.data);
+            }
+        }
     }
     Ok(out)
 }
