@@ -347,6 +347,44 @@ mod tests {
     }
 }
 
+/// One chunk of [`in_chunks`]: the images' range and a tick to call per model evaluation.
+pub type ChunkRun<'a> = dyn FnMut(Range<usize>, &mut dyn FnMut()) -> Result<Tensor> + 'a;
+
+/// Runs `run` on consecutive chunks of at most `batch` of `num` images of shape `image`
+/// (C, H, W) and stitches the chunks' NCHW results into one tensor. `run(range, tick)` calls
+/// `tick()` after each model evaluation; `progress(done, total)` counts them over all chunks,
+/// `steps` per chunk. The CPU and GPU samplers share this loop.
+pub fn in_chunks(
+    num: usize,
+    batch: usize,
+    image: (usize, usize, usize),
+    steps: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    run: &mut ChunkRun<'_>,
+) -> Result<Tensor> {
+    ensure!(batch > 0, "the batch size must be at least 1");
+    let (c, h, w) = image;
+    let per = c * h * w;
+    let total = num.div_ceil(batch) * steps;
+    let mut done = 0;
+    let mut out = Tensor::zeros(&[num, c, h, w]);
+    for start in (0..num).step_by(batch) {
+        let range = start..(start + batch).min(num);
+        let y = run(range.clone(), &mut || {
+            done += 1;
+            progress(done, total);
+        })?;
+        ensure!(
+            y.numel() == range.len() * per,
+            "images {range:?} came back with {} values, expected {}",
+            y.numel(),
+            range.len() * per
+        );
+        out.data[range.start * per..range.end * per].copy_from_slice(&y.data);
+    }
+    Ok(out)
+}
+
 /// Samples all `plan.num` images on the CPU reference in chunks of `batch`, each chunk starting
 /// from its slice of the planned noise, filling `trajectory`'s frames when given.
 /// `on_step(done, total)` reports progress in model steps.
@@ -361,42 +399,40 @@ pub fn sample_images_cpu(
     mut trajectory: Option<&mut Trajectory>,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    ensure!(batch > 0, "the batch size must be at least 1");
     let table = StepTable::new(cfg, settings)?;
     plan.check_model(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
     if let Some(t) = trajectory.as_deref_mut() {
         t.start(table.len(), plan.num, c, h, w)?;
     }
-    let mut out = Tensor::zeros(&[plan.num, c, h, w]);
-    let total = plan.num.div_ceil(batch) * table.len();
-    let mut done = 0;
-    for start in (0..plan.num).step_by(batch) {
-        let range = start..(start + batch).min(plan.num);
-        let noise = plan.chunk(range.clone())?;
-        let x = Tensor::new(vec![range.len(), c, h, w], noise.initial)?;
-        let x0 = sample_cpu(
-            unet,
-            weights,
-            cfg,
-            settings,
-            &table,
-            x,
-            &noise.steps,
-            &mut |i, x0| {
-                if let Some(t) = trajectory.as_deref_mut() {
-                    if let Some(k) = t.steps.iter().position(|&s| s == i) {
-                        t.store(k, range.clone(), plan.per_image, x0);
+    in_chunks(
+        plan.num,
+        batch,
+        (c, h, w),
+        table.len(),
+        on_step,
+        &mut |range, tick| {
+            let noise = plan.chunk(range.clone())?;
+            let x = Tensor::new(vec![range.len(), c, h, w], noise.initial)?;
+            sample_cpu(
+                unet,
+                weights,
+                cfg,
+                settings,
+                &table,
+                x,
+                &noise.steps,
+                &mut |i, x0| {
+                    if let Some(t) = trajectory.as_deref_mut() {
+                        if let Some(k) = t.steps.iter().position(|&s| s == i) {
+                            t.store(k, range.clone(), plan.per_image, x0);
+                        }
                     }
-                }
-                done += 1;
-                on_step(done, total);
-            },
-        )?;
-        out.data[range.start * plan.per_image..range.end * plan.per_image]
-            .copy_from_slice(&x0.data);
-    }
-    Ok(out)
+                    tick();
+                },
+            )
+        },
+    )
 }
 
 /// Runs a noise-free table (DDIM eta 0, or inversion) on the CPU reference from the given
@@ -410,36 +446,28 @@ pub fn run_table_cpu(
     batch: usize,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    ensure!(batch > 0, "the batch size must be at least 1");
     let (n, c, h, w) = x.nchw();
-    let per = c * h * w;
     let settings = SampleSettings::default();
     let none = vec![None; table.len()];
-    let total = n.div_ceil(batch) * table.len();
-    let mut done = 0;
-    let mut out = x.clone();
-    for start in (0..n).step_by(batch) {
-        let end = (start + batch).min(n);
-        let chunk = Tensor::new(
-            vec![end - start, c, h, w],
-            x.data[start * per..end * per].to_vec(),
-        )?;
-        let y = sample_cpu(
-            unet,
-            weights,
-            cfg,
-            &settings,
-            table,
-            chunk,
-            &none,
-            &mut |_, _| {
-                done += 1;
-                on_step(done, total);
-            },
-        )?;
-        out.data[start * per..end * per].copy_from_slice(&y.data);
-    }
-    Ok(out)
+    in_chunks(
+        n,
+        batch,
+        (c, h, w),
+        table.len(),
+        on_step,
+        &mut |range, tick| {
+            sample_cpu(
+                unet,
+                weights,
+                cfg,
+                &settings,
+                table,
+                x.images(range)?,
+                &none,
+                &mut |_, _| tick(),
+            )
+        },
+    )
 }
 
 /// Spherical linear interpolation between two noise tensors (DDIM paper, eq. 67):

@@ -29,6 +29,20 @@ impl Tensor {
         }
     }
 
+    /// Images `range` of an NCHW batch, as a new `[range.len(), C, H, W]` tensor.
+    pub fn images(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let (n, c, h, w) = self.nchw();
+        anyhow::ensure!(
+            range.start <= range.end && range.end <= n,
+            "images {range:?} of a batch of {n}"
+        );
+        let per = c * h * w;
+        Self::new(
+            vec![range.len(), c, h, w],
+            self.data[range.start * per..range.end * per].to_vec(),
+        )
+    }
+
     pub fn numel(&self) -> usize {
         self.data.len()
     }

@@ -21,7 +21,7 @@ use super::kernels::ddim_step::{
 use super::plan::{max_batch, PlanOptions, UNetPlan};
 use super::GpuContext;
 use crate::model::{UNet, Weights};
-use crate::sampling::{NoisePlan, SampleSettings, StepTable, Trajectory};
+use crate::sampling::{in_chunks, NoisePlan, SampleSettings, StepTable, Trajectory};
 use crate::schedule::{PredictionType, SchedulerConfig, X0Limit};
 use crate::Tensor;
 
@@ -283,7 +283,6 @@ pub fn sample_images(
     mut trajectory: Option<&mut Trajectory>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    ensure!(batch > 0, "the batch size must be at least 1");
     let table = StepTable::new(cfg, settings)?;
     noise.check_model(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
@@ -305,37 +304,35 @@ pub fn sample_images(
         use_clipped_model_output: use_clipped,
     };
     let mut plans = Plans::default();
-    let mut out = Tensor::zeros(&[noise.num, c, h, w]);
-    let total = noise.num.div_ceil(batch) * table.len();
-    let mut done = 0;
-    for start in (0..noise.num).step_by(batch) {
-        let range = start..(start + batch).min(noise.num);
-        let n = range.len();
-        let plan = plans.get(ctx, unet, weights, &table, n)?;
-        let chunk = noise.chunk(range.clone())?;
-        let x_t = Tensor::new(vec![n, c, h, w], chunk.initial)?;
-        let mut steps = chunk.steps;
-        let (x0, frames) = sample_recording(
-            ctx,
-            plan,
-            &spec,
-            &x_t,
-            &mut |s| Ok(steps.get_mut(s).and_then(Option::take)),
-            &record,
-            &mut |_, _| {
-                done += 1;
-                progress(done, total);
-            },
-        )
-        .with_context(|| format!("sampling images {range:?}"))?;
-        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&x0.data);
-        if let Some(t) = trajectory.as_deref_mut() {
-            for (k, frame) in frames.iter().enumerate() {
-                t.store(k, range.clone(), per_image, &frame.data);
+    in_chunks(
+        noise.num,
+        batch,
+        (c, h, w),
+        table.len(),
+        progress,
+        &mut |range, tick| {
+            let plan = plans.get(ctx, unet, weights, &table, range.len())?;
+            let chunk = noise.chunk(range.clone())?;
+            let x_t = Tensor::new(vec![range.len(), c, h, w], chunk.initial)?;
+            let mut steps = chunk.steps;
+            let (x0, frames) = sample_recording(
+                ctx,
+                plan,
+                &spec,
+                &x_t,
+                &mut |s| Ok(steps.get_mut(s).and_then(Option::take)),
+                &record,
+                &mut |_, _| tick(),
+            )
+            .with_context(|| format!("sampling images {range:?}"))?;
+            if let Some(t) = trajectory.as_deref_mut() {
+                for (k, frame) in frames.iter().enumerate() {
+                    t.store(k, range.clone(), per_image, &frame.data);
+                }
             }
-        }
-    }
-    Ok(out)
+            Ok(x0)
+        },
+    )
 }
 
 /// Runs a noise-free table (DDIM with eta 0, or DDIM inversion) on the GPU from the samples `x`
@@ -351,7 +348,6 @@ pub fn run_table(
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    ensure!(batch > 0, "the batch size must be at least 1");
     ensure!(
         x.shape.len() == 4,
         "samples must be NCHW, got {:?}",
@@ -378,26 +374,25 @@ pub fn run_table(
         limit,
         use_clipped_model_output: use_clipped,
     };
-    let per_image = c * h * w;
     let batch = batch.min(max_batch(ctx, unet)?).min(num);
     let mut plans = Plans::default();
-    let mut out = Tensor::zeros(&x.shape);
-    let total = num.div_ceil(batch) * table.len();
-    let mut done = 0;
-    for start in (0..num).step_by(batch) {
-        let range = start..(start + batch).min(num);
-        let n = range.len();
-        let plan = plans.get(ctx, unet, weights, table, n)?;
-        let chunk = Tensor::new(
-            vec![n, c, h, w],
-            x.data[range.start * per_image..range.end * per_image].to_vec(),
-        )?;
-        let y = sample(ctx, plan, &spec, &chunk, &mut |_| Ok(None), &mut |_, _| {
-            done += 1;
-            progress(done, total);
-        })
-        .with_context(|| format!("running samples {range:?}"))?;
-        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&y.data);
-    }
-    Ok(out)
+    in_chunks(
+        num,
+        batch,
+        (c, h, w),
+        table.len(),
+        progress,
+        &mut |range, tick| {
+            let plan = plans.get(ctx, unet, weights, table, range.len())?;
+            sample(
+                ctx,
+                plan,
+                &spec,
+                &x.images(range.clone())?,
+                &mut |_| Ok(None),
+                &mut |_, _| tick(),
+            )
+            .with_context(|| format!("running samples {range:?}"))
+        },
+    )
 }
