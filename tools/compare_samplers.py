@@ -14,7 +14,6 @@ Needs a release build of the binary (`cargo build --release`); `--device` is pas
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -119,12 +118,7 @@ def main():
                 flush=True,
             )
     if args.json:
-        previous = []
-        if os.path.exists(args.json):
-            with open(args.json) as f:
-                previous = json.load(f)
-        with open(args.json, "w") as f:
-            json.dump(previous + results, f, indent=2)
+        ev.append_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,16 @@ def save_grid(x, path, cols=10):
     Image.fromarray(grid).resize((cols * 64, rows * 64), Image.NEAREST).save(path)
 
 
+def append_json(path, results):
+    """Appends `results` to the JSON list in `path` (created if missing)."""
+    previous = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+    with open(path, "w") as f:
+        json.dump(previous + results, f, indent=2)
+
+
 def describe(name, res, seconds=None):
     hist = " ".join(f"{d}:{h:.3f}" for d, h in enumerate(res["histogram"]))
     t = f" ({seconds:.0f}s)" if seconds is not None else ""
@@ -204,12 +214,7 @@ def main():
 
         save_file({"sample": x.contiguous()}, args.save_samples)
     if args.json:
-        previous = []
-        if os.path.exists(args.json):
-            with open(args.json) as f:
-                previous = json.load(f)
-        with open(args.json, "w") as f:
-            json.dump(previous + results, f, indent=2)
+        append_json(args.json, results)
 
 
 if __name__ == "__main__":

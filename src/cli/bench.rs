@@ -3,7 +3,7 @@
 //! the GEMM ceiling (`--gemm`) and kernel micro-benchmarks at the model's shapes (`--kernels`).
 //! `--json` prints the `ddim-bench/1` document (README.md, "Benchmark JSON").
 
-use std::path::PathBuf;
+use super::model_args::{AdapterArgs, ModelArgs};
 
 use anyhow::{Context, Result};
 use ddim_wgpu::bench::gemm::{self, GemmRow, GemmSize};
@@ -13,8 +13,6 @@ use ddim_wgpu::bench::suite::{self, BuiltForward, Document, Options, Progress};
 use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
-use ddim_wgpu::model::dir::{Layout, ModelPaths};
-use ddim_wgpu::model::{Model, UNet2DConfig, Weights};
 use ddim_wgpu::pipeline::Pipeline;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,13 +23,8 @@ pub enum DeviceArg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (diffusers pipeline or flat layout); default: the bundled MNIST model.
-    #[arg(long, conflicts_with = "arch")]
-    pub model: Option<PathBuf>,
-    /// Instead of a model: a built-in architecture with seeded random weights (cifar10 =
-    /// google/ddpm-cifar10-32, 35.7 M parameters; mnist = the bundled model's architecture).
-    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
-    pub arch: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Images per forward.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -50,12 +43,8 @@ pub struct Args {
     /// gpu (a wgpu adapter) or cpu (the pure-Rust reference; whole runs only).
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: DeviceArg,
-    /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
-    #[arg(long)]
-    pub backend: Option<BackendChoice>,
-    /// Adapter index among those of the chosen backends (see `ddim adapters`).
-    #[arg(long)]
-    pub adapter: Option<usize>,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Run on every adapter in turn (of --backend, or all); JSON output is an array.
     #[arg(long, conflicts_with = "adapter")]
     pub all_adapters: bool,
@@ -93,40 +82,6 @@ fn parse_gemm_size(s: &str) -> Result<GemmSize, String> {
         [m, n, k] if m > 0 && n > 0 && k > 0 => Ok(GemmSize { m, n, k }),
         _ => Err(format!(
             "{s:?}: expected MxNxK with positive sizes, e.g. 1024x1024x1024"
-        )),
-    }
-}
-
-fn load(args: &Args) -> Result<(Pipeline, String)> {
-    match (&args.model, args.arch.as_deref()) {
-        (Some(dir), _) => Ok((Pipeline::load(dir)?, dir.display().to_string())),
-        (None, Some(arch)) => {
-            let (config, scheduler) = if arch == "cifar10" {
-                (UNet2DConfig::cifar10(), Default::default())
-            } else {
-                let bundled =
-                    ddim_wgpu::bundled::pipeline().context("loading the bundled model")?;
-                (bundled.model.config, bundled.scheduler)
-            };
-            let weights = Weights::random(&config, args.seed)?;
-            let label = format!("arch:{arch} (random weights, seed {})", args.seed);
-            let root = PathBuf::from(&label);
-            let model = Model {
-                paths: ModelPaths {
-                    config: root.join("config.json"),
-                    weights: root.join("diffusion_pytorch_model.safetensors"),
-                    scheduler_config: None,
-                    layout: Layout::Flat,
-                    root,
-                },
-                config,
-                weights,
-            };
-            Ok((Pipeline::new(model, scheduler)?, label))
-        }
-        (None, None) => Ok((
-            ddim_wgpu::bundled::pipeline().context("loading the bundled model")?,
-            "bundled (weights/mnist)".to_string(),
         )),
     }
 }
@@ -233,7 +188,8 @@ fn all_adapter_choices(backend: Option<BackendChoice>) -> Vec<AdapterChoice> {
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
-    let (pipe, label) = load(&args)?;
+    let loaded = args.model.load(args.seed)?;
+    let (pipe, label) = (loaded.pipeline, loaded.label);
     let opts = options(&args, label);
     let mut quiet = suite::Quiet;
     let mut text = TextProgress;
@@ -244,14 +200,11 @@ pub fn run(args: Args) -> Result<()> {
         return print(&[doc], args.json, false, args.per_dispatch);
     }
     let choices = if args.all_adapters {
-        let c = all_adapter_choices(args.backend);
+        let c = all_adapter_choices(args.adapter.backend);
         anyhow::ensure!(!c.is_empty(), "no GPU adapters found");
         c
     } else {
-        vec![AdapterChoice {
-            backend: args.backend,
-            index: args.adapter,
-        }]
+        vec![args.adapter.choice()]
     };
     let mut docs = Vec::new();
     for choice in &choices {

@@ -1,20 +1,17 @@
 //! `ddim forward`: one U-Net evaluation on a batch read from a safetensors file.
 
+use super::model_args::{AdapterArgs, ModelArgs};
 use anyhow::{bail, Context, Result};
 use ddim_wgpu::cpu;
 use ddim_wgpu::model::tensor_io::{read_tensor, write_tensor, write_tensors};
-use ddim_wgpu::model::{Model, UNet, UNet2DConfig, Weights};
+use ddim_wgpu::model::{UNet, Weights};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (diffusers pipeline layout or flat layout).
-    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
-    pub model: Option<PathBuf>,
-    /// Instead of --model: a built-in architecture with seeded random weights (for timing).
-    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
-    pub arch: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Seed of the random weights used with --arch.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -31,12 +28,8 @@ pub struct Args {
     /// `--save-layers` runs on the CPU under auto.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     pub device: String,
-    /// GPU backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else the best adapter).
-    #[arg(long)]
-    pub backend: Option<ddim_wgpu::gpu::BackendChoice>,
-    /// GPU adapter index, as listed by `ddim adapters`.
-    #[arg(long)]
-    pub adapter: Option<usize>,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Do not print the timing line.
     #[arg(long)]
     pub quiet: bool,
@@ -63,22 +56,8 @@ pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
 
 pub fn run(args: Args) -> Result<()> {
     let timesteps = parse_timesteps(&args.timestep)?;
-    let (config, weights) = match (&args.model, args.arch.as_deref()) {
-        (Some(dir), _) => {
-            let m = Model::load(dir)?;
-            (m.config, m.weights)
-        }
-        (None, Some(arch)) => {
-            let config = if arch == "cifar10" {
-                UNet2DConfig::cifar10()
-            } else {
-                UNet2DConfig::mnist_like()
-            };
-            let weights = Weights::random(&config, args.seed)?;
-            (config, weights)
-        }
-        (None, None) => bail!("give --model DIR or --arch"),
-    };
+    let model = args.model.load(args.seed)?.pipeline.model;
+    let (config, weights) = (model.config, model.weights);
     let x = read_tensor(&args.input, "sample")?;
     if x.shape.len() != 4 {
         bail!(
@@ -124,10 +103,7 @@ fn open_gpu(args: &Args) -> Result<ddim_wgpu::gpu::GpuContext> {
     if args.save_layers.is_some() {
         bail!("--save-layers is only supported with --device cpu (use `ddim verify` for the GPU)");
     }
-    ddim_wgpu::gpu::GpuContext::new(&ddim_wgpu::gpu::AdapterChoice {
-        backend: args.backend,
-        index: args.adapter,
-    })
+    ddim_wgpu::gpu::GpuContext::new(&args.adapter.choice())
 }
 
 /// The GPU branch: the compiled plan (batch split by the adapter's binding limits).

@@ -1,18 +1,14 @@
 //! `ddim info`: what a model is (architecture, parameters, FLOPs per forward, weight dtype).
 
-use anyhow::{bail, Result};
+use super::model_args::ModelArgs;
+use anyhow::Result;
 use ddim_wgpu::model::unet::Op;
-use ddim_wgpu::model::{Model, UNet, UNet2DConfig};
-use std::path::PathBuf;
+use ddim_wgpu::model::UNet;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (diffusers pipeline layout or flat layout).
-    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
-    pub model: Option<PathBuf>,
-    /// Instead of --model: describe a built-in architecture.
-    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
-    pub arch: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Image height and width to describe (default: the config's sample_size).
     #[arg(long, num_args = 2, value_names = ["H", "W"])]
     pub size: Option<Vec<usize>>,
@@ -94,30 +90,11 @@ fn op_summary(op: &Op) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (config, source, dtype) = match (&args.model, args.arch.as_deref()) {
-        (Some(dir), _) => {
-            let m = Model::load(dir)?;
-            let source = format!("{} ({:?} layout)", m.paths.root.display(), m.paths.layout);
-            let mut dtype = m.weights.source_dtype.clone();
-            if m.weights.legacy_names_mapped > 0 {
-                dtype.push_str(&format!(
-                    "; {} legacy attention names mapped",
-                    m.weights.legacy_names_mapped
-                ));
-            }
-            (m.config, source, dtype)
-        }
-        (None, Some("cifar10")) => (
-            UNet2DConfig::cifar10(),
-            "built-in cifar10 architecture".into(),
-            "none (no weights)".into(),
-        ),
-        (None, Some(_)) => (
-            UNet2DConfig::mnist_like(),
-            "built-in mnist-like architecture".into(),
-            "none (no weights)".into(),
-        ),
-        (None, None) => bail!("give --model DIR or --arch"),
+    let loaded = args.model.load(0)?;
+    let (config, source) = (loaded.pipeline.model.config, loaded.label);
+    let dtype = match args.model.arch {
+        Some(_) => "none (random weights)".to_string(),
+        None => loaded.dtype,
     };
     let unet = match &args.size {
         Some(s) => UNet::new(&config, s[0], s[1])?,

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod info;
 pub mod interpolate;
 pub mod invert;
+pub mod model_args;
 pub mod sample;
 pub mod schedule;
 pub mod verify;

@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
 use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind, StepTable, Trajectory};
 
+use super::model_args::AdapterArgs;
 use super::schedule::SchedulerOverrides;
 
 /// Where the U-Net runs.
@@ -28,20 +28,13 @@ pub struct DeviceArgs {
     /// Where to run the U-Net.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
-    #[arg(long)]
-    pub backend: Option<BackendChoice>,
-    /// Adapter index among those of the chosen backends (see `ddim adapters`).
-    #[arg(long)]
-    pub adapter: Option<usize>,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
 }
 
 impl DeviceArgs {
     pub fn open(&self) -> Result<Device> {
-        let choice = AdapterChoice {
-            backend: self.backend,
-            index: self.adapter,
-        };
+        let choice = self.adapter.choice();
         match self.device {
             DeviceArg::Cpu => Ok(Device::Cpu),
             DeviceArg::Gpu => Device::gpu(&choice),

@@ -2,7 +2,7 @@
 //! reference, print a per-layer table (max abs difference, relative L2) and fail when any layer
 //! exceeds the tolerance. This is how a user checks their own GPU and driver.
 
-use std::path::PathBuf;
+use super::model_args::{AdapterArgs, ModelArgs};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -11,11 +11,9 @@ use ddim_wgpu::gpu::kernel::run_dispatches;
 use ddim_wgpu::gpu::kernels::time_embedding::time_embedding;
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::sampler::sample_images;
-use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
-use ddim_wgpu::model::dir::Layout;
+use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
-use ddim_wgpu::model::{Model, ModelPaths, UNet, UNet2DConfig, Weights};
-use ddim_wgpu::pipeline::Pipeline;
+use ddim_wgpu::model::{UNet, Weights};
 use ddim_wgpu::rng::{RngKind, TorchRng};
 use ddim_wgpu::sampling::{sample_images_cpu, NoisePlan, SampleSettings, StepTable};
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
@@ -24,12 +22,8 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (diffusers pipeline or flat layout); default: the bundled model.
-    #[arg(long, conflicts_with = "arch")]
-    pub model: Option<PathBuf>,
-    /// Instead of a model: a built-in architecture with seeded random weights.
-    #[arg(long, value_parser = ["cifar10", "mnist", "mnist-like"])]
-    pub arch: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Images per forward.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
@@ -48,12 +42,8 @@ pub struct Args {
     /// Largest max-abs difference allowed for the sampled images.
     #[arg(long, default_value_t = 1e-3)]
     pub sample_tolerance: f64,
-    /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
-    #[arg(long)]
-    pub backend: Option<BackendChoice>,
-    /// Adapter index among those of the chosen backends (see `ddim adapters`).
-    #[arg(long)]
-    pub adapter: Option<usize>,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -88,37 +78,6 @@ impl Row {
             max_abs,
             rel_l2: rel,
         }
-    }
-}
-
-fn load(args: &Args) -> Result<Pipeline> {
-    match (&args.model, args.arch.as_deref()) {
-        (Some(dir), _) => Pipeline::load(dir),
-        (None, Some(arch)) => {
-            let config = if arch == "cifar10" {
-                UNet2DConfig::cifar10()
-            } else {
-                UNet2DConfig::mnist_like()
-            };
-            let weights = Weights::random(&config, args.seed)?;
-            let root = PathBuf::from(format!(
-                "--arch {arch} (random weights, seed {})",
-                args.seed
-            ));
-            let model = Model {
-                paths: ModelPaths {
-                    config: root.join("config.json"),
-                    weights: root.join("diffusion_pytorch_model.safetensors"),
-                    scheduler_config: None,
-                    layout: Layout::Flat,
-                    root,
-                },
-                config,
-                weights,
-            };
-            Pipeline::new(model, Default::default())
-        }
-        (None, None) => ddim_wgpu::bundled::pipeline().context("loading the bundled model"),
     }
 }
 
@@ -166,11 +125,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let pipe = load(&args)?;
-    let ctx = GpuContext::new(&AdapterChoice {
-        backend: args.backend,
-        index: args.adapter,
-    })?;
+    let pipe = args.model.load(args.seed)?.pipeline;
+    let ctx = GpuContext::new(&args.adapter.choice())?;
     let unet = &pipe.unet;
     let weights = &pipe.model.weights;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);

@@ -1,0 +1,136 @@
+//! Arguments several commands share: which model (`--model DIR`, `--arch NAME` or the bundled
+//! one) and which adapter (`--backend`, `--adapter`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
+use ddim_wgpu::model::dir::Layout;
+use ddim_wgpu::model::{Model, ModelPaths, UNet2DConfig, Weights};
+use ddim_wgpu::pipeline::Pipeline;
+use ddim_wgpu::schedule::SchedulerConfig;
+
+/// A built-in architecture, for runs without a checkpoint (timing, checking kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// google/ddpm-cifar10-32 (35.7 M parameters).
+    Cifar10,
+    /// The bundled MNIST model's architecture (1.1 M parameters).
+    #[value(alias = "mnist-like")]
+    Mnist,
+}
+
+impl Arch {
+    pub fn config(self) -> UNet2DConfig {
+        match self {
+            Self::Cifar10 => UNet2DConfig::cifar10(),
+            Self::Mnist => UNet2DConfig::mnist_like(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar10",
+            Self::Mnist => "mnist",
+        }
+    }
+}
+
+/// `--model DIR` or `--arch NAME`; neither means the bundled MNIST model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model directory (diffusers pipeline or flat layout); default: the bundled MNIST model.
+    #[arg(long, value_name = "DIR", conflicts_with = "arch")]
+    pub model: Option<PathBuf>,
+    /// Instead of a model: a built-in architecture with seeded random weights.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+}
+
+/// What [`ModelArgs::load`] loaded.
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    /// For reports: the directory, `arch:NAME (random weights, seed S)` or the bundled model.
+    pub label: String,
+    /// The checkpoint's weight dtype, or "random" for `--arch`.
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    /// Loads the model; `--arch` gets random weights from `seed` (and, for mnist, the bundled
+    /// model's scheduler; cifar10 gets DDIM defaults).
+    pub fn load(&self, seed: u64) -> Result<Loaded> {
+        if let Some(dir) = &self.model {
+            let pipeline = Pipeline::load(dir)?;
+            let mut dtype = pipeline.model.weights.source_dtype.clone();
+            let mapped = pipeline.model.weights.legacy_names_mapped;
+            if mapped > 0 {
+                dtype.push_str(&format!("; {mapped} legacy attention names mapped"));
+            }
+            let label = format!(
+                "{} ({:?} layout)",
+                dir.display(),
+                pipeline.model.paths.layout
+            );
+            return Ok(Loaded {
+                pipeline,
+                label,
+                dtype,
+            });
+        }
+        let bundled = || ddim_wgpu::bundled::pipeline().context("loading the bundled model");
+        let Some(arch) = self.arch else {
+            let pipeline = bundled()?;
+            let dtype = pipeline.model.weights.source_dtype.clone();
+            return Ok(Loaded {
+                pipeline,
+                label: "bundled (weights/mnist)".to_string(),
+                dtype,
+            });
+        };
+        let config = arch.config();
+        let scheduler = match arch {
+            Arch::Cifar10 => SchedulerConfig::default(),
+            Arch::Mnist => bundled()?.scheduler,
+        };
+        let weights = Weights::random(&config, seed)?;
+        let label = format!("arch:{} (random weights, seed {seed})", arch.name());
+        let root = PathBuf::from(&label);
+        let model = Model {
+            paths: ModelPaths {
+                config: root.join("config.json"),
+                weights: root.join("diffusion_pytorch_model.safetensors"),
+                scheduler_config: None,
+                layout: Layout::Flat,
+                root,
+            },
+            config,
+            weights,
+        };
+        Ok(Loaded {
+            pipeline: Pipeline::new(model, scheduler)?,
+            label,
+            dtype: "random".to_string(),
+        })
+    }
+}
+
+/// `--backend` and `--adapter`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AdapterArgs {
+    /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
+    #[arg(long)]
+    pub backend: Option<BackendChoice>,
+    /// Adapter index among those of the chosen backends (see `ddim adapters`).
+    #[arg(long)]
+    pub adapter: Option<usize>,
+}
+
+impl AdapterArgs {
+    pub fn choice(&self) -> AdapterChoice {
+        AdapterChoice {
+            backend: self.backend,
+            index: self.adapter,
+        }
+    }
+}
