@@ -135,6 +135,11 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let device = args.device.open()?;
+    let batch = match args.batch {
+        Some(b) => b,
+        None => pipe.auto_batch(device.gpu_context(), args.num)?,
+    };
     let request = SampleRequest {
         settings: SampleSettings {
             sampler: args.sampler,
@@ -143,19 +148,10 @@ pub fn run(args: Args) -> Result<()> {
             use_clipped_model_output: args.use_clipped_model_output,
         },
         num: args.num,
-        batch: args.batch,
+        batch: Some(batch),
         seed: args.seed,
         rng: args.rng,
         init_noise,
-    };
-    let device = args.device.open()?;
-    let batch = match args.batch {
-        Some(b) => b,
-        None => pipe.auto_batch(device.gpu_context(), args.num)?,
-    };
-    let request = SampleRequest {
-        batch: Some(batch),
-        ..request
     };
     let mut trajectory = match &args.save_trajectory {
         Some(_) => {
