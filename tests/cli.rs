@@ -13,6 +13,17 @@ fn ddim(args: &[&str], cwd: &Path) -> Output {
         .expect("the ddim binary runs")
 }
 
+/// Runs the binary and fails the test, with its stderr, unless it succeeds.
+fn ddim_ok(args: &[&str], cwd: &Path) {
+    let out = ddim(args, cwd);
+    assert!(
+        out.status.success(),
+        "ddim {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ddim-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -122,7 +133,7 @@ fn sample_writes_grid_tensor_and_per_image_pngs_reproducibly() {
 fn sample_saves_the_predicted_x0_trajectory() {
     let dir = temp_dir("trajectory");
     std::fs::create_dir_all(dir.join("imgs")).unwrap();
-    let out = ddim(
+    ddim_ok(
         &[
             "sample",
             "--model",
@@ -142,11 +153,6 @@ fn sample_saves_the_predicted_x0_trajectory() {
             "3",
         ],
         &dir,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // Steps 2, 5, 8 and 9 (always the last): 4 columns, one row per image, 16x16 + 2 px pad.
     let strip = image::open(dir.join("t.png")).unwrap().to_rgb8();
@@ -177,7 +183,7 @@ fn sample_saves_the_predicted_x0_trajectory() {
         }
     }
     // The default interval (steps / 10 rounded up) keeps about ten columns; rows stop at 16.
-    let out = ddim(
+    ddim_ok(
         &[
             "sample",
             "--model",
@@ -195,11 +201,6 @@ fn sample_saves_the_predicted_x0_trajectory() {
             "t20.png",
         ],
         &dir,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let strip = image::open(dir.join("t20.png")).unwrap();
     assert_eq!((strip.width(), strip.height()), (10 * 18 - 2, 16 * 18 - 2));
