@@ -5,21 +5,26 @@
 //! let pipe = Pipeline::load(std::path::Path::new("weights/mnist"))?;
 //! let device = Device::auto();
 //! let request = SampleRequest { num: 16, ..SampleRequest::default() };
-//! let images = pipe.sample(&device, &request, &mut |_, _| {})?; // NCHW in [-1, 1]
+//! let images = pipe.sample(&device, &request)?; // NCHW in [-1, 1]
 //! ddim_wgpu::image_io::save_grid(std::path::Path::new("grid.png"), &images, None)?;
 //! # anyhow::Ok(())
 //! ```
 
-use crate::gpu::{AdapterChoice, GpuContext};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::cpu::sampler::{CpuRunner, MAX_BATCH as CPU_MAX_BATCH};
+use crate::gpu::plan::PlanOptions;
+use crate::gpu::sampler::GpuRunner;
+use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
 use crate::sampling::{
-    run_table_cpu, sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable, Trajectory,
+    self, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start, StepRunner, Trajectory,
 };
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
-use std::path::Path;
 
 /// Where the U-Net runs.
 pub enum Device {
@@ -68,6 +73,8 @@ pub struct SampleRequest {
     pub rng: RngKind,
     /// x_T for all `num` images (NCHW) instead of drawing it.
     pub init_noise: Option<Tensor>,
+    /// Called after every model evaluation; None reports nothing.
+    pub progress: Option<Progress>,
 }
 
 impl Default for SampleRequest {
@@ -79,6 +86,28 @@ impl Default for SampleRequest {
             seed: 0,
             rng: RngKind::Torch,
             init_noise: None,
+            progress: None,
+        }
+    }
+}
+
+/// A deterministic run between images and their latents: [`Pipeline::invert`] (x0 → x_T) and
+/// [`Pipeline::decode`] (x_T → x0, DDIM with eta 0).
+#[derive(Clone, Debug)]
+pub struct LatentRequest {
+    pub steps: usize,
+    /// Images per U-Net evaluation; None chooses one ([`Pipeline::auto_batch`]).
+    pub batch: Option<usize>,
+    /// Called after every model evaluation; None reports nothing.
+    pub progress: Option<Progress>,
+}
+
+impl Default for LatentRequest {
+    fn default() -> Self {
+        Self {
+            steps: 50,
+            batch: None,
+            progress: None,
         }
     }
 }
@@ -88,6 +117,8 @@ pub struct Pipeline {
     pub model: Model,
     pub unet: UNet,
     pub scheduler: SchedulerConfig,
+    /// The weights on each device this pipeline has run on, uploaded once.
+    gpu_weights: Mutex<Vec<(wgpu::Device, Arc<GpuWeights>)>>,
 }
 
 impl Pipeline {
@@ -109,6 +140,7 @@ impl Pipeline {
             model,
             unet,
             scheduler,
+            gpu_weights: Mutex::new(Vec::new()),
         })
     }
 
@@ -117,27 +149,85 @@ impl Pipeline {
         self.unet.input.c * self.unet.input.h * self.unet.input.w
     }
 
-    /// Samples `request.num` images; returns x0 as NCHW in [-1, 1] (not clamped).
-    /// `progress(done, total)` counts model evaluations.
-    pub fn sample(
-        &self,
-        device: &Device,
-        request: &SampleRequest,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        self.sample_with(device.gpu_context(), request, None, progress)
+    /// The per-step coefficients `settings` give with this pipeline's scheduler.
+    pub fn steps(&self, settings: &SampleSettings) -> Result<SamplerSteps> {
+        SamplerSteps::new(&self.scheduler, settings)
     }
 
-    /// [`Pipeline::sample`], also keeping the predicted x0 after the steps `trajectory.steps`
-    /// (see [`Trajectory::every`]) in `trajectory.frames`.
+    /// Samples `request.num` images; returns x0 as NCHW in [-1, 1] (not clamped).
+    pub fn sample(&self, device: &Device, request: &SampleRequest) -> Result<Tensor> {
+        Ok(self.sample_inner(device, request, None)?.0)
+    }
+
+    /// [`Pipeline::sample`], also keeping the predicted x0 after every `every`-th step and after
+    /// the last ([`Trajectory::every`]; None: a tenth of the steps, rounded up).
     pub fn sample_trajectory(
         &self,
         device: &Device,
         request: &SampleRequest,
-        trajectory: &mut Trajectory,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        self.sample_with(device.gpu_context(), request, Some(trajectory), progress)
+        every: Option<usize>,
+    ) -> Result<(Tensor, Trajectory)> {
+        let (images, trajectory) = self.sample_inner(device, request, Some(every))?;
+        Ok((images, trajectory.context("no trajectory was kept")?))
+    }
+
+    fn sample_inner(
+        &self,
+        device: &Device,
+        request: &SampleRequest,
+        trajectory_every: Option<Option<usize>>,
+    ) -> Result<(Tensor, Option<Trajectory>)> {
+        ensure!(request.num > 0, "the number of images must be at least 1");
+        let steps = self.steps(&request.settings)?;
+        let mut trajectory = match trajectory_every {
+            Some(every) => Some(Trajectory::every(
+                steps.len(),
+                every.unwrap_or(steps.len().div_ceil(10)),
+            )?),
+            None => None,
+        };
+        let mut noise = NoisePlan::new(
+            request.rng,
+            request.seed,
+            request.num,
+            self.per_image(),
+            &steps,
+        );
+        if let Some(x) = &request.init_noise {
+            let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
+            ensure!(
+                x.shape == [request.num, c, h, w],
+                "the initial noise has shape {:?}, expected [{}, {c}, {h}, {w}]",
+                x.shape,
+                request.num
+            );
+            noise.initial_override = Some(x.data.clone());
+        }
+        let images = self.run(
+            device,
+            &steps,
+            Start::Noise(&noise),
+            request.batch,
+            trajectory.as_mut(),
+            request.progress.as_ref(),
+        )?;
+        Ok((images, trajectory))
+    }
+
+    /// DDIM inversion (diffusers' DDIMInverseScheduler): clean images x0 (NCHW in [-1, 1]) to
+    /// their latents x_T after `request.steps` steps.
+    pub fn invert(&self, device: &Device, x0: &Tensor, request: &LatentRequest) -> Result<Tensor> {
+        let steps = SamplerSteps::inverse(&self.scheduler, request.steps)?;
+        let progress = request.progress.as_ref();
+        self.run(device, &steps, Start::Given(x0), request.batch, None, progress)
+    }
+
+    /// Deterministic DDIM (eta 0) from given latents x_T: the decoder that inversion and
+    /// interpolation use.
+    pub fn decode(&self, device: &Device, x_t: &Tensor, request: &LatentRequest) -> Result<Tensor> {
+        let steps = SamplerSteps::ddim_eta0(&self.scheduler, request.steps)?;
+        let progress = request.progress.as_ref();
+        self.run(device, &steps, Start::Given(x_t), request.batch, None, progress)
     }
 
     /// Images per U-Net evaluation when the caller does not choose one: as many as fit the
@@ -158,157 +248,81 @@ impl Pipeline {
             .max(1);
         let mut cap = (ACTIVATION_BUDGET / per_image).max(1) as usize;
         match gpu {
-            None => cap = cap.min(16),
+            None => cap = cap.min(CPU_MAX_BATCH),
             Some(ctx) => cap = cap.min(crate::gpu::plan::max_batch(ctx, &self.unet)?),
         }
         let num = num.max(1);
         Ok(num.div_ceil(num.div_ceil(cap)))
     }
 
-    /// [`Pipeline::sample`] on an adapter the caller already opened.
-    pub fn sample_on_gpu(
-        &self,
-        ctx: &GpuContext,
-        request: &SampleRequest,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        self.sample_with(Some(ctx), request, None, progress)
-    }
-
-    fn sample_with(
-        &self,
-        gpu: Option<&GpuContext>,
-        request: &SampleRequest,
-        trajectory: Option<&mut Trajectory>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        ensure!(request.num > 0, "the number of images must be at least 1");
-        let table = StepTable::new(&self.scheduler, &request.settings)?;
-        let mut plan = NoisePlan::new(
-            request.rng,
-            request.seed,
-            request.num,
-            self.per_image(),
-            &table,
-            request.settings.eta,
+    /// This pipeline's weights on `ctx`, uploaded on first use and shared by every plan.
+    pub fn gpu_weights(&self, ctx: &GpuContext) -> Result<Arc<GpuWeights>> {
+        let mut cache = self.gpu_weights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, w)) = cache.iter().find(|(d, _)| *d == ctx.device) {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(
+            GpuWeights::upload(ctx, &self.unet, &self.model.weights)
+                .with_context(|| format!("uploading the weights to {}", ctx.info.name))?,
         );
-        if let Some(x) = &request.init_noise {
-            let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
-            ensure!(
-                x.shape == [request.num, c, h, w],
-                "the initial noise has shape {:?}, expected [{}, {c}, {h}, {w}]",
-                x.shape,
-                request.num
-            );
-            plan.initial_override = Some(x.data.clone());
-        }
-        let batch = match request.batch {
-            Some(b) => b.max(1),
-            None => self.auto_batch(gpu, request.num)?,
-        };
-        match gpu {
-            None => sample_images_cpu(
-                &self.unet,
-                &self.model.weights,
-                &self.scheduler,
-                &request.settings,
-                &plan,
-                batch,
-                trajectory,
-                progress,
-            ),
-            Some(ctx) => crate::gpu::sample_images(
-                ctx,
-                &self.unet,
-                &self.model.weights,
-                &self.scheduler,
-                &request.settings,
-                &plan,
-                batch,
-                trajectory,
-                progress,
-            ),
-        }
+        cache.push((ctx.device.clone(), w.clone()));
+        Ok(w)
     }
 
-    /// DDIM inversion (diffusers' DDIMInverseScheduler): clean images x0 (NCHW in [-1, 1]) to
-    /// their latents x_T after `steps` steps.
-    pub fn invert(
+    /// The one sampling loop on `device`.
+    fn run(
         &self,
         device: &Device,
-        x0: &Tensor,
-        steps: usize,
+        steps: &SamplerSteps,
+        start: Start<'_>,
         batch: Option<usize>,
-        progress: &mut dyn FnMut(usize, usize),
+        trajectory: Option<&mut Trajectory>,
+        progress: Option<&Progress>,
     ) -> Result<Tensor> {
-        self.check_images(x0)?;
-        let table = StepTable::inverse(&self.scheduler, steps)?;
-        self.run_table(device, &table, x0, batch, progress)
-    }
-
-    /// Deterministic DDIM (eta 0) from given latents x_T: the decoder that inversion and
-    /// interpolation use.
-    pub fn decode(
-        &self,
-        device: &Device,
-        x_t: &Tensor,
-        steps: usize,
-        batch: Option<usize>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        self.check_images(x_t)?;
-        let settings = SampleSettings {
-            sampler: SamplerKind::Ddim,
-            steps,
-            eta: 0.0,
-            use_clipped_model_output: false,
-        };
-        let table = StepTable::new(&self.scheduler, &settings)?;
-        self.run_table(device, &table, x_t, batch, progress)
-    }
-
-    fn run_table(
-        &self,
-        device: &Device,
-        table: &StepTable,
-        x: &Tensor,
-        batch: Option<usize>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        let batch = match batch {
-            Some(b) => b.max(1),
-            None => self.auto_batch(device.gpu_context(), x.shape[0])?,
-        };
-        match device {
-            Device::Cpu => run_table_cpu(
-                &self.unet,
-                &self.model.weights,
-                &self.scheduler,
-                table,
-                x,
-                batch,
-                progress,
-            ),
-            Device::Gpu(ctx) => crate::gpu::run_table(
-                ctx,
-                &self.unet,
-                &self.model.weights,
-                &self.scheduler,
-                table,
-                x,
-                batch,
-                progress,
-            ),
-        }
-    }
-
-    fn check_images(&self, x: &Tensor) -> Result<()> {
         let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
         ensure!(
-            x.shape.len() == 4 && x.shape[1..] == [c, h, w] && x.shape[0] > 0,
-            "expected images of shape [N, {c}, {h}, {w}], got {:?}",
-            x.shape
+            (self.unet.output.c, self.unet.output.h, self.unet.output.w) == (c, h, w),
+            "the model outputs {} but samples are {c}x{h}x{w}: cannot sample with it",
+            self.unet.output
         );
-        Ok(())
+        let num = match start {
+            Start::Noise(plan) => plan.num,
+            Start::Given(x) => x.shape.first().copied().unwrap_or(0),
+        };
+        let batch = match batch {
+            Some(b) => b.max(1),
+            None => self.auto_batch(device.gpu_context(), num)?,
+        };
+        let run = Run {
+            steps,
+            start,
+            image: (c, h, w),
+            batch,
+            trajectory,
+            progress,
+        };
+        match device {
+            Device::Cpu => {
+                let mut cpu = CpuRunner {
+                    unet: &self.unet,
+                    weights: &self.model.weights,
+                    cfg: &self.scheduler,
+                    steps,
+                };
+                sampling::run(&mut cpu, run)
+            }
+            Device::Gpu(ctx) => {
+                let weights = self.gpu_weights(ctx)?;
+                let mut gpu = GpuRunner::new(
+                    ctx,
+                    &self.unet,
+                    &weights,
+                    &self.scheduler,
+                    steps,
+                    PlanOptions::default(),
+                )?;
+                sampling::run(&mut gpu as &mut dyn StepRunner, run)
+            }
+        }
     }
 }

@@ -59,6 +59,37 @@ impl Tensor {
     }
 }
 
+/// NCHW → NHWC for `n` images of `c` channels and `h`×`w` pixels. NHWC is the GPU's activation
+/// layout (and, as `[N·H·W, C]`, the CPU attention's token layout); the one permutation both use.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * h * w, "nchw_to_nhwc: {} values for {n}x{c}x{h}x{w}", x.len());
+    let hw = h * w;
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for (p, &v) in x[(b * c + ch) * hw..][..hw].iter().enumerate() {
+                out[(b * hw + p) * c + ch] = v;
+            }
+        }
+    }
+    out
+}
+
+/// NHWC → NCHW, the inverse of [`nchw_to_nhwc`].
+pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * h * w, "nhwc_to_nchw: {} values for {n}x{c}x{h}x{w}", x.len());
+    let hw = h * w;
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for p in 0..hw {
+            for (ch, &v) in x[(b * hw + p) * c..][..c].iter().enumerate() {
+                out[(b * c + ch) * hw + p] = v;
+            }
+        }
+    }
+    out
+}
+
 /// Relative L2 error ‖a − b‖ / ‖b‖ (b is the reference), accumulated in f64.
 /// Returns +inf when a NaN is present or the lengths differ, so such output never passes.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::run::CpuTime;
 use super::{gflops, Summary};
-use crate::cpu::ops::Padding;
+use crate::model::unet::Padding;
 use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
 use crate::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
 use crate::gpu::profile::Profiler;

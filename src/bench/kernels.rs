@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::report::KernelRow;
 use super::{gbps, gflops, Summary};
-use crate::cpu::ops::Padding;
+use crate::model::unet::Padding;
 use crate::gpu::kernels::attention::{
     attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
 };

@@ -12,7 +12,8 @@ use super::report::{kernel_rows, median_per_dispatch, KernelRow};
 use super::{gflops, Summary};
 use crate::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
 use crate::gpu::profile::{time_one_pass, Profiler, TimingSource};
-use crate::gpu::sampler::{sample, SampleSpec, StepForward};
+use crate::gpu::plan::StepForward;
+use crate::gpu::sampler::{sample, SampleSpec};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::pipeline::Pipeline;
 use crate::schedule::{ddim_table, DdimStep, X0Limit};
@@ -265,7 +266,7 @@ pub fn bench_cpu(
         ..SampleRequest::default()
     };
     let (run_ns, cpu_per_run) = repeat_timed(repeats, || {
-        pipe.sample(&Device::Cpu, &request, &mut |_, _| {})
+        pipe.sample(&Device::Cpu, &request)
             .map(|_| ())
     })?;
     let run = Summary::of(&run_ns).context("no run timings")?;

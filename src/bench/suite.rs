@@ -14,7 +14,7 @@ use crate::gpu::kernels::attention::AttentionShape;
 use crate::gpu::kernels::conv2d::Variant;
 use crate::gpu::kernels::group_norm::GroupNormShape;
 use crate::gpu::profile::{Profiler, TimingSource};
-use crate::gpu::sampler::StepForward;
+use crate::gpu::plan::StepForward;
 use crate::gpu::GpuContext;
 use crate::model::unet::Op;
 use crate::pipeline::Pipeline;
@@ -275,7 +275,7 @@ fn kernel_section(
         )?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
     }
-    let variant = Variant::for_context(ctx)?;
+    let variant = Variant::for_context(ctx);
     for mc in kernels::model_convs(&pipe.unet, o.batch) {
         let s = &mc.shape;
         let name = format!(

@@ -124,7 +124,7 @@ fn print_text(a: &Value) {
 pub fn run(args: Args) -> Result<()> {
     let backends = AdapterChoice {
         backend: args.backend,
-        index: None,
+        ..AdapterChoice::default()
     }
     .backends();
     let instance = new_instance(backends);

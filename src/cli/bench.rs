@@ -95,13 +95,8 @@ fn build_forward(
     batch: usize,
 ) -> Result<BuiltForward> {
     let timesteps: Vec<Vec<f32>> = steps.iter().map(|s| vec![s.t as f32; batch]).collect();
-    let plan = UNetPlan::new(
-        ctx,
-        &pipe.unet,
-        &pipe.model.weights,
-        &timesteps,
-        PlanOptions::default(),
-    )?;
+    let weights = pipe.gpu_weights(ctx)?;
+    let plan = UNetPlan::new(ctx, &pipe.unet, &weights, &timesteps, PlanOptions::default())?;
     let activation_bytes = plan.activation_bytes();
     Ok(BuiltForward {
         forward: Box::new(plan),
@@ -168,7 +163,8 @@ fn options(args: &Args, label: String) -> Options {
 }
 
 /// Every (backend, index) pair to run with --all-adapters.
-fn all_adapter_choices(backend: Option<BackendChoice>) -> Vec<AdapterChoice> {
+fn all_adapter_choices(backend: Option<BackendChoice>) -> Result<Vec<AdapterChoice>> {
+    let kernels = super::model_args::kernel_choice_from_env()?;
     let backends: Vec<BackendChoice> = match backend {
         Some(b) => vec![b],
         None => BackendChoice::ALL.to_vec(),
@@ -180,9 +176,10 @@ fn all_adapter_choices(backend: Option<BackendChoice>) -> Vec<AdapterChoice> {
         out.extend((0..n).map(|i| AdapterChoice {
             backend: Some(b),
             index: Some(i),
+            kernels,
         }));
     }
-    out
+    Ok(out)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -200,11 +197,11 @@ pub fn run(args: Args) -> Result<()> {
         return print(&[doc], args.json, false, args.per_dispatch);
     }
     let choices = if args.all_adapters {
-        let c = all_adapter_choices(args.adapter.backend);
+        let c = all_adapter_choices(args.adapter.backend)?;
         anyhow::ensure!(!c.is_empty(), "no GPU adapters found");
         c
     } else {
-        vec![args.adapter.choice()]
+        vec![args.adapter.choice()?]
     };
     let mut docs = Vec::new();
     for choice in &choices {

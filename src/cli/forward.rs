@@ -103,7 +103,7 @@ fn open_gpu(args: &Args) -> Result<ddim_wgpu::gpu::GpuContext> {
     if args.save_layers.is_some() {
         bail!("--save-layers is only supported with --device cpu (use `ddim verify` for the GPU)");
     }
-    ddim_wgpu::gpu::GpuContext::new(&args.adapter.choice())
+    ddim_wgpu::gpu::GpuContext::new(&args.adapter.choice()?)
 }
 
 /// The GPU branch: the compiled plan (batch split by the adapter's binding limits).
@@ -116,7 +116,8 @@ fn run_gpu(
     timesteps: &[f32],
 ) -> Result<()> {
     let start = Instant::now();
-    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, weights, x, timesteps, None)?;
+    let weights = ddim_wgpu::gpu::GpuWeights::upload(ctx, unet, weights)?;
+    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, &weights, x, timesteps, None)?;
     let secs = start.elapsed().as_secs_f64();
     if !args.quiet {
         let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 use ddim_wgpu::image_io::save_grid;
+use ddim_wgpu::pipeline::LatentRequest;
 use ddim_wgpu::rng::{NoiseSource, RngKind};
 use ddim_wgpu::sampling::{lerp, slerp};
 use ddim_wgpu::Tensor;
 
-use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
+use super::sample::{bar_progress, check_output_dir, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
 #[derive(clap::Args)]
@@ -71,10 +72,12 @@ pub fn run(args: Args) -> Result<()> {
     let x = Tensor::new(vec![args.frames, c, h, w], x)?;
     let device = args.device.open()?;
     let bar = progress_bar(args.quiet);
-    let images = pipe.decode(&device, &x, args.steps, args.batch, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let request = LatentRequest {
+        steps: args.steps,
+        batch: args.batch,
+        progress: Some(bar_progress(&bar, 0)),
+    };
+    let images = pipe.decode(&device, &x, &request)?;
     bar.finish_and_clear();
     save_grid(&args.out, &images, Some(args.frames))?;
     if !args.quiet {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::{decode_image, load_image, save_grid};
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Device, Pipeline};
+use ddim_wgpu::pipeline::{Device, LatentRequest, Pipeline};
+use ddim_wgpu::sampling::Progress;
 use ddim_wgpu::Tensor;
 
 use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
@@ -127,15 +128,26 @@ fn invert_and_reconstruct(
     args: &Args,
 ) -> Result<(Tensor, Tensor)> {
     let bar = progress_bar(args.quiet);
-    let mut progress = |done: usize, total: usize| {
-        bar.set_length(2 * total as u64);
-        bar.set_position(done as u64);
+    // One bar over both runs: inversion, then reconstruction.
+    let first = bar.clone();
+    let request = LatentRequest {
+        steps,
+        batch: args.batch,
+        progress: Some(Progress::new(move |done, total| {
+            first.set_length(2 * total as u64);
+            first.set_position(done as u64);
+        })),
     };
-    let latents = pipe.invert(device, x0, steps, args.batch, &mut progress)?;
+    let latents = pipe.invert(device, x0, &request)?;
     let offset = bar.position();
-    let rec = pipe.decode(device, &latents, steps, args.batch, &mut |done, _| {
-        bar.set_position(offset + done as u64)
-    })?;
+    let second = bar.clone();
+    let request = LatentRequest {
+        progress: Some(Progress::new(move |done, _| {
+            second.set_position(offset + done as u64)
+        })),
+        ..request
+    };
+    let rec = pipe.decode(device, &latents, &request)?;
     bar.finish_and_clear();
     Ok((latents, rec))
 }

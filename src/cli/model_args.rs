@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
+use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, ConvVariant, KernelChoice, MatmulVariant};
 use ddim_wgpu::model::dir::Layout;
 use ddim_wgpu::model::{Model, ModelPaths, UNet2DConfig, Weights};
 use ddim_wgpu::pipeline::Pipeline;
@@ -127,10 +127,26 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
-    pub fn choice(&self) -> AdapterChoice {
-        AdapterChoice {
+    /// The adapter to open, with the kernel variants forced by `DDIM_CONV_VARIANT` and
+    /// `DDIM_MATMUL_VARIANT` (the CLI reads them; the library takes them as values).
+    pub fn choice(&self) -> Result<AdapterChoice> {
+        Ok(AdapterChoice {
             backend: self.backend,
             index: self.adapter,
-        }
+            kernels: kernel_choice_from_env()?,
+        })
     }
+}
+
+/// `DDIM_CONV_VARIANT=reg|tiled` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set.
+pub fn kernel_choice_from_env() -> Result<KernelChoice> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Ok(KernelChoice {
+        conv: var("DDIM_CONV_VARIANT")
+            .map(|v| ConvVariant::parse(&v).context("DDIM_CONV_VARIANT"))
+            .transpose()?,
+        matmul: var("DDIM_MATMUL_VARIANT")
+            .map(|v| MatmulVariant::parse(&v).context("DDIM_MATMUL_VARIANT"))
+            .transpose()?,
+    })
 }

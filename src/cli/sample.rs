@@ -8,7 +8,7 @@ use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
 use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
-use ddim_wgpu::sampling::{SampleSettings, SamplerKind, StepTable, Trajectory};
+use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind, Trajectory};
 
 use super::model_args::AdapterArgs;
 use super::schedule::SchedulerOverrides;
@@ -34,7 +34,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     pub fn open(&self) -> Result<Device> {
-        let choice = self.adapter.choice();
+        let choice = self.adapter.choice()?;
         match self.device {
             DeviceArg::Cpu => Ok(Device::Cpu),
             DeviceArg::Gpu => Device::gpu(&choice),
@@ -140,6 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(b) => b,
         None => pipe.auto_batch(device.gpu_context(), args.num)?,
     };
+    let bar = progress_bar(args.quiet);
     let request = SampleRequest {
         settings: SampleSettings {
             sampler: args.sampler,
@@ -152,24 +153,15 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         rng: args.rng,
         init_noise,
+        progress: Some(bar_progress(&bar, 0)),
     };
-    let mut trajectory = match &args.save_trajectory {
-        Some(_) => {
-            let len = StepTable::new(&pipe.scheduler, &request.settings)?.len();
-            let every = args.trajectory_every.unwrap_or(len.div_ceil(10));
-            Some(Trajectory::every(len, every)?)
-        }
-        None => None,
-    };
-    let bar = progress_bar(args.quiet);
     let started = Instant::now();
-    let mut progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
-    let images = match trajectory.as_mut() {
-        Some(t) => pipe.sample_trajectory(&device, &request, t, &mut progress)?,
-        None => pipe.sample(&device, &request, &mut progress)?,
+    let (images, trajectory) = match &args.save_trajectory {
+        Some(_) => {
+            let (images, t) = pipe.sample_trajectory(&device, &request, args.trajectory_every)?;
+            (images, Some(t))
+        }
+        None => (pipe.sample(&device, &request)?, None),
     };
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -261,6 +253,15 @@ pub fn check_output_dir(path: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// Reports progress to `bar`, `offset` evaluations in (for a run that follows another).
+pub fn bar_progress(bar: &indicatif::ProgressBar, offset: usize) -> Progress {
+    let bar = bar.clone();
+    Progress::new(move |done, total| {
+        bar.set_length((offset + total) as u64);
+        bar.set_position((offset + done) as u64);
+    })
 }
 
 /// A progress bar on stderr (steps/s and ETA); hidden with --quiet or when stderr is no terminal.

@@ -10,12 +10,12 @@ use ddim_wgpu::cpu::forward::forward_with;
 use ddim_wgpu::gpu::kernel::run_dispatches;
 use ddim_wgpu::gpu::kernels::time_embedding::time_embedding;
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
-use ddim_wgpu::gpu::sampler::sample_images;
-use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::{GpuContext, GpuWeights};
 use ddim_wgpu::model::unet::Op;
-use ddim_wgpu::model::{UNet, Weights};
+use ddim_wgpu::model::UNet;
+use ddim_wgpu::pipeline::{Device, SampleRequest};
 use ddim_wgpu::rng::{RngKind, TorchRng};
-use ddim_wgpu::sampling::{sample_images_cpu, NoisePlan, SampleSettings, StepTable};
+use ddim_wgpu::sampling::SampleSettings;
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
 use ddim_wgpu::Tensor;
 use serde_json::json;
@@ -101,7 +101,7 @@ fn timesteps(batch: usize, train_steps: usize) -> Vec<f32> {
 fn gpu_forward_layers(
     ctx: &GpuContext,
     unet: &UNet,
-    weights: &Weights,
+    weights: &GpuWeights,
     x: &Tensor,
     timesteps: &[f32],
 ) -> Result<Vec<(String, Tensor)>> {
@@ -126,7 +126,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let pipe = args.model.load(args.seed)?.pipeline;
-    let ctx = GpuContext::new(&args.adapter.choice())?;
+    let device = Device::gpu(&args.adapter.choice()?)?;
+    let ctx = device.gpu_context().context("a GPU device has a context")?;
     let unet = &pipe.unet;
     let weights = &pipe.model.weights;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
@@ -145,7 +146,8 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let cpu_secs = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let gpu_layers = gpu_forward_layers(&ctx, unet, weights, &x, &ts)
+    let gpu_weights = pipe.gpu_weights(ctx)?;
+    let gpu_layers = gpu_forward_layers(ctx, unet, &gpu_weights, &x, &ts)
         .context("running the forward on the GPU")?;
     let gpu_secs = t0.elapsed().as_secs_f64();
     let mut rows = vec![];
@@ -178,38 +180,18 @@ pub fn run(args: Args) -> Result<()> {
             eta: args.eta,
             ..Default::default()
         };
-        let table = StepTable::new(&pipe.scheduler, &settings)?;
-        let plan = NoisePlan::new(
-            RngKind::Torch,
-            args.seed,
-            args.batch,
-            c * h * w,
-            &table,
-            settings.eta,
-        );
-        let noop = &mut |_: usize, _: usize| {};
-        let cpu = sample_images_cpu(
-            unet,
-            weights,
-            &pipe.scheduler,
-            &settings,
-            &plan,
-            args.batch,
-            None,
-            noop,
-        )?;
-        let gpu = sample_images(
-            &ctx,
-            unet,
-            weights,
-            &pipe.scheduler,
-            &settings,
-            &plan,
-            args.batch,
-            None,
-            noop,
-        )
-        .context("sampling on the GPU")?;
+        let request = SampleRequest {
+            settings,
+            num: args.batch,
+            batch: Some(args.batch),
+            seed: args.seed,
+            rng: RngKind::Torch,
+            ..Default::default()
+        };
+        let cpu = pipe.sample(&Device::Cpu, &request)?;
+        let gpu = pipe
+            .sample(&device, &request)
+            .context("sampling on the GPU")?;
         sample_row = Some(Row::new(
             &format!("sample ({} DDIM steps, eta {})", args.steps, args.eta),
             &gpu,

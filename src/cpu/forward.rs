@@ -5,25 +5,16 @@
 //! `ddim verify` compares against the GPU.
 
 use crate::cpu::ops;
-use crate::model::unet::{Attention, Conv2d, GroupNorm, Linear, Op, Resnet, UNet};
+use crate::model::unet::{
+    broadcast_timesteps, Attention, Conv2d, GroupNorm, Linear, Op, Resnet, UNet,
+};
 use crate::model::Weights;
+use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
 
 /// Largest activation (batch × per-image elements) a forward pass may create: 2^30 f32 (4 GiB).
 pub const MAX_ACTIVATION_ELEMENTS: usize = 1 << 30;
-
-/// Expands `timesteps` to one per batch element: a single value is used for the whole batch,
-/// otherwise there must be exactly `batch` values.
-pub fn broadcast_timesteps(timesteps: &[f32], batch: usize) -> Result<Vec<f32>> {
-    match timesteps.len() {
-        1 => Ok(vec![timesteps[0]; batch]),
-        n if n == batch => Ok(timesteps.to_vec()),
-        n => anyhow::bail!(
-            "got {n} timesteps for a batch of {batch}: give one timestep for the whole batch or one per element"
-        ),
-    }
-}
 
 /// One U-Net evaluation: `x` `[B, C, H, W]` and one timestep per batch element (or one for all).
 pub fn forward(unet: &UNet, weights: &Weights, x: &Tensor, timesteps: &[f32]) -> Result<Tensor> {
@@ -182,31 +173,19 @@ pub fn resnet(r: &Resnet, weights: &Weights, x: &Tensor, emb: &Tensor) -> Result
 /// `[B, C, H, W]` → `[B·H·W, C]` (token index y·W + x within each image).
 pub fn to_tokens(x: &Tensor) -> Tensor {
     let (b, c, h, w) = x.nchw();
-    let l = h * w;
-    let mut out = Tensor::zeros(&[b * l, c]);
-    for bi in 0..b {
-        for ci in 0..c {
-            for p in 0..l {
-                out.data[(bi * l + p) * c + ci] = x.data[(bi * c + ci) * l + p];
-            }
-        }
+    Tensor {
+        shape: vec![b * h * w, c],
+        data: nchw_to_nhwc(&x.data, b, c, h, w),
     }
-    out
 }
 
 /// `[B·H·W, C]` → `[B, C, H, W]`, the inverse of [`to_tokens`].
 pub fn from_tokens(t: &Tensor, b: usize, h: usize, w: usize) -> Tensor {
     let c = t.shape[1];
-    let l = h * w;
-    let mut out = Tensor::zeros(&[b, c, h, w]);
-    for bi in 0..b {
-        for ci in 0..c {
-            for p in 0..l {
-                out.data[(bi * c + ci) * l + p] = t.data[(bi * l + p) * c + ci];
-            }
-        }
+    Tensor {
+        shape: vec![b, c, h, w],
+        data: nhwc_to_nchw(&t.data, b, c, h, w),
     }
-    out
 }
 
 /// diffusers `Attention` on an image (see [`Attention`]).

@@ -2,3 +2,4 @@
 
 pub mod forward;
 pub mod ops;
+pub mod sampler;

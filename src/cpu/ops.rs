@@ -7,47 +7,7 @@
 
 use crate::Tensor;
 
-/// Zero padding added around the input of a convolution, in pixels per side.
-/// Asymmetric padding is needed for diffusers' `Downsample2D` with `downsample_padding=0`
-/// (pad right and bottom by one, then a stride-2 convolution without padding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Padding {
-    pub top: usize,
-    pub left: usize,
-    pub bottom: usize,
-    pub right: usize,
-}
-
-impl Padding {
-    /// The same padding `p` on all four sides (torch's `Conv2d(padding=p)`).
-    pub fn same(p: usize) -> Self {
-        Self {
-            top: p,
-            left: p,
-            bottom: p,
-            right: p,
-        }
-    }
-}
-
-/// Output height and width of a convolution; panics when the kernel does not fit the padded input.
-pub fn conv2d_output_size(
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: Padding,
-) -> (usize, usize) {
-    assert!(stride > 0, "conv2d stride must be positive");
-    let ph = h + pad.top + pad.bottom;
-    let pw = w + pad.left + pad.right;
-    assert!(
-        ph >= kh && pw >= kw,
-        "conv2d kernel {kh}x{kw} larger than padded input {ph}x{pw}"
-    );
-    ((ph - kh) / stride + 1, (pw - kw) / stride + 1)
-}
+pub use crate::model::unet::{conv2d_output_size, Padding};
 
 /// Number of worker threads for the parallel loops: the machine's cores, at most 16.
 fn worker_count() -> usize {

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::kernel::PipelineCache;
+use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,13 +70,15 @@ pub struct AdapterChoice {
     pub backend: Option<BackendChoice>,
     /// Index into the adapter list of the selected backends, in enumeration order.
     pub index: Option<usize>,
+    /// Kernel variants to force on the opened context.
+    pub kernels: KernelChoice,
 }
 
 impl AdapterChoice {
     pub fn backend(backend: BackendChoice) -> Self {
         Self {
             backend: Some(backend),
-            index: None,
+            ..Self::default()
         }
     }
 
@@ -131,6 +134,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub pipelines: PipelineCache,
+    /// Kernel variants forced on every plan and kernel built on this context.
+    pub kernels: KernelChoice,
     /// A tiny storage buffer bound where a kernel's optional input is absent.
     placeholder: std::sync::OnceLock<wgpu::Buffer>,
 }
@@ -159,7 +164,9 @@ impl GpuContext {
                 .min_by_key(|a| device_type_rank(a.get_info().device_type))
                 .expect("adapter list is not empty"),
         };
-        Self::from_adapter(instance, adapter)
+        let mut ctx = Self::from_adapter(instance, adapter)?;
+        ctx.kernels = choice.kernels;
+        Ok(ctx)
     }
 
     /// Creates the device on `adapter`, asking for the adapter's own limits so that large
@@ -185,6 +192,7 @@ impl GpuContext {
             limits,
             features,
             pipelines: PipelineCache::default(),
+            kernels: KernelChoice::default(),
             placeholder: std::sync::OnceLock::new(),
         })
     }

@@ -7,7 +7,10 @@ pub mod kernels;
 pub mod plan;
 pub mod profile;
 pub mod sampler;
+pub mod variants;
+pub mod weights;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
-pub use sampler::{run_table, sample_images};
+pub use variants::{ConvVariant, KernelChoice, MatmulVariant};
+pub use weights::GpuWeights;

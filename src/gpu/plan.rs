@@ -1,7 +1,8 @@
 //! The compiled U-Net: the shared model description (`model::unet`) lowered once per
 //! (model, batch, timestep schedule) into a flat list of dispatches.
 //!
-//! * Weights are uploaded once (conv weights pre-transposed to K-major).
+//! * Weights come uploaded ([`GpuWeights`], once per model and device) and are shared by every
+//!   plan built over them.
 //! * Activations are NHWC buffers from a pool: a value's buffer returns to the pool after its
 //!   last reader is recorded (skip connections hold theirs until concatenated), and a new value
 //!   takes the smallest free buffer that fits. wgpu orders the dispatches of a pass, so reuse
@@ -17,18 +18,28 @@ use std::collections::HashMap;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::kernel::{run_dispatches, Dispatch};
-use super::kernels::attention::{
-    attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
-};
-use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
+use super::kernels::attention::{attention_block, AttentionScratch};
+use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;
 use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
-use super::kernels::time_embedding::{time_embedding, time_projection, StepTable};
-use super::sampler::{nchw_to_nhwc, nhwc_to_nchw, StepForward};
+use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
+use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
-use crate::model::unet::{Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet};
-use crate::model::Weights;
+use crate::model::unet::{broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet};
+use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
+
+/// What the sampler needs from a compiled U-Net forward: NHWC input and output buffers for a
+/// fixed batch, and dispatches that evaluate the network at sampling step `step` (the plan was
+/// built with the timesteps of every step).
+pub trait StepForward {
+    /// NHWC `[B, H, W, C_in]` input, written by the sampler before each step.
+    fn input(&self) -> &wgpu::Buffer;
+    /// NHWC `[B, H, W, C_out]` model output of the last forward.
+    fn output(&self) -> &wgpu::Buffer;
+    /// The dispatches of one forward, encoded in order with `Dispatch::encode(pass, step)`.
+    fn dispatches(&self) -> &[Dispatch];
+}
 
 /// An activation: a pooled buffer holding `batch × h × w × c` NHWC values.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +111,7 @@ impl Pool {
 /// Options for building a plan.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanOptions {
-    /// Conv variant; None chooses per adapter (`Variant::for_context`).
+    /// Conv variant; None uses the context's choice (`Variant::for_context`).
     pub conv_variant: Option<Variant>,
     /// Keep every layer's output in its own buffer (for `ddim verify`); uses more memory.
     pub keep_layer_outputs: bool,
@@ -156,14 +167,14 @@ pub fn max_batch(ctx: &GpuContext, unet: &UNet) -> Result<usize> {
 
 struct Builder<'a> {
     ctx: &'a GpuContext,
-    weights: &'a Weights,
+    weights: &'a GpuWeights,
     batch: usize,
     variant: Variant,
     pool: Pool,
     dispatches: Vec<Dispatch>,
     norm_scratch: GroupNormScratch,
     attn_scratch: HashMap<String, AttentionScratch>,
-    emb: StepTable,
+    emb: EmbeddingTable,
     /// Time-embedding and projection dispatches, run once when the plan is built.
     prelude: Vec<Dispatch>,
 }
@@ -196,7 +207,7 @@ impl Builder<'_> {
         conv: &Conv2d,
         x: Cur,
         upsample: bool,
-        chan_add: Option<&StepTable>,
+        chan_add: Option<&EmbeddingTable>,
         residual: Option<Act>,
         out_scale: f32,
     ) -> Result<Act> {
@@ -217,10 +228,8 @@ impl Builder<'_> {
             pad: conv.padding,
             upsample,
         };
-        let weight = self.weights.get(&conv.weight)?;
-        let bias = self.weights.slice(&conv.bias)?;
-        let w = ConvWeights::upload(self.ctx, &conv.weight, weight, Some(bias))
-            .with_context(|| format!("{name}: uploading {}", conv.weight))?;
+        let weights = self.weights;
+        let w = weights.conv_weights(conv)?;
         let (oh, ow) = shape.out_hw()?;
         let out = self.new_act(
             name,
@@ -238,7 +247,7 @@ impl Builder<'_> {
             out: self.buf(out),
             out_scale,
         };
-        let d = conv2d(self.ctx, self.variant, name, &shape, &w, &io)
+        let d = conv2d(self.ctx, self.variant, name, &shape, w, &io)
             .with_context(|| format!("{name}: conv2d"))?;
         self.dispatches.push(d);
         Ok(out)
@@ -262,10 +271,8 @@ impl Builder<'_> {
             norm.channels,
             x.shape.c
         );
-        let gamma = self
-            .ctx
-            .upload(&norm.weight, self.weights.slice(&norm.weight)?);
-        let beta = self.ctx.upload(&norm.bias, self.weights.slice(&norm.bias)?);
+        let weights = self.weights;
+        let (gamma, beta) = (weights.buffer(&norm.weight)?, weights.buffer(&norm.bias)?);
         let shape = self.norm_shape(norm, x.shape, silu);
         let out = self.new_act(name, x.shape);
         let ds = group_norm(
@@ -273,8 +280,8 @@ impl Builder<'_> {
             &shape,
             &self.norm_scratch,
             self.buf(x),
-            &gamma,
-            &beta,
+            gamma,
+            beta,
             self.buf(out),
         )
         .with_context(|| format!("{name}: group norm"))?;
@@ -391,34 +398,9 @@ impl Builder<'_> {
     }
 
     fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
-        let shape = AttentionShape {
-            batch: self.batch,
-            tokens: x.shape.h * x.shape.w,
-            channels: a.channels,
-            heads: a.heads,
-            head_dim: a.head_dim,
-            norm: a.norm.as_ref().map(|n| (n.groups, n.eps)),
-            rescale_output_factor: a.rescale_output_factor,
-        };
-        let w = self.weights;
-        let (gamma, beta) = match &a.norm {
-            Some(n) => (w.slice(&n.weight)?, w.slice(&n.bias)?),
-            None => (&[][..], &[][..]),
-        };
-        let host = AttentionParamsHost {
-            gamma,
-            beta,
-            wq: w.slice(&a.to_q.weight)?,
-            bq: w.slice(&a.to_q.bias)?,
-            wk: w.slice(&a.to_k.weight)?,
-            bk: w.slice(&a.to_k.bias)?,
-            wv: w.slice(&a.to_v.weight)?,
-            bv: w.slice(&a.to_v.bias)?,
-            wo: w.slice(&a.to_out.weight)?,
-            bo: w.slice(&a.to_out.bias)?,
-        };
-        let weights = AttentionWeights::upload(self.ctx, &shape, &host)
-            .with_context(|| format!("{name}: uploading weights"))?;
+        let shape = attention_shape(a, self.batch, x.shape.h * x.shape.w);
+        let all = self.weights;
+        let weights = all.attention_weights(a)?;
         // One scratch per distinct shape: attention layers run one after another.
         let key = format!("{shape:?}");
         if !self.attn_scratch.contains_key(&key) {
@@ -429,7 +411,7 @@ impl Builder<'_> {
         let ds = attention_block(
             self.ctx,
             &shape,
-            &weights,
+            weights,
             &self.attn_scratch[&key],
             self.buf(x),
             self.buf(out),
@@ -454,7 +436,7 @@ impl UNetPlan {
     pub fn new(
         ctx: &GpuContext,
         unet: &UNet,
-        weights: &Weights,
+        weights: &GpuWeights,
         timesteps: &[Vec<f32>],
         options: PlanOptions,
     ) -> Result<Self> {
@@ -468,11 +450,9 @@ impl UNetPlan {
              split the batch (see `gpu::plan::forward`)",
             ctx.info.name
         );
-        weights.check(&unet.weights())?;
-        let variant = match options.conv_variant {
-            Some(v) => v,
-            None => Variant::for_context(ctx)?,
-        };
+        let variant = options
+            .conv_variant
+            .unwrap_or_else(|| Variant::for_context(ctx));
 
         // One group-norm scratch for every norm outside attention.
         let mut norm_shapes = Vec::new();
@@ -719,7 +699,7 @@ impl StepForward for UNetPlan {
 pub fn forward(
     ctx: &GpuContext,
     unet: &UNet,
-    weights: &Weights,
+    weights: &GpuWeights,
     x: &Tensor,
     timesteps: &[f32],
     max_batch_override: Option<usize>,
@@ -731,7 +711,7 @@ pub fn forward(
     );
     let (n, c, h, w) = x.nchw();
     ensure!(n > 0, "the input batch is empty");
-    let timesteps = crate::cpu::forward::broadcast_timesteps(timesteps, n)?;
+    let timesteps = broadcast_timesteps(timesteps, n)?;
     let fits = max_batch(ctx, unet)?;
     let chunk = max_batch_override.unwrap_or(fits).clamp(1, fits).min(n);
     let chunks = n.div_ceil(chunk);

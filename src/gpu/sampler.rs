@@ -4,9 +4,9 @@
 //! end. Per-step data (the time-embedding tables inside the forward, the update coefficients)
 //! is selected by step index through dynamic offsets, so the dispatches are recorded once.
 //!
-//! Entry points: [`sample`] runs one batch on any [`StepForward`]; [`sample_images`] and
-//! [`run_table`] compile `UNetPlan`s and mirror `sampling::sample_images_cpu` /
-//! `sampling::run_table_cpu` (what `gpu::run` and `ddim sample --device gpu` call).
+//! Entry points: [`sample`] / [`sample_recording`] run one batch on any [`StepForward`];
+//! [`GpuRunner`] is the GPU device of the one sampling loop (`sampling::run`): it compiles a
+//! `UNetPlan` per chunk size (at most two per run) over weights uploaded once.
 //!
 //! Layout: the sample lives on the device in NHWC, like every activation. The DDIM update is
 //! elementwise and thresholds per image, so NHWC changes nothing in its math; the host converts
@@ -14,58 +14,17 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::kernel::Dispatch;
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
-use super::plan::{max_batch, PlanOptions, UNetPlan};
+use super::plan::{max_batch, PlanOptions, StepForward, UNetPlan};
+use super::weights::GpuWeights;
 use super::GpuContext;
-use crate::model::{UNet, Weights};
-use crate::sampling::{in_chunks, NoisePlan, SampleSettings, StepTable, Trajectory};
+use crate::model::UNet;
+use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
 use crate::schedule::{PredictionType, SchedulerConfig, X0Limit};
+use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
-
-/// What the sampler needs from a compiled U-Net forward: NHWC input and output buffers for a
-/// fixed batch, and dispatches that evaluate the network at sampling step `step` (the plan was
-/// built with the timesteps of every step).
-pub trait StepForward {
-    /// NHWC `[B, H, W, C_in]` input, written by the sampler before each step.
-    fn input(&self) -> &wgpu::Buffer;
-    /// NHWC `[B, H, W, C_out]` model output of the last forward.
-    fn output(&self) -> &wgpu::Buffer;
-    /// The dispatches of one forward, encoded in order with `Dispatch::encode(pass, step)`.
-    fn dispatches(&self) -> &[Dispatch];
-}
-
-/// NCHW → NHWC for a `[n, c, h, w]` buffer.
-pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    let hw = h * w;
-    for b in 0..n {
-        for ch in 0..c {
-            let src = &x[(b * c + ch) * hw..][..hw];
-            for (p, &v) in src.iter().enumerate() {
-                out[(b * hw + p) * c + ch] = v;
-            }
-        }
-    }
-    out
-}
-
-/// NHWC → NCHW for a `[n, h, w, c]` buffer.
-pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    let hw = h * w;
-    for b in 0..n {
-        for p in 0..hw {
-            let src = &x[(b * hw + p) * c..][..c];
-            for (ch, &v) in src.iter().enumerate() {
-                out[(b * c + ch) * hw + p] = v;
-            }
-        }
-    }
-    out
-}
 
 /// How to run a sampling loop (DDIM, or DDPM with `ddpm_rows`).
 pub struct SampleSpec<'a> {
@@ -220,179 +179,100 @@ pub fn sample_recording(
     Ok((out, tensors.collect::<Result<_>>()?))
 }
 
-/// The update rows of a sampler table, the x0 limit, and whether ε is re-derived from the
-/// limited x0 (as the CPU steps `ddim_step`, `ddpm_step` and `inverse_step` do).
-fn update_rows(
-    table: &StepTable,
-    cfg: &SchedulerConfig,
-    settings: &SampleSettings,
-) -> (Vec<UpdateRow>, X0Limit, bool) {
-    match table {
-        StepTable::Ddim(s) => (
-            ddim_rows(s),
-            X0Limit::from_config(cfg),
-            settings.use_clipped_model_output,
-        ),
-        StepTable::Ddpm(s) => (ddpm_rows(s), X0Limit::from_config(cfg), false),
-        StepTable::Inverse(s) => (ddim_rows(s), X0Limit::for_inverse(cfg), false),
-    }
+/// The GPU as a device of the sampling loop: one run's update rows and a compiled plan per chunk
+/// size, all over the same uploaded weights.
+pub struct GpuRunner<'a> {
+    ctx: &'a GpuContext,
+    unet: &'a UNet,
+    weights: &'a GpuWeights,
+    options: PlanOptions,
+    /// The model timestep of every step, in loop order.
+    timesteps: Vec<i64>,
+    rows: Vec<UpdateRow>,
+    prediction: PredictionType,
+    limit: X0Limit,
+    use_clipped_model_output: bool,
+    max_batch: usize,
+    /// Compiled plans by batch size: full chunks and the remainder.
+    plans: Vec<(usize, UNetPlan)>,
 }
 
-/// Compiled plans by batch size (a run needs at most two: full chunks and the remainder).
-#[derive(Default)]
-struct Plans(Vec<(usize, UNetPlan)>);
+impl<'a> GpuRunner<'a> {
+    pub fn new(
+        ctx: &'a GpuContext,
+        unet: &'a UNet,
+        weights: &'a GpuWeights,
+        cfg: &SchedulerConfig,
+        steps: &SamplerSteps,
+        options: PlanOptions,
+    ) -> Result<Self> {
+        let rows = match steps {
+            SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => ddim_rows(steps),
+            SamplerSteps::Ddpm(s) => ddpm_rows(s),
+        };
+        Ok(Self {
+            ctx,
+            unet,
+            weights,
+            options,
+            timesteps: (0..steps.len()).map(|i| steps.timestep(i)).collect(),
+            rows,
+            prediction: cfg.prediction_type,
+            limit: steps.x0_limit(cfg),
+            use_clipped_model_output: steps.use_clipped_model_output(),
+            max_batch: max_batch(ctx, unet)?,
+            plans: Vec::new(),
+        })
+    }
 
-impl Plans {
-    fn get(
-        &mut self,
-        ctx: &GpuContext,
-        unet: &UNet,
-        weights: &Weights,
-        table: &StepTable,
-        batch: usize,
-    ) -> Result<&UNetPlan> {
-        let i = match self.0.iter().position(|(b, _)| *b == batch) {
+    /// The index in `plans` of the plan for `batch`, compiling it on first use.
+    fn plan_index(&mut self, batch: usize) -> Result<usize> {
+        Ok(match self.plans.iter().position(|(b, _)| *b == batch) {
             Some(i) => i,
             None => {
-                let timesteps: Vec<Vec<f32>> = (0..table.len())
-                    .map(|i| vec![table.timestep(i) as f32; batch])
+                let timesteps: Vec<Vec<f32>> = self
+                    .timesteps
+                    .iter()
+                    .map(|&t| vec![t as f32; batch])
                     .collect();
-                let plan = UNetPlan::new(ctx, unet, weights, &timesteps, PlanOptions::default())
+                let plan = UNetPlan::new(self.ctx, self.unet, self.weights, &timesteps, self.options)
                     .with_context(|| format!("compiling the U-Net for a batch of {batch}"))?;
-                self.0.push((batch, plan));
-                self.0.len() - 1
+                self.plans.push((batch, plan));
+                self.plans.len() - 1
             }
+        })
+    }
+}
+
+impl StepRunner for GpuRunner<'_> {
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn run_chunk(
+        &mut self,
+        chunk: Chunk,
+        record: &[usize],
+        tick: &mut dyn FnMut(),
+    ) -> Result<ChunkOutput> {
+        let Chunk { x, mut noise } = chunk;
+        let i = self.plan_index(x.shape[0])?;
+        let plan = &self.plans[i].1;
+        let spec = SampleSpec {
+            steps: &self.rows,
+            prediction: self.prediction,
+            limit: self.limit,
+            use_clipped_model_output: self.use_clipped_model_output,
         };
-        Ok(&self.0[i].1)
+        let (x, frames) = sample_recording(
+            self.ctx,
+            plan,
+            &spec,
+            &x,
+            &mut |s| Ok(noise.get_mut(s).and_then(Option::take)),
+            record,
+            &mut |_, _| tick(),
+        )?;
+        Ok(ChunkOutput { x, frames })
     }
-}
-
-/// Samples all `noise.num` images on the GPU in chunks of `batch` (x0 as NCHW in [-1, 1], not
-/// clamped), consuming exactly the noise the CPU reference (`sampling::sample_images_cpu`)
-/// consumes. One plan is compiled per distinct chunk size (at most two) and reused.
-/// Fills `trajectory`'s frames when given. `progress(done, total)` counts model evaluations.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_images(
-    ctx: &GpuContext,
-    unet: &UNet,
-    weights: &Weights,
-    cfg: &SchedulerConfig,
-    settings: &SampleSettings,
-    noise: &NoisePlan,
-    batch: usize,
-    mut trajectory: Option<&mut Trajectory>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    let table = StepTable::new(cfg, settings)?;
-    noise.check_model(unet)?;
-    let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
-    let per_image = c * h * w;
-    let fits = max_batch(ctx, unet)?;
-    let batch = batch.min(fits).min(noise.num);
-    if let Some(t) = trajectory.as_deref_mut() {
-        t.start(table.len(), noise.num, c, h, w)?;
-    }
-    let record = trajectory
-        .as_ref()
-        .map_or(&[][..], |t| &t.steps[..])
-        .to_vec();
-    let (rows, limit, use_clipped) = update_rows(&table, cfg, settings);
-    let spec = SampleSpec {
-        steps: &rows,
-        prediction: cfg.prediction_type,
-        limit,
-        use_clipped_model_output: use_clipped,
-    };
-    let mut plans = Plans::default();
-    in_chunks(
-        noise.num,
-        batch,
-        (c, h, w),
-        table.len(),
-        progress,
-        &mut |range, tick| {
-            let plan = plans.get(ctx, unet, weights, &table, range.len())?;
-            let chunk = noise.chunk(range.clone())?;
-            let x_t = Tensor::new(vec![range.len(), c, h, w], chunk.initial)?;
-            let mut steps = chunk.steps;
-            let (x0, frames) = sample_recording(
-                ctx,
-                plan,
-                &spec,
-                &x_t,
-                &mut |s| Ok(steps.get_mut(s).and_then(Option::take)),
-                &record,
-                &mut |_, _| tick(),
-            )
-            .with_context(|| format!("sampling images {range:?}"))?;
-            if let Some(t) = trajectory.as_deref_mut() {
-                for (k, frame) in frames.iter().enumerate() {
-                    t.store(k, range.clone(), per_image, &frame.data);
-                }
-            }
-            Ok(x0)
-        },
-    )
-}
-
-/// Runs a noise-free table (DDIM with eta 0, or DDIM inversion) on the GPU from the samples `x`
-/// (NCHW), in chunks of `batch`; the counterpart of `sampling::run_table_cpu`.
-#[allow(clippy::too_many_arguments)]
-pub fn run_table(
-    ctx: &GpuContext,
-    unet: &UNet,
-    weights: &Weights,
-    cfg: &SchedulerConfig,
-    table: &StepTable,
-    x: &Tensor,
-    batch: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    ensure!(
-        x.shape.len() == 4,
-        "samples must be NCHW, got {:?}",
-        x.shape
-    );
-    let (num, c, h, w) = x.nchw();
-    ensure!(num > 0, "no samples given");
-    ensure!(
-        (c, h, w) == (unet.input.c, unet.input.h, unet.input.w)
-            && (unet.output.c, unet.output.h, unet.output.w) == (c, h, w),
-        "samples {:?} do not match the model's input {} and output {}",
-        x.shape,
-        unet.input,
-        unet.output
-    );
-    let (rows, limit, use_clipped) = update_rows(table, cfg, &SampleSettings::default());
-    ensure!(
-        rows.iter().all(|r| r.sigma == 0.0),
-        "run_table takes a noise-free table (eta 0 or inversion)"
-    );
-    let spec = SampleSpec {
-        steps: &rows,
-        prediction: cfg.prediction_type,
-        limit,
-        use_clipped_model_output: use_clipped,
-    };
-    let batch = batch.min(max_batch(ctx, unet)?).min(num);
-    let mut plans = Plans::default();
-    in_chunks(
-        num,
-        batch,
-        (c, h, w),
-        table.len(),
-        progress,
-        &mut |range, tick| {
-            let plan = plans.get(ctx, unet, weights, table, range.len())?;
-            sample(
-                ctx,
-                plan,
-                &spec,
-                &x.images(range.clone())?,
-                &mut |_| Ok(None),
-                &mut |_, _| tick(),
-            )
-            .with_context(|| format!("running samples {range:?}"))
-        },
-    )
 }

@@ -35,9 +35,62 @@
 //! q·kᵀ and p·v); norms, activations and additions are not counted. Convolution:
 //! 2·OH·OW·Cout·KH·KW·Cin per image.
 
-use crate::cpu::ops::{conv2d_output_size, Padding};
 use crate::model::config::{DownBlockKind, UNet2DConfig, UpBlockKind, MAX_PARAMETERS};
 use anyhow::{bail, ensure, Result};
+
+/// Zero padding added around the input of a convolution, in pixels per side.
+/// Asymmetric padding is needed for diffusers' `Downsample2D` with `downsample_padding=0`
+/// (pad right and bottom by one, then a stride-2 convolution without padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// The same padding `p` on all four sides (torch's `Conv2d(padding=p)`).
+    pub fn same(p: usize) -> Self {
+        Self {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
+    }
+}
+
+/// Output height and width of a convolution; panics when the kernel does not fit the padded input.
+pub fn conv2d_output_size(
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: Padding,
+) -> (usize, usize) {
+    assert!(stride > 0, "conv2d stride must be positive");
+    let ph = h + pad.top + pad.bottom;
+    let pw = w + pad.left + pad.right;
+    assert!(
+        ph >= kh && pw >= kw,
+        "conv2d kernel {kh}x{kw} larger than padded input {ph}x{pw}"
+    );
+    ((ph - kh) / stride + 1, (pw - kw) / stride + 1)
+}
+
+/// Expands `timesteps` to one per batch element: a single value is used for the whole batch,
+/// otherwise there must be exactly `batch` values.
+pub fn broadcast_timesteps(timesteps: &[f32], batch: usize) -> Result<Vec<f32>> {
+    match timesteps.len() {
+        1 => Ok(vec![timesteps[0]; batch]),
+        n if n == batch => Ok(timesteps.to_vec()),
+        n => anyhow::bail!(
+            "got {n} timesteps for a batch of {batch}: give one timestep for the whole batch or one per element"
+        ),
+    }
+}
 
 /// Per-image activation shape; the batch dimension is chosen at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -120,35 +120,7 @@ pub fn random(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// NCHW → NHWC.
-pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    out[((b * h + y) * w + xx) * c + ch] = x[((b * c + ch) * h + y) * w + xx];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// NHWC → NCHW.
-pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
-                }
-            }
-        }
-    }
-    out
-}
+pub use ddim_wgpu::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 
 /// Asserts rel L2 ≤ `tol` (NaN anywhere fails), reporting max-abs error and its index.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {

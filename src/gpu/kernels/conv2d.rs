@@ -3,9 +3,9 @@
 //! residual add fused into the epilogue. The reference twin is `cpu::ops::conv2d` (+ upsample,
 //! concat, add).
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
-use crate::cpu::ops::Padding;
+use crate::model::unet::Padding;
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
 use crate::Tensor;
@@ -15,26 +15,14 @@ pub const SOURCE: &str = include_str!("../../../shaders/conv2d.wgsl");
 const HAS_CHAN_ADD: u32 = 1;
 const HAS_RESIDUAL: u32 = 2;
 
-/// Which kernel computes the GEMM; both give the same result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    /// 4 pixels × 8 channels per invocation, no workgroup memory or barriers (best on CPU adapters).
-    Register,
-    /// 64×64 workgroup tiles through workgroup memory (best on real GPUs).
-    Tiled,
-}
+pub use crate::gpu::variants::ConvVariant as Variant;
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Register, Variant::Tiled];
-
-    /// `DDIM_CONV_VARIANT=reg|tiled` if set, else Register on CPU adapters and Tiled elsewhere.
-    pub fn for_context(ctx: &GpuContext) -> Result<Self> {
-        match std::env::var("DDIM_CONV_VARIANT").ok().as_deref() {
-            Some("reg") | Some("register") => Ok(Self::Register),
-            Some("tiled") => Ok(Self::Tiled),
-            Some(other) => bail!("DDIM_CONV_VARIANT={other:?}: expected reg or tiled"),
-            None => Ok(Self::default_for(ctx.info.device_type)),
-        }
+    /// The context's forced variant ([`crate::gpu::KernelChoice`]), else the device type's.
+    pub fn for_context(ctx: &GpuContext) -> Self {
+        ctx.kernels
+            .conv
+            .unwrap_or_else(|| Self::default_for(ctx.info.device_type))
     }
 
     /// The variant for a device type: Register on CPU implementations, Tiled on GPUs.

@@ -157,42 +157,20 @@ impl Matmul {
 }
 
 /// Which kernel computes a product; both give the same result up to summation order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatmulVariant {
-    /// Version 1 (`linear.wgsl`): any strides, scalar loads.
-    Strided,
-    /// Version 2 (`linear_k4.wgsl`): A and B contiguous along k with vec4 loads; see [`Matmul::fits_k4`].
-    K4,
-    /// Version 3 (`linear.wgsl`): 64×64 tiles staged through workgroup memory (real GPUs).
-    Tiled,
-}
+pub use crate::gpu::variants::MatmulVariant;
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 3] = [
-        MatmulVariant::Strided,
-        MatmulVariant::K4,
-        MatmulVariant::Tiled,
-    ];
-
-    /// `DDIM_MATMUL_VARIANT=strided|k4|tiled` if set; else, on CPU adapters (lavapipe, where
-    /// barriers are slow) the barrier-free kernels, and the workgroup-memory one elsewhere.
-    pub fn for_context(ctx: &GpuContext, op: &Matmul) -> Result<Self> {
-        let forced = match std::env::var("DDIM_MATMUL_VARIANT").ok().as_deref() {
-            None | Some("") => None,
-            Some("strided") => Some(Self::Strided),
-            Some("k4") => Some(Self::K4),
-            Some("tiled") => Some(Self::Tiled),
-            Some(other) => {
-                anyhow::bail!("DDIM_MATMUL_VARIANT={other:?}: expected strided, k4 or tiled")
-            }
-        };
-        Ok(match forced {
+    /// The context's forced variant ([`crate::gpu::KernelChoice`]; K4 falls back to Strided
+    /// where it does not apply), else on CPU adapters (lavapipe, where barriers are slow) the
+    /// barrier-free kernels, and the workgroup-memory one elsewhere.
+    pub fn for_context(ctx: &GpuContext, op: &Matmul) -> Self {
+        match ctx.kernels.matmul {
             Some(Self::K4) if !op.fits_k4() => Self::Strided,
             Some(v) => v,
             None if !ctx.is_cpu() => Self::Tiled,
             None if op.fits_k4() => Self::K4,
             None => Self::Strided,
-        })
+        }
     }
 }
 
@@ -267,7 +245,7 @@ fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
 /// One dispatch for `op` with the variant suited to the adapter (see
 /// [`MatmulVariant::for_context`]). `out` must not alias any input.
 pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
-    matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op)?)
+    matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op))
 }
 
 /// One dispatch for `op` with a chosen variant (an error if it does not apply).

@@ -15,10 +15,10 @@ use crate::cpu::ops::timestep_embedding;
 use crate::gpu::kernel::Dispatch;
 use crate::gpu::GpuContext;
 use crate::model::unet::{Linear, TimeEmbedding};
-use crate::model::Weights;
+use crate::gpu::weights::GpuWeights;
 
-/// A per-step table on the device: `steps` blocks of `[batch, width]` f32.
-pub struct StepTable {
+/// A per-step table of time-embedding values on the device: `steps` blocks of `[batch, width]` f32.
+pub struct EmbeddingTable {
     pub buffer: wgpu::Buffer,
     pub steps: usize,
     pub batch: usize,
@@ -27,7 +27,7 @@ pub struct StepTable {
     pub stride_bytes: u32,
 }
 
-impl StepTable {
+impl EmbeddingTable {
     fn stride_elems(&self) -> usize {
         self.stride_bytes as usize / 4
     }
@@ -41,23 +41,23 @@ impl StepTable {
     }
 }
 
-fn upload_linear(
-    ctx: &GpuContext,
+/// A linear layer's uploaded weight and bias, checked against its shape.
+fn linear_buffers<'w>(
     lin: &Linear,
-    weights: &Weights,
-) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-    let w = weights.slice(&lin.weight)?;
-    let b = weights.slice(&lin.bias)?;
+    weights: &'w GpuWeights,
+) -> Result<(&'w wgpu::Buffer, &'w wgpu::Buffer)> {
+    let (w, b) = (weights.buffer(&lin.weight)?, weights.buffer(&lin.bias)?);
     ensure!(
-        w.len() == lin.in_features * lin.out_features && b.len() == lin.out_features,
-        "{}: weight {} / bias {} values for a {}→{} linear layer",
+        w.size() == (lin.in_features * lin.out_features * 4) as u64
+            && b.size() == (lin.out_features * 4) as u64,
+        "{}: weight {} / bias {} bytes for a {}→{} linear layer",
         lin.weight,
-        w.len(),
-        b.len(),
+        w.size(),
+        b.size(),
         lin.in_features,
         lin.out_features
     );
-    Ok((ctx.upload(&lin.weight, w), ctx.upload(&lin.bias, b)))
+    Ok((w, b))
 }
 
 /// The embedding `emb` for every (step, image): `timesteps[s][b]` is image b's timestep at
@@ -66,9 +66,9 @@ fn upload_linear(
 pub fn time_embedding(
     ctx: &GpuContext,
     te: &TimeEmbedding,
-    weights: &Weights,
+    weights: &GpuWeights,
     timesteps: &[Vec<f32>],
-) -> Result<(Vec<Dispatch>, StepTable)> {
+) -> Result<(Vec<Dispatch>, EmbeddingTable)> {
     let steps = timesteps.len();
     ensure!(steps > 0, "time embedding: no timesteps");
     let batch = timesteps[0].len();
@@ -80,8 +80,8 @@ pub fn time_embedding(
     let flat: Vec<f32> = timesteps.concat();
     let sinusoid = timestep_embedding(&flat, te.proj_dim, te.flip_sin_to_cos, te.freq_shift);
     let proj = ctx.upload("timestep sinusoid", &sinusoid.data);
-    let (w1, b1) = upload_linear(ctx, &te.linear_1, weights).context("time embedding linear_1")?;
-    let (w2, b2) = upload_linear(ctx, &te.linear_2, weights).context("time embedding linear_2")?;
+    let (w1, b1) = linear_buffers(&te.linear_1, weights).context("time embedding linear_1")?;
+    let (w2, b2) = linear_buffers(&te.linear_2, weights).context("time embedding linear_2")?;
     let hidden = ctx.storage(
         "time embedding hidden",
         (rows * te.linear_1.out_features * 4) as u64,
@@ -99,8 +99,8 @@ pub fn time_embedding(
             &first,
             &MatmulBuffers {
                 a: &proj,
-                b: &w1,
-                bias: Some(&b1),
+                b: w1,
+                bias: Some(b1),
                 residual: None,
                 out: &hidden,
             },
@@ -110,8 +110,8 @@ pub fn time_embedding(
             &second,
             &MatmulBuffers {
                 a: &hidden,
-                b: &w2,
-                bias: Some(&b2),
+                b: w2,
+                bias: Some(b2),
                 residual: None,
                 out: &emb,
             },
@@ -119,7 +119,7 @@ pub fn time_embedding(
     ];
     Ok((
         dispatches,
-        StepTable {
+        EmbeddingTable {
             buffer: emb,
             steps,
             batch,
@@ -134,9 +134,9 @@ pub fn time_embedding(
 pub fn time_projection(
     ctx: &GpuContext,
     lin: &Linear,
-    weights: &Weights,
-    emb: &StepTable,
-) -> Result<(Dispatch, StepTable)> {
+    weights: &GpuWeights,
+    emb: &EmbeddingTable,
+) -> Result<(Dispatch, EmbeddingTable)> {
     ensure!(
         lin.in_features == emb.width,
         "{}: takes {} features, the time embedding has {}",
@@ -144,7 +144,7 @@ pub fn time_projection(
         lin.in_features,
         emb.width
     );
-    let (w, b) = upload_linear(ctx, lin, weights)?;
+    let (w, b) = linear_buffers(lin, weights)?;
     let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
     let block = emb.batch * lin.out_features * 4;
     let stride_bytes = block.next_multiple_of(align);
@@ -191,15 +191,15 @@ pub fn time_projection(
         &op,
         &MatmulBuffers {
             a: &emb.buffer,
-            b: &w,
-            bias: Some(&b),
+            b: w,
+            bias: Some(b),
             residual: None,
             out: &out,
         },
     )?;
     Ok((
         dispatch,
-        StepTable {
+        EmbeddingTable {
             buffer: out,
             steps: emb.steps,
             batch: emb.batch,

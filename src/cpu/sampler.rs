@@ -1,0 +1,75 @@
+//! The CPU reference as a device of the sampling loop: the whole U-Net forward and the
+//! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step}`), image by image
+//! exactly as diffusers computes them.
+
+use super::forward::forward;
+use crate::model::{UNet, Weights};
+use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
+use crate::schedule::{ddim_step, ddpm_step, inverse_step, SchedulerConfig};
+use crate::Tensor;
+use anyhow::{ensure, Context, Result};
+
+/// Images per chunk on the CPU reference: it gains nothing from more.
+pub const MAX_BATCH: usize = 16;
+
+/// Runs one run's steps on the CPU reference.
+pub struct CpuRunner<'a> {
+    pub unet: &'a UNet,
+    pub weights: &'a Weights,
+    pub cfg: &'a SchedulerConfig,
+    pub steps: &'a SamplerSteps,
+}
+
+impl StepRunner for CpuRunner<'_> {
+    fn max_batch(&self) -> usize {
+        // The caller chooses smaller chunks; a larger one is still correct, only slower.
+        usize::MAX
+    }
+
+    fn run_chunk(
+        &mut self,
+        chunk: Chunk,
+        record: &[usize],
+        tick: &mut dyn FnMut(),
+    ) -> Result<ChunkOutput> {
+        let Chunk { mut x, noise } = chunk;
+        let steps = self.steps;
+        ensure!(
+            noise.len() == steps.len(),
+            "noise for {} steps, the run has {}",
+            noise.len(),
+            steps.len()
+        );
+        let batch = x.shape[0];
+        let mut frames = Vec::with_capacity(record.len());
+        for (i, noise) in noise.iter().enumerate() {
+            let t = steps.timestep(i);
+            let eps = forward(self.unet, self.weights, &x, &[t as f32])
+                .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
+            let noise = noise.as_deref();
+            let out = match steps {
+                SamplerSteps::Ddim {
+                    steps,
+                    use_clipped_model_output,
+                    ..
+                } => ddim_step(
+                    self.cfg,
+                    &steps[i],
+                    &eps.data,
+                    &x.data,
+                    batch,
+                    *use_clipped_model_output,
+                    noise,
+                )?,
+                SamplerSteps::Ddpm(s) => ddpm_step(self.cfg, &s[i], &eps.data, &x.data, batch, noise)?,
+                SamplerSteps::Inverse(s) => inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?,
+            };
+            x.data = out.prev_sample;
+            if record.contains(&i) {
+                frames.push(Tensor::new(x.shape.clone(), out.pred_original_sample)?);
+            }
+            tick();
+        }
+        Ok(ChunkOutput { x, frames })
+    }
+}

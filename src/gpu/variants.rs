@@ -1,0 +1,62 @@
+//! The kernel variants a caller may force, as plain values: the library never reads the
+//! environment for them (the CLI reads `DDIM_CONV_VARIANT` / `DDIM_MATMUL_VARIANT`).
+
+use anyhow::{bail, Result};
+
+/// Which kernel computes a convolution's GEMM; every variant gives the same result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvVariant {
+    /// 4 pixels × 8 channels per invocation, no workgroup memory or barriers (best on CPU adapters).
+    Register,
+    /// 64×64 workgroup tiles through workgroup memory (best on real GPUs).
+    Tiled,
+}
+
+impl ConvVariant {
+    pub const ALL: [ConvVariant; 2] = [ConvVariant::Register, ConvVariant::Tiled];
+
+    /// `reg` (or `register`) or `tiled`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "reg" | "register" => Ok(Self::Register),
+            "tiled" => Ok(Self::Tiled),
+            other => bail!("unknown conv variant {other:?}: expected reg or tiled"),
+        }
+    }
+}
+
+/// Which kernel computes a matrix product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Version 1 (`linear.wgsl`): any strides, scalar loads.
+    Strided,
+    /// Version 2 (`linear_k4.wgsl`): A and B contiguous along k with vec4 loads (`Matmul::fits_k4`).
+    K4,
+    /// Version 3 (`linear.wgsl`): 64×64 tiles staged through workgroup memory (real GPUs).
+    Tiled,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 3] = [
+        MatmulVariant::Strided,
+        MatmulVariant::K4,
+        MatmulVariant::Tiled,
+    ];
+
+    /// `strided`, `k4` or `tiled`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "strided" => Ok(Self::Strided),
+            "k4" => Ok(Self::K4),
+            "tiled" => Ok(Self::Tiled),
+            other => bail!("unknown matmul variant {other:?}: expected strided, k4 or tiled"),
+        }
+    }
+}
+
+/// Variants forced on every kernel of a context; None chooses per adapter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelChoice {
+    pub conv: Option<ConvVariant>,
+    pub matmul: Option<MatmulVariant>,
+}

@@ -1,0 +1,120 @@
+//! The noise a run consumes, in diffusers' draw order.
+//!
+//! Noise follows diffusers' pipelines so `--rng torch` replays `DDIMPipeline(generator=
+//! torch.manual_seed(seed))`: one draw of shape [N, C, H, W] for x_T, then — DDIM with eta > 0 —
+//! one draw of the same shape at every step, or — DDPM — one at every step with t > 0. Every
+//! device consumes exactly the same values, so runs can be compared element for element.
+
+use super::steps::SamplerSteps;
+use crate::rng::{NoiseSource, RngKind};
+use anyhow::{ensure, Context, Result};
+use std::ops::Range;
+
+/// The noise of a run of `num` images: x_T and the per-step draws, in pipeline order.
+#[derive(Clone, Debug)]
+pub struct NoisePlan {
+    pub kind: RngKind,
+    pub seed: u64,
+    pub num: usize,
+    /// Elements per image (C·H·W).
+    pub per_image: usize,
+    /// For each step, whether it draws noise.
+    pub step_draws: Vec<bool>,
+    /// x_T for all images given by the user (`--init-noise`); the stream then starts with the
+    /// per-step draws.
+    pub initial_override: Option<Vec<f32>>,
+}
+
+/// The noise a chunk of images consumes.
+#[derive(Clone, Debug)]
+pub struct ChunkNoise {
+    /// x_T for the chunk, [len · per_image].
+    pub initial: Vec<f32>,
+    /// One entry per step: the chunk's slice of that step's draw, or None when the step draws none.
+    pub steps: Vec<Option<Vec<f32>>>,
+}
+
+impl NoisePlan {
+    pub fn new(
+        kind: RngKind,
+        seed: u64,
+        num: usize,
+        per_image: usize,
+        steps: &SamplerSteps,
+    ) -> Self {
+        let step_draws = (0..steps.len()).map(|i| steps.draws_noise(i)).collect();
+        Self {
+            kind,
+            seed,
+            num,
+            per_image,
+            step_draws,
+            initial_override: None,
+        }
+    }
+
+    /// Replays the stream from the seed and keeps the images in `range`. Every draw covers all
+    /// `num` images (as torch draws the whole batch at once), so a chunk costs one full replay.
+    pub fn chunk(&self, range: Range<usize>) -> Result<ChunkNoise> {
+        ensure!(
+            range.end <= self.num && range.start < range.end,
+            "bad image range {range:?}"
+        );
+        let mut rng = NoiseSource::new(self.kind, self.seed);
+        let total = self.num * self.per_image;
+        let slice = range.start * self.per_image..range.end * self.per_image;
+        let initial =
+            rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec();
+        let mut steps = Vec::with_capacity(self.step_draws.len());
+        for (i, &draws) in self.step_draws.iter().enumerate() {
+            steps.push(if draws {
+                let d = rng
+                    .randn(total)
+                    .with_context(|| format!("drawing the noise of step {i}"))?;
+                Some(d[slice.clone()].to_vec())
+            } else {
+                None
+            });
+        }
+        Ok(ChunkNoise { initial, steps })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SampleSettings;
+    use crate::schedule::SchedulerConfig;
+
+    #[test]
+    fn chunks_slice_one_stream() {
+        let cfg = SchedulerConfig::default();
+        let settings = SampleSettings {
+            eta: 1.0,
+            steps: 3,
+            ..Default::default()
+        };
+        let table = SamplerSteps::new(&cfg, &settings).unwrap();
+        let plan = NoisePlan::new(RngKind::Torch, 3, 5, 16, &table);
+        let all = plan.chunk(0..5).unwrap();
+        let tail = plan.chunk(2..5).unwrap();
+        assert_eq!(&all.initial[32..], &tail.initial[..]);
+        assert_eq!(all.steps.len(), 3);
+        assert_eq!(
+            &all.steps[2].as_ref().unwrap()[32..],
+            &tail.steps[2].as_ref().unwrap()[..]
+        );
+        let det = SamplerSteps::new(
+            &cfg,
+            &SampleSettings {
+                steps: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let plan0 = NoisePlan::new(RngKind::Torch, 3, 5, 16, &det);
+        assert!(plan0.chunk(0..5).unwrap().steps.iter().all(|s| s.is_none()));
+        // Without step noise x_T is the same first draw.
+        assert_eq!(plan0.chunk(0..5).unwrap().initial, all.initial);
+    }
+}

@@ -1,0 +1,172 @@
+//! The one sampling loop, for every device and sampler: chunks of images, the noise each chunk
+//! consumes, trajectory frames and progress, over a device that runs all steps of one chunk
+//! ([`StepRunner`]: the CPU reference, `cpu::sampler`, or a compiled GPU plan, `gpu::sampler`).
+
+use super::noise::NoisePlan;
+use super::steps::SamplerSteps;
+use super::trajectory::Trajectory;
+use crate::Tensor;
+use anyhow::{ensure, Context, Result};
+use std::sync::Arc;
+
+/// One chunk of a run, as a device receives it.
+pub struct Chunk {
+    /// The starting samples (x_T, or the images to invert), NCHW.
+    pub x: Tensor,
+    /// Per step, this chunk's part of that step's noise (NCHW), or None where the step draws none.
+    pub noise: Vec<Option<Vec<f32>>>,
+}
+
+/// What a device gives back for a chunk.
+pub struct ChunkOutput {
+    /// The sample after the last step, NCHW.
+    pub x: Tensor,
+    /// The predicted x0 after each recorded step, NCHW, in the order of `record`.
+    pub frames: Vec<Tensor>,
+}
+
+/// A device that runs every step of one run's [`SamplerSteps`] on a chunk of images.
+pub trait StepRunner {
+    /// The most images one chunk may hold on this device.
+    fn max_batch(&self) -> usize;
+
+    /// Runs all steps on `chunk`, keeping the predicted x0 after each step listed in `record`
+    /// (ascending step indices), and calls `tick()` after every model evaluation.
+    fn run_chunk(
+        &mut self,
+        chunk: Chunk,
+        record: &[usize],
+        tick: &mut dyn FnMut(),
+    ) -> Result<ChunkOutput>;
+}
+
+/// Reports progress as (model evaluations done, total), after every evaluation.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl Progress {
+    pub fn new(f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn report(&self, done: usize, total: usize) {
+        (self.0)(done, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// Where a run starts.
+pub enum Start<'a> {
+    /// x_T and the per-step noise from a noise plan.
+    Noise(&'a NoisePlan),
+    /// Given samples (NCHW) and no step noise: inversion, or decoding given latents.
+    Given(&'a Tensor),
+}
+
+/// One run of the loop.
+pub struct Run<'a> {
+    pub steps: &'a SamplerSteps,
+    pub start: Start<'a>,
+    /// Per-image shape (C, H, W).
+    pub image: (usize, usize, usize),
+    /// Images per chunk (clamped to the device's [`StepRunner::max_batch`]).
+    pub batch: usize,
+    /// Fills these frames when given.
+    pub trajectory: Option<&'a mut Trajectory>,
+    pub progress: Option<&'a Progress>,
+}
+
+/// Runs `run` on `device` chunk by chunk and returns the final samples of all images, NCHW.
+pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
+    let Run {
+        steps,
+        start,
+        image: (c, h, w),
+        batch,
+        mut trajectory,
+        progress,
+    } = run;
+    let per_image = c * h * w;
+    let num = match start {
+        Start::Noise(plan) => {
+            ensure!(
+                plan.per_image == per_image,
+                "the noise plan is for {} values per image, the model takes {per_image}",
+                plan.per_image
+            );
+            ensure!(
+                plan.step_draws.len() == steps.len(),
+                "the noise plan covers {} steps, the run has {}",
+                plan.step_draws.len(),
+                steps.len()
+            );
+            plan.num
+        }
+        Start::Given(x) => {
+            ensure!(
+                x.shape.len() == 4 && x.shape[1..] == [c, h, w] && x.shape[0] > 0,
+                "expected samples of shape [N, {c}, {h}, {w}], got {:?}",
+                x.shape
+            );
+            ensure!(
+                (0..steps.len()).all(|i| !steps.draws_noise(i)),
+                "given samples run without step noise: use eta 0 or inversion"
+            );
+            x.shape[0]
+        }
+    };
+    ensure!(num > 0, "the number of images must be at least 1");
+    ensure!(batch > 0, "the batch size must be at least 1");
+    let batch = batch.min(device.max_batch()).min(num);
+    if let Some(t) = trajectory.as_deref_mut() {
+        t.start(steps.len(), num, c, h, w)?;
+    }
+    let record = trajectory.as_deref().map_or(Vec::new(), |t| t.steps.clone());
+    let total = num.div_ceil(batch) * steps.len();
+    let mut done = 0;
+    let mut out = Tensor::zeros(&[num, c, h, w]);
+    for first in (0..num).step_by(batch) {
+        let range = first..(first + batch).min(num);
+        let chunk = match start {
+            Start::Noise(plan) => {
+                let noise = plan.chunk(range.clone())?;
+                Chunk {
+                    x: Tensor::new(vec![range.len(), c, h, w], noise.initial)?,
+                    noise: noise.steps,
+                }
+            }
+            Start::Given(x) => Chunk {
+                x: x.images(range.clone())?,
+                noise: vec![None; steps.len()],
+            },
+        };
+        let y = device
+            .run_chunk(chunk, &record, &mut || {
+                done += 1;
+                if let Some(p) = progress {
+                    p.report(done, total);
+                }
+            })
+            .with_context(|| format!("images {range:?}"))?;
+        ensure!(
+            y.x.numel() == range.len() * per_image && y.frames.len() == record.len(),
+            "images {range:?} came back with {} values and {} frames, expected {} and {}",
+            y.x.numel(),
+            y.frames.len(),
+            range.len() * per_image,
+            record.len()
+        );
+        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&y.x.data);
+        if let Some(t) = trajectory.as_deref_mut() {
+            for (k, frame) in y.frames.iter().enumerate() {
+                t.store(k, range.clone(), per_image, &frame.data);
+            }
+        }
+    }
+    Ok(out)
+}
