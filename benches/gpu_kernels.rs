@@ -15,9 +15,9 @@ use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};
 use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
+use ddim_wgpu::gpu::plan::StepForward;
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::profile::Profiler;
-use ddim_wgpu::gpu::sampler::StepForward;
 use ddim_wgpu::gpu::{AdapterChoice, Dispatch, GpuContext};
 use ddim_wgpu::schedule::{PredictionType, X0Limit};
 
@@ -132,7 +132,7 @@ fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
     let plan = UNetPlan::new(
         ctx,
         &pipe.unet,
-        &pipe.model.weights,
+        &pipe.gpu_weights(ctx).expect("uploading the weights"),
         &[vec![500.0]],
         PlanOptions::default(),
     )

@@ -30,14 +30,14 @@ use anyhow::{ensure, Context, Result};
 pub enum Device {
     /// The pure-Rust CPU reference.
     Cpu,
-    /// A wgpu adapter.
-    Gpu(Box<GpuContext>),
+    /// A wgpu adapter (shared: several devices may hold the same context).
+    Gpu(Arc<GpuContext>),
 }
 
 impl Device {
     /// Opens the adapter `choice` selects.
     pub fn gpu(choice: &AdapterChoice) -> Result<Self> {
-        Ok(Self::Gpu(Box::new(GpuContext::new(choice)?)))
+        Ok(Self::Gpu(Arc::new(GpuContext::new(choice)?)))
     }
 
     /// The best adapter if there is one, else the CPU reference.
@@ -219,7 +219,14 @@ impl Pipeline {
     pub fn invert(&self, device: &Device, x0: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::inverse(&self.scheduler, request.steps)?;
         let progress = request.progress.as_ref();
-        self.run(device, &steps, Start::Given(x0), request.batch, None, progress)
+        self.run(
+            device,
+            &steps,
+            Start::Given(x0),
+            request.batch,
+            None,
+            progress,
+        )
     }
 
     /// Deterministic DDIM (eta 0) from given latents x_T: the decoder that inversion and
@@ -227,7 +234,14 @@ impl Pipeline {
     pub fn decode(&self, device: &Device, x_t: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::ddim_eta0(&self.scheduler, request.steps)?;
         let progress = request.progress.as_ref();
-        self.run(device, &steps, Start::Given(x_t), request.batch, None, progress)
+        self.run(
+            device,
+            &steps,
+            Start::Given(x_t),
+            request.batch,
+            None,
+            progress,
+        )
     }
 
     /// Images per U-Net evaluation when the caller does not choose one: as many as fit the

@@ -62,7 +62,12 @@ impl Tensor {
 /// NCHW → NHWC for `n` images of `c` channels and `h`×`w` pixels. NHWC is the GPU's activation
 /// layout (and, as `[N·H·W, C]`, the CPU attention's token layout); the one permutation both use.
 pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * h * w, "nchw_to_nhwc: {} values for {n}x{c}x{h}x{w}", x.len());
+    assert_eq!(
+        x.len(),
+        n * c * h * w,
+        "nchw_to_nhwc: {} values for {n}x{c}x{h}x{w}",
+        x.len()
+    );
     let hw = h * w;
     let mut out = vec![0.0; x.len()];
     for b in 0..n {
@@ -77,7 +82,12 @@ pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f3
 
 /// NHWC → NCHW, the inverse of [`nchw_to_nhwc`].
 pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * h * w, "nhwc_to_nchw: {} values for {n}x{c}x{h}x{w}", x.len());
+    assert_eq!(
+        x.len(),
+        n * c * h * w,
+        "nhwc_to_nchw: {} values for {n}x{c}x{h}x{w}",
+        x.len()
+    );
     let hw = h * w;
     let mut out = vec![0.0; x.len()];
     for b in 0..n {

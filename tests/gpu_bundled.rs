@@ -19,10 +19,12 @@ fn bundled_model_gpu_matches_cpu_reference_pixels() {
         seed: 3,
         ..Default::default()
     };
-    let cpu = pipe.sample(&Device::Cpu, &request, &mut |_, _| {}).unwrap();
+    let cpu = pipe.sample(&Device::Cpu, &request).unwrap();
     let cpu_px: Vec<u8> = cpu.data.iter().map(|&v| to_u8(v)).collect();
-    let backends = common::for_each_backend(|backend, ctx| {
-        let gpu = pipe.sample_on_gpu(ctx, &request, &mut |_, _| {}).unwrap();
+    let backends = common::for_each_backend(|backend, _| {
+        let gpu = pipe
+            .sample(&common::device(backend).unwrap(), &request)
+            .unwrap();
         let off = gpu
             .data
             .iter()
@@ -56,9 +58,10 @@ fn same_seed_gives_a_byte_identical_png_on_the_gpu() {
         seed: 11,
         ..Default::default()
     };
-    common::for_each_backend(|backend, ctx| {
+    common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
         let png = || {
-            let x = pipe.sample_on_gpu(ctx, &request, &mut |_, _| {}).unwrap();
+            let x = pipe.sample(&device, &request).unwrap();
             let (w, h, c, px) = grid(&x, 3, 2).unwrap();
             encode_png(w, h, c, &px).unwrap()
         };

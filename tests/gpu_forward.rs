@@ -9,11 +9,17 @@ use std::path::{Path, PathBuf};
 use ddim_wgpu::cpu::forward::{forward as cpu_forward, forward_with};
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
 use ddim_wgpu::gpu::plan::{forward, PlanOptions, UNetPlan};
+use ddim_wgpu::gpu::{GpuContext, GpuWeights};
 use ddim_wgpu::model::tensor_io::read_tensor;
-use ddim_wgpu::model::{Model, UNet};
+use ddim_wgpu::model::{Model, UNet, Weights};
 use ddim_wgpu::Tensor;
 
 const TOL: f64 = 1e-4;
+
+/// The model's weights on the test's device.
+fn upload(ctx: &GpuContext, unet: &UNet, weights: &Weights) -> GpuWeights {
+    GpuWeights::upload(ctx, unet, weights).unwrap()
+}
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet")
@@ -85,8 +91,15 @@ fn forward_matches_cpu_reference_and_pytorch_on_every_fixture() {
         .collect();
     common::for_each_backend(|backend, ctx| {
         for (f, cpu) in fixtures.iter().zip(&cpu) {
-            let y = forward(ctx, &f.unet, &f.model.weights, &f.x, &f.t, None)
-                .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
+            let y = forward(
+                ctx,
+                &f.unet,
+                &upload(ctx, &f.unet, &f.model.weights),
+                &f.x,
+                &f.t,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
             assert_eq!(y.shape, cpu.shape, "{}", f.name);
             let vs_cpu = common::assert_close(
                 &format!("{} on {backend} vs CPU", f.name),
@@ -121,7 +134,15 @@ fn batch_split_and_both_conv_variants_agree() {
     let cpu = cpu_forward(&f.unet, &f.model.weights, &x, &t).unwrap();
     common::for_each_backend(|backend, ctx| {
         for chunk in [None, Some(1), Some(2)] {
-            let y = forward(ctx, &f.unet, &f.model.weights, &x, &t, chunk).unwrap();
+            let y = forward(
+                ctx,
+                &f.unet,
+                &upload(ctx, &f.unet, &f.model.weights),
+                &x,
+                &t,
+                chunk,
+            )
+            .unwrap();
             common::assert_close(
                 &format!("{backend} chunk {chunk:?}"),
                 &y.data,
@@ -133,7 +154,7 @@ fn batch_split_and_both_conv_variants_agree() {
             let plan = UNetPlan::new(
                 ctx,
                 &f.unet,
-                &f.model.weights,
+                &upload(ctx, &f.unet, &f.model.weights),
                 &[t.to_vec()],
                 PlanOptions {
                     conv_variant: Some(variant),
@@ -164,7 +185,7 @@ fn per_layer_outputs_match_the_cpu_layers() {
         let plan = UNetPlan::new(
             ctx,
             &f.unet,
-            &f.model.weights,
+            &upload(ctx, &f.unet, &f.model.weights),
             &[other, f.t.clone()],
             PlanOptions {
                 conv_variant: None,
@@ -210,7 +231,7 @@ fn builtin_architectures_with_random_weights_match_the_cpu() {
         let t: Vec<f32> = (0..batch).map(|i| 1.0 + 400.0 * i as f32).collect();
         let cpu = cpu_forward(&unet, &weights, &x, &t).unwrap();
         common::for_each_backend(|backend, ctx| {
-            let y = forward(ctx, &unet, &weights, &x, &t, None).unwrap();
+            let y = forward(ctx, &unet, &upload(ctx, &unet, &weights), &x, &t, None).unwrap();
             let err =
                 common::assert_close(&format!("{name} on {backend}"), &y.data, &cpu.data, TOL);
             eprintln!("[gpu forward] {backend} {name} (random weights): rel L2 vs CPU {err:.2e}");
@@ -243,7 +264,7 @@ fn oversized_batch_is_refused_by_the_plan() {
         let err = UNetPlan::new(
             ctx,
             &unet,
-            &weights,
+            &upload(ctx, &unet, &weights),
             &[vec![1.0; fits + 1]],
             PlanOptions::default(),
         )

@@ -321,10 +321,11 @@ fn time_embedding_tables_match_cpu() {
         .collect();
     assert!(resnets.len() > 3);
     common::for_each_backend(|backend, ctx| {
-        let (mut dispatches, table) = time_embedding(ctx, te, &weights, &timesteps).unwrap();
+        let uploaded = ddim_wgpu::gpu::GpuWeights::upload(ctx, &unet, &weights).unwrap();
+        let (mut dispatches, table) = time_embedding(ctx, te, &uploaded, &timesteps).unwrap();
         let mut projections = vec![];
         for p in &resnets {
-            let (d, t) = time_projection(ctx, p, &weights, &table).unwrap();
+            let (d, t) = time_projection(ctx, p, &uploaded, &table).unwrap();
             dispatches.push(d);
             projections.push(t);
         }

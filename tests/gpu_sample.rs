@@ -7,7 +7,8 @@ use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::kernel::Dispatch;
 use ddim_wgpu::gpu::kernels::ddim_step::ddim_rows;
 use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulBuffers};
-use ddim_wgpu::gpu::sampler::{sample, SampleSpec, StepForward};
+use ddim_wgpu::gpu::plan::StepForward;
+use ddim_wgpu::gpu::sampler::{sample, SampleSpec};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::rng::TorchRng;
 use ddim_wgpu::schedule::{ddim_step, ddim_table, SchedulerConfig, X0Limit};
@@ -176,16 +177,13 @@ fn toy_loop_with_thresholding_and_v_prediction() {
 }
 
 /// The real loop: fixture U-Nets compiled into GPU plans, 10 DDIM steps, eta 0 and 1 with the
-/// same torch-stream noise as the CPU reference (`sampling::sample_images_cpu`). 3 images in
-/// chunks of 2, so two plans (batch 2 and 1) are built and the noise is sliced per chunk.
+/// same torch-stream noise as the CPU reference (both through `Pipeline::sample_trajectory`).
+/// 3 images in chunks of 2, so two plans (batch 2 and 1) are built and the noise is sliced per chunk.
 #[test]
 fn unet_sample_matches_cpu_reference() {
-    use ddim_wgpu::gpu::sampler::sample_images;
-    use ddim_wgpu::pipeline::Pipeline;
-    use ddim_wgpu::rng::RngKind;
-    use ddim_wgpu::sampling::{
-        sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable, Trajectory,
-    };
+    use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+    use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind};
+    use std::sync::{Arc, Mutex};
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet");
     for (fixture, sampler, eta) in [
@@ -197,45 +195,29 @@ fn unet_sample_matches_cpu_reference() {
         ("no_mid_pipeline", SamplerKind::Ddpm, 1.0),
     ] {
         let pipe = Pipeline::load(&root.join(fixture)).unwrap();
-        let settings = SampleSettings {
-            sampler,
-            steps: STEPS,
-            eta,
+        let mut request = SampleRequest {
+            settings: SampleSettings {
+                sampler,
+                steps: STEPS,
+                eta,
+                ..Default::default()
+            },
+            num: 3,
+            batch: Some(2),
+            seed: 7,
             ..Default::default()
         };
-        let table = StepTable::new(&pipe.scheduler, &settings).unwrap();
-        let noise = NoisePlan::new(RngKind::Torch, 7, 3, pipe.per_image(), &table, eta);
-        let weights = &pipe.model.weights;
-        let noop = &mut |_: usize, _: usize| {};
         // The predicted x0 after steps 2, 5, 8 and 9, as `--save-trajectory` keeps it.
-        let mut want_traj = Trajectory::every(STEPS, 3).unwrap();
-        assert_eq!(want_traj.steps, [2, 5, 8, 9]);
-        let want = sample_images_cpu(
-            &pipe.unet,
-            weights,
-            &pipe.scheduler,
-            &settings,
-            &noise,
-            2,
-            Some(&mut want_traj),
-            noop,
-        )
-        .unwrap();
-        common::for_each_backend(|backend, ctx| {
-            let mut last = (0, 0);
-            let mut traj = Trajectory::every(STEPS, 3).unwrap();
-            let got = sample_images(
-                ctx,
-                &pipe.unet,
-                weights,
-                &pipe.scheduler,
-                &settings,
-                &noise,
-                2,
-                Some(&mut traj),
-                &mut |d, t| last = (d, t),
-            )
+        let (want, want_traj) = pipe
+            .sample_trajectory(&Device::Cpu, &request, Some(3))
             .unwrap();
+        assert_eq!(want_traj.steps, [2, 5, 8, 9]);
+        common::for_each_backend(|backend, _| {
+            let last = Arc::new(Mutex::new((0, 0)));
+            let seen = last.clone();
+            request.progress = Some(Progress::new(move |d, t| *seen.lock().unwrap() = (d, t)));
+            let device = common::device(backend).unwrap();
+            let (got, traj) = pipe.sample_trajectory(&device, &request, Some(3)).unwrap();
             assert_eq!(traj.frames.len(), 4);
             for (k, (g, w)) in traj.frames.iter().zip(&want_traj.frames).enumerate() {
                 assert_eq!(
@@ -252,7 +234,7 @@ fn unet_sample_matches_cpu_reference() {
             // The x0 predictions move: frames differ from each other (a stale buffer would not).
             assert!(max_abs_diff(&traj.frames[0].data, &traj.frames[3].data).0 > 1e-3);
             assert_eq!(
-                last,
+                *last.lock().unwrap(),
                 (2 * STEPS, 2 * STEPS),
                 "progress counts every model evaluation"
             );
@@ -269,68 +251,31 @@ fn unet_sample_matches_cpu_reference() {
     }
 }
 
-/// Noise-free tables from given samples: DDIM inversion (x0 → x_T) then DDIM eta 0 back, on the
-/// GPU against `sampling::run_table_cpu`, 3 images in chunks of 2.
+/// Noise-free runs from given samples: DDIM inversion (x0 → x_T) then DDIM eta 0 back, on the
+/// GPU against the CPU reference (`Pipeline::invert` / `decode`), 3 images in chunks of 2.
 #[test]
 fn unet_inversion_and_reconstruction_match_cpu_reference() {
-    use ddim_wgpu::gpu::sampler::run_table;
-    use ddim_wgpu::pipeline::Pipeline;
-    use ddim_wgpu::sampling::{run_table_cpu, SampleSettings, StepTable};
+    use ddim_wgpu::pipeline::{Device, LatentRequest, Pipeline};
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/unet/attn_heads_pipeline");
     let pipe = Pipeline::load(&dir).unwrap();
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
     let x0 = Tensor::new(vec![3, c, h, w], common::random(3 * c * h * w, 42)).unwrap();
-    let inverse = StepTable::inverse(&pipe.scheduler, STEPS).unwrap();
-    let forward = StepTable::new(
-        &pipe.scheduler,
-        &SampleSettings {
-            steps: STEPS,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let weights = &pipe.model.weights;
-    let noop = &mut |_: usize, _: usize| {};
-    let latent =
-        run_table_cpu(&pipe.unet, weights, &pipe.scheduler, &inverse, &x0, 2, noop).unwrap();
-    let back = run_table_cpu(
-        &pipe.unet,
-        weights,
-        &pipe.scheduler,
-        &forward,
-        &latent,
-        2,
-        noop,
-    )
-    .unwrap();
-    common::for_each_backend(|backend, ctx| {
-        let got_latent = run_table(
-            ctx,
-            &pipe.unet,
-            weights,
-            &pipe.scheduler,
-            &inverse,
-            &x0,
-            2,
-            noop,
-        )
-        .unwrap();
+    let request = LatentRequest {
+        steps: STEPS,
+        batch: Some(2),
+        progress: None,
+    };
+    let latent = pipe.invert(&Device::Cpu, &x0, &request).unwrap();
+    let back = pipe.decode(&Device::Cpu, &latent, &request).unwrap();
+    common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
+        let got_latent = pipe.invert(&device, &x0, &request).unwrap();
         let (m, _) = max_abs_diff(&got_latent.data, &latent.data);
         eprintln!("inversion on {backend}: max abs {m:.2e}");
         assert!(m <= 1e-3, "inversion on {backend}: max abs {m:.3e}");
-        let got_back = run_table(
-            ctx,
-            &pipe.unet,
-            weights,
-            &pipe.scheduler,
-            &forward,
-            &latent,
-            2,
-            noop,
-        )
-        .unwrap();
+        let got_back = pipe.decode(&device, &latent, &request).unwrap();
         let (m, _) = max_abs_diff(&got_back.data, &back.data);
         eprintln!("reconstruction on {backend}: max abs {m:.2e}");
         assert!(m <= 1e-3, "reconstruction on {backend}: max abs {m:.3e}");

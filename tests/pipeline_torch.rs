@@ -1,9 +1,10 @@
 //! `--rng torch` reproduces diffusers' DDIMPipeline / DDPMPipeline image for image
 //! (fixtures from tools/export_pipeline_fixtures.py: a small random-weight model, torch seeds).
 
-use ddim_wgpu::model::{tensor_io, Model, UNet};
+use ddim_wgpu::model::{tensor_io, Model};
+use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
-use ddim_wgpu::sampling::{sample_images_cpu, NoisePlan, SampleSettings, SamplerKind, StepTable};
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 use ddim_wgpu::schedule::SchedulerConfig;
 use std::path::Path;
 
@@ -12,9 +13,10 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/
 #[test]
 fn cpu_sampler_reproduces_diffusers_pipelines() {
     let model = Model::load(Path::new(DIR)).unwrap();
-    let unet = UNet::from_config(&model.config).unwrap();
     let cfg = SchedulerConfig::from_file(&Path::new(DIR).join("scheduler/scheduler_config.json"))
         .unwrap();
+    let pipe = Pipeline::new(model, cfg).unwrap();
+    let unet = &pipe.unet;
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(DIR).join("cases.json")).unwrap())
             .unwrap();
@@ -33,29 +35,17 @@ fn cpu_sampler_reproduces_diffusers_pipelines() {
             use_clipped_model_output: false,
         };
         let num = case["batch"].as_u64().unwrap() as usize;
-        let table = StepTable::new(&cfg, &settings).unwrap();
-        let per_image = unet.input.c * unet.input.h * unet.input.w;
-        let plan = NoisePlan::new(
-            RngKind::Torch,
-            case["seed"].as_u64().unwrap(),
-            num,
-            per_image,
-            &table,
-            settings.eta,
-        );
         // Batch 1 chunks: the noise plan must still slice the whole-batch torch draws correctly.
         for batch in [num, 1] {
-            let x0 = sample_images_cpu(
-                &unet,
-                &model.weights,
-                &cfg,
-                &settings,
-                &plan,
-                batch,
-                None,
-                &mut |_, _| {},
-            )
-            .unwrap();
+            let request = SampleRequest {
+                settings: settings.clone(),
+                num,
+                batch: Some(batch),
+                seed: case["seed"].as_u64().unwrap(),
+                rng: RngKind::Torch,
+                ..Default::default()
+            };
+            let x0 = pipe.sample(&Device::Cpu, &request).unwrap();
             let want =
                 tensor_io::read_tensor(&Path::new(DIR).join("expected.safetensors"), name).unwrap();
             let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use super::run::CpuTime;
 use super::{gflops, Summary};
-use crate::model::unet::Padding;
 use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
 use crate::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
 use crate::gpu::profile::Profiler;
 use crate::gpu::{Dispatch, GpuContext};
+use crate::model::unet::Padding;
 use crate::Tensor;
 
 /// out[M, N] = A[M, K] · B[K, N].

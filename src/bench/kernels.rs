@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use super::report::KernelRow;
 use super::{gbps, gflops, Summary};
-use crate::model::unet::Padding;
 use crate::gpu::kernels::attention::{
     attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
 };
@@ -19,6 +18,7 @@ use crate::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormSha
 use crate::gpu::profile::Profiler;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::model::unet::Op;
+use crate::model::unet::Padding;
 use crate::model::UNet;
 use crate::schedule::{PredictionType, X0Limit};
 use crate::Tensor;

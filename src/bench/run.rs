@@ -11,8 +11,8 @@ use super::memory::MemoryReport;
 use super::report::{kernel_rows, median_per_dispatch, KernelRow};
 use super::{gflops, Summary};
 use crate::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
-use crate::gpu::profile::{time_one_pass, Profiler, TimingSource};
 use crate::gpu::plan::StepForward;
+use crate::gpu::profile::{time_one_pass, Profiler, TimingSource};
 use crate::gpu::sampler::{sample, SampleSpec};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::pipeline::Pipeline;
@@ -265,10 +265,8 @@ pub fn bench_cpu(
         init_noise: Some(x_t.clone()),
         ..SampleRequest::default()
     };
-    let (run_ns, cpu_per_run) = repeat_timed(repeats, || {
-        pipe.sample(&Device::Cpu, &request)
-            .map(|_| ())
-    })?;
+    let (run_ns, cpu_per_run) =
+        repeat_timed(repeats, || pipe.sample(&Device::Cpu, &request).map(|_| ()))?;
     let run = Summary::of(&run_ns).context("no run timings")?;
     let t = ddim_steps(pipe, steps)?.first().map_or(0.0, |s| s.t as f32);
     let (fwd_ns, _) = repeat_timed(repeats, || {

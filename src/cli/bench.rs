@@ -96,7 +96,13 @@ fn build_forward(
 ) -> Result<BuiltForward> {
     let timesteps: Vec<Vec<f32>> = steps.iter().map(|s| vec![s.t as f32; batch]).collect();
     let weights = pipe.gpu_weights(ctx)?;
-    let plan = UNetPlan::new(ctx, &pipe.unet, &weights, &timesteps, PlanOptions::default())?;
+    let plan = UNetPlan::new(
+        ctx,
+        &pipe.unet,
+        &weights,
+        &timesteps,
+        PlanOptions::default(),
+    )?;
     let activation_bytes = plan.activation_bytes();
     Ok(BuiltForward {
         forward: Box::new(plan),

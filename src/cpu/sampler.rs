@@ -61,8 +61,12 @@ impl StepRunner for CpuRunner<'_> {
                     *use_clipped_model_output,
                     noise,
                 )?,
-                SamplerSteps::Ddpm(s) => ddpm_step(self.cfg, &s[i], &eps.data, &x.data, batch, noise)?,
-                SamplerSteps::Inverse(s) => inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?,
+                SamplerSteps::Ddpm(s) => {
+                    ddpm_step(self.cfg, &s[i], &eps.data, &x.data, batch, noise)?
+                }
+                SamplerSteps::Inverse(s) => {
+                    inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?
+                }
             };
             x.data = out.prev_sample;
             if record.contains(&i) {

@@ -25,7 +25,9 @@ use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
-use crate::model::unet::{broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet};
+use crate::model::unet::{
+    broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet,
+};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 

@@ -235,8 +235,9 @@ impl<'a> GpuRunner<'a> {
                     .iter()
                     .map(|&t| vec![t as f32; batch])
                     .collect();
-                let plan = UNetPlan::new(self.ctx, self.unet, self.weights, &timesteps, self.options)
-                    .with_context(|| format!("compiling the U-Net for a batch of {batch}"))?;
+                let plan =
+                    UNetPlan::new(self.ctx, self.unet, self.weights, &timesteps, self.options)
+                        .with_context(|| format!("compiling the U-Net for a batch of {batch}"))?;
                 self.plans.push((batch, plan));
                 self.plans.len() - 1
             }

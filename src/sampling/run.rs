@@ -126,7 +126,9 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
     if let Some(t) = trajectory.as_deref_mut() {
         t.start(steps.len(), num, c, h, w)?;
     }
-    let record = trajectory.as_deref().map_or(Vec::new(), |t| t.steps.clone());
+    let record = trajectory
+        .as_deref()
+        .map_or(Vec::new(), |t| t.steps.clone());
     let total = num.div_ceil(batch) * steps.len();
     let mut done = 0;
     let mut out = Tensor::zeros(&[num, c, h, w]);

@@ -7,9 +7,12 @@
 //! `DDIM_REQUIRE_GPU=1` / `DDIM_REQUIRE_GL=1` make them required too.
 #![allow(dead_code)]
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
+use ddim_wgpu::gpu::{
+    AdapterChoice, BackendChoice, ConvVariant, GpuContext, KernelChoice, MatmulVariant,
+};
+use ddim_wgpu::pipeline::Device;
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
 
 fn env_flag(name: &str) -> bool {
@@ -38,8 +41,8 @@ fn required(backend: BackendChoice) -> bool {
     }
 }
 
-fn slot(backend: BackendChoice) -> &'static OnceLock<Option<GpuContext>> {
-    static SLOTS: [OnceLock<Option<GpuContext>>; 4] = [
+fn slot(backend: BackendChoice) -> &'static OnceLock<Option<Arc<GpuContext>>> {
+    static SLOTS: [OnceLock<Option<Arc<GpuContext>>>; 4] = [
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -55,6 +58,26 @@ fn slot(backend: BackendChoice) -> &'static OnceLock<Option<GpuContext>> {
 /// The shared context for `backend`, or None (after printing why) when it has no adapter.
 /// Panics when the backend is required (see the module doc).
 pub fn context(backend: BackendChoice) -> Option<&'static GpuContext> {
+    shared_context(backend).map(|c| &**c)
+}
+
+/// The shared context of `backend` as a library [`Device`].
+pub fn device(backend: BackendChoice) -> Option<Device> {
+    shared_context(backend).map(|c| Device::Gpu(c.clone()))
+}
+
+/// DDIM_CONV_VARIANT / DDIM_MATMUL_VARIANT force kernel variants in the tests, as in the CLI.
+fn kernels_from_env() -> KernelChoice {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    KernelChoice {
+        conv: var("DDIM_CONV_VARIANT")
+            .map(|v| ConvVariant::parse(&v).unwrap_or_else(|e| panic!("{e:#}"))),
+        matmul: var("DDIM_MATMUL_VARIANT")
+            .map(|v| MatmulVariant::parse(&v).unwrap_or_else(|e| panic!("{e:#}"))),
+    }
+}
+
+fn shared_context(backend: BackendChoice) -> Option<&'static Arc<GpuContext>> {
     slot(backend)
         .get_or_init(|| {
             // Mesa's drivers warn (and some fail) without a runtime dir; give them one.
@@ -63,10 +86,14 @@ pub fn context(backend: BackendChoice) -> Option<&'static GpuContext> {
                 let _ = std::fs::create_dir_all(&dir);
                 std::env::set_var("XDG_RUNTIME_DIR", dir);
             }
-            match GpuContext::new(&AdapterChoice::backend(backend)) {
+            let choice = AdapterChoice {
+                kernels: kernels_from_env(),
+                ..AdapterChoice::backend(backend)
+            };
+            match GpuContext::new(&choice) {
                 Ok(ctx) => {
                     eprintln!("[gpu tests] {backend}: {}", ctx.describe());
-                    Some(ctx)
+                    Some(Arc::new(ctx))
                 }
                 Err(e) if required(backend) => {
                     panic!("{backend} adapter required (CI=true) but unavailable: {e:#}")
@@ -120,6 +147,7 @@ pub fn random(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+#[allow(unused_imports)]
 pub use ddim_wgpu::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 
 /// Asserts rel L2 ≤ `tol` (NaN anywhere fails), reporting max-abs error and its index.

@@ -5,9 +5,9 @@
 
 use anyhow::{ensure, Context, Result};
 
-use crate::model::unet::Padding;
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
+use crate::model::unet::Padding;
 use crate::Tensor;
 
 pub const SOURCE: &str = include_str!("../../../shaders/conv2d.wgsl");

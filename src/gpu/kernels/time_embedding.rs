@@ -13,9 +13,9 @@ use anyhow::{ensure, Context, Result};
 use super::linear::{matmul, Matmul, MatmulBuffers, Strides};
 use crate::cpu::ops::timestep_embedding;
 use crate::gpu::kernel::Dispatch;
+use crate::gpu::weights::GpuWeights;
 use crate::gpu::GpuContext;
 use crate::model::unet::{Linear, TimeEmbedding};
-use crate::gpu::weights::GpuWeights;
 
 /// A per-step table of time-embedding values on the device: `steps` blocks of `[batch, width]` f32.
 pub struct EmbeddingTable {
