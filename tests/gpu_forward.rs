@@ -1,6 +1,6 @@
 //! The whole U-Net forward on the GPU plan against the CPU reference and against PyTorch's output
-//! stored in each `tests/fixtures/unet/*` model fixture: rel L2 ≤ 1e-4. Also: batch splitting,
-//! both conv variants, and per-layer outputs.
+//! stored in each `tests/fixtures/unet/*` model fixture: rel L2 ≤ `common::FORWARD_TOL`. Also:
+//! batch splitting, both conv variants, and per-layer outputs.
 
 mod common;
 
@@ -13,7 +13,7 @@ use ddim_wgpu::model::tensor_io::read_tensor;
 use ddim_wgpu::model::{Model, UNet};
 use ddim_wgpu::Tensor;
 
-const TOL: f64 = 1e-4;
+const TOL: f64 = common::FORWARD_TOL;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet")
