@@ -1,5 +1,8 @@
 //! Criterion benchmarks of the GPU kernels at small sizes (conv2d, group norm, attention, DDIM
-//! update) and of one sampling step of the bundled MNIST model. Each iteration's time is the
+//! update), at the larger shapes the throughput reports of tests/ used to print (conv2d
+//! 128→128 32×32 B8, group norm 128ch 32×32 B4, attention 128ch 16×16 B2, DDIM update
+//! 16 × 3·32·32 with clipping and thresholding, the q/k/v-sized 1024×128→384 matmul, every
+//! variant), and of one sampling step of the bundled MNIST model. Each iteration's time is the
 //! GPU time from timestamp queries (one pass per dispatch) where the adapter has them, else host
 //! wall-clock per dispatch (see `ddim_wgpu::gpu::profile`). The adapter follows `WGPU_BACKEND`;
 //! without one the benchmarks are skipped with a message.
@@ -15,8 +18,8 @@ use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};
 use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
-use ddim_wgpu::gpu::plan::StepForward;
-use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
+use ddim_wgpu::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
+use ddim_wgpu::gpu::plan::{PlanOptions, StepForward, UNetPlan};
 use ddim_wgpu::gpu::profile::Profiler;
 use ddim_wgpu::gpu::{AdapterChoice, Dispatch, GpuContext};
 use ddim_wgpu::schedule::{PredictionType, X0Limit};
@@ -123,7 +126,128 @@ fn gpu_benches(c: &mut Criterion) {
         &profiler,
         &kernels::ddim_update_case(&ctx, 2, 32 * 32).expect("ddim case"),
     );
+    larger_shapes(c, &ctx, &profiler);
     one_step(c, &ctx, &profiler);
+}
+
+/// The shapes of the former `*_throughput_*` tests.
+fn larger_shapes(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
+    let conv = kernels::burn_conv_shape();
+    for v in Variant::ALL {
+        let name = format!("conv2d 3x3 128->128 32x32 B8 {v:?}");
+        let case = kernels::conv_case(ctx, v, &name, &conv).expect("conv case");
+        bench_case(c, ctx, profiler, &case);
+    }
+    let gn = GroupNormShape {
+        batch: 4,
+        hw: 32 * 32,
+        channels: 128,
+        groups: 32,
+        eps: 1e-6,
+        silu: true,
+    };
+    let case = kernels::group_norm_case(ctx, &gn).expect("group norm case");
+    bench_case(c, ctx, profiler, &case);
+    let attn = AttentionShape::simple(2, 16 * 16, 128, 1, 32, 1e-6);
+    let case = kernels::attention_case(ctx, &attn).expect("attention case");
+    bench_case(c, ctx, profiler, &case);
+    for limit in [
+        X0Limit::Clip(1.5),
+        X0Limit::Threshold {
+            ratio: 0.93,
+            max_value: 4.0,
+        },
+    ] {
+        bench_case(
+            c,
+            ctx,
+            profiler,
+            &ddim_with_noise(ctx, 16, 3 * 32 * 32, limit),
+        );
+    }
+    bench_matmul(c, ctx, profiler, 1024, 128, 384);
+}
+
+/// One DDIM update (eta > 0: noise read) of `batch` × `per_sample` values under `limit`.
+fn ddim_with_noise(
+    ctx: &GpuContext,
+    batch: usize,
+    per_sample: usize,
+    limit: X0Limit,
+) -> KernelCase {
+    let n = batch * per_sample;
+    let values = |seed: u64| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    let model_out = ctx.upload("bench ddim eps", &values(1));
+    let sample = ctx.upload("bench ddim sample", &values(2));
+    let noise = ctx.upload("bench ddim noise", &values(3));
+    let row = ddim_wgpu::gpu::kernels::ddim_step::UpdateRow {
+        sqrt_alpha_prod_t: 0.5,
+        sqrt_one_minus_alpha_prod_t: 0.75f64.sqrt(),
+        x0_coef: 0.9,
+        eps_coef: 0.3,
+        sample_coef: 0.0,
+        sigma: 0.1,
+    };
+    let dispatches = ddim_update(
+        ctx,
+        &DdimUpdateConfig {
+            batch,
+            per_sample,
+            prediction: PredictionType::Epsilon,
+            limit,
+            use_clipped_model_output: false,
+        },
+        &[row],
+        NoiseLayout::Rewritten,
+        &DdimBuffers {
+            model_out: &model_out,
+            noise: Some(&noise),
+            sample: &sample,
+            x0_out: None,
+        },
+    )
+    .expect("DDIM update");
+    KernelCase {
+        name: format!("ddim_update B{batch} x{per_sample} noise {limit:?}"),
+        dispatches,
+    }
+}
+
+/// `y = x Wᵀ` of `rows × inp → out` with every applicable matmul variant.
+fn bench_matmul(
+    c: &mut Criterion,
+    ctx: &GpuContext,
+    profiler: &Profiler,
+    rows: usize,
+    inp: usize,
+    out: usize,
+) {
+    let x = ctx.upload("bench matmul x", &vec![0.5f32; rows * inp]);
+    let w = ctx.upload("bench matmul w", &vec![0.25f32; out * inp]);
+    let y = ctx.storage("bench matmul y", (rows * out * 4) as u64);
+    let op = Matmul::linear(rows, inp, out);
+    let bufs = MatmulBuffers {
+        a: &x,
+        b: &w,
+        bias: None,
+        residual: None,
+        out: &y,
+    };
+    for variant in MatmulVariant::ALL {
+        if variant == MatmulVariant::K4 && !op.fits_k4() {
+            continue;
+        }
+        let d = matmul_with(ctx, &op, &bufs, variant).expect("matmul");
+        let case = KernelCase {
+            name: format!("linear {rows}x{inp}->{out} {variant:?}"),
+            dispatches: vec![d],
+        };
+        bench_case(c, ctx, profiler, &case);
+    }
 }
 
 /// One DDIM step of the bundled model at batch 1: the plan's forward and the fused update.

@@ -1,16 +1,18 @@
-//! The whole attention block on the GPU against the CPU reference composed from `cpu::ops`:
-//! group_norm → linear q/k/v → attention → linear → + x.
+//! The whole attention block on the GPU against the CPU reference's
+//! `cpu::forward::attention_block`: group_norm → linear q/k/v → attention → linear → + x.
 
 mod common;
 
-use std::time::Instant;
+use std::collections::HashMap;
 
-use ddim_wgpu::cpu::ops;
+use ddim_wgpu::cpu::forward::{attention_block, to_tokens};
 use ddim_wgpu::gpu::kernel::run_dispatches;
 use ddim_wgpu::gpu::kernels::attention::{
-    attention_block, attention_block_chunked, AttentionParamsHost, AttentionScratch,
-    AttentionShape, AttentionWeights,
+    self, attention_block_chunked, AttentionParamsHost, AttentionScratch, AttentionShape,
+    AttentionWeights,
 };
+use ddim_wgpu::model::unet::{Attention, GroupNorm, Linear};
+use ddim_wgpu::model::Weights;
 use ddim_wgpu::Tensor;
 
 struct Block {
@@ -70,37 +72,46 @@ impl Block {
     }
 }
 
-/// The CPU reference on NCHW `x`; returns NHWC so it compares directly with the GPU.
+/// The CPU reference, `cpu::forward::attention_block` on NCHW `x` with `blk` as the block's
+/// weights; returns NHWC (tokens) so it compares directly with the GPU.
 fn reference(x: &Tensor, blk: &Block, shape: &AttentionShape) -> Vec<f32> {
-    let (n, c, h, w) = x.nchw();
-    let (l, d) = (h * w, shape.inner());
-    let normed = match shape.norm {
-        Some((groups, eps)) => ops::group_norm(x, groups, &blk.gamma, &blk.beta, eps),
-        None => x.clone(),
+    let (c, d) = (shape.channels, shape.inner());
+    let mut tensors = HashMap::new();
+    let mut add = |name: &str, shape: Vec<usize>, data: &[f32]| {
+        tensors.insert(name.to_string(), Tensor::new(shape, data.to_vec()).unwrap());
     };
-    let tokens = Tensor::new(
-        vec![n * l, c],
-        common::nchw_to_nhwc(&normed.data, n, c, h, w),
-    )
-    .unwrap();
-    let proj = |i: usize, t: &Tensor, out: usize, inp: usize| {
-        let wt = Tensor::new(vec![out, inp], blk.w[i].clone()).unwrap();
-        ops::linear(t, &wt, Some(&blk.b[i]))
+    add("norm.weight", vec![c], &blk.gamma);
+    add("norm.bias", vec![c], &blk.beta);
+    for (i, name) in ["to_q", "to_k", "to_v", "to_out"].into_iter().enumerate() {
+        let (out, inp) = if i < 3 { (d, c) } else { (c, d) };
+        add(&format!("{name}.weight"), vec![out, inp], &blk.w[i]);
+        add(&format!("{name}.bias"), vec![out], &blk.b[i]);
+    }
+    let linear = |name: &str, in_features, out_features| Linear {
+        weight: format!("{name}.weight"),
+        bias: format!("{name}.bias"),
+        in_features,
+        out_features,
     };
-    let heads_in = |t: Tensor| Tensor::new(vec![n, l, d], t.data).unwrap();
-    let q = heads_in(proj(0, &tokens, d, c));
-    let k = heads_in(proj(1, &tokens, d, c));
-    let v = heads_in(proj(2, &tokens, d, c));
-    let o = ops::attention(&q, &k, &v, shape.heads);
-    let o = Tensor::new(vec![n * l, d], o.data).unwrap();
-    let out = proj(3, &o, c, d);
-    let residual = common::nchw_to_nhwc(&x.data, n, c, h, w);
-    let r = shape.rescale_output_factor;
-    out.data
-        .iter()
-        .zip(&residual)
-        .map(|(a, b)| (a + b) / r)
-        .collect()
+    let block = Attention {
+        channels: c,
+        heads: shape.heads,
+        head_dim: shape.head_dim,
+        norm: shape.norm.map(|(groups, eps)| GroupNorm {
+            weight: "norm.weight".into(),
+            bias: "norm.bias".into(),
+            channels: c,
+            groups,
+            eps,
+        }),
+        to_q: linear("to_q", c, d),
+        to_k: linear("to_k", c, d),
+        to_v: linear("to_v", c, d),
+        to_out: linear("to_out", d, c),
+        rescale_output_factor: shape.rescale_output_factor,
+    };
+    let y = attention_block(&block, &Weights::from_tensors(tensors), x).unwrap();
+    to_tokens(&y).data
 }
 
 fn check(n: usize, c: usize, h: usize, w: usize, groups: usize, heads: usize, seed: u64) {
@@ -118,7 +129,7 @@ fn check_shape(shape: AttentionShape, h: usize, w: usize, seed: u64, chunk: Opti
     let x = Tensor::new(vec![n, c, h, w], common::random(n * c * h * w, seed)).unwrap();
     let blk = Block::random(c, shape.inner(), seed + 100);
     let want = reference(&x, &blk, &shape);
-    let x_nhwc = common::nchw_to_nhwc(&x.data, n, c, h, w);
+    let x_nhwc = to_tokens(&x).data;
     let label = format!("attention {n}x{c}x{h}x{w} {shape:?}");
     common::for_each_backend(|backend, ctx| {
         let weights =
@@ -127,15 +138,18 @@ fn check_shape(shape: AttentionShape, h: usize, w: usize, seed: u64, chunk: Opti
         let xb = ctx.upload("x", &x_nhwc);
         let out = ctx.poisoned("out", x_nhwc.len());
         let d = match chunk {
-            None => attention_block(ctx, &shape, &weights, &scratch, &xb, &out),
+            None => attention::attention_block(ctx, &shape, &weights, &scratch, &xb, &out),
             Some(k) => attention_block_chunked(ctx, &shape, &weights, &scratch, &xb, &out, k),
         }
         .expect("building");
         run_dispatches(ctx, &d, 0).expect("running");
         let got = ctx.read_f32(&out, x_nhwc.len()).unwrap();
-        let rel = common::assert_close(&format!("{label} on {backend}"), &got, &want, 1e-5);
-        let (max_abs, _) = ddim_wgpu::tensor::max_abs_diff(&got, &want);
-        eprintln!("{label} on {backend}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
+        common::assert_close(
+            &format!("{label} on {backend}"),
+            &got,
+            &want,
+            common::KERNEL_TOL,
+        );
     });
 }
 
@@ -180,31 +194,4 @@ fn attention_block_model_like() {
     check(3, 64, 4, 4, 32, 1, 3);
     // L = 100 > 64 spans two row tiles; 2 heads of 16.
     check(1, 32, 10, 10, 8, 2, 4);
-}
-
-#[test]
-fn attention_throughput_report() {
-    let (n, c, h, w) = (2usize, 128usize, 16usize, 16usize);
-    let blk = Block::random(c, c, 9);
-    let x = common::random(n * c * h * w, 10);
-    let shape = AttentionShape::simple(n, h * w, c, 1, 32, 1e-6);
-    common::for_each_backend(|backend, ctx| {
-        let weights = AttentionWeights::upload(ctx, &shape, &blk.host(true)).unwrap();
-        let scratch = AttentionScratch::new(ctx, &shape);
-        let xb = ctx.upload("x", &x);
-        let out = ctx.poisoned("out", x.len());
-        let d = attention_block(ctx, &shape, &weights, &scratch, &xb, &out).unwrap();
-        run_dispatches(ctx, &d, 0).unwrap();
-        ctx.wait_idle().unwrap();
-        let t0 = Instant::now();
-        run_dispatches(ctx, &d, 0).unwrap();
-        ctx.wait_idle().unwrap();
-        let secs = t0.elapsed().as_secs_f64();
-        let flops: u64 = d.iter().map(|d| d.flops).sum();
-        eprintln!(
-            "attention block {n}x{c}x{h}x{w} on {backend}: {:.1} ms, {:.2} GFLOP/s",
-            secs * 1e3,
-            flops as f64 / secs / 1e9
-        );
-    });
 }

@@ -3,15 +3,11 @@
 
 mod common;
 
-use std::time::Instant;
-
 use ddim_wgpu::cpu::ops::{self, Padding};
 use ddim_wgpu::gpu::kernel::run_dispatches;
 use ddim_wgpu::gpu::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::Tensor;
-
-const TOL: f64 = 1e-5;
 
 struct Case {
     name: &'static str,
@@ -226,13 +222,13 @@ fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f
     let d = conv2d(ctx, variant, case.name, s, &weights, &io).unwrap();
     run_dispatches(ctx, &[d], case.step).unwrap();
     let got = ctx.read_f32(&out, s.out_len()).unwrap();
-    common::assert_close(case.name, &got, &r.want, TOL);
+    common::assert_close(case.name, &got, &r.want, common::KERNEL_TOL);
     got
 }
 
 #[test]
 fn conv2d_matches_cpu_reference_on_awkward_shapes() {
-    let ran = common::for_each_backend(|backend, ctx| {
+    common::for_each_backend(|backend, ctx| {
         for variant in Variant::ALL {
             for (i, case) in cases().iter().enumerate() {
                 run_case(ctx, variant, case, 100 * i as u64);
@@ -240,9 +236,6 @@ fn conv2d_matches_cpu_reference_on_awkward_shapes() {
             }
         }
     });
-    if std::env::var("CI").as_deref() == Ok("true") {
-        assert!(ran > 0);
-    }
 }
 
 #[test]
@@ -251,75 +244,6 @@ fn variants_agree_with_each_other() {
         let case = &cases()[4];
         let reg = run_case(ctx, Variant::Register, case, 7);
         let tiled = run_case(ctx, Variant::Tiled, case, 7);
-        common::assert_close("register vs tiled", &reg, &tiled, TOL);
+        common::assert_close("register vs tiled", &reg, &tiled, common::KERNEL_TOL);
     });
-}
-
-/// Throughput at the benchmark shape (128→128 channels, 32×32, batch 8, 3×3). Prints GFLOP/s;
-/// run with `--nocapture`. Timings are not asserted.
-#[test]
-fn conv2d_throughput_128ch_32x32_b8() {
-    let s = shape(8, (32, 32), (128, 0), 128, 3, 1, Padding::same(1));
-    common::for_each_backend(|backend, ctx| {
-        let weight = Tensor::new(vec![128, 128, 3, 3], common::random(128 * 128 * 9, 1)).unwrap();
-        let weights = ConvWeights::upload(ctx, "w", &weight, None).unwrap();
-        let x = ctx.upload("x", &common::random(8 * 32 * 32 * 128, 2));
-        let out = ctx.storage("out", (s.out_len() * 4) as u64);
-        // DDIM_CONV_VARIANT=reg|tiled benchmarks one variant only.
-        let only = std::env::var("DDIM_CONV_VARIANT")
-            .ok()
-            .map(|_| Variant::for_context(ctx));
-        for variant in Variant::ALL
-            .into_iter()
-            .filter(|v| only.is_none_or(|o| o == *v))
-        {
-            let io = ConvIo {
-                x_a: &x,
-                x_b: None,
-                chan_add: None,
-                residual: None,
-                out: &out,
-                out_scale: 1.0,
-            };
-            let d = conv2d(ctx, variant, "bench", &s, &weights, &io).unwrap();
-            run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
-            ctx.wait_idle().unwrap();
-            let reps = if variant == Variant::Tiled && ctx.is_cpu() {
-                1
-            } else {
-                3
-            };
-            let t = Instant::now();
-            let cpu0 = process_cpu_seconds();
-            for _ in 0..reps {
-                run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
-            }
-            ctx.wait_idle().unwrap();
-            let secs = t.elapsed().as_secs_f64() / reps as f64;
-            // On a CPU adapter on a shared machine, CPU time used says more than wall time.
-            let cpu = match (cpu0, process_cpu_seconds()) {
-                (Some(a), Some(b)) => format!(
-                    ", {:.2} GFLOP per CPU-second",
-                    d.flops as f64 * reps as f64 / (b - a) / 1e9
-                ),
-                _ => String::new(),
-            };
-            eprintln!(
-                "[conv2d bench] {backend} {variant:?}: {:.2} ms, {:.2} GFLOP/s{cpu} ({})",
-                secs * 1e3,
-                d.flops as f64 / secs / 1e9,
-                ctx.describe()
-            );
-        }
-    });
-}
-
-/// User + system CPU time of this process (all threads), from /proc on Linux.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }

@@ -1,6 +1,6 @@
 //! The whole U-Net forward on the GPU plan against the CPU reference and against PyTorch's output
-//! stored in each `tests/fixtures/unet/*` model fixture: rel L2 ≤ 1e-4. Also: batch splitting,
-//! both conv variants, and per-layer outputs.
+//! stored in each `tests/fixtures/unet/*` model fixture: rel L2 ≤ `common::FORWARD_TOL`. Also:
+//! batch splitting, both conv variants, and per-layer outputs.
 
 mod common;
 
@@ -14,7 +14,7 @@ use ddim_wgpu::model::tensor_io::read_tensor;
 use ddim_wgpu::model::{Model, UNet, Weights};
 use ddim_wgpu::Tensor;
 
-const TOL: f64 = 1e-4;
+const TOL: f64 = common::FORWARD_TOL;
 
 /// The model's weights on the test's device.
 fn upload(ctx: &GpuContext, unet: &UNet, weights: &Weights) -> GpuWeights {

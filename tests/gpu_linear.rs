@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Instant;
-
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::kernel::run_dispatches;
 use ddim_wgpu::gpu::kernels::linear::{
@@ -140,7 +138,7 @@ fn linear_matches_cpu_reference() {
                 run_dispatches(ctx, &[d], 0).expect("running");
                 let got = ctx.read_f32(&yb, want.len()).unwrap();
                 let what = format!("{label} {variant:?} on {backend}");
-                let rel = common::assert_close(&what, &got, &want, 1e-5);
+                let rel = common::assert_close(&what, &got, &want, common::KERNEL_TOL);
                 eprintln!("{what}: rel L2 {rel:.2e}");
             }
         });
@@ -223,7 +221,7 @@ fn batched_strided_product_matches_loops() {
             run_dispatches(ctx, &[d], 0).unwrap();
             let got = ctx.read_f32(&cb, c_len).unwrap();
             let what = format!("batched strided product {variant:?} on {backend}");
-            common::assert_close(&what, &got, &want, 1e-5);
+            common::assert_close(&what, &got, &want, common::KERNEL_TOL);
         }
     });
 }
@@ -245,43 +243,6 @@ fn mismatched_buffers_are_errors() {
             .err()
             .expect("undersized A must fail");
         assert!(format!("{err:#}").contains("A holds"), "{err:#}");
-    });
-}
-
-/// Achieved GFLOP/s of the register-tiled kernel on a q/k/v-sized product (printed, not asserted).
-#[test]
-fn matmul_throughput_report() {
-    let (rows, inp, out) = (1024usize, 128usize, 384usize);
-    let x = common::random(rows * inp, 3);
-    let w = common::random(out * inp, 4);
-    common::for_each_backend(|backend, ctx| {
-        let (xb, wb) = (ctx.upload("x", &x), ctx.upload("w", &w));
-        let yb = ctx.poisoned("y", rows * out);
-        let op = Matmul::linear(rows, inp, out);
-        let bufs = MatmulBuffers {
-            a: &xb,
-            b: &wb,
-            bias: None,
-            residual: None,
-            out: &yb,
-        };
-        for variant in variants(&op) {
-            let d = matmul_with(ctx, &op, &bufs, variant).unwrap();
-            run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
-            ctx.wait_idle().unwrap();
-            let reps = 3;
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                run_dispatches(ctx, std::slice::from_ref(&d), 0).unwrap();
-            }
-            ctx.wait_idle().unwrap();
-            let secs = t0.elapsed().as_secs_f64() / reps as f64;
-            eprintln!(
-                "linear {rows}x{inp}->{out} {variant:?} on {backend}: {:.2} ms, {:.2} GFLOP/s",
-                secs * 1e3,
-                op.flops() as f64 / secs / 1e9
-            );
-        }
     });
 }
 
@@ -335,7 +296,7 @@ fn time_embedding_tables_match_cpu() {
             &format!("time embedding on {backend}"),
             &got_emb,
             &emb.data,
-            1e-5,
+            common::KERNEL_TOL,
         );
         let silu_emb = ops::silu(&emb);
         let mut worst = 0.0f64;
@@ -346,7 +307,7 @@ fn time_embedding_tables_match_cpu() {
                 &format!("{} on {backend}", p.weight),
                 &got,
                 &want.data,
-                1e-5,
+                common::KERNEL_TOL,
             ));
             assert_eq!(
                 t.stride_bytes % ctx.limits.min_storage_buffer_offset_alignment,
@@ -435,7 +396,7 @@ fn bias_per_row_matches_loops() {
                 &format!("bias per row {variant:?} on {backend}"),
                 &got,
                 &want,
-                1e-5,
+                common::KERNEL_TOL,
             );
         }
     });

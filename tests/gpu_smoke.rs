@@ -1,5 +1,5 @@
 //! An adapter opens and runs a compute shader end to end: upload, dispatch, read back, compare.
-//! With `CI=true` a missing Vulkan adapter fails this test (see tests/common).
+//! With `CI=true` a missing Vulkan adapter, or no backend at all, fails it (see tests/common).
 
 mod common;
 
@@ -14,7 +14,7 @@ fn axpy_round_trip_on_every_backend() {
     let b = common::random(n, 2);
     let a = 1.5f32;
     let want: Vec<f32> = x.iter().zip(&b).map(|(x, b)| a * x + b).collect();
-    let ran = common::for_each_backend(|backend, ctx| {
+    common::for_each_backend(|backend, ctx| {
         let xb = ctx.upload("x", &x);
         let bb = ctx.upload("b", &b);
         let yb = ctx.poisoned("y", n);
@@ -24,9 +24,6 @@ fn axpy_round_trip_on_every_backend() {
         // a·x + b is one fused or two rounded operations: allow an ulp or two.
         common::assert_close(&format!("axpy on {backend}"), &got, &want, 1e-6);
     });
-    if std::env::var("CI").as_deref() == Ok("true") {
-        assert!(ran > 0, "CI=true but no GPU backend ran");
-    }
 }
 
 #[test]

@@ -146,9 +146,10 @@ pub fn group_norm(
     shape.validate()?;
     let params = shape.params();
     let partial_len = shape.batch * shape.num_chunks() * shape.channels;
+    // gn_combine writes one coefficient vec4 per (batch, channel), not per group.
     ensure!(
         partial_len <= scratch.partial_capacity
-            && shape.batch * shape.groups <= scratch.stats_capacity,
+            && shape.batch * shape.channels <= scratch.stats_capacity,
         "group norm scratch too small for {shape:?}"
     );
     let numel = shape.numel();

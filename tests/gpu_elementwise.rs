@@ -1,0 +1,119 @@
+//! The elementwise kernels of the plan (`concat_channels`, `affine`, `scale_shift_silu`) against
+//! the CPU reference on awkward shapes: element counts that are not multiples of the 64-wide
+//! workgroup, batch > 1, outputs poisoned with NaN so an unwritten element fails.
+
+mod common;
+
+use ddim_wgpu::cpu::forward::to_tokens;
+use ddim_wgpu::cpu::ops;
+use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu};
+use ddim_wgpu::Tensor;
+
+fn random_nchw(shape: [usize; 4], seed: u64) -> Tensor {
+    Tensor::new(shape.to_vec(), common::random(shape.iter().product(), seed)).unwrap()
+}
+
+/// NHWC `out[p] = cat(a[p], b[p])` is `cpu::ops::concat_channels` of the NCHW tensors.
+#[test]
+fn concat_channels_matches_cpu() {
+    // (batch, c1, c2, h, w): 3·5·7 pixels × 9 channels = 945 outputs; one channel on one side.
+    let cases = [(3, 4, 5, 5, 7), (2, 1, 6, 3, 3), (1, 13, 1, 1, 5)];
+    common::for_each_backend(|backend, ctx| {
+        for (i, &(n, c1, c2, h, w)) in cases.iter().enumerate() {
+            let a = random_nchw([n, c1, h, w], 10 * i as u64);
+            let b = random_nchw([n, c2, h, w], 10 * i as u64 + 1);
+            let want = to_tokens(&ops::concat_channels(&a, &b)).data;
+            let ab = ctx.upload("a", &to_tokens(&a).data);
+            let bb = ctx.upload("b", &to_tokens(&b).data);
+            let out = ctx.poisoned("out", want.len());
+            let d = concat_channels(ctx, "concat", n * h * w, (c1, c2), &ab, &bb, &out).unwrap();
+            run_dispatches(ctx, &[d], 0).unwrap();
+            let got = ctx.read_f32(&out, want.len()).unwrap();
+            common::assert_close(
+                &format!("concat {n}x({c1}+{c2})x{h}x{w} on {backend}"),
+                &got,
+                &want,
+                common::KERNEL_TOL,
+            );
+        }
+    });
+}
+
+/// `a · scale + shift`; (2, −1) is center_input_sample as `cpu::forward` applies it.
+#[test]
+fn affine_matches_cpu() {
+    common::for_each_backend(|backend, ctx| {
+        for (n, scale, shift) in [
+            (1usize, 2.0f32, -1.0f32),
+            (65, 2.0, -1.0),
+            (3001, -0.37, 0.5),
+        ] {
+            let x = common::random(n, n as u64);
+            let want: Vec<f32> = x.iter().map(|&v| v * scale + shift).collect();
+            let xb = ctx.upload("x", &x);
+            let out = ctx.poisoned("out", n);
+            let d = affine(ctx, "affine", n, (scale, shift), &xb, &out).unwrap();
+            run_dispatches(ctx, &[d], 0).unwrap();
+            let got = ctx.read_f32(&out, n).unwrap();
+            common::assert_close(
+                &format!("affine n={n} ({scale}, {shift}) on {backend}"),
+                &got,
+                &want,
+                common::KERNEL_TOL,
+            );
+        }
+    });
+}
+
+/// `silu(y · (1 + scale) + shift)` per (image, channel), as `cpu::forward::resnet` applies the
+/// time embedding with `scale_shift` (then `cpu::ops::silu`), reading step 1 of a two-step table
+/// through the dynamic offset.
+#[test]
+fn scale_shift_silu_matches_cpu() {
+    let (n, c, h, w) = (3usize, 11usize, 3usize, 5usize);
+    let y = random_nchw([n, c, h, w], 21);
+    // Two steps of [n, 2c] (scale, shift) rows; only step 1 is used.
+    let steps: Vec<Vec<f32>> = (0..2).map(|s| common::random(n * 2 * c, 30 + s)).collect();
+    let t = &steps[1];
+    let mut shifted = y.clone();
+    let plane = h * w;
+    for bi in 0..n {
+        for ch in 0..c {
+            let (scale, shift) = (t[bi * 2 * c + ch], t[bi * 2 * c + c + ch]);
+            for v in &mut shifted.data[(bi * c + ch) * plane..][..plane] {
+                *v = *v * (1.0 + scale) + shift;
+            }
+        }
+    }
+    let want = to_tokens(&ops::silu(&shifted)).data;
+    common::for_each_backend(|backend, ctx| {
+        let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
+        let stride = (n * 2 * c * 4).next_multiple_of(align);
+        let mut table = vec![f32::NAN; 2 * stride / 4];
+        for (s, block) in steps.iter().enumerate() {
+            table[s * stride / 4..][..block.len()].copy_from_slice(block);
+        }
+        let tb = ctx.upload("table", &table);
+        let yb = ctx.upload("y", &to_tokens(&y).data);
+        let out = ctx.poisoned("out", want.len());
+        let d = scale_shift_silu(
+            ctx,
+            "scale_shift_silu",
+            (n, h * w, c),
+            &yb,
+            &tb,
+            stride as u32,
+            &out,
+        )
+        .unwrap();
+        run_dispatches(ctx, &[d], 1).unwrap();
+        let got = ctx.read_f32(&out, want.len()).unwrap();
+        common::assert_close(
+            &format!("scale_shift_silu {n}x{c}x{h}x{w} step 1 on {backend}"),
+            &got,
+            &want,
+            common::KERNEL_TOL,
+        );
+    });
+}
