@@ -118,7 +118,8 @@ pub struct Pipeline {
     pub unet: UNet,
     pub scheduler: SchedulerConfig,
     /// The weights on each device this pipeline has run on, uploaded once.
-    gpu_weights: Mutex<Vec<(wgpu::Device, Arc<GpuWeights>)>>,
+    /// Keyed by `GpuContext::id`.
+    gpu_weights: Mutex<Vec<(u64, Arc<GpuWeights>)>>,
 }
 
 impl Pipeline {
@@ -272,14 +273,14 @@ impl Pipeline {
     /// This pipeline's weights on `ctx`, uploaded on first use and shared by every plan.
     pub fn gpu_weights(&self, ctx: &GpuContext) -> Result<Arc<GpuWeights>> {
         let mut cache = self.gpu_weights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, w)) = cache.iter().find(|(d, _)| *d == ctx.device) {
+        if let Some((_, w)) = cache.iter().find(|(id, _)| *id == ctx.id) {
             return Ok(w.clone());
         }
         let w = Arc::new(
             GpuWeights::upload(ctx, &self.unet, &self.model.weights)
                 .with_context(|| format!("uploading the weights to {}", ctx.info.name))?,
         );
-        cache.push((ctx.device.clone(), w.clone()));
+        cache.push((ctx.id, w.clone()));
         Ok(w)
     }
 

@@ -103,3 +103,25 @@ fn batch_is_chosen_from_device_limits_when_omitted() {
         assert!(pipe.auto_batch(Some(ctx), 1000).unwrap() < 1000);
     });
 }
+
+#[test]
+fn weights_go_to_each_device_once() {
+    let pipe = ddim_wgpu::bundled::pipeline().unwrap();
+    let mut seen = Vec::new();
+    common::for_each_backend(|backend, ctx| {
+        let first = pipe.gpu_weights(ctx).unwrap();
+        let again = pipe.gpu_weights(ctx).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "{backend}: a second plan uploaded the weights again"
+        );
+        assert!(
+            first.bytes >= pipe.unet.params() * 4,
+            "{backend}: {} bytes",
+            first.bytes
+        );
+        // Another adapter gets its own copy (wgpu's device ids can coincide across backends).
+        assert!(seen.iter().all(|w| !std::sync::Arc::ptr_eq(w, &first)));
+        seen.push(first);
+    });
+}

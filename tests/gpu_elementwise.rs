@@ -102,8 +102,7 @@ fn scale_shift_silu_matches_cpu() {
             "scale_shift_silu",
             (n, h * w, c),
             &yb,
-            &tb,
-            stride as u32,
+            (&tb, stride as u32),
             &out,
         )
         .unwrap();

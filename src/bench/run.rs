@@ -164,19 +164,28 @@ pub struct RunResult {
     pub memory: Option<MemoryReport>,
 }
 
+/// One benchmarked sampling run on the GPU: a compiled forward, its DDIM steps, and x_T.
+pub struct GpuRun<'a> {
+    pub forward: &'a dyn StepForward,
+    pub steps: &'a [DdimStep],
+    pub x_t: &'a Tensor,
+}
+
 /// Measures the sampler on the GPU with a compiled `forward` (built for `steps`' timesteps at
 /// batch `x_t.shape[0]`). `memory` is filled in by the caller, who knows the plan's buffers.
-#[allow(clippy::too_many_arguments)]
 pub fn bench_gpu(
     ctx: &GpuContext,
     profiler: &Profiler,
     pipe: &Pipeline,
-    forward: &dyn StepForward,
-    steps: &[DdimStep],
-    x_t: &Tensor,
+    run: GpuRun<'_>,
     repeats: Repeats,
     kernel_iters: usize,
 ) -> Result<RunResult> {
+    let GpuRun {
+        forward,
+        steps,
+        x_t,
+    } = run;
     let batch = x_t.shape[0];
     let rows: Vec<UpdateRow> = ddim_rows(steps);
     let spec = SampleSpec {

@@ -383,9 +383,11 @@ pub fn gpu_document(
             ctx,
             &profiler,
             pipe,
-            built.forward.as_ref(),
-            &steps,
-            &x_t,
+            run::GpuRun {
+                forward: built.forward.as_ref(),
+                steps: &steps,
+                x_t: &x_t,
+            },
             o.repeats,
             o.kernel_iters,
         )?;

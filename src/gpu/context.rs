@@ -123,6 +123,8 @@ fn wanted_features() -> wgpu::Features {
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
 }
 
+static NEXT_CONTEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One opened adapter: device, queue, what it is and what it allows, and the pipeline cache.
 pub struct GpuContext {
     pub instance: wgpu::Instance,
@@ -136,6 +138,9 @@ pub struct GpuContext {
     pub pipelines: PipelineCache,
     /// Kernel variants forced on every plan and kernel built on this context.
     pub kernels: KernelChoice,
+    /// Unique in this process: identifies the context where wgpu's own ids do not (devices of
+    /// different instances, e.g. Vulkan and GL, can compare equal).
+    pub id: u64,
     /// A tiny storage buffer bound where a kernel's optional input is absent.
     placeholder: std::sync::OnceLock<wgpu::Buffer>,
 }
@@ -193,6 +198,7 @@ impl GpuContext {
             features,
             pipelines: PipelineCache::default(),
             kernels: KernelChoice::default(),
+            id: NEXT_CONTEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             placeholder: std::sync::OnceLock::new(),
         })
     }

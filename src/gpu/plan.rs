@@ -167,6 +167,23 @@ pub fn max_batch(ctx: &GpuContext, unet: &UNet) -> Result<usize> {
     Ok(n.min(u32::MAX as u64) as usize)
 }
 
+/// What a convolution's epilogue adds to its output: `(conv + chan_add + residual) · out_scale`.
+struct Epilogue<'t> {
+    /// A per-step `[B, Cout]` table (a resnet's time projection).
+    chan_add: Option<&'t EmbeddingTable>,
+    residual: Option<Act>,
+    out_scale: f32,
+}
+
+impl Epilogue<'_> {
+    /// The plain convolution: bias only.
+    const NONE: Epilogue<'static> = Epilogue {
+        chan_add: None,
+        residual: None,
+        out_scale: 1.0,
+    };
+}
+
 struct Builder<'a> {
     ctx: &'a GpuContext,
     weights: &'a GpuWeights,
@@ -201,18 +218,21 @@ impl Builder<'_> {
         }
     }
 
-    /// A convolution reading `x` (one buffer, or a pair concatenated by the loader).
-    #[allow(clippy::too_many_arguments)]
+    /// A convolution reading `x` (one buffer, or a pair concatenated by the loader), with the
+    /// nearest 2× upsample folded into its loader when `upsample`.
     fn conv(
         &mut self,
         name: &str,
         conv: &Conv2d,
         x: Cur,
         upsample: bool,
-        chan_add: Option<&EmbeddingTable>,
-        residual: Option<Act>,
-        out_scale: f32,
+        epilogue: Epilogue<'_>,
     ) -> Result<Act> {
+        let Epilogue {
+            chan_add,
+            residual,
+            out_scale,
+        } = epilogue;
         let (a, b) = match x {
             Cur::One(a) => (a, None),
             Cur::Pair(a, b) => (a, Some(b)),
@@ -332,9 +352,7 @@ impl Builder<'_> {
                 &r.conv1,
                 Cur::One(n1),
                 false,
-                None,
-                None,
-                1.0,
+                Epilogue::NONE,
             )?;
             self.pool.release(n1.id);
             let g = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, false)?;
@@ -345,8 +363,7 @@ impl Builder<'_> {
                 &format!("{name}.scale_shift"),
                 (self.batch, g.shape.h * g.shape.w, g.shape.c),
                 self.buf(g),
-                &table.buffer,
-                table.stride_bytes,
+                (&table.buffer, table.stride_bytes),
                 self.buf(out),
             )?;
             self.dispatches.push(d);
@@ -358,9 +375,10 @@ impl Builder<'_> {
                 &r.conv1,
                 Cur::One(n1),
                 false,
-                Some(&table),
-                None,
-                1.0,
+                Epilogue {
+                    chan_add: Some(&table),
+                    ..Epilogue::NONE
+                },
             )?;
             self.pool.release(n1.id);
             let n2 = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?;
@@ -374,9 +392,7 @@ impl Builder<'_> {
                 s,
                 x,
                 false,
-                None,
-                None,
-                1.0,
+                Epilogue::NONE,
             )?,
             None => {
                 self.pool.retain(xs.id);
@@ -388,9 +404,11 @@ impl Builder<'_> {
             &r.conv2,
             Cur::One(n2),
             false,
-            None,
-            Some(residual),
-            1.0 / r.output_scale_factor,
+            Epilogue {
+                chan_add: None,
+                residual: Some(residual),
+                out_scale: 1.0 / r.output_scale_factor,
+            },
         )?;
         self.pool.release(n2.id);
         self.pool.release(residual.id);
@@ -524,7 +542,7 @@ impl UNetPlan {
                     out
                 }
                 Op::Conv(c) => {
-                    let out = b.conv(name, c, cur, pending_upsample, None, None, 1.0)?;
+                    let out = b.conv(name, c, cur, pending_upsample, Epilogue::NONE)?;
                     pending_upsample = false;
                     b.release_cur(cur);
                     out

@@ -186,30 +186,37 @@ pub fn ddim_step(
             step.sigma
         );
     }
-    step_core(
-        cfg.prediction_type,
-        X0Limit::from_config(cfg),
-        step,
-        model_output,
-        sample,
-        batch,
+    let rule = UpdateRule {
+        prediction: cfg.prediction_type,
+        limit: X0Limit::from_config(cfg),
         use_clipped_model_output,
-        noise,
-    )
+    };
+    step_core(rule, step, model_output, sample, batch, noise)
+}
+
+/// How x0 and ε are derived from the model output in a DDIM-style update.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UpdateRule {
+    pub prediction: PredictionType,
+    pub limit: X0Limit,
+    /// Re-derive ε from the limited x0.
+    pub use_clipped_model_output: bool,
 }
 
 /// The update shared by DDIM and DDIM inversion (see `DdimStep`).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn step_core(
-    pred: PredictionType,
-    limit: X0Limit,
+    rule: UpdateRule,
     step: &DdimStep,
     model_output: &[f32],
     sample: &[f32],
     batch: usize,
-    use_clipped_model_output: bool,
     noise: Option<&[f32]>,
 ) -> Result<StepOutput> {
+    let UpdateRule {
+        prediction: pred,
+        limit,
+        use_clipped_model_output,
+    } = rule;
     check_shapes(sample, model_output, noise, batch)?;
     let (sa, sb) = (step.sqrt_alpha_prod_t, step.sqrt_one_minus_alpha_prod_t);
     let (mut x0, mut eps): (Vec<f64>, Vec<f64>) = sample

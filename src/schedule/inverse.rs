@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::betas::NoiseSchedule;
 use super::config::SchedulerConfig;
-use super::ddim::{check_finite_x0, step_core, DdimStep, StepOutput};
+use super::ddim::{check_finite_x0, step_core, DdimStep, StepOutput, UpdateRule};
 use super::predict::X0Limit;
 use super::timesteps::inverse_timesteps;
 
@@ -39,14 +39,10 @@ pub fn inverse_step(
     sample: &[f32],
     batch: usize,
 ) -> Result<StepOutput> {
-    step_core(
-        cfg.prediction_type,
-        X0Limit::for_inverse(cfg),
-        step,
-        model_output,
-        sample,
-        batch,
-        false,
-        None,
-    )
+    let rule = UpdateRule {
+        prediction: cfg.prediction_type,
+        limit: X0Limit::for_inverse(cfg),
+        use_clipped_model_output: false,
+    };
+    step_core(rule, step, model_output, sample, batch, None)
 }

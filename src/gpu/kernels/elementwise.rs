@@ -48,17 +48,23 @@ fn check(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an elementwise kernel reads: `a`, optionally `b`, and optionally one step's slice of a
+/// per-step table (buffer, slice bytes, bytes per step).
+struct Inputs<'a> {
+    a: &'a wgpu::Buffer,
+    b: Option<&'a wgpu::Buffer>,
+    table: Option<(&'a wgpu::Buffer, u64, u32)>,
+}
+
 fn build(
     ctx: &GpuContext,
     entry: &'static str,
     label: &str,
     mut params: Params,
-    a: &wgpu::Buffer,
-    b: Option<&wgpu::Buffer>,
-    table: Option<(&wgpu::Buffer, u64, u32)>,
+    inputs: Inputs<'_>,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
+    let Inputs { a, b, table } = inputs;
     ensure!(params.n > 0, "{label}: empty");
     check(label, out, params.n as usize)?;
     let kernel = ctx.kernel(&spec(entry))?;
@@ -112,7 +118,12 @@ pub fn concat_channels(
         c2: c2 as u32,
         ..Default::default()
     };
-    build(ctx, "concat_channels", label, params, a, Some(b), None, out)
+    let inputs = Inputs {
+        a,
+        b: Some(b),
+        table: None,
+    };
+    build(ctx, "concat_channels", label, params, inputs, out)
 }
 
 /// `out = a · scale + shift` over `n` values.
@@ -131,19 +142,22 @@ pub fn affine(
         shift,
         ..Default::default()
     };
-    build(ctx, "affine", label, params, a, None, None, out)
+    let inputs = Inputs {
+        a,
+        b: None,
+        table: None,
+    };
+    build(ctx, "affine", label, params, inputs, out)
 }
 
 /// `out = silu(a · (1 + scale) + shift)` for NHWC `a` of `batch × hw × c`, with (scale, shift)
 /// the step's `[batch, 2c]` block of `table` (`stride` bytes per step).
-#[allow(clippy::too_many_arguments)]
 pub fn scale_shift_silu(
     ctx: &GpuContext,
     label: &str,
     (batch, hw, c): (usize, usize, usize),
     a: &wgpu::Buffer,
-    table: &wgpu::Buffer,
-    stride: u32,
+    (table, stride): (&wgpu::Buffer, u32),
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     let n = batch * hw * c;
@@ -161,9 +175,11 @@ pub fn scale_shift_silu(
         "scale_shift_silu",
         label,
         params,
-        a,
-        None,
-        Some((table, size, stride)),
+        Inputs {
+            a,
+            b: None,
+            table: Some((table, size, stride)),
+        },
         out,
     )
 }
