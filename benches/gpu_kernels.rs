@@ -9,10 +9,16 @@
 //!
 //! `cargo bench --bench gpu_kernels`
 
+// The benchmark module belongs to the `ddim` binary, not the library's API; this bench
+// compiles its own copy to reuse the kernel cases.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/bench/mod.rs"]
+mod bench;
+
 use std::time::Duration;
 
+use bench::kernels::{self, KernelCase};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ddim_wgpu::bench::kernels::{self, KernelCase};
 use ddim_wgpu::cpu::ops::Padding;
 use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};

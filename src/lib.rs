@@ -2,19 +2,28 @@
 //! through hand-written WGSL kernels, and check every op against a pure-Rust CPU reference.
 //!
 //! Data flows one way: files → model description → (CPU reference | GPU plan) → sampler loop → images.
+//!
+//! Start at [`pipeline::Pipeline`] (a model with its scheduler) and [`pipeline::Device`]; the
+//! benchmark lives in the `ddim` binary (`ddim bench`), not here.
 
-pub mod bench;
+// What a library user needs: load a model, pick a device, sample / invert / decode.
 pub mod bundled;
-pub mod cpu;
-pub mod gpu;
 pub mod image_io;
 pub mod model;
-pub mod output;
 pub mod pipeline;
 pub mod rng;
 pub mod sampling;
 pub mod schedule;
 pub mod tensor;
+
+// The two devices, public so that tests, benchmarks and `ddim verify` can check the shaders
+// op by op against the reference: the CPU reference and the wgpu backend (context, kernels,
+// compiled plan). Most users only need `pipeline::Device`.
+pub mod cpu;
+pub mod gpu;
+
+/// Atomic file writes (temporary file, then rename), shared with the binary.
+pub mod output;
 
 pub use tensor::Tensor;
 

@@ -1,6 +1,7 @@
 //! `ddim`: the command-line front end. Each subcommand lives in `src/cli/<name>.rs` with its own
 //! argument struct; this file only dispatches and turns errors into one clear line and exit code 1.
 
+mod bench;
 mod cli;
 
 use clap::{Parser, Subcommand};

@@ -8,12 +8,12 @@ use serde::Serialize;
 
 use super::run::CpuTime;
 use super::{gflops, Summary};
-use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
-use crate::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
-use crate::gpu::profile::Profiler;
-use crate::gpu::{Dispatch, GpuContext};
-use crate::model::unet::Padding;
-use crate::Tensor;
+use ddim_wgpu::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
+use ddim_wgpu::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
+use ddim_wgpu::gpu::profile::Profiler;
+use ddim_wgpu::gpu::{Dispatch, GpuContext};
+use ddim_wgpu::model::unet::Padding;
+use ddim_wgpu::Tensor;
 
 /// out[M, N] = A[M, K] · B[K, N].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -49,15 +49,6 @@ pub fn default_sizes() -> Vec<GemmSize> {
             k: 9 * 256,
         },
     ]
-}
-
-/// Small sizes for smoke tests.
-pub fn tiny_sizes() -> Vec<GemmSize> {
-    vec![GemmSize {
-        m: 64,
-        n: 32,
-        k: 48,
-    }]
 }
 
 /// A kernel able to compute a plain GEMM.

@@ -7,21 +7,21 @@ use serde::Serialize;
 
 use super::report::KernelRow;
 use super::{gbps, gflops, Summary};
-use crate::gpu::kernels::attention::{
+use ddim_wgpu::gpu::kernels::attention::{
     attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
 };
-use crate::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
-use crate::gpu::kernels::ddim_step::{
+use ddim_wgpu::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
+use ddim_wgpu::gpu::kernels::ddim_step::{
     ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
-use crate::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
-use crate::gpu::profile::Profiler;
-use crate::gpu::{Dispatch, GpuContext};
-use crate::model::unet::Op;
-use crate::model::unet::Padding;
-use crate::model::UNet;
-use crate::schedule::{PredictionType, X0Limit};
-use crate::Tensor;
+use ddim_wgpu::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use ddim_wgpu::gpu::profile::Profiler;
+use ddim_wgpu::gpu::{Dispatch, GpuContext};
+use ddim_wgpu::model::unet::Op;
+use ddim_wgpu::model::unet::Padding;
+use ddim_wgpu::model::UNet;
+use ddim_wgpu::schedule::{PredictionType, X0Limit};
+use ddim_wgpu::Tensor;
 
 /// The dispatches of one operation, ready to time; the buffers live as long as the bind groups.
 pub struct KernelCase {
@@ -214,7 +214,7 @@ fn conv_shape(
     src: (usize, usize),
     c1: usize,
     c2: usize,
-    c: &crate::model::unet::Conv2d,
+    c: &ddim_wgpu::model::unet::Conv2d,
     upsample: bool,
 ) -> ConvShape {
     ConvShape {

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use crate::gpu::GpuContext;
-use crate::model::unet::Op;
-use crate::model::UNet;
+use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::model::unet::Op;
+use ddim_wgpu::model::UNet;
 
 /// Bytes of f32 weights.
 pub fn weights_bytes(unet: &UNet) -> u64 {
@@ -101,7 +101,7 @@ impl MemoryReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::UNet2DConfig;
+    use ddim_wgpu::model::UNet2DConfig;
 
     #[test]
     fn live_set_counts_skips() {

@@ -12,7 +12,6 @@ pub mod run;
 pub mod stats;
 pub mod suite;
 
-pub use report::{AdapterReport, BuildInfo, HostInfo};
 pub use stats::Summary;
 
 /// GFLOP/s for `flops` done in `ns` nanoseconds (0 when no time was measured).

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{gbps, gflops, Summary};
-use crate::gpu::GpuContext;
+use ddim_wgpu::gpu::GpuContext;
 
 /// Version tag of the JSON layout; bump when a field changes meaning or disappears.
 pub const SCHEMA: &str = "ddim-bench/1";

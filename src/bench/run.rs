@@ -10,14 +10,14 @@ use serde::Serialize;
 use super::memory::MemoryReport;
 use super::report::{kernel_rows, median_per_dispatch, KernelRow};
 use super::{gflops, Summary};
-use crate::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
-use crate::gpu::plan::StepForward;
-use crate::gpu::profile::{time_one_pass, Profiler, TimingSource};
-use crate::gpu::sampler::{sample, SampleSpec};
-use crate::gpu::{Dispatch, GpuContext};
-use crate::pipeline::Pipeline;
-use crate::schedule::{ddim_table, DdimStep, X0Limit};
-use crate::Tensor;
+use ddim_wgpu::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
+use ddim_wgpu::gpu::plan::StepForward;
+use ddim_wgpu::gpu::profile::{time_one_pass, Profiler, TimingSource};
+use ddim_wgpu::gpu::sampler::{sample, SampleSpec};
+use ddim_wgpu::gpu::{Dispatch, GpuContext};
+use ddim_wgpu::pipeline::Pipeline;
+use ddim_wgpu::schedule::{ddim_table, DdimStep, X0Limit};
+use ddim_wgpu::Tensor;
 
 /// How many times to run each measurement.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -261,8 +261,8 @@ pub fn bench_cpu(
     steps: usize,
     repeats: Repeats,
 ) -> Result<RunResult> {
-    use crate::pipeline::{Device, SampleRequest};
-    use crate::sampling::SampleSettings;
+    use ddim_wgpu::pipeline::{Device, SampleRequest};
+    use ddim_wgpu::sampling::SampleSettings;
     let x_t = bench_input(pipe, batch)?;
     let request = SampleRequest {
         settings: SampleSettings {
@@ -279,7 +279,7 @@ pub fn bench_cpu(
     let run = Summary::of(&run_ns).context("no run timings")?;
     let t = ddim_steps(pipe, steps)?.first().map_or(0.0, |s| s.t as f32);
     let (fwd_ns, _) = repeat_timed(repeats, || {
-        crate::cpu::forward::forward(&pipe.unet, &pipe.model.weights, &x_t, &[t]).map(|_| ())
+        ddim_wgpu::cpu::forward::forward(&pipe.unet, &pipe.model.weights, &x_t, &[t]).map(|_| ())
     })?;
     let forward = Summary::of(&fwd_ns).context("no forward timings")?;
     let flops = pipe.unet.flops() * batch as u64;

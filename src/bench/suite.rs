@@ -10,14 +10,14 @@ use super::kernels::{self, CaseResult};
 use super::memory::{self, MemoryReport};
 use super::report::{AdapterReport, BuildInfo, HostInfo, SCHEMA};
 use super::run::{self, Repeats, RunResult};
-use crate::gpu::kernels::attention::AttentionShape;
-use crate::gpu::kernels::conv2d::Variant;
-use crate::gpu::kernels::group_norm::GroupNormShape;
-use crate::gpu::plan::StepForward;
-use crate::gpu::profile::{Profiler, TimingSource};
-use crate::gpu::GpuContext;
-use crate::model::unet::Op;
-use crate::pipeline::Pipeline;
+use ddim_wgpu::gpu::kernels::attention::AttentionShape;
+use ddim_wgpu::gpu::kernels::conv2d::Variant;
+use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
+use ddim_wgpu::gpu::plan::StepForward;
+use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
+use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::model::unet::Op;
+use ddim_wgpu::pipeline::Pipeline;
 
 /// burn 0.22's WGSL conv2d on lavapipe at the [`kernels::burn_conv_shape`] (design.md).
 pub const BURN_CONV_GFLOPS: f64 = 6.3;
@@ -193,7 +193,7 @@ pub struct BuiltForward {
 }
 
 /// Builds the U-Net forward plan on the GPU for `steps`' timesteps at `batch`.
-pub type ForwardBuilder<'a> = dyn Fn(&GpuContext, &Pipeline, &[crate::schedule::DdimStep], usize) -> Result<BuiltForward>
+pub type ForwardBuilder<'a> = dyn Fn(&GpuContext, &Pipeline, &[ddim_wgpu::schedule::DdimStep], usize) -> Result<BuiltForward>
     + 'a;
 
 /// Every distinct group norm (+SiLU) and attention block of the model at `batch`.

@@ -5,11 +5,11 @@
 
 use super::model_args::{AdapterArgs, ModelArgs};
 
+use crate::bench::gemm::{self, GemmRow, GemmSize};
+use crate::bench::kernels::CaseResult;
+use crate::bench::run::Repeats;
+use crate::bench::suite::{self, BuiltForward, Document, Options, Progress};
 use anyhow::{Context, Result};
-use ddim_wgpu::bench::gemm::{self, GemmRow, GemmSize};
-use ddim_wgpu::bench::kernels::CaseResult;
-use ddim_wgpu::bench::run::Repeats;
-use ddim_wgpu::bench::suite::{self, BuiltForward, Document, Options, Progress};
 use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
