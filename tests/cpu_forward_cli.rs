@@ -164,6 +164,8 @@ fn bad_arguments_give_one_clear_line() {
         ("1,2,3", "cpu", "3 timesteps for a batch of 2"),
         ("ten", "cpu", "not a number"),
         ("inf", "cpu", "finite, non-negative"),
+        ("5000", "cpu", "outside the model's 0..=999"),
+        ("3,1000", "cpu", "--timestep 1000 is outside"),
     ] {
         let o = base(ts, device);
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -171,6 +173,24 @@ fn bad_arguments_give_one_clear_line() {
         assert!(stderr.contains(needle), "{stderr}");
     }
     assert!(!out.exists(), "no output is written on error");
+    // An explicit flag evaluates an untrained timestep anyway.
+    let o = ddim(&[
+        "forward",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--timestep",
+        "5000",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--allow-any-timestep",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.exists());
+    std::fs::remove_file(&out).unwrap();
     let o = ddim(&["info", "--model", "/nonexistent/model"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));

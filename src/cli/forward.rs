@@ -33,6 +33,10 @@ pub struct Args {
     /// Do not print the timing line.
     #[arg(long)]
     pub quiet: bool,
+    /// Accept timesteps outside 0..num_train_timesteps-1 of the model's scheduler config (the
+    /// network evaluates any value; the model was never trained on them).
+    #[arg(long)]
+    pub allow_any_timestep: bool,
     /// Also write every layer's output (and the time embedding), named by layer, to this file.
     #[arg(long)]
     pub save_layers: Option<PathBuf>,
@@ -56,7 +60,21 @@ pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
 
 pub fn run(args: Args) -> Result<()> {
     let timesteps = parse_timesteps(&args.timestep)?;
-    let model = args.model.load(args.seed)?.pipeline.model;
+    let pipe = args.model.load(args.seed)?.pipeline;
+    let train_steps = pipe.scheduler.num_train_timesteps;
+    if !args.allow_any_timestep {
+        if let Some(t) = timesteps
+            .iter()
+            .find(|&&t| t > train_steps.saturating_sub(1) as f32)
+        {
+            bail!(
+                "--timestep {t} is outside the model's 0..={} (num_train_timesteps {train_steps} in \
+                 its scheduler config); pass --allow-any-timestep to evaluate it anyway",
+                train_steps.saturating_sub(1)
+            );
+        }
+    }
+    let model = pipe.model;
     let (config, weights) = (model.config, model.weights);
     let x = read_tensor(&args.input, "sample")?;
     if x.shape.len() != 4 {
