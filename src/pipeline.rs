@@ -202,6 +202,12 @@ impl Pipeline {
                 x.shape,
                 request.num
             );
+            let bad = x.data.iter().filter(|v| !v.is_finite()).count();
+            ensure!(
+                bad == 0,
+                "the initial noise has {bad} non-finite value(s) (NaN or ±Inf) among {}",
+                x.numel()
+            );
             noise.initial_override = Some(x.data.clone());
         }
         let images = self.run(

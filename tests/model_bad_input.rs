@@ -257,3 +257,31 @@ fn forward_refuses_wrong_input_shapes_and_timestep_counts() {
     let other = Weights::random(&UNet2DConfig::cifar10(), 0).unwrap();
     assert!(forward(&unet, &other, &x, &[1.0]).is_err());
 }
+
+#[test]
+fn non_finite_weights_are_refused_with_name_and_count() {
+    let m = TempModel::new("nan");
+    let mut e = m.weights_entries();
+    let i = e.iter().position(|x| x.0 == "conv_out.weight").unwrap();
+    // Three values become NaN, +Inf and -Inf, in the tensor's own dtype.
+    let (width, specials): (usize, [Vec<u8>; 3]) = match e[i].1 {
+        Dtype::F32 => (
+            4,
+            [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].map(|v| v.to_le_bytes().to_vec()),
+        ),
+        Dtype::F16 => (
+            2,
+            [0x7E00u16, 0x7C00, 0xFC00].map(|v| v.to_le_bytes().to_vec()),
+        ),
+        Dtype::BF16 => (
+            2,
+            [0x7FC0u16, 0x7F80, 0xFF80].map(|v| v.to_le_bytes().to_vec()),
+        ),
+        other => panic!("fixture dtype {other:?}"),
+    };
+    for (k, v) in specials.iter().enumerate() {
+        e[i].3[k * 7 * width..][..width].copy_from_slice(v);
+    }
+    m.write_weights(e);
+    m.expect_error(&["conv_out.weight", "3 non-finite"]);
+}

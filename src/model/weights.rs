@@ -162,6 +162,14 @@ impl Weights {
                 );
             }
             let data = bytes_to_f32(name, view.dtype(), view.data())?;
+            let bad = data.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                bail!(
+                    "tensor {name:?} has {bad} non-finite value(s) (NaN or ±Inf) among {}: \
+                     the checkpoint is corrupt or diverged",
+                    data.len()
+                );
+            }
             *dtypes
                 .entry(format!("{:?}", view.dtype()).to_lowercase())
                 .or_default() += 1;
