@@ -13,8 +13,34 @@ pub fn to_u8(x: f32) -> u8 {
     v.round_ties_even() as u8
 }
 
-/// Lays out the images of an NCHW batch (1 or 3 channels, values in [-1, 1]) in a grid of
-/// `cols` columns with `pad` pixels of black between them. Returns (width, height, channels, bytes).
+/// The channel counts a PNG holds as they are: gray, RGB, RGBA.
+fn png_channels(c: usize) -> bool {
+    matches!(c, 1 | 3 | 4)
+}
+
+/// Any other channel count as gray: each image's channels as tiles side by side, one black
+/// pixel between them, so a 2- or 6-channel model can still be looked at.
+fn channels_as_gray_tiles(batch: &Tensor) -> Tensor {
+    let (n, c, h, w) = batch.nchw();
+    let tw = c * w + (c - 1);
+    let mut out = Tensor {
+        shape: vec![n, 1, h, tw],
+        data: vec![-1.0; n * h * tw],
+    };
+    for i in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                let src = &batch.data[((i * c + ch) * h + y) * w..][..w];
+                out.data[(i * h + y) * tw + ch * (w + 1)..][..w].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// Lays out the images of an NCHW batch (values in [-1, 1]) in a grid of `cols` columns with
+/// `pad` pixels of black between them: 1 channel as gray, 3 as RGB, 4 as RGBA, any other count
+/// as gray tiles, one per channel, side by side. Returns (width, height, channels, bytes).
 pub fn grid(batch: &Tensor, cols: usize, pad: usize) -> Result<(u32, u32, usize, Vec<u8>)> {
     if batch.shape.len() != 4 {
         bail!(
@@ -22,10 +48,13 @@ pub fn grid(batch: &Tensor, cols: usize, pad: usize) -> Result<(u32, u32, usize,
             batch.shape
         );
     }
-    let (n, c, h, w) = batch.nchw();
-    if c != 1 && c != 3 {
-        bail!("can only write images with 1 or 3 channels, got {c}");
+    if batch.shape[1] == 0 {
+        bail!("images with 0 channels cannot be written");
     }
+    if !png_channels(batch.shape[1]) {
+        return grid(&channels_as_gray_tiles(batch), cols, pad);
+    }
+    let (n, c, h, w) = batch.nchw();
     if n == 0 || cols == 0 {
         bail!("no images to write");
     }
@@ -47,12 +76,13 @@ pub fn grid(batch: &Tensor, cols: usize, pad: usize) -> Result<(u32, u32, usize,
     Ok((gw as u32, gh as u32, c, out))
 }
 
-/// Encodes an 8-bit grayscale or RGB image as PNG bytes.
+/// Encodes an 8-bit gray, RGB or RGBA image as PNG bytes.
 pub fn encode_png(width: u32, height: u32, channels: usize, pixels: &[u8]) -> Result<Vec<u8>> {
-    let color = if channels == 1 {
-        image::ExtendedColorType::L8
-    } else {
-        image::ExtendedColorType::Rgb8
+    let color = match channels {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        4 => image::ExtendedColorType::Rgba8,
+        c => bail!("a PNG holds 1, 3 or 4 channels, got {c}"),
     };
     let mut bytes = Vec::new();
     let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
@@ -134,5 +164,25 @@ mod tests {
         assert_eq!(px[3], 255); // image 1 starts at x = 3
         assert_eq!(px[2], 0); // padding column
         assert_eq!(px[0], 128); // image 0 is mid-grey
+    }
+
+    #[test]
+    fn any_channel_count_is_written() {
+        // 4 channels: RGBA as it is.
+        let t = Tensor::zeros(&[2, 4, 3, 3]);
+        let (w, h, c, px) = grid(&t, 2, 1).unwrap();
+        assert_eq!((w, h, c, px.len()), (7, 3, 4, 7 * 3 * 4));
+        assert!(encode_png(w, h, c, &px).is_ok());
+        // 2 channels: gray tiles side by side, channel 1 white, one black pixel between.
+        let mut t = Tensor::zeros(&[1, 2, 2, 3]);
+        t.data[6..].fill(1.0);
+        let (w, h, c, px) = grid(&t, 1, 0).unwrap();
+        assert_eq!((w, h, c), (7, 2, 1));
+        assert_eq!(&px[..7], &[128, 128, 128, 0, 255, 255, 255]);
+        assert!(encode_png(w, h, c, &px).is_ok());
+        // 5 channels as well.
+        let (w, _, c, _) = grid(&Tensor::zeros(&[1, 5, 2, 2]), 1, 0).unwrap();
+        assert_eq!((w, c), (14, 1));
+        assert!(grid(&Tensor::zeros(&[1, 0, 2, 2]), 1, 0).is_err());
     }
 }
