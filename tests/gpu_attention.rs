@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use ddim_wgpu::cpu::ops;
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::attention::{
     attention_block, attention_block_chunked, AttentionParamsHost, AttentionScratch,
     AttentionShape, AttentionWeights,

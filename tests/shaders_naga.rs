@@ -1,13 +1,11 @@
 //! Portability without a GPU: every `shaders/*.wgsl` is parsed and validated by naga and
 //! translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL: 310 es and 430 core)
 //! for every entry point, so a shader error never first appears on a user's Metal or DX12
-//! machine. Shaders with `override` constants are translated with every constant set the crate
-//! actually compiles (`ddim_wgpu::gpu::kernels::all_specs`), or their defaults when none is listed.
+//! machine.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use naga::back::{glsl, hlsl, msl, spv, PipelineConstants};
+use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shader_files() -> Vec<PathBuf> {
@@ -28,7 +26,7 @@ fn validate(module: &naga::Module, what: &str) -> naga::valid::ModuleInfo {
         .unwrap_or_else(|e| panic!("{what}: validation failed: {}", e.emit_to_string("")))
 }
 
-/// Translates `module` (already specialised for `entry`) to every backend language.
+/// Translates `entry` of `module` to every backend language.
 fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str, what: &str) {
     let stage = naga::ShaderStage::Compute;
 
@@ -79,22 +77,6 @@ fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str,
     }
 }
 
-/// The override-constant sets the crate compiles for `shader`, by entry point.
-fn constant_sets(shader: &str) -> BTreeMap<String, Vec<PipelineConstants>> {
-    let mut sets: BTreeMap<String, Vec<PipelineConstants>> = BTreeMap::new();
-    for spec in ddim_wgpu::gpu::kernels::all_specs() {
-        if spec.shader != shader {
-            continue;
-        }
-        let mut c = PipelineConstants::default();
-        for (name, value) in &spec.constants {
-            c.insert(name.to_string(), *value);
-        }
-        sets.entry(spec.entry.to_string()).or_default().push(c);
-    }
-    sets
-}
-
 #[test]
 fn every_shader_validates_and_translates_to_every_backend() {
     let files = shader_files();
@@ -112,24 +94,8 @@ fn every_shader_validates_and_translates_to_every_backend() {
             .map(|e| e.name.clone())
             .collect();
         assert!(!entries.is_empty(), "{name}: no compute entry point");
-        let used = constant_sets(&name);
         for entry in &entries {
-            let sets = match used.get(entry) {
-                Some(sets) => sets.clone(),
-                // Not listed by the crate: the overrides' own defaults must be enough.
-                None => vec![PipelineConstants::default()],
-            };
-            for constants in sets {
-                let what = format!("{name}.wgsl::{entry} {constants:?}");
-                let (specialised, spec_info) = naga::back::pipeline_constants::process_overrides(
-                    &module,
-                    &info,
-                    Some((naga::ShaderStage::Compute, entry)),
-                    &constants,
-                )
-                .unwrap_or_else(|e| panic!("{what}: overrides: {e}"));
-                translate(&specialised, &spec_info, entry, &what);
-            }
+            translate(&module, &info, entry, &format!("{name}.wgsl::{entry}"));
         }
         eprintln!("{name}.wgsl: {} entry point(s) OK", entries.len());
     }

@@ -88,7 +88,6 @@ pub fn spec(entry: &'static str) -> KernelSpec {
         shader: "conv2d",
         source: SOURCE,
         entry,
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,
             Binding::StorageRead,        // x_a
@@ -402,7 +401,7 @@ pub fn conv2d(
         None => (unused, 0, unused.size()),
     };
     let bind_group = kernel.bind_group(
-        ctx,
+        &ctx.device,
         &[
             (&uniform).into(),
             io.x_a.into(),

@@ -233,7 +233,6 @@ pub fn spec() -> KernelSpec {
         shader: "linear",
         source: SOURCE,
         entry: "matmul_reg4x4",
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,          // params
             Binding::StorageRead,      // A
@@ -330,7 +329,7 @@ pub fn matmul_with(
     let uniform = ctx.uniform("matmul params", &params);
     let placeholder = ctx.storage("matmul placeholder", 16);
     let bind_group = kernel.bind_group(
-        ctx,
+        &ctx.device,
         &[
             (&uniform).into(),
             bufs.a.into(),

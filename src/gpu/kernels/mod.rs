@@ -11,9 +11,8 @@ pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
-/// Every pipeline spec that a family compiles with `override` constants, so that
-/// `tests/shaders_naga.rs` translates each shader with the constant values really used.
-/// Families without overrides need not be listed (their shaders are checked as written).
+/// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point
+/// (families whose entry point is picked per shape, plus the smoke kernel).
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = vec![smoke::spec()];
     specs.extend(conv2d::all_specs());
