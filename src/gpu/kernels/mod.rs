@@ -11,6 +11,19 @@ pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
+/// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
+/// files), for tests/shaders_naga.rs and tests/shader_contracts.rs.
+pub const SHADERS: [(&str, &str); 8] = [
+    ("attention", attention::SOURCE),
+    ("conv2d", conv2d::SOURCE),
+    ("ddim_step", ddim_step::SOURCE),
+    ("elementwise", elementwise::SOURCE),
+    ("group_norm", group_norm::SOURCE),
+    ("linear", linear::SOURCE),
+    ("linear_k4", linear::SOURCE_K4),
+    ("smoke", smoke::SOURCE),
+];
+
 /// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point
 /// (families whose entry point is picked per shape, plus the smoke kernel).
 pub fn all_specs() -> Vec<KernelSpec> {
