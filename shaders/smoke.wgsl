@@ -3,6 +3,8 @@
 struct Params {
     n: u32,
     a: f32,
+    _pad0: u32, // padding to 16 bytes, the size of the host's smoke::Params
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

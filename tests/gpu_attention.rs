@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use ddim_wgpu::cpu::forward::{attention_block, to_tokens};
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::attention::{
     self, attention_block_chunked, AttentionParamsHost, AttentionScratch, AttentionShape,
     AttentionWeights,

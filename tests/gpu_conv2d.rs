@@ -4,7 +4,7 @@
 mod common;
 
 use ddim_wgpu::cpu::ops::{self, Padding};
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::Tensor;

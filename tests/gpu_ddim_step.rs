@@ -4,7 +4,7 @@
 
 mod common;
 
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout,
 };

@@ -6,7 +6,7 @@ mod common;
 
 use ddim_wgpu::cpu::forward::to_tokens;
 use ddim_wgpu::cpu::ops;
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu};
 use ddim_wgpu::Tensor;
 

@@ -3,7 +3,7 @@
 mod common;
 
 use ddim_wgpu::cpu::ops;
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::Tensor;

@@ -4,7 +4,7 @@
 mod common;
 
 use ddim_wgpu::cpu::ops;
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::linear::{
     matmul, matmul_with, Matmul, MatmulBuffers, MatmulVariant, Strides,
 };

@@ -3,7 +3,7 @@
 
 mod common;
 
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::smoke;
 
 #[test]
@@ -44,7 +44,6 @@ fn bad_shader_is_an_error_not_a_panic() {
             shader: "broken_for_test",
             source: "@compute @workgroup_size(1) fn main() { let x: f32 = undefined_name; }",
             entry: "main",
-            constants: vec![],
             bindings: vec![],
         };
         let err = ctx

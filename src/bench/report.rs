@@ -123,7 +123,7 @@ impl AdapterReport {
 pub struct KernelRow {
     /// Dispatch label, or the kernel (`shader::entry`) for aggregated rows.
     pub name: String,
-    /// The compiled kernel (`shader::entry[constants]`).
+    /// The compiled kernel (`shader::entry`).
     pub kernel: String,
     /// Dispatches aggregated into this row (1 for a single dispatch).
     pub calls: usize,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ddim_wgpu::cpu::forward::forward_with;
-use ddim_wgpu::gpu::kernel::run_dispatches;
+use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::time_embedding::time_embedding;
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{GpuContext, GpuWeights};

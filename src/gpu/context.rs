@@ -7,10 +7,11 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::kernel::PipelineCache;
+use super::kernel::{self, Dispatch, Kernel, KernelSpec, PipelineCache};
 use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
@@ -241,11 +242,32 @@ impl GpuContext {
 
     /// Runs `f` inside a validation error scope and turns a captured error into an `Err`.
     pub fn validated<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out = f();
-        match pollster::block_on(scope.pop()) {
-            Some(e) => Err(anyhow!("{what}: {e}")),
-            None => Ok(out),
+        kernel::validated(&self.device, what, f)
+    }
+
+    /// The pipeline for `spec`, compiled on first use (see [`PipelineCache::get`]).
+    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+        self.pipelines.get(&self.device, spec)
+    }
+}
+
+/// Encodes `dispatches` into one compute pass and submits it (without waiting).
+pub fn run_dispatches(ctx: &GpuContext, dispatches: &[Dispatch], step: u32) -> Result<()> {
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("dispatches"),
+        });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("dispatches"),
+            timestamp_writes: None,
+        });
+        for d in dispatches {
+            d.encode(&mut pass, step);
         }
     }
+    ctx.validated("submitting dispatches", || {
+        ctx.queue.submit([encoder.finish()]);
+    })
 }

@@ -1,5 +1,6 @@
-//! Compute pipelines, cached by (shader, entry point, override constants, binding layout), and
-//! the `Dispatch` record a plan replays into one compute pass.
+//! Compute pipelines, cached by (shader, entry point, binding layout), and the `Dispatch` record
+//! a plan replays into one compute pass. Only wgpu types come in here: `GpuContext` owns a
+//! `PipelineCache` and builds on this module, never the other way round.
 //!
 //! Every kernel uses one bind group (group 0) whose bindings are numbered 0.. in the order of
 //! `KernelSpec::bindings`. Layouts are explicit (not derived from the shader) so that a binding
@@ -8,9 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
-
-use super::context::GpuContext;
+use anyhow::{anyhow, Context, Result};
 
 /// How a kernel sees one binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,8 +60,6 @@ pub struct KernelSpec {
     pub shader: &'static str,
     pub source: &'static str,
     pub entry: &'static str,
-    /// WGSL `override` constants, by name.
-    pub constants: Vec<(&'static str, f64)>,
     pub bindings: Vec<Binding>,
 }
 
@@ -70,7 +67,6 @@ pub struct KernelSpec {
 struct PipelineKey {
     shader: &'static str,
     entry: &'static str,
-    constants: Vec<(&'static str, u64)>,
     bindings: Vec<Binding>,
 }
 
@@ -79,13 +75,18 @@ impl KernelSpec {
         PipelineKey {
             shader: self.shader,
             entry: self.entry,
-            constants: self
-                .constants
-                .iter()
-                .map(|&(n, v)| (n, v.to_bits()))
-                .collect(),
             bindings: self.bindings.clone(),
         }
+    }
+}
+
+/// Runs `f` inside a validation error scope on `device` and turns a captured error into an `Err`.
+pub fn validated<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = f();
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(anyhow!("{what}: {e}")),
+        None => Ok(out),
     }
 }
 
@@ -102,7 +103,7 @@ impl Kernel {
     /// binding order. Dynamic bindings must be given a slice whose size is one step's worth.
     pub fn bind_group(
         &self,
-        ctx: &GpuContext,
+        device: &wgpu::Device,
         buffers: &[BufferSlice<'_>],
     ) -> Result<wgpu::BindGroup> {
         anyhow::ensure!(
@@ -124,8 +125,8 @@ impl Kernel {
                 }),
             })
             .collect();
-        ctx.validated(&format!("bind group for {}", self.label), || {
-            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        validated(device, &format!("bind group for {}", self.label), || {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&self.label),
                 layout: &self.layout,
                 entries: &entries,
@@ -168,95 +169,73 @@ impl PipelineCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-impl GpuContext {
-    /// The pipeline for `spec`, compiled on first use. Shader or layout errors come back as `Err`
-    /// naming the shader and entry point.
-    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+    /// The pipeline for `spec` on `device`, compiled on first use. Shader or layout errors come
+    /// back as `Err` naming the shader and entry point.
+    pub fn get(&self, device: &wgpu::Device, spec: &KernelSpec) -> Result<Arc<Kernel>> {
         let key = spec.key();
-        if let Some(k) = self
-            .pipelines
-            .pipelines
-            .lock()
-            .expect("pipeline cache")
-            .get(&key)
-        {
+        if let Some(k) = self.pipelines.lock().expect("pipeline cache").get(&key) {
             return Ok(k.clone());
         }
-        let label = if spec.constants.is_empty() {
-            format!("{}::{}", spec.shader, spec.entry)
-        } else {
-            let c: Vec<String> = spec
-                .constants
-                .iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect();
-            format!("{}::{}[{}]", spec.shader, spec.entry, c.join(","))
-        };
-        let module = self.shader_module(spec)?;
+        let label = format!("{}::{}", spec.shader, spec.entry);
+        let module = self.shader_module(device, spec)?;
         let entries: Vec<_> = spec
             .bindings
             .iter()
             .enumerate()
             .map(|(i, b)| b.layout_entry(i as u32))
             .collect();
-        let kernel = self
-            .validated(&format!("compiling {label}"), || {
-                let layout =
-                    self.device
-                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                            label: Some(&label),
-                            entries: &entries,
-                        });
-                let pipeline_layout =
-                    self.device
-                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                            label: Some(&label),
-                            bind_group_layouts: &[Some(&layout)],
-                            immediate_size: 0,
-                        });
-                let pipeline =
-                    self.device
-                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                            label: Some(&label),
-                            layout: Some(&pipeline_layout),
-                            module: &module,
-                            entry_point: Some(spec.entry),
-                            compilation_options: wgpu::PipelineCompilationOptions {
-                                constants: &spec.constants,
-                                zero_initialize_workgroup_memory: false,
-                            },
-                            cache: None,
-                        });
-                Kernel {
-                    label: label.clone(),
-                    pipeline,
-                    layout,
-                    bindings: spec.bindings.clone(),
-                }
-            })
-            .with_context(|| format!("shader {}.wgsl", spec.shader))?;
+        let kernel = validated(device, &format!("compiling {label}"), || {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+            Kernel {
+                label: label.clone(),
+                pipeline,
+                layout,
+                bindings: spec.bindings.clone(),
+            }
+        })
+        .with_context(|| format!("shader {}.wgsl", spec.shader))?;
         let kernel = Arc::new(kernel);
         self.pipelines
-            .pipelines
             .lock()
             .expect("pipeline cache")
             .insert(key, kernel.clone());
         Ok(kernel)
     }
 
-    fn shader_module(&self, spec: &KernelSpec) -> Result<wgpu::ShaderModule> {
-        let mut modules = self.pipelines.modules.lock().expect("shader module cache");
+    fn shader_module(
+        &self,
+        device: &wgpu::Device,
+        spec: &KernelSpec,
+    ) -> Result<wgpu::ShaderModule> {
+        let mut modules = self.modules.lock().expect("shader module cache");
         if let Some(m) = modules.get(spec.shader) {
             return Ok(m.clone());
         }
-        let module = self.validated(&format!("shader {}.wgsl", spec.shader), || {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(spec.shader),
-                    source: wgpu::ShaderSource::Wgsl(spec.source.into()),
-                })
+        let module = validated(device, &format!("shader {}.wgsl", spec.shader), || {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.shader),
+                source: wgpu::ShaderSource::Wgsl(spec.source.into()),
+            })
         })?;
         modules.insert(spec.shader, module.clone());
         Ok(module)
@@ -286,27 +265,6 @@ impl Dispatch {
         let [x, y, z] = self.workgroups;
         pass.dispatch_workgroups(x, y, z);
     }
-}
-
-/// Encodes `dispatches` into one compute pass, submits, and (optionally) waits.
-pub fn run_dispatches(ctx: &GpuContext, dispatches: &[Dispatch], step: u32) -> Result<()> {
-    let mut encoder = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("dispatches"),
-        });
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("dispatches"),
-            timestamp_writes: None,
-        });
-        for d in dispatches {
-            d.encode(&mut pass, step);
-        }
-    }
-    ctx.validated("submitting dispatches", || {
-        ctx.queue.submit([encoder.finish()]);
-    })
 }
 
 /// Splits `n` workgroups into an (x, y) grid within the per-dimension limit; the shader

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::kernel::{run_dispatches, Dispatch};
+use super::context::run_dispatches;
+use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;

@@ -189,7 +189,6 @@ fn softmax_spec() -> KernelSpec {
         shader: "attention",
         source: SOURCE,
         entry: "softmax_rows",
-        constants: vec![],
         bindings: vec![Binding::Uniform, Binding::StorageReadWrite],
     }
 }
@@ -213,7 +212,7 @@ pub fn softmax_rows(
         _pad: [0; 2],
     };
     let uniform = ctx.uniform("softmax params", &params);
-    let bind_group = kernel.bind_group(ctx, &[(&uniform).into(), scores.into()])?;
+    let bind_group = kernel.bind_group(&ctx.device, &[(&uniform).into(), scores.into()])?;
     let n = (rows * len) as u64;
     Ok(Dispatch {
         label: format!("softmax {rows}x{len}"),

@@ -10,10 +10,26 @@ use crate::gpu::GpuContext;
 use crate::model::unet::Padding;
 use crate::Tensor;
 
-pub const SOURCE: &str = include_str!("../../../shaders/conv2d.wgsl");
+/// The shader: conv2d.wgsl plus the row kernels that tools/gen_conv2d_rows.py generates into
+/// conv2d_rows.wgsl (WGSL declarations may come in any order, so appending is enough).
+pub const SOURCE: &str = concat!(
+    include_str!("../../../shaders/conv2d.wgsl"),
+    "\n",
+    include_str!("../../../shaders/conv2d_rows.wgsl"),
+);
 
-const HAS_CHAN_ADD: u32 = 1;
-const HAS_RESIDUAL: u32 = 2;
+// `Params::flags` bits and the entry points' tile sizes. Each is the WGSL `const` of the same
+// name, which tests/shader_contracts.rs checks, so neither side can change alone.
+pub const HAS_CHAN_ADD: u32 = 1;
+pub const HAS_RESIDUAL: u32 = 2;
+pub const REG_TM: u32 = 4;
+pub const REG_TNV: u32 = 2;
+pub const REG_WG: u32 = 64;
+pub const ROW_WG: u32 = 64;
+pub const ROWS8_TP: u32 = 8;
+pub const ROWS16_TP: u32 = 16;
+pub const T_BM: u32 = 64;
+pub const T_BNV: u32 = 16;
 
 pub use crate::gpu::variants::ConvVariant as Variant;
 
@@ -36,39 +52,75 @@ impl Variant {
     /// The entry point computing `shape`: the register variant has row kernels for 3×3 stride-1
     /// convolutions (most of a U-Net's FLOPs) that reuse input columns across neighbouring
     /// pixels, 16 pixels per invocation on rows of 16 or more, else 8.
-    fn entry(self, shape: &ConvShape) -> &'static str {
+    fn entry(self, shape: &ConvShape) -> Entry {
         let row_kernel = shape.kh == 3 && shape.kw == 3 && shape.stride == 1;
         match self {
             Self::Register if row_kernel && shape.out_hw().is_ok_and(|(_, w)| w >= 16) => {
-                "conv_rows16"
+                CONV_ROWS16
             }
-            Self::Register if row_kernel => "conv_rows8",
-            Self::Register => "conv_reg",
-            Self::Tiled => "conv_tiled",
+            Self::Register if row_kernel => CONV_ROWS8,
+            Self::Register => CONV_REG,
+            Self::Tiled => CONV_TILED,
         }
     }
 }
 
-/// (vec4 columns, work items along M, items per workgroup) for an entry point; work items are
-/// pixels, or row segments of 8 or 16 pixels for the row kernels.
-fn tiling(entry: &str, shape: &ConvShape) -> (u32, u64, u32) {
-    let m = shape.m() as u64;
-    let rows = |seg: u64| {
-        let (oh, ow) = shape.out_hw().unwrap_or((0, 0));
-        (shape.batch * oh) as u64 * (ow as u64).div_ceil(seg)
-    };
-    match entry {
-        "conv_rows8" => (1, rows(8), 64),
-        "conv_rows16" => (1, rows(16), 64),
-        "conv_reg" => (2, m, 64 * 4),
-        _ => (16, m, 64),
+/// An entry point of the shader and how its workgroups cover the GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: &'static str,
+    /// vec4 output columns per workgroup (grid x).
+    pub cols: u32,
+    /// Work items are segments of this many pixels of one output row (the row kernels), or
+    /// single output pixels when None.
+    pub row_pixels: Option<u32>,
+    /// Work items per workgroup (along grid y, then z).
+    pub items_per_group: u32,
+}
+
+pub const CONV_REG: Entry = Entry {
+    name: "conv_reg",
+    cols: REG_TNV,
+    row_pixels: None,
+    items_per_group: REG_WG * REG_TM,
+};
+// The generated row kernels give each workgroup one vec4 column (`nv = wid.x`).
+pub const CONV_ROWS8: Entry = Entry {
+    name: "conv_rows8",
+    cols: 1,
+    row_pixels: Some(ROWS8_TP),
+    items_per_group: ROW_WG,
+};
+pub const CONV_ROWS16: Entry = Entry {
+    name: "conv_rows16",
+    cols: 1,
+    row_pixels: Some(ROWS16_TP),
+    items_per_group: ROW_WG,
+};
+pub const CONV_TILED: Entry = Entry {
+    name: "conv_tiled",
+    cols: T_BNV,
+    row_pixels: None,
+    items_per_group: T_BM,
+};
+/// Every entry point of the shader (tests/shader_contracts.rs checks the list is complete).
+pub const ENTRIES: [Entry; 4] = [CONV_REG, CONV_ROWS8, CONV_ROWS16, CONV_TILED];
+
+impl Entry {
+    /// Work items along M for `shape`: output pixels, or row segments for the row kernels.
+    fn items(&self, shape: &ConvShape) -> u64 {
+        match self.row_pixels {
+            None => shape.m() as u64,
+            Some(seg) => {
+                let (oh, ow) = shape.out_hw().unwrap_or((0, 0));
+                (shape.batch * oh) as u64 * (ow as u64).div_ceil(seg as u64)
+            }
+        }
     }
 }
 
 pub fn all_specs() -> Vec<KernelSpec> {
-    ["conv_reg", "conv_rows8", "conv_rows16", "conv_tiled"]
-        .map(spec)
-        .to_vec()
+    ENTRIES.map(|e| spec(e.name)).to_vec()
 }
 
 pub fn spec(entry: &'static str) -> KernelSpec {
@@ -76,7 +128,6 @@ pub fn spec(entry: &'static str) -> KernelSpec {
         shader: "conv2d",
         source: SOURCE,
         entry,
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,
             Binding::StorageRead,        // x_a
@@ -333,10 +384,9 @@ pub fn conv2d(
     );
 
     let entry = variant.entry(shape);
-    let (tile_nv, items, per_group) = tiling(entry, shape);
     let cout_v = round4(shape.cout) / 4;
     let m = shape.m();
-    let m_groups = items.div_ceil(per_group as u64) as u32;
+    let m_groups = entry.items(shape).div_ceil(entry.items_per_group as u64) as u32;
     let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
     let (gy, gz) = if m_groups <= max_dim {
         (m_groups.max(1), 1)
@@ -373,7 +423,7 @@ pub fn conv2d(
         _pad: 0,
     };
 
-    let kernel = ctx.kernel(&spec(entry))?;
+    let kernel = ctx.kernel(&spec(entry.name))?;
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
     let unused = ctx.placeholder();
@@ -390,7 +440,7 @@ pub fn conv2d(
         None => (unused, 0, unused.size()),
     };
     let bind_group = kernel.bind_group(
-        ctx,
+        &ctx.device,
         &[
             (&uniform).into(),
             io.x_a.into(),
@@ -410,7 +460,7 @@ pub fn conv2d(
         label: label.to_string(),
         kernel,
         bind_group,
-        workgroups: [(cout_v as u32).div_ceil(tile_nv), gy, gz],
+        workgroups: [(cout_v as u32).div_ceil(entry.cols), gy, gz],
         dynamic_strides: vec![chan_stride],
         flops: shape.flops(),
         bytes: shape.bytes(io.residual.is_some()),

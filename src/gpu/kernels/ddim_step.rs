@@ -165,7 +165,6 @@ fn spec(entry: &'static str) -> KernelSpec {
         shader: "ddim_step",
         source: SOURCE,
         entry,
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,          // params
             Binding::UniformDynamic,   // this step's row of the table
@@ -285,7 +284,7 @@ pub fn ddim_update(
     for (entry, workgroups, traffic) in entries {
         let kernel = ctx.kernel(&spec(entry))?;
         let bind_group = kernel.bind_group(
-            ctx,
+            &ctx.device,
             &[
                 (&uniform).into(),
                 BufferSlice {

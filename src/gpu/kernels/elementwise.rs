@@ -27,7 +27,6 @@ pub fn spec(entry: &'static str) -> KernelSpec {
         shader: "elementwise",
         source: SOURCE,
         entry,
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,
             Binding::StorageRead,        // a
@@ -75,7 +74,7 @@ fn build(
     let unused = ctx.placeholder();
     let (tbuf, tsize, tstride) = table.unwrap_or((unused, unused.size(), 0));
     let bind_group = kernel.bind_group(
-        ctx,
+        &ctx.device,
         &[
             (&uniform).into(),
             a.into(),

@@ -119,7 +119,6 @@ fn spec(entry: &'static str) -> KernelSpec {
         shader: "group_norm",
         source: SOURCE,
         entry,
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,          // params
             Binding::StorageRead,      // x
@@ -194,7 +193,7 @@ pub fn group_norm(
     for (entry, invocations, bytes, flops) in stages {
         let kernel = ctx.kernel(&spec(entry))?;
         let bind_group = kernel.bind_group(
-            ctx,
+            &ctx.device,
             &[
                 (&uniform).into(),
                 x.into(),

@@ -12,11 +12,13 @@ pub const SOURCE_K4: &str = include_str!("../../../shaders/linear_k4.wgsl");
 /// Output tile per workgroup: 16×16 invocations, each owning 4×4 outputs.
 const TILE: u32 = 64;
 
-const HAS_BIAS: u32 = 1;
-const HAS_RESIDUAL: u32 = 2;
-const SILU_IN: u32 = 4;
-const SILU_OUT: u32 = 8;
-const BIAS_PER_ROW: u32 = 16;
+// `Params::flags` bits: the WGSL `const`s of the same names in linear.wgsl and linear_k4.wgsl
+// (tests/shader_contracts.rs checks).
+pub const HAS_BIAS: u32 = 1;
+pub const HAS_RESIDUAL: u32 = 2;
+pub const SILU_IN: u32 = 4;
+pub const SILU_OUT: u32 = 8;
+pub const BIAS_PER_ROW: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -211,7 +213,6 @@ pub fn spec() -> KernelSpec {
         shader: "linear",
         source: SOURCE,
         entry: "matmul_reg4x4",
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,          // params
             Binding::StorageRead,      // A
@@ -308,7 +309,7 @@ pub fn matmul_with(
     let uniform = ctx.uniform("matmul params", &params);
     let placeholder = ctx.storage("matmul placeholder", 16);
     let bind_group = kernel.bind_group(
-        ctx,
+        &ctx.device,
         &[
             (&uniform).into(),
             bufs.a.into(),

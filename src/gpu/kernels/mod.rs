@@ -11,9 +11,21 @@ pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
-/// Every pipeline spec that a family compiles with `override` constants, so that
-/// `tests/shaders_naga.rs` translates each shader with the constant values really used.
-/// Families without overrides need not be listed (their shaders are checked as written).
+/// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
+/// files), for tests/shaders_naga.rs and tests/shader_contracts.rs.
+pub const SHADERS: [(&str, &str); 8] = [
+    ("attention", attention::SOURCE),
+    ("conv2d", conv2d::SOURCE),
+    ("ddim_step", ddim_step::SOURCE),
+    ("elementwise", elementwise::SOURCE),
+    ("group_norm", group_norm::SOURCE),
+    ("linear", linear::SOURCE),
+    ("linear_k4", linear::SOURCE_K4),
+    ("smoke", smoke::SOURCE),
+];
+
+/// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point
+/// (families whose entry point is picked per shape, plus the smoke kernel).
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = vec![smoke::spec()];
     specs.extend(conv2d::all_specs());

@@ -21,7 +21,6 @@ pub fn spec() -> KernelSpec {
         shader: "smoke",
         source: SOURCE,
         entry: "axpy",
-        constants: vec![],
         bindings: vec![
             Binding::Uniform,
             Binding::StorageRead,
@@ -42,7 +41,10 @@ pub fn axpy(
 ) -> Result<Dispatch> {
     let kernel = ctx.kernel(&spec())?;
     let params = ctx.uniform("smoke params", &Params { n, a, _pad: [0; 2] });
-    let bind_group = kernel.bind_group(ctx, &[(&params).into(), x.into(), b.into(), y.into()])?;
+    let bind_group = kernel.bind_group(
+        &ctx.device,
+        &[(&params).into(), x.into(), b.into(), y.into()],
+    )?;
     let groups = n.div_ceil(WORKGROUP);
     Ok(Dispatch {
         label: "smoke axpy".into(),

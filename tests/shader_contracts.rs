@@ -1,0 +1,350 @@
+//! One source of truth for each shader↔host contract, checked without a GPU:
+//! * every WGSL uniform struct has the size and field offsets of its Rust `#[repr(C)]` twin
+//!   (fields matched by name; `_pad*` fields are padding, covered by the size check);
+//! * the flag bits and tile sizes that both sides define have the same values;
+//! * conv2d's entry-point table lists exactly the shader's entry points;
+//! * shaders/conv2d_rows.wgsl is what tools/gen_conv2d_rows.py generates, byte for byte.
+
+use std::mem::{offset_of, size_of};
+use std::path::Path;
+
+use ddim_wgpu::gpu::kernels::{
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, smoke, SHADERS,
+};
+
+/// A Rust struct's size and the offset of each of its fields.
+struct HostLayout {
+    name: &'static str,
+    size: usize,
+    fields: Vec<(&'static str, usize)>,
+}
+
+/// The layout of `$ty`, whose fields must all be listed: the pattern below has no `..`, so a
+/// field added to the struct and not here fails to compile.
+macro_rules! host_layout {
+    ($ty:path { $($field:ident),* $(,)? }) => {{
+        #[allow(dead_code)]
+        fn every_field_listed(v: $ty) {
+            let $ty { $($field: _),* } = v;
+        }
+        HostLayout {
+            name: stringify!($ty),
+            size: size_of::<$ty>(),
+            fields: vec![$((stringify!($field), offset_of!($ty, $field))),*],
+        }
+    }};
+}
+
+/// (shader, WGSL struct, Rust twin) for every uniform struct of every shader.
+fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
+    vec![
+        (
+            "attention",
+            "Params",
+            host_layout!(attention::SoftmaxParams { rows, len, _pad }),
+        ),
+        (
+            "conv2d",
+            "Params",
+            host_layout!(conv2d::Params {
+                batch,
+                src_h,
+                src_w,
+                c1,
+                c2,
+                out_h,
+                out_w,
+                cout,
+                cout_v,
+                kh,
+                kw,
+                stride,
+                pad_top,
+                pad_left,
+                up_shift,
+                flags,
+                out_scale,
+                m_total,
+                m_groups_y,
+                _pad,
+            }),
+        ),
+        (
+            "ddim_step",
+            "Params",
+            host_layout!(ddim_step::Params {
+                numel,
+                per_sample,
+                prediction,
+                limit,
+                clip_range,
+                rank_lo,
+                rank_hi,
+                rank_weight,
+                max_value,
+                use_clipped,
+                write_x0,
+                _pad,
+            }),
+        ),
+        // Deliberate name difference: the shader's `Step` is one row of the host's step table.
+        (
+            "ddim_step",
+            "Step",
+            host_layout!(ddim_step::StepRow {
+                sqrt_a,
+                sqrt_b,
+                x0_coef,
+                eps_coef,
+                sample_coef,
+                sigma,
+                noise_offset,
+                has_noise,
+            }),
+        ),
+        (
+            "elementwise",
+            "Params",
+            host_layout!(elementwise::Params {
+                n,
+                c1,
+                c2,
+                hw,
+                scale,
+                shift,
+                row_groups,
+                _pad
+            }),
+        ),
+        (
+            "group_norm",
+            "Params",
+            host_layout!(group_norm::Params {
+                batch,
+                hw,
+                channels,
+                groups,
+                chunk_pixels,
+                num_chunks,
+                eps,
+                silu,
+            }),
+        ),
+        ("linear", "Params", linear_params()),
+        ("linear_k4", "Params", linear_params()),
+        (
+            "smoke",
+            "Params",
+            host_layout!(smoke::Params { n, a, _pad }),
+        ),
+    ]
+}
+
+fn linear_params() -> HostLayout {
+    host_layout!(linear::Params {
+        m,
+        n,
+        k,
+        inner_count,
+        a_m,
+        a_k,
+        a_outer,
+        a_inner,
+        b_k,
+        b_n,
+        b_outer,
+        b_inner,
+        c_m,
+        c_outer,
+        c_inner,
+        alpha,
+        flags,
+        a_base,
+        b_base,
+        c_base,
+        out_scale,
+        _pad,
+    })
+}
+
+fn is_padding(field: &str) -> bool {
+    field.starts_with("_pad")
+}
+
+fn parse(name: &str) -> naga::Module {
+    let (_, source) = SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no shader {name} in kernels::SHADERS"));
+    naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)))
+}
+
+/// Differences between a WGSL struct (its size from naga's layouter) and its Rust twin.
+fn compare(
+    what: &str,
+    size: u32,
+    members: &[naga::StructMember],
+    host: &HostLayout,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if size as usize != host.size {
+        errors.push(format!(
+            "{what}: {size} bytes, {} has {}",
+            host.name, host.size
+        ));
+    }
+    let wgsl: Vec<(&str, usize)> = members
+        .iter()
+        .map(|m| (m.name.as_deref().unwrap_or("?"), m.offset as usize))
+        .collect();
+    for &(field, offset) in wgsl.iter().filter(|(f, _)| !is_padding(f)) {
+        match host.fields.iter().find(|(f, _)| *f == field) {
+            Some(&(_, host_offset)) if host_offset != offset => errors.push(format!(
+                "{what}.{field}: offset {offset}, {}.{field} at {host_offset}",
+                host.name
+            )),
+            Some(_) => {}
+            None => errors.push(format!("{what}.{field}: no such field in {}", host.name)),
+        }
+    }
+    for &(field, _) in host.fields.iter().filter(|(f, _)| !is_padding(f)) {
+        if !wgsl.iter().any(|(f, _)| *f == field) {
+            errors.push(format!("{}.{field}: no such field in {what}", host.name));
+        }
+    }
+    errors
+}
+
+#[test]
+fn uniform_structs_match_their_rust_twins() {
+    let twins = uniform_twins();
+    let mut checked = Vec::new();
+    let mut errors = Vec::new();
+    for (shader, _) in SHADERS {
+        let module = parse(shader);
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(module.to_ctx())
+            .unwrap_or_else(|e| panic!("{shader}: layout: {e}"));
+        for (_, var) in module.global_variables.iter() {
+            if var.space != naga::AddressSpace::Uniform {
+                continue;
+            }
+            let ty = &module.types[var.ty];
+            let struct_name = ty.name.as_deref().unwrap_or("?");
+            let what = format!("{shader}.wgsl {struct_name}");
+            let naga::TypeInner::Struct { members, .. } = &ty.inner else {
+                errors.push(format!("{what}: a uniform that is not a struct"));
+                continue;
+            };
+            let Some((_, _, host)) = twins
+                .iter()
+                .find(|(s, n, _)| *s == shader && *n == struct_name)
+            else {
+                errors.push(format!("{what}: no Rust twin listed in uniform_twins()"));
+                continue;
+            };
+            errors.extend(compare(&what, layouter[var.ty].size, members, host));
+            checked.push((shader, struct_name.to_string()));
+        }
+    }
+    for (shader, name, _) in &twins {
+        if !checked.iter().any(|(s, n)| s == shader && n == name) {
+            errors.push(format!("{shader}.wgsl has no uniform of type {name}"));
+        }
+    }
+    assert!(errors.is_empty(), "\n{}", errors.join("\n"));
+}
+
+/// The value of the WGSL `const NAME: u32` in `shader`.
+fn wgsl_u32(module: &naga::Module, shader: &str, name: &str) -> u32 {
+    let (_, c) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{shader}.wgsl has no const {name}"));
+    match module.global_expressions[c.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v,
+        ref e => panic!("{shader}.wgsl const {name} is not a u32 literal: {e:?}"),
+    }
+}
+
+/// Asserts that each Rust `const` equals the WGSL `const` of the same name in each shader.
+macro_rules! assert_consts_agree {
+    ([$($shader:literal),+], $module:ident, [$($name:ident),+ $(,)?]) => {
+        for shader in [$($shader),+] {
+            let module = parse(shader);
+            $(
+                assert_eq!(
+                    wgsl_u32(&module, shader, stringify!($name)),
+                    $module::$name,
+                    "{shader}.wgsl const {} differs from {}::{}",
+                    stringify!($name),
+                    stringify!($module),
+                    stringify!($name),
+                );
+            )+
+        }
+    };
+}
+
+#[test]
+fn flags_and_tile_sizes_agree() {
+    assert_consts_agree!(
+        ["conv2d"],
+        conv2d,
+        [
+            HAS_CHAN_ADD,
+            HAS_RESIDUAL,
+            REG_TM,
+            REG_TNV,
+            REG_WG,
+            ROW_WG,
+            ROWS8_TP,
+            ROWS16_TP,
+            T_BM,
+            T_BNV,
+        ]
+    );
+    assert_consts_agree!(
+        ["linear", "linear_k4"],
+        linear,
+        [HAS_BIAS, HAS_RESIDUAL, SILU_IN, SILU_OUT, BIAS_PER_ROW]
+    );
+}
+
+#[test]
+fn conv2d_entry_table_lists_every_entry_point() {
+    let module = parse("conv2d");
+    let mut shader: Vec<&str> = module
+        .entry_points
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut table: Vec<&str> = conv2d::ENTRIES.iter().map(|e| e.name).collect();
+    shader.sort();
+    table.sort();
+    assert_eq!(shader, table, "conv2d.wgsl entry points vs conv2d::ENTRIES");
+}
+
+#[test]
+fn conv2d_rows_is_what_the_generator_writes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tools/gen_conv2d_rows.py"))
+        .arg("--stdout")
+        .output()
+        .expect("running python3 tools/gen_conv2d_rows.py (CPython 3, stdlib only)");
+    assert!(
+        out.status.success(),
+        "gen_conv2d_rows.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read(root.join("shaders/conv2d_rows.wgsl")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "shaders/conv2d_rows.wgsl differs from the generator's output \
+         (edit tools/gen_conv2d_rows.py, then run it without arguments)"
+    );
+}
