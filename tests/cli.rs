@@ -429,3 +429,42 @@ fn interpolate_writes_a_strip() {
     assert_fails(&o, "frames", &dir.join("j.png"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two runs writing the same `--out` at once: the file is always one run's whole PNG, never a
+/// torn or mixed one, and no temporary file is left behind.
+#[test]
+fn two_writers_of_one_output_never_tear_it() {
+    let dir = temp_dir("two-writers");
+    let args = |seed: &'static str, out: &'static str| {
+        vec![
+            "sample", "--model", TINY, "-n", "8", "--steps", "2", "--device", "cpu", "--seed",
+            seed, "--out", out, "--quiet",
+        ]
+    };
+    ddim_ok(&args("1", "a.png"), &dir);
+    ddim_ok(&args("2", "b.png"), &dir);
+    let (a, b) = (
+        std::fs::read(dir.join("a.png")).unwrap(),
+        std::fs::read(dir.join("b.png")).unwrap(),
+    );
+    assert_ne!(a, b);
+    for round in 0..3 {
+        let spawn = |seed| {
+            Command::new(env!("CARGO_BIN_EXE_ddim"))
+                .args(args(seed, "same.png"))
+                .current_dir(&dir)
+                .spawn()
+                .unwrap()
+        };
+        let (mut one, mut two) = (spawn("1"), spawn("2"));
+        assert!(one.wait().unwrap().success() && two.wait().unwrap().success());
+        let got = std::fs::read(dir.join("same.png")).unwrap();
+        assert!(got == a || got == b, "round {round}: a mixed or torn PNG");
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
