@@ -145,8 +145,8 @@ fn bad_arguments_give_one_clear_line() {
     let dir = fixture("attn_heads_pipeline");
     let input = dir.join("input.safetensors");
     let out = out_path("bad");
-    let base = |ts: &'static str, device: &'static str| {
-        ddim(&[
+    let with = |ts: &'static str, device: &'static str, extra: &[&str]| {
+        let mut args = vec![
             "forward",
             "--model",
             dir.to_str().unwrap(),
@@ -158,8 +158,11 @@ fn bad_arguments_give_one_clear_line() {
             out.to_str().unwrap(),
             "--device",
             device,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        ddim(&args)
     };
+    let base = |ts: &'static str, device: &'static str| with(ts, device, &[]);
     for (ts, device, needle) in [
         ("1,2,3", "cpu", "3 timesteps for a batch of 2"),
         ("ten", "cpu", "not a number"),
@@ -174,20 +177,7 @@ fn bad_arguments_give_one_clear_line() {
     }
     assert!(!out.exists(), "no output is written on error");
     // An explicit flag evaluates an untrained timestep anyway.
-    let o = ddim(&[
-        "forward",
-        "--model",
-        dir.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--timestep",
-        "5000",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--allow-any-timestep",
-    ]);
+    let o = with("5000", "cpu", &["--allow-any-timestep"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.exists());
     std::fs::remove_file(&out).unwrap();
