@@ -147,6 +147,7 @@ pub fn run(args: Args) -> Result<()> {
             steps: args.steps,
             eta: args.eta,
             use_clipped_model_output: args.use_clipped_model_output,
+            solver: Default::default(),
         },
         num: args.num,
         batch: Some(batch),

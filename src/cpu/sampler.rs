@@ -1,11 +1,13 @@
 //! The CPU reference as a device of the sampling loop: the whole U-Net forward and the
-//! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step}`), image by image
-//! exactly as diffusers computes them.
+//! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step, multistep_step}`),
+//! image by image exactly as diffusers computes them.
 
 use super::forward::forward;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
-use crate::schedule::{ddim_step, ddpm_step, inverse_step, SchedulerConfig};
+use crate::schedule::{
+    ddim_step, ddpm_step, inverse_step, multistep_step, MultistepState, SchedulerConfig,
+};
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
 
@@ -42,6 +44,7 @@ impl StepRunner for CpuRunner<'_> {
         );
         let batch = x.shape[0];
         let mut frames = Vec::with_capacity(record.len());
+        let mut state = MultistepState::default();
         for (i, noise) in noise.iter().enumerate() {
             let t = steps.timestep(i);
             let eps = forward(self.unet, self.weights, &x, &[t as f32])
@@ -66,6 +69,9 @@ impl StepRunner for CpuRunner<'_> {
                 }
                 SamplerSteps::Inverse(s) => {
                     inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?
+                }
+                SamplerSteps::Multistep(table) => {
+                    multistep_step(table, i, &eps.data, &x.data, batch, &mut state)?
                 }
             };
             x.data = out.prev_sample;

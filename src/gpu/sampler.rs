@@ -209,6 +209,7 @@ impl<'a> GpuRunner<'a> {
         let rows = match steps {
             SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => ddim_rows(steps),
             SamplerSteps::Ddpm(s) => ddpm_rows(s),
+            SamplerSteps::Multistep(_) => anyhow::bail!("multistep solvers on the GPU: not yet"),
         };
         Ok(Self {
             ctx,

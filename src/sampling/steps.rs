@@ -2,8 +2,8 @@
 //! computed once per run (in f64, diffusers-exact) that both devices consume.
 
 use crate::schedule::{
-    ddim_table, ddpm_table, inverse_table, DdimStep, DdpmStep, DdpmVariance, SchedulerConfig,
-    X0Limit,
+    ddim_table, ddpm_table, inverse_table, DdimStep, DdpmStep, DdpmVariance, MultistepTable,
+    SchedulerConfig, SolverFamily, SolverKeys, SolverOptions, X0Limit,
 };
 use anyhow::{ensure, Result};
 
@@ -15,6 +15,47 @@ pub enum SamplerKind {
     Ddim,
     /// Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type.
     Ddpm,
+    /// DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler.
+    #[value(name = "dpm-solver++")]
+    #[serde(rename = "dpm-solver++")]
+    DpmSolverPlusPlus,
+    /// UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler.
+    Unipc,
+}
+
+impl SamplerKind {
+    /// The multistep solver family, if this is one.
+    pub fn solver_family(self) -> Option<SolverFamily> {
+        match self {
+            Self::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
+            Self::Unipc => Some(SolverFamily::UniPc),
+            Self::Ddim | Self::Ddpm => None,
+        }
+    }
+
+    /// The sampler a scheduler config selects by its `_class_name`: one of the two multistep
+    /// solvers, else DDIM (as `DDIMPipeline` converts any config to DDIM).
+    pub fn from_config(cfg: &SchedulerConfig) -> Self {
+        match cfg
+            .class_name
+            .as_deref()
+            .and_then(SolverFamily::from_class_name)
+        {
+            Some(SolverFamily::DpmSolver) => Self::DpmSolverPlusPlus,
+            Some(SolverFamily::UniPc) => Self::Unipc,
+            None => Self::Ddim,
+        }
+    }
+
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ddim => "ddim",
+            Self::Ddpm => "ddpm",
+            Self::DpmSolverPlusPlus => "dpm-solver++",
+            Self::Unipc => "unipc",
+        }
+    }
 }
 
 /// What to run: sampler, number of steps, eta.
@@ -26,6 +67,9 @@ pub struct SampleSettings {
     pub eta: f64,
     /// diffusers' `use_clipped_model_output`: re-derive ε from the clipped x0.
     pub use_clipped_model_output: bool,
+    /// Options of the multistep solvers that override the scheduler config's (none for DDIM and
+    /// DDPM: giving one there is an error).
+    pub solver: SolverKeys,
 }
 
 impl Default for SampleSettings {
@@ -35,8 +79,39 @@ impl Default for SampleSettings {
             steps: 50,
             eta: 0.0,
             use_clipped_model_output: false,
+            solver: SolverKeys::default(),
         }
     }
+}
+
+/// Solver options are refused for the samplers that have none.
+fn no_solver_keys(settings: &SampleSettings) -> Result<()> {
+    match settings.solver.given().first() {
+        Some((key, _)) => anyhow::bail!(
+            "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of {}",
+            settings.sampler.as_str()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The table of a multistep solver: the config's solver keys, then the settings' overrides.
+fn multistep(
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    family: SolverFamily,
+) -> Result<SamplerSteps> {
+    ensure!(
+        settings.eta == 0.0 && !settings.use_clipped_model_output,
+        "eta and use_clipped_model_output are options of DDIM, not of {}",
+        settings.sampler.as_str()
+    );
+    let options = SolverOptions::resolve(family, &cfg.solver_keys, &settings.solver)?;
+    Ok(SamplerSteps::Multistep(MultistepTable::new(
+        cfg,
+        &options,
+        settings.steps,
+    )?))
 }
 
 /// The per-step coefficients of one run, in loop order, with the options the update needs.
@@ -50,22 +125,29 @@ pub enum SamplerSteps {
     Ddpm(Vec<DdpmStep>),
     /// DDIM inversion (x0 → x_T), diffusers' DDIMInverseScheduler.
     Inverse(Vec<DdimStep>),
+    /// DPM-Solver(++) or UniPC: linear multistep updates over the converted model outputs.
+    Multistep(MultistepTable),
 }
 
 impl SamplerSteps {
     pub fn new(cfg: &SchedulerConfig, settings: &SampleSettings) -> Result<Self> {
         ensure!(settings.steps > 0, "the number of steps must be at least 1");
+        let steps = settings.steps;
         Ok(match settings.sampler {
-            SamplerKind::Ddim => Self::Ddim {
-                steps: ddim_table(cfg, settings.steps, settings.eta)?,
-                eta: settings.eta,
-                use_clipped_model_output: settings.use_clipped_model_output,
-            },
-            SamplerKind::Ddpm => Self::Ddpm(ddpm_table(
-                cfg,
-                settings.steps,
-                DdpmVariance::from_config(cfg)?,
-            )?),
+            SamplerKind::Ddim => {
+                no_solver_keys(settings)?;
+                Self::Ddim {
+                    steps: ddim_table(cfg, steps, settings.eta)?,
+                    eta: settings.eta,
+                    use_clipped_model_output: settings.use_clipped_model_output,
+                }
+            }
+            SamplerKind::Ddpm => {
+                no_solver_keys(settings)?;
+                Self::Ddpm(ddpm_table(cfg, steps, DdpmVariance::from_config(cfg)?)?)
+            }
+            SamplerKind::DpmSolverPlusPlus => multistep(cfg, settings, SolverFamily::DpmSolver)?,
+            SamplerKind::Unipc => multistep(cfg, settings, SolverFamily::UniPc)?,
         })
     }
 
@@ -78,6 +160,7 @@ impl SamplerSteps {
                 steps,
                 eta: 0.0,
                 use_clipped_model_output: false,
+                solver: SolverKeys::default(),
             },
         )
     }
@@ -92,6 +175,7 @@ impl SamplerSteps {
         match self {
             Self::Ddim { steps, .. } | Self::Inverse(steps) => steps.len(),
             Self::Ddpm(s) => s.len(),
+            Self::Multistep(m) => m.steps.len(),
         }
     }
 
@@ -104,6 +188,7 @@ impl SamplerSteps {
         match self {
             Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t,
             Self::Ddpm(s) => s[i].t,
+            Self::Multistep(m) => m.steps[i].t,
         }
     }
 
@@ -113,7 +198,7 @@ impl SamplerSteps {
         match self {
             Self::Ddim { eta, .. } => *eta > 0.0,
             Self::Ddpm(s) => s[i].t > 0,
-            Self::Inverse(_) => false,
+            Self::Inverse(_) | Self::Multistep(_) => false,
         }
     }
 
@@ -121,6 +206,7 @@ impl SamplerSteps {
     pub fn x0_limit(&self, cfg: &SchedulerConfig) -> X0Limit {
         match self {
             Self::Inverse(_) => X0Limit::for_inverse(cfg),
+            Self::Multistep(m) => m.limit,
             _ => X0Limit::from_config(cfg),
         }
     }

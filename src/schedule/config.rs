@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use super::solver_options::SolverKeys;
+
 /// How the betas are built from `beta_start` / `beta_end` (ignored when `trained_betas` is given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BetaSchedule {
@@ -158,6 +160,13 @@ pub struct SchedulerConfig {
     /// DDPMScheduler's `variance_type`, unparsed: DDIM ignores it; only the DDPM sampler reads it
     /// (see `DdpmVariance::from_config`).
     pub variance_type: Option<String>,
+    /// Whether `timestep_spacing` was given: the multistep solvers default to linspace, DDIM to
+    /// leading, so a config that leaves it out means different things to each.
+    pub timestep_spacing_given: bool,
+    /// The config's `_class_name` (DDPMScheduler, DPMSolverMultistepScheduler, …), if any.
+    pub class_name: Option<String>,
+    /// The keys of the multistep solvers (DPM-Solver, UniPC) the config gives.
+    pub solver_keys: SolverKeys,
 }
 
 impl Default for SchedulerConfig {
@@ -179,6 +188,9 @@ impl Default for SchedulerConfig {
             timestep_spacing: TimestepSpacing::Leading,
             rescale_betas_zero_snr: false,
             variance_type: None,
+            timestep_spacing_given: false,
+            class_name: None,
+            solver_keys: SolverKeys::default(),
         }
     }
 }
@@ -287,7 +299,8 @@ impl SchedulerConfig {
 
     /// Parses the text of a `scheduler_config.json`.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let value: Value =
+            serde_json::from_str(&quote_python_infinities(text)).context("not valid JSON")?;
         Self::from_json(&value)
     }
 
@@ -316,6 +329,9 @@ impl SchedulerConfig {
             timestep_spacing: f.named("timestep_spacing", d.timestep_spacing)?,
             rescale_betas_zero_snr: f.bool("rescale_betas_zero_snr", d.rescale_betas_zero_snr)?,
             variance_type: f.string("variance_type")?,
+            timestep_spacing_given: f.get("timestep_spacing").is_some(),
+            class_name: f.string("_class_name")?,
+            solver_keys: SolverKeys::from_json(map)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -380,5 +396,52 @@ impl SchedulerConfig {
             "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
             "variance_type": self.variance_type,
         })
+    }
+}
+
+/// Python's `json` writes `-Infinity`, `Infinity` and `NaN` (diffusers saves
+/// `lambda_min_clipped: -Infinity`), which JSON lacks. Outside strings they become the strings
+/// "-Infinity", "Infinity" and "NaN", so the keys that allow them can read them by name.
+fn quote_python_infinities(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("Infinity") || text.contains("NaN")) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w))
+        {
+            out.push('"');
+            out.push_str(word);
+            out.push('"');
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_infinities_become_strings_outside_strings_only() {
+        let text = r#"{"a": -Infinity, "b": "NaN -Infinity \" x", "c": [Infinity, NaN]}"#;
+        let v: Value = serde_json::from_str(&quote_python_infinities(text)).unwrap();
+        assert_eq!(v["a"], "-Infinity");
+        assert_eq!(v["b"], "NaN -Infinity \" x");
+        assert_eq!(v["c"][0], "Infinity");
+        assert_eq!(v["c"][1], "NaN");
     }
 }

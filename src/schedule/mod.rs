@@ -7,14 +7,18 @@
 //! - [`ddim_table`], [`inverse_table`], [`ddpm_table`]: one coefficient row per model evaluation,
 //!   shared by the CPU steps below and the GPU kernels (uploaded as f32);
 //! - [`ddim_step`], [`inverse_step`], [`ddpm_step`]: the CPU reference steps on f32 tensors,
-//!   computed per element in f64.
+//!   computed per element in f64;
+//! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) and UniPC as linear combinations
+//!   per step, with their options in [`SolverOptions`].
 
 mod betas;
 mod config;
 mod ddim;
 mod ddpm;
 mod inverse;
+mod multistep;
 mod predict;
+mod solver_options;
 mod timesteps;
 
 pub use betas::{torch_linspace_f32, NoiseSchedule};
@@ -22,5 +26,12 @@ pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing}
 pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
 pub use ddpm::{ddpm_step, ddpm_table, DdpmStep, DdpmVariance};
 pub use inverse::{inverse_step, inverse_table};
+pub use multistep::{
+    multistep_step, solver_sigmas, solver_spacing, Combination, MultistepState, MultistepStep,
+    MultistepTable, MAX_HISTORY,
+};
 pub use predict::X0Limit;
+pub use solver_options::{
+    DpmAlgorithm, FinalSigmas, SolverFamily, SolverKeys, SolverOptions, SolverType,
+};
 pub use timesteps::{ddim_prev_timestep, inverse_timesteps, timesteps};

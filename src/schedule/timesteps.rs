@@ -30,7 +30,7 @@ fn np_linspace_from_zero(stop: f64, n: usize) -> Vec<f64> {
 
 /// `np.arange(start, 0, -step)` for floats: numpy takes `ceil(-start / -step)` elements and fills
 /// them as `start + i * ((start - step) - start)`.
-fn np_arange_down_to_zero(start: f64, step: f64) -> Vec<f64> {
+pub(crate) fn np_arange_down_to_zero(start: f64, step: f64) -> Vec<f64> {
     let len = ((0.0 - start) / -step).ceil().max(0.0) as usize;
     let delta = (start + -step) - start;
     (0..len)

@@ -1,0 +1,712 @@
+//! Multistep solvers as diffusers runs them: `DPMSolverMultistepScheduler` (DPM-Solver and
+//! DPM-Solver++, orders 1–3, midpoint or Heun) and `UniPCMultistepScheduler` (UniPC's predictor
+//! with its corrector, bh1 or bh2, orders 1–3).
+//!
+//! Every update these solvers make is linear in the current sample and in the converted model
+//! outputs of the last few steps. So each step becomes one [`MultistepStep`] row, computed in f64
+//! from diffusers' f32 σ values:
+//!
+//! ```text
+//! y_0   = convert(x, m)                          x0 (data prediction) or ε, thresholded when asked
+//! x     = c.sample·last + Σ_a c.outputs[a]·y_a   UniPC's corrector, where it applies
+//! last  = x
+//! x'    = p.sample·x    + Σ_a p.outputs[a]·y_a   the predictor (DPM-Solver's whole update)
+//! ```
+//!
+//! `y_a` is the converted output `a` steps ago (`y_0` this step's). The CPU reference
+//! ([`multistep_step`]) and the GPU kernel apply the same rows; the fixtures check them against
+//! diffusers step by step.
+
+use anyhow::{bail, ensure, Result};
+use serde_json::{json, Value};
+
+use super::betas::NoiseSchedule;
+use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+use super::ddim::StepOutput;
+use super::predict::{check_shapes, x0_and_eps, X0Limit};
+use super::solver_options::{DpmAlgorithm, FinalSigmas, SolverFamily, SolverOptions, SolverType};
+use super::timesteps::np_arange_down_to_zero;
+
+/// The most converted outputs a step combines: UniPC of order 3 corrects with this step's output
+/// and the three before it.
+pub const MAX_HISTORY: usize = 4;
+
+/// `sample·x + Σ_a outputs[a]·y_a`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Combination {
+    pub sample: f64,
+    /// By age: 0 = this step's converted output.
+    pub outputs: [f64; MAX_HISTORY],
+}
+
+impl Combination {
+    /// The oldest output it uses, plus one (0 when it uses none).
+    fn depth(&self) -> usize {
+        self.outputs
+            .iter()
+            .rposition(|&c| c != 0.0)
+            .map_or(0, |a| a + 1)
+    }
+}
+
+/// One model evaluation of a multistep solver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultistepStep {
+    /// Timestep passed to the model.
+    pub t: i64,
+    /// σ = sqrt((1 − ᾱ)/ᾱ) of this step's level and of the next (diffusers' f32 `sigmas[i]`,
+    /// `sigmas[i+1]`).
+    pub sigma: f64,
+    pub sigma_next: f64,
+    /// α_s = 1/sqrt(σ²+1) and σ_s = σ·α_s at this level: they convert the model output.
+    pub alpha_s: f64,
+    pub sigma_s: f64,
+    /// λ = log α − log σ at this level and the next (+∞ for σ = 0).
+    pub lambda: f64,
+    pub lambda_next: f64,
+    /// Order of the update (the predictor's, for UniPC).
+    pub order: usize,
+    /// Order of UniPC's corrector applied before the update; 0 = none.
+    pub corrector_order: usize,
+    pub corrector: Combination,
+    pub predictor: Combination,
+}
+
+impl MultistepStep {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "t": self.t,
+            "sigma": self.sigma,
+            "sigma_next": self.sigma_next,
+            "alpha_s": self.alpha_s,
+            "sigma_s": self.sigma_s,
+            "lambda": self.lambda,
+            "lambda_next": self.lambda_next,
+            "order": self.order,
+            "corrector_order": self.corrector_order,
+            "corrector": self.corrector_json(),
+            "predictor": {"sample": self.predictor.sample, "outputs": self.predictor.outputs},
+        })
+    }
+
+    fn corrector_json(&self) -> Value {
+        if self.corrector_order == 0 {
+            Value::Null
+        } else {
+            json!({"last_sample": self.corrector.sample, "outputs": self.corrector.outputs})
+        }
+    }
+}
+
+/// A whole multistep run: the rows and what every row shares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultistepTable {
+    pub options: SolverOptions,
+    pub prediction: PredictionType,
+    /// Dynamic thresholding of the data prediction, or none (these solvers never clip).
+    pub limit: X0Limit,
+    /// True: the converted output is x0; false: ε.
+    pub predicts_x0: bool,
+    pub steps: Vec<MultistepStep>,
+    /// Converted outputs that must be kept: the largest depth any row uses.
+    pub history: usize,
+}
+
+/// λ for a σ of the VP schedule: log α − log σ_t with α = 1/sqrt(σ²+1), σ_t = σ·α.
+fn alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    let sigma_t = sigma * alpha;
+    (alpha, sigma_t, alpha.ln() - sigma_t.ln())
+}
+
+/// The solver's ᾱ: diffusers' table, with ᾱ[T−1] = 2⁻²⁴ under zero-terminal-SNR rescaling.
+fn solver_alphas(cfg: &SchedulerConfig) -> Result<Vec<f32>> {
+    let sched = NoiseSchedule::new(cfg)?;
+    let mut ac: Vec<f32> = sched.alphas_cumprod.iter().map(|&a| a as f32).collect();
+    if cfg.rescale_betas_zero_snr {
+        *ac.last_mut().expect("T >= 1") = 2f32.powi(-24);
+    }
+    Ok(ac)
+}
+
+/// `((1 − ᾱ)/ᾱ) ** 0.5` computed as torch does, in f32.
+fn sigma_of(a: f32) -> f32 {
+    ((1.0 - a) / a).sqrt()
+}
+
+/// The spacing a solver uses: the config's when it names one, else the solvers' default linspace.
+pub fn solver_spacing(cfg: &SchedulerConfig) -> TimestepSpacing {
+    if cfg.timestep_spacing_given {
+        cfg.timestep_spacing
+    } else {
+        TimestepSpacing::Linspace
+    }
+}
+
+/// The timesteps and the n+1 σ values of `set_timesteps(n)`.
+pub fn solver_sigmas(
+    cfg: &SchedulerConfig,
+    opts: &SolverOptions,
+    n: usize,
+) -> Result<(Vec<i64>, Vec<f64>)> {
+    let t_train = cfg.num_train_timesteps;
+    ensure!(n >= 1, "the number of inference steps must be at least 1");
+    ensure!(
+        n <= t_train,
+        "{n} inference steps is more than num_train_timesteps = {t_train}"
+    );
+    let ac = solver_alphas(cfg)?;
+    let table: Vec<f32> = ac.iter().map(|&a| sigma_of(a)).collect();
+    // DPM-Solver drops the timesteps whose λ (torch f32) lies below lambda_min_clipped.
+    let last = match opts.family {
+        SolverFamily::DpmSolver if opts.lambda_min_clipped > f64::NEG_INFINITY => {
+            let lambda = |a: f32| a.sqrt().ln() - (1.0 - a).sqrt().ln();
+            let below = ac
+                .iter()
+                .filter(|&&a| (lambda(a) as f64) < opts.lambda_min_clipped)
+                .count();
+            t_train - below
+        }
+        _ => t_train,
+    };
+    let spacing = solver_spacing(cfg);
+    let mut ts: Vec<f64> = match spacing {
+        TimestepSpacing::Linspace => {
+            let stop = (last as f64) - 1.0;
+            let step = stop / n as f64;
+            (0..=n)
+                .map(|i| if i == n { stop } else { i as f64 * step })
+                .map(f64::round_ties_even)
+                .rev()
+                .take(n)
+                .collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (last / (n + 1)) as f64;
+            (0..=n)
+                .rev()
+                .take(n)
+                .map(|i| i as f64 * ratio + cfg.steps_offset as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => np_arange_down_to_zero(last as f64, t_train as f64 / n as f64)
+            .iter()
+            .map(|v| v.round_ties_even() - 1.0)
+            .collect(),
+        other => bail!(
+            "{} supports timestep_spacing linspace, leading or trailing, not {other}",
+            opts.family.class_name()
+        ),
+    };
+    let sigma_min = sigma_of(ac[0]) as f64;
+    let mut sigmas: Vec<f64>;
+    if opts.use_karras_sigmas {
+        // Karras et al. (2022) ρ = 7 ramp between the table's extremes (numpy f64), then each σ
+        // mapped back to a (fractional) timestep by log-σ interpolation.
+        let log_table: Vec<f64> = table.iter().map(|&s| (s as f64).ln()).collect();
+        let (lo, hi) = (table[0] as f64, table[t_train - 1] as f64);
+        let (min_inv, max_inv) = (lo.powf(1.0 / 7.0), hi.powf(1.0 / 7.0));
+        // np.linspace(0, 1, n): i·(1/(n−1)), the last element exactly 1.
+        let step = if n > 1 { 1.0 / (n - 1) as f64 } else { 0.0 };
+        sigmas = (0..n)
+            .map(|i| {
+                let ramp = if i + 1 == n && n > 1 {
+                    1.0
+                } else {
+                    i as f64 * step
+                };
+                (max_inv + ramp * (min_inv - max_inv)).powf(7.0)
+            })
+            .collect();
+        let round = opts.family == SolverFamily::UniPc
+            || cfg.beta_schedule != BetaSchedule::SquaredcosCapV2;
+        ts = sigmas
+            .iter()
+            .map(|&s| {
+                let t = sigma_to_t(s, &log_table);
+                if round {
+                    t.round_ties_even()
+                } else {
+                    t.trunc()
+                }
+            })
+            .collect();
+        // UniPC's "sigma_min" with Karras sigmas is the smallest Karras σ.
+        let last_sigma = match opts.final_sigmas {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin if opts.family == SolverFamily::UniPc => sigmas[n - 1],
+            FinalSigmas::SigmaMin => sigma_min,
+        };
+        sigmas.push(last_sigma);
+    } else {
+        sigmas = Vec::with_capacity(ts.len() + 1);
+        for &t in &ts {
+            ensure!(
+                t >= 0.0 && (t as usize) < t_train,
+                "{spacing} spacing with {n} steps gives timestep {t}, outside 0..{t_train}"
+            );
+            sigmas.push(table[t as usize] as f64);
+        }
+        sigmas.push(match opts.final_sigmas {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => sigma_min,
+        });
+    }
+    let sigmas = sigmas.iter().map(|&s| s as f32 as f64).collect();
+    let ts = ts.iter().map(|&t| t as i64).collect::<Vec<_>>();
+    if let Some(bad) = ts.iter().find(|&&t| t < 0 || t >= t_train as i64) {
+        bail!("timestep {bad} is outside 0..{t_train}");
+    }
+    Ok((ts, sigmas))
+}
+
+/// diffusers' `_sigma_to_t`: the fractional timestep whose log σ (linearly interpolated in the
+/// table) is log `sigma`.
+fn sigma_to_t(sigma: f64, log_table: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let last = log_table.len() - 2;
+    // argmax of the running count of table entries at or below log σ: the last such index.
+    let low = log_table
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(last);
+    let (l, h) = (log_table[low], log_table[low + 1]);
+    let w = ((l - log_sigma) / (l - h)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+/// Solves `a·x = b` (n ≤ 3) by Gaussian elimination with partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .expect("n > 0");
+        ensure!(
+            a[pivot][col].abs() > 0.0 && a[pivot][col].is_finite(),
+            "UniPC's coefficient matrix is singular (repeated timesteps?)"
+        );
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..n {
+            let f = a[row][col] / a[col][col];
+            for k in col..n {
+                a[row][k] -= f * a[col][k];
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let s: f64 = (row + 1..n).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    Ok(x)
+}
+
+/// DPM-Solver's update from level `i` to `i+1` of order `order`: coefficients on x and on the
+/// converted outputs by age.
+fn dpm_update(
+    opts: &SolverOptions,
+    lambdas: &[f64],
+    sig: &[(f64, f64)],
+    i: usize,
+    order: usize,
+) -> Combination {
+    let (alpha_t, sigma_t) = sig[i + 1];
+    let (alpha_s0, sigma_s0) = sig[i];
+    let h = lambdas[i + 1] - lambdas[i];
+    let pp = opts.algorithm == DpmAlgorithm::DpmSolverPlusPlus;
+    let mut c = Combination::default();
+    // x_t = sample·x + d0·D0 + d1·D1 + d2·D2, with D0 = m0 and D1, D2 divided differences.
+    let (sample, d0) = if pp {
+        (sigma_t / sigma_s0, -alpha_t * ((-h).exp() - 1.0))
+    } else {
+        (alpha_t / alpha_s0, -sigma_t * (h.exp() - 1.0))
+    };
+    c.sample = sample;
+    c.outputs[0] = d0;
+    if order == 1 {
+        return c;
+    }
+    let r0 = (lambdas[i] - lambdas[i - 1]) / h;
+    if order == 2 {
+        let d1 = match (pp, opts.solver_type) {
+            (true, SolverType::Heun) => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
+            (true, _) => -0.5 * alpha_t * ((-h).exp() - 1.0),
+            (false, SolverType::Heun) => -sigma_t * ((h.exp() - 1.0) / h - 1.0),
+            (false, _) => -0.5 * sigma_t * (h.exp() - 1.0),
+        };
+        // D1 = (m0 − m1)/r0
+        c.outputs[0] += d1 / r0;
+        c.outputs[1] -= d1 / r0;
+        return c;
+    }
+    let r1 = (lambdas[i - 1] - lambdas[i - 2]) / h;
+    let (d1, d2) = if pp {
+        (
+            alpha_t * (((-h).exp() - 1.0) / h + 1.0),
+            -alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5),
+        )
+    } else {
+        (
+            -sigma_t * ((h.exp() - 1.0) / h - 1.0),
+            -sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5),
+        )
+    };
+    // D1 = (1 + k)·D1_0 − k·D1_1, D2 = j·(D1_0 − D1_1), D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1.
+    let k = r0 / (r0 + r1);
+    let j = 1.0 / (r0 + r1);
+    let u = d1 * (1.0 + k) + d2 * j;
+    let v = -d1 * k - d2 * j;
+    c.outputs[0] += u / r0;
+    c.outputs[1] += -u / r0 + v / r1;
+    c.outputs[2] -= v / r1;
+    c
+}
+
+/// UniPC's B(h) combination shared by predictor and corrector: `h_phi_1`, `B_h` and the vector
+/// b of length `order`.
+fn unipc_b(opts: &SolverOptions, h: f64, order: usize) -> (f64, f64, Vec<f64>) {
+    let hh = if opts.predict_x0 { -h } else { h };
+    let h_phi_1 = hh.exp_m1();
+    let b_h = match opts.solver_type {
+        SolverType::Bh1 => hh,
+        _ => hh.exp_m1(),
+    };
+    let mut h_phi_k = h_phi_1 / hh - 1.0;
+    let mut factorial = 1.0;
+    let mut b = Vec::with_capacity(order);
+    for i in 1..=order {
+        b.push(h_phi_k * factorial / b_h);
+        factorial *= (i + 1) as f64;
+        h_phi_k = h_phi_k / hh - 1.0 / factorial;
+    }
+    (h_phi_1, b_h, b)
+}
+
+/// The matrix R[i][j] = rks[j]^i.
+fn vandermonde(rks: &[f64]) -> Vec<Vec<f64>> {
+    (0..rks.len())
+        .map(|i| rks.iter().map(|r| r.powi(i as i32)).collect())
+        .collect()
+}
+
+/// UniPC's predictor from level `i` to `i+1` (`multistep_uni_p_bh_update`).
+fn unipc_predictor(
+    opts: &SolverOptions,
+    lambdas: &[f64],
+    sig: &[(f64, f64)],
+    i: usize,
+    order: usize,
+) -> Result<Combination> {
+    let (alpha_t, sigma_t) = sig[i + 1];
+    let (alpha_s0, sigma_s0) = sig[i];
+    let h = lambdas[i + 1] - lambdas[i];
+    let rks: Vec<f64> = (1..order)
+        .map(|k| (lambdas[i - k] - lambdas[i]) / h)
+        .chain([1.0])
+        .collect();
+    let (h_phi_1, b_h, b) = unipc_b(opts, h, order);
+    let rhos = match order {
+        1 => vec![],
+        2 => vec![0.5],
+        _ => {
+            let r = vandermonde(&rks);
+            let sub = r[..order - 1]
+                .iter()
+                .map(|row| row[..order - 1].to_vec())
+                .collect();
+            solve(sub, b[..order - 1].to_vec())?
+        }
+    };
+    // x_t = A·x − K·h_phi_1·m0 − K·B_h·Σ_k ρ_k (m_k − m0)/r_k,  K = α_t (x0) or σ_t (ε)
+    let (sample, kk) = if opts.predict_x0 {
+        (sigma_t / sigma_s0, alpha_t)
+    } else {
+        (alpha_t / alpha_s0, sigma_t)
+    };
+    let mut c = Combination {
+        sample,
+        ..Default::default()
+    };
+    c.outputs[0] = -kk * h_phi_1;
+    for (k, rho) in rhos.iter().enumerate() {
+        let w = kk * b_h * rho / rks[k];
+        c.outputs[0] += w;
+        c.outputs[k + 1] -= w;
+    }
+    Ok(c)
+}
+
+/// UniPC's corrector at level `i` (`multistep_uni_c_bh_update`): corrects the sample the
+/// previous predictor gave, from `last` (the sample at level i−1) and the outputs up to this one.
+fn unipc_corrector(
+    opts: &SolverOptions,
+    lambdas: &[f64],
+    sig: &[(f64, f64)],
+    i: usize,
+    order: usize,
+) -> Result<Combination> {
+    let (alpha_t, sigma_t) = sig[i];
+    let (alpha_s0, sigma_s0) = sig[i - 1];
+    let h = lambdas[i] - lambdas[i - 1];
+    let rks: Vec<f64> = (1..order)
+        .map(|k| (lambdas[i - 1 - k] - lambdas[i - 1]) / h)
+        .chain([1.0])
+        .collect();
+    let (h_phi_1, b_h, b) = unipc_b(opts, h, order);
+    let rhos = if order == 1 {
+        vec![0.5]
+    } else {
+        solve(vandermonde(&rks), b)?
+    };
+    let (sample, kk) = if opts.predict_x0 {
+        (sigma_t / sigma_s0, alpha_t)
+    } else {
+        (alpha_t / alpha_s0, sigma_t)
+    };
+    // Ages: 0 = this step's output (model_t), 1 = m0 (the previous), k+1 = m_k.
+    let mut c = Combination {
+        sample,
+        ..Default::default()
+    };
+    c.outputs[1] = -kk * h_phi_1;
+    for (k, rho) in rhos[..order - 1].iter().enumerate() {
+        let w = kk * b_h * rho / rks[k];
+        c.outputs[1] += w;
+        c.outputs[k + 2] -= w;
+    }
+    let w = kk * b_h * rhos[order - 1];
+    c.outputs[0] -= w;
+    c.outputs[1] += w;
+    Ok(c)
+}
+
+impl MultistepTable {
+    /// The rows of `n` steps of the solver `opts` on the schedule of `cfg`.
+    pub fn new(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
+        let (ts, sigmas) = solver_sigmas(cfg, opts, n)?;
+        let n = ts.len();
+        let sig: Vec<(f64, f64)> = sigmas
+            .iter()
+            .map(|&s| {
+                let (a, st, _) = alpha_sigma_lambda(s);
+                (a, st)
+            })
+            .collect();
+        // σ = 0 has α = 1, σ_t = 0 and λ = +∞ (torch's log(0) = −∞).
+        let lambdas: Vec<f64> = sigmas.iter().map(|&s| alpha_sigma_lambda(s).2).collect();
+        if let Some(i) = (0..n).find(|&i| !(sigmas[i].is_finite() && sigmas[i] > 0.0)) {
+            bail!(
+                "the noise level σ at timestep {} is {}: ᾱ there is 0 or 1, which these solvers \
+                 cannot step from; check the betas",
+                ts[i],
+                sigmas[i]
+            );
+        }
+        let mut steps = Vec::with_capacity(n);
+        let mut prev_order = 0;
+        for (i, &t) in ts.iter().enumerate() {
+            let lower_nums = i.min(opts.order);
+            let (order, corrector_order) = match opts.family {
+                SolverFamily::DpmSolver => {
+                    let last = i == n - 1;
+                    let final_first = last
+                        && (opts.euler_at_final
+                            || (opts.lower_order_final && n < 15)
+                            || opts.final_sigmas == FinalSigmas::Zero);
+                    let final_second = i + 2 == n && opts.lower_order_final && n < 15;
+                    let order = if opts.order == 1 || lower_nums < 1 || final_first {
+                        1
+                    } else if opts.order == 2 || lower_nums < 2 || final_second {
+                        2
+                    } else {
+                        3
+                    };
+                    (order, 0)
+                }
+                SolverFamily::UniPc => {
+                    let cap = if opts.lower_order_final {
+                        opts.order.min(n - i)
+                    } else {
+                        opts.order
+                    };
+                    let corrects = i > 0 && !opts.disable_corrector.contains(&(i - 1));
+                    (
+                        cap.min(lower_nums + 1),
+                        if corrects { prev_order } else { 0 },
+                    )
+                }
+            };
+            let predictor = match opts.family {
+                SolverFamily::DpmSolver => dpm_update(opts, &lambdas, &sig, i, order),
+                SolverFamily::UniPc => unipc_predictor(opts, &lambdas, &sig, i, order)?,
+            };
+            let corrector = if corrector_order > 0 {
+                unipc_corrector(opts, &lambdas, &sig, i, corrector_order)?
+            } else {
+                Combination::default()
+            };
+            steps.push(MultistepStep {
+                t,
+                sigma: sigmas[i],
+                sigma_next: sigmas[i + 1],
+                alpha_s: sig[i].0,
+                sigma_s: sig[i].1,
+                lambda: lambdas[i],
+                lambda_next: lambdas[i + 1],
+                order,
+                corrector_order,
+                corrector,
+                predictor,
+            });
+            prev_order = order;
+        }
+        let history = steps
+            .iter()
+            .map(|s| s.predictor.depth().max(s.corrector.depth()))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        if let Some((i, bad)) = steps.iter().enumerate().find(|(_, s)| {
+            !(s.predictor.sample.is_finite()
+                && s.predictor.outputs.iter().all(|c| c.is_finite())
+                && s.corrector.outputs.iter().all(|c| c.is_finite()))
+        }) {
+            bail!(
+                "{} step {i} (t = {}) has a coefficient that is not finite: {:?}",
+                opts.family.class_name(),
+                bad.t,
+                bad.predictor
+            );
+        }
+        Ok(Self {
+            options: opts.clone(),
+            prediction: cfg.prediction_type,
+            limit: if cfg.thresholding {
+                X0Limit::Threshold {
+                    ratio: cfg.dynamic_thresholding_ratio,
+                    max_value: cfg.sample_max_value,
+                }
+            } else {
+                X0Limit::None
+            },
+            predicts_x0: opts.predicts_x0(),
+            steps,
+            history,
+        })
+    }
+
+    /// Whether the converted output is thresholded: the data prediction always is when
+    /// thresholding is on; DPM-Solver's ε is re-derived from the thresholded x0; UniPC's ε is not.
+    pub fn thresholds(&self) -> bool {
+        matches!(self.limit, X0Limit::Threshold { .. })
+            && (self.predicts_x0 || self.options.family == SolverFamily::DpmSolver)
+    }
+}
+
+/// The state a multistep run carries between steps on the CPU.
+#[derive(Clone, Debug, Default)]
+pub struct MultistepState {
+    /// Converted outputs, newest first (f32, as diffusers keeps them).
+    pub outputs: Vec<Vec<f32>>,
+    /// UniPC: the sample the last predictor started from.
+    pub last_sample: Option<Vec<f32>>,
+}
+
+/// Step `i` of `table` on the CPU: `sample` (x at this level) and `model_output` in, the next
+/// sample out (and the data prediction, thresholded where the solver thresholds); `state`
+/// carries the history. Arithmetic per element in f64, stored as f32 where
+/// diffusers stores a tensor.
+pub fn multistep_step(
+    table: &MultistepTable,
+    i: usize,
+    model_output: &[f32],
+    sample: &[f32],
+    batch: usize,
+    state: &mut MultistepState,
+) -> Result<StepOutput> {
+    check_shapes(sample, model_output, None, batch)?;
+    let Some(step) = table.steps.get(i) else {
+        bail!("step {i} of a {}-step run", table.steps.len());
+    };
+    let need = step
+        .predictor
+        .depth()
+        .max(step.corrector.depth())
+        .saturating_sub(1);
+    ensure!(
+        state.outputs.len() >= need,
+        "step {i} combines {need} earlier outputs, {} are kept",
+        state.outputs.len()
+    );
+    let (sa, sb) = (step.alpha_s, step.sigma_s);
+    let pred = table.prediction;
+    let n = sample.len();
+    let mut x0 = Vec::with_capacity(n);
+    let mut eps = Vec::with_capacity(n);
+    for (&x, &m) in sample.iter().zip(model_output) {
+        let (a, e) = x0_and_eps(pred, x as f64, m as f64, sa, sb);
+        x0.push(a);
+        eps.push(e);
+    }
+    if table.thresholds() {
+        table.limit.apply(&mut x0, batch)?;
+        if !table.predicts_x0 {
+            for k in 0..n {
+                eps[k] = (sample[k] as f64 - sa * x0[k]) / sb;
+            }
+        }
+    }
+    // diffusers computes ε = m directly for epsilon models; x0_and_eps already gives that.
+    let y: Vec<f32> = if table.predicts_x0 { &x0 } else { &eps }
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let x0_out: Vec<f32> = if table.predicts_x0 {
+        y.clone()
+    } else {
+        (0..n)
+            .map(|k| ((sample[k] as f64 - sb * y[k] as f64) / sa) as f32)
+            .collect()
+    };
+    let history = |age: usize| -> &[f32] {
+        if age == 0 {
+            &y
+        } else {
+            &state.outputs[age - 1]
+        }
+    };
+    let combine = |c: &Combination, base: &[f32]| -> Vec<f32> {
+        let depth = c.depth();
+        (0..n)
+            .map(|k| {
+                let mut v = c.sample * base[k] as f64;
+                for (age, &w) in c.outputs[..depth].iter().enumerate() {
+                    if w != 0.0 {
+                        v += w * history(age)[k] as f64;
+                    }
+                }
+                v as f32
+            })
+            .collect()
+    };
+    let x = if step.corrector_order > 0 {
+        let Some(last) = state.last_sample.as_deref() else {
+            bail!("step {i} corrects but no earlier sample is kept");
+        };
+        combine(&step.corrector, last)
+    } else {
+        sample.to_vec()
+    };
+    let prev_sample = combine(&step.predictor, &x);
+    state.outputs.insert(0, y);
+    state.outputs.truncate(table.history);
+    state.last_sample = Some(x);
+    Ok(StepOutput {
+        prev_sample,
+        pred_original_sample: x0_out,
+    })
+}
