@@ -7,13 +7,18 @@
 //! - coefficient tables: relative 1e-12 (both sides are the same f64 formulas on the same f32 ᾱ);
 //! - teacher-forced steps: every element within 1e-6 relative of diffusers' float64 step rounded to
 //!   f32, |ours − ref| ≤ 1e-6·|ref| (no absolute floor; exact zeros must match exactly);
-//! - free-running f32 loops and diffusers' own full-loop tests: see the individual tests.
+//! - free-running f32 loops and diffusers' own full-loop tests: see the individual tests;
+//! - multistep solvers (`solvers.json`, `tools/export_solver_fixtures.py`): timesteps exact,
+//!   σ within 1 ulp, teacher-forced steps within `SOLVER_STEP_REL` rel L2 of diffusers' f32 step.
 
 use std::path::PathBuf;
 
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind, SamplerSteps};
 use ddim_wgpu::schedule::{
     ddim_step, ddim_table, ddpm_step, ddpm_table, inverse_step, inverse_table, inverse_timesteps,
-    timesteps, DdpmVariance, NoiseSchedule, SchedulerConfig, StepOutput,
+    multistep_step, solver_spacing, timesteps, DdpmVariance, FinalSigmas, MultistepState,
+    MultistepTable, NoiseSchedule, SchedulerConfig, SolverFamily, SolverKeys, SolverOptions,
+    SolverType, StepOutput, TimestepSpacing,
 };
 use serde_json::Value;
 
@@ -683,6 +688,7 @@ fn any_diffusers_scheduler_config_is_accepted_like_ddim_pipeline_does() {
     assert_eq!(
         SchedulerConfig {
             variance_type: Some("fixed_small".into()),
+            class_name: Some("DDPMScheduler".into()),
             ..SchedulerConfig::default()
         },
         cfg
@@ -724,4 +730,274 @@ fn bad_sampler_arguments_are_errors() {
     assert!(err_text(ddim_step(&cfg, &table[0], &x, &x, 4, false, None)).contains("noise"));
     assert!(err_text(ddim_step(&cfg, &table[0], &x[1..], &x, 4, false, Some(&x))).contains("767"));
     assert!(err_text(ddim_step(&cfg, &table[0], &x, &x, 5, false, Some(&x))).contains("batch"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multistep solvers (DPM-Solver++, UniPC) against `tools/export_solver_fixtures.py`
+
+/// Per-step outputs: rel L2 against diffusers' step run in float64 from the same f32 inputs and
+/// σ values. Measured worst: see the test's printout.
+const SOLVER_STEP_REL: f64 = 1e-6;
+
+fn solver_table(case: &Value) -> MultistepTable {
+    let cfg = cfg_of(&case["config"]);
+    let family = SolverFamily::from_class_name(case["class"].as_str().unwrap()).unwrap();
+    let opts = SolverOptions::resolve(family, &cfg.solver_keys, &SolverKeys::default())
+        .unwrap_or_else(|e| panic!("{}: {e:#}", case["name"]));
+    let n = case["n"].as_u64().unwrap() as usize;
+    MultistepTable::new(&cfg, &opts, n).unwrap_or_else(|e| panic!("{}: {e:#}", case["name"]))
+}
+
+#[test]
+fn solver_timesteps_and_sigmas_match_diffusers_exactly() {
+    let fx = load("solvers.json");
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50, "only {} solver cases", cases.len());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let table = solver_table(case);
+        let ts: Vec<i64> = table.steps.iter().map(|s| s.t).collect();
+        assert_eq!(ts, i64s(&case["timesteps"]), "{name}: timesteps");
+        let want = f64s(&case["sigmas"]);
+        let mut got: Vec<f64> = table.steps.iter().map(|s| s.sigma).collect();
+        got.push(table.steps.last().unwrap().sigma_next);
+        assert_eq!(got.len(), want.len(), "{name}: sigma count");
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                ulps(*g as f32, *w as f32) <= 1,
+                "{name}: sigma[{k}] = {g}, diffusers {w}"
+            );
+        }
+    }
+}
+
+/// Every step of every case, teacher-forced: our step gets diffusers' sample, model output and
+/// history (its converted outputs and, for UniPC, its last sample) and must give the converted
+/// output, corrected sample and next sample of diffusers' float64 step from the same inputs.
+/// (diffusers' own f32 step lies up to ~5e-5 from that: the epsilon conversion at t = 999 loses
+/// about three digits to cancellation; printed for comparison.)
+#[test]
+fn solver_steps_match_diffusers_within_1e_6_relative() {
+    let fx = load("solvers.json");
+    let batch = fx["shape"][0].as_u64().unwrap() as usize;
+    let mut worst = (0.0f64, String::new());
+    let mut diffusers_f32 = 0.0f64;
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let table = solver_table(case);
+        let steps = case["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), table.steps.len(), "{name}: step count");
+        let converted: Vec<Vec<f32>> = steps.iter().map(|s| tensor(&s["converted"])).collect();
+        for (i, st) in steps.iter().enumerate() {
+            let mut state = MultistepState {
+                outputs: converted[..i].iter().rev().cloned().collect(),
+                last_sample: (i > 0 && table.options.family == SolverFamily::UniPc)
+                    .then(|| tensor(&steps[i - 1]["last"])),
+            };
+            let (x, m) = (tensor(&st["x"]), tensor(&st["m"]));
+            let out = multistep_step(&table, i, &m, &x, batch, &mut state)
+                .unwrap_or_else(|e| panic!("{name} step {i}: {e:#}"));
+            let mut check = |what: &str, got: &[f32], want: &[f32]| {
+                let e = rel_l2(got, want);
+                assert!(
+                    e <= SOLVER_STEP_REL,
+                    "{name} step {i} (order {}, corrector {}): {what} rel L2 {e:.2e}",
+                    table.steps[i].order,
+                    table.steps[i].corrector_order
+                );
+                if e > worst.0 {
+                    worst = (e, format!("{name} step {i} {what}"));
+                }
+            };
+            let r = &st["ref"];
+            check("converted", &state.outputs[0], &tensor(&r["converted"]));
+            check("next sample", &out.prev_sample, &tensor(&r["out"]));
+            if table.options.family == SolverFamily::UniPc {
+                let last = state.last_sample.as_deref().unwrap();
+                check("corrected", last, &tensor(&r["last"]));
+            }
+            diffusers_f32 = diffusers_f32.max(rel_l2(&tensor(&st["out"]), &tensor(&r["out"])));
+        }
+    }
+    println!("worst solver step rel L2: {:.2e} ({})", worst.0, worst.1);
+    println!("diffusers' own f32 steps vs its float64 steps, worst rel L2: {diffusers_f32:.2e}");
+}
+
+/// Whole f32 loops, relative difference of the final sums. Measured ≤ 2.6e-4 (unipc_cosine; all
+/// but two cases ≤ 1.5e-5): diffusers' own f32 steps lie up to 6e-5 from exact, and a free loop
+/// carries that forward.
+const SOLVER_FREE_SUM_REL: f64 = 5e-4;
+
+/// Whole f32 loops with diffusers' dummy model, not teacher-forced: the final sums agree.
+#[test]
+fn free_running_solver_loops_track_diffusers() {
+    let fx = load("solvers.json");
+    let batch = fx["shape"][0].as_u64().unwrap() as usize;
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let table = solver_table(case);
+        let mut x = tensor(&case["steps"][0]["x"]);
+        let mut state = MultistepState::default();
+        for (i, step) in table.steps.iter().enumerate() {
+            let m = dummy_model(&x, step.t);
+            x = multistep_step(&table, i, &m, &x, batch, &mut state)
+                .unwrap()
+                .prev_sample;
+        }
+        let sum: f64 = x.iter().map(|&v| v as f64).sum();
+        let want = case["final_sum"].as_f64().unwrap();
+        let rel = (sum - want).abs() / want.abs();
+        assert!(
+            rel <= SOLVER_FREE_SUM_REL,
+            "{name}: final sum {sum}, diffusers {want} ({rel:.1e} relative)"
+        );
+    }
+}
+
+#[test]
+fn bad_solver_options_name_the_option_and_the_allowed_values() {
+    let cfg = SchedulerConfig::default();
+    let resolve = |family, keys: SolverKeys| {
+        SolverOptions::resolve(family, &SolverKeys::default(), &keys)
+            .and_then(|o| MultistepTable::new(&cfg, &o, 10))
+    };
+    let dpm = SolverFamily::DpmSolver;
+    let unipc = SolverFamily::UniPc;
+    let e = err_text(resolve(
+        dpm,
+        SolverKeys {
+            solver_order: Some(4),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("solver_order") && e.contains("1, 2, 3"), "{e}");
+    let e = err_text(resolve(
+        dpm,
+        SolverKeys {
+            solver_type: Some("bh2".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(
+        e.contains("solver_type") && e.contains("midpoint, heun"),
+        "{e}"
+    );
+    let e = err_text(resolve(
+        unipc,
+        SolverKeys {
+            solver_type: Some("heun".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("solver_type") && e.contains("bh1, bh2"), "{e}");
+    let e = err_text(resolve(
+        dpm,
+        SolverKeys {
+            algorithm_type: Some("sde-dpmsolver++".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(
+        e.contains("algorithm_type") && e.contains("dpmsolver++, dpmsolver"),
+        "{e}"
+    );
+    let e = err_text(resolve(
+        dpm,
+        SolverKeys {
+            algorithm_type: Some("dpmsolver".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("sigma_min"), "{e}");
+    let e = err_text(resolve(
+        unipc,
+        SolverKeys {
+            solver_type: Some("bh1".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("bh1") && e.contains("NaN"), "{e}");
+    let e = err_text(resolve(
+        dpm,
+        SolverKeys {
+            predict_x0: Some(false),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("predict_x0") && e.contains("unipc"), "{e}");
+    let e = err_text(resolve(
+        unipc,
+        SolverKeys {
+            final_sigmas_type: Some("max".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(
+        e.contains("final_sigmas_type") && e.contains("zero, sigma_min"),
+        "{e}"
+    );
+    // Solver options with DDIM, and DDIM's options with a solver.
+    let settings = SampleSettings {
+        solver: SolverKeys {
+            solver_order: Some(2),
+            ..Default::default()
+        },
+        ..SampleSettings::default()
+    };
+    let e = err_text(SamplerSteps::new(&cfg, &settings));
+    assert!(e.contains("solver_order") && e.contains("ddim"), "{e}");
+    let settings = SampleSettings {
+        sampler: SamplerKind::Unipc,
+        eta: 0.5,
+        ..SampleSettings::default()
+    };
+    assert!(err_text(SamplerSteps::new(&cfg, &settings)).contains("eta"));
+    // Unsupported config keys are refused by name, not ignored.
+    let cfg = SchedulerConfig::from_json_str(
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true}"#,
+    )
+    .unwrap();
+    let e = err_text(SolverOptions::resolve(
+        dpm,
+        &cfg.solver_keys,
+        &SolverKeys::default(),
+    ));
+    assert!(e.contains("use_lu_lambdas"), "{e}");
+}
+
+/// A config saved by diffusers' DPMSolverMultistepScheduler (with Python's `-Infinity`) selects
+/// that solver and its options; a DDPM config does not.
+#[test]
+fn solver_configs_select_the_solver_and_its_options() {
+    let text = r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3,
+        "lambda_min_clipped": -Infinity, "solver_type": "heun", "final_sigmas_type": "sigma_min"}"#;
+    let cfg = SchedulerConfig::from_json_str(text).unwrap();
+    assert_eq!(
+        SamplerKind::from_config(&cfg),
+        SamplerKind::DpmSolverPlusPlus
+    );
+    let o = SolverOptions::resolve(
+        SolverFamily::DpmSolver,
+        &cfg.solver_keys,
+        &SolverKeys::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (o.order, o.solver_type, o.final_sigmas),
+        (3, SolverType::Heun, FinalSigmas::SigmaMin)
+    );
+    assert_eq!(o.lambda_min_clipped, f64::NEG_INFINITY);
+    // A single-key override wins over the file; the other family maps solver_type as diffusers.
+    let over = SolverKeys {
+        solver_order: Some(1),
+        ..Default::default()
+    };
+    let o = SolverOptions::resolve(SolverFamily::UniPc, &cfg.solver_keys, &over).unwrap();
+    assert_eq!((o.order, o.solver_type), (1, SolverType::Bh2));
+    let ddpm = SchedulerConfig::from_json_str(r#"{"_class_name": "DDPMScheduler"}"#).unwrap();
+    assert_eq!(SamplerKind::from_config(&ddpm), SamplerKind::Ddim);
+    // Without a timestep_spacing key the solvers use linspace; with one, that one.
+    assert_eq!(solver_spacing(&ddpm), TimestepSpacing::Linspace);
+    let leading = SchedulerConfig::from_json_str(r#"{"timestep_spacing": "leading"}"#).unwrap();
+    assert_eq!(solver_spacing(&leading), TimestepSpacing::Leading);
 }

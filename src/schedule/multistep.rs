@@ -506,6 +506,14 @@ impl MultistepTable {
                 sigmas[i]
             );
         }
+        // diffusers finds the first step by looking its timestep up, taking the second match when
+        // it repeats, and then runs past the end of its σ table.
+        ensure!(
+            !ts[1..].contains(&ts[0]),
+            "the first timestep {} repeats ({ts:?}); diffusers cannot run such a schedule: use \
+             fewer steps or other sigmas",
+            ts[0]
+        );
         let mut steps = Vec::with_capacity(n);
         let mut prev_order = 0;
         for (i, &t) in ts.iter().enumerate() {
