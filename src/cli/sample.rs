@@ -11,7 +11,7 @@ use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind, Trajectory};
 
 use super::model_args::AdapterArgs;
-use super::schedule::SchedulerOverrides;
+use super::schedule::{SchedulerOverrides, SolverArgs};
 
 /// Where the U-Net runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,9 +64,11 @@ pub struct Args {
     /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
-    /// Sampler.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
-    pub sampler: SamplerKind,
+    /// Sampler (default: the solver the scheduler config's _class_name names, else ddim).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    #[command(flatten)]
+    pub solver: SolverArgs,
     /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
     #[arg(long)]
     pub use_clipped_model_output: bool,
@@ -141,13 +143,16 @@ pub fn run(args: Args) -> Result<()> {
         None => pipe.auto_batch(device.gpu_context(), args.num)?,
     };
     let bar = progress_bar(args.quiet);
+    let sampler = args
+        .sampler
+        .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler));
     let request = SampleRequest {
         settings: SampleSettings {
-            sampler: args.sampler,
+            sampler,
             steps: args.steps,
             eta: args.eta,
             use_clipped_model_output: args.use_clipped_model_output,
-            solver: Default::default(),
+            solver: args.solver.keys(),
         },
         num: args.num,
         batch: Some(batch),
@@ -187,12 +192,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !args.quiet {
         println!(
-            "wrote {} ({} image(s) from {model_name}; {} {} steps, eta {}, seed {}, rng {:?}, batch {batch}) on {} in {secs:.1} s",
+            "wrote {} ({} image(s) from {model_name}; {} {} steps{}, seed {}, rng {:?}, batch {batch}) on {} in {secs:.1} s",
             args.out.display(),
             args.num,
-            format!("{:?}", args.sampler).to_uppercase(),
+            sampler.as_str(),
             args.steps,
-            args.eta,
+            if sampler.solver_family().is_none() {
+                format!(", eta {}", args.eta)
+            } else {
+                String::new()
+            },
             args.seed,
             args.rng,
             device.describe(),

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::schedule::{
-    ddim_table, ddpm_table, inverse_table, BetaSchedule, DdimStep, DdpmStep, DdpmVariance,
-    NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing,
+    ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, DdimStep, DdpmStep,
+    DdpmVariance, MultistepTable, NoiseSchedule, PredictionType, SchedulerConfig, SolverFamily,
+    SolverKeys, SolverOptions, TimestepSpacing,
 };
 
 /// Where the scheduler config comes from, and options that override single keys of it.
@@ -85,6 +87,7 @@ impl SchedulerOverrides {
         let mut changed = Vec::new();
         if let Some(v) = self.spacing {
             cfg.timestep_spacing = v;
+            cfg.timestep_spacing_given = true;
             changed.push("timestep_spacing");
         }
         if let Some(v) = self.steps_offset {
@@ -117,6 +120,61 @@ impl SchedulerOverrides {
     }
 }
 
+/// Options of the multistep solvers (`--sampler dpm-solver++ | unipc`), each overriding the same
+/// key of the scheduler config. `#[command(flatten)]` this beside `SchedulerOverrides`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SolverArgs {
+    /// Solver order: 1, 2 or 3 (default 2).
+    #[arg(long, value_name = "N")]
+    pub solver_order: Option<usize>,
+    /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver.
+    #[arg(long, value_name = "TYPE")]
+    pub algorithm_type: Option<String>,
+    /// solver_type: midpoint | heun (dpm-solver++), bh1 | bh2 (unipc).
+    #[arg(long, value_name = "TYPE")]
+    pub solver_type: Option<String>,
+    /// Use lower orders in the last steps (diffusers' lower_order_final, default true).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub lower_order_final: Option<bool>,
+    /// DPM-Solver: a first-order last step (euler_at_final).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub euler_at_final: Option<bool>,
+    /// The noise level after the last step: zero (default) | sigma_min.
+    #[arg(long, value_name = "TYPE")]
+    pub final_sigmas_type: Option<String>,
+    /// DPM-Solver: leave out timesteps whose log-SNR/2 (λ) is below this.
+    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true)]
+    pub lambda_min_clipped: Option<f64>,
+    /// Karras et al.'s σ spacing (use_karras_sigmas).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub use_karras_sigmas: Option<bool>,
+    /// UniPC: data prediction (true, default) or noise prediction.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub predict_x0: Option<bool>,
+    /// UniPC: step indices after which the corrector is skipped, comma-separated.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
+    pub disable_corrector: Option<Vec<usize>>,
+}
+
+impl SolverArgs {
+    /// The options given, as solver keys.
+    pub fn keys(&self) -> SolverKeys {
+        SolverKeys {
+            solver_order: self.solver_order,
+            algorithm_type: self.algorithm_type.clone(),
+            solver_type: self.solver_type.clone(),
+            lower_order_final: self.lower_order_final,
+            euler_at_final: self.euler_at_final,
+            final_sigmas_type: self.final_sigmas_type.clone(),
+            lambda_min_clipped: self.lambda_min_clipped,
+            use_karras_sigmas: self.use_karras_sigmas,
+            predict_x0: self.predict_x0,
+            disable_corrector: self.disable_corrector.clone(),
+            unsupported: Vec::new(),
+        }
+    }
+}
+
 /// Which sampler's table to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TableSampler {
@@ -126,6 +184,11 @@ pub enum TableSampler {
     Ddpm,
     /// DDIM inversion (x0 → x_T), as diffusers' DDIMInverseScheduler.
     Inverse,
+    /// DPM-Solver++ (diffusers' DPMSolverMultistepScheduler).
+    #[value(name = "dpm-solver++")]
+    DpmSolverPlusPlus,
+    /// UniPC (diffusers' UniPCMultistepScheduler).
+    Unipc,
 }
 
 #[derive(clap::Args)]
@@ -141,9 +204,12 @@ pub struct Args {
     /// DDIM noise scale in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Which sampler's steps to show.
-    #[arg(long, value_enum, default_value_t = TableSampler::Ddim)]
-    pub sampler: TableSampler,
+    /// Which sampler's steps to show (default: the solver the config's _class_name names, else
+    /// ddim).
+    #[arg(long, value_enum)]
+    pub sampler: Option<TableSampler>,
+    #[command(flatten)]
+    pub solver: SolverArgs,
     /// Print JSON: {"sampler", "num_inference_steps", "eta", "config_source", "config",
     /// "steps": [{"t", "prev_t", "alpha_prod_t", "alpha_prod_t_prev", "sigma", ...}, ...]}.
     #[arg(long)]
@@ -157,16 +223,37 @@ enum Table {
 
 pub fn run(args: Args) -> Result<()> {
     let (cfg, source) = args.scheduler.resolve(args.model.as_deref())?;
-    let sampler = match args.sampler {
-        TableSampler::Ddim => "ddim",
+    let chosen = args.sampler.unwrap_or(match SamplerKind::from_config(&cfg) {
+        SamplerKind::DpmSolverPlusPlus => TableSampler::DpmSolverPlusPlus,
+        SamplerKind::Unipc => TableSampler::Unipc,
+        _ => TableSampler::Ddim,
+    });
+    let family = match chosen {
+        TableSampler::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
+        TableSampler::Unipc => Some(SolverFamily::UniPc),
+        _ => None,
+    };
+    if let Some(family) = family {
+        if args.eta != 0.0 {
+            bail!("--eta applies to the DDIM sampler only");
+        }
+        return print_solver(&args, &cfg, &source, family);
+    }
+    if let Some((key, _)) = args.solver.keys().given().first() {
+        bail!("`{key}` is an option of --sampler dpm-solver++ and unipc");
+    }
+    let sampler = match chosen {
         TableSampler::Ddpm => "ddpm",
         TableSampler::Inverse => "inverse",
+        _ => "ddim",
     };
-    if args.sampler != TableSampler::Ddim && args.eta != 0.0 {
+    if chosen != TableSampler::Ddim && args.eta != 0.0 {
         bail!("--eta applies to the DDIM sampler only, not to --sampler {sampler}");
     }
-    let table = match args.sampler {
-        TableSampler::Ddim => Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?),
+    let table = match chosen {
+        TableSampler::Ddim | TableSampler::DpmSolverPlusPlus | TableSampler::Unipc => {
+            Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?)
+        }
         TableSampler::Inverse => Table::Ddim(inverse_table(&cfg, args.steps)?),
         TableSampler::Ddpm => {
             let kind = DdpmVariance::from_config(&cfg)?;
@@ -200,7 +287,7 @@ pub fn run(args: Args) -> Result<()> {
             Table::Ddpm(r, _) => r.len(),
         },
         args.steps,
-        if args.sampler == TableSampler::Ddim {
+        if chosen == TableSampler::Ddim {
             format!(", eta {}", args.eta)
         } else {
             String::new()
@@ -209,11 +296,89 @@ pub fn run(args: Args) -> Result<()> {
     println!("config: {source}");
     println!("{}", describe(&cfg));
     match &table {
-        Table::Ddim(rows) => print_ddim(rows, args.sampler == TableSampler::Inverse),
+        Table::Ddim(rows) => print_ddim(rows, chosen == TableSampler::Inverse),
         Table::Ddpm(rows, kind) => {
             println!("variance_type: {}", kind.as_str());
             print_ddpm(rows)
         }
+    }
+    Ok(())
+}
+
+/// A multistep solver's table: per step the timestep, σ, λ and the multipliers of the update
+/// (on the sample and on the converted outputs by age), and UniPC's corrector.
+fn print_solver(
+    args: &Args,
+    cfg: &SchedulerConfig,
+    source: &str,
+    family: SolverFamily,
+) -> Result<()> {
+    let options = SolverOptions::resolve(family, &cfg.solver_keys, &args.solver.keys())?;
+    let table = MultistepTable::new(cfg, &options, args.steps)?;
+    let name = match family {
+        SolverFamily::DpmSolver => "dpm-solver++",
+        SolverFamily::UniPc => "unipc",
+    };
+    if args.json {
+        let out = json!({
+            "sampler": name,
+            "num_inference_steps": args.steps,
+            "config_source": source,
+            "config": cfg.to_json(),
+            "solver": options.to_json(),
+            "timestep_spacing": solver_spacing(cfg).as_str(),
+            "converted_output": if table.predicts_x0 { "x0" } else { "epsilon" },
+            "thresholding": table.thresholds(),
+            "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{name}: {} model evaluations, order {}, {}",
+        table.steps.len(),
+        options.order,
+        options.to_json()
+    );
+    println!("config: {source}");
+    println!("{}", describe(cfg));
+    println!(
+        "the solver uses: timestep_spacing {}, {} (clip_sample does not apply)",
+        solver_spacing(cfg),
+        if table.thresholds() {
+            "dynamic thresholding"
+        } else {
+            "no thresholding"
+        }
+    );
+    println!(
+        "update: x' = a·x + Σ_k c_k·y_k, y_k = the converted output ({}) k steps ago{}",
+        if table.predicts_x0 { "x0" } else { "ε" },
+        if family == SolverFamily::UniPc {
+            "; corrector first: x = a·last + Σ_k c_k·y_k"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:>4} {:>5} {:>11} {:>11} {:>9} {:>5} {:>10} {:>10} {:>10} {:>10}  corrector",
+        "step", "t", "sigma", "sigma_next", "lambda", "order", "a", "c0", "c1", "c2"
+    );
+    for (i, s) in table.steps.iter().enumerate() {
+        let p = &s.predictor;
+        let corrector = if s.corrector_order == 0 {
+            "-".to_string()
+        } else {
+            let c = &s.corrector;
+            format!(
+                "order {}: a {:.6}, c {:.6} {:.6} {:.6} {:.6}",
+                s.corrector_order, c.sample, c.outputs[0], c.outputs[1], c.outputs[2], c.outputs[3]
+            )
+        };
+        println!(
+            "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}",
+            s.t, s.sigma, s.sigma_next, s.lambda, s.order, p.sample, p.outputs[0], p.outputs[1], p.outputs[2]
+        );
     }
     Ok(())
 }
