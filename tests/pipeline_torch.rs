@@ -1,5 +1,7 @@
-//! `--rng torch` reproduces diffusers' DDIMPipeline / DDPMPipeline image for image
-//! (fixtures from tools/export_pipeline_fixtures.py: a small random-weight model, torch seeds).
+//! `--rng torch` reproduces diffusers image for image: DDIMPipeline, DDPMPipeline, and
+//! DDPMPipeline's loop with DPMSolverMultistepScheduler / UniPCMultistepScheduler (orders 1–3)
+//! (fixtures from tools/export_pipeline_fixtures.py: a small random-weight model, torch seeds),
+//! on the CPU reference and on every GPU backend.
 
 mod common;
 
@@ -7,70 +9,110 @@ use ddim_wgpu::model::{tensor_io, Model};
 use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
-use ddim_wgpu::schedule::SchedulerConfig;
+use ddim_wgpu::schedule::{SchedulerConfig, SolverKeys};
+use serde_json::Value;
 use std::path::Path;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/tiny");
 
-#[test]
-fn cpu_sampler_reproduces_diffusers_pipelines() {
+fn pipeline() -> Pipeline {
     let model = Model::load(Path::new(DIR)).unwrap();
     let cfg = SchedulerConfig::from_file(&Path::new(DIR).join("scheduler/scheduler_config.json"))
         .unwrap();
-    let pipe = Pipeline::new(model, cfg).unwrap();
-    let unet = &pipe.unet;
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(DIR).join("cases.json")).unwrap())
-            .unwrap();
-    let cases = cases.as_array().unwrap();
-    assert_eq!(cases.len(), 4);
-    for case in cases {
+    Pipeline::new(model, cfg).unwrap()
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(DIR).join("cases.json")).unwrap();
+    let cases: Value = serde_json::from_str(&text).unwrap();
+    let cases = cases.as_array().unwrap().clone();
+    assert_eq!(cases.len(), 10);
+    cases
+}
+
+fn settings(case: &Value) -> SampleSettings {
+    let sampler = match case["sampler"].as_str().unwrap() {
+        "ddpm" => SamplerKind::Ddpm,
+        "dpm-solver++" => SamplerKind::DpmSolverPlusPlus,
+        "unipc" => SamplerKind::Unipc,
+        _ => SamplerKind::Ddim,
+    };
+    SampleSettings {
+        sampler,
+        steps: case["steps"].as_u64().unwrap() as usize,
+        eta: case["eta"].as_f64().unwrap_or(0.0),
+        use_clipped_model_output: false,
+        solver: SolverKeys {
+            solver_order: case["solver_order"].as_u64().map(|k| k as usize),
+            ..Default::default()
+        },
+    }
+}
+
+/// Largest |ours − diffusers| over the images in [0, 1] (ours NCHW in [-1, 1], theirs NHWC).
+fn max_abs_vs_diffusers(pipe: &Pipeline, name: &str, x0: &ddim_wgpu::Tensor) -> f32 {
+    let want = tensor_io::read_tensor(&Path::new(DIR).join("expected.safetensors"), name).unwrap();
+    let (n, c, h, w) = x0.nchw();
+    assert_eq!(want.shape, vec![n, h, w, c]);
+    assert_eq!(
+        (c, h, w),
+        (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w)
+    );
+    let mut worst = 0.0f32;
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let ours =
+                        (x0.data[((b * c + ch) * h + y) * w + x] / 2.0 + 0.5).clamp(0.0, 1.0);
+                    let theirs = want.data[((b * h + y) * w + x) * c + ch];
+                    worst = worst.max((ours - theirs).abs());
+                }
+            }
+        }
+    }
+    worst
+}
+
+/// Samples every case on `device` with whole-batch chunks and with `small` images per chunk (an
+/// uneven last chunk: the noise plan must slice torch's whole-batch draws), against diffusers.
+fn check_all(device: &Device, what: &str, small: usize) {
+    let pipe = pipeline();
+    for case in cases() {
         let name = case["name"].as_str().unwrap();
-        let settings = SampleSettings {
-            sampler: if case["sampler"] == "ddpm" {
-                SamplerKind::Ddpm
-            } else {
-                SamplerKind::Ddim
-            },
-            steps: case["steps"].as_u64().unwrap() as usize,
-            eta: case["eta"].as_f64().unwrap_or(0.0),
-            use_clipped_model_output: false,
-        };
         let num = case["batch"].as_u64().unwrap() as usize;
-        // Batch 1 chunks: the noise plan must still slice the whole-batch torch draws correctly.
-        for batch in [num, 1] {
+        for batch in [num, small] {
             let request = SampleRequest {
-                settings: settings.clone(),
+                settings: settings(&case),
                 num,
                 batch: Some(batch),
                 seed: case["seed"].as_u64().unwrap(),
                 rng: RngKind::Torch,
                 ..Default::default()
             };
-            let x0 = pipe.sample(&Device::Cpu, &request).unwrap();
-            let want =
-                tensor_io::read_tensor(&Path::new(DIR).join("expected.safetensors"), name).unwrap();
-            let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
-            assert_eq!(want.shape, vec![num, h, w, c]);
-            let mut worst = 0.0f32;
-            for n in 0..num {
-                for ch in 0..c {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let ours = (x0.data[((n * c + ch) * h + y) * w + x] / 2.0 + 0.5)
-                                .clamp(0.0, 1.0);
-                            let theirs = want.data[((n * h + y) * w + x) * c + ch];
-                            worst = worst.max((ours - theirs).abs());
-                        }
-                    }
-                }
-            }
-            println!("{name} (batch {batch}): max abs difference {worst:.2e}");
+            let x0 = pipe
+                .sample(device, &request)
+                .unwrap_or_else(|e| panic!("{what} {name}: {e:#}"));
+            let worst = max_abs_vs_diffusers(&pipe, name, &x0);
+            println!("{what} {name} (batch {batch}): max abs difference {worst:.2e}");
             assert!(
                 f64::from(worst) <= common::TORCH_SAMPLE_MAX_ABS,
-                "{name} (batch {batch}): max abs difference {worst} > {} in [0, 1]",
+                "{what} {name} (batch {batch}): max abs difference {worst} > {} in [0, 1]",
                 common::TORCH_SAMPLE_MAX_ABS
             );
         }
     }
+}
+
+#[test]
+fn cpu_sampler_reproduces_diffusers_pipelines() {
+    check_all(&Device::Cpu, "cpu", 1);
+}
+
+#[test]
+fn gpu_sampler_reproduces_diffusers_pipelines() {
+    common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
+        check_all(&device, &format!("{backend:?}"), 2);
+    });
 }

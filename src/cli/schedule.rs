@@ -223,11 +223,13 @@ enum Table {
 
 pub fn run(args: Args) -> Result<()> {
     let (cfg, source) = args.scheduler.resolve(args.model.as_deref())?;
-    let chosen = args.sampler.unwrap_or(match SamplerKind::from_config(&cfg) {
-        SamplerKind::DpmSolverPlusPlus => TableSampler::DpmSolverPlusPlus,
-        SamplerKind::Unipc => TableSampler::Unipc,
-        _ => TableSampler::Ddim,
-    });
+    let chosen = args
+        .sampler
+        .unwrap_or(match SamplerKind::from_config(&cfg) {
+            SamplerKind::DpmSolverPlusPlus => TableSampler::DpmSolverPlusPlus,
+            SamplerKind::Unipc => TableSampler::Unipc,
+            _ => TableSampler::Ddim,
+        });
     let family = match chosen {
         TableSampler::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
         TableSampler::Unipc => Some(SolverFamily::UniPc),
