@@ -3,6 +3,7 @@
 //! exceeds the tolerance. This is how a user checks their own GPU and driver.
 
 use super::model_args::{AdapterArgs, ModelArgs};
+use super::schedule::SolverArgs;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +16,7 @@ use ddim_wgpu::model::unet::Op;
 use ddim_wgpu::model::UNet;
 use ddim_wgpu::pipeline::{Device, SampleRequest};
 use ddim_wgpu::rng::{RngKind, TorchRng};
-use ddim_wgpu::sampling::SampleSettings;
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
 use ddim_wgpu::Tensor;
 use serde_json::json;
@@ -30,9 +31,14 @@ pub struct Args {
     /// Steps of the short DDIM sample compared after the forward (0: skip it).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    /// DDIM eta of the short sample.
-    #[arg(long, default_value_t = 1.0)]
-    pub eta: f64,
+    /// Sampler of the short sample.
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    pub sampler: SamplerKind,
+    /// DDIM eta of the short sample (default 1 for DDIM: it exercises the noise path).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    #[command(flatten)]
+    pub solver: SolverArgs,
     /// Seed of the input, the noise and (with --arch) the weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -175,9 +181,14 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.steps > 0 && samplable {
+        let eta = args
+            .eta
+            .unwrap_or(if args.sampler == SamplerKind::Ddim { 1.0 } else { 0.0 });
         let settings = SampleSettings {
+            sampler: args.sampler,
             steps: args.steps,
-            eta: args.eta,
+            eta,
+            solver: args.solver.keys(),
             ..Default::default()
         };
         let request = SampleRequest {
@@ -193,7 +204,10 @@ pub fn run(args: Args) -> Result<()> {
             .sample(&device, &request)
             .context("sampling on the GPU")?;
         sample_row = Some(Row::new(
-            &format!("sample ({} DDIM steps, eta {})", args.steps, args.eta),
+            &match args.sampler {
+                SamplerKind::Ddim => format!("sample ({} DDIM steps, eta {eta})", args.steps),
+                other => format!("sample ({} {} steps)", args.steps, other.as_str()),
+            },
             &gpu,
             &cpu,
         ));
