@@ -42,6 +42,7 @@ enum Command {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     ensure_runtime_dir();
+    stop_on_signals();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(a) => cli::sample::run(a),
@@ -57,6 +58,22 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM end any command at once with exit code 130: half-written outputs
+/// are removed first, files already complete stay. (The GPU work in flight is dropped with the
+/// process; nothing of it is worth keeping.)
+fn stop_on_signals() {
+    let handler = || {
+        ddim_wgpu::output::remove_partial_files();
+        eprintln!("interrupted: stopped; no partial output file was left");
+        std::process::exit(130);
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        log::warn!(
+            "cannot handle Ctrl-C/SIGTERM ({e}); an interrupted run may leave a temporary file"
+        );
     }
 }
 

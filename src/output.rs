@@ -3,7 +3,28 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary files being written right now, so an interrupted run can remove them
+/// ([`remove_partial_files`]) and leave only complete outputs behind.
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn in_flight() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every temporary file a [`write_atomic`] is writing at this moment and keeps any new
+/// one from starting: for a signal handler that is about to end the process. Completed outputs
+/// (already renamed into place) are not touched.
+pub fn remove_partial_files() {
+    let mut files = in_flight();
+    for tmp in files.drain(..) {
+        let _ = std::fs::remove_file(tmp);
+    }
+    // Hold the lock until the process exits, so no writer registers (or renames) another file.
+    std::mem::forget(files);
+}
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// failed run never leaves a half-written file behind.
@@ -31,6 +52,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
+    in_flight().push(tmp.clone());
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -40,9 +62,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     })();
+    let mut files = in_flight();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    files.retain(|p| *p != tmp);
     result
 }
 

@@ -468,3 +468,68 @@ fn two_writers_of_one_output_never_tear_it() {
     assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Ctrl-C and SIGTERM during a long `ddim sample` stop it at once (exit 130, a message), leave no
+/// output or temporary file, and do not touch files already in the output directory.
+#[test]
+#[cfg(unix)]
+fn interrupted_sample_stops_and_leaves_no_partial_output() {
+    use std::time::{Duration, Instant};
+    for signal in ["INT", "TERM"] {
+        let dir = temp_dir(&format!("interrupt-{signal}"));
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("earlier.png"), b"kept").unwrap();
+        // About a minute of work on the CPU reference: the signal arrives mid-run.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ddim"))
+            .args([
+                "sample",
+                "--model",
+                TINY,
+                "-n",
+                "64",
+                "--steps",
+                "200",
+                "--device",
+                "cpu",
+                "--out",
+                "grid.png",
+                "--out-dir",
+                "images",
+                "--save-tensor",
+                "x.safetensors",
+            ])
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the signal"
+        );
+        let sent = Instant::now();
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        let took = sent.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("SIG{signal}: stopped {took:?} after the signal");
+        // A functional bound, not a benchmark: a run that ignored the signal takes a minute.
+        assert!(took < Duration::from_secs(10), "SIG{signal}: took {took:?}");
+        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("interrupted"), "SIG{signal}: {stderr}");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .chain(std::fs::read_dir(&images).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["earlier.png", "images"], "SIG{signal}: files left");
+        assert_eq!(std::fs::read(images.join("earlier.png")).unwrap(), b"kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -181,9 +181,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.steps > 0 && samplable {
-        let eta = args
-            .eta
-            .unwrap_or(if args.sampler == SamplerKind::Ddim { 1.0 } else { 0.0 });
+        let eta = args.eta.unwrap_or(if args.sampler == SamplerKind::Ddim {
+            1.0
+        } else {
+            0.0
+        });
         let settings = SampleSettings {
             sampler: args.sampler,
             steps: args.steps,
