@@ -1,5 +1,6 @@
 //! Bad requests to the library API are errors that say what is wrong, before any work.
 
+use ddim_wgpu::model::weights::{InitKind, Weights};
 use ddim_wgpu::pipeline::{Device, SampleRequest};
 use ddim_wgpu::Tensor;
 
@@ -30,4 +31,29 @@ fn zero_images_and_zero_steps_are_refused() {
     let mut no_steps = SampleRequest::default();
     no_steps.settings.steps = 0;
     assert!(format!("{:#}", pipe.sample(&Device::Cpu, &no_steps).unwrap_err()).contains("steps"));
+}
+
+/// A run whose state overflows stops with the step and timestep where it happened instead of
+/// returning NaN images: a model whose output bias is 1e38, without x0 clipping, so that
+/// x0 = (x − sqrt(1−ᾱ)·ε)/sqrt(ᾱ) overflows (at the second step, t = 600).
+#[test]
+fn a_run_that_diverges_names_the_step() {
+    let mut pipe = ddim_wgpu::bundled::pipeline().unwrap();
+    pipe.scheduler.clip_sample = false;
+    pipe.model.weights = Weights::from_fn(&pipe.model.config, |spec, kind, i| match kind {
+        _ if spec.name == "conv_out.bias" => 1e38,
+        InitKind::NormScale => 1.0,
+        InitKind::NormShift => 0.0,
+        InitKind::Dense { fan_in } => {
+            ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) / (fan_in as f32).sqrt()
+        }
+    })
+    .unwrap();
+    let mut request = SampleRequest {
+        num: 2,
+        ..Default::default()
+    };
+    request.settings.steps = 5;
+    let err = format!("{:#}", pipe.sample(&Device::Cpu, &request).unwrap_err());
+    assert!(err.contains("non-finite at step 1 (t = 600)"), "{err}");
 }

@@ -74,6 +74,13 @@ impl StepRunner for CpuRunner<'_> {
                     multistep_step(table, i, &eps.data, &x.data, batch, &mut state)?
                 }
             };
+            let bad = out.prev_sample.iter().filter(|v| !v.is_finite()).count();
+            ensure!(
+                bad == 0,
+                "the sample became non-finite at step {i} (t = {t}): {bad} of {} values are NaN \
+                 or infinite; the model or its input diverges there",
+                out.prev_sample.len()
+            );
             x.data = out.prev_sample;
             if record.contains(&i) {
                 frames.push(Tensor::new(x.shape.clone(), out.pred_original_sample)?);
