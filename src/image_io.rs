@@ -102,14 +102,35 @@ pub fn save_grid(path: &Path, batch: &Tensor, cols: Option<usize>) -> Result<()>
 /// Reads a PNG (or any format `image` decodes) as a [1, C, H, W] tensor in [-1, 1], checking that it
 /// has the size and channel count the model expects.
 pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    image_to_tensor(img, &path.display().to_string(), channels, size)
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_image(&bytes, &path.display().to_string(), channels, size)
 }
 
-/// Decodes an in-memory image (e.g. a bundled example) like [`load_image`].
+/// Decodes an in-memory image (e.g. a bundled example) like [`load_image`]. The size is checked
+/// from the header before any pixel is decoded, so a file claiming a huge size costs nothing.
 pub fn decode_image(bytes: &[u8], name: &str, channels: usize, size: usize) -> Result<Tensor> {
-    let img =
-        image::load_from_memory(bytes).with_context(|| format!("cannot decode image {name}"))?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .with_context(|| format!("cannot read image {name}"))
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .with_context(|| format!("cannot decode image {name}"))?;
+    if w as usize != size || h as usize != size {
+        bail!("image {name} is {w}x{h}, but the model works on {size}x{size} images");
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // Room for a 16-bit RGBA decode of the image plus its conversion.
+    limits.max_alloc = Some(64 * (w as u64) * (h as u64) + (1 << 20));
+    let mut decoder = reader()?;
+    decoder.limits(limits);
+    let img = decoder
+        .decode()
+        .with_context(|| format!("cannot decode image {name}"))?;
     image_to_tensor(img, name, channels, size)
 }
 

@@ -25,6 +25,10 @@ pub mod gpu;
 /// Atomic file writes (temporary file, then rename), shared with the binary.
 pub mod output;
 
+/// The fuzz targets' bodies, shared by `fuzz/` and the corpus replay test.
+#[doc(hidden)]
+pub mod fuzz;
+
 pub use tensor::Tensor;
 
 // Compiles the Rust examples in README.md as doctests.

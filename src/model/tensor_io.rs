@@ -45,8 +45,13 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
         );
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
+    tensor_from_bytes(&bytes, name).with_context(|| format!("in {}", path.display()))
+}
+
+/// [`read_tensor`] on the bytes of a safetensors file.
+pub fn tensor_from_bytes(bytes: &[u8], name: &str) -> Result<Tensor> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow::anyhow!("not a valid safetensors file: {e:?}"))?;
     let names = st.names();
     let chosen = if names.contains(&name) {
         name.to_string()
@@ -54,15 +59,13 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
         names[0].to_string()
     } else {
         bail!(
-            "{}: no tensor named {name:?} and {} tensors to choose from ({})",
-            path.display(),
+            "no tensor named {name:?} and {} tensors to choose from ({})",
             names.len(),
             names.join(", ")
         );
     };
     let view = st.tensor(&chosen).expect("listed name");
-    let data = bytes_to_f32(&chosen, view.dtype(), view.data())
-        .with_context(|| format!("in {}", path.display()))?;
+    let data = bytes_to_f32(&chosen, view.dtype(), view.data())?;
     Tensor::new(view.shape().to_vec(), data)
 }
 

@@ -1,0 +1,3 @@
+#![no_main]
+// Body: ddim_wgpu::fuzz::weights (replayed on stable by tests/fuzz_replay.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ddim_wgpu::fuzz::weights(data));
