@@ -35,6 +35,7 @@ fn cpu_sampler_reproduces_diffusers_pipelines() {
             steps: case["steps"].as_u64().unwrap() as usize,
             eta: case["eta"].as_f64().unwrap_or(0.0),
             use_clipped_model_output: false,
+            ..Default::default()
         };
         let num = case["batch"].as_u64().unwrap() as usize;
         // Batch 1 chunks: the noise plan must still slice the whole-batch torch draws correctly.
