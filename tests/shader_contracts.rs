@@ -9,7 +9,7 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, smoke, SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, smoke, threshold, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -78,10 +78,6 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 prediction,
                 limit,
                 clip_range,
-                rank_lo,
-                rank_hi,
-                rank_weight,
-                max_value,
                 use_clipped,
                 write_x0,
                 _pad,
@@ -136,6 +132,25 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
             "smoke",
             "Params",
             host_layout!(smoke::Params { n, a, _pad }),
+        ),
+        (
+            "threshold",
+            "Params",
+            host_layout!(threshold::Params {
+                per_sample,
+                prediction,
+                rank_lo,
+                rank_hi,
+                rank_weight,
+                max_value,
+                _pad,
+            }),
+        ),
+        // The head of the DDIM and multistep rows (each asserts it starts with these fields).
+        (
+            "threshold",
+            "Level",
+            host_layout!(threshold::Level { sqrt_a, sqrt_b }),
         ),
     ]
 }

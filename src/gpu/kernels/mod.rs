@@ -7,13 +7,15 @@ pub mod elementwise;
 pub mod group_norm;
 pub mod linear;
 pub mod smoke;
+pub mod threshold;
 pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
-/// files), for tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 8] = [
+/// files; the sampler updates and the threshold search append predict.wgsl), for
+/// tests/shaders_naga.rs and tests/shader_contracts.rs.
+pub const SHADERS: [(&str, &str); 9] = [
     ("attention", attention::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
@@ -22,6 +24,7 @@ pub const SHADERS: [(&str, &str); 8] = [
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
     ("smoke", smoke::SOURCE),
+    ("threshold", threshold::SOURCE),
 ];
 
 /// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point
