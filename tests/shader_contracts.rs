@@ -9,7 +9,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, smoke, threshold, SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, smoke, threshold,
+    SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -128,6 +129,39 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
         ),
         ("linear", "Params", linear_params()),
         ("linear_k4", "Params", linear_params()),
+        (
+            "multistep",
+            "Params",
+            host_layout!(multistep::Params {
+                numel,
+                per_sample,
+                prediction,
+                thresholding,
+                predicts_x0,
+                rederive_eps,
+                write_x0,
+                last_offset,
+            }),
+        ),
+        // As for ddim_step: the shader's `Step` is one row of the host's step table.
+        (
+            "multistep",
+            "Step",
+            host_layout!(multistep::StepRow {
+                sqrt_a,
+                sqrt_b,
+                pred_sample,
+                pred_y0,
+                corr_sample,
+                corr_y0,
+                corrects,
+                save_last,
+                pred_slots,
+                corr_slots,
+                write_slot,
+                _pad,
+            }),
+        ),
         (
             "smoke",
             "Params",
