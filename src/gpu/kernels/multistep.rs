@@ -194,20 +194,15 @@ fn cost_per_element(table: &MultistepTable, rows: &[StepRow], write_x0: bool) ->
         .fold((0, 0), |(f, b), (f2, b2)| (f.max(f2), b.max(b2)))
 }
 
-/// The dispatches of one multistep update (threshold search first when the solver
-/// thresholds), to be encoded with `Dispatch::encode(pass, s)` for step `s` of `table`, for a
-/// sample of `batch` × `per_sample` values.
-pub fn multistep_update(
+/// The history's size in bytes for `batch` × `per_sample` values, or an error naming the batch
+/// when one binding cannot hold it.
+pub fn check_history(
     ctx: &GpuContext,
     table: &MultistepTable,
     batch: usize,
     per_sample: usize,
-    bufs: &MultistepBuffers<'_>,
-) -> Result<Vec<Dispatch>> {
-    let numel = batch * per_sample;
-    ensure!(numel > 0, "multistep update: empty sample");
-    ensure!(!table.steps.is_empty(), "multistep update: no steps");
-    let history = history_bytes(table, numel);
+) -> Result<u64> {
+    let history = history_bytes(table, batch * per_sample);
     let limit = ctx.max_binding_bytes();
     ensure!(
         history <= limit,
@@ -224,6 +219,23 @@ pub fn multistep_update(
         "multistep update: a history of {} values overflows 32-bit indexing",
         history / 4
     );
+    Ok(history)
+}
+
+/// The dispatches of one multistep update (threshold search first when the solver
+/// thresholds), to be encoded with `Dispatch::encode(pass, s)` for step `s` of `table`, for a
+/// sample of `batch` × `per_sample` values.
+pub fn multistep_update(
+    ctx: &GpuContext,
+    table: &MultistepTable,
+    batch: usize,
+    per_sample: usize,
+    bufs: &MultistepBuffers<'_>,
+) -> Result<Vec<Dispatch>> {
+    let numel = batch * per_sample;
+    ensure!(numel > 0, "multistep update: empty sample");
+    ensure!(!table.steps.is_empty(), "multistep update: no steps");
+    let history = check_history(ctx, table, batch, per_sample)?;
     let bytes = (numel * 4) as u64;
     ensure!(
         bufs.model_out.size() >= bytes && bufs.sample.size() >= bytes,
