@@ -8,7 +8,7 @@ use ddim_wgpu::gpu::kernel::Dispatch;
 use ddim_wgpu::gpu::kernels::ddim_step::ddim_rows;
 use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulBuffers};
 use ddim_wgpu::gpu::plan::StepForward;
-use ddim_wgpu::gpu::sampler::{sample, SampleSpec};
+use ddim_wgpu::gpu::sampler::{sample, DdimSpec, SampleSpec};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::rng::TorchRng;
 use ddim_wgpu::schedule::{ddim_step, ddim_table, SchedulerConfig, X0Limit};
@@ -113,12 +113,12 @@ fn run_toy(eta: f64, cfg_json: &str) {
     }
     common::for_each_backend(|backend, ctx| {
         let fwd = toy_gpu(ctx, n * h * wd, c, &w.data, &b);
-        let spec = SampleSpec {
+        let spec = SampleSpec::Ddim(DdimSpec {
             steps: &ddim_rows(&table),
             prediction: cfg.prediction_type,
             limit: X0Limit::from_config(&cfg),
             use_clipped_model_output: false,
-        };
+        });
         let mut calls = vec![];
         let mut done = 0;
         let got = sample(
@@ -300,12 +300,12 @@ fn bad_noise_and_shapes_are_errors() {
     let x_t = Tensor::new(vec![n, c, h, wd], common::random(n * c * h * wd, 3)).unwrap();
     common::for_each_backend(|backend, ctx| {
         let fwd = toy_gpu(ctx, n * h * wd, c, &w, &b);
-        let spec = SampleSpec {
+        let spec = SampleSpec::Ddim(DdimSpec {
             steps: &rows,
             prediction: cfg.prediction_type,
             limit: X0Limit::from_config(&cfg),
             use_clipped_model_output: false,
-        };
+        });
         let noop = &mut |_: usize, _: usize| {};
         let err = sample(
             ctx,

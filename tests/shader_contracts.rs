@@ -9,7 +9,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, smoke, SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, smoke, threshold,
+    SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -78,10 +79,6 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 prediction,
                 limit,
                 clip_range,
-                rank_lo,
-                rank_hi,
-                rank_weight,
-                max_value,
                 use_clipped,
                 write_x0,
                 _pad,
@@ -133,9 +130,61 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
         ("linear", "Params", linear_params()),
         ("linear_k4", "Params", linear_params()),
         (
+            "multistep",
+            "Params",
+            host_layout!(multistep::Params {
+                numel,
+                per_sample,
+                prediction,
+                thresholding,
+                predicts_x0,
+                rederive_eps,
+                write_x0,
+                last_offset,
+            }),
+        ),
+        // As for ddim_step: the shader's `Step` is one row of the host's step table.
+        (
+            "multistep",
+            "Step",
+            host_layout!(multistep::StepRow {
+                sqrt_a,
+                sqrt_b,
+                pred_sample,
+                pred_y0,
+                corr_sample,
+                corr_y0,
+                corrects,
+                save_last,
+                pred_slots,
+                corr_slots,
+                write_slot,
+                _pad,
+            }),
+        ),
+        (
             "smoke",
             "Params",
             host_layout!(smoke::Params { n, a, _pad }),
+        ),
+        (
+            "threshold",
+            "Params",
+            host_layout!(threshold::Params {
+                per_sample,
+                prediction,
+                rank_lo,
+                rank_hi,
+                rank_weight,
+                max_value,
+                _pad,
+            }),
+        ),
+        // The head of the DDIM and multistep rows (each asserts it starts with these fields).
+        (
+            "threshold",
+            "Level",
+            host_layout!(threshold::Level { sqrt_a, sqrt_b }),
         ),
     ]
 }

@@ -13,7 +13,7 @@ use super::{gflops, Summary};
 use ddim_wgpu::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
 use ddim_wgpu::gpu::plan::StepForward;
 use ddim_wgpu::gpu::profile::{time_one_pass, Profiler, TimingSource};
-use ddim_wgpu::gpu::sampler::{sample, SampleSpec};
+use ddim_wgpu::gpu::sampler::{sample, DdimSpec, SampleSpec};
 use ddim_wgpu::gpu::{Dispatch, GpuContext};
 use ddim_wgpu::pipeline::Pipeline;
 use ddim_wgpu::schedule::{ddim_table, DdimStep, X0Limit};
@@ -188,12 +188,12 @@ pub fn bench_gpu(
     } = run;
     let batch = x_t.shape[0];
     let rows: Vec<UpdateRow> = ddim_rows(steps);
-    let spec = SampleSpec {
+    let spec = SampleSpec::Ddim(DdimSpec {
         steps: &rows,
         prediction: pipe.scheduler.prediction_type,
         limit: X0Limit::from_config(&pipe.scheduler),
         use_clipped_model_output: false,
-    };
+    });
     let flops = pipe.unet.flops() * batch as u64;
     let dispatches: Vec<&Dispatch> = forward.dispatches().iter().collect();
 

@@ -1,33 +1,37 @@
-//! The sampling loop on the GPU (DDIM, DDPM, and noise-free tables such as DDIM inversion):
-//! every step is one command buffer (copy the sample into the forward's input, the U-Net
-//! forward, the fused update), submitted per step for progress, with no read back until the
-//! end. Per-step data (the time-embedding tables inside the forward, the update coefficients)
-//! is selected by step index through dynamic offsets, so the dispatches are recorded once.
+//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, and the
+//! multistep solvers DPM-Solver(++) and UniPC): every step is one command buffer (copy the
+//! sample into the forward's input, the U-Net forward, the fused update), submitted per step for
+//! progress, with no read back until the end. Per-step data (the time-embedding tables inside
+//! the forward, the update coefficients) is selected by step index through dynamic offsets, so
+//! the dispatches are recorded once; the multistep solvers keep their earlier outputs on the
+//! device (`kernels::multistep`).
 //!
 //! Entry points: [`sample`] / [`sample_recording`] run one batch on any [`StepForward`];
 //! [`GpuRunner`] is the GPU device of the one sampling loop (`sampling::run`): it compiles a
 //! `UNetPlan` per chunk size (at most two per run) over weights uploaded once.
 //!
-//! Layout: the sample lives on the device in NHWC, like every activation. The DDIM update is
-//! elementwise and thresholds per image, so NHWC changes nothing in its math; the host converts
+//! Layout: the sample lives on the device in NHWC, like every activation. The updates are
+//! elementwise and threshold per image, so NHWC changes nothing in their math; the host converts
 //! the initial sample and each step's noise from NCHW on the way in and the result on the way out.
 
 use anyhow::{ensure, Context, Result};
 
+use super::kernel::Dispatch;
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
+use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepBuffers};
 use super::plan::{max_batch, PlanOptions, StepForward, UNetPlan};
 use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
 use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
-use crate::schedule::{PredictionType, SchedulerConfig, X0Limit};
+use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, X0Limit};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
-/// How to run a sampling loop (DDIM, or DDPM with `ddpm_rows`).
-pub struct SampleSpec<'a> {
+/// The DDIM-kernel update of a loop (DDIM, or DDPM with `ddpm_rows`, or inversion).
+pub struct DdimSpec<'a> {
     /// One row per model evaluation (`ddim_step::ddim_rows(&schedule::ddim_table(..))` or
     /// `ddpm_rows`), in the order of the timesteps the forward was built with.
     pub steps: &'a [UpdateRow],
@@ -37,6 +41,113 @@ pub struct SampleSpec<'a> {
     pub use_clipped_model_output: bool,
 }
 
+/// How to run a sampling loop: which update follows each forward.
+pub enum SampleSpec<'a> {
+    Ddim(DdimSpec<'a>),
+    /// DPM-Solver(++) or UniPC: one row per model evaluation, no step noise.
+    Multistep(&'a MultistepTable),
+}
+
+impl<'a> From<DdimSpec<'a>> for SampleSpec<'a> {
+    fn from(d: DdimSpec<'a>) -> Self {
+        Self::Ddim(d)
+    }
+}
+
+impl SampleSpec<'_> {
+    /// Model evaluations.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Ddim(d) => d.steps.len(),
+            Self::Multistep(t) => t.steps.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The noise standard deviation of step `s` (0 where it adds none).
+    fn sigma(&self, s: usize) -> f64 {
+        match self {
+            Self::Ddim(d) => d.steps[s].sigma,
+            Self::Multistep(_) => 0.0,
+        }
+    }
+}
+
+/// A loop's update dispatches and the device buffers they use besides the sample.
+struct Update {
+    dispatches: Vec<Dispatch>,
+    /// One step's noise, rewritten before each noisy step.
+    noise: Option<wgpu::Buffer>,
+    /// The multistep history; held here so it lives as long as the loop.
+    _history: Option<wgpu::Buffer>,
+}
+
+impl Update {
+    fn new(
+        ctx: &GpuContext,
+        spec: &SampleSpec<'_>,
+        (batch, per_sample): (usize, usize),
+        model_out: &wgpu::Buffer,
+        sample: &wgpu::Buffer,
+        x0_out: Option<&wgpu::Buffer>,
+    ) -> Result<Self> {
+        let numel = batch * per_sample;
+        Ok(match spec {
+            SampleSpec::Ddim(d) => {
+                let noisy = d.steps.iter().any(|s| s.sigma > 0.0);
+                let noise = noisy.then(|| ctx.storage("step noise", (numel * 4) as u64));
+                let dispatches = ddim_update(
+                    ctx,
+                    &DdimUpdateConfig {
+                        batch,
+                        per_sample,
+                        prediction: d.prediction,
+                        limit: d.limit,
+                        use_clipped_model_output: d.use_clipped_model_output,
+                    },
+                    d.steps,
+                    NoiseLayout::Rewritten,
+                    &DdimBuffers {
+                        model_out,
+                        noise: noise.as_ref(),
+                        sample,
+                        x0_out,
+                    },
+                )?;
+                Self {
+                    dispatches,
+                    noise,
+                    _history: None,
+                }
+            }
+            SampleSpec::Multistep(table) => {
+                let bytes = check_history(ctx, table, batch, per_sample)?;
+                let history = ctx.storage("multistep history", bytes);
+                let dispatches = multistep_update(
+                    ctx,
+                    table,
+                    batch,
+                    per_sample,
+                    &MultistepBuffers {
+                        model_out,
+                        sample,
+                        history: &history,
+                        x0_out,
+                    },
+                )?;
+                Self {
+                    dispatches,
+                    noise: None,
+                    _history: Some(history),
+                }
+            }
+        })
+    }
+}
+
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 /// [`sample_recording`] also keeps the predicted x0 of chosen steps.
 ///
@@ -44,7 +155,8 @@ pub struct SampleSpec<'a> {
 /// that step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the
 /// caller knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where
 /// sigma is 0; DDPM only where t > 0), so a sequential generator (torch's) stays aligned with
-/// the reference. With eta = 0 it is never called. `progress(s, total)` follows each submission.
+/// the reference. With eta = 0 it is never called, nor for the multistep solvers, which draw no
+/// noise. `progress(s, total)` follows each submission.
 pub fn sample(
     ctx: &GpuContext,
     forward: &dyn StepForward,
@@ -57,7 +169,8 @@ pub fn sample(
 }
 
 /// [`sample`], also returning the predicted x0 (after the x0 limit, as the update uses it;
-/// NCHW) after each step listed in `record` (ascending step indices). The update kernel writes
+/// NCHW; for the multistep solvers of ε, (x − σ_s·ε)/α_s) after each step listed in `record`
+/// (ascending step indices). The update kernel writes
 /// x0 to a scratch buffer that each recorded step's command buffer copies into its own frame
 /// buffer, so there is still no read back until the end.
 pub fn sample_recording(
@@ -76,16 +189,16 @@ pub fn sample_recording(
     );
     let (n, c, h, w) = x_t.nchw();
     let numel = x_t.numel();
-    ensure!(!spec.steps.is_empty(), "sampling needs at least one step");
+    ensure!(!spec.is_empty(), "sampling needs at least one step");
     ensure!(
         forward.input().size() >= (numel * 4) as u64 && forward.output().size() >= (numel * 4) as u64,
         "the forward plan's input/output hold fewer than the sample's {numel} values ({n}x{c}x{h}x{w})"
     );
     let sample = ctx.upload("sample", &nchw_to_nhwc(&x_t.data, n, c, h, w));
     ensure!(
-        record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.steps.len()),
+        record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.len()),
         "steps to record must ascend and lie below {}, got {record:?}",
-        spec.steps.len()
+        spec.len()
     );
     let bytes = (numel * 4) as u64;
     let read_back = bytes * (record.len() as u64 + 1);
@@ -103,29 +216,17 @@ pub fn sample_recording(
         .iter()
         .map(|s| ctx.storage(&format!("predicted x0 after step {s}"), bytes))
         .collect();
-    let noisy = spec.steps.iter().any(|s| s.sigma > 0.0);
-    let noise_buf = noisy.then(|| ctx.storage("step noise", (numel * 4) as u64));
-    let update = ddim_update(
+    let update = Update::new(
         ctx,
-        &DdimUpdateConfig {
-            batch: n,
-            per_sample: c * h * w,
-            prediction: spec.prediction,
-            limit: spec.limit,
-            use_clipped_model_output: spec.use_clipped_model_output,
-        },
-        spec.steps,
-        NoiseLayout::Rewritten,
-        &DdimBuffers {
-            model_out: forward.output(),
-            noise: noise_buf.as_ref(),
-            sample: &sample,
-            x0_out: x0_scratch.as_ref(),
-        },
+        spec,
+        (n, c * h * w),
+        forward.output(),
+        &sample,
+        x0_scratch.as_ref(),
     )?;
-    let total = spec.steps.len();
-    for (s, step) in spec.steps.iter().enumerate() {
-        if let Some(buf) = &noise_buf {
+    let total = spec.len();
+    for s in 0..total {
+        if let Some(buf) = &update.noise {
             match noise(s).with_context(|| format!("noise for step {s}"))? {
                 Some(z) => {
                     ensure!(
@@ -138,31 +239,31 @@ pub fn sample_recording(
                     ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&z));
                 }
                 None => ensure!(
-                    step.sigma == 0.0,
+                    spec.sigma(s) == 0.0,
                     "step {s} has sigma {} but no noise was given",
-                    step.sigma
+                    spec.sigma(s)
                 ),
             }
         }
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("ddim step"),
+                label: Some("sampler step"),
             });
         encoder.copy_buffer_to_buffer(&sample, 0, forward.input(), 0, Some((numel * 4) as u64));
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("ddim step"),
+                label: Some("sampler step"),
                 timestamp_writes: None,
             });
-            for d in forward.dispatches().iter().chain(&update) {
+            for d in forward.dispatches().iter().chain(&update.dispatches) {
                 d.encode(&mut pass, s as u32);
             }
         }
         if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
             encoder.copy_buffer_to_buffer(x0, 0, &frames[k], 0, Some(bytes));
         }
-        ctx.validated(&format!("submitting DDIM step {s}"), || {
+        ctx.validated(&format!("submitting step {s}"), || {
             ctx.queue.submit([encoder.finish()]);
         })?;
         progress(s + 1, total);
@@ -179,6 +280,36 @@ pub fn sample_recording(
     Ok((out, tensors.collect::<Result<_>>()?))
 }
 
+/// A run's update as the runner keeps it (owned; lent to each chunk as a [`SampleSpec`]).
+enum RunUpdate {
+    Ddim {
+        rows: Vec<UpdateRow>,
+        prediction: PredictionType,
+        limit: X0Limit,
+        use_clipped_model_output: bool,
+    },
+    Multistep(MultistepTable),
+}
+
+impl RunUpdate {
+    fn spec(&self) -> SampleSpec<'_> {
+        match self {
+            Self::Ddim {
+                rows,
+                prediction,
+                limit,
+                use_clipped_model_output,
+            } => SampleSpec::Ddim(DdimSpec {
+                steps: rows,
+                prediction: *prediction,
+                limit: *limit,
+                use_clipped_model_output: *use_clipped_model_output,
+            }),
+            Self::Multistep(t) => SampleSpec::Multistep(t),
+        }
+    }
+}
+
 /// The GPU as a device of the sampling loop: one run's update rows and a compiled plan per chunk
 /// size, all over the same uploaded weights.
 pub struct GpuRunner<'a> {
@@ -188,10 +319,7 @@ pub struct GpuRunner<'a> {
     options: PlanOptions,
     /// The model timestep of every step, in loop order.
     timesteps: Vec<i64>,
-    rows: Vec<UpdateRow>,
-    prediction: PredictionType,
-    limit: X0Limit,
-    use_clipped_model_output: bool,
+    update: RunUpdate,
     max_batch: usize,
     /// Compiled plans by batch size: full chunks and the remainder.
     plans: Vec<(usize, UNetPlan)>,
@@ -206,22 +334,42 @@ impl<'a> GpuRunner<'a> {
         steps: &SamplerSteps,
         options: PlanOptions,
     ) -> Result<Self> {
-        let rows = match steps {
-            SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => ddim_rows(steps),
-            SamplerSteps::Ddpm(s) => ddpm_rows(s),
-            SamplerSteps::Multistep(_) => anyhow::bail!("multistep solvers on the GPU: not yet"),
+        let ddim = |rows| RunUpdate::Ddim {
+            rows,
+            prediction: cfg.prediction_type,
+            limit: steps.x0_limit(cfg),
+            use_clipped_model_output: steps.use_clipped_model_output(),
         };
+        let update = match steps {
+            SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => {
+                ddim(ddim_rows(steps))
+            }
+            SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
+            SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
+        };
+        let mut max_batch = max_batch(ctx, unet)?;
+        if let RunUpdate::Multistep(t) = &update {
+            // The history (ring slots and `last`) is one binding too.
+            let per_image = (history_slots(t) * unet.input.numel() * 4) as u64;
+            let n = ctx.max_binding_bytes() / per_image.max(1);
+            ensure!(
+                n >= 1,
+                "one image's {} history needs {} MiB but {} allows {} MiB per binding",
+                t.options.family.class_name(),
+                per_image >> 20,
+                ctx.info.name,
+                ctx.max_binding_bytes() >> 20
+            );
+            max_batch = max_batch.min(n.min(usize::MAX as u64) as usize);
+        }
         Ok(Self {
             ctx,
             unet,
             weights,
             options,
             timesteps: (0..steps.len()).map(|i| steps.timestep(i)).collect(),
-            rows,
-            prediction: cfg.prediction_type,
-            limit: steps.x0_limit(cfg),
-            use_clipped_model_output: steps.use_clipped_model_output(),
-            max_batch: max_batch(ctx, unet)?,
+            update,
+            max_batch,
             plans: Vec::new(),
         })
     }
@@ -260,12 +408,7 @@ impl StepRunner for GpuRunner<'_> {
         let Chunk { x, mut noise } = chunk;
         let i = self.plan_index(x.shape[0])?;
         let plan = &self.plans[i].1;
-        let spec = SampleSpec {
-            steps: &self.rows,
-            prediction: self.prediction,
-            limit: self.limit,
-            use_clipped_model_output: self.use_clipped_model_output,
-        };
+        let spec = self.update.spec();
         let (x, frames) = sample_recording(
             self.ctx,
             plan,

@@ -277,6 +277,8 @@ fn sigma_to_t(sigma: f64, log_table: &[f64]) -> f64 {
 }
 
 /// Solves `a·x = b` (n ≤ 3) by Gaussian elimination with partial pivoting.
+// Indexing, not iterators: each row update reads row `col` of `a` while writing row `row`.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
     for col in 0..n {

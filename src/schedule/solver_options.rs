@@ -458,7 +458,7 @@ impl SolverOptions {
             ),
             SolverFamily::UniPc => {
                 ensure!(
-                    !(zero && !self.predict_x0),
+                    !zero || self.predict_x0,
                     "`final_sigmas_type` zero with `predict_x0` false divides by zero at the last \
                      step (diffusers returns NaN); use final_sigmas_type sigma_min or predict_x0 true"
                 );

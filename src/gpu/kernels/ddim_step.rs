@@ -1,15 +1,22 @@
 //! The fused sampler update (`shaders/ddim_step.wgsl`): one dispatch per step (two with dynamic
-//! thresholding), recorded once and encoded for step `s` with a dynamic offset into a table of
+//! thresholding, whose search is `threshold::dynamic_threshold`), recorded once and encoded for step `s` with a dynamic offset into a table of
 //! per-step coefficients. DDIM rows come from `schedule::ddim_table`, DDPM rows from
 //! `schedule::ddpm_table`; the reference twins are `schedule::ddim_step` and `schedule::ddpm_step`.
 
 use anyhow::{bail, ensure, Result};
 
+use super::threshold::{
+    dynamic_threshold, prediction_code, Level, ThresholdBuffers, ThresholdConfig,
+};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
 use crate::schedule::{DdimStep, DdpmStep, PredictionType, X0Limit};
 
-pub const SOURCE: &str = include_str!("../../../shaders/ddim_step.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../../shaders/ddim_step.wgsl"),
+    "\n",
+    include_str!("../../../shaders/predict.wgsl"),
+);
 const WORKGROUP: u32 = 256;
 
 #[repr(C)]
@@ -20,10 +27,6 @@ pub struct Params {
     pub prediction: u32,
     pub limit: u32,
     pub clip_range: f32,
-    pub rank_lo: u32,
-    pub rank_hi: u32,
-    pub rank_weight: f32,
-    pub max_value: f32,
     pub use_clipped: u32,
     pub write_x0: u32,
     pub _pad: u32,
@@ -42,6 +45,12 @@ pub struct StepRow {
     pub noise_offset: u32,
     pub has_noise: u32,
 }
+
+// The threshold search reads the first fields of this row.
+const _: () = assert!(
+    std::mem::offset_of!(StepRow, sqrt_a) == std::mem::offset_of!(Level, sqrt_a)
+        && std::mem::offset_of!(StepRow, sqrt_b) == std::mem::offset_of!(Level, sqrt_b)
+);
 
 /// One step's coefficients in f64: `x_prev = x0_coef·x0 + eps_coef·ε + sample_coef·x + sigma·z`,
 /// with (x0, ε) predicted using `sqrt_alpha_prod_t` and `sqrt_one_minus_alpha_prod_t`.
@@ -116,36 +125,22 @@ impl DdimUpdateConfig {
         self.batch * self.per_sample
     }
 
-    fn params(&self, write_x0: bool) -> Result<Params> {
-        let (limit, clip_range, max_value, ratio) = match self.limit {
-            X0Limit::None => (0, 0.0, 0.0, 0.0),
-            X0Limit::Clip(r) => (1, r, 0.0, 0.0),
-            X0Limit::Threshold { ratio, max_value } => (2, 0.0, max_value, ratio),
+    fn params(&self, write_x0: bool) -> Params {
+        let (limit, clip_range) = match self.limit {
+            X0Limit::None => (0, 0.0),
+            X0Limit::Clip(r) => (1, r),
+            X0Limit::Threshold { .. } => (2, 0.0),
         };
-        ensure!(
-            (0.0..=1.0).contains(&ratio),
-            "dynamic_thresholding_ratio must be in [0, 1], got {ratio}"
-        );
-        // torch.quantile's rank position, computed in f64 as the CPU reference does.
-        let pos = ratio * (self.per_sample - 1) as f64;
-        Ok(Params {
+        Params {
             numel: self.numel() as u32,
             per_sample: self.per_sample as u32,
-            prediction: match self.prediction {
-                PredictionType::Epsilon => 0,
-                PredictionType::Sample => 1,
-                PredictionType::VPrediction => 2,
-            },
+            prediction: prediction_code(self.prediction),
             limit,
             clip_range: clip_range as f32,
-            rank_lo: pos.floor() as u32,
-            rank_hi: pos.ceil() as u32,
-            rank_weight: (pos - pos.floor()) as f32,
-            max_value: max_value as f32,
             use_clipped: self.use_clipped_model_output as u32,
             write_x0: write_x0 as u32,
             _pad: 0,
-        })
+        }
     }
 }
 
@@ -160,17 +155,17 @@ pub struct DdimBuffers<'a> {
     pub x0_out: Option<&'a wgpu::Buffer>,
 }
 
-fn spec(entry: &'static str) -> KernelSpec {
+fn spec() -> KernelSpec {
     KernelSpec {
         shader: "ddim_step",
         source: SOURCE,
-        entry,
+        entry: "ddim_update",
         bindings: vec![
             Binding::Uniform,          // params
             Binding::UniformDynamic,   // this step's row of the table
             Binding::StorageRead,      // model output
             Binding::StorageRead,      // noise
-            Binding::StorageReadWrite, // per-sample thresholds
+            Binding::StorageRead,      // per-sample thresholds
             Binding::StorageReadWrite, // sample (in place)
             Binding::StorageReadWrite, // x0 out
         ],
@@ -252,7 +247,7 @@ pub fn ddim_update(
         }
         (false, _) => {}
     }
-    let params = cfg.params(bufs.x0_out.is_some())?;
+    let params = cfg.params(bufs.x0_out.is_some());
     let stride = (ctx.limits.min_uniform_buffer_offset_alignment as usize)
         .max(std::mem::size_of::<StepRow>());
     let table = ctx.buffer_with(
@@ -265,49 +260,54 @@ pub fn ddim_update(
     let no_noise = ctx.storage("ddim no noise", 16);
     let no_x0 = ctx.storage("ddim no x0", 16);
     let thresholds = ctx.storage("ddim thresholds", (cfg.batch * 4) as u64);
-    let thresholding = matches!(cfg.limit, X0Limit::Threshold { .. });
-    let mut entries = vec![];
-    if thresholding {
-        ensure!(
-            cfg.batch <= 65535,
-            "DDIM thresholding: batch {} too large",
-            cfg.batch
-        );
-        entries.push(("ddim_threshold", [cfg.batch as u32, 1, 1], 4 * 32 * bytes));
-    }
-    let groups = grid_2d(
-        (numel as u32).div_ceil(WORKGROUP),
-        ctx.limits.max_compute_workgroups_per_dimension,
-    );
-    entries.push(("ddim_update", groups, 4 * bytes));
     let mut out = vec![];
-    for (entry, workgroups, traffic) in entries {
-        let kernel = ctx.kernel(&spec(entry))?;
-        let bind_group = kernel.bind_group(
-            &ctx.device,
-            &[
-                (&uniform).into(),
-                BufferSlice {
-                    buffer: &table,
-                    offset: 0,
-                    size: Some(std::mem::size_of::<StepRow>() as u64),
-                },
-                bufs.model_out.into(),
-                bufs.noise.unwrap_or(&no_noise).into(),
-                (&thresholds).into(),
-                bufs.sample.into(),
-                bufs.x0_out.unwrap_or(&no_x0).into(),
-            ],
-        )?;
-        out.push(Dispatch {
-            label: format!("ddim::{entry}"),
-            kernel,
-            bind_group,
-            workgroups,
-            dynamic_strides: vec![stride as u32],
-            flops: 8 * numel as u64,
-            bytes: traffic,
-        });
+    if let X0Limit::Threshold { ratio, max_value } = cfg.limit {
+        out.push(dynamic_threshold(
+            ctx,
+            &ThresholdConfig {
+                batch: cfg.batch,
+                per_sample: cfg.per_sample,
+                prediction: cfg.prediction,
+                ratio,
+                max_value,
+            },
+            &ThresholdBuffers {
+                table: &table,
+                stride: stride as u32,
+                model_out: bufs.model_out,
+                sample: bufs.sample,
+                thresholds: &thresholds,
+            },
+        )?);
     }
+    let kernel = ctx.kernel(&spec())?;
+    let bind_group = kernel.bind_group(
+        &ctx.device,
+        &[
+            (&uniform).into(),
+            BufferSlice {
+                buffer: &table,
+                offset: 0,
+                size: Some(std::mem::size_of::<StepRow>() as u64),
+            },
+            bufs.model_out.into(),
+            bufs.noise.unwrap_or(&no_noise).into(),
+            (&thresholds).into(),
+            bufs.sample.into(),
+            bufs.x0_out.unwrap_or(&no_x0).into(),
+        ],
+    )?;
+    out.push(Dispatch {
+        label: "ddim::ddim_update".into(),
+        kernel,
+        bind_group,
+        workgroups: grid_2d(
+            (numel as u32).div_ceil(WORKGROUP),
+            ctx.limits.max_compute_workgroups_per_dimension,
+        ),
+        dynamic_strides: vec![stride as u32],
+        flops: 8 * numel as u64,
+        bytes: 4 * bytes,
+    });
     Ok(out)
 }

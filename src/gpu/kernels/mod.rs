@@ -6,14 +6,17 @@ pub mod ddim_step;
 pub mod elementwise;
 pub mod group_norm;
 pub mod linear;
+pub mod multistep;
 pub mod smoke;
+pub mod threshold;
 pub mod time_embedding;
 
 use crate::gpu::KernelSpec;
 
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
-/// files), for tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 8] = [
+/// files; the sampler updates and the threshold search append predict.wgsl), for
+/// tests/shaders_naga.rs and tests/shader_contracts.rs.
+pub const SHADERS: [(&str, &str); 10] = [
     ("attention", attention::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
@@ -21,7 +24,9 @@ pub const SHADERS: [(&str, &str); 8] = [
     ("group_norm", group_norm::SOURCE),
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
+    ("multistep", multistep::SOURCE),
     ("smoke", smoke::SOURCE),
+    ("threshold", threshold::SOURCE),
 ];
 
 /// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point

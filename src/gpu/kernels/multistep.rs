@@ -1,0 +1,340 @@
+//! The fused update of the multistep solvers (`shaders/multistep.wgsl`): one dispatch per step
+//! (two with dynamic thresholding, whose search is `threshold::dynamic_threshold`), recorded
+//! once and encoded for step `s` with a dynamic offset into a table of per-step rows. Rows come
+//! from a `schedule::MultistepTable`; the reference twin is `schedule::multistep_step`.
+//!
+//! The converted outputs of earlier steps stay on the device in one history buffer (ring slots
+//! plus the corrector's `last` sample), so a run reads nothing back until the end and binds
+//! five storage buffers whatever the solver order.
+
+use anyhow::{ensure, Result};
+
+use super::threshold::{
+    dynamic_threshold, prediction_code, Level, ThresholdBuffers, ThresholdConfig,
+};
+use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::GpuContext;
+use crate::schedule::{Combination, MultistepTable, X0Limit, MAX_HISTORY};
+
+pub const SOURCE: &str = concat!(
+    include_str!("../../../shaders/multistep.wgsl"),
+    "\n",
+    include_str!("../../../shaders/predict.wgsl"),
+);
+const WORKGROUP: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub numel: u32,
+    pub per_sample: u32,
+    pub prediction: u32,
+    pub thresholding: u32,
+    pub predicts_x0: u32,
+    pub rederive_eps: u32,
+    pub write_x0: u32,
+    pub last_offset: u32,
+}
+
+/// One row of the per-step table as the shader sees it (`Step`), in its own aligned slot.
+/// Coefficients are by ring slot, not by age: `pred_slots[k]` multiplies ring slot k.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepRow {
+    pub sqrt_a: f32,
+    pub sqrt_b: f32,
+    pub pred_sample: f32,
+    pub pred_y0: f32,
+    pub corr_sample: f32,
+    pub corr_y0: f32,
+    pub corrects: u32,
+    pub save_last: u32,
+    pub pred_slots: [f32; 4],
+    pub corr_slots: [f32; 4],
+    pub write_slot: u32,
+    pub _pad: [u32; 3],
+}
+
+// The threshold search reads the first fields of this row.
+const _: () = assert!(
+    std::mem::offset_of!(StepRow, sqrt_a) == std::mem::offset_of!(Level, sqrt_a)
+        && std::mem::offset_of!(StepRow, sqrt_b) == std::mem::offset_of!(Level, sqrt_b)
+);
+// The shader reads a vec4 of slot coefficients: at most four ring slots.
+const _: () = assert!(MAX_HISTORY <= 4);
+
+/// Slots of `numel` values the history buffer holds: the ring, then `last` when any step
+/// corrects.
+pub fn history_slots(table: &MultistepTable) -> usize {
+    table.history + uses_last(table) as usize
+}
+
+fn uses_last(table: &MultistepTable) -> bool {
+    table.steps.iter().any(|s| s.corrector_order > 0)
+}
+
+/// Bytes of the history buffer for `numel` sample values.
+pub fn history_bytes(table: &MultistepTable, numel: usize) -> u64 {
+    (history_slots(table) * numel * 4) as u64
+}
+
+/// A combination's coefficients by ring slot at step `s` (ring of `ring` slots): (age-0
+/// coefficient, per-slot coefficients). Fails on ages the ring or the run cannot supply.
+fn by_slot(c: &Combination, s: usize, ring: usize) -> Result<(f32, [f32; 4])> {
+    let mut slots = [0f32; 4];
+    for (age, &w) in c.outputs.iter().enumerate().skip(1) {
+        if w == 0.0 {
+            continue;
+        }
+        ensure!(
+            age < ring && age <= s,
+            "multistep step {s} uses the output of {age} steps before, but {} kept",
+            if age > s {
+                format!("only {s} steps ran before it")
+            } else {
+                format!("only {} are", ring - 1)
+            }
+        );
+        slots[(s - age) % ring] = w as f32;
+    }
+    Ok((c.outputs[0] as f32, slots))
+}
+
+/// The table's rows as the shader reads them: coefficients rounded from f64 to f32, ages mapped
+/// to ring slots (step `s` writes slot `s mod history`).
+pub fn step_rows(table: &MultistepTable) -> Result<Vec<StepRow>> {
+    let ring = table.history;
+    ensure!(
+        (1..=MAX_HISTORY).contains(&ring),
+        "multistep history of {ring} outputs; 1..={MAX_HISTORY} supported"
+    );
+    table
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(s, st)| {
+            let (pred_y0, pred_slots) = by_slot(&st.predictor, s, ring)?;
+            let corrects = st.corrector_order > 0;
+            let (corr_y0, corr_slots) = if corrects {
+                ensure!(s > 0, "multistep step 0 cannot correct: no earlier sample");
+                by_slot(&st.corrector, s, ring)?
+            } else {
+                (0.0, [0.0; 4])
+            };
+            Ok(StepRow {
+                sqrt_a: st.alpha_s as f32,
+                sqrt_b: st.sigma_s as f32,
+                pred_sample: st.predictor.sample as f32,
+                pred_y0,
+                corr_sample: if corrects {
+                    st.corrector.sample as f32
+                } else {
+                    0.0
+                },
+                corr_y0,
+                corrects: corrects as u32,
+                save_last: table
+                    .steps
+                    .get(s + 1)
+                    .is_some_and(|n| n.corrector_order > 0) as u32,
+                pred_slots,
+                corr_slots,
+                write_slot: (s % ring) as u32,
+                _pad: [0; 3],
+            })
+        })
+        .collect()
+}
+
+/// Device buffers of the update. `sample` is updated in place.
+pub struct MultistepBuffers<'a> {
+    /// The model output for the current step (`numel` f32).
+    pub model_out: &'a wgpu::Buffer,
+    pub sample: &'a wgpu::Buffer,
+    /// At least [`history_bytes`]; its contents before step 0 are never read.
+    pub history: &'a wgpu::Buffer,
+    /// Where to store the data prediction each step (x0, thresholded where the solver
+    /// thresholds; for ε solvers derived from ε), if wanted.
+    pub x0_out: Option<&'a wgpu::Buffer>,
+}
+
+fn spec() -> KernelSpec {
+    KernelSpec {
+        shader: "multistep",
+        source: SOURCE,
+        entry: "multistep_update",
+        bindings: vec![
+            Binding::Uniform,          // params
+            Binding::UniformDynamic,   // this step's row of the table
+            Binding::StorageRead,      // model output
+            Binding::StorageRead,      // per-sample thresholds
+            Binding::StorageReadWrite, // sample (in place)
+            Binding::StorageReadWrite, // history: ring slots, then last
+            Binding::StorageReadWrite, // x0 out
+        ],
+    }
+}
+
+/// (flops, bytes) per element of the costliest step, for benchmarks.
+fn cost_per_element(table: &MultistepTable, rows: &[StepRow], write_x0: bool) -> (u64, u64) {
+    let terms = |v: &[f32; 4]| v.iter().filter(|&&c| c != 0.0).count() as u64;
+    let thresholds = table.thresholds() as u64;
+    rows.iter()
+        .map(|r| {
+            let corr = r.corrects as u64;
+            let reads = 2 + terms(&r.pred_slots) + corr * (1 + terms(&r.corr_slots));
+            let writes = 2 + r.save_last as u64 + write_x0 as u64;
+            let flops = 4
+                + thresholds * 6
+                + 2 * (2 + terms(&r.pred_slots))
+                + corr * 2 * (2 + terms(&r.corr_slots))
+                + write_x0 as u64 * 3;
+            (flops, 4 * (reads + writes))
+        })
+        .fold((0, 0), |(f, b), (f2, b2)| (f.max(f2), b.max(b2)))
+}
+
+/// The history's size in bytes for `batch` × `per_sample` values, or an error naming the batch
+/// when one binding cannot hold it.
+pub fn check_history(
+    ctx: &GpuContext,
+    table: &MultistepTable,
+    batch: usize,
+    per_sample: usize,
+) -> Result<u64> {
+    let history = history_bytes(table, batch * per_sample);
+    let limit = ctx.max_binding_bytes();
+    ensure!(
+        history <= limit,
+        "the {} history for a batch of {batch} ({} × {per_sample} values per image) needs {} \
+         MiB, more than the {} MiB one binding may hold on {}: use a smaller batch",
+        table.options.family.class_name(),
+        history_slots(table),
+        history >> 20,
+        limit >> 20,
+        ctx.info.name
+    );
+    ensure!(
+        history / 4 < u32::MAX as u64,
+        "multistep update: a history of {} values overflows 32-bit indexing",
+        history / 4
+    );
+    Ok(history)
+}
+
+/// The dispatches of one multistep update (threshold search first when the solver
+/// thresholds), to be encoded with `Dispatch::encode(pass, s)` for step `s` of `table`, for a
+/// sample of `batch` × `per_sample` values.
+pub fn multistep_update(
+    ctx: &GpuContext,
+    table: &MultistepTable,
+    batch: usize,
+    per_sample: usize,
+    bufs: &MultistepBuffers<'_>,
+) -> Result<Vec<Dispatch>> {
+    let numel = batch * per_sample;
+    ensure!(numel > 0, "multistep update: empty sample");
+    ensure!(!table.steps.is_empty(), "multistep update: no steps");
+    let history = check_history(ctx, table, batch, per_sample)?;
+    let bytes = (numel * 4) as u64;
+    ensure!(
+        bufs.model_out.size() >= bytes && bufs.sample.size() >= bytes,
+        "multistep update: sample or model output holds fewer than {numel} f32"
+    );
+    ensure!(
+        bufs.history.size() >= history,
+        "multistep update: history buffer holds {} bytes, needs {history}",
+        bufs.history.size()
+    );
+    if let Some(x0) = bufs.x0_out {
+        ensure!(
+            x0.size() >= bytes,
+            "multistep update: x0 buffer holds fewer than {numel} f32"
+        );
+    }
+    let rows = step_rows(table)?;
+    let stride = std::mem::size_of::<StepRow>()
+        .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment as usize);
+    let mut table_bytes = vec![0u8; rows.len() * stride];
+    for (s, row) in rows.iter().enumerate() {
+        table_bytes[s * stride..s * stride + std::mem::size_of::<StepRow>()]
+            .copy_from_slice(bytemuck::bytes_of(row));
+    }
+    let step_table = ctx.buffer_with(
+        "multistep step table",
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        &table_bytes,
+    );
+    let thresholding = table.thresholds();
+    let params = Params {
+        numel: numel as u32,
+        per_sample: per_sample as u32,
+        prediction: prediction_code(table.prediction),
+        thresholding: thresholding as u32,
+        predicts_x0: table.predicts_x0 as u32,
+        rederive_eps: (thresholding && !table.predicts_x0) as u32,
+        write_x0: bufs.x0_out.is_some() as u32,
+        last_offset: (table.history * numel) as u32,
+    };
+    let uniform = ctx.uniform("multistep params", &params);
+    let no_x0 = ctx.storage("multistep no x0", 16);
+    let thresholds = ctx.storage("multistep thresholds", (batch * 4) as u64);
+    let mut out = vec![];
+    if thresholding {
+        let X0Limit::Threshold { ratio, max_value } = table.limit else {
+            unreachable!("MultistepTable::thresholds() implies a threshold limit")
+        };
+        out.push(dynamic_threshold(
+            ctx,
+            &ThresholdConfig {
+                batch,
+                per_sample,
+                prediction: table.prediction,
+                ratio,
+                max_value,
+            },
+            &ThresholdBuffers {
+                table: &step_table,
+                stride: stride as u32,
+                model_out: bufs.model_out,
+                sample: bufs.sample,
+                thresholds: &thresholds,
+            },
+        )?);
+    }
+    let kernel = ctx.kernel(&spec())?;
+    let bind_group = kernel.bind_group(
+        &ctx.device,
+        &[
+            (&uniform).into(),
+            BufferSlice {
+                buffer: &step_table,
+                offset: 0,
+                size: Some(std::mem::size_of::<StepRow>() as u64),
+            },
+            bufs.model_out.into(),
+            (&thresholds).into(),
+            bufs.sample.into(),
+            BufferSlice {
+                buffer: bufs.history,
+                offset: 0,
+                size: Some(history),
+            },
+            bufs.x0_out.unwrap_or(&no_x0).into(),
+        ],
+    )?;
+    let (flops, traffic) = cost_per_element(table, &rows, bufs.x0_out.is_some());
+    out.push(Dispatch {
+        label: "multistep::multistep_update".into(),
+        kernel,
+        bind_group,
+        workgroups: grid_2d(
+            (numel as u32).div_ceil(WORKGROUP),
+            ctx.limits.max_compute_workgroups_per_dimension,
+        ),
+        dynamic_strides: vec![stride as u32],
+        flops: flops * numel as u64,
+        bytes: traffic * numel as u64,
+    });
+    Ok(out)
+}
