@@ -287,7 +287,8 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
             .expect("n > 0");
         ensure!(
             a[pivot][col].abs() > 0.0 && a[pivot][col].is_finite(),
-            "UniPC's coefficient matrix is singular (repeated timesteps?)"
+            "UniPC's coefficient matrix is singular: repeated timesteps, or an order above 1 at a \
+             final σ of 0 (use lower_order_final or final_sigmas_type sigma_min)"
         );
         a.swap(col, pivot);
         b.swap(col, pivot);
