@@ -9,8 +9,11 @@ use crate::model::{UNet, UNet2DConfig, Weights};
 use crate::sampling::{SampleSettings, SamplerKind, SamplerSteps};
 use crate::schedule::SchedulerConfig;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the directory names under `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("weights", weights),
     ("unet_config", unet_config),
     ("scheduler_config", scheduler_config),

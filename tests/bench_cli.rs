@@ -309,3 +309,34 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
 }
+
+/// The timed runs use the sampler asked for: the multistep solvers' fused update runs there too.
+#[test]
+fn whole_runs_with_each_solver() {
+    for sampler in ["dpm-solver++", "unipc"] {
+        let Some(doc) = gpu_json(&[
+            "bench",
+            "--arch",
+            "mnist",
+            "--batch",
+            "1",
+            "--steps",
+            "3",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--kernel-iters",
+            "1",
+            "--sampler",
+            sampler,
+            "--solver-order",
+            "3",
+            "--json",
+        ]) else {
+            return;
+        };
+        assert_eq!(doc["settings"]["sampler"], sampler);
+        positive(&doc["run"]["images_per_s"], "images_per_s");
+    }
+}

@@ -10,13 +10,12 @@ use serde::Serialize;
 use super::memory::MemoryReport;
 use super::report::{kernel_rows, median_per_dispatch, KernelRow};
 use super::{gflops, Summary};
-use ddim_wgpu::gpu::kernels::ddim_step::{ddim_rows, UpdateRow};
 use ddim_wgpu::gpu::plan::StepForward;
 use ddim_wgpu::gpu::profile::{time_one_pass, Profiler, TimingSource};
-use ddim_wgpu::gpu::sampler::{sample, DdimSpec, SampleSpec};
+use ddim_wgpu::gpu::sampler::{sample, RunUpdate};
 use ddim_wgpu::gpu::{Dispatch, GpuContext};
 use ddim_wgpu::pipeline::Pipeline;
-use ddim_wgpu::schedule::{ddim_table, DdimStep, X0Limit};
+use ddim_wgpu::sampling::{SampleSettings, SamplerSteps};
 use ddim_wgpu::Tensor;
 
 /// How many times to run each measurement.
@@ -109,9 +108,11 @@ pub fn repeat_timed(
     Ok((ns, cpu))
 }
 
-/// The DDIM steps of a `steps`-step, eta-0 run with the pipeline's scheduler.
-pub fn ddim_steps(pipe: &Pipeline, steps: usize) -> Result<Vec<DdimStep>> {
-    ddim_table(&pipe.scheduler, steps, 0.0).context("building the DDIM table")
+/// The steps of the benchmarked run (`settings`: sampler, steps, solver options; eta 0) with the
+/// pipeline's scheduler.
+pub fn sampler_steps(pipe: &Pipeline, settings: &SampleSettings) -> Result<SamplerSteps> {
+    pipe.steps(settings)
+        .with_context(|| format!("building the {} table", settings.sampler.as_str()))
 }
 
 /// Deterministic x_T for `batch` images (NCHW): a cheap hash, not torch's generator; the
@@ -164,10 +165,10 @@ pub struct RunResult {
     pub memory: Option<MemoryReport>,
 }
 
-/// One benchmarked sampling run on the GPU: a compiled forward, its DDIM steps, and x_T.
+/// One benchmarked sampling run on the GPU: a compiled forward, its steps, and x_T.
 pub struct GpuRun<'a> {
     pub forward: &'a dyn StepForward,
-    pub steps: &'a [DdimStep],
+    pub steps: &'a SamplerSteps,
     pub x_t: &'a Tensor,
 }
 
@@ -187,13 +188,8 @@ pub fn bench_gpu(
         x_t,
     } = run;
     let batch = x_t.shape[0];
-    let rows: Vec<UpdateRow> = ddim_rows(steps);
-    let spec = SampleSpec::Ddim(DdimSpec {
-        steps: &rows,
-        prediction: pipe.scheduler.prediction_type,
-        limit: X0Limit::from_config(&pipe.scheduler),
-        use_clipped_model_output: false,
-    });
+    let update = RunUpdate::new(&pipe.scheduler, steps);
+    let spec = update.spec();
     let flops = pipe.unet.flops() * batch as u64;
     let dispatches: Vec<&Dispatch> = forward.dispatches().iter().collect();
 
@@ -258,17 +254,14 @@ pub fn bench_gpu(
 pub fn bench_cpu(
     pipe: &Pipeline,
     batch: usize,
-    steps: usize,
+    settings: &SampleSettings,
     repeats: Repeats,
 ) -> Result<RunResult> {
     use ddim_wgpu::pipeline::{Device, SampleRequest};
-    use ddim_wgpu::sampling::SampleSettings;
+    let steps = settings.steps;
     let x_t = bench_input(pipe, batch)?;
     let request = SampleRequest {
-        settings: SampleSettings {
-            steps,
-            ..SampleSettings::default()
-        },
+        settings: settings.clone(),
         num: batch,
         batch: Some(batch),
         init_noise: Some(x_t.clone()),
@@ -277,7 +270,7 @@ pub fn bench_cpu(
     let (run_ns, cpu_per_run) =
         repeat_timed(repeats, || pipe.sample(&Device::Cpu, &request).map(|_| ()))?;
     let run = Summary::of(&run_ns).context("no run timings")?;
-    let t = ddim_steps(pipe, steps)?.first().map_or(0.0, |s| s.t as f32);
+    let t = sampler_steps(pipe, settings)?.timestep(0) as f32;
     let (fwd_ns, _) = repeat_timed(repeats, || {
         ddim_wgpu::cpu::forward::forward(&pipe.unet, &pipe.model.weights, &x_t, &[t]).map(|_| ())
     })?;

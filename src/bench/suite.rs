@@ -18,6 +18,7 @@ use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
 use ddim_wgpu::pipeline::Pipeline;
+use ddim_wgpu::sampling::SampleSettings;
 
 /// burn 0.22's WGSL conv2d on lavapipe at the [`kernels::burn_conv_shape`] (design.md).
 pub const BURN_CONV_GFLOPS: f64 = 6.3;
@@ -28,7 +29,8 @@ pub struct Options {
     /// Shown in the report: "bundled", "arch:cifar10", or the model directory.
     pub model_label: String,
     pub batch: usize,
-    pub steps: usize,
+    /// The sampler, its steps and options (eta 0).
+    pub settings: SampleSettings,
     pub repeats: Repeats,
     /// Iterations of the per-dispatch profile (defaults to `repeats.iters`).
     pub kernel_iters: usize,
@@ -149,8 +151,8 @@ fn settings(device: &'static str, o: &Options) -> Settings {
     Settings {
         device,
         batch: o.batch,
-        steps: o.steps,
-        sampler: "ddim",
+        steps: o.settings.steps,
+        sampler: o.settings.sampler.as_str(),
         eta: 0.0,
         warmup: o.repeats.warmup,
         iters: o.repeats.iters,
@@ -166,7 +168,7 @@ pub fn cpu_document(pipe: &Pipeline, o: &Options) -> Result<Document> {
     let host = HostInfo::current();
     let mut model = model_report(pipe, o.batch);
     model.source = o.model_label.clone();
-    let mut result = run::bench_cpu(pipe, o.batch, o.steps, o.repeats)?;
+    let mut result = run::bench_cpu(pipe, o.batch, &o.settings, o.repeats)?;
     result.memory = None;
     Ok(Document {
         schema: SCHEMA,
@@ -192,9 +194,9 @@ pub struct BuiltForward {
     pub activation_bytes: Option<u64>,
 }
 
-/// Builds the U-Net forward plan on the GPU for `steps`' timesteps at `batch`.
-pub type ForwardBuilder<'a> = dyn Fn(&GpuContext, &Pipeline, &[ddim_wgpu::schedule::DdimStep], usize) -> Result<BuiltForward>
-    + 'a;
+/// Builds the U-Net forward plan on the GPU for the run's timesteps at `batch`.
+pub type ForwardBuilder<'a> =
+    dyn Fn(&GpuContext, &Pipeline, &[i64], usize) -> Result<BuiltForward> + 'a;
 
 /// Every distinct group norm (+SiLU) and attention block of the model at `batch`.
 fn model_norms_and_attention(
@@ -373,10 +375,11 @@ pub fn gpu_document(
     }
     if o.run {
         progress.note("whole runs");
-        let steps = run::ddim_steps(pipe, o.steps)?;
+        let steps = run::sampler_steps(pipe, &o.settings)?;
+        let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         let before = memory::allocator_bytes(ctx)?;
         let built =
-            build_forward(ctx, pipe, &steps, o.batch).context("building the GPU forward")?;
+            build_forward(ctx, pipe, &timesteps, o.batch).context("building the GPU forward")?;
         let after = memory::allocator_bytes(ctx)?;
         let x_t = run::bench_input(pipe, o.batch)?;
         let mut result = run::bench_gpu(

@@ -4,6 +4,7 @@
 //! `--json` prints the `ddim-bench/1` document (README.md, "Benchmark JSON").
 
 use super::model_args::{AdapterArgs, ModelArgs};
+use super::schedule::SolverArgs;
 
 use crate::bench::gemm::{self, GemmRow, GemmSize};
 use crate::bench::kernels::CaseResult;
@@ -14,6 +15,7 @@ use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
 use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, GpuContext};
 use ddim_wgpu::pipeline::Pipeline;
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
@@ -28,9 +30,14 @@ pub struct Args {
     /// Images per forward.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// DDIM steps per timed run.
+    /// Steps (model evaluations) per timed run.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Sampler of the timed runs (eta 0).
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    pub sampler: SamplerKind,
+    #[command(flatten)]
+    pub solver: SolverArgs,
     /// Untimed runs before measuring.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -91,10 +98,10 @@ fn parse_gemm_size(s: &str) -> Result<GemmSize, String> {
 fn build_forward(
     ctx: &GpuContext,
     pipe: &Pipeline,
-    steps: &[ddim_wgpu::schedule::DdimStep],
+    timesteps: &[i64],
     batch: usize,
 ) -> Result<BuiltForward> {
-    let timesteps: Vec<Vec<f32>> = steps.iter().map(|s| vec![s.t as f32; batch]).collect();
+    let timesteps: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t as f32; batch]).collect();
     let weights = pipe.gpu_weights(ctx)?;
     let plan = UNetPlan::new(
         ctx,
@@ -151,7 +158,12 @@ fn options(args: &Args, label: String) -> Options {
     Options {
         model_label: label,
         batch: args.batch,
-        steps: args.steps,
+        settings: SampleSettings {
+            sampler: args.sampler,
+            steps: args.steps,
+            solver: args.solver.keys(),
+            ..SampleSettings::default()
+        },
         repeats: Repeats {
             warmup: args.warmup,
             iters: args.iters.max(1),

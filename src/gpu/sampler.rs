@@ -280,8 +280,9 @@ pub fn sample_recording(
     Ok((out, tensors.collect::<Result<_>>()?))
 }
 
-/// A run's update as the runner keeps it (owned; lent to each chunk as a [`SampleSpec`]).
-enum RunUpdate {
+/// A run's update, owned (lent to each chunk as a [`SampleSpec`]): the GPU form of
+/// [`SamplerSteps`].
+pub enum RunUpdate {
     Ddim {
         rows: Vec<UpdateRow>,
         prediction: PredictionType,
@@ -292,7 +293,24 @@ enum RunUpdate {
 }
 
 impl RunUpdate {
-    fn spec(&self) -> SampleSpec<'_> {
+    /// The update of `steps` on the schedule `cfg`.
+    pub fn new(cfg: &SchedulerConfig, steps: &SamplerSteps) -> Self {
+        let ddim = |rows| RunUpdate::Ddim {
+            rows,
+            prediction: cfg.prediction_type,
+            limit: steps.x0_limit(cfg),
+            use_clipped_model_output: steps.use_clipped_model_output(),
+        };
+        match steps {
+            SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => {
+                ddim(ddim_rows(steps))
+            }
+            SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
+            SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
+        }
+    }
+
+    pub fn spec(&self) -> SampleSpec<'_> {
         match self {
             Self::Ddim {
                 rows,
@@ -334,19 +352,7 @@ impl<'a> GpuRunner<'a> {
         steps: &SamplerSteps,
         options: PlanOptions,
     ) -> Result<Self> {
-        let ddim = |rows| RunUpdate::Ddim {
-            rows,
-            prediction: cfg.prediction_type,
-            limit: steps.x0_limit(cfg),
-            use_clipped_model_output: steps.use_clipped_model_output(),
-        };
-        let update = match steps {
-            SamplerSteps::Ddim { steps, .. } | SamplerSteps::Inverse(steps) => {
-                ddim(ddim_rows(steps))
-            }
-            SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
-            SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
-        };
+        let update = RunUpdate::new(cfg, steps);
         let mut max_batch = max_batch(ctx, unet)?;
         if let RunUpdate::Multistep(t) = &update {
             // The history (ring slots and `last`) is one binding too.
