@@ -533,3 +533,47 @@ fn interrupted_sample_stops_and_leaves_no_partial_output() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `ddim sample --sampler dpm-solver++ | unipc` writes its grid; DDIM's eta with a solver, or a
+/// solver option with DDIM, is refused before anything is written.
+#[test]
+fn sample_with_the_solvers() {
+    let dir = temp_dir("solvers");
+    for sampler in ["dpm-solver++", "unipc"] {
+        let out = format!("{sampler}.png");
+        ddim_ok(
+            &[
+                "sample",
+                "--model",
+                TINY,
+                "-n",
+                "2",
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+                "--sampler",
+                sampler,
+                "--solver-order",
+                "3",
+                "--out",
+                &out,
+                "--quiet",
+            ],
+            &dir,
+        );
+        assert!(dir.join(&out).is_file());
+    }
+    let bad = dir.join("bad.png");
+    let args = [
+        "sample", "--model", TINY, "--device", "cpu", "--out", "bad.png",
+    ];
+    let eta = ddim(
+        &[&args[..], &["--sampler", "unipc", "--eta", "0.5"]].concat(),
+        &dir,
+    );
+    assert_fails(&eta, "eta", &bad);
+    let order = ddim(&[&args[..], &["--solver-order", "2"]].concat(), &dir);
+    assert_fails(&order, "solver_order", &bad);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -215,3 +215,71 @@ fn bad_input_is_one_clear_error() {
     assert!(e.contains("leading") && e.contains("quad"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--sampler dpm-solver++ | unipc --json`: per step the timestep, σ, λ, order and the update's
+/// multipliers, equal to the library's table; a config's `_class_name` selects the solver; bad
+/// solver options fail naming the option and what is allowed.
+#[test]
+fn solver_tables_and_their_options() {
+    use ddim_wgpu::schedule::{MultistepTable, SolverFamily, SolverKeys, SolverOptions};
+    let v = json_of(&[
+        "--sampler",
+        "unipc",
+        "--steps",
+        "10",
+        "--solver-order",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(v["sampler"], "unipc");
+    assert_eq!(v["solver"]["solver_order"], 3);
+    assert_eq!(v["timestep_spacing"], "linspace");
+    let keys = SolverKeys {
+        solver_order: Some(3),
+        ..Default::default()
+    };
+    let cfg = SchedulerConfig::default();
+    let opts = SolverOptions::resolve(SolverFamily::UniPc, &cfg.solver_keys, &keys).unwrap();
+    let table = MultistepTable::new(&cfg, &opts, 10).unwrap();
+    let rows = v["steps"].as_array().unwrap();
+    assert_eq!(rows.len(), 10);
+    for (row, step) in rows.iter().zip(&table.steps) {
+        assert_eq!(row["t"], step.t);
+        assert_eq!(row["order"], step.order);
+        // serde_json parses decimals to within an ulp, not always exactly.
+        let a = row["predictor"]["sample"].as_f64().unwrap();
+        assert!(
+            (a - step.predictor.sample).abs() <= 1e-15,
+            "{a} vs {}",
+            step.predictor.sample
+        );
+        assert_eq!(row["corrector_order"], step.corrector_order);
+    }
+    assert!(rows[0]["corrector"].is_null() && !rows[1]["corrector"].is_null());
+
+    let dir = temp_dir("solver_class");
+    let path = dir.join("scheduler_config.json");
+    std::fs::write(
+        &path,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 1,
+            "lambda_min_clipped": -Infinity}"#,
+    )
+    .unwrap();
+    let v = json_of(&[
+        "--scheduler-config",
+        path.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(v["sampler"], "dpm-solver++");
+    assert_eq!(v["solver"]["solver_order"], 1);
+
+    let e = failure(&["--sampler", "dpm-solver++", "--solver-order", "4"]);
+    assert!(e.contains("solver_order") && e.contains("1, 2, 3"), "{e}");
+    let e = failure(&["--sampler", "unipc", "--solver-type", "midpoint"]);
+    assert!(e.contains("solver_type") && e.contains("bh1, bh2"), "{e}");
+    let e = failure(&["--sampler", "ddim", "--solver-order", "2"]);
+    assert!(e.contains("solver_order"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
