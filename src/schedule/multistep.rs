@@ -369,31 +369,86 @@ fn dpm_update(
     c
 }
 
-/// UniPC's B(h) combination shared by predictor and corrector: `h_phi_1`, `B_h` and the vector
-/// b of length `order`.
-fn unipc_b(opts: &SolverOptions, h: f64, order: usize) -> (f64, f64, Vec<f64>) {
-    let hh = if opts.predict_x0 { -h } else { h };
-    let h_phi_1 = hh.exp_m1();
-    let b_h = match opts.solver_type {
-        SolverType::Bh1 => hh,
-        _ => hh.exp_m1(),
-    };
-    let mut h_phi_k = h_phi_1 / hh - 1.0;
-    let mut factorial = 1.0;
-    let mut b = Vec::with_capacity(order);
-    for i in 1..=order {
-        b.push(h_phi_k * factorial / b_h);
-        factorial *= (i + 1) as f64;
-        h_phi_k = h_phi_k / hh - 1.0 / factorial;
-    }
-    (h_phi_1, b_h, b)
+/// What UniPC's predictor and corrector share, for a move from level `s0` to level `t` of
+/// order `order`: the update is
+/// `x_t = A·x − K·h_phi_1·m0 − K·B_h·Σ_k ρ_k (m_k − m0)/r_k`, with K = α_t (x0) or σ_t (ε),
+/// m_k the converted output at level s0−k and r_k = (λ_{s0−k} − λ_{s0})/h.
+struct UniPcTerms {
+    sample: f64,
+    k: f64,
+    h_phi_1: f64,
+    b_h: f64,
+    /// The right-hand side b of length `order`.
+    b: Vec<f64>,
+    /// r_1 … r_{order−1}, then 1.
+    rks: Vec<f64>,
 }
 
-/// The matrix R[i][j] = rks[j]^i.
-fn vandermonde(rks: &[f64]) -> Vec<Vec<f64>> {
-    (0..rks.len())
-        .map(|i| rks.iter().map(|r| r.powi(i as i32)).collect())
-        .collect()
+impl UniPcTerms {
+    fn new(
+        opts: &SolverOptions,
+        lambdas: &[f64],
+        sig: &[(f64, f64)],
+        s0: usize,
+        t: usize,
+        order: usize,
+    ) -> Self {
+        let ((alpha_t, sigma_t), (alpha_s0, sigma_s0)) = (sig[t], sig[s0]);
+        let h = lambdas[t] - lambdas[s0];
+        let rks = (1..order)
+            .map(|k| (lambdas[s0 - k] - lambdas[s0]) / h)
+            .chain([1.0])
+            .collect();
+        let hh = if opts.predict_x0 { -h } else { h };
+        let h_phi_1 = hh.exp_m1();
+        let b_h = match opts.solver_type {
+            SolverType::Bh1 => hh,
+            _ => hh.exp_m1(),
+        };
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial = 1.0;
+        let mut b = Vec::with_capacity(order);
+        for i in 1..=order {
+            b.push(h_phi_k * factorial / b_h);
+            factorial *= (i + 1) as f64;
+            h_phi_k = h_phi_k / hh - 1.0 / factorial;
+        }
+        let (sample, k) = if opts.predict_x0 {
+            (sigma_t / sigma_s0, alpha_t)
+        } else {
+            (alpha_t / alpha_s0, sigma_t)
+        };
+        Self {
+            sample,
+            k,
+            h_phi_1,
+            b_h,
+            b,
+            rks,
+        }
+    }
+
+    /// The matrix R[i][j] = rks[j]^i, its first `n` rows and columns.
+    fn vandermonde(&self, n: usize) -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|i| self.rks[..n].iter().map(|r| r.powi(i as i32)).collect())
+            .collect()
+    }
+
+    /// The update as coefficients by age, m0 being `base` steps old and m_k `base + k`.
+    fn combination(&self, rhos: &[f64], base: usize) -> Combination {
+        let mut c = Combination {
+            sample: self.sample,
+            ..Default::default()
+        };
+        c.outputs[base] = -self.k * self.h_phi_1;
+        for (k, rho) in rhos.iter().enumerate() {
+            let w = self.k * self.b_h * rho / self.rks[k];
+            c.outputs[base] += w;
+            c.outputs[base + k + 1] -= w;
+        }
+        c
+    }
 }
 
 /// UniPC's predictor from level `i` to `i+1` (`multistep_uni_p_bh_update`).
@@ -404,47 +459,19 @@ fn unipc_predictor(
     i: usize,
     order: usize,
 ) -> Result<Combination> {
-    let (alpha_t, sigma_t) = sig[i + 1];
-    let (alpha_s0, sigma_s0) = sig[i];
-    let h = lambdas[i + 1] - lambdas[i];
-    let rks: Vec<f64> = (1..order)
-        .map(|k| (lambdas[i - k] - lambdas[i]) / h)
-        .chain([1.0])
-        .collect();
-    let (h_phi_1, b_h, b) = unipc_b(opts, h, order);
+    let terms = UniPcTerms::new(opts, lambdas, sig, i, i + 1, order);
     let rhos = match order {
         1 => vec![],
         2 => vec![0.5],
-        _ => {
-            let r = vandermonde(&rks);
-            let sub = r[..order - 1]
-                .iter()
-                .map(|row| row[..order - 1].to_vec())
-                .collect();
-            solve(sub, b[..order - 1].to_vec())?
-        }
+        _ => solve(terms.vandermonde(order - 1), terms.b[..order - 1].to_vec())?,
     };
-    // x_t = A·x − K·h_phi_1·m0 − K·B_h·Σ_k ρ_k (m_k − m0)/r_k,  K = α_t (x0) or σ_t (ε)
-    let (sample, kk) = if opts.predict_x0 {
-        (sigma_t / sigma_s0, alpha_t)
-    } else {
-        (alpha_t / alpha_s0, sigma_t)
-    };
-    let mut c = Combination {
-        sample,
-        ..Default::default()
-    };
-    c.outputs[0] = -kk * h_phi_1;
-    for (k, rho) in rhos.iter().enumerate() {
-        let w = kk * b_h * rho / rks[k];
-        c.outputs[0] += w;
-        c.outputs[k + 1] -= w;
-    }
-    Ok(c)
+    Ok(terms.combination(&rhos, 0))
 }
 
 /// UniPC's corrector at level `i` (`multistep_uni_c_bh_update`): corrects the sample the
-/// previous predictor gave, from `last` (the sample at level i−1) and the outputs up to this one.
+/// previous predictor gave, from `last` (the sample at level i−1), the outputs before this
+/// step (m0 one step old) and this step's output (age 0) through the extra term
+/// `− K·B_h·ρ_last·(y_0 − m0)`.
 fn unipc_corrector(
     opts: &SolverOptions,
     lambdas: &[f64],
@@ -452,36 +479,14 @@ fn unipc_corrector(
     i: usize,
     order: usize,
 ) -> Result<Combination> {
-    let (alpha_t, sigma_t) = sig[i];
-    let (alpha_s0, sigma_s0) = sig[i - 1];
-    let h = lambdas[i] - lambdas[i - 1];
-    let rks: Vec<f64> = (1..order)
-        .map(|k| (lambdas[i - 1 - k] - lambdas[i - 1]) / h)
-        .chain([1.0])
-        .collect();
-    let (h_phi_1, b_h, b) = unipc_b(opts, h, order);
+    let terms = UniPcTerms::new(opts, lambdas, sig, i - 1, i, order);
     let rhos = if order == 1 {
         vec![0.5]
     } else {
-        solve(vandermonde(&rks), b)?
+        solve(terms.vandermonde(order), terms.b.clone())?
     };
-    let (sample, kk) = if opts.predict_x0 {
-        (sigma_t / sigma_s0, alpha_t)
-    } else {
-        (alpha_t / alpha_s0, sigma_t)
-    };
-    // Ages: 0 = this step's output (model_t), 1 = m0 (the previous), k+1 = m_k.
-    let mut c = Combination {
-        sample,
-        ..Default::default()
-    };
-    c.outputs[1] = -kk * h_phi_1;
-    for (k, rho) in rhos[..order - 1].iter().enumerate() {
-        let w = kk * b_h * rho / rks[k];
-        c.outputs[1] += w;
-        c.outputs[k + 2] -= w;
-    }
-    let w = kk * b_h * rhos[order - 1];
+    let mut c = terms.combination(&rhos[..order - 1], 1);
+    let w = terms.k * terms.b_h * rhos[order - 1];
     c.outputs[0] -= w;
     c.outputs[1] += w;
     Ok(c)
