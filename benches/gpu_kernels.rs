@@ -214,6 +214,7 @@ fn ddim_with_noise(
             noise: Some(&noise),
             sample: &sample,
             x0_out: None,
+            first_bad: None,
         },
     )
     .expect("DDIM update");
@@ -293,6 +294,7 @@ fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
             noise: None,
             sample: &sample,
             x0_out: None,
+            first_bad: None,
         },
     )
     .expect("DDIM update");

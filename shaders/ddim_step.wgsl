@@ -12,7 +12,9 @@
 //
 // With dynamic thresholding, threshold.wgsl's kernel runs first and leaves each sample's s in
 // `thresholds`; it reads sqrt_a and sqrt_b from this step's row, so Step must start with them.
-// predict_x0_eps comes from predict.wgsl, appended to this source.
+// An element whose new sample is NaN or infinite lowers `first_bad` (reset to 0xFFFFFFFF by the
+// host) to this step's index, so the host learns where a run diverged from its one read-back.
+// predict_x0_eps and is_non_finite come from predict.wgsl, appended to this source.
 
 struct Params {
     numel: u32,
@@ -34,6 +36,10 @@ struct Step {
     sigma: f32,          // standard deviation of the noise term
     noise_offset: u32,   // element offset of this step's noise
     has_noise: u32,
+    step: u32,           // this row's step index, for first_bad
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,6 +49,7 @@ struct Step {
 @group(0) @binding(4) var<storage, read> thresholds: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sample: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
 
 const WG: u32 = 256u;
 
@@ -77,6 +84,9 @@ fn ddim_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         prev += st.sigma * noise[st.noise_offset + i];
     }
     sample[i] = prev;
+    if is_non_finite(prev) {
+        atomicMin(&first_bad, st.step);
+    }
     if p.write_x0 != 0u {
         x0_out[i] = x0;
     }

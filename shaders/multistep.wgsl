@@ -12,8 +12,9 @@
 // into its ring slot, so a row carries one coefficient per slot; slots with coefficient 0 are
 // not read (a slot not yet written is never touched). Rows come from a table of 256-byte slots
 // bound with a dynamic offset, like ddim_step.wgsl's. The threshold search (threshold.wgsl) reads
-// sqrt_a, sqrt_b from this step's row, so Step starts with them. predict_x0_eps comes from
-// predict.wgsl, appended to this source.
+// sqrt_a, sqrt_b from this step's row, so Step starts with them. A new sample that is NaN or
+// infinite lowers `first_bad` (reset to 0xFFFFFFFF by the host) to this step's index.
+// predict_x0_eps and is_non_finite come from predict.wgsl, appended to this source.
 
 struct Params {
     numel: u32,
@@ -38,9 +39,9 @@ struct Step {
     pred_slots: vec4<f32>,
     corr_slots: vec4<f32>,
     write_slot: u32,     // s mod R
+    step: u32,           // s, for first_bad
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -50,6 +51,7 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> sample: array<f32>;
 @group(0) @binding(5) var<storage, read_write> history: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
 
 const WG: u32 = 256u;
 
@@ -90,7 +92,11 @@ fn multistep_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     if st.save_last != 0u {
         history[p.last_offset + i] = x;
     }
-    sample[i] = st.pred_sample * x + st.pred_y0 * y0 + ring_terms(st.pred_slots, i);
+    let next = st.pred_sample * x + st.pred_y0 * y0 + ring_terms(st.pred_slots, i);
+    sample[i] = next;
+    if is_non_finite(next) {
+        atomicMin(&first_bad, st.step);
+    }
     history[st.write_slot * p.numel + i] = y0;
     if p.write_x0 != 0u {
         x0_out[i] = select((x_in - st.sqrt_b * y0) / st.sqrt_a, y0, p.predicts_x0 != 0u);

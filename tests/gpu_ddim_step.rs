@@ -96,6 +96,7 @@ fn run_case(
         noise: noisy.then_some(&noise_buf),
         sample: &sample,
         x0_out: Some(&x0),
+        first_bad: None,
     };
     let dispatches = ddim_update(ctx, &update, &rows, layout, &bufs).expect("building");
     let mut current = start;
@@ -299,6 +300,7 @@ fn dynamic_threshold_order_statistics_are_exact() {
             noise: None,
             sample: &sample,
             x0_out: Some(&x0),
+            first_bad: None,
         };
         let d = ddim_update(ctx, &update, &rows, NoiseLayout::AllSteps, &bufs).unwrap();
         run_dispatches(ctx, &d, 1).unwrap();

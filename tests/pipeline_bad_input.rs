@@ -1,8 +1,11 @@
 //! Bad requests to the library API are errors that say what is wrong, before any work.
 
 use ddim_wgpu::model::weights::{InitKind, Weights};
-use ddim_wgpu::pipeline::{Device, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::Tensor;
+
+mod common;
 
 #[test]
 fn non_finite_initial_noise_is_refused() {
@@ -33,15 +36,13 @@ fn zero_images_and_zero_steps_are_refused() {
     assert!(format!("{:#}", pipe.sample(&Device::Cpu, &no_steps).unwrap_err()).contains("steps"));
 }
 
-/// A run whose state overflows stops with the step and timestep where it happened instead of
-/// returning NaN images: a model whose output bias is 1e38, without x0 clipping, so that
-/// x0 = (x − sqrt(1−ᾱ)·ε)/sqrt(ᾱ) overflows (at the second step, t = 600).
-#[test]
-fn a_run_that_diverges_names_the_step() {
+/// The bundled model with an output bias of `bias` and no x0 clipping, so that
+/// x0 = (x − sqrt(1−ᾱ)·ε)/sqrt(ᾱ) grows past what f32 holds.
+fn diverging_pipeline(bias: f32) -> Pipeline {
     let mut pipe = ddim_wgpu::bundled::pipeline().unwrap();
     pipe.scheduler.clip_sample = false;
     pipe.model.weights = Weights::from_fn(&pipe.model.config, |spec, kind, i| match kind {
-        _ if spec.name == "conv_out.bias" => 1e38,
+        _ if spec.name == "conv_out.bias" => bias,
         InitKind::NormScale => 1.0,
         InitKind::NormShift => 0.0,
         InitKind::Dense { fan_in } => {
@@ -49,11 +50,67 @@ fn a_run_that_diverges_names_the_step() {
         }
     })
     .unwrap();
+    pipe
+}
+
+fn diverging_request(sampler: SamplerKind) -> SampleRequest {
     let mut request = SampleRequest {
         num: 2,
         ..Default::default()
     };
     request.settings.steps = 5;
-    let err = format!("{:#}", pipe.sample(&Device::Cpu, &request).unwrap_err());
+    request.settings.sampler = sampler;
+    request
+}
+
+fn error(pipe: &Pipeline, device: &Device, sampler: SamplerKind) -> String {
+    format!(
+        "{:#}",
+        pipe.sample(device, &diverging_request(sampler))
+            .unwrap_err()
+    )
+}
+
+/// A run whose state overflows stops with the step and timestep where it happened instead of
+/// returning NaN images (with a bias of 1e38, at the second of 5 DDIM steps, t = 600).
+#[test]
+fn a_run_that_diverges_names_the_step() {
+    let pipe = diverging_pipeline(1e38);
+    let err = error(&pipe, &Device::Cpu, SamplerKind::Ddim);
     assert!(err.contains("non-finite at step 1 (t = 600)"), "{err}");
+}
+
+/// The same on the GPU, from the flag the update kernels set and the host reads with the final
+/// sample, for the DDIM update and the multistep solvers' update. The GPU computes in f32 where
+/// the CPU reference uses f64, so the two overflow at the same step only where f32 and f64
+/// agree: with a bias of 1e38, DPM-Solver++ diverges at step 0 on both, while DDIM's f32 x0
+/// (≈ −25.7·1e38 at t = 800) already overflows at step 0 on the GPU, a step before the CPU;
+/// with 1e37 the CPU (f64 group norm and update) stays finite, and the GPU's f32 forward
+/// overflows at step 1, which shows that the kernels pass on the step index, not just a flag.
+#[test]
+fn a_gpu_run_that_diverges_names_the_step() {
+    let big = diverging_pipeline(1e38);
+    let cpu = error(&big, &Device::Cpu, SamplerKind::DpmSolverPlusPlus);
+    assert!(cpu.contains("non-finite at step 0 (t = 830)"), "{cpu}");
+    let smaller = diverging_pipeline(1e37);
+    assert!(smaller
+        .sample(&Device::Cpu, &diverging_request(SamplerKind::Ddim))
+        .is_ok());
+    let cases = [
+        (&big, SamplerKind::DpmSolverPlusPlus, "step 0 (t = 830)"),
+        (&big, SamplerKind::Ddim, "step 0 (t = 800)"),
+        (&smaller, SamplerKind::Ddim, "step 1 (t = 600)"),
+        (&smaller, SamplerKind::DpmSolverPlusPlus, "step 1 (t = 664)"),
+    ];
+    common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
+        for (pipe, sampler, at) in cases {
+            let err = error(pipe, &device, sampler);
+            assert!(
+                err.contains(&format!("non-finite at {at} on the GPU")),
+                "{backend:?} {}: want {at}, got {err}",
+                sampler.as_str()
+            );
+        }
+    });
 }

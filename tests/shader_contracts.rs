@@ -97,6 +97,8 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 sigma,
                 noise_offset,
                 has_noise,
+                step,
+                _pad,
             }),
         ),
         (
@@ -159,6 +161,7 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 pred_slots,
                 corr_slots,
                 write_slot,
+                step,
                 _pad,
             }),
         ),

@@ -13,6 +13,10 @@
 //! Layout: the sample lives on the device in NHWC, like every activation. The updates are
 //! elementwise and threshold per image, so NHWC changes nothing in their math; the host converts
 //! the initial sample and each step's noise from NCHW on the way in and the result on the way out.
+//!
+//! Divergence: the updates lower a one-u32 flag to the index of any step whose new sample holds
+//! a NaN or infinity; it is read with the final sample, so a run that overflowed fails with
+//! [`NonFinite`] (the first such step) at no cost to one that did not.
 
 use anyhow::{ensure, Context, Result};
 
@@ -93,6 +97,7 @@ impl Update {
         model_out: &wgpu::Buffer,
         sample: &wgpu::Buffer,
         x0_out: Option<&wgpu::Buffer>,
+        first_bad: &wgpu::Buffer,
     ) -> Result<Self> {
         let numel = batch * per_sample;
         Ok(match spec {
@@ -115,6 +120,7 @@ impl Update {
                         noise: noise.as_ref(),
                         sample,
                         x0_out,
+                        first_bad: Some(first_bad),
                     },
                 )?;
                 Self {
@@ -136,6 +142,7 @@ impl Update {
                         sample,
                         history: &history,
                         x0_out,
+                        first_bad: Some(first_bad),
                     },
                 )?;
                 Self {
@@ -147,6 +154,34 @@ impl Update {
         })
     }
 }
+
+/// A GPU run whose sample became NaN or infinite: the first step where it did. `timestep` is
+/// filled in by callers that know the run's timesteps ([`GpuRunner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFinite {
+    pub step: usize,
+    pub timestep: Option<i64>,
+    /// NaN or infinite values in the final sample (the GPU does not count them per step).
+    pub bad: usize,
+    pub numel: usize,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the sample became non-finite at step {}", self.step)?;
+        if let Some(t) = self.timestep {
+            write!(f, " (t = {t})")?;
+        }
+        write!(
+            f,
+            " on the GPU: {} of {} values of the final sample are NaN or infinite; the model or \
+             its input diverges there",
+            self.bad, self.numel
+        )
+    }
+}
+
+impl std::error::Error for NonFinite {}
 
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 /// [`sample_recording`] also keeps the predicted x0 of chosen steps.
@@ -211,6 +246,7 @@ pub fn sample_recording(
         ctx.limits.max_buffer_size >> 20,
         ctx.info.name
     );
+    let first_bad = ctx.upload("first non-finite step", &[u32::MAX]);
     let x0_scratch = (!record.is_empty()).then(|| ctx.storage("predicted x0", bytes));
     let frames: Vec<wgpu::Buffer> = record
         .iter()
@@ -223,6 +259,7 @@ pub fn sample_recording(
         forward.output(),
         &sample,
         x0_scratch.as_ref(),
+        &first_bad,
     )?;
     let total = spec.len();
     for s in 0..total {
@@ -268,15 +305,24 @@ pub fn sample_recording(
         })?;
         progress(s + 1, total);
     }
-    let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once(&sample)
-        .chain(&frames)
-        .map(|b| (b, numel))
+    // The flag travels in the same read-back as the sample (as f32 bits).
+    let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once((&first_bad, 1))
+        .chain(std::iter::once(&sample).chain(&frames).map(|b| (b, numel)))
         .collect();
-    let mut tensors = ctx
-        .read_many(&reads)?
-        .into_iter()
-        .map(|v| Tensor::new(vec![n, c, h, w], nhwc_to_nchw(&v, n, c, h, w)));
+    let mut values = ctx.read_many(&reads)?.into_iter();
+    let flag = values.next().context("reading the divergence flag back")?;
+    let step = flag.first().map_or(u32::MAX, |v| v.to_bits());
+    let mut tensors = values.map(|v| Tensor::new(vec![n, c, h, w], nhwc_to_nchw(&v, n, c, h, w)));
     let out = tensors.next().context("reading the sample back")??;
+    if step != u32::MAX {
+        return Err(NonFinite {
+            step: step as usize,
+            timestep: None,
+            bad: out.data.iter().filter(|v| !v.is_finite()).count(),
+            numel,
+        }
+        .into());
+    }
     Ok((out, tensors.collect::<Result<_>>()?))
 }
 
@@ -423,7 +469,15 @@ impl StepRunner for GpuRunner<'_> {
             &mut |s| Ok(noise.get_mut(s).and_then(Option::take)),
             record,
             &mut |_, _| tick(),
-        )?;
+        )
+        .map_err(|e| match e.downcast::<NonFinite>() {
+            Ok(bad) => NonFinite {
+                timestep: self.timesteps.get(bad.step).copied(),
+                ..bad
+            }
+            .into(),
+            Err(e) => e,
+        })?;
         Ok(ChunkOutput { x, frames })
     }
 }

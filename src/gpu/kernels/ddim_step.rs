@@ -44,6 +44,8 @@ pub struct StepRow {
     pub sigma: f32,
     pub noise_offset: u32,
     pub has_noise: u32,
+    pub step: u32,
+    pub _pad: [u32; 3],
 }
 
 // The threshold search reads the first fields of this row.
@@ -153,6 +155,9 @@ pub struct DdimBuffers<'a> {
     pub sample: &'a wgpu::Buffer,
     /// Where to store the (limited) predicted x0 each step, if wanted.
     pub x0_out: Option<&'a wgpu::Buffer>,
+    /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
+    /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
+    pub first_bad: Option<&'a wgpu::Buffer>,
 }
 
 fn spec() -> KernelSpec {
@@ -168,6 +173,7 @@ fn spec() -> KernelSpec {
             Binding::StorageRead,      // per-sample thresholds
             Binding::StorageReadWrite, // sample (in place)
             Binding::StorageReadWrite, // x0 out
+            Binding::StorageReadWrite, // first_bad (atomic u32)
         ],
     }
 }
@@ -193,6 +199,8 @@ pub fn step_table_bytes(
                 NoiseLayout::Rewritten => 0,
             },
             has_noise: (st.sigma > 0.0) as u32,
+            step: s as u32,
+            _pad: [0; 3],
         };
         bytes[s * stride..s * stride + std::mem::size_of::<StepRow>()]
             .copy_from_slice(bytemuck::bytes_of(&row));
@@ -248,8 +256,9 @@ pub fn ddim_update(
         (false, _) => {}
     }
     let params = cfg.params(bufs.x0_out.is_some());
-    let stride = (ctx.limits.min_uniform_buffer_offset_alignment as usize)
-        .max(std::mem::size_of::<StepRow>());
+    // Dynamic offsets must be multiples of the alignment, which a row may exceed.
+    let stride = std::mem::size_of::<StepRow>()
+        .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment as usize);
     let table = ctx.buffer_with(
         "ddim step table",
         wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -259,6 +268,7 @@ pub fn ddim_update(
     // Two placeholders: one buffer may not be bound both read-only and read-write.
     let no_noise = ctx.storage("ddim no noise", 16);
     let no_x0 = ctx.storage("ddim no x0", 16);
+    let no_flag = ctx.storage("ddim no first_bad", 16);
     let thresholds = ctx.storage("ddim thresholds", (cfg.batch * 4) as u64);
     let mut out = vec![];
     if let X0Limit::Threshold { ratio, max_value } = cfg.limit {
@@ -295,6 +305,7 @@ pub fn ddim_update(
             (&thresholds).into(),
             bufs.sample.into(),
             bufs.x0_out.unwrap_or(&no_x0).into(),
+            bufs.first_bad.unwrap_or(&no_flag).into(),
         ],
     )?;
     out.push(Dispatch {

@@ -5,7 +5,7 @@
 //!
 //! The converted outputs of earlier steps stay on the device in one history buffer (ring slots
 //! plus the corrector's `last` sample), so a run reads nothing back until the end and binds
-//! five storage buffers whatever the solver order.
+//! six storage buffers (with the divergence flag) whatever the solver order.
 
 use anyhow::{ensure, Result};
 
@@ -52,7 +52,8 @@ pub struct StepRow {
     pub pred_slots: [f32; 4],
     pub corr_slots: [f32; 4],
     pub write_slot: u32,
-    pub _pad: [u32; 3],
+    pub step: u32,
+    pub _pad: [u32; 2],
 }
 
 // The threshold search reads the first fields of this row.
@@ -140,7 +141,8 @@ pub fn step_rows(table: &MultistepTable) -> Result<Vec<StepRow>> {
                 pred_slots,
                 corr_slots,
                 write_slot: (s % ring) as u32,
-                _pad: [0; 3],
+                step: s as u32,
+                _pad: [0; 2],
             })
         })
         .collect()
@@ -156,6 +158,9 @@ pub struct MultistepBuffers<'a> {
     /// Where to store the data prediction each step (x0, thresholded where the solver
     /// thresholds; for ε solvers derived from ε), if wanted.
     pub x0_out: Option<&'a wgpu::Buffer>,
+    /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
+    /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
+    pub first_bad: Option<&'a wgpu::Buffer>,
 }
 
 fn spec() -> KernelSpec {
@@ -171,6 +176,7 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // sample (in place)
             Binding::StorageReadWrite, // history: ring slots, then last
             Binding::StorageReadWrite, // x0 out
+            Binding::StorageReadWrite, // first_bad (atomic u32)
         ],
     }
 }
@@ -278,6 +284,7 @@ pub fn multistep_update(
     };
     let uniform = ctx.uniform("multistep params", &params);
     let no_x0 = ctx.storage("multistep no x0", 16);
+    let no_flag = ctx.storage("multistep no first_bad", 16);
     let thresholds = ctx.storage("multistep thresholds", (batch * 4) as u64);
     let mut out = vec![];
     if thresholding {
@@ -321,6 +328,7 @@ pub fn multistep_update(
                 size: Some(history),
             },
             bufs.x0_out.unwrap_or(&no_x0).into(),
+            bufs.first_bad.unwrap_or(&no_flag).into(),
         ],
     )?;
     let (flops, traffic) = cost_per_element(table, &rows, bufs.x0_out.is_some());
