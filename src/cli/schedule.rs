@@ -253,6 +253,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--eta applies to the DDIM sampler only, not to --sampler {sampler}");
     }
     let table = match chosen {
+        // (The solvers returned above.)
         TableSampler::Ddim | TableSampler::DpmSolverPlusPlus | TableSampler::Unipc => {
             Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?)
         }
