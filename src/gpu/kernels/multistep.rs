@@ -287,10 +287,7 @@ pub fn multistep_update(
     let no_flag = ctx.storage("multistep no first_bad", 16);
     let thresholds = ctx.storage("multistep thresholds", (batch * 4) as u64);
     let mut out = vec![];
-    if thresholding {
-        let X0Limit::Threshold { ratio, max_value } = table.limit else {
-            unreachable!("MultistepTable::thresholds() implies a threshold limit")
-        };
+    if let (true, X0Limit::Threshold { ratio, max_value }) = (thresholding, table.limit) {
         out.push(dynamic_threshold(
             ctx,
             &ThresholdConfig {
