@@ -61,6 +61,12 @@ impl Device {
     }
 }
 
+/// Images per chunk when `num` images run in chunks of at most `cap`: as even as possible.
+fn even_chunks(num: usize, cap: usize) -> usize {
+    let num = num.max(1);
+    num.div_ceil(num.div_ceil(cap.max(1)))
+}
+
 /// What to sample.
 #[derive(Clone, Debug)]
 pub struct SampleRequest {
@@ -258,6 +264,62 @@ impl Pipeline {
     /// 5 × 200; at a cap of 341 as 3 × 334, the last chunk 332).
     /// `gpu` is None for the CPU reference ([`Device::gpu_context`]).
     pub fn auto_batch(&self, gpu: Option<&GpuContext>, num: usize) -> Result<usize> {
+        Ok(even_chunks(num, self.auto_batch_cap(gpu)?))
+    }
+
+    /// The batch a GPU run uses: `batch` if it fits `gpu` (refused with the limit it hits
+    /// otherwise, before anything of its size is allocated), else [`Pipeline::auto_batch`]
+    /// within what fits.
+    fn gpu_batch(
+        &self,
+        ctx: &GpuContext,
+        gpu: &GpuRunner<'_>,
+        num: usize,
+        batch: Option<usize>,
+    ) -> Result<usize> {
+        let fits = gpu.max_batch();
+        match batch {
+            Some(b) => {
+                let b = b.clamp(1, num.max(1));
+                ensure!(
+                    b <= fits,
+                    "a batch of {b} does not fit on {}: {}; at most {fits} image(s) per batch fit \
+                     (or leave --batch out to have it chosen)",
+                    ctx.info.name,
+                    gpu.limit()
+                );
+                Ok(b)
+            }
+            None => Ok(even_chunks(num, self.auto_batch_cap(Some(ctx))?.min(fits))),
+        }
+    }
+
+    /// The batch [`Pipeline::sample`] would use for `request` on `device` (the same checks).
+    pub fn batch_for(&self, device: &Device, request: &SampleRequest) -> Result<usize> {
+        match device {
+            Device::Cpu => match request.batch {
+                Some(b) => Ok(b.max(1)),
+                None => self.auto_batch(None, request.num),
+            },
+            Device::Gpu(ctx) => {
+                let steps = self.steps(&request.settings)?;
+                let weights = self.gpu_weights(ctx)?;
+                let gpu = GpuRunner::new(
+                    ctx,
+                    &self.unet,
+                    &weights,
+                    &self.scheduler,
+                    &steps,
+                    PlanOptions::default(),
+                    0,
+                )?;
+                self.gpu_batch(ctx, &gpu, request.num, request.batch)
+            }
+        }
+    }
+
+    /// The most images per chunk [`Pipeline::auto_batch`] allows.
+    fn auto_batch_cap(&self, gpu: Option<&GpuContext>) -> Result<usize> {
         const ACTIVATION_BUDGET: u64 = 512 << 20;
         // Every layer's output at once: an upper bound on what the liveness pool keeps.
         let per_image: u64 = self
@@ -272,8 +334,7 @@ impl Pipeline {
             None => cap = cap.min(CPU_MAX_BATCH),
             Some(ctx) => cap = cap.min(crate::gpu::plan::max_batch(ctx, &self.unet)?),
         }
-        let num = num.max(1);
-        Ok(num.div_ceil(num.div_ceil(cap)))
+        Ok(cap)
     }
 
     /// This pipeline's weights on `ctx`, uploaded on first use and shared by every plan.
@@ -282,9 +343,17 @@ impl Pipeline {
         if let Some((_, w)) = cache.iter().find(|(id, _)| *id == ctx.id) {
             return Ok(w.clone());
         }
+        let what = format!("uploading the weights to {}", ctx.info.name);
+        // f32 on the device, as on the host: refused before the first buffer if they cannot fit.
+        ctx.ensure_fits(
+            &format!("the model's {} parameters", self.model.weights.params()),
+            self.model.weights.params() * 4,
+        )?;
         let w = Arc::new(
-            GpuWeights::upload(ctx, &self.unet, &self.model.weights)
-                .with_context(|| format!("uploading the weights to {}", ctx.info.name))?,
+            ctx.validated(&what, || {
+                GpuWeights::upload(ctx, &self.unet, &self.model.weights)
+            })?
+            .with_context(|| what.clone())?,
         );
         cache.push((ctx.id, w.clone()));
         Ok(w)
@@ -310,11 +379,8 @@ impl Pipeline {
             Start::Noise(plan) => plan.num,
             Start::Given(x) => x.shape.first().copied().unwrap_or(0),
         };
-        let batch = match batch {
-            Some(b) => b.max(1),
-            None => self.auto_batch(device.gpu_context(), num)?,
-        };
-        let run = Run {
+        let frames = trajectory.as_deref().map_or(0, |t| t.steps.len());
+        let run = |batch| Run {
             steps,
             start,
             image: (c, h, w),
@@ -324,13 +390,17 @@ impl Pipeline {
         };
         match device {
             Device::Cpu => {
+                let batch = match batch {
+                    Some(b) => b.max(1),
+                    None => self.auto_batch(None, num)?,
+                };
                 let mut cpu = CpuRunner {
                     unet: &self.unet,
                     weights: &self.model.weights,
                     cfg: &self.scheduler,
                     steps,
                 };
-                sampling::run(&mut cpu, run)
+                sampling::run(&mut cpu, run(batch))
             }
             Device::Gpu(ctx) => {
                 let weights = self.gpu_weights(ctx)?;
@@ -341,8 +411,10 @@ impl Pipeline {
                     &self.scheduler,
                     steps,
                     PlanOptions::default(),
+                    frames,
                 )?;
-                sampling::run(&mut gpu as &mut dyn StepRunner, run)
+                let batch = self.gpu_batch(ctx, &gpu, num, batch)?;
+                sampling::run(&mut gpu as &mut dyn StepRunner, run(batch))
             }
         }
     }

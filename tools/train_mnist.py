@@ -45,15 +45,17 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_samples  # noqa: E402
 import mnist  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CKPT = os.path.join(ROOT, "weights", "mnist", "checkpoint", "train_state.pt")
 DEFAULT_EXPORT = os.path.join(ROOT, "weights", "mnist")
 DEFAULT_RUN_DIR = os.path.join(ROOT, "tools", "runs", "mnist")
+EVAL_SEED = 1234  # the fixed seeds of the in-training evaluation (not those of the final 1,000)
 
 # The architecture: only block types the Rust engine implements.
 UNET_CONFIG = dict(
@@ -102,6 +104,22 @@ def parse_args():
     p.add_argument("--rewarm-steps", type=int, default=200)
     p.add_argument("--second-cooldown-start", type=int, default=None)
     p.add_argument("--second-cooldown-steps", type=int, default=2000)
+    p.add_argument(
+        "--third-rewarm-at",
+        type=int,
+        default=None,
+        help="third phase (issue 17), same shape as the second: re-warm from the floor at this step",
+    )
+    p.add_argument("--third-cooldown-start", type=int, default=None)
+    p.add_argument("--third-cooldown-steps", type=int, default=3000)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="every N steps (and at the end) sample --eval-num DDIM-50 digits from the EMA with fixed "
+        "seeds, score the confident share and keep the best EMA (0: never)",
+    )
+    p.add_argument("--eval-num", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -132,6 +150,10 @@ def lr_at(step, args):
     With --rewarm-at, a second phase of the same shape starts at that step from the
     floor, so a cooled-down run can be continued and the LR stays a pure function of
     the step (exact resume)."""
+    if args.third_rewarm_at is not None and step >= args.third_rewarm_at:
+        ramp = min(1.0, (step - args.third_rewarm_at + 1) / args.rewarm_steps)
+        scale = args.cooldown_floor + (1.0 - args.cooldown_floor) * ramp
+        return args.lr * scale * _cooldown(step, args.third_cooldown_start, args.third_cooldown_steps, args)
     if args.rewarm_at is not None and step >= args.rewarm_at:
         ramp = min(1.0, (step - args.rewarm_at + 1) / args.rewarm_steps)
         scale = args.cooldown_floor + (1.0 - args.cooldown_floor) * ramp
@@ -188,6 +210,10 @@ class Trainer:
         self.loss_log = []  # (step, mean loss over the logging window, wall seconds)
         self.perm = None
         self.perm_pos = 0
+        self.evals = []  # (step, confident, fd) of the in-training evaluations
+        self.best = None  # (step, confident) of the best evaluated EMA
+        self.best_ema = None  # its state dict
+        self._scorer = None
         images, _ = mnist.load_split("train")
         self.data = torch.from_numpy(mnist.to_model_range(images))
 
@@ -209,6 +235,9 @@ class Trainer:
             "loss_log": self.loss_log,
             "perm": self.perm,
             "perm_pos": self.perm_pos,
+            "evals": self.evals,
+            "best": self.best,
+            "best_ema": self.best_ema,
         }
 
     def load(self, path):
@@ -225,6 +254,9 @@ class Trainer:
         self.loss_log = s["loss_log"]
         self.perm = s["perm"]
         self.perm_pos = s["perm_pos"]
+        self.evals = s.get("evals", [])
+        self.best = s.get("best")
+        self.best_ema = s.get("best_ema")
 
     def save(self):
         atomic_torch_save(self.state(), self.args.checkpoint)
@@ -259,16 +291,49 @@ class Trainer:
         self.step += 1
         return loss.item()
 
+    @torch.no_grad()
+    def evaluate(self):
+        """Confident share of --eval-num DDIM-50 (eta 0) samples of the EMA, always from the
+        same seeds so checkpoints are compared on the same noise; keeps the best EMA."""
+        if self._scorer is None:
+            classifier = eval_samples.load_classifier()
+            self._scorer = (classifier, eval_samples.reference_stats(classifier))
+        classifier, ref = self._scorer
+        t0 = time.time()
+        pipe = DDIMPipeline(unet=self.ema, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        n = self.args.eval_num
+        x = eval_samples.generate(pipe, "ddim", n, n, EVAL_SEED, steps=50, eta=0.0)
+        res = eval_samples.score(classifier, x, ref)
+        self.evals.append((self.step, res["confident"], res["fd"]))
+        if self.best is None or res["confident"] > self.best[1]:
+            self.best = (self.step, res["confident"])
+            self.best_ema = {k: v.clone() for k, v in self.ema.state_dict().items()}
+        print(
+            f"eval at step {self.step}: {100 * res['confident']:.1f} % confident, FD {res['fd']:.1f} "
+            f"(n {n}, {time.time() - t0:.0f} s; best {100 * self.best[1]:.1f} % at step {self.best[0]})",
+            flush=True,
+        )
+
     def export(self):
         """EMA weights (f32) in diffusers pipeline layout, loadable by DDIMPipeline.from_pretrained."""
         out = self.args.export_dir
-        pipe = DDPMPipeline(unet=self.ema, scheduler=DDPMScheduler(**SCHEDULER_CONFIG))
+        unet, ema_step = self.ema, self.step
+        if self.best_ema is not None:
+            unet = UNet2DModel(**UNET_CONFIG)
+            unet.load_state_dict(self.best_ema)
+            ema_step = self.best[0]
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**SCHEDULER_CONFIG))
         pipe.save_pretrained(out, safe_serialization=True)
         with open(os.path.join(out, "training_summary.json"), "w") as f:
             last = self.loss_log[-1] if self.loss_log else None
             json.dump(
                 {
                     "step": self.step,
+                    "exported_ema_step": ema_step,
+                    "evals": [
+                        {"step": st, "confident": round(c, 4), "fd": round(fd, 2)} for st, c, fd in self.evals
+                    ],
                     "wall_seconds": round(self.wall_seconds, 1),
                     "batch_size": self.args.batch_size,
                     "parameters": self.param_count(),
@@ -285,6 +350,9 @@ class Trainer:
                             "rewarm_steps",
                             "second_cooldown_start",
                             "second_cooldown_steps",
+                            "third_rewarm_at",
+                            "third_cooldown_start",
+                            "third_cooldown_steps",
                             "weight_decay",
                             "grad_clip",
                             "ema_decay",
@@ -303,7 +371,7 @@ class Trainer:
             header="step,loss,wall_seconds",
             comments="",
         )
-        print(f"exported EMA weights at step {self.step} to {out}", flush=True)
+        print(f"exported the EMA of step {ema_step} to {out}", flush=True)
 
 
 def main():
@@ -319,6 +387,8 @@ def main():
     if args.export_only:
         trainer.export()
         return
+    if args.eval_every and not trainer.evals:
+        trainer.evaluate()  # the starting point, so a phase that makes things worse is not exported
 
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append("SIGTERM"))
@@ -345,12 +415,16 @@ def main():
                 flush=True,
             )
             window, t_window = [], time.time()
+        if args.eval_every and trainer.step % args.eval_every == 0:
+            trainer.evaluate()
         if time.time() - last_ckpt >= args.checkpoint_minutes * 60:
             trainer.save()
             last_ckpt = time.time()
             print(f"checkpoint at step {trainer.step}", flush=True)
     if stop_requested:
         print(f"stopping on {stop_requested[0]}", flush=True)
+    if args.eval_every and (not trainer.evals or trainer.evals[-1][0] != trainer.step):
+        trainer.evaluate()
     trainer.save()
     print(f"checkpoint at step {trainer.step}", flush=True)
     trainer.export()

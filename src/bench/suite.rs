@@ -13,7 +13,8 @@ use super::run::{self, Repeats, RunResult};
 use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
-use ddim_wgpu::gpu::plan::StepForward;
+use ddim_wgpu::gpu::plan::{PlanOptions, StepForward};
+use ddim_wgpu::gpu::sampler::{batch_capacity, RunUpdate};
 use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
@@ -328,6 +329,34 @@ pub struct Quiet;
 impl Progress for Quiet {}
 
 /// Measures the sections `o` asks for on `ctx`.
+/// Refuses a batch the adapter cannot hold before any section allocates for it, naming the
+/// limit (one storage binding, or the memory budget) and the largest batch that fits.
+fn check_batch(ctx: &GpuContext, pipe: &Pipeline, o: &Options) -> Result<()> {
+    let steps = run::sampler_steps(pipe, &o.settings)?;
+    let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let weights = pipe.gpu_weights(ctx)?;
+    let update = RunUpdate::new(&pipe.scheduler, &steps);
+    let cap = batch_capacity(
+        ctx,
+        &pipe.unet,
+        &weights,
+        &update,
+        &timesteps,
+        PlanOptions::default(),
+        0,
+    )?;
+    if o.batch > cap.max_batch {
+        bail!(
+            "--batch {} does not fit on {}: {}; at most {} image(s) per batch fit",
+            o.batch,
+            ctx.info.name,
+            cap.limit,
+            cap.max_batch
+        );
+    }
+    Ok(())
+}
+
 pub fn gpu_document(
     ctx: &GpuContext,
     pipe: &Pipeline,
@@ -335,6 +364,9 @@ pub fn gpu_document(
     build_forward: &ForwardBuilder<'_>,
     progress: &mut dyn Progress,
 ) -> Result<Document> {
+    if o.kernels || o.run {
+        check_batch(ctx, pipe, o)?;
+    }
     let host = HostInfo::current();
     let profiler = Profiler::new(ctx);
     let mut model = model_report(pipe, o.batch);

@@ -181,7 +181,10 @@ fn options(args: &Args, label: String) -> Options {
 }
 
 /// Every (backend, index) pair to run with --all-adapters.
-fn all_adapter_choices(backend: Option<BackendChoice>) -> Result<Vec<AdapterChoice>> {
+fn all_adapter_choices(
+    backend: Option<BackendChoice>,
+    memory_mib: Option<u64>,
+) -> Result<Vec<AdapterChoice>> {
     let kernels = super::model_args::kernel_choice_from_env()?;
     let backends: Vec<BackendChoice> = match backend {
         Some(b) => vec![b],
@@ -195,6 +198,7 @@ fn all_adapter_choices(backend: Option<BackendChoice>) -> Result<Vec<AdapterChoi
             backend: Some(b),
             index: Some(i),
             kernels,
+            memory_mib,
         }));
     }
     Ok(out)
@@ -215,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
         return print(&[doc], args.json, false, args.per_dispatch);
     }
     let choices = if args.all_adapters {
-        let c = all_adapter_choices(args.adapter.backend)?;
+        let c = all_adapter_choices(args.adapter.backend, args.adapter.gpu_memory)?;
         anyhow::ensure!(!c.is_empty(), "no GPU adapters found");
         c
     } else {

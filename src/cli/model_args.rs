@@ -115,7 +115,7 @@ impl ModelArgs {
     }
 }
 
-/// `--backend` and `--adapter`.
+/// `--backend`, `--adapter` and `--gpu-memory`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct AdapterArgs {
     /// wgpu backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else all).
@@ -124,6 +124,11 @@ pub struct AdapterArgs {
     /// Adapter index among those of the chosen backends (see `ddim adapters`).
     #[arg(long)]
     pub adapter: Option<usize>,
+    /// Device memory this run may use, in MiB: batches are sized to it and larger ones
+    /// refused before anything is allocated (default: the host's available memory on a CPU
+    /// adapter; unknown on a GPU, where wgpu cannot ask).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub gpu_memory: Option<u64>,
 }
 
 impl AdapterArgs {
@@ -134,6 +139,7 @@ impl AdapterArgs {
             backend: self.backend,
             index: self.adapter,
             kernels: kernel_choice_from_env()?,
+            memory_mib: self.gpu_memory,
         })
     }
 }

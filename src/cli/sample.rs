@@ -138,15 +138,11 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let device = args.device.open()?;
-    let batch = match args.batch {
-        Some(b) => b,
-        None => pipe.auto_batch(device.gpu_context(), args.num)?,
-    };
     let bar = progress_bar(args.quiet);
     let sampler = args
         .sampler
         .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler));
-    let request = SampleRequest {
+    let mut request = SampleRequest {
         settings: SampleSettings {
             sampler,
             steps: args.steps,
@@ -155,12 +151,14 @@ pub fn run(args: Args) -> Result<()> {
             solver: args.solver.keys(),
         },
         num: args.num,
-        batch: Some(batch),
+        batch: args.batch,
         seed: args.seed,
         rng: args.rng,
         init_noise,
         progress: Some(bar_progress(&bar, 0)),
     };
+    let batch = pipe.batch_for(&device, &request)?;
+    request.batch = Some(batch);
     let started = Instant::now();
     let (images, trajectory) = match &args.save_trajectory {
         Some(_) => {

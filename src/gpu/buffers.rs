@@ -41,18 +41,21 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
         bytes: &[u8],
     ) -> wgpu::Buffer {
+        let size = padded(bytes.len() as u64);
+        self.count_created(size);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: padded(bytes.len() as u64),
+            size,
             usage,
             mapped_at_creation: true,
         });
-        buffer
-            .slice(..)
-            .get_mapped_range_mut()
-            .expect("a buffer mapped at creation is mappable")
-            .slice(..bytes.len())
-            .copy_from_slice(bytes);
+        // Only a buffer whose creation failed (out of memory, a lost device) cannot be mapped;
+        // wgpu reports that failure to the enclosing error scope or to the context's failure
+        // slot, so the missing contents never go unnoticed.
+        match buffer.slice(..).get_mapped_range_mut() {
+            Ok(mut view) => view.slice(..bytes.len()).copy_from_slice(bytes),
+            Err(e) => log::warn!("buffer {label:?} could not be filled: {e:?}"),
+        }
         buffer.unmap();
         buffer
     }
@@ -65,9 +68,11 @@ impl GpuContext {
 
     /// An uninitialised (zeroed by wgpu) storage buffer of `bytes`.
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        let size = padded(bytes);
+        self.count_created(size);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: padded(bytes),
+            size,
             usage: STORAGE,
             mapped_at_creation: false,
         })
@@ -87,12 +92,14 @@ impl GpuContext {
             offsets.push(total);
             total += s.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read back"),
-            size: padded(total),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.validated("creating the read-back buffer", || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read back"),
+                size: padded(total),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -110,7 +117,9 @@ impl GpuContext {
                 encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, Some(size));
             }
         }
-        self.queue.submit([encoder.finish()]);
+        self.validated("submitting the read-back copies", || {
+            self.queue.submit([encoder.finish()]);
+        })?;
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {

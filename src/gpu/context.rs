@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::kernel::{self, Dispatch, Kernel, KernelSpec, PipelineCache};
+use super::memory::MemoryBudget;
 use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
@@ -73,6 +74,8 @@ pub struct AdapterChoice {
     pub index: Option<usize>,
     /// Kernel variants to force on the opened context.
     pub kernels: KernelChoice,
+    /// Device memory budget in MiB (`--gpu-memory`); None: the adapter's own, where known.
+    pub memory_mib: Option<u64>,
 }
 
 impl AdapterChoice {
@@ -142,8 +145,21 @@ pub struct GpuContext {
     /// Unique in this process: identifies the context where wgpu's own ids do not (devices of
     /// different instances, e.g. Vulkan and GL, can compare equal).
     pub id: u64,
+    /// What a batch may use (see `gpu::memory`); None where the adapter cannot tell.
+    pub memory: Option<MemoryBudget>,
+    /// Device bytes created so far ([`GpuContext::bytes_created`]).
+    pub(super) created: std::sync::atomic::AtomicU64,
+    /// The first error wgpu reported outside an error scope, or the device's loss.
+    failure: Arc<std::sync::Mutex<Failure>>,
     /// A tiny storage buffer bound where a kernel's optional input is absent.
     placeholder: std::sync::OnceLock<wgpu::Buffer>,
+}
+
+/// What made a context unusable: its device's loss, or an error outside every error scope.
+#[derive(Default)]
+struct Failure {
+    lost: Option<String>,
+    error: Option<String>,
 }
 
 impl GpuContext {
@@ -172,6 +188,9 @@ impl GpuContext {
         };
         let mut ctx = Self::from_adapter(instance, adapter)?;
         ctx.kernels = choice.kernels;
+        if choice.memory_mib.is_some() {
+            ctx.memory = MemoryBudget::for_adapter(&ctx.info, choice.memory_mib);
+        }
         Ok(ctx)
     }
 
@@ -189,6 +208,28 @@ impl GpuContext {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .with_context(|| format!("creating a device on {} ({:?})", info.name, info.backend))?;
+        // wgpu's default for an error outside every scope is a panic; keep the first one and
+        // fail the next wait or read with it. A lost device is kept apart: it explains the
+        // errors that follow it, so it is what gets reported.
+        let failure = Arc::new(std::sync::Mutex::new(Failure::default()));
+        let f = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let what = format!("GPU error outside any checked operation: {e}");
+            log::error!("{what}");
+            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+            slot.error.get_or_insert(what);
+        }));
+        let f = failure.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let what = match message.trim() {
+                "" => format!("the GPU device was lost ({reason:?})"),
+                m => format!("the GPU device was lost ({reason:?}): {m}"),
+            };
+            log::error!("{what}");
+            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+            slot.lost.get_or_insert(what);
+        });
+        let memory = MemoryBudget::for_adapter(&info, None);
         Ok(Self {
             instance,
             adapter,
@@ -199,6 +240,9 @@ impl GpuContext {
             features,
             pipelines: PipelineCache::default(),
             kernels: KernelChoice::default(),
+            memory,
+            created: Default::default(),
+            failure,
             id: NEXT_CONTEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             placeholder: std::sync::OnceLock::new(),
         })
@@ -224,12 +268,26 @@ impl GpuContext {
             .get_or_init(|| self.upload("unused binding", &[0f32; 4]))
     }
 
-    /// Blocks until all submitted work has finished.
+    /// Blocks until all submitted work has finished; fails if the device was lost or wgpu
+    /// reported an error outside the checked operations.
     pub fn wait_idle(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check_failure()?;
+        polled
             .map(|_| ())
             .map_err(|e| anyhow!("waiting for the GPU: {e}"))
+    }
+
+    /// The device's loss or an uncaptured wgpu error, once one happened: after either, no
+    /// result from this device can be trusted.
+    pub fn check_failure(&self) -> Result<()> {
+        // A poll that does not wait delivers a pending device-lost callback.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        let slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.lost.as_ref().or(slot.error.as_ref()) {
+            Some(what) => bail!("{what} (on {})", self.describe()),
+            None => Ok(()),
+        }
     }
 
     /// The largest storage binding a kernel may use, in bytes (a u32 is enough for offsets
@@ -240,9 +298,13 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
-    /// Runs `f` inside a validation error scope and turns a captured error into an `Err`.
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns a
+    /// captured error (or the device's loss) into an `Err` naming `what`.
     pub fn validated<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
-        kernel::validated(&self.device, what, f)
+        self.check_failure()?;
+        let out = kernel::validated(&self.device, what, f)?;
+        self.check_failure().with_context(|| what.to_string())?;
+        Ok(out)
     }
 
     /// The pipeline for `spec`, compiled on first use (see [`PipelineCache::get`]).

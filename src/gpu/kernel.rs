@@ -80,11 +80,28 @@ impl KernelSpec {
     }
 }
 
-/// Runs `f` inside a validation error scope on `device` and turns a captured error into an `Err`.
+/// Runs `f` inside validation, out-of-memory and internal error scopes on `device` and turns
+/// a captured error into an `Err` naming `what`.
 pub fn validated<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let scopes = [
+        wgpu::ErrorFilter::Internal,
+        wgpu::ErrorFilter::OutOfMemory,
+        wgpu::ErrorFilter::Validation,
+    ]
+    .map(|filter| device.push_error_scope(filter));
     let out = f();
-    match pollster::block_on(scope.pop()) {
+    // Popped innermost first; the first error found wins.
+    let mut first = None;
+    for scope in scopes.into_iter().rev() {
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        Some(wgpu::Error::OutOfMemory { .. }) => Err(anyhow!(
+            "{what}: the GPU is out of memory (try a smaller --batch, or --gpu-memory MIB to \
+             have batches sized to what it has)"
+        )),
         Some(e) => Err(anyhow!("{what}: {e}")),
         None => Ok(out),
     }

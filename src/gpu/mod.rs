@@ -4,6 +4,7 @@ pub mod buffers;
 pub mod context;
 pub mod kernel;
 pub mod kernels;
+pub mod memory;
 pub mod plan;
 pub mod profile;
 pub mod sampler;

@@ -22,6 +22,7 @@ use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;
+use super::memory::Footprint;
 use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::weights::{attention_shape, GpuWeights};
@@ -166,6 +167,40 @@ pub fn max_batch(ctx: &GpuContext, unet: &UNet) -> Result<usize> {
         limit >> 20
     );
     Ok(n.min(u32::MAX as u64) as usize)
+}
+
+/// The device memory of plans for `unet` at any batch, with `timesteps[step]` for every image:
+/// measured by building the plans for one and for two images. Every plan buffer grows linearly
+/// with the batch except the attention scores, which stop growing once they are computed in
+/// chunks, so `Footprint::at` is exact or (with large batches) a little above the truth.
+pub fn plan_footprint(
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &GpuWeights,
+    timesteps: &[f32],
+    options: PlanOptions,
+) -> Result<Footprint> {
+    let bytes_at = |batch: usize| -> Result<u64> {
+        let before = ctx.bytes_created();
+        let rows: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t; batch]).collect();
+        let plan = UNetPlan::new(ctx, unet, weights, &rows, options)
+            .with_context(|| format!("measuring the plan's memory at a batch of {batch}"))?;
+        drop(plan);
+        Ok(ctx.bytes_created() - before)
+    };
+    let one = bytes_at(1)?;
+    if max_batch(ctx, unet)? < 2 {
+        return Ok(Footprint {
+            fixed: 0,
+            per_image: one,
+        });
+    }
+    let two = bytes_at(2)?;
+    let per_image = two.saturating_sub(one);
+    Ok(Footprint {
+        fixed: one.saturating_sub(per_image),
+        per_image,
+    })
 }
 
 /// What a convolution's epilogue adds to its output: `(conv + chan_add + residual) · out_scale`.

@@ -25,7 +25,8 @@ use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepBuffers};
-use super::plan::{max_batch, PlanOptions, StepForward, UNetPlan};
+use super::memory::{mib, Footprint};
+use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
 use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
@@ -78,6 +79,15 @@ impl SampleSpec<'_> {
             Self::Multistep(_) => 0.0,
         }
     }
+}
+
+/// Values per image (in units of one sample) the loop keeps on the device besides the plan:
+/// the sample, one step's noise, the solver history, the predicted-x0 scratch and `frames`
+/// recorded frames, and the read-back of the sample and the frames. Mirrors
+/// [`sample_recording`] and `Update::new`.
+fn sampler_values(noisy: bool, history: usize, frames: usize) -> usize {
+    let x0_scratch = usize::from(frames > 0);
+    1 + usize::from(noisy) + history + x0_scratch + frames + (1 + frames)
 }
 
 /// A loop's update dispatches and the device buffers they use besides the sample.
@@ -374,6 +384,98 @@ impl RunUpdate {
     }
 }
 
+/// The most images one chunk of a sampling loop may hold on a context, and why.
+pub struct Capacity {
+    pub max_batch: usize,
+    /// The limit that sets `max_batch`, in words.
+    pub limit: String,
+}
+
+/// What fits: every buffer within one storage binding (the solver history included) and, where
+/// the context knows its memory budget, the weights, the plan (measured, `plan_footprint`) and
+/// the loop's own buffers within the budget. Errors when not even one image fits.
+pub fn batch_capacity(
+    ctx: &GpuContext,
+    unet: &UNet,
+    weights: &GpuWeights,
+    update: &RunUpdate,
+    timesteps: &[i64],
+    options: PlanOptions,
+    frames: usize,
+) -> Result<Capacity> {
+    let binding = ctx.max_binding_bytes();
+    let mut cap = Capacity {
+        max_batch: max_batch(ctx, unet)?,
+        limit: format!(
+            "every buffer must fit one storage binding, {} on {}",
+            mib(binding),
+            ctx.info.name
+        ),
+    };
+    let history = match update {
+        RunUpdate::Multistep(t) => history_slots(t),
+        RunUpdate::Ddim { .. } => 0,
+    };
+    if history > 0 {
+        let per_image = (history * unet.input.numel() * 4) as u64;
+        let n = binding / per_image;
+        ensure!(
+            n >= 1,
+            "one image's solver history needs {} but {} allows {} per binding",
+            mib(per_image),
+            ctx.info.name,
+            mib(binding)
+        );
+        if n < cap.max_batch as u64 {
+            cap = Capacity {
+                max_batch: n as usize,
+                limit: format!(
+                    "the solver history must fit one storage binding, {} on {}",
+                    mib(binding),
+                    ctx.info.name
+                ),
+            };
+        }
+    }
+    let Some(budget) = &ctx.memory else {
+        return Ok(cap);
+    };
+    let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+    let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
+    let noisy = matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
+    let run = Footprint {
+        fixed: weights.bytes + plan.fixed,
+        per_image: plan.per_image
+            + (sampler_values(noisy, history, frames) * unet.input.numel() * 4) as u64,
+    };
+    let n = run.max_batch(budget.bytes);
+    ensure!(
+        n >= 1,
+        "one image needs {} of device memory on {} (weights {}, plan {} + {} per image, sampler \
+         buffers included), but the budget is {} ({})",
+        mib(run.at(1)),
+        ctx.info.name,
+        mib(weights.bytes),
+        mib(plan.fixed),
+        mib(run.per_image),
+        mib(budget.bytes),
+        budget.source
+    );
+    if n < cap.max_batch {
+        cap = Capacity {
+            max_batch: n,
+            limit: format!(
+                "the device memory budget is {} ({}): {} for the weights and plan, {} per image",
+                mib(budget.bytes),
+                budget.source,
+                mib(run.fixed),
+                mib(run.per_image)
+            ),
+        };
+    }
+    Ok(cap)
+}
+
 /// The GPU as a device of the sampling loop: one run's update rows and a compiled plan per chunk
 /// size, all over the same uploaded weights.
 pub struct GpuRunner<'a> {
@@ -385,11 +487,15 @@ pub struct GpuRunner<'a> {
     timesteps: Vec<i64>,
     update: RunUpdate,
     max_batch: usize,
+    /// What sets `max_batch`, for messages.
+    limit: String,
     /// Compiled plans by batch size: full chunks and the remainder.
     plans: Vec<(usize, UNetPlan)>,
 }
 
 impl<'a> GpuRunner<'a> {
+    /// The runner for `steps` on `cfg`, keeping the predicted x0 of `frames` steps per chunk;
+    /// its [`StepRunner::max_batch`] is [`batch_capacity`].
     pub fn new(
         ctx: &'a GpuContext,
         unet: &'a UNet,
@@ -397,33 +503,27 @@ impl<'a> GpuRunner<'a> {
         cfg: &SchedulerConfig,
         steps: &SamplerSteps,
         options: PlanOptions,
+        frames: usize,
     ) -> Result<Self> {
         let update = RunUpdate::new(cfg, steps);
-        let mut max_batch = max_batch(ctx, unet)?;
-        if let RunUpdate::Multistep(t) = &update {
-            // The history (ring slots and `last`) is one binding too.
-            let per_image = (history_slots(t) * unet.input.numel() * 4) as u64;
-            let n = ctx.max_binding_bytes() / per_image.max(1);
-            ensure!(
-                n >= 1,
-                "one image's {} history needs {} MiB but {} allows {} MiB per binding",
-                t.options.family.class_name(),
-                per_image >> 20,
-                ctx.info.name,
-                ctx.max_binding_bytes() >> 20
-            );
-            max_batch = max_batch.min(n.min(usize::MAX as u64) as usize);
-        }
+        let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let capacity = batch_capacity(ctx, unet, weights, &update, &timesteps, options, frames)?;
         Ok(Self {
             ctx,
             unet,
             weights,
             options,
-            timesteps: (0..steps.len()).map(|i| steps.timestep(i)).collect(),
+            timesteps,
             update,
-            max_batch,
+            max_batch: capacity.max_batch,
+            limit: capacity.limit,
             plans: Vec::new(),
         })
+    }
+
+    /// What limits [`StepRunner::max_batch`], in words.
+    pub fn limit(&self) -> &str {
+        &self.limit
     }
 
     /// The index in `plans` of the plan for `batch`, compiling it on first use.
@@ -436,9 +536,13 @@ impl<'a> GpuRunner<'a> {
                     .iter()
                     .map(|&t| vec![t as f32; batch])
                     .collect();
-                let plan =
-                    UNetPlan::new(self.ctx, self.unet, self.weights, &timesteps, self.options)
-                        .with_context(|| format!("compiling the U-Net for a batch of {batch}"))?;
+                let what = format!("compiling the U-Net for a batch of {batch}");
+                let plan = self
+                    .ctx
+                    .validated(&what, || {
+                        UNetPlan::new(self.ctx, self.unet, self.weights, &timesteps, self.options)
+                    })?
+                    .with_context(|| what.clone())?;
                 self.plans.push((batch, plan));
                 self.plans.len() - 1
             }

@@ -79,32 +79,58 @@ fn kernels_from_env() -> KernelChoice {
 
 fn shared_context(backend: BackendChoice) -> Option<&'static Arc<GpuContext>> {
     slot(backend)
-        .get_or_init(|| {
-            // Mesa's drivers warn (and some fail) without a runtime dir; give them one.
-            if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-                let dir = std::env::temp_dir().join("ddim-wgpu-xdg");
-                let _ = std::fs::create_dir_all(&dir);
-                std::env::set_var("XDG_RUNTIME_DIR", dir);
-            }
-            let choice = AdapterChoice {
-                kernels: kernels_from_env(),
-                ..AdapterChoice::backend(backend)
-            };
-            match GpuContext::new(&choice) {
-                Ok(ctx) => {
-                    eprintln!("[gpu tests] {backend}: {}", ctx.describe());
-                    Some(Arc::new(ctx))
-                }
-                Err(e) if required(backend) => {
-                    panic!("{backend} adapter required (CI=true) but unavailable: {e:#}")
-                }
-                Err(e) => {
-                    eprintln!("[gpu tests] SKIPPING backend {backend}: {e:#}");
-                    None
-                }
-            }
-        })
+        .get_or_init(|| open_context(backend, None).map(Arc::new))
         .as_ref()
+}
+
+/// A context of its own on `backend` (for tests that break it or limit its memory), with
+/// `memory_mib` as its memory budget; None (after printing why) as [`context`].
+pub fn fresh_context(backend: BackendChoice, memory_mib: Option<u64>) -> Option<GpuContext> {
+    open_context(backend, memory_mib)
+}
+
+fn open_context(backend: BackendChoice, memory_mib: Option<u64>) -> Option<GpuContext> {
+    // Mesa's drivers warn (and some fail) without a runtime dir; give them one.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("ddim-wgpu-xdg");
+        let _ = std::fs::create_dir_all(&dir);
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+    let choice = AdapterChoice {
+        kernels: kernels_from_env(),
+        memory_mib,
+        ..AdapterChoice::backend(backend)
+    };
+    match GpuContext::new(&choice) {
+        Ok(ctx) => {
+            eprintln!("[gpu tests] {backend}: {}", ctx.describe());
+            Some(ctx)
+        }
+        Err(e) if required(backend) => {
+            panic!("{backend} adapter required (CI=true) but unavailable: {e:#}")
+        }
+        Err(e) => {
+            eprintln!("[gpu tests] SKIPPING backend {backend}: {e:#}");
+            None
+        }
+    }
+}
+
+/// Every backend under test (for tests that open contexts of their own).
+pub fn backends() -> Vec<BackendChoice> {
+    backends_under_test()
+}
+
+/// Panics under `CI=true` when `ran` is 0: a GPU test must not pass in CI without its body.
+pub fn assert_some_ran(ran: usize) {
+    if ran == 0 {
+        assert!(
+            !env_flag("CI"),
+            "CI=true but no GPU backend ran (DDIM_TEST_BACKENDS={:?})",
+            std::env::var("DDIM_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into())
+        );
+        eprintln!("[gpu tests] no backend available: test body skipped");
+    }
 }
 
 /// Serialises GPU tests within one test binary (lavapipe is slow and shares 2 cores).
@@ -125,14 +151,7 @@ pub fn for_each_backend(mut f: impl FnMut(BackendChoice, &GpuContext)) -> usize 
             ran += 1;
         }
     }
-    if ran == 0 {
-        assert!(
-            !env_flag("CI"),
-            "CI=true but no GPU backend ran (DDIM_TEST_BACKENDS={:?})",
-            std::env::var("DDIM_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into())
-        );
-        eprintln!("[gpu tests] no backend available: test body skipped");
-    }
+    assert_some_ran(ran);
     ran
 }
 
