@@ -110,6 +110,18 @@ pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
 /// Decodes an in-memory image (e.g. a bundled example) like [`load_image`]. The size is checked
 /// from the header before any pixel is decoded, so a file claiming a huge size costs nothing.
 pub fn decode_image(bytes: &[u8], name: &str, channels: usize, size: usize) -> Result<Tensor> {
+    let img = decode_sized(bytes, name, size, size)?;
+    image_to_tensor(img, name, channels, size)
+}
+
+/// Decodes an image that must be `width`×`height`: the size is checked from the header before
+/// any pixel is decoded, and the decoder may allocate no more than such an image needs.
+pub fn decode_sized(
+    bytes: &[u8],
+    name: &str,
+    width: usize,
+    height: usize,
+) -> Result<image::DynamicImage> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
@@ -118,8 +130,8 @@ pub fn decode_image(bytes: &[u8], name: &str, channels: usize, size: usize) -> R
     let (w, h) = reader()?
         .into_dimensions()
         .with_context(|| format!("cannot decode image {name}"))?;
-    if w as usize != size || h as usize != size {
-        bail!("image {name} is {w}x{h}, but the model works on {size}x{size} images");
+    if w as usize != width || h as usize != height {
+        bail!("image {name} is {w}x{h}, but the model works on {width}x{height} images");
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
@@ -128,10 +140,9 @@ pub fn decode_image(bytes: &[u8], name: &str, channels: usize, size: usize) -> R
     limits.max_alloc = Some(64 * (w as u64) * (h as u64) + (1 << 20));
     let mut decoder = reader()?;
     decoder.limits(limits);
-    let img = decoder
+    decoder
         .decode()
-        .with_context(|| format!("cannot decode image {name}"))?;
-    image_to_tensor(img, name, channels, size)
+        .with_context(|| format!("cannot decode image {name}"))
 }
 
 fn image_to_tensor(

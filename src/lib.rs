@@ -10,10 +10,12 @@
 pub mod bundled;
 pub mod image_io;
 pub mod model;
+pub mod npz;
 pub mod pipeline;
 pub mod rng;
 pub mod sampling;
 pub mod schedule;
+pub mod seed_dir;
 pub mod tensor;
 
 // The two devices, public so that tests, benchmarks and `ddim verify` can check the shaders

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Sample images (default: the bundled MNIST model, 50 DDIM steps, eta 0, samples.png).
     Sample(cli::sample::Args),
+    /// Pack a complete seed folder (`sample --seeds … --out-dir DIR`) into one npz.
+    Pack(cli::pack::Args),
     /// Decode a spherical interpolation between two seeds' initial noise, as one strip.
     Interpolate(cli::interpolate::Args),
     /// DDIM inversion of images to x_T, reconstruction, and its mean squared error.
@@ -46,6 +48,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(a) => cli::sample::run(a),
+        Command::Pack(a) => cli::pack::run(a),
         Command::Interpolate(a) => cli::interpolate::run(a),
         Command::Invert(a) => cli::invert::run(a),
         Command::Schedule(a) => cli::schedule::run(a),

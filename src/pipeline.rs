@@ -20,7 +20,8 @@ use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
 use crate::sampling::{
-    self, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start, StepRunner, Trajectory,
+    self, run::ChunkSink, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start, StepRunner,
+    Trajectory,
 };
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
@@ -77,6 +78,9 @@ pub struct SampleRequest {
     pub batch: Option<usize>,
     pub seed: u64,
     pub rng: RngKind,
+    /// One generator per image, seeded with these (`num` of them; `seed` is then unused): the
+    /// image of seed s does not depend on the others ([`NoisePlan::per_seed`]).
+    pub seeds: Option<Vec<u64>>,
     /// x_T for all `num` images (NCHW) instead of drawing it.
     pub init_noise: Option<Tensor>,
     /// Called after every model evaluation; None reports nothing.
@@ -91,6 +95,7 @@ impl Default for SampleRequest {
             batch: None,
             seed: 0,
             rng: RngKind::Torch,
+            seeds: None,
             init_noise: None,
             progress: None,
         }
@@ -114,6 +119,23 @@ impl Default for LatentRequest {
             steps: 50,
             batch: None,
             progress: None,
+        }
+    }
+}
+
+/// What a run gives back besides its final samples.
+struct Outputs<'t, 's> {
+    trajectory: Option<&'t mut Trajectory>,
+    progress: Option<&'t Progress>,
+    sink: Option<ChunkSink<'s>>,
+}
+
+impl<'t> Outputs<'t, '_> {
+    fn progress(progress: Option<&'t Progress>) -> Self {
+        Self {
+            trajectory: None,
+            progress,
+            sink: None,
         }
     }
 }
@@ -163,7 +185,19 @@ impl Pipeline {
 
     /// Samples `request.num` images; returns x0 as NCHW in [-1, 1] (not clamped).
     pub fn sample(&self, device: &Device, request: &SampleRequest) -> Result<Tensor> {
-        Ok(self.sample_inner(device, request, None)?.0)
+        Ok(self.sample_inner(device, request, None, None)?.0)
+    }
+
+    /// [`Pipeline::sample`], handing each chunk's images to `sink` as it finishes instead of
+    /// returning them all: memory holds one chunk.
+    pub fn sample_chunks(
+        &self,
+        device: &Device,
+        request: &SampleRequest,
+        sink: ChunkSink<'_>,
+    ) -> Result<()> {
+        self.sample_inner(device, request, None, Some(sink))?;
+        Ok(())
     }
 
     /// [`Pipeline::sample`], also keeping the predicted x0 after every `every`-th step and after
@@ -174,7 +208,7 @@ impl Pipeline {
         request: &SampleRequest,
         every: Option<usize>,
     ) -> Result<(Tensor, Trajectory)> {
-        let (images, trajectory) = self.sample_inner(device, request, Some(every))?;
+        let (images, trajectory) = self.sample_inner(device, request, Some(every), None)?;
         Ok((images, trajectory.context("no trajectory was kept")?))
     }
 
@@ -183,6 +217,7 @@ impl Pipeline {
         device: &Device,
         request: &SampleRequest,
         trajectory_every: Option<Option<usize>>,
+        sink: Option<ChunkSink<'_>>,
     ) -> Result<(Tensor, Option<Trajectory>)> {
         ensure!(request.num > 0, "the number of images must be at least 1");
         let steps = self.steps(&request.settings)?;
@@ -193,13 +228,25 @@ impl Pipeline {
             )?),
             None => None,
         };
-        let mut noise = NoisePlan::new(
-            request.rng,
-            request.seed,
-            request.num,
-            self.per_image(),
-            &steps,
-        );
+        let mut noise = match &request.seeds {
+            None => NoisePlan::new(
+                request.rng,
+                request.seed,
+                request.num,
+                self.per_image(),
+                &steps,
+            ),
+            Some(seeds) => {
+                ensure!(
+                    seeds.len() == request.num && request.init_noise.is_none(),
+                    "one generator per seed needs exactly `num` ({}) seeds, got {}, and no initial \
+                     noise",
+                    request.num,
+                    seeds.len()
+                );
+                NoisePlan::per_seed(request.rng, seeds.clone(), self.per_image(), &steps)
+            }
+        };
         if let Some(x) = &request.init_noise {
             let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
             ensure!(
@@ -221,8 +268,11 @@ impl Pipeline {
             &steps,
             Start::Noise(&noise),
             request.batch,
-            trajectory.as_mut(),
-            request.progress.as_ref(),
+            Outputs {
+                trajectory: trajectory.as_mut(),
+                progress: request.progress.as_ref(),
+                sink,
+            },
         )?;
         Ok((images, trajectory))
     }
@@ -237,8 +287,7 @@ impl Pipeline {
             &steps,
             Start::Given(x0),
             request.batch,
-            None,
-            progress,
+            Outputs::progress(progress),
         )
     }
 
@@ -252,8 +301,7 @@ impl Pipeline {
             &steps,
             Start::Given(x_t),
             request.batch,
-            None,
-            progress,
+            Outputs::progress(progress),
         )
     }
 
@@ -366,9 +414,13 @@ impl Pipeline {
         steps: &SamplerSteps,
         start: Start<'_>,
         batch: Option<usize>,
-        trajectory: Option<&mut Trajectory>,
-        progress: Option<&Progress>,
+        outputs: Outputs<'_, '_>,
     ) -> Result<Tensor> {
+        let Outputs {
+            trajectory,
+            progress,
+            sink,
+        } = outputs;
         let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
         ensure!(
             (self.unet.output.c, self.unet.output.h, self.unet.output.w) == (c, h, w),
@@ -387,6 +439,11 @@ impl Pipeline {
             batch,
             trajectory,
             progress,
+            // `Some(s)` re-coerces the sink to the run's shorter lifetime.
+            sink: match sink {
+                Some(s) => Some(s),
+                None => None,
+            },
         };
         match device {
             Device::Cpu => {

@@ -7,6 +7,8 @@ pub mod info;
 pub mod interpolate;
 pub mod invert;
 pub mod model_args;
+pub mod pack;
 pub mod sample;
 pub mod schedule;
+pub mod seeds;
 pub mod verify;

@@ -74,19 +74,35 @@ pub struct Args {
     pub use_clipped_model_output: bool,
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
-    /// Random seed.
+    /// Random seed (one generator for all images, as diffusers' pipelines draw a batch).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// One generator per image instead: seeds A-B (inclusive) or lists such as 3,17,40-49, in
+    /// ascending order. The image of seed s is diffusers' DDIMPipeline(batch_size=1,
+    /// generator=torch.manual_seed(s)) whatever the batch, device or shard; with --out-dir each
+    /// is written as <seed>.png as soon as its chunk is done, and a rerun makes only the missing.
+    #[arg(long, value_name = "SET", conflicts_with_all = ["num", "seed", "init_noise", "save_trajectory"])]
+    pub seeds: Option<String>,
+    /// Make part I of N of --seeds (I from 0). Default: from a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID and _COUNT or _MIN/_MAX) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX with --shards or DDIM_SHARDS), else all of it.
+    #[arg(long, value_name = "I/N", requires = "seeds")]
+    pub shard: Option<String>,
+    /// The number of shards when the index comes from the environment (a Kubernetes Indexed
+    /// Job's completions; overrides Slurm's task count).
+    #[arg(long, value_name = "N", requires = "seeds", value_parser = clap::value_parser!(u64).range(1..))]
+    pub shards: Option<u64>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
     #[arg(long, value_enum, default_value_t = RngKind::Torch)]
     pub rng: RngKind,
     /// Initial noise x_T from a safetensors file ([N, C, H, W], tensor `sample` or the only one).
     #[arg(long, value_name = "FILE")]
     pub init_noise: Option<PathBuf>,
-    /// The PNG grid to write.
-    #[arg(long, value_name = "FILE", default_value = "samples.png")]
-    pub out: PathBuf,
-    /// Also write one PNG per image into this directory.
+    /// The PNG grid to write (default: samples.png; with --seeds and --out-dir, none).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also write one PNG per image into this directory (00000.png, … by index; with --seeds,
+    /// <seed>.png and a manifest, and then no grid unless --out is given).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// Also write x0 (NCHW, in [-1, 1]) as safetensors, tensor `sample`.
@@ -107,6 +123,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.seeds.is_some() {
+        return super::seeds::run(args);
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("samples.png"));
     ensure!(args.num > 0, "-n/--num must be at least 1");
     ensure!(args.batch != Some(0), "--batch must be at least 1");
     ensure!(
@@ -118,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         args.trajectory_every != Some(0),
         "--trajectory-every must be at least 1"
     );
-    check_output_dir(&args.out)?;
+    check_output_dir(&out)?;
     for p in args.save_tensor.iter().chain(&args.save_trajectory) {
         check_output_dir(p)?;
     }
@@ -154,6 +174,7 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         seed: args.seed,
         rng: args.rng,
+        seeds: None,
         init_noise,
         progress: Some(bar_progress(&bar, 0)),
     };
@@ -170,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 
-    save_grid(&args.out, &images, None)?;
+    save_grid(&out, &images, None)?;
     if let (Some(p), Some(t)) = (&args.save_trajectory, &trajectory) {
         save_trajectory(p, t)?;
     }
@@ -191,7 +212,7 @@ pub fn run(args: Args) -> Result<()> {
     if !args.quiet {
         println!(
             "wrote {} ({} image(s) from {model_name}; {} {} steps{}, seed {}, rng {:?}, batch {batch}) on {} in {secs:.1} s",
-            args.out.display(),
+            out.display(),
             args.num,
             sampler.as_str(),
             args.steps,

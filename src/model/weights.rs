@@ -320,6 +320,28 @@ impl Weights {
         self.tensors.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// SHA-256 over every tensor in name order (name, shape, f32 values little-endian): the
+    /// same for the same values whatever file, dtype or layout they came from.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut h = Sha256::new();
+        for name in names {
+            let t = &self.tensors[name];
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((t.shape.len() as u64).to_le_bytes());
+            for &d in &t.shape {
+                h.update((d as u64).to_le_bytes());
+            }
+            for v in &t.data {
+                h.update(v.to_le_bytes());
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Total number of values.
     pub fn params(&self) -> u64 {
         self.tensors.values().map(|t| t.numel() as u64).sum()

@@ -4,6 +4,10 @@
 //! torch.manual_seed(seed))`: one draw of shape [N, C, H, W] for x_T, then — DDIM with eta > 0 —
 //! one draw of the same shape at every step, or — DDPM — one at every step with t > 0. Every
 //! device consumes exactly the same values, so runs can be compared element for element.
+//!
+//! With one seed per image (`--seeds`), image i draws the same sequence from a generator of its
+//! own, seeded with its seed: what `DDIMPipeline(batch_size=1, generator=torch.manual_seed(s))`
+//! draws. An image then does not depend on the run's size, its chunks, device or shards.
 
 use super::steps::SamplerSteps;
 use crate::rng::{NoiseSource, RngKind};
@@ -23,6 +27,8 @@ pub struct NoisePlan {
     /// x_T for all images given by the user (`--init-noise`); the stream then starts with the
     /// per-step draws.
     pub initial_override: Option<Vec<f32>>,
+    /// One generator per image, seeded with these (`num` of them) instead of one for all.
+    pub per_image_seeds: Option<Vec<u64>>,
 }
 
 /// The noise a chunk of images consumes.
@@ -50,6 +56,15 @@ impl NoisePlan {
             per_image,
             step_draws,
             initial_override: None,
+            per_image_seeds: None,
+        }
+    }
+
+    /// The noise of one image per seed, each from its own generator.
+    pub fn per_seed(kind: RngKind, seeds: Vec<u64>, per_image: usize, steps: &SamplerSteps) -> Self {
+        Self {
+            per_image_seeds: Some(seeds.clone()),
+            ..Self::new(kind, seeds.first().copied().unwrap_or(0), seeds.len(), per_image, steps)
         }
     }
 
@@ -60,6 +75,9 @@ impl NoisePlan {
             range.end <= self.num && range.start < range.end,
             "bad image range {range:?}"
         );
+        if let Some(seeds) = &self.per_image_seeds {
+            return self.chunk_per_seed(&seeds[range]);
+        }
         let mut rng = NoiseSource::new(self.kind, self.seed);
         let total = self.num * self.per_image;
         let slice = range.start * self.per_image..range.end * self.per_image;
@@ -75,6 +93,37 @@ impl NoisePlan {
             } else {
                 None
             });
+        }
+        Ok(ChunkNoise { initial, steps })
+    }
+
+    /// Each image's own stream, laid out as one chunk.
+    fn chunk_per_seed(&self, seeds: &[u64]) -> Result<ChunkNoise> {
+        ensure!(
+            self.initial_override.is_none(),
+            "given initial noise and one generator per seed do not mix"
+        );
+        let n = self.per_image;
+        let mut initial = Vec::with_capacity(seeds.len() * n);
+        let mut steps: Vec<Option<Vec<f32>>> = self
+            .step_draws
+            .iter()
+            .map(|&d| d.then(|| Vec::with_capacity(seeds.len() * n)))
+            .collect();
+        for &seed in seeds {
+            let mut rng = NoiseSource::new(self.kind, seed);
+            initial.extend(
+                rng.randn(n)
+                    .with_context(|| format!("drawing x_T of seed {seed}"))?,
+            );
+            for (i, step) in steps.iter_mut().enumerate() {
+                if let Some(step) = step {
+                    step.extend(
+                        rng.randn(n)
+                            .with_context(|| format!("drawing the noise of step {i} for seed {seed}"))?,
+                    );
+                }
+            }
         }
         Ok(ChunkNoise { initial, steps })
     }
@@ -116,5 +165,26 @@ mod tests {
         assert!(plan0.chunk(0..5).unwrap().steps.iter().all(|s| s.is_none()));
         // Without step noise x_T is the same first draw.
         assert_eq!(plan0.chunk(0..5).unwrap().initial, all.initial);
+    }
+
+    #[test]
+    fn per_seed_images_do_not_depend_on_their_neighbours() {
+        let cfg = SchedulerConfig::default();
+        let settings = SampleSettings {
+            eta: 0.5,
+            steps: 4,
+            ..Default::default()
+        };
+        let table = SamplerSteps::new(&cfg, &settings).unwrap();
+        let many = NoisePlan::per_seed(RngKind::Torch, vec![7, 8, 9], 16, &table);
+        let alone = NoisePlan::new(RngKind::Torch, 8, 1, 16, &table);
+        let (a, b) = (many.chunk(1..2).unwrap(), alone.chunk(0..1).unwrap());
+        assert_eq!(a.initial, b.initial);
+        assert_eq!(a.steps, b.steps);
+        let whole = many.chunk(0..3).unwrap();
+        assert_eq!(&whole.initial[16..32], &b.initial[..]);
+        for (w, s) in whole.steps.iter().zip(&b.steps) {
+            assert_eq!(&w.as_ref().unwrap()[16..32], &s.as_ref().unwrap()[..]);
+        }
     }
 }

@@ -68,6 +68,9 @@ pub enum Start<'a> {
     Given(&'a Tensor),
 }
 
+/// Called with each chunk's final samples (its image range and NCHW values) as it finishes.
+pub type ChunkSink<'a> = &'a mut dyn FnMut(std::ops::Range<usize>, &Tensor) -> Result<()>;
+
 /// One run of the loop.
 pub struct Run<'a> {
     pub steps: &'a SamplerSteps,
@@ -79,9 +82,13 @@ pub struct Run<'a> {
     /// Fills these frames when given.
     pub trajectory: Option<&'a mut Trajectory>,
     pub progress: Option<&'a Progress>,
+    /// Receives every chunk as it finishes; with a sink the returned tensor is empty (shape
+    /// [0, C, H, W]) and memory holds one chunk, not the whole run.
+    pub sink: Option<ChunkSink<'a>>,
 }
 
-/// Runs `run` on `device` chunk by chunk and returns the final samples of all images, NCHW.
+/// Runs `run` on `device` chunk by chunk and returns the final samples of all images, NCHW
+/// (or hands each chunk to `run.sink`).
 pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
     let Run {
         steps,
@@ -90,6 +97,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         batch,
         mut trajectory,
         progress,
+        mut sink,
     } = run;
     let per_image = c * h * w;
     let num = match start {
@@ -131,7 +139,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         .map_or(Vec::new(), |t| t.steps.clone());
     let total = num.div_ceil(batch) * steps.len();
     let mut done = 0;
-    let mut out = Tensor::zeros(&[num, c, h, w]);
+    let mut out = Tensor::zeros(&[if sink.is_some() { 0 } else { num }, c, h, w]);
     for first in (0..num).step_by(batch) {
         let range = first..(first + batch).min(num);
         let chunk = match start {
@@ -163,7 +171,11 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
             range.len() * per_image,
             record.len()
         );
-        out.data[range.start * per_image..range.end * per_image].copy_from_slice(&y.x.data);
+        match sink.as_deref_mut() {
+            Some(sink) => sink(range.clone(), &y.x).with_context(|| format!("images {range:?}"))?,
+            None => out.data[range.start * per_image..range.end * per_image]
+                .copy_from_slice(&y.x.data),
+        }
         if let Some(t) = trajectory.as_deref_mut() {
             for (k, frame) in y.frames.iter().enumerate() {
                 t.store(k, range.clone(), per_image, &frame.data);

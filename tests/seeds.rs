@@ -1,0 +1,132 @@
+//! One generator per image (`--seeds`, issue 15): the image of seed s is diffusers' pipeline run
+//! alone with `batch_size=1, generator=torch.manual_seed(s)` (fixtures from
+//! tools/export_seed_fixtures.py on the tiny model), for eta 0, eta 0.5 and DDPM, on the CPU
+//! reference and every GPU backend, whatever the batch and the company of other seeds.
+
+mod common;
+
+use ddim_wgpu::model::{tensor_io, Model};
+use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::rng::RngKind;
+use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
+use ddim_wgpu::schedule::SchedulerConfig;
+use ddim_wgpu::Tensor;
+use serde_json::Value;
+use std::path::Path;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/tiny");
+
+fn pipeline() -> Pipeline {
+    let model = Model::load(Path::new(DIR)).unwrap();
+    let cfg = SchedulerConfig::from_file(&Path::new(DIR).join("scheduler/scheduler_config.json"))
+        .unwrap();
+    Pipeline::new(model, cfg).unwrap()
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(DIR).join("seeds.json")).unwrap();
+    let cases: Value = serde_json::from_str(&text).unwrap();
+    let cases = cases.as_array().unwrap().clone();
+    assert_eq!(cases.len(), 3);
+    cases
+}
+
+fn request(case: &Value, seeds: Vec<u64>, batch: usize) -> SampleRequest {
+    let sampler = match case["sampler"].as_str().unwrap() {
+        "ddpm" => SamplerKind::Ddpm,
+        _ => SamplerKind::Ddim,
+    };
+    SampleRequest {
+        settings: SampleSettings {
+            sampler,
+            steps: case["steps"].as_u64().unwrap() as usize,
+            eta: case["eta"].as_f64().unwrap_or(0.0),
+            ..Default::default()
+        },
+        num: seeds.len(),
+        batch: Some(batch),
+        rng: RngKind::Torch,
+        seeds: Some(seeds),
+        ..Default::default()
+    }
+}
+
+/// Largest |ours − diffusers| in [0, 1] for image `i` of `x0` (NCHW in [-1, 1]) against the
+/// fixture image `name` (NHWC, one image).
+fn max_abs(x0: &Tensor, i: usize, name: &str) -> f32 {
+    let want = tensor_io::read_tensor(&Path::new(DIR).join("seeds.safetensors"), name).unwrap();
+    let (_, c, h, w) = x0.nchw();
+    assert_eq!(want.shape, vec![1, h, w, c]);
+    let mut worst = 0.0f32;
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let ours = (x0.data[((i * c + ch) * h + y) * w + x] / 2.0 + 0.5).clamp(0.0, 1.0);
+                let theirs = want.data[(y * w + x) * c + ch];
+                worst = worst.max((ours - theirs).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn check(device: &Device, what: &str) {
+    let pipe = pipeline();
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let seeds: Vec<u64> = case["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        // All seeds in one batch, in uneven chunks, and the last seed alone.
+        for (set, batch) in [
+            (seeds.clone(), seeds.len()),
+            (seeds.clone(), 3),
+            (seeds[seeds.len() - 1..].to_vec(), 1),
+        ] {
+            let x0 = pipe
+                .sample(device, &request(&case, set.clone(), batch))
+                .unwrap_or_else(|e| panic!("{what} {name}: {e:#}"));
+            for (i, seed) in set.iter().enumerate() {
+                let worst = max_abs(&x0, i, &format!("{name}/{seed}"));
+                println!("{what} {name} seed {seed} (of {set:?}, batch {batch}): {worst:.2e}");
+                assert!(
+                    f64::from(worst) <= common::TORCH_SAMPLE_MAX_ABS,
+                    "{what} {name} seed {seed} (batch {batch}): max abs {worst} > {}",
+                    common::TORCH_SAMPLE_MAX_ABS
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_seed_images_are_diffusers_batch_of_one() {
+    check(&Device::Cpu, "cpu");
+}
+
+#[test]
+fn gpu_seed_images_are_diffusers_batch_of_one() {
+    common::for_each_backend(|backend, _| {
+        check(&common::device(backend).unwrap(), &format!("{backend:?}"));
+    });
+}
+
+#[test]
+fn an_image_does_not_depend_on_its_batch_or_neighbours() {
+    // Bit for bit on one device: seed 11 alone, among others, in chunks of 1 and of 4.
+    let pipe = pipeline();
+    let case = &cases()[1];
+    let alone = pipe.sample(&Device::Cpu, &request(case, vec![11], 1)).unwrap();
+    let among = pipe
+        .sample(&Device::Cpu, &request(case, vec![3, 4, 11, 200], 4))
+        .unwrap();
+    let chunked = pipe
+        .sample(&Device::Cpu, &request(case, vec![3, 4, 11, 200], 1))
+        .unwrap();
+    let per = alone.numel();
+    assert_eq!(&among.data[2 * per..3 * per], &alone.data[..]);
+    assert_eq!(among.data, chunked.data);
+}
