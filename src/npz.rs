@@ -57,11 +57,17 @@ const CRC_AT: u64 = 14;
 
 impl<W: Write + Seek> NpzWriter<W> {
     /// Starts the archive at the output's current position 0 for an array of `shape`.
-    pub fn new(mut out: W, shape: &[usize]) -> Result<Self> {
+    pub fn new(out: W, shape: &[usize]) -> Result<Self> {
+        Self::start(out, shape, false)
+    }
+
+    /// [`NpzWriter::new`], with ZIP64 records also for a small array when `force_zip64`
+    /// (so that the large-file layout can be tested without writing 4 GiB).
+    pub fn start(mut out: W, shape: &[usize], force_zip64: bool) -> Result<Self> {
         let header = npy_header(shape)?;
         let data: u64 = shape.iter().map(|&d| d as u64).product();
         let entry_size = header.len() as u64 + data;
-        let zip64 = entry_size >= u32::MAX as u64;
+        let zip64 = force_zip64 || entry_size >= u32::MAX as u64;
         let mut local = Vec::new();
         put32(&mut local, 0x0403_4b50);
         put16(&mut local, version(zip64));
@@ -250,5 +256,22 @@ mod tests {
         assert_eq!(&z[dir..dir + 4], &[0x50, 0x4b, 0x01, 0x02]);
         let short = NpzWriter::new(std::io::Cursor::new(Vec::new()), &shape).unwrap();
         assert!(short.finish().is_err());
+    }
+
+    #[test]
+    fn zip64_layout_when_forced() {
+        let shape = [3, 2, 2, 1];
+        let mut w = NpzWriter::start(std::io::Cursor::new(Vec::new()), &shape, true).unwrap();
+        w.write(&[7; 12]).unwrap();
+        let z = w.finish().unwrap().into_inner();
+        // Written for a manual check with numpy.load (the large-file path of real runs).
+        let _ = std::fs::write(std::env::temp_dir().join("ddim-npz-zip64-test.npz"), &z);
+        let eocd = &z[z.len() - 22..];
+        assert_eq!(&eocd[..4], &[0x50, 0x4b, 0x05, 0x06]);
+        assert_eq!(u16::from_le_bytes([eocd[10], eocd[11]]), u16::MAX);
+        let locator = &z[z.len() - 42..z.len() - 22];
+        assert_eq!(&locator[..4], &[0x50, 0x4b, 0x06, 0x07]);
+        let record = u64::from_le_bytes(locator[8..16].try_into().unwrap()) as usize;
+        assert_eq!(&z[record..record + 4], &[0x50, 0x4b, 0x06, 0x06]);
     }
 }
