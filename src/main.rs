@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Sample images (default: the bundled MNIST model, 50 DDIM steps, eta 0, samples.png).
-    Sample(cli::sample::Args),
+    Sample(Box<cli::sample::Args>),
     /// Pack a complete seed folder (`sample --seeds … --out-dir DIR`) into one npz.
     Pack(cli::pack::Args),
     /// Decode a spherical interpolation between two seeds' initial noise, as one strip.
@@ -47,7 +47,7 @@ fn main() {
     stop_on_signals();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sample(a) => cli::sample::run(a),
+        Command::Sample(a) => cli::sample::run(*a),
         Command::Pack(a) => cli::pack::run(a),
         Command::Interpolate(a) => cli::interpolate::run(a),
         Command::Invert(a) => cli::invert::run(a),

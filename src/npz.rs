@@ -228,7 +228,9 @@ mod tests {
         let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
         assert_eq!((10 + hl) % 64, 0);
         let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
-        assert!(header.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 1), }"));
+        assert!(
+            header.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 1), }")
+        );
         assert!(header.ends_with('\n'));
         assert_eq!(&b[10 + hl..], &[1, 2, 3, 4, 5, 6]);
         assert!(npy_u8(&[2, 2], &[0; 3]).is_err());
@@ -244,7 +246,10 @@ mod tests {
         let z = w.finish().unwrap().into_inner();
         let npy = npy_u8(&shape, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         assert_eq!(&z[..4], &[0x50, 0x4b, 0x03, 0x04]);
-        assert_eq!(u32::from_le_bytes(z[14..18].try_into().unwrap()), crc32fast::hash(&npy));
+        assert_eq!(
+            u32::from_le_bytes(z[14..18].try_into().unwrap()),
+            crc32fast::hash(&npy)
+        );
         assert_eq!(&z[30..39], b"arr_0.npy");
         assert_eq!(&z[39..39 + npy.len()], &npy[..]);
         // End of central directory: one entry, directory right after the data.

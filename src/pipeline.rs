@@ -20,8 +20,8 @@ use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
 use crate::sampling::{
-    self, run::ChunkSink, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start, StepRunner,
-    Trajectory,
+    self, run::ChunkSink, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start,
+    StepRunner, Trajectory,
 };
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;

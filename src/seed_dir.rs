@@ -122,10 +122,13 @@ impl Manifest {
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
             .map(|(k, v)| {
-                let shown = |x: Option<&serde_json::Value>| {
-                    x.map_or("none".to_string(), |x| x.to_string())
-                };
-                format!("{k}: this run {}, the folder {}", shown(Some(v)), shown(b.get(k)))
+                let shown =
+                    |x: Option<&serde_json::Value>| x.map_or("none".to_string(), |x| x.to_string());
+                format!(
+                    "{k}: this run {}, the folder {}",
+                    shown(Some(v)),
+                    shown(b.get(k))
+                )
             })
             .collect()
     }
@@ -162,7 +165,10 @@ pub fn missing(dir: &Path, set: &SeedSet, [c, h, w]: [usize; 3]) -> Result<Vec<u
 pub fn write_image(dir: &Path, seed: u64, images: &Tensor, i: usize) -> Result<PathBuf> {
     let (_, c, h, w) = images.nchw();
     let per = c * h * w;
-    let one = Tensor::new(vec![1, c, h, w], images.data[i * per..(i + 1) * per].to_vec())?;
+    let one = Tensor::new(
+        vec![1, c, h, w],
+        images.data[i * per..(i + 1) * per].to_vec(),
+    )?;
     let (pw, ph, pc, pixels) = grid(&one, 1, 0)?;
     let path = dir.join(file_name(seed));
     write_atomic(&path, &encode_png(pw, ph, pc, &pixels)?)
@@ -194,8 +200,12 @@ pub struct Packed {
 /// npz `out`, one image in memory at a time; fails, writing nothing, if any seed is missing or
 /// does not decode.
 pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
-    let m = Manifest::read(dir)?
-        .with_context(|| format!("{} has no {MANIFEST}: not a ddim seed folder", dir.display()))?;
+    let m = Manifest::read(dir)?.with_context(|| {
+        format!(
+            "{} has no {MANIFEST}: not a ddim seed folder",
+            dir.display()
+        )
+    })?;
     let set = SeedSet::parse(&m.seeds).with_context(|| format!("{MANIFEST}: seeds"))?;
     let [c, h, w] = m.image;
     ensure!(

@@ -119,7 +119,9 @@ fn an_image_does_not_depend_on_its_batch_or_neighbours() {
     // Bit for bit on one device: seed 11 alone, among others, in chunks of 1 and of 4.
     let pipe = pipeline();
     let case = &cases()[1];
-    let alone = pipe.sample(&Device::Cpu, &request(case, vec![11], 1)).unwrap();
+    let alone = pipe
+        .sample(&Device::Cpu, &request(case, vec![11], 1))
+        .unwrap();
     let among = pipe
         .sample(&Device::Cpu, &request(case, vec![3, 4, 11, 200], 4))
         .unwrap();

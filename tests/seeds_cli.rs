@@ -98,7 +98,10 @@ fn shards_and_chunks_change_no_byte_and_reruns_fill_in() {
     for i in 0..3 {
         let shard = format!("{i}/3");
         ok(
-            &sample(&sharded, &["--seeds", "0-9,20", "--batch", "1", "--shard", &shard]),
+            &sample(
+                &sharded,
+                &["--seeds", "0-9,20", "--batch", "1", "--shard", &shard],
+            ),
             &[],
         );
     }
@@ -110,8 +113,24 @@ fn shards_and_chunks_change_no_byte_and_reruns_fill_in() {
         );
     }
     let (a, b) = (whole.join("a.npz"), sharded.join("b.npz"));
-    ok(&["pack", whole.to_str().unwrap(), "--npz", a.to_str().unwrap()], &[]);
-    ok(&["pack", sharded.to_str().unwrap(), "--npz", b.to_str().unwrap()], &[]);
+    ok(
+        &[
+            "pack",
+            whole.to_str().unwrap(),
+            "--npz",
+            a.to_str().unwrap(),
+        ],
+        &[],
+    );
+    ok(
+        &[
+            "pack",
+            sharded.to_str().unwrap(),
+            "--npz",
+            b.to_str().unwrap(),
+        ],
+        &[],
+    );
     let npz = std::fs::read(&a).unwrap();
     assert_eq!(npz, std::fs::read(&b).unwrap());
     assert!(npz.windows(9).any(|w| w == b"arr_0.npy"));
@@ -143,7 +162,12 @@ fn shards_and_chunks_change_no_byte_and_reruns_fill_in() {
     std::fs::remove_file(sharded.join("000004.png")).unwrap();
     let c = sharded.join("c.npz");
     fails(
-        &["pack", sharded.to_str().unwrap(), "--npz", c.to_str().unwrap()],
+        &[
+            "pack",
+            sharded.to_str().unwrap(),
+            "--npz",
+            c.to_str().unwrap(),
+        ],
         "000004.png",
     );
     assert!(!c.exists());
@@ -157,8 +181,14 @@ fn other_settings_are_refused_in_a_claimed_folder() {
     fails(&sample(&dir, &["--seeds", "0-3", "--steps", "4"]), "steps");
     fails(&sample(&dir, &["--seeds", "0-4"]), "seeds");
     fails(&sample(&dir, &["--seeds", "0-3", "--rng", "philox"]), "rng");
-    fails(&sample(&dir, &["--seeds", "0-3", "--shard", "0/2"]), "shards");
-    fails(&sample(&dir, &["--seeds", "0-3", "--spacing", "trailing"]), "schedule");
+    fails(
+        &sample(&dir, &["--seeds", "0-3", "--shard", "0/2"]),
+        "shards",
+    );
+    fails(
+        &sample(&dir, &["--seeds", "0-3", "--spacing", "trailing"]),
+        "schedule",
+    );
     assert_eq!(pngs(&dir), before);
 }
 
@@ -193,12 +223,29 @@ fn job_runners_choose_the_shard() {
 #[test]
 fn bad_seed_arguments_write_nothing() {
     let dir = temp_dir("bad");
-    for (seeds, needle) in [("5-3", "descends"), ("1,1", "overlaps"), ("", "empty"), ("x", "whole number")] {
+    for (seeds, needle) in [
+        ("5-3", "descends"),
+        ("1,1", "overlaps"),
+        ("", "empty"),
+        ("x", "whole number"),
+    ] {
         fails(&sample(&dir, &["--seeds", seeds]), needle);
     }
-    fails(&sample(&dir, &["--seeds", "0-3", "--shard", "4/4"]), "does not exist");
-    fails(&sample(&dir, &["--seeds", "0-3", "-n", "4"]), "cannot be used");
+    fails(
+        &sample(&dir, &["--seeds", "0-3", "--shard", "4/4"]),
+        "does not exist",
+    );
+    fails(
+        &sample(&dir, &["--seeds", "0-3", "-n", "4"]),
+        "cannot be used",
+    );
     let missing = dir.join("nope");
-    fails(&sample(&missing, &["--seeds", "0-3"]), "not an existing directory");
-    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "a failed run wrote files");
+    fails(
+        &sample(&missing, &["--seeds", "0-3"]),
+        "not an existing directory",
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "a failed run wrote files"
+    );
 }

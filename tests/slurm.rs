@@ -11,7 +11,10 @@ fn ci() -> bool {
 }
 
 fn have_sbatch() -> bool {
-    Command::new("sbatch").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("sbatch")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -61,21 +64,35 @@ fn a_slurm_job_array_makes_the_same_images_as_one_process() {
         .filter_map(|e| {
             let p = e.unwrap().path();
             let name = p.file_name()?.to_string_lossy().into_owned();
-            name.starts_with("slurm-").then(|| std::fs::read_to_string(&p).unwrap_or_default())
+            name.starts_with("slurm-")
+                .then(|| std::fs::read_to_string(&p).unwrap_or_default())
         })
         .collect();
     assert_eq!(logs.len(), 4, "expected one log per array task: {logs:?}");
 
     let mut single = Command::new(bin);
-    single.arg("sample").args(common.split(' ')).arg("--out-dir").arg(&single_dir);
-    for v in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX"] {
+    single
+        .arg("sample")
+        .args(common.split(' '))
+        .arg("--out-dir")
+        .arg(&single_dir);
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_MAX",
+    ] {
         single.env_remove(v);
     }
     run(&mut single);
 
     let pack = |dir: &Path| {
         let npz = dir.join("all.npz");
-        run(Command::new(bin).arg("pack").arg(dir).arg("--npz").arg(&npz));
+        run(Command::new(bin)
+            .arg("pack")
+            .arg(dir)
+            .arg("--npz")
+            .arg(&npz));
         std::fs::read(npz).unwrap()
     };
     let (a, b) = (pack(&array_dir), pack(&single_dir));

@@ -126,7 +126,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.seeds.is_some() {
         return super::seeds::run(args);
     }
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("samples.png"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("samples.png"));
     ensure!(args.num > 0, "-n/--num must be at least 1");
     ensure!(args.batch != Some(0), "--batch must be at least 1");
     ensure!(

@@ -61,10 +61,21 @@ impl NoisePlan {
     }
 
     /// The noise of one image per seed, each from its own generator.
-    pub fn per_seed(kind: RngKind, seeds: Vec<u64>, per_image: usize, steps: &SamplerSteps) -> Self {
+    pub fn per_seed(
+        kind: RngKind,
+        seeds: Vec<u64>,
+        per_image: usize,
+        steps: &SamplerSteps,
+    ) -> Self {
         Self {
             per_image_seeds: Some(seeds.clone()),
-            ..Self::new(kind, seeds.first().copied().unwrap_or(0), seeds.len(), per_image, steps)
+            ..Self::new(
+                kind,
+                seeds.first().copied().unwrap_or(0),
+                seeds.len(),
+                per_image,
+                steps,
+            )
         }
     }
 
@@ -118,10 +129,9 @@ impl NoisePlan {
             );
             for (i, step) in steps.iter_mut().enumerate() {
                 if let Some(step) = step {
-                    step.extend(
-                        rng.randn(n)
-                            .with_context(|| format!("drawing the noise of step {i} for seed {seed}"))?,
-                    );
+                    step.extend(rng.randn(n).with_context(|| {
+                        format!("drawing the noise of step {i} for seed {seed}")
+                    })?);
                 }
             }
         }

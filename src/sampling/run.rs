@@ -173,8 +173,9 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         );
         match sink.as_deref_mut() {
             Some(sink) => sink(range.clone(), &y.x).with_context(|| format!("images {range:?}"))?,
-            None => out.data[range.start * per_image..range.end * per_image]
-                .copy_from_slice(&y.x.data),
+            None => {
+                out.data[range.start * per_image..range.end * per_image].copy_from_slice(&y.x.data)
+            }
         }
         if let Some(t) = trajectory.as_deref_mut() {
             for (k, frame) in y.frames.iter().enumerate() {

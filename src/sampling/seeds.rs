@@ -26,7 +26,10 @@ impl SeedSet {
     /// Parses `A-B`, `A` and comma lists of both.
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
-        ensure!(!text.is_empty(), "empty seed set (expected e.g. 0-49999 or 3,17,40-49)");
+        ensure!(
+            !text.is_empty(),
+            "empty seed set (expected e.g. 0-49999 or 3,17,40-49)"
+        );
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for part in text.split(',') {
             let part = part.trim();
@@ -164,10 +167,17 @@ impl Shard {
         };
         if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
             let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let n = match (count, num("SLURM_ARRAY_TASK_COUNT")?, num("SLURM_ARRAY_TASK_MAX")?) {
+            let n = match (
+                count,
+                num("SLURM_ARRAY_TASK_COUNT")?,
+                num("SLURM_ARRAY_TASK_MAX")?,
+            ) {
                 (Some(n), _, _) | (None, Some(n), _) => n,
                 (None, None, Some(max)) => {
-                    ensure!(max >= min, "SLURM_ARRAY_TASK_MAX {max} < SLURM_ARRAY_TASK_MIN {min}");
+                    ensure!(
+                        max >= min,
+                        "SLURM_ARRAY_TASK_MAX {max} < SLURM_ARRAY_TASK_MIN {min}"
+                    );
                     max - min + 1
                 }
                 (None, None, None) => bail!(
@@ -212,7 +222,10 @@ mod tests {
         assert_eq!(s.len(), 12);
         assert_eq!(s.iter().take(4).collect::<Vec<_>>(), vec![3, 17, 40, 41]);
         assert_eq!(s.to_string(), "3,17,40-49");
-        assert_eq!(SeedSet::parse(" 0 - 4 ").unwrap(), SeedSet::range(0, 4).unwrap());
+        assert_eq!(
+            SeedSet::parse(" 0 - 4 ").unwrap(),
+            SeedSet::range(0, 4).unwrap()
+        );
         for bad in ["", "5-3", "1,1", "3,2", "0-9,5-12", "a", "1,,2", "-3", "1-"] {
             assert!(SeedSet::parse(bad).is_err(), "{bad:?} parsed");
         }
@@ -223,11 +236,20 @@ mod tests {
         let s = SeedSet::parse("0-9,20,30-35").unwrap();
         for n in 1..=20 {
             let parts: Vec<u64> = (0..n)
-                .flat_map(|i| s.shard(Shard::new(i, n).unwrap()).iter().collect::<Vec<_>>())
+                .flat_map(|i| {
+                    s.shard(Shard::new(i, n).unwrap())
+                        .iter()
+                        .collect::<Vec<_>>()
+                })
                 .collect();
             assert_eq!(parts, s.iter().collect::<Vec<_>>(), "{n} shards");
-            let sizes: Vec<u64> = (0..n).map(|i| s.shard(Shard::new(i, n).unwrap()).len()).collect();
-            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+            let sizes: Vec<u64> = (0..n)
+                .map(|i| s.shard(Shard::new(i, n).unwrap()).len())
+                .collect();
+            assert!(
+                sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+                "{sizes:?}"
+            );
         }
         assert!(Shard::parse("4/4").is_err());
         assert!(Shard::parse("0/0").is_err());
@@ -237,11 +259,16 @@ mod tests {
     #[test]
     fn shards_from_job_runners() {
         let env = |pairs: &[(&str, &str)]| {
-            let m: HashMap<String, String> =
-                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let m: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             move |k: &str| m.get(k).cloned()
         };
-        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "4")]);
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
         assert_eq!(
             Shard::from_env(&slurm, None).unwrap().unwrap().0,
             Shard::new(2, 4).unwrap()
