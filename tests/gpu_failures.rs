@@ -112,13 +112,20 @@ fn a_model_larger_than_the_budget_is_refused_before_its_weights_are_uploaded() {
         };
         ran += 1;
         let before = ctx.bytes_created();
-        let err = pipe.gpu_weights(&ctx).err().expect("4.5 MB of weights in 1 MiB");
+        let err = pipe
+            .gpu_weights(&ctx)
+            .err()
+            .expect("4.5 MB of weights in 1 MiB");
         let msg = format!("{err:#}");
         assert!(
             msg.contains("parameters") && msg.contains("--gpu-memory 1"),
             "{backend}: {msg}"
         );
-        assert_eq!(ctx.bytes_created(), before, "{backend}: allocated before refusing");
+        assert_eq!(
+            ctx.bytes_created(),
+            before,
+            "{backend}: allocated before refusing"
+        );
     }
     common::assert_some_ran(ran);
 }
@@ -140,7 +147,9 @@ fn a_wgpu_error_outside_any_scope_is_an_error_not_a_panic() {
             "{backend}: {msg}"
         );
         // And every later operation on the context says so too.
-        let again = ctx.read_f32(ctx.placeholder(), 1).expect_err("still failed");
+        let again = ctx
+            .read_f32(ctx.placeholder(), 1)
+            .expect_err("still failed");
         assert!(format!("{again:#}").contains("outside any checked operation"));
     }
     common::assert_some_ran(ran);
@@ -194,7 +203,15 @@ fn the_cli_refuses_batches_the_adapter_cannot_hold_with_the_limit() {
         let b = backend.to_string();
         // Far past one storage binding: refused before the GEMM and kernel sections allocate.
         let (ok, err) = ddim(&[
-            "bench", "--backend", &b, "--arch", "cifar10", "--batch", "100000", "--steps", "2",
+            "bench",
+            "--backend",
+            &b,
+            "--arch",
+            "cifar10",
+            "--batch",
+            "100000",
+            "--steps",
+            "2",
         ]);
         assert!(!ok, "{b}: bench --batch 100000 succeeded");
         assert!(
@@ -205,8 +222,21 @@ fn the_cli_refuses_batches_the_adapter_cannot_hold_with_the_limit() {
         let out = std::env::temp_dir().join(format!("ddim-gpu-failures-{b}.png"));
         let _ = std::fs::remove_file(&out);
         let (ok, err) = ddim(&[
-            "sample", "--backend", &b, "--device", "gpu", "-n", "64", "--batch", "64",
-            "--steps", "2", "--gpu-memory", "16", "--out", out.to_str().unwrap(),
+            "sample",
+            "--backend",
+            &b,
+            "--device",
+            "gpu",
+            "-n",
+            "64",
+            "--batch",
+            "64",
+            "--steps",
+            "2",
+            "--gpu-memory",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(!ok, "{b}: sample --gpu-memory 16 --batch 64 succeeded");
         assert!(!out.exists(), "{b}: a refused run wrote {}", out.display());

@@ -22,9 +22,9 @@ use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;
-use super::memory::Footprint;
 use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
+use super::memory::Footprint;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
 use crate::model::unet::{

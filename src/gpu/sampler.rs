@@ -442,7 +442,8 @@ pub fn batch_capacity(
     };
     let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
     let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
-    let noisy = matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
+    let noisy =
+        matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
     let run = Footprint {
         fixed: weights.bytes + plan.fixed,
         per_image: plan.per_image
