@@ -116,3 +116,29 @@ fn gpu_sampler_reproduces_diffusers_pipelines() {
         check_all(&device, &format!("{backend:?}"), 2);
     });
 }
+
+#[test]
+fn given_initial_noise_is_the_starting_sample() {
+    // x_T of seed 5, given to a run seeded 0, makes seed 5's images (eta 0: no other noise).
+    let pipe = pipeline();
+    let case = &cases()[0];
+    let (num, per) = (2, pipe.per_image());
+    let x_t = ddim_wgpu::rng::NoiseSource::new(RngKind::Torch, 5)
+        .randn(num * per)
+        .unwrap();
+    let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
+    let request = |seed, init_noise| SampleRequest {
+        settings: settings(case),
+        num,
+        seed,
+        rng: RngKind::Torch,
+        init_noise,
+        ..Default::default()
+    };
+    let given = ddim_wgpu::Tensor::new(vec![num, c, h, w], x_t).unwrap();
+    let a = pipe.sample(&Device::Cpu, &request(0, Some(given))).unwrap();
+    let b = pipe.sample(&Device::Cpu, &request(5, None)).unwrap();
+    let c0 = pipe.sample(&Device::Cpu, &request(0, None)).unwrap();
+    assert_eq!(a.data, b.data);
+    assert_ne!(a.data, c0.data);
+}

@@ -92,8 +92,20 @@ impl NoisePlan {
         let mut rng = NoiseSource::new(self.kind, self.seed);
         let total = self.num * self.per_image;
         let slice = range.start * self.per_image..range.end * self.per_image;
-        let initial =
-            rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec();
+        let initial = match &self.initial_override {
+            Some(x) => {
+                ensure!(
+                    x.len() == total,
+                    "the given initial noise has {} values, {} images need {total}",
+                    x.len(),
+                    self.num
+                );
+                x[slice.clone()].to_vec()
+            }
+            None => {
+                rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec()
+            }
+        };
         let mut steps = Vec::with_capacity(self.step_draws.len());
         for (i, &draws) in self.step_draws.iter().enumerate() {
             steps.push(if draws {
@@ -196,5 +208,25 @@ mod tests {
         for (w, s) in whole.steps.iter().zip(&b.steps) {
             assert_eq!(&w.as_ref().unwrap()[16..32], &s.as_ref().unwrap()[..]);
         }
+    }
+
+    #[test]
+    fn given_initial_noise_replaces_the_first_draw() {
+        let cfg = SchedulerConfig::default();
+        let settings = SampleSettings {
+            eta: 1.0,
+            steps: 2,
+            ..Default::default()
+        };
+        let table = SamplerSteps::new(&cfg, &settings).unwrap();
+        let drawn = NoisePlan::new(RngKind::Torch, 3, 2, 16, &table);
+        let mut given = drawn.clone();
+        given.initial_override = Some((0..32).map(|i| i as f32).collect());
+        let (a, b) = (drawn.chunk(0..2).unwrap(), given.chunk(1..2).unwrap());
+        assert_eq!(b.initial, (16..32).map(|i| i as f32).collect::<Vec<_>>());
+        // The step draws then start the stream: the first step gets what x_T would have been.
+        assert_eq!(b.steps[0].as_ref().unwrap()[..], a.initial[16..]);
+        given.initial_override = Some(vec![0.0; 31]);
+        assert!(given.chunk(0..2).is_err());
     }
 }
