@@ -34,7 +34,7 @@ impl StepRunner for CpuRunner<'_> {
         record: &[usize],
         tick: &mut dyn FnMut(),
     ) -> Result<ChunkOutput> {
-        let Chunk { mut x, noise } = chunk;
+        let Chunk { mut x, mut noise } = chunk;
         let steps = self.steps;
         ensure!(
             noise.len() == steps.len(),
@@ -45,7 +45,8 @@ impl StepRunner for CpuRunner<'_> {
         let batch = x.shape[0];
         let mut frames = Vec::with_capacity(record.len());
         let mut state = MultistepState::default();
-        for (i, noise) in noise.iter().enumerate() {
+        for i in 0..steps.len() {
+            let noise = noise.step(i)?;
             let t = steps.timestep(i);
             let eps = forward(self.unet, self.weights, &x, &[t as f32])
                 .with_context(|| format!("U-Net at step {i} (t = {t})"))?;

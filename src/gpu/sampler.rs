@@ -571,7 +571,7 @@ impl StepRunner for GpuRunner<'_> {
             plan,
             &spec,
             &x,
-            &mut |s| Ok(noise.get_mut(s).and_then(Option::take)),
+            &mut |s| noise.step(s),
             record,
             &mut |_, _| tick(),
         )

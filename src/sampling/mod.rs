@@ -11,7 +11,7 @@ pub mod steps;
 pub mod trajectory;
 
 pub use interpolate::{lerp, slerp};
-pub use noise::{ChunkNoise, NoisePlan};
+pub use noise::{ChunkNoise, NoisePlan, StepNoise};
 pub use run::{run, Chunk, ChunkOutput, Progress, Run, Start, StepRunner};
 pub use seeds::{SeedSet, Shard};
 pub use steps::{SampleSettings, SamplerKind, SamplerSteps};

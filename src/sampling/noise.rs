@@ -11,7 +11,7 @@
 
 use super::steps::SamplerSteps;
 use crate::rng::{NoiseSource, RngKind};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::ops::Range;
 
 /// The noise of a run of `num` images: x_T and the per-step draws, in pipeline order.
@@ -32,12 +32,12 @@ pub struct NoisePlan {
 }
 
 /// The noise a chunk of images consumes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChunkNoise {
     /// x_T for the chunk, [len · per_image].
     pub initial: Vec<f32>,
-    /// One entry per step: the chunk's slice of that step's draw, or None when the step draws none.
-    pub steps: Vec<Option<Vec<f32>>>,
+    /// Each step's slice of that step's draw, drawn on demand.
+    pub steps: StepNoise,
 }
 
 impl NoisePlan {
@@ -79,7 +79,8 @@ impl NoisePlan {
         }
     }
 
-    /// Replays the stream from the seed and keeps the images in `range`. Every draw covers all
+    /// The noise of the images in `range`: x_T now, each step's noise when its step comes
+    /// ([`StepNoise`]). A shared stream is replayed from its seed and every draw covers all
     /// `num` images (as torch draws the whole batch at once), so a chunk costs one full replay.
     pub fn chunk(&self, range: Range<usize>) -> Result<ChunkNoise> {
         ensure!(
@@ -106,18 +107,14 @@ impl NoisePlan {
                 rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec()
             }
         };
-        let mut steps = Vec::with_capacity(self.step_draws.len());
-        for (i, &draws) in self.step_draws.iter().enumerate() {
-            steps.push(if draws {
-                let d = rng
-                    .randn(total)
-                    .with_context(|| format!("drawing the noise of step {i}"))?;
-                Some(d[slice.clone()].to_vec())
-            } else {
-                None
-            });
-        }
-        Ok(ChunkNoise { initial, steps })
+        Ok(ChunkNoise {
+            initial,
+            steps: StepNoise {
+                draws: self.step_draws.clone(),
+                next: 0,
+                source: Source::Shared { rng, total, slice },
+            },
+        })
     }
 
     /// Each image's own stream, laid out as one chunk.
@@ -128,26 +125,115 @@ impl NoisePlan {
         );
         let n = self.per_image;
         let mut initial = Vec::with_capacity(seeds.len() * n);
-        let mut steps: Vec<Option<Vec<f32>>> = self
-            .step_draws
-            .iter()
-            .map(|&d| d.then(|| Vec::with_capacity(seeds.len() * n)))
-            .collect();
+        let mut rngs = Vec::with_capacity(seeds.len());
         for &seed in seeds {
             let mut rng = NoiseSource::new(self.kind, seed);
             initial.extend(
                 rng.randn(n)
                     .with_context(|| format!("drawing x_T of seed {seed}"))?,
             );
-            for (i, step) in steps.iter_mut().enumerate() {
-                if let Some(step) = step {
-                    step.extend(rng.randn(n).with_context(|| {
-                        format!("drawing the noise of step {i} for seed {seed}")
+            rngs.push((seed, rng));
+        }
+        Ok(ChunkNoise {
+            initial,
+            steps: StepNoise {
+                draws: self.step_draws.clone(),
+                next: 0,
+                source: Source::PerImage { rngs, per_image: n },
+            },
+        })
+    }
+}
+
+/// A chunk's per-step noise, drawn when its step asks for it, so memory holds one step's draw
+/// rather than the whole run's.
+#[derive(Clone)]
+pub struct StepNoise {
+    /// For each step, whether it draws noise.
+    draws: Vec<bool>,
+    /// The next step to draw for.
+    next: usize,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// No noise at all (given samples: inversion, decoding).
+    None,
+    /// One stream for the run: a step draws `total` values and the chunk keeps `slice`.
+    Shared {
+        rng: NoiseSource,
+        total: usize,
+        slice: Range<usize>,
+    },
+    /// One stream per image (seed, generator), `per_image` values each per step.
+    PerImage {
+        rngs: Vec<(u64, NoiseSource)>,
+        per_image: usize,
+    },
+}
+
+impl StepNoise {
+    /// No noise for any of `steps` steps.
+    pub fn none(steps: usize) -> Self {
+        Self {
+            draws: vec![false; steps],
+            next: 0,
+            source: Source::None,
+        }
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.draws.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.draws.is_empty()
+    }
+
+    /// Step `s`'s noise, or None where it draws none. Steps come in ascending order, each once;
+    /// the noise of steps skipped over is drawn and dropped, so the streams stay in place.
+    pub fn step(&mut self, s: usize) -> Result<Option<Vec<f32>>> {
+        ensure!(
+            s >= self.next && s < self.draws.len(),
+            "noise for step {s} asked after step {} of {}",
+            self.next,
+            self.draws.len()
+        );
+        while self.next < s {
+            self.draw(self.next)?;
+            self.next += 1;
+        }
+        self.next = s + 1;
+        self.draw(s)
+    }
+
+    fn draw(&mut self, s: usize) -> Result<Option<Vec<f32>>> {
+        if !self.draws[s] {
+            return Ok(None);
+        }
+        Ok(Some(match &mut self.source {
+            Source::None => bail!("step {s} draws noise but the chunk has no noise source"),
+            Source::Shared { rng, total, slice } => rng
+                .randn(*total)
+                .with_context(|| format!("drawing the noise of step {s}"))?[slice.clone()]
+            .to_vec(),
+            Source::PerImage { rngs, per_image } => {
+                let mut out = Vec::with_capacity(rngs.len() * *per_image);
+                for (seed, rng) in rngs.iter_mut() {
+                    out.extend(rng.randn(*per_image).with_context(|| {
+                        format!("drawing the noise of step {s} for seed {seed}")
                     })?);
                 }
+                out
             }
-        }
-        Ok(ChunkNoise { initial, steps })
+        }))
+    }
+
+    /// Every step's noise at once.
+    pub fn collect(mut self) -> Result<Vec<Option<Vec<f32>>>> {
+        (0..self.len()).map(|s| self.step(s)).collect()
     }
 }
 
@@ -171,10 +257,15 @@ mod tests {
         let tail = plan.chunk(2..5).unwrap();
         assert_eq!(&all.initial[32..], &tail.initial[..]);
         assert_eq!(all.steps.len(), 3);
+        let (all_steps, tail_steps) = (all.steps.collect().unwrap(), tail.steps.collect().unwrap());
         assert_eq!(
-            &all.steps[2].as_ref().unwrap()[32..],
-            &tail.steps[2].as_ref().unwrap()[..]
+            &all_steps[2].as_ref().unwrap()[32..],
+            &tail_steps[2].as_ref().unwrap()[..]
         );
+        // Asking for step 2 alone draws (and drops) steps 0 and 1 first.
+        let mut lazy = plan.chunk(2..5).unwrap().steps;
+        assert_eq!(lazy.step(2).unwrap(), tail_steps[2]);
+        assert!(lazy.step(1).is_err());
         let det = SamplerSteps::new(
             &cfg,
             &SampleSettings {
@@ -184,7 +275,8 @@ mod tests {
         )
         .unwrap();
         let plan0 = NoisePlan::new(RngKind::Torch, 3, 5, 16, &det);
-        assert!(plan0.chunk(0..5).unwrap().steps.iter().all(|s| s.is_none()));
+        let none = plan0.chunk(0..5).unwrap().steps.collect().unwrap();
+        assert!(none.iter().all(|s| s.is_none()));
         // Without step noise x_T is the same first draw.
         assert_eq!(plan0.chunk(0..5).unwrap().initial, all.initial);
     }
@@ -202,10 +294,11 @@ mod tests {
         let alone = NoisePlan::new(RngKind::Torch, 8, 1, 16, &table);
         let (a, b) = (many.chunk(1..2).unwrap(), alone.chunk(0..1).unwrap());
         assert_eq!(a.initial, b.initial);
-        assert_eq!(a.steps, b.steps);
+        let b_steps = b.steps.collect().unwrap();
+        assert_eq!(a.steps.collect().unwrap(), b_steps);
         let whole = many.chunk(0..3).unwrap();
         assert_eq!(&whole.initial[16..32], &b.initial[..]);
-        for (w, s) in whole.steps.iter().zip(&b.steps) {
+        for (w, s) in whole.steps.collect().unwrap().iter().zip(&b_steps) {
             assert_eq!(&w.as_ref().unwrap()[16..32], &s.as_ref().unwrap()[..]);
         }
     }
@@ -225,7 +318,10 @@ mod tests {
         let (a, b) = (drawn.chunk(0..2).unwrap(), given.chunk(1..2).unwrap());
         assert_eq!(b.initial, (16..32).map(|i| i as f32).collect::<Vec<_>>());
         // The step draws then start the stream: the first step gets what x_T would have been.
-        assert_eq!(b.steps[0].as_ref().unwrap()[..], a.initial[16..]);
+        assert_eq!(
+            b.steps.collect().unwrap()[0].as_ref().unwrap()[..],
+            a.initial[16..]
+        );
         given.initial_override = Some(vec![0.0; 31]);
         assert!(given.chunk(0..2).is_err());
     }

@@ -2,7 +2,7 @@
 //! consumes, trajectory frames and progress, over a device that runs all steps of one chunk
 //! ([`StepRunner`]: the CPU reference, `cpu::sampler`, or a compiled GPU plan, `gpu::sampler`).
 
-use super::noise::NoisePlan;
+use super::noise::{NoisePlan, StepNoise};
 use super::steps::SamplerSteps;
 use super::trajectory::Trajectory;
 use crate::Tensor;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 pub struct Chunk {
     /// The starting samples (x_T, or the images to invert), NCHW.
     pub x: Tensor,
-    /// Per step, this chunk's part of that step's noise (NCHW), or None where the step draws none.
-    pub noise: Vec<Option<Vec<f32>>>,
+    /// Per step, this chunk's part of that step's noise (NCHW), drawn when the step asks.
+    pub noise: StepNoise,
 }
 
 /// What a device gives back for a chunk.
@@ -152,7 +152,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
             }
             Start::Given(x) => Chunk {
                 x: x.images(range.clone())?,
-                noise: vec![None; steps.len()],
+                noise: StepNoise::none(steps.len()),
             },
         };
         let y = device
