@@ -74,6 +74,10 @@ down() {
   for pid in "$RUN/slurmd.pid" "$RUN/slurmctld.pid"; do
     [ -s "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
   done
+  for _ in $(seq 20); do
+    pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+    sleep 0.5
+  done
   if [ -e "$RUN/started-munged" ]; then
     pkill -x munged || true
     rm -f "$RUN/started-munged"
