@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::kernel::{self, Dispatch, Kernel, KernelSpec, PipelineCache};
-use super::memory::MemoryBudget;
+use super::memory::{mib, MemoryBudget};
 use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
@@ -305,6 +305,32 @@ impl GpuContext {
         let out = kernel::validated(&self.device, what, f)?;
         self.check_failure().with_context(|| what.to_string())?;
         Ok(out)
+    }
+
+    /// Fails when `bytes` (everything `what` needs on the device) exceed the budget, naming the
+    /// budget and where it comes from; passes when no budget is known.
+    pub fn ensure_fits(&self, what: &str, bytes: u64) -> Result<()> {
+        match &self.memory {
+            Some(budget) if bytes > budget.bytes => bail!(
+                "{what} needs {} of device memory on {}, but the budget is {} ({})",
+                mib(bytes),
+                self.info.name,
+                mib(budget.bytes),
+                budget.source
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Device bytes created through this context so far (never decreases): the difference
+    /// around building something is what that thing allocated.
+    pub fn bytes_created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn count_created(&self, bytes: u64) {
+        self.created
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The pipeline for `spec`, compiled on first use (see [`PipelineCache::get`]).

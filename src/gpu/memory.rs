@@ -7,10 +7,6 @@
 //! WARP), whose "device memory" is the host's available memory. Elsewhere an allocation the
 //! GPU refuses is caught by the error scopes around plan building (`GpuContext::validated`).
 
-use anyhow::{bail, Result};
-
-use super::context::GpuContext;
-
 /// An upper bound on the device memory this process may use on one adapter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
@@ -79,34 +75,6 @@ impl Footprint {
 /// MiB with one decimal, for messages.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
-
-impl GpuContext {
-    /// Fails when `bytes` (everything `what` needs on the device) exceed the budget, naming the
-    /// budget and where it comes from; passes when no budget is known.
-    pub fn ensure_fits(&self, what: &str, bytes: u64) -> Result<()> {
-        match &self.memory {
-            Some(budget) if bytes > budget.bytes => bail!(
-                "{what} needs {} of device memory on {}, but the budget is {} ({})",
-                mib(bytes),
-                self.info.name,
-                mib(budget.bytes),
-                budget.source
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    /// Device bytes created through this context so far (never decreases): the difference
-    /// around building something is what that thing allocated.
-    pub fn bytes_created(&self) -> u64 {
-        self.created.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(super) fn count_created(&self, bytes: u64) {
-        self.created
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

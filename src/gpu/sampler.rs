@@ -407,9 +407,8 @@ pub fn batch_capacity(
     let mut cap = Capacity {
         max_batch: max_batch(ctx, unet)?,
         limit: format!(
-            "every buffer must fit one storage binding, {} on {}",
-            mib(binding),
-            ctx.info.name
+            "every buffer must fit one storage binding of {}",
+            mib(binding)
         ),
     };
     let history = match update {
@@ -430,9 +429,8 @@ pub fn batch_capacity(
             cap = Capacity {
                 max_batch: n as usize,
                 limit: format!(
-                    "the solver history must fit one storage binding, {} on {}",
-                    mib(binding),
-                    ctx.info.name
+                    "the solver history must fit one storage binding of {}",
+                    mib(binding)
                 ),
             };
         }
