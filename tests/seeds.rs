@@ -5,22 +5,18 @@
 
 mod common;
 
-use ddim_wgpu::model::{tensor_io, Model};
+use ddim_wgpu::model::tensor_io;
 use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
-use ddim_wgpu::schedule::SchedulerConfig;
 use ddim_wgpu::Tensor;
 use serde_json::Value;
 use std::path::Path;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/tiny");
+const DIR: &str = common::TINY;
 
 fn pipeline() -> Pipeline {
-    let model = Model::load(Path::new(DIR)).unwrap();
-    let cfg = SchedulerConfig::from_file(&Path::new(DIR).join("scheduler/scheduler_config.json"))
-        .unwrap();
-    Pipeline::new(model, cfg).unwrap()
+    common::tiny_pipeline()
 }
 
 fn cases() -> Vec<Value> {

@@ -122,6 +122,33 @@ pub struct Args {
     pub quiet: bool,
 }
 
+impl Args {
+    /// The sampler settings: `--sampler`, else the one the scheduler config names.
+    pub fn settings(&self, pipe: &Pipeline) -> SampleSettings {
+        SampleSettings {
+            sampler: self
+                .sampler
+                .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler)),
+            steps: self.steps,
+            eta: self.eta,
+            use_clipped_model_output: self.use_clipped_model_output,
+            solver: self.solver.keys(),
+        }
+    }
+
+    /// Fails early when `--out-dir` is given but is no directory.
+    pub fn check_out_dir(&self) -> Result<()> {
+        if let Some(d) = &self.out_dir {
+            ensure!(
+                d.is_dir(),
+                "--out-dir {} is not an existing directory",
+                d.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.seeds.is_some() {
         return super::seeds::run(args);
@@ -145,13 +172,7 @@ pub fn run(args: Args) -> Result<()> {
     for p in args.save_tensor.iter().chain(&args.save_trajectory) {
         check_output_dir(p)?;
     }
-    if let Some(d) = &args.out_dir {
-        ensure!(
-            d.is_dir(),
-            "--out-dir {} is not an existing directory",
-            d.display()
-        );
-    }
+    args.check_out_dir()?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let init_noise = match &args.init_noise {
         Some(p) => Some(
@@ -162,17 +183,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let device = args.device.open()?;
     let bar = progress_bar(args.quiet);
-    let sampler = args
-        .sampler
-        .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler));
+    let settings = args.settings(&pipe);
+    let sampler = settings.sampler;
     let mut request = SampleRequest {
-        settings: SampleSettings {
-            sampler,
-            steps: args.steps,
-            eta: args.eta,
-            use_clipped_model_output: args.use_clipped_model_output,
-            solver: args.solver.keys(),
-        },
+        settings,
         num: args.num,
         batch: args.batch,
         seed: args.seed,

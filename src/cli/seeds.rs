@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
 use ddim_wgpu::pipeline::SampleRequest;
-use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind, SeedSet, Shard};
+use ddim_wgpu::sampling::{Progress, SeedSet, Shard};
 use ddim_wgpu::seed_dir::{self, Manifest};
 use ddim_wgpu::Tensor;
 
@@ -45,25 +45,11 @@ pub fn run(args: Args) -> Result<()> {
     for p in grid_out.iter().chain(&args.save_tensor) {
         check_output_dir(p)?;
     }
-    if let Some(d) = &args.out_dir {
-        ensure!(
-            d.is_dir(),
-            "--out-dir {} is not an existing directory",
-            d.display()
-        );
-    }
+    args.check_out_dir()?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
-    let sampler = args
-        .sampler
-        .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler));
-    let settings = SampleSettings {
-        sampler,
-        steps: args.steps,
-        eta: args.eta,
-        use_clipped_model_output: args.use_clipped_model_output,
-        solver: args.solver.keys(),
-    };
+    let settings = args.settings(&pipe);
+    let sampler = settings.sampler;
     let steps = pipe.steps(&settings)?;
 
     let todo: Vec<u64> = match &args.out_dir {

@@ -217,3 +217,16 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
     eprintln!("[close] {what}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
     rel
 }
+
+/// The small random-weight model of tools/export_pipeline_fixtures.py, with its scheduler.
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline/tiny");
+
+pub fn tiny_pipeline() -> ddim_wgpu::pipeline::Pipeline {
+    let dir = std::path::Path::new(TINY);
+    let model = ddim_wgpu::model::Model::load(dir).unwrap();
+    let cfg = ddim_wgpu::schedule::SchedulerConfig::from_file(
+        &dir.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    ddim_wgpu::pipeline::Pipeline::new(model, cfg).unwrap()
+}
