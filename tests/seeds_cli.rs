@@ -249,3 +249,25 @@ fn bad_seed_arguments_write_nothing() {
         "a failed run wrote files"
     );
 }
+
+/// A folder nobody may create files in. As root (CI here) permission bits do not stop a write,
+/// so the always-unwritable `/proc/self` stands in; as another user a read-only temp folder
+/// is tried as well.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_unwritable_out_dir_is_refused() {
+    fails(
+        &sample(Path::new("/proc/self"), &["--seeds", "0-3"]),
+        "is not writable",
+    );
+    let dir = temp_dir("read-only");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let probe = dir.join("probe");
+    if std::fs::write(&probe, b"").is_err() {
+        fails(&sample(&dir, &["--seeds", "0-3"]), "is not writable");
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
