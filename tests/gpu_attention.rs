@@ -131,7 +131,7 @@ fn check_shape(shape: AttentionShape, h: usize, w: usize, seed: u64, chunk: Opti
     let want = reference(&x, &blk, &shape);
     let x_nhwc = to_tokens(&x).data;
     let label = format!("attention {n}x{c}x{h}x{w} {shape:?}");
-    common::for_each_backend(|backend, ctx| {
+    common::for_each_reduction_path(|backend, ctx| {
         let weights =
             AttentionWeights::upload(ctx, &shape, &blk.host(shape.norm.is_some())).unwrap();
         let scratch = AttentionScratch::new(ctx, &shape);
@@ -194,4 +194,53 @@ fn attention_block_model_like() {
     check(3, 64, 4, 4, 32, 1, 3);
     // L = 100 > 64 spans two row tiles; 2 heads of 16.
     check(1, 32, 10, 10, 8, 2, 4);
+}
+
+/// The row softmax alone, in f64 on the host: each row's maximum subtracted, then normalised.
+fn softmax_reference(s: &[f32], len: usize) -> Vec<f32> {
+    s.chunks(len)
+        .flat_map(|row| {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(move |v| (v / sum) as f32)
+        })
+        .collect()
+}
+
+/// Row lengths around the subgroup size (8 on lavapipe) and the 64-lane workgroup, one far
+/// longer, a single column, and more rows than one workgroup of the serial kernel holds.
+/// Softmax works in place, so an element a kernel leaves unwritten keeps its logit and fails.
+#[test]
+fn softmax_rows_awkward_lengths_on_both_reduction_paths() {
+    let cases = [
+        (5, 1),
+        (3, 7),
+        (4, 9),
+        (2, 63),
+        (2, 64),
+        (3, 65),
+        (2, 200),
+        (1, 1031),
+        (300, 17),
+    ];
+    common::for_each_reduction_path(|path, ctx| {
+        for (i, &(rows, len)) in cases.iter().enumerate() {
+            let logits: Vec<f32> = common::random(rows * len, 40 + i as u64)
+                .iter()
+                .map(|v| 20.0 * v)
+                .collect();
+            let want = softmax_reference(&logits, len);
+            let buf = ctx.upload("scores", &logits);
+            let d = attention::softmax_rows(ctx, rows, len, &buf).expect("building");
+            run_dispatches(ctx, &[d], 0).expect("running");
+            let got = ctx.read_f32(&buf, rows * len).unwrap();
+            common::assert_close(
+                &format!("softmax {rows}x{len} on {path}"),
+                &got,
+                &want,
+                common::KERNEL_TOL,
+            );
+        }
+    });
 }

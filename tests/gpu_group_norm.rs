@@ -85,11 +85,11 @@ fn check(case: &Case, seed: u64) {
         "group norm {n}x{c}x{h}x{w} groups {} silu {}",
         case.groups, case.silu
     );
-    common::for_each_backend(|backend, ctx| {
+    common::for_each_reduction_path(|path, ctx| {
         let scratch = GroupNormScratch::new(ctx, &[p.shape]);
         let got = run(ctx, &p, &scratch).expect("building");
         common::assert_close(
-            &format!("{label} on {backend}"),
+            &format!("{label} on {path}"),
             &got,
             &p.want,
             common::KERNEL_TOL,

@@ -2,11 +2,13 @@
 //! exactly as compiled, so conv2d with its generated rows appended) is parsed and validated by
 //! naga and translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL: 310 es and 430
 //! core) for every entry point, so a shader error never first appears on a user's Metal or DX12
-//! machine. Every `shaders/*.wgsl` file must be part of one of those sources.
+//! machine. Every `shaders/*.wgsl` file must be part of one of those sources. The subgroup kernels
+//! (`kernels::SUBGROUP_SHADERS`) are validated with naga's subgroup capability, and everything
+//! else without it, so no baseline shader depends on an optional feature.
 
 use std::path::{Path, PathBuf};
 
-use ddim_wgpu::gpu::kernels::SHADERS;
+use ddim_wgpu::gpu::kernels::{SHADERS, SUBGROUP_SHADERS};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -21,9 +23,14 @@ fn shader_files() -> Vec<PathBuf> {
     files
 }
 
-fn validate(module: &naga::Module, what: &str) -> naga::valid::ModuleInfo {
-    // Only baseline capabilities: a shader that needs f16 or subgroups must not be a required path.
-    Validator::new(ValidationFlags::all(), Capabilities::default())
+fn validate(module: &naga::Module, what: &str, caps: Capabilities) -> naga::valid::ModuleInfo {
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    if caps.contains(Capabilities::SUBGROUP) {
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    validator
         .validate(module)
         .unwrap_or_else(|e| panic!("{what}: validation failed: {}", e.emit_to_string("")))
 }
@@ -86,7 +93,10 @@ fn every_shader_file_is_part_of_a_compiled_shader() {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            SHADERS.iter().any(|(_, source)| source.contains(&text)),
+            SHADERS
+                .iter()
+                .chain(&SUBGROUP_SHADERS)
+                .any(|(_, source)| source.contains(&text)),
             "{} is in no source of ddim_wgpu::gpu::kernels::SHADERS, so nothing checks it",
             path.display()
         );
@@ -95,10 +105,18 @@ fn every_shader_file_is_part_of_a_compiled_shader() {
 
 #[test]
 fn every_shader_validates_and_translates_to_every_backend() {
-    for (name, source) in SHADERS {
+    // Only baseline capabilities for the required paths; subgroups only where a fallback exists.
+    let sets = [
+        (&SHADERS[..], Capabilities::default()),
+        (&SUBGROUP_SHADERS[..], Capabilities::SUBGROUP),
+    ];
+    for (name, source, caps) in sets
+        .iter()
+        .flat_map(|(list, caps)| list.iter().map(move |(n, s)| (n, s, *caps)))
+    {
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-        let info = validate(&module, name);
+        let info = validate(&module, name, caps);
         let entries: Vec<String> = module
             .entry_points
             .iter()

@@ -144,7 +144,8 @@ impl AdapterArgs {
     }
 }
 
-/// `DDIM_CONV_VARIANT=reg|tiled` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set.
+/// `DDIM_CONV_VARIANT=reg|tiled` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set, and
+/// `DDIM_NO_SUBGROUPS=1` (reductions without subgroup operations).
 pub fn kernel_choice_from_env() -> Result<KernelChoice> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     Ok(KernelChoice {
@@ -154,5 +155,10 @@ pub fn kernel_choice_from_env() -> Result<KernelChoice> {
         matmul: var("DDIM_MATMUL_VARIANT")
             .map(|v| MatmulVariant::parse(&v).context("DDIM_MATMUL_VARIANT"))
             .transpose()?,
+        no_subgroups: match var("DDIM_NO_SUBGROUPS").as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => anyhow::bail!("DDIM_NO_SUBGROUPS={other:?}: expected 1 or 0"),
+        },
     })
 }

@@ -120,11 +120,13 @@ fn device_type_rank(t: wgpu::DeviceType) -> u8 {
     }
 }
 
-/// Optional features we use when present (profiling, later fast paths); never required.
+/// Optional features we use when present (profiling, subgroup reductions); never required:
+/// every kernel that needs one has a fallback.
 fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::SUBGROUP
 }
 
 static NEXT_CONTEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -251,6 +253,12 @@ impl GpuContext {
     /// A CPU implementation (lavapipe, llvmpipe, WARP): prefers kernels without workgroup barriers.
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether reductions (group-norm statistics, softmax rows) use subgroup operations: the
+    /// device has `SUBGROUP` and the context does not force the fallback.
+    pub fn uses_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP) && !self.kernels.no_subgroups
     }
 
     /// "name (backend, device type)" for log lines and test output.

@@ -59,4 +59,7 @@ impl MatmulVariant {
 pub struct KernelChoice {
     pub conv: Option<ConvVariant>,
     pub matmul: Option<MatmulVariant>,
+    /// Reduce group-norm statistics and softmax rows without subgroup operations even where
+    /// the adapter has `SUBGROUP` (the path every other adapter takes; for tests and comparison).
+    pub no_subgroups: bool,
 }

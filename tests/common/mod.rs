@@ -66,7 +66,8 @@ pub fn device(backend: BackendChoice) -> Option<Device> {
     shared_context(backend).map(|c| Device::Gpu(c.clone()))
 }
 
-/// DDIM_CONV_VARIANT / DDIM_MATMUL_VARIANT force kernel variants in the tests, as in the CLI.
+/// DDIM_CONV_VARIANT / DDIM_MATMUL_VARIANT / DDIM_NO_SUBGROUPS force kernel variants in the
+/// tests, as in the CLI.
 fn kernels_from_env() -> KernelChoice {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     KernelChoice {
@@ -74,6 +75,7 @@ fn kernels_from_env() -> KernelChoice {
             .map(|v| ConvVariant::parse(&v).unwrap_or_else(|e| panic!("{e:#}"))),
         matmul: var("DDIM_MATMUL_VARIANT")
             .map(|v| MatmulVariant::parse(&v).unwrap_or_else(|e| panic!("{e:#}"))),
+        no_subgroups: env_flag("DDIM_NO_SUBGROUPS"),
     }
 }
 
@@ -87,6 +89,46 @@ fn shared_context(backend: BackendChoice) -> Option<&'static Arc<GpuContext>> {
 /// `memory_mib` as its memory budget; None (after printing why) as [`context`].
 pub fn fresh_context(backend: BackendChoice, memory_mib: Option<u64>) -> Option<GpuContext> {
     open_context(backend, memory_mib)
+}
+
+/// Runs `f` on each backend's shared context, and on Vulkan also on a context of its own that
+/// forces the reductions' fallback (`KernelChoice::no_subgroups`), so both the subgroup path
+/// and the fallback are tested on the same adapter. `f` gets a label naming the path. Under
+/// `CI=true` the Vulkan adapter (lavapipe) must have `SUBGROUP`: the subgroup path must not go
+/// untested there.
+pub fn for_each_reduction_path(mut f: impl FnMut(&str, &GpuContext)) {
+    let _guard = gpu_lock();
+    let mut ran = 0;
+    for backend in backends_under_test() {
+        let Some(ctx) = context(backend) else {
+            continue;
+        };
+        let path = if ctx.uses_subgroups() {
+            "subgroups"
+        } else {
+            "no subgroups"
+        };
+        f(&format!("{backend}, {path}"), ctx);
+        ran += 1;
+        if backend == BackendChoice::Vulkan {
+            assert!(
+                ctx.uses_subgroups() || !env_flag("CI") || env_flag("DDIM_NO_SUBGROUPS"),
+                "CI=true but {} has no SUBGROUP: Mesa 25's lavapipe has it",
+                ctx.describe()
+            );
+            if ctx.uses_subgroups() {
+                let mut choice = AdapterChoice {
+                    kernels: kernels_from_env(),
+                    ..AdapterChoice::backend(backend)
+                };
+                choice.kernels.no_subgroups = true;
+                let fallback = GpuContext::new(&choice).expect("reopening the Vulkan adapter");
+                assert!(!fallback.uses_subgroups());
+                f(&format!("{backend}, subgroups off"), &fallback);
+            }
+        }
+    }
+    assert_some_ran(ran);
 }
 
 fn open_context(backend: BackendChoice, memory_mib: Option<u64>) -> Option<GpuContext> {

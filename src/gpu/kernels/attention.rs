@@ -16,6 +16,12 @@ use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
+/// With the subgroup softmax appended (compiled only on devices with `SUBGROUP`).
+pub const SOURCE_SUBGROUP: &str = concat!(
+    include_str!("../../../shaders/attention.wgsl"),
+    "\n",
+    include_str!("../../../shaders/softmax_subgroup.wgsl"),
+);
 const WORKGROUP: u32 = 256;
 
 #[repr(C)]
@@ -184,16 +190,22 @@ impl AttentionScratch {
     }
 }
 
-fn softmax_spec() -> KernelSpec {
+fn softmax_spec(subgroups: bool) -> KernelSpec {
+    let (shader, source, entry) = if subgroups {
+        ("attention_subgroup", SOURCE_SUBGROUP, "softmax_rows_sg")
+    } else {
+        ("attention", SOURCE, "softmax_rows")
+    };
     KernelSpec {
-        shader: "attention",
-        source: SOURCE,
-        entry: "softmax_rows",
+        shader,
+        source,
+        entry,
         bindings: vec![Binding::Uniform, Binding::StorageReadWrite],
     }
 }
 
-/// Softmax over each of `rows` rows of length `len` in `scores`, in place.
+/// Softmax over each of `rows` rows of length `len` in `scores`, in place: one invocation per
+/// row, or one workgroup of subgroups per row where the context uses them.
 pub fn softmax_rows(
     ctx: &GpuContext,
     rows: usize,
@@ -205,7 +217,8 @@ pub fn softmax_rows(
         scores.size() >= (rows * len * 4) as u64,
         "softmax: scores buffer holds fewer than {rows}×{len} f32"
     );
-    let kernel = ctx.kernel(&softmax_spec())?;
+    let subgroups = ctx.uses_subgroups();
+    let kernel = ctx.kernel(&softmax_spec(subgroups))?;
     let params = SoftmaxParams {
         rows: rows as u32,
         len: len as u32,
@@ -219,7 +232,11 @@ pub fn softmax_rows(
         kernel,
         bind_group,
         workgroups: grid_2d(
-            (rows as u32).div_ceil(WORKGROUP),
+            if subgroups {
+                rows as u32
+            } else {
+                (rows as u32).div_ceil(WORKGROUP)
+            },
             ctx.limits.max_compute_workgroups_per_dimension,
         ),
         dynamic_strides: vec![],

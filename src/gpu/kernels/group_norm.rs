@@ -9,6 +9,12 @@ use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
+/// With the subgroup combine appended (compiled only on devices with `SUBGROUP`).
+pub const SOURCE_SUBGROUP: &str = concat!(
+    include_str!("../../../shaders/group_norm.wgsl"),
+    "\n",
+    include_str!("../../../shaders/group_norm_subgroup.wgsl"),
+);
 const WORKGROUP: u32 = 256;
 /// Pixels per statistics chunk: small enough to give many invocations at low resolution,
 /// large enough that the serial combine stays short.
@@ -115,9 +121,13 @@ impl GroupNormScratch {
 }
 
 fn spec(entry: &'static str) -> KernelSpec {
+    let (shader, source) = match entry {
+        "gn_combine_sg" => ("group_norm_subgroup", SOURCE_SUBGROUP),
+        _ => ("group_norm", SOURCE),
+    };
     KernelSpec {
-        shader: "group_norm",
-        source: SOURCE,
+        shader,
+        source,
         entry,
         bindings: vec![
             Binding::Uniform,          // params
@@ -132,7 +142,9 @@ fn spec(entry: &'static str) -> KernelSpec {
 }
 
 /// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)`.
-/// `x` and `y` must be different buffers; `gamma`/`beta` hold `channels` f32.
+/// `x` and `y` must be different buffers; `gamma`/`beta` hold `channels` f32. The statistics
+/// are combined per group by one serial invocation, or by a workgroup of subgroups where the
+/// context uses them ([`GpuContext::uses_subgroups`]).
 pub fn group_norm(
     ctx: &GpuContext,
     shape: &GroupNormShape,
@@ -169,28 +181,35 @@ pub fn group_norm(
         "group_norm"
     };
     let n = numel as u64;
+    let groups = (shape.batch * shape.groups) as u32;
+    let combine = if ctx.uses_subgroups() {
+        ("gn_combine_sg", groups)
+    } else {
+        ("gn_combine", groups.div_ceil(WORKGROUP))
+    };
+    // (entry point, workgroups, bytes, flops)
     let stages = [
         (
             "gn_stats",
-            partial_len,
+            (partial_len as u32).div_ceil(WORKGROUP),
             n * 4 + partial_len as u64 * 16,
             3 * n,
         ),
         (
-            "gn_combine",
-            shape.batch * shape.groups,
+            combine.0,
+            combine.1,
             partial_len as u64 * 16,
             8 * partial_len as u64,
         ),
         (
             "gn_apply",
-            numel.div_ceil(4),
+            (numel.div_ceil(4) as u32).div_ceil(WORKGROUP),
             n * 8 + 16 * shape.channels as u64,
             8 * n,
         ),
     ];
     let mut out = Vec::with_capacity(3);
-    for (entry, invocations, bytes, flops) in stages {
+    for (entry, workgroups, bytes, flops) in stages {
         let kernel = ctx.kernel(&spec(entry))?;
         let bind_group = kernel.bind_group(
             &ctx.device,
@@ -208,7 +227,7 @@ pub fn group_norm(
             label: format!("{tag}::{entry}"),
             kernel,
             bind_group,
-            workgroups: grid_2d((invocations as u32).div_ceil(WORKGROUP), max_dim),
+            workgroups: grid_2d(workgroups, max_dim),
             dynamic_strides: vec![],
             flops,
             bytes,

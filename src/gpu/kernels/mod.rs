@@ -29,6 +29,13 @@ pub const SHADERS: [(&str, &str); 10] = [
     ("threshold", threshold::SOURCE),
 ];
 
+/// Shader modules compiled only where the device has `SUBGROUP` (each the baseline shader with a
+/// subgroup kernel appended; the baseline stays the fallback).
+pub const SUBGROUP_SHADERS: [(&str, &str); 2] = [
+    ("attention_subgroup", attention::SOURCE_SUBGROUP),
+    ("group_norm_subgroup", group_norm::SOURCE_SUBGROUP),
+];
+
 /// Pipeline specs that `tests/shaders_naga.rs` checks name an existing shader and entry point
 /// (families whose entry point is picked per shape, plus the smoke kernel).
 pub fn all_specs() -> Vec<KernelSpec> {
