@@ -112,6 +112,7 @@ fn gpu_benches(c: &mut Criterion) {
         groups: 8,
         eps: 1e-5,
         silu: true,
+        precision: Default::default(),
     };
     bench_case(
         c,
@@ -151,6 +152,7 @@ fn larger_shapes(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
         groups: 32,
         eps: 1e-6,
         silu: true,
+        precision: Default::default(),
     };
     let case = kernels::group_norm_case(ctx, &gn).expect("group norm case");
     bench_case(c, ctx, profiler, &case);

@@ -39,17 +39,21 @@ struct Params {
     _pad: u32,
 }
 
+// The storage type of activations and weights: f32, or f16 where the plan is built in half
+// precision (src/gpu/precision.rs rewrites this line). Arithmetic stays f32 either way.
+alias act = f32;
+
 const HAS_CHAN_ADD: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x_a: array<f32>;
-@group(0) @binding(2) var<storage, read> x_b: array<f32>;
-@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x_a: array<act>;
+@group(0) @binding(2) var<storage, read> x_b: array<act>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<act>>;
 @group(0) @binding(4) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> chan_add: array<f32>;
-@group(0) @binding(6) var<storage, read> residual: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> residual: array<act>;
+@group(0) @binding(7) var<storage, read_write> out: array<act>;
 
 // Where an output pixel's receptive field starts, in logical (upsampled) input coordinates.
 struct Pixel {
@@ -97,9 +101,9 @@ fn load_x(px: Pixel, k: u32) -> f32 {
         return 0.0;
     }
     if (ci < p.c1) {
-        return x_a[u32(s) * p.c1 + ci];
+        return f32(x_a[u32(s) * p.c1 + ci]);
     }
-    return x_b[u32(s) * p.c2 + (ci - p.c1)];
+    return f32(x_b[u32(s) * p.c2 + (ci - p.c1)]);
 }
 
 fn epilogue(m: u32, px: Pixel, nv: u32, acc: vec4<f32>) {
@@ -116,9 +120,9 @@ fn epilogue(m: u32, px: Pixel, nv: u32, acc: vec4<f32>) {
                 o += chan_add[px.b * p.cout + n];
             }
             if ((p.flags & HAS_RESIDUAL) != 0u) {
-                o += residual[m * p.cout + n];
+                o += f32(residual[m * p.cout + n]);
             }
-            out[m * p.cout + n] = o * p.out_scale;
+            out[m * p.cout + n] = act(o * p.out_scale);
         }
     }
 }
@@ -173,20 +177,20 @@ fn conv_reg(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
             let krow = (ky * p.kw + kx) * cin;
             for (var ci = 0u; ci < p.c1; ci++) {
                 let wrow = (krow + ci) * p.cout_v;
-                let w0 = w[wrow + col0];
-                let w1 = w[wrow + col1];
+                let w0 = vec4<f32>(w[wrow + col0]);
+                let w1 = vec4<f32>(w[wrow + col1]);
                 for (var i = 0u; i < REG_TM; i++) {
-                    let a = select(0.0, x_a[off_a[i] + ci], inside[i]);
+                    let a = select(0.0, f32(x_a[off_a[i] + ci]), inside[i]);
                     acc0[i] += a * w0;
                     acc1[i] += a * w1;
                 }
             }
             for (var ci = 0u; ci < p.c2; ci++) {
                 let wrow = (krow + p.c1 + ci) * p.cout_v;
-                let w0 = w[wrow + col0];
-                let w1 = w[wrow + col1];
+                let w0 = vec4<f32>(w[wrow + col0]);
+                let w1 = vec4<f32>(w[wrow + col1]);
                 for (var i = 0u; i < REG_TM; i++) {
-                    let a = select(0.0, x_b[off_b[i] + ci], inside[i]);
+                    let a = select(0.0, f32(x_b[off_b[i] + ci]), inside[i]);
                     acc0[i] += a * w0;
                     acc1[i] += a * w1;
                 }
@@ -238,7 +242,7 @@ fn conv_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         let kb = k0 + b_row;
         let in_b = kb < k_total && b_col < p.cout_v;
         let b_idx = select(0u, kb * p.cout_v + b_col, in_b);
-        b_tile[t] = select(vec4<f32>(0.0), w[b_idx], in_b);
+        b_tile[t] = select(vec4<f32>(0.0), vec4<f32>(w[b_idx]), in_b);
         workgroupBarrier();
         for (var kk = 0u; kk < T_BK; kk++) {
             let wv = b_tile[kk * T_BNV + lid.x];

@@ -17,11 +17,17 @@ struct Params {
     _pad: u32,
 }
 
+// Storage types of the inputs a, b and of out: f32, or f16 in a half-precision plan, where
+// `affine` also converts between the two at the plan's f32 input and output
+// (src/gpu/precision.rs rewrites these lines). The table and all arithmetic stay f32.
+alias in_t = f32;
+alias out_t = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<in_t>;
+@group(0) @binding(2) var<storage, read> b: array<in_t>;
 @group(0) @binding(3) var<storage, read> table: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<out_t>;
 
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * p.row_groups * 64u + gid.x;
@@ -37,9 +43,9 @@ fn concat_channels(@builtin(global_invocation_id) gid: vec3<u32>) {
     let px = i / c;
     let ch = i % c;
     if (ch < p.c1) {
-        out[i] = a[px * p.c1 + ch];
+        out[i] = out_t(a[px * p.c1 + ch]);
     } else {
-        out[i] = b[px * p.c2 + (ch - p.c1)];
+        out[i] = out_t(b[px * p.c2 + (ch - p.c1)]);
     }
 }
 
@@ -49,7 +55,7 @@ fn affine(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= p.n) {
         return;
     }
-    out[i] = a[i] * p.scale + p.shift;
+    out[i] = out_t(f32(a[i]) * p.scale + p.shift);
 }
 
 @compute @workgroup_size(64)
@@ -61,6 +67,6 @@ fn scale_shift_silu(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = p.c1;
     let ch = i % c;
     let img = i / (c * p.hw);
-    let v = a[i] * (1.0 + table[img * 2u * c + ch]) + table[img * 2u * c + c + ch];
-    out[i] = v / (1.0 + exp(-v));
+    let v = f32(a[i]) * (1.0 + table[img * 2u * c + ch]) + table[img * 2u * c + c + ch];
+    out[i] = out_t(v / (1.0 + exp(-v)));
 }

@@ -23,15 +23,19 @@ struct Params {
     silu: u32,          // 1: apply SiLU after the affine transform
 }
 
+// Storage type of x and y: f32, or f16 in a half-precision plan (src/gpu/precision.rs rewrites
+// this line). Statistics, coefficients and arithmetic stay f32.
+alias act = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 // (count, mean, M2) per (batch, chunk, channel); the fourth lane is unused.
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
 // (mean, rstd·gamma, beta, unused) per (batch, channel).
 @group(0) @binding(3) var<storage, read_write> coef: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<act>;
 
 const WG: u32 = 256u;
 
@@ -56,13 +60,13 @@ fn gn_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let base = b * p.hw * c + ch;
     var sum = 0.0;
     for (var px = p0; px < p1; px++) {
-        sum += x[base + px * c];
+        sum += f32(x[base + px * c]);
     }
     let count = f32(p1 - p0);
     let mean = sum / count;
     var m2 = 0.0;
     for (var px = p0; px < p1; px++) {
-        let d = x[base + px * c] - mean;
+        let d = f32(x[base + px * c]) - mean;
         m2 += d * d;
     }
     partials[idx] = vec4<f32>(count, mean, m2, 0.0);
@@ -118,11 +122,11 @@ fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             break;
         }
         let k = coef[b * c + ch];
-        var v = (x[i] - k.x) * k.y + k.z;
+        var v = (f32(x[i]) - k.x) * k.y + k.z;
         if p.silu != 0u {
             v = v / (1.0 + exp(-v));
         }
-        y[i] = v;
+        y[i] = act(v);
         ch += 1u;
         if ch == c {
             ch = 0u;

@@ -39,6 +39,12 @@ struct Params {
     _pad2: u32,
 }
 
+// Storage types of A, B and out/residual: f32, or f16 in a half-precision plan
+// (src/gpu/precision.rs rewrites these lines). Products accumulate in f32 either way.
+alias a_t = f32;
+alias b_t = f32;
+alias c_t = f32;
+
 const HAS_BIAS: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 const SILU_IN: u32 = 4u;
@@ -46,11 +52,11 @@ const SILU_OUT: u32 = 8u;
 const BIAS_PER_ROW: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<a_t>;
+@group(0) @binding(2) var<storage, read> b: array<b_t>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<c_t>;
+@group(0) @binding(5) var<storage, read_write> out: array<c_t>;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -95,12 +101,12 @@ fn matmul_reg4x4(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
         let ao = kk * p.a_k;
-        var av = vec4<f32>(a[ar.x + ao], a[ar.y + ao], a[ar.z + ao], a[ar.w + ao]);
+        var av = vec4<f32>(f32(a[ar.x + ao]), f32(a[ar.y + ao]), f32(a[ar.z + ao]), f32(a[ar.w + ao]));
         if silu_in {
             av = silu4(av);
         }
         let bo = kk * p.b_k;
-        let bv = vec4<f32>(b[bc.x + bo], b[bc.y + bo], b[bc.z + bo], b[bc.w + bo]);
+        let bv = vec4<f32>(f32(b[bc.x + bo]), f32(b[bc.y + bo]), f32(b[bc.z + bo]), f32(b[bc.w + bo]));
         acc0 = fma(vec4<f32>(av.x), bv, acc0);
         acc1 = fma(vec4<f32>(av.y), bv, acc1);
         acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -128,9 +134,9 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
             }
             let o = c_base + m * p.c_m + n;
             if (p.flags & HAS_RESIDUAL) != 0u {
-                v += residual[o];
+                v += f32(residual[o]);
             }
-            out[o] = v * p.out_scale;
+            out[o] = c_t(v * p.out_scale);
         }
     }
 }
@@ -174,7 +180,7 @@ fn matmul_tiled(
             let gk = k0 + ak;
             var av = 0.0;
             if gm < p.m && gk < p.k {
-                av = a[a_base + gm * p.a_m + gk * p.a_k];
+                av = f32(a[a_base + gm * p.a_m + gk * p.a_k]);
                 if silu_in {
                     av = silu(av);
                 }
@@ -186,7 +192,7 @@ fn matmul_tiled(
             let gn = tile_n0 + bn;
             var bv = 0.0;
             if gk2 < p.k && gn < p.n {
-                bv = b[b_base + gk2 * p.b_k + gn * p.b_n];
+                bv = f32(b[b_base + gk2 * p.b_k + gn * p.b_n]);
             }
             tile_b[bk][bn] = bv;
         }

@@ -31,6 +31,12 @@ struct Params {
     _pad2: u32,
 }
 
+// Storage types of A, B and out/residual, as in linear.wgsl (src/gpu/precision.rs rewrites
+// these lines for half precision); products accumulate in f32.
+alias a_t = f32;
+alias b_t = f32;
+alias c_t = f32;
+
 const HAS_BIAS: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 const SILU_IN: u32 = 4u;
@@ -38,11 +44,11 @@ const SILU_OUT: u32 = 8u;
 const BIAS_PER_ROW: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<a_t>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<b_t>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<c_t>;
+@group(0) @binding(5) var<storage, read_write> out: array<c_t>;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -85,20 +91,20 @@ fn matmul_k4(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc3 = vec4<f32>(0.0);
     let k4 = p.k / 4u;
     for (var kk = 0u; kk < k4; kk++) {
-        var a0 = a[r0 + kk];
-        var a1 = a[r1 + kk];
-        var a2 = a[r2 + kk];
-        var a3 = a[r3 + kk];
+        var a0 = vec4<f32>(a[r0 + kk]);
+        var a1 = vec4<f32>(a[r1 + kk]);
+        var a2 = vec4<f32>(a[r2 + kk]);
+        var a3 = vec4<f32>(a[r3 + kk]);
         if silu_in {
             a0 = silu4(a0);
             a1 = silu4(a1);
             a2 = silu4(a2);
             a3 = silu4(a3);
         }
-        let b0 = b[c0 + kk];
-        let b1 = b[c1 + kk];
-        let b2 = b[c2 + kk];
-        let b3 = b[c3 + kk];
+        let b0 = vec4<f32>(b[c0 + kk]);
+        let b1 = vec4<f32>(b[c1 + kk]);
+        let b2 = vec4<f32>(b[c2 + kk]);
+        let b3 = vec4<f32>(b[c3 + kk]);
         acc0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
         acc1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
         acc2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
@@ -126,9 +132,9 @@ fn store_row(c_base: u32, m: u32, n0: u32, acc: vec4<f32>) {
             }
             let o = c_base + m * p.c_m + n;
             if (p.flags & HAS_RESIDUAL) != 0u {
-                v += residual[o];
+                v += f32(residual[o]);
             }
-            out[o] = v * p.out_scale;
+            out[o] = c_t(v * p.out_scale);
         }
     }
 }

@@ -184,6 +184,7 @@ fn attention_block_without_norm_and_rescaled() {
         head_dim: 5,
         norm: None,
         rescale_output_factor: 2.0,
+        precision: Default::default(),
     };
     check_shape(shape, 3, 7, 6, None);
 }

@@ -7,7 +7,7 @@ mod common;
 use ddim_wgpu::cpu::forward::to_tokens;
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu};
+use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu, Io};
 use ddim_wgpu::Tensor;
 
 fn random_nchw(shape: [usize; 4], seed: u64) -> Tensor {
@@ -27,7 +27,8 @@ fn concat_channels_matches_cpu() {
             let ab = ctx.upload("a", &to_tokens(&a).data);
             let bb = ctx.upload("b", &to_tokens(&b).data);
             let out = ctx.poisoned("out", want.len());
-            let d = concat_channels(ctx, "concat", n * h * w, (c1, c2), &ab, &bb, &out).unwrap();
+            let d = concat_channels(ctx, "concat", n * h * w, (c1, c2), &ab, &bb, &out, Io::F32)
+                .unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
             let got = ctx.read_f32(&out, want.len()).unwrap();
             common::assert_close(
@@ -53,7 +54,7 @@ fn affine_matches_cpu() {
             let want: Vec<f32> = x.iter().map(|&v| v * scale + shift).collect();
             let xb = ctx.upload("x", &x);
             let out = ctx.poisoned("out", n);
-            let d = affine(ctx, "affine", n, (scale, shift), &xb, &out).unwrap();
+            let d = affine(ctx, "affine", n, (scale, shift), &xb, &out, Io::F32).unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
             let got = ctx.read_f32(&out, n).unwrap();
             common::assert_close(
@@ -104,6 +105,7 @@ fn scale_shift_silu_matches_cpu() {
             &yb,
             (&tb, stride as u32),
             &out,
+            Io::F32,
         )
         .unwrap();
         run_dispatches(ctx, &[d], 1).unwrap();

@@ -63,6 +63,7 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
             groups,
             eps,
             silu,
+            precision: Default::default(),
         },
     }
 }

@@ -65,11 +65,12 @@ def gen(TP):
     for (buf, cnt, koff) in [("x_a", "p.c1", "0u"), ("x_b", "p.c2", "p.c1")]:
         L.append(f"        for (var ci = 0u; ci < {cnt}; ci++) {{")
         L.append(f"            let k0 = (ky * 3u * cin + {koff} + ci) * p.cout_v + col;")
-        L.append("            let w0 = w[k0];")
-        L.append("            let w1 = w[k0 + cin * p.cout_v];")
-        L.append("            let w2 = w[k0 + 2u * cin * p.cout_v];")
+        # Loads convert from the storage type (`act`: f32 or f16); arithmetic is f32.
+        L.append("            let w0 = vec4<f32>(w[k0]);")
+        L.append("            let w1 = vec4<f32>(w[k0 + cin * p.cout_v]);")
+        L.append("            let w2 = vec4<f32>(w[k0 + 2u * cin * p.cout_v]);")
         for c in range(TP + 2):
-            L.append(f"            let v{c} = select(0.0, {buf}[o{c} * {cnt} + ci], in{c});")
+            L.append(f"            let v{c} = select(0.0, f32({buf}[o{c} * {cnt} + ci]), in{c});")
         for i in range(TP):
             L.append(f"            acc{i} += v{i} * w0 + v{i+1} * w1 + v{i+2} * w2;")
         L.append("        }")

@@ -14,8 +14,10 @@ use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
 use ddim_wgpu::gpu::plan::{PlanOptions, StepForward};
+use ddim_wgpu::gpu::precision::Precision;
 use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
 use ddim_wgpu::gpu::sampler::{batch_capacity, RunUpdate};
+use ddim_wgpu::gpu::weights::attention_shape;
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
 use ddim_wgpu::pipeline::Pipeline;
@@ -199,10 +201,12 @@ pub struct BuiltForward {
 pub type ForwardBuilder<'a> =
     dyn Fn(&GpuContext, &Pipeline, &[i64], usize) -> Result<BuiltForward> + 'a;
 
-/// Every distinct group norm (+SiLU) and attention block of the model at `batch`.
+/// Every distinct group norm (+SiLU) and attention block of the model at `batch`, with
+/// activations stored as `precision`.
 fn model_norms_and_attention(
     pipe: &Pipeline,
     batch: usize,
+    precision: Precision,
 ) -> (Vec<GroupNormShape>, Vec<AttentionShape>) {
     let mut norms: Vec<GroupNormShape> = Vec::new();
     let mut attns: Vec<AttentionShape> = Vec::new();
@@ -216,6 +220,7 @@ fn model_norms_and_attention(
                 groups,
                 eps,
                 silu: true,
+                precision,
             };
             if !norms
                 .iter()
@@ -231,15 +236,7 @@ fn model_norms_and_attention(
             }
             Op::GroupNormSilu(n) => add_norm(n.channels, n.groups, n.eps),
             Op::Attention(a) => {
-                let s = AttentionShape {
-                    batch,
-                    tokens: hw,
-                    channels: a.channels,
-                    heads: a.heads,
-                    head_dim: a.head_dim,
-                    norm: a.norm.as_ref().map(|n| (n.groups, n.eps)),
-                    rescale_output_factor: a.rescale_output_factor,
-                };
+                let s = attention_shape(a, batch, hw, precision);
                 if !attns
                     .iter()
                     .any(|x| (x.tokens, x.channels, x.heads) == (s.tokens, s.channels, s.heads))
@@ -302,7 +299,7 @@ fn kernel_section(
         let case = kernels::conv_case(ctx, variant, &name, s)?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
     }
-    let (norms, attns) = model_norms_and_attention(pipe, o.batch);
+    let (norms, attns) = model_norms_and_attention(pipe, o.batch, Precision::F32);
     for n in &norms {
         let case = kernels::group_norm_case(ctx, n)?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);

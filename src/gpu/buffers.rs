@@ -4,6 +4,7 @@ use anyhow::{anyhow, Context, Result};
 use bytemuck::Pod;
 
 use super::context::GpuContext;
+use super::precision::Precision;
 
 /// Usage for activation and weight buffers: bindable as storage, copyable both ways.
 pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -64,6 +65,29 @@ impl GpuContext {
     /// write shows up in the comparison.
     pub fn poisoned(&self, label: &str, len: usize) -> wgpu::Buffer {
         self.upload(label, &vec![f32::NAN; len.max(1)])
+    }
+
+    /// A storage buffer holding `data` stored as `precision`.
+    pub fn upload_as(&self, label: &str, data: &[f32], precision: Precision) -> wgpu::Buffer {
+        self.buffer_with(label, STORAGE, &precision.encode(data))
+    }
+
+    /// `len` NaN stored as `precision` (see [`GpuContext::poisoned`]).
+    pub fn poisoned_as(&self, label: &str, len: usize, precision: Precision) -> wgpu::Buffer {
+        self.upload_as(label, &vec![f32::NAN; len.max(1)], precision)
+    }
+
+    /// Reads `len` values stored as `precision` from the start of `buffer`, as f32.
+    pub fn read_as(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: usize,
+        precision: Precision,
+    ) -> Result<Vec<f32>> {
+        // Whole f32 words (copies move multiples of 4 bytes), reinterpreted.
+        let words = (len * precision.bytes()).div_ceil(4);
+        let raw = self.read_f32(buffer, words)?;
+        Ok(precision.decode(bytemuck::cast_slice(&raw), len))
     }
 
     /// An uninitialised (zeroed by wgpu) storage buffer of `bytes`.

@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod kernels;
 pub mod memory;
 pub mod plan;
+pub mod precision;
 pub mod profile;
 pub mod sampler;
 pub mod variants;
@@ -13,5 +14,6 @@ pub mod weights;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
+pub use precision::Precision;
 pub use variants::{ConvVariant, KernelChoice, MatmulVariant};
 pub use weights::GpuWeights;

@@ -21,10 +21,11 @@ use super::context::run_dispatches;
 use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
-use super::kernels::elementwise;
+use super::kernels::elementwise::{self, Io};
 use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::memory::Footprint;
+use super::precision::Precision;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
 use crate::model::unet::{
@@ -71,11 +72,16 @@ struct Pool {
     slots: Vec<Slot>,
     /// Keep every value alive (for per-layer read back).
     keep_all: bool,
+    /// Bytes per stored element (the plan's precision).
+    elem: usize,
 }
 
 impl Pool {
     fn alloc(&mut self, ctx: &GpuContext, label: &str, elements: usize) -> usize {
-        let bytes = (elements * 4) as u64;
+        self.alloc_bytes(ctx, label, (elements * self.elem) as u64)
+    }
+
+    fn alloc_bytes(&mut self, ctx: &GpuContext, label: &str, bytes: u64) -> usize {
         let best = self
             .slots
             .iter()
@@ -121,10 +127,12 @@ pub struct PlanOptions {
     pub keep_layer_outputs: bool,
 }
 
-/// One compiled forward pass for a fixed batch and timestep schedule.
+/// One compiled forward pass for a fixed batch and timestep schedule. Input and output are f32
+/// whatever the precision of the activations in between (that of the weights).
 pub struct UNetPlan {
     pub batch: usize,
     pub steps: usize,
+    pub precision: Precision,
     pub input_shape: Shape,
     pub output_shape: Shape,
     input: wgpu::Buffer,
@@ -138,7 +146,7 @@ pub struct UNetPlan {
 }
 
 /// Largest batch whose every buffer fits in one binding on `ctx` (at least 1, or an error when
-/// even one image does not fit).
+/// even one image does not fit), with f32 activations: a bound for every precision.
 pub fn max_batch(ctx: &GpuContext, unet: &UNet) -> Result<usize> {
     let limit = ctx.max_binding_bytes();
     let mut per_image = unet.max_activation();
@@ -319,6 +327,7 @@ impl Builder<'_> {
             groups: norm.groups,
             eps: norm.eps,
             silu,
+            precision: self.weights.precision,
         }
     }
 
@@ -368,6 +377,7 @@ impl Builder<'_> {
                     self.buf(a),
                     self.buf(b),
                     self.buf(out),
+                    Io::same(self.weights.precision),
                 )?;
                 self.dispatches.push(d);
                 Ok(out)
@@ -401,6 +411,7 @@ impl Builder<'_> {
                 self.buf(g),
                 (&table.buffer, table.stride_bytes),
                 self.buf(out),
+                Io::same(self.weights.precision),
             )?;
             self.dispatches.push(d);
             self.pool.release(g.id);
@@ -454,7 +465,7 @@ impl Builder<'_> {
     }
 
     fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
-        let shape = attention_shape(a, self.batch, x.shape.h * x.shape.w);
+        let shape = attention_shape(a, self.batch, x.shape.h * x.shape.w, self.weights.precision);
         let all = self.weights;
         let weights = all.attention_weights(a)?;
         // One scratch per distinct shape: attention layers run one after another.
@@ -509,6 +520,7 @@ impl UNetPlan {
         let variant = options
             .conv_variant
             .unwrap_or_else(|| Variant::for_context(ctx));
+        let precision = weights.precision;
 
         // One group-norm scratch for every norm outside attention.
         let mut norm_shapes = Vec::new();
@@ -520,6 +532,7 @@ impl UNetPlan {
                 groups: n.groups,
                 eps: n.eps,
                 silu: true,
+                precision,
             };
             match &l.op {
                 Op::Resnet(r) => {
@@ -540,6 +553,7 @@ impl UNetPlan {
             pool: Pool {
                 slots: Vec::new(),
                 keep_all: options.keep_layer_outputs,
+                elem: precision.bytes(),
             },
             dispatches: Vec::new(),
             norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
@@ -548,9 +562,33 @@ impl UNetPlan {
             prelude,
         };
 
-        let input = b.new_act("plan input", unet.input);
-        b.pool.slots[input.id].pinned = true;
+        // The input is f32 (the sampler's state); a half-precision plan converts it first.
+        let input_id =
+            b.pool
+                .alloc_bytes(ctx, "plan input", (batch * unet.input.numel() * 4) as u64);
+        b.pool.slots[input_id].pinned = true;
+        let input = Act {
+            id: input_id,
+            shape: unet.input,
+        };
         let mut cur = Cur::One(input);
+        if precision != Precision::F32 {
+            let x = b.new_act("input in f16", unet.input);
+            let d = elementwise::affine(
+                ctx,
+                "input to f16",
+                batch * unet.input.numel(),
+                (1.0, 0.0),
+                b.buf(input),
+                b.buf(x),
+                Io {
+                    input: Precision::F32,
+                    output: precision,
+                },
+            )?;
+            b.dispatches.push(d);
+            cur = Cur::One(x);
+        }
         let mut skips: Vec<Option<Act>> = vec![None; unet.skips.len()];
         let mut pending_upsample = false;
         let mut layer_outputs = Vec::new();
@@ -572,6 +610,7 @@ impl UNetPlan {
                         (2.0, -1.0),
                         b.buf(x),
                         b.buf(out),
+                        Io::same(precision),
                     )?;
                     b.dispatches.push(d);
                     b.pool.release(x.id);
@@ -636,6 +675,10 @@ impl UNetPlan {
             (1.0, 0.0),
             b.buf(last),
             &output,
+            Io {
+                input: precision,
+                output: Precision::F32,
+            },
         )?;
         b.dispatches.push(d);
 
@@ -647,6 +690,7 @@ impl UNetPlan {
         Ok(Self {
             batch,
             steps: timesteps.len(),
+            precision,
             input_shape: unet.input,
             output_shape: last.shape,
             input: input_buffer,
@@ -711,7 +755,13 @@ impl UNetPlan {
             .iter()
             .map(|(_, id, s)| (self.pool.buf(*id), self.batch * s.numel()))
             .collect();
-        let data = ctx.read_many(&reads)?;
+        let data = match self.precision {
+            Precision::F32 => ctx.read_many(&reads)?,
+            p => reads
+                .iter()
+                .map(|&(buf, n)| ctx.read_as(buf, n, p))
+                .collect::<Result<_>>()?,
+        };
         self.layer_outputs
             .iter()
             .zip(data)

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use super::kernels::attention::{AttentionParamsHost, AttentionShape, AttentionWeights};
 use super::kernels::conv2d::ConvWeights;
+use super::precision::Precision;
 use super::GpuContext;
 use crate::model::unet::{Attention, Conv2d, GroupNorm, Linear, Op};
 use crate::model::{UNet, Weights};
@@ -24,17 +25,33 @@ pub struct GpuWeights {
     attention: HashMap<String, AttentionWeights>,
     /// Bytes of all uploaded buffers.
     pub bytes: u64,
+    /// How conv and attention weights are stored, and so the activations of every plan built
+    /// over them; norm parameters, biases and the time-embedding layers stay f32.
+    pub precision: Precision,
 }
 
 impl GpuWeights {
-    /// Checks `weights` against `unet` and uploads every tensor it uses.
+    /// Checks `weights` against `unet` and uploads every tensor it uses, in f32.
     pub fn upload(ctx: &GpuContext, unet: &UNet, weights: &Weights) -> Result<Self> {
+        Self::upload_as(ctx, unet, weights, Precision::F32)
+    }
+
+    /// As [`GpuWeights::upload`], with conv and attention weights stored as `precision`
+    /// (an error where the device cannot).
+    pub fn upload_as(
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &Weights,
+        precision: Precision,
+    ) -> Result<Self> {
+        precision.check(ctx)?;
         weights.check(&unet.weights())?;
         let mut up = Self {
             convs: HashMap::new(),
             tensors: HashMap::new(),
             attention: HashMap::new(),
             bytes: 0,
+            precision,
         };
         up.linear(ctx, weights, &unet.time.linear_1)?;
         up.linear(ctx, weights, &unet.time.linear_2)?;
@@ -84,11 +101,12 @@ impl GpuWeights {
     }
 
     fn conv(&mut self, ctx: &GpuContext, weights: &Weights, c: &Conv2d) -> Result<()> {
-        let w = ConvWeights::upload(
+        let w = ConvWeights::upload_as(
             ctx,
             &c.weight,
             weights.get(&c.weight)?,
             Some(weights.slice(&c.bias)?),
+            self.precision,
         )?;
         self.bytes += w.weight.size() + w.bias.size();
         self.convs.insert(c.weight.clone(), w);
@@ -118,7 +136,8 @@ impl GpuWeights {
             wo: weights.slice(&a.to_out.weight)?,
             bo: weights.slice(&a.to_out.bias)?,
         };
-        let w = AttentionWeights::upload(ctx, &attention_shape(a, 1, tokens), &host)?;
+        let shape = attention_shape(a, 1, tokens, self.precision);
+        let w = AttentionWeights::upload(ctx, &shape, &host)?;
         self.bytes += [&w.gamma, &w.beta, &w.wqkv, &w.bqkv, &w.bv, &w.wo, &w.bo]
             .iter()
             .map(|b| b.size())
@@ -148,7 +167,12 @@ impl GpuWeights {
 }
 
 /// The kernel's view of an attention block at `batch` images of `tokens` tokens.
-pub fn attention_shape(a: &Attention, batch: usize, tokens: usize) -> AttentionShape {
+pub fn attention_shape(
+    a: &Attention,
+    batch: usize,
+    tokens: usize,
+    precision: Precision,
+) -> AttentionShape {
     AttentionShape {
         batch,
         tokens,
@@ -157,5 +181,6 @@ pub fn attention_shape(a: &Attention, batch: usize, tokens: usize) -> AttentionS
         head_dim: a.head_dim,
         norm: a.norm.as_ref().map(|n| (n.groups, n.eps)),
         rescale_output_factor: a.rescale_output_factor,
+        precision,
     }
 }

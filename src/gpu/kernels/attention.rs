@@ -11,8 +11,9 @@
 use anyhow::{ensure, Result};
 
 use super::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
-use super::linear::{matmul, Matmul, MatmulBuffers, Strides};
+use super::linear::{matmul_as, Matmul, MatmulBuffers, MatmulTypes, Strides};
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::precision::Precision;
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
@@ -46,6 +47,9 @@ pub struct AttentionShape {
     pub norm: Option<(usize, f32)>,
     /// The block's output is `(to_out(o) + x) / rescale_output_factor`.
     pub rescale_output_factor: f32,
+    /// Storage type of x, out, the projection weights and every intermediate but the scores,
+    /// which stay f32 (as do the biases and the norm's parameters).
+    pub precision: Precision,
 }
 
 impl AttentionShape {
@@ -66,6 +70,7 @@ impl AttentionShape {
             head_dim: channels / heads.max(1),
             norm: Some((groups, eps)),
             rescale_output_factor: 1.0,
+            precision: Precision::F32,
         }
     }
 
@@ -82,6 +87,7 @@ impl AttentionShape {
             groups,
             eps,
             silu: false,
+            precision: self.precision,
         })
     }
 
@@ -150,13 +156,14 @@ impl AttentionWeights {
         }
         let wqkv: Vec<f32> = [p.wq, p.wk, p.wv].concat();
         let bqkv: Vec<f32> = [p.bq, p.bk, p.bv].concat();
+        let precision = shape.precision;
         Ok(Self {
             gamma: ctx.upload("attention norm gamma", p.gamma),
             beta: ctx.upload("attention norm beta", p.beta),
-            wqkv: ctx.upload("attention wqkv", &wqkv),
+            wqkv: ctx.upload_as("attention wqkv", &wqkv, precision),
             bqkv: ctx.upload("attention bqkv", &bqkv),
             bv: ctx.upload("attention bv", p.bv),
-            wo: ctx.upload("attention wo", p.wo),
+            wo: ctx.upload_as("attention wo", p.wo, precision),
             bo: ctx.upload("attention bo", p.bo),
         })
     }
@@ -179,12 +186,13 @@ impl AttentionScratch {
         let (b, l, c, d) = (shape.batch, shape.tokens, shape.channels, shape.inner());
         let chunk = shape.batch_chunk(ctx.max_binding_bytes());
         let norm_shapes: Vec<GroupNormShape> = shape.norm_shape().into_iter().collect();
+        let e = shape.precision.bytes();
         Self {
-            normed: ctx.storage("attention normed", (b * l * c * 4) as u64),
-            qk: ctx.storage("attention qk", (b * l * 2 * d * 4) as u64),
-            vt: ctx.storage("attention vt", (b * l * d * 4) as u64),
+            normed: ctx.storage("attention normed", (b * l * c * e) as u64),
+            qk: ctx.storage("attention qk", (b * l * 2 * d * e) as u64),
+            vt: ctx.storage("attention vt", (b * l * d * e) as u64),
             scores: ctx.storage("attention scores", (chunk * shape.heads * l * l * 4) as u64),
-            heads_out: ctx.storage("attention heads", (b * l * d * 4) as u64),
+            heads_out: ctx.storage("attention heads", (b * l * d * e) as u64),
             norm: GroupNormScratch::new(ctx, &norm_shapes),
         }
     }
@@ -285,6 +293,17 @@ pub fn attention_block_chunked(
         "attention: rescale_output_factor is 0"
     );
     let inner = shape.inner();
+    let p = shape.precision;
+    let every = MatmulTypes::all(p);
+    // Scores are f32: from q and k in `p`, and read as f32 probabilities by P·V.
+    let to_scores = MatmulTypes {
+        c: Precision::F32,
+        ..every
+    };
+    let from_scores = MatmulTypes {
+        a: Precision::F32,
+        ..every
+    };
     let mut dispatches = vec![];
     let tokens = match shape.norm_shape() {
         Some(norm) => {
@@ -301,7 +320,7 @@ pub fn attention_block_chunked(
         }
         None => x,
     };
-    dispatches.push(matmul(
+    dispatches.push(matmul_as(
         ctx,
         &Matmul::linear(b * l, c, 2 * inner),
         &MatmulBuffers {
@@ -311,6 +330,7 @@ pub fn attention_block_chunked(
             residual: None,
             out: &scratch.qk,
         },
+        every,
     )?);
     // Vᵀ[image][j][token] = Σ_c Wv[j][c] · tokens[image][token][c] + bv[j].
     let v_transposed = Matmul {
@@ -343,7 +363,7 @@ pub fn attention_block_chunked(
         bias_per_row: true,
         ..Matmul::linear(1, 1, 1)
     };
-    dispatches.push(matmul(
+    dispatches.push(matmul_as(
         ctx,
         &v_transposed,
         &MatmulBuffers {
@@ -353,6 +373,7 @@ pub fn attention_block_chunked(
             residual: None,
             out: &scratch.vt,
         },
+        every,
     )?);
     let chunk = images_per_chunk.max(1);
     ensure!(
@@ -397,7 +418,7 @@ pub fn attention_block_chunked(
             silu_out: false,
             bias_per_row: false,
         };
-        dispatches.push(matmul(
+        dispatches.push(matmul_as(
             ctx,
             &scores,
             &MatmulBuffers {
@@ -407,6 +428,7 @@ pub fn attention_block_chunked(
                 residual: None,
                 out: &scratch.scores,
             },
+            to_scores,
         )?);
         dispatches.push(softmax_rows(ctx, nb * heads * l, l, &scratch.scores)?);
         // O[image, token, head·d + j] = Σ_key P[key] Vᵀ[head·d + j, key].
@@ -443,7 +465,7 @@ pub fn attention_block_chunked(
             silu_out: false,
             bias_per_row: false,
         };
-        dispatches.push(matmul(
+        dispatches.push(matmul_as(
             ctx,
             &weighted,
             &MatmulBuffers {
@@ -453,10 +475,11 @@ pub fn attention_block_chunked(
                 residual: None,
                 out: &scratch.heads_out,
             },
+            from_scores,
         )?);
         b0 += nb;
     }
-    dispatches.push(matmul(
+    dispatches.push(matmul_as(
         ctx,
         &Matmul {
             out_scale: 1.0 / shape.rescale_output_factor,
@@ -469,6 +492,7 @@ pub fn attention_block_chunked(
             residual: Some(x),
             out,
         },
+        every,
     )?);
     for dsp in dispatches.iter_mut() {
         dsp.label = format!("attention/{}", dsp.label);

@@ -6,6 +6,7 @@
 use anyhow::{ensure, Context, Result};
 
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::GpuContext;
 use crate::model::unet::Padding;
 use crate::Tensor;
@@ -124,9 +125,15 @@ pub fn all_specs() -> Vec<KernelSpec> {
 }
 
 pub fn spec(entry: &'static str) -> KernelSpec {
+    spec_as(entry, Precision::F32)
+}
+
+/// The pipeline of `entry` with activations and weights stored as `precision`.
+pub fn spec_as(entry: &'static str, precision: Precision) -> KernelSpec {
+    let (shader, source) = specialize("conv2d", SOURCE, &[("act", precision)]);
     KernelSpec {
-        shader: "conv2d",
-        source: SOURCE,
+        shader,
+        source,
         entry,
         bindings: vec![
             Binding::Uniform,
@@ -230,12 +237,17 @@ impl ConvShape {
         2 * (self.m() * self.cout * self.k()) as u64
     }
 
-    /// Compulsory traffic: input, weights and output once (plus residual when present).
+    /// Compulsory traffic in f32: input, weights and output once (plus residual when present).
     pub fn bytes(&self, residual: bool) -> u64 {
+        self.bytes_as(residual, Precision::F32)
+    }
+
+    /// Compulsory traffic with activations and weights stored as `p`.
+    pub fn bytes_as(&self, residual: bool, p: Precision) -> u64 {
         let input = self.batch * self.src_h * self.src_w * self.cin();
         let weights = self.k() * self.cout;
         let out = self.out_len() * if residual { 2 } else { 1 };
-        4 * (input + weights + out) as u64
+        (p.bytes() * (input + weights + out)) as u64
     }
 }
 
@@ -268,10 +280,12 @@ pub fn transpose_weight(weight: &Tensor) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Weights and bias on the device, in the kernel's layout.
+/// Weights and bias on the device, in the kernel's layout. The weights are stored as
+/// `precision`, which is also what the convolution's activations must be; the bias stays f32.
 pub struct ConvWeights {
     pub weight: wgpu::Buffer,
     pub bias: wgpu::Buffer,
+    pub precision: Precision,
     pub cout: usize,
     pub cin: usize,
     pub kh: usize,
@@ -285,6 +299,17 @@ impl ConvWeights {
         weight: &Tensor,
         bias: Option<&[f32]>,
     ) -> Result<Self> {
+        Self::upload_as(ctx, label, weight, bias, Precision::F32)
+    }
+
+    /// Uploads with the weights stored as `precision`.
+    pub fn upload_as(
+        ctx: &GpuContext,
+        label: &str,
+        weight: &Tensor,
+        bias: Option<&[f32]>,
+        precision: Precision,
+    ) -> Result<Self> {
         let w = transpose_weight(weight).with_context(|| format!("conv {label}"))?;
         let (cout, cin, kh, kw) = weight.nchw();
         let mut b = vec![0.0; round4(cout)];
@@ -297,8 +322,9 @@ impl ConvWeights {
             b[..cout].copy_from_slice(bias);
         }
         Ok(Self {
-            weight: ctx.upload(&format!("{label}.weight"), &w),
+            weight: ctx.upload_as(&format!("{label}.weight"), &w, precision),
             bias: ctx.upload(&format!("{label}.bias"), &b),
+            precision,
             cout,
             cin,
             kh,
@@ -307,7 +333,8 @@ impl ConvWeights {
     }
 }
 
-/// The buffers one convolution reads and writes.
+/// The buffers one convolution reads and writes: activations stored as the weights'
+/// precision ([`ConvWeights::precision`]), the `chan_add` table in f32.
 pub struct ConvIo<'a> {
     /// NHWC, `c1` channels.
     pub x_a: &'a wgpu::Buffer,
@@ -323,8 +350,8 @@ pub struct ConvIo<'a> {
     pub out_scale: f32,
 }
 
-fn check_size(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
-    let need = (elements * 4) as u64;
+fn check_size(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
+    let need = (elements * p.bytes()) as u64;
     ensure!(
         buffer.size() >= need,
         "conv2d: {what} buffer holds {} bytes, needs {need}",
@@ -365,13 +392,14 @@ pub fn conv2d(
         if io.x_b.is_some() { "given" } else { "missing" }
     );
     let src_pixels = shape.batch * shape.src_h * shape.src_w;
-    check_size("x_a", io.x_a, src_pixels * shape.c1)?;
+    let act = weights.precision;
+    check_size("x_a", io.x_a, src_pixels * shape.c1, act)?;
     if let Some(b) = io.x_b {
-        check_size("x_b", b, src_pixels * shape.c2)?;
+        check_size("x_b", b, src_pixels * shape.c2, act)?;
     }
-    check_size("out", io.out, shape.out_len())?;
+    check_size("out", io.out, shape.out_len(), act)?;
     if let Some(r) = io.residual {
-        check_size("residual", r, shape.out_len())?;
+        check_size("residual", r, shape.out_len(), act)?;
     }
     let largest = (src_pixels * shape.cin())
         .max(shape.out_len())
@@ -423,7 +451,7 @@ pub fn conv2d(
         _pad: 0,
     };
 
-    let kernel = ctx.kernel(&spec(entry.name))?;
+    let kernel = ctx.kernel(&spec_as(entry.name, act))?;
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
     let unused = ctx.placeholder();
@@ -463,6 +491,6 @@ pub fn conv2d(
         workgroups: [(cout_v as u32).div_ceil(entry.cols), gy, gz],
         dynamic_strides: vec![chan_stride],
         flops: shape.flops(),
-        bytes: shape.bytes(io.residual.is_some()),
+        bytes: shape.bytes_as(io.residual.is_some(), act),
     })
 }

@@ -4,6 +4,7 @@
 use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -22,10 +23,39 @@ pub struct Params {
     pub _pad: u32,
 }
 
+/// Storage types of a kernel's inputs (`a`, `b`) and of its output; the table is f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Io {
+    pub input: Precision,
+    pub output: Precision,
+}
+
+impl Io {
+    pub const F32: Io = Io::same(Precision::F32);
+
+    /// Inputs and output stored as `p`.
+    pub const fn same(p: Precision) -> Self {
+        Self {
+            input: p,
+            output: p,
+        }
+    }
+}
+
 pub fn spec(entry: &'static str) -> KernelSpec {
+    spec_as(entry, Io::F32)
+}
+
+/// The pipeline of `entry` for the storage types `io`.
+pub fn spec_as(entry: &'static str, io: Io) -> KernelSpec {
+    let (shader, source) = specialize(
+        "elementwise",
+        SOURCE,
+        &[("in_t", io.input), ("out_t", io.output)],
+    );
     KernelSpec {
-        shader: "elementwise",
-        source: SOURCE,
+        shader,
+        source,
         entry,
         bindings: vec![
             Binding::Uniform,
@@ -37,12 +67,12 @@ pub fn spec(entry: &'static str) -> KernelSpec {
     }
 }
 
-fn check(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
+fn check(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
     ensure!(
-        buffer.size() >= (elements * 4) as u64,
+        buffer.size() >= (elements * p.bytes()) as u64,
         "{what}: buffer holds {} bytes, needs {}",
         buffer.size(),
-        elements * 4
+        elements * p.bytes()
     );
     Ok(())
 }
@@ -62,11 +92,12 @@ fn build(
     mut params: Params,
     inputs: Inputs<'_>,
     out: &wgpu::Buffer,
+    io: Io,
 ) -> Result<Dispatch> {
     let Inputs { a, b, table } = inputs;
     ensure!(params.n > 0, "{label}: empty");
-    check(label, out, params.n as usize)?;
-    let kernel = ctx.kernel(&spec(entry))?;
+    check(label, out, params.n as usize, io.output)?;
+    let kernel = ctx.kernel(&spec_as(entry, io))?;
     let groups = params.n.div_ceil(WORKGROUP);
     let grid = grid_2d(groups, ctx.limits.max_compute_workgroups_per_dimension);
     params.row_groups = grid[0];
@@ -95,11 +126,12 @@ fn build(
         workgroups: grid,
         dynamic_strides: vec![tstride],
         flops: n,
-        bytes: 8 * n,
+        bytes: (io.input.bytes() + io.output.bytes()) as u64 * n,
     })
 }
 
 /// `out[p] = cat(a[p] (c1 channels), b[p] (c2 channels))` for `pixels` NHWC pixels.
+#[allow(clippy::too_many_arguments)]
 pub fn concat_channels(
     ctx: &GpuContext,
     label: &str,
@@ -108,9 +140,10 @@ pub fn concat_channels(
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    io: Io,
 ) -> Result<Dispatch> {
-    check(label, a, pixels * c1)?;
-    check(label, b, pixels * c2)?;
+    check(label, a, pixels * c1, io.input)?;
+    check(label, b, pixels * c2, io.input)?;
     let params = Params {
         n: (pixels * (c1 + c2)) as u32,
         c1: c1 as u32,
@@ -122,10 +155,10 @@ pub fn concat_channels(
         b: Some(b),
         table: None,
     };
-    build(ctx, "concat_channels", label, params, inputs, out)
+    build(ctx, "concat_channels", label, params, inputs, out, io)
 }
 
-/// `out = a · scale + shift` over `n` values.
+/// `out = a · scale + shift` over `n` values (also the conversion between storage types).
 pub fn affine(
     ctx: &GpuContext,
     label: &str,
@@ -133,8 +166,9 @@ pub fn affine(
     (scale, shift): (f32, f32),
     a: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    io: Io,
 ) -> Result<Dispatch> {
-    check(label, a, n)?;
+    check(label, a, n, io.input)?;
     let params = Params {
         n: n as u32,
         scale,
@@ -146,7 +180,7 @@ pub fn affine(
         b: None,
         table: None,
     };
-    build(ctx, "affine", label, params, inputs, out)
+    build(ctx, "affine", label, params, inputs, out, io)
 }
 
 /// `out = silu(a · (1 + scale) + shift)` for NHWC `a` of `batch × hw × c`, with (scale, shift)
@@ -158,10 +192,11 @@ pub fn scale_shift_silu(
     a: &wgpu::Buffer,
     (table, stride): (&wgpu::Buffer, u32),
     out: &wgpu::Buffer,
+    io: Io,
 ) -> Result<Dispatch> {
     let n = batch * hw * c;
-    check(label, a, n)?;
-    check(label, table, batch * 2 * c)?;
+    check(label, a, n, io.input)?;
+    check(label, table, batch * 2 * c, Precision::F32)?;
     let params = Params {
         n: n as u32,
         c1: c as u32,
@@ -180,5 +215,6 @@ pub fn scale_shift_silu(
             table: Some((table, size, stride)),
         },
         out,
+        io,
     )
 }

@@ -6,6 +6,7 @@
 use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
@@ -44,6 +45,8 @@ pub struct GroupNormShape {
     pub eps: f32,
     /// Apply SiLU after the affine transform (the resnet's norm → silu).
     pub silu: bool,
+    /// Storage type of x and y (statistics and gamma/beta are f32).
+    pub precision: Precision,
 }
 
 impl GroupNormShape {
@@ -120,11 +123,12 @@ impl GroupNormScratch {
     }
 }
 
-fn spec(entry: &'static str) -> KernelSpec {
+fn spec(entry: &'static str, precision: Precision) -> KernelSpec {
     let (shader, source) = match entry {
         "gn_combine_sg" => ("group_norm_subgroup", SOURCE_SUBGROUP),
         _ => ("group_norm", SOURCE),
     };
+    let (shader, source) = specialize(shader, source, &[("act", precision)]);
     KernelSpec {
         shader,
         source,
@@ -164,9 +168,11 @@ pub fn group_norm(
         "group norm scratch too small for {shape:?}"
     );
     let numel = shape.numel();
+    let elem = shape.precision.bytes();
     ensure!(
-        x.size() >= (numel * 4) as u64 && y.size() >= (numel * 4) as u64,
-        "group norm: x or y holds fewer than {numel} f32"
+        x.size() >= (numel * elem) as u64 && y.size() >= (numel * elem) as u64,
+        "group norm: x or y holds fewer than {numel} {}",
+        shape.precision
     );
     ensure!(
         gamma.size() >= (shape.channels * 4) as u64 && beta.size() >= (shape.channels * 4) as u64,
@@ -192,7 +198,7 @@ pub fn group_norm(
         (
             "gn_stats",
             (partial_len as u32).div_ceil(WORKGROUP),
-            n * 4 + partial_len as u64 * 16,
+            n * elem as u64 + partial_len as u64 * 16,
             3 * n,
         ),
         (
@@ -204,13 +210,13 @@ pub fn group_norm(
         (
             "gn_apply",
             (numel.div_ceil(4) as u32).div_ceil(WORKGROUP),
-            n * 8 + 16 * shape.channels as u64,
+            2 * n * elem as u64 + 16 * shape.channels as u64,
             8 * n,
         ),
     ];
     let mut out = Vec::with_capacity(3);
     for (entry, workgroups, bytes, flops) in stages {
-        let kernel = ctx.kernel(&spec(entry))?;
+        let kernel = ctx.kernel(&spec(entry, shape.precision))?;
         let bind_group = kernel.bind_group(
             &ctx.device,
             &[

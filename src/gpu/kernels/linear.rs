@@ -5,6 +5,7 @@
 use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
+use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
@@ -152,10 +153,61 @@ impl Matmul {
         2 * (self.batch * self.m * self.n * self.k) as u64
     }
 
-    /// Compulsory bytes: each operand read once, the output written once.
+    /// Compulsory bytes (f32 operands): each operand read once, the output written once.
     pub fn bytes(&self) -> u64 {
-        4 * (self.batch * (self.m * self.k + self.k * self.n + self.m * self.n)) as u64
+        self.bytes_as(MatmulTypes::F32)
     }
+
+    /// Compulsory bytes for operands stored as `t`.
+    pub fn bytes_as(&self, t: MatmulTypes) -> u64 {
+        let z = self.batch;
+        (z * (self.m * self.k * t.a.bytes()
+            + self.k * self.n * t.b.bytes()
+            + self.m * self.n * t.c.bytes())) as u64
+    }
+}
+
+/// Storage types of a product's operands: A, B, and out with the residual. Whatever they are,
+/// products accumulate in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulTypes {
+    pub a: Precision,
+    pub b: Precision,
+    pub c: Precision,
+}
+
+impl MatmulTypes {
+    pub const F32: MatmulTypes = MatmulTypes::all(Precision::F32);
+
+    /// Every operand stored in `p`.
+    pub const fn all(p: Precision) -> Self {
+        Self { a: p, b: p, c: p }
+    }
+}
+
+/// The half-precision combinations a plan uses: every operand f16 (linear layers, the q/k/v
+/// projections), f32 scores from f16 q and k, and f16 heads from f32 probabilities.
+pub const F16_TYPES: [MatmulTypes; 3] = [
+    MatmulTypes::all(Precision::F16),
+    MatmulTypes {
+        a: Precision::F16,
+        b: Precision::F16,
+        c: Precision::F32,
+    },
+    MatmulTypes {
+        a: Precision::F32,
+        b: Precision::F16,
+        c: Precision::F16,
+    },
+];
+
+/// `source` (linear.wgsl or linear_k4.wgsl, named `shader`) for the operand types `t`.
+pub fn specialized(
+    source: &'static str,
+    shader: &'static str,
+    t: MatmulTypes,
+) -> (&'static str, &'static str) {
+    specialize(shader, source, &[("a_t", t.a), ("b_t", t.b), ("c_t", t.c)])
 }
 
 /// Which kernel computes a product; both give the same result up to summation order.
@@ -193,18 +245,22 @@ impl Matmul {
 }
 
 pub fn spec_for(variant: MatmulVariant) -> KernelSpec {
-    match variant {
-        MatmulVariant::Strided => spec(),
-        MatmulVariant::Tiled => KernelSpec {
-            entry: "matmul_tiled",
-            ..spec()
-        },
-        MatmulVariant::K4 => KernelSpec {
-            shader: "linear_k4",
-            source: SOURCE_K4,
-            entry: "matmul_k4",
-            ..spec()
-        },
+    spec_typed(variant, MatmulTypes::F32)
+}
+
+/// The pipeline of `variant` for operands stored as `types`.
+pub fn spec_typed(variant: MatmulVariant, types: MatmulTypes) -> KernelSpec {
+    let (file, name, entry) = match variant {
+        MatmulVariant::Strided => (SOURCE, "linear", "matmul_reg4x4"),
+        MatmulVariant::Tiled => (SOURCE, "linear", "matmul_tiled"),
+        MatmulVariant::K4 => (SOURCE_K4, "linear_k4", "matmul_k4"),
+    };
+    let (shader, source) = specialized(file, name, types);
+    KernelSpec {
+        shader,
+        source,
+        entry,
+        ..spec()
     }
 }
 
@@ -233,12 +289,11 @@ pub struct MatmulBuffers<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize) -> Result<()> {
+fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
     ensure!(
-        buffer.size() >= (elements * 4) as u64,
-        "matmul: {what} holds {} bytes, needs {} f32",
+        buffer.size() >= (elements * p.bytes()) as u64,
+        "matmul: {what} holds {} bytes, needs {elements} {p}",
         buffer.size(),
-        elements
     );
     Ok(())
 }
@@ -249,6 +304,16 @@ pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result
     matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op))
 }
 
+/// As [`matmul`], with operands stored as `types`.
+pub fn matmul_as(
+    ctx: &GpuContext,
+    op: &Matmul,
+    bufs: &MatmulBuffers<'_>,
+    types: MatmulTypes,
+) -> Result<Dispatch> {
+    matmul_typed(ctx, op, bufs, MatmulVariant::for_context(ctx, op), types)
+}
+
 /// One dispatch for `op` with a chosen variant (an error if it does not apply).
 pub fn matmul_with(
     ctx: &GpuContext,
@@ -256,19 +321,31 @@ pub fn matmul_with(
     bufs: &MatmulBuffers<'_>,
     variant: MatmulVariant,
 ) -> Result<Dispatch> {
+    matmul_typed(ctx, op, bufs, variant, MatmulTypes::F32)
+}
+
+/// One dispatch for `op` with a chosen variant and operand types. Bias stays f32.
+pub fn matmul_typed(
+    ctx: &GpuContext,
+    op: &Matmul,
+    bufs: &MatmulBuffers<'_>,
+    variant: MatmulVariant,
+    types: MatmulTypes,
+) -> Result<Dispatch> {
     op.validate()?;
     ensure!(
         variant != MatmulVariant::K4 || op.fits_k4(),
         "matmul: the vec4-along-k variant does not apply to {op:?}"
     );
-    check_len("A", bufs.a, op.extent(&op.a, op.m, op.k))?;
-    check_len("B", bufs.b, op.extent(&op.b, op.k, op.n))?;
-    check_len("out", bufs.out, op.extent(&op.c, op.m, op.n))?;
+    check_len("A", bufs.a, op.extent(&op.a, op.m, op.k), types.a)?;
+    check_len("B", bufs.b, op.extent(&op.b, op.k, op.n), types.b)?;
+    check_len("out", bufs.out, op.extent(&op.c, op.m, op.n), types.c)?;
     if let Some(bias) = bufs.bias {
-        check_len("bias", bias, if op.bias_per_row { op.m } else { op.n })?;
+        let n = if op.bias_per_row { op.m } else { op.n };
+        check_len("bias", bias, n, Precision::F32)?;
     }
     if let Some(res) = bufs.residual {
-        check_len("residual", res, op.extent(&op.c, op.m, op.n))?;
+        check_len("residual", res, op.extent(&op.c, op.m, op.n), types.c)?;
     }
     let mut flags = 0;
     flags |= if bufs.bias.is_some() { HAS_BIAS } else { 0 };
@@ -305,7 +382,7 @@ pub fn matmul_with(
         out_scale: op.out_scale,
         _pad: [0; 3],
     };
-    let kernel = ctx.kernel(&spec_for(variant))?;
+    let kernel = ctx.kernel(&spec_typed(variant, types))?;
     let uniform = ctx.uniform("matmul params", &params);
     let placeholder = ctx.storage("matmul placeholder", 16);
     let bind_group = kernel.bind_group(
@@ -335,6 +412,6 @@ pub fn matmul_with(
         workgroups: groups,
         dynamic_strides: vec![],
         flops: op.flops(),
-        bytes: op.bytes(),
+        bytes: op.bytes_as(types),
     })
 }
