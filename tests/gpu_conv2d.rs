@@ -6,7 +6,7 @@ mod common;
 use ddim_wgpu::cpu::ops::{self, Padding};
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
-use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::{GpuContext, Precision};
 use ddim_wgpu::Tensor;
 
 struct Case {
@@ -188,6 +188,17 @@ fn reference(case: &Case, weight: &Tensor, bias: &[f32], seed: u64) -> Reference
 }
 
 fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f32> {
+    run_case_as(ctx, variant, case, seed, Precision::F32)
+}
+
+/// `case` with activations and weights stored as `p` (the CPU reference stays f32).
+fn run_case_as(
+    ctx: &GpuContext,
+    variant: Variant,
+    case: &Case,
+    seed: u64,
+    p: Precision,
+) -> Vec<f32> {
     let s = &case.shape;
     let weight = Tensor::new(
         vec![s.cout, s.cin(), s.kh, s.kw],
@@ -197,9 +208,9 @@ fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f
     let bias = common::random(s.cout, seed + 11);
     let r = reference(case, &weight, &bias, seed);
 
-    let weights = ConvWeights::upload(ctx, "w", &weight, Some(&bias)).unwrap();
-    let x_a = ctx.upload("x_a", &r.x_a);
-    let x_b = ctx.upload("x_b", &r.x_b);
+    let weights = ConvWeights::upload_as(ctx, "w", &weight, Some(&bias), p).unwrap();
+    let x_a = ctx.upload_as("x_a", &r.x_a, p);
+    let x_b = ctx.upload_as("x_b", &r.x_b, p);
     // One [B, Cout] slice per step at an aligned stride, like the plan's per-step tables.
     let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
     let slice = s.batch * s.cout;
@@ -209,8 +220,8 @@ fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f
         table[step * stride / 4..][..slice].copy_from_slice(&r.chan_table[step * slice..][..slice]);
     }
     let chan = ctx.upload("chan", &table);
-    let residual = ctx.upload("residual", &r.residual);
-    let out = ctx.poisoned("out", s.out_len());
+    let residual = ctx.upload_as("residual", &r.residual, p);
+    let out = ctx.poisoned_as("out", s.out_len(), p);
     let io = ConvIo {
         x_a: &x_a,
         x_b: (s.c2 > 0).then_some(&x_b),
@@ -221,9 +232,26 @@ fn run_case(ctx: &GpuContext, variant: Variant, case: &Case, seed: u64) -> Vec<f
     };
     let d = conv2d(ctx, variant, case.name, s, &weights, &io).unwrap();
     run_dispatches(ctx, &[d], case.step).unwrap();
-    let got = ctx.read_f32(&out, s.out_len()).unwrap();
-    common::assert_close(case.name, &got, &r.want, common::KERNEL_TOL);
+    let got = ctx.read_as(&out, s.out_len(), p).unwrap();
+    let tol = match p {
+        Precision::F32 => common::KERNEL_TOL,
+        Precision::F16 => common::F16_KERNEL_TOL,
+    };
+    common::assert_close(&format!("{} ({p})", case.name), &got, &r.want, tol);
     got
+}
+
+/// Every case with f16 activations and weights, both variants, where the device has SHADER_F16.
+#[test]
+fn conv2d_in_f16_matches_cpu_reference_on_awkward_shapes() {
+    common::for_each_f16_backend(|backend, ctx| {
+        for variant in Variant::ALL {
+            for (i, case) in cases().iter().enumerate() {
+                run_case_as(ctx, variant, case, 100 * i as u64, Precision::F16);
+                eprintln!("{backend} {variant:?} f16: {} OK", case.name);
+            }
+        }
+    });
 }
 
 #[test]

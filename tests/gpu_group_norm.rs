@@ -5,7 +5,7 @@ mod common;
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
-use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::{GpuContext, Precision};
 use ddim_wgpu::Tensor;
 
 struct Case {
@@ -27,6 +27,13 @@ struct Prepared {
 }
 
 fn prepare(case: &Case, seed: u64) -> Prepared {
+    prepare_as(case, seed, Precision::F32)
+}
+
+/// As [`prepare`], with x rounded to `precision` before the reference sees it: a normalisation
+/// divides by the spread, so the inputs' own rounding (0.008 at 20 in f16) would otherwise
+/// dominate what is measured, which is the kernel's error.
+fn prepare_as(case: &Case, seed: u64, precision: Precision) -> Prepared {
     let Case {
         n,
         c,
@@ -39,6 +46,10 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     let x: Vec<f32> = common::random(n * c * h * w, seed)
         .iter()
         .map(|v| 3.0 * v + 20.0)
+        .map(|v| match precision {
+            Precision::F32 => v,
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
+        })
         .collect();
     let gamma: Vec<f32> = common::random(c, seed + 1)
         .iter()
@@ -63,20 +74,21 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
             groups,
             eps,
             silu,
-            precision: Default::default(),
+            precision,
         },
     }
 }
 
 /// Runs `p` with `scratch`: the output, or the error building the dispatches.
 fn run(ctx: &GpuContext, p: &Prepared, scratch: &GroupNormScratch) -> anyhow::Result<Vec<f32>> {
-    let xb = ctx.upload("x", &p.x);
+    let e = p.shape.precision;
+    let xb = ctx.upload_as("x", &p.x, e);
     let gb = ctx.upload("gamma", &p.gamma);
     let bb = ctx.upload("beta", &p.beta);
-    let yb = ctx.poisoned("y", p.x.len());
+    let yb = ctx.poisoned_as("y", p.x.len(), e);
     let d = group_norm(ctx, &p.shape, scratch, &xb, &gb, &bb, &yb)?;
     run_dispatches(ctx, &d, 0).expect("running");
-    Ok(ctx.read_f32(&yb, p.x.len()).expect("reading back"))
+    Ok(ctx.read_as(&yb, p.x.len(), e).expect("reading back"))
 }
 
 fn check(case: &Case, seed: u64) {
@@ -95,6 +107,21 @@ fn check(case: &Case, seed: u64) {
             &p.want,
             common::KERNEL_TOL,
         );
+    });
+}
+
+/// `case` with x and y in f16 (statistics f32) on both reduction paths, where the device has
+/// SHADER_F16, against the reference on the same f16-rounded inputs.
+fn check_f16(case: &Case, seed: u64) {
+    let p = prepare_as(case, seed, Precision::F16);
+    common::for_each_reduction_path(|path, ctx| {
+        if !ctx.features.contains(wgpu::Features::SHADER_F16) {
+            return;
+        }
+        let scratch = GroupNormScratch::new(ctx, &[p.shape]);
+        let got = run(ctx, &p, &scratch).expect("building");
+        let label = format!("group norm f16 {}x{} on {path}", case.n, case.c);
+        common::assert_close(&label, &got, &p.want, common::F16_KERNEL_TOL);
     });
 }
 
@@ -148,6 +175,7 @@ fn group_norm_awkward_shapes() {
     ];
     for (i, case) in cases.iter().enumerate() {
         check(case, 100 + 10 * i as u64);
+        check_f16(case, 100 + 10 * i as u64);
     }
 }
 

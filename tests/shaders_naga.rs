@@ -30,13 +30,30 @@ fn validate(module: &naga::Module, what: &str, caps: Capabilities) -> naga::vali
             .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
             .subgroup_operations(naga::valid::SubgroupOperationSet::all());
     }
+    if caps.contains(Capabilities::SHADER_FLOAT16) {
+        // Subgroup kernels are specialised to f16 too.
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
     validator
         .validate(module)
         .unwrap_or_else(|e| panic!("{what}: validation failed: {}", e.emit_to_string("")))
 }
 
-/// Translates `entry` of `module` to every backend language.
+/// Translates `entry` of `module` to every backend language (GLSL only without f16: naga's GLSL
+/// writer has no f16, and wgpu's GL backend offers no SHADER_F16, so f16 never runs on GL).
 fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str, what: &str) {
+    translate_to(module, info, entry, what, true)
+}
+
+fn translate_to(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+    what: &str,
+    glsl: bool,
+) {
     let stage = naga::ShaderStage::Compute;
 
     let spv_pipeline = spv::PipelineOptions {
@@ -62,7 +79,12 @@ fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str,
         .write(module, info, None)
         .unwrap_or_else(|e| panic!("{what}: HLSL: {e}"));
 
-    for version in [glsl::Version::new_gles(310), glsl::Version::Desktop(430)] {
+    let versions = if glsl {
+        vec![glsl::Version::new_gles(310), glsl::Version::Desktop(430)]
+    } else {
+        vec![]
+    };
+    for version in versions {
         let options = glsl::Options {
             version,
             ..Default::default()
@@ -149,5 +171,36 @@ fn every_listed_spec_names_an_existing_shader_and_entry_point() {
             spec.shader,
             spec.entry
         );
+    }
+}
+
+/// Every half-precision specialisation the kernels compile (`gpu::precision::f16_shaders`):
+/// validated with naga's f16 capability and translated to SPIR-V, MSL and HLSL.
+#[test]
+fn every_f16_specialisation_validates_and_translates() {
+    let shaders = ddim_wgpu::gpu::precision::f16_shaders();
+    assert!(shaders.len() >= 10, "only {} f16 shaders", shaders.len());
+    for (name, source) in shaders {
+        assert!(source.starts_with("enable f16;"), "{name}");
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        let caps = Capabilities::SHADER_FLOAT16
+            | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | Capabilities::SUBGROUP;
+        let info = validate(&module, name, caps);
+        for e in module
+            .entry_points
+            .iter()
+            .filter(|e| e.stage == naga::ShaderStage::Compute)
+        {
+            translate_to(
+                &module,
+                &info,
+                &e.name,
+                &format!("{name}::{}", e.name),
+                false,
+            );
+        }
+        eprintln!("{name}: OK");
     }
 }

@@ -175,6 +175,30 @@ pub fn assert_some_ran(ran: usize) {
     }
 }
 
+/// Runs `f` on each backend's shared context whose device has `SHADER_F16`, and returns the
+/// contexts without it (for tests of the refusal). Under `CI=true` Vulkan (lavapipe) must have
+/// it, so the f16 path cannot go untested there.
+pub fn for_each_f16_backend(mut f: impl FnMut(BackendChoice, &GpuContext)) -> Vec<BackendChoice> {
+    let mut without = Vec::new();
+    let ran = for_each_backend(|backend, ctx| {
+        if ctx.features.contains(wgpu::Features::SHADER_F16) {
+            f(backend, ctx);
+        } else {
+            assert!(
+                backend != BackendChoice::Vulkan || !env_flag("CI"),
+                "CI=true but {} has no SHADER_F16: Mesa 25's lavapipe has it",
+                ctx.describe()
+            );
+            without.push(backend);
+        }
+    });
+    assert!(
+        ran == 0 || without.len() < ran || !env_flag("CI"),
+        "no backend ran f16"
+    );
+    without
+}
+
 /// Serialises GPU tests within one test binary (lavapipe is slow and shares 2 cores).
 pub fn gpu_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -206,6 +230,17 @@ pub fn for_each_backend(mut f: impl FnMut(BackendChoice, &GpuContext)) -> usize 
 /// DDIM/DDPM update ≤ 1.6e-7, attention block ≤ 1.5e-7, time embedding ≤ 1.5e-7, elementwise
 /// ≤ 5.3e-8).
 pub const KERNEL_TOL: f64 = 1e-5;
+
+/// Rel L2 of a whole U-Net forward in half precision (f16 activations and weights, f32
+/// arithmetic) against the f32 CPU reference: the bound issue 12 sets. Measured: see
+/// tests/gpu_f16.rs's output (README.md carries the figures).
+pub const F16_FORWARD_TOL: f64 = 3e-3;
+
+/// Rel L2 of one kernel in half precision (f16 inputs and output, f32 arithmetic) against the
+/// f32 CPU reference. f16 keeps 11 significant bits (rounding error ≤ 2^-12 ≈ 2.4e-4 of each
+/// value). Measured: conv2d ≤ 3.5e-4 against unrounded inputs; group norm (whose inputs sit at
+/// 20 ± 3, so their own rounding dominates) is compared on the f16-rounded inputs.
+pub const F16_KERNEL_TOL: f64 = 2e-3;
 
 /// Rel L2 of a whole U-Net forward on the GPU plan against the CPU reference, and against the
 /// PyTorch outputs of the model fixtures. Measured: ≤ 1.6e-6 (cifar10 architecture, random
