@@ -385,21 +385,22 @@ impl Pipeline {
         Ok(cap)
     }
 
-    /// This pipeline's weights on `ctx`, uploaded on first use and shared by every plan.
+    /// This pipeline's weights on `ctx`, uploaded on first use in the context's precision and
+    /// shared by every plan.
     pub fn gpu_weights(&self, ctx: &GpuContext) -> Result<Arc<GpuWeights>> {
         let mut cache = self.gpu_weights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, w)) = cache.iter().find(|(id, _)| *id == ctx.id) {
             return Ok(w.clone());
         }
         let what = format!("uploading the weights to {}", ctx.info.name);
-        // f32 on the device, as on the host: refused before the first buffer if they cannot fit.
+        // Refused before the first buffer if they cannot fit.
         ctx.ensure_fits(
             &format!("the model's {} parameters", self.model.weights.params()),
-            self.model.weights.params() * 4,
+            self.model.weights.params() * ctx.precision.bytes() as u64,
         )?;
         let w = Arc::new(
             ctx.validated(&what, || {
-                GpuWeights::upload(ctx, &self.unet, &self.model.weights)
+                GpuWeights::upload_as(ctx, &self.unet, &self.model.weights, ctx.precision)
             })?
             .with_context(|| what.clone())?,
         );

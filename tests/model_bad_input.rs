@@ -224,6 +224,12 @@ fn absurd_sizes_are_refused_before_allocating() {
         c["attn_norm_num_groups"] = 32.into();
     });
     m.expect_error(&["parameters", "GiB"]);
+
+    // Found by fuzzing: an image side this large overflowed the FLOP count (a silent wrong
+    // number in release builds).
+    let m = TempModel::new("absurd3");
+    m.edit_config(|c| c["sample_size"] = serde_json::json!(66_666_666_624u64));
+    m.expect_error(&["sample_size", "absurdly large"]);
 }
 
 #[test]

@@ -1001,3 +1001,26 @@ fn solver_configs_select_the_solver_and_its_options() {
     let leading = SchedulerConfig::from_json_str(r#"{"timestep_spacing": "leading"}"#).unwrap();
     assert_eq!(solver_spacing(&leading), TimestepSpacing::Leading);
 }
+
+/// Found by fuzzing (fuzz/artifacts/scheduler_config/): a lambda_min_clipped above every
+/// step's λ leaves no timestep, which indexed past an empty table. Now an error naming it.
+#[test]
+fn lambda_min_clipped_leaving_no_timestep_is_an_error() {
+    use ddim_wgpu::sampling::{SampleSettings, SamplerSteps};
+    let cfg = SchedulerConfig::from_json_str(
+        r#"{"timestep_spacing": "trailing", "lambda_min_clipped": 8}"#,
+    )
+    .unwrap();
+    let settings = |sampler| SampleSettings {
+        sampler,
+        steps: 10,
+        ..SampleSettings::default()
+    };
+    let e = err_text(SamplerSteps::new(
+        &cfg,
+        &settings(SamplerKind::DpmSolverPlusPlus),
+    ));
+    assert!(e.contains("lambda_min_clipped"), "{e}");
+    // UniPC has no such clipping (as in diffusers): its table is built as usual.
+    assert!(SamplerSteps::new(&cfg, &settings(SamplerKind::Unipc)).is_ok());
+}

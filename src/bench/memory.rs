@@ -75,14 +75,16 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
+    /// `weights_bytes`: what the upload created (f16 weights take about half of f32's);
+    /// activations are counted at `element_bytes` each.
     pub fn new(
         unet: &UNet,
         batch: usize,
+        (weights_bytes, element_bytes): (u64, usize),
         activation_buffers_bytes: Option<u64>,
         allocator_delta_bytes: Option<u64>,
     ) -> Self {
-        let weights_bytes = weights_bytes(unet);
-        let live = largest_live_activations_bytes(unet, batch);
+        let live = largest_live_activations_bytes(unet, batch) / 4 * element_bytes as u64;
         let budget_bytes = weights_bytes + 3 * live;
         let buffers_bytes = activation_buffers_bytes.map(|a| a + weights_bytes);
         let measured = allocator_delta_bytes.or(buffers_bytes);

@@ -65,6 +65,8 @@ pub struct Settings {
     pub steps: usize,
     pub sampler: &'static str,
     pub eta: f64,
+    /// Storage of weights and activations on the GPU: "f32" or "f16" (the CPU is always f32).
+    pub precision: &'static str,
     pub warmup: usize,
     pub iters: usize,
     pub kernel_iters: usize,
@@ -150,13 +152,14 @@ fn model_report(pipe: &Pipeline, batch: usize) -> ModelReport {
     }
 }
 
-fn settings(device: &'static str, o: &Options) -> Settings {
+fn settings(device: &'static str, o: &Options, precision: Precision) -> Settings {
     Settings {
         device,
         batch: o.batch,
         steps: o.settings.steps,
         sampler: o.settings.sampler.as_str(),
         eta: 0.0,
+        precision: precision.wgsl(),
         warmup: o.repeats.warmup,
         iters: o.repeats.iters,
         kernel_iters: o.kernel_iters,
@@ -178,7 +181,7 @@ pub fn cpu_document(pipe: &Pipeline, o: &Options) -> Result<Document> {
         build: BuildInfo::current(),
         host,
         adapter: AdapterReport::cpu_reference(),
-        settings: settings("cpu", o),
+        settings: settings("cpu", o, Precision::F32),
         model: Some(model),
         timing: None,
         gemm_gflops: None,
@@ -299,7 +302,7 @@ fn kernel_section(
         let case = kernels::conv_case(ctx, variant, &name, s)?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
     }
-    let (norms, attns) = model_norms_and_attention(pipe, o.batch, Precision::F32);
+    let (norms, attns) = model_norms_and_attention(pipe, o.batch, ctx.precision);
     for n in &norms {
         let case = kernels::group_norm_case(ctx, n)?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
@@ -373,7 +376,7 @@ pub fn gpu_document(
         build: BuildInfo::current(),
         host,
         adapter: AdapterReport::from_context(ctx),
-        settings: settings("gpu", o),
+        settings: settings("gpu", o, ctx.precision),
         model: (o.kernels || o.run).then_some(model),
         timing: Some(profiler.source()),
         gemm_gflops: None,
@@ -427,6 +430,7 @@ pub fn gpu_document(
         result.memory = Some(MemoryReport::new(
             &pipe.unet,
             o.batch,
+            (pipe.gpu_weights(ctx)?.bytes, ctx.precision.bytes()),
             built.activation_bytes,
             delta,
         ));

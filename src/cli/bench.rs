@@ -181,10 +181,8 @@ fn options(args: &Args, label: String) -> Options {
 }
 
 /// Every (backend, index) pair to run with --all-adapters.
-fn all_adapter_choices(
-    backend: Option<BackendChoice>,
-    memory_mib: Option<u64>,
-) -> Result<Vec<AdapterChoice>> {
+fn all_adapter_choices(args: &super::model_args::AdapterArgs) -> Result<Vec<AdapterChoice>> {
+    let (backend, memory_mib) = (args.backend, args.gpu_memory);
     let kernels = super::model_args::kernel_choice_from_env()?;
     let backends: Vec<BackendChoice> = match backend {
         Some(b) => vec![b],
@@ -199,6 +197,7 @@ fn all_adapter_choices(
             index: Some(i),
             kernels,
             memory_mib,
+            precision: args.precision,
         }));
     }
     Ok(out)
@@ -219,7 +218,7 @@ pub fn run(args: Args) -> Result<()> {
         return print(&[doc], args.json, false, args.per_dispatch);
     }
     let choices = if args.all_adapters {
-        let c = all_adapter_choices(args.adapter.backend, args.adapter.gpu_memory)?;
+        let c = all_adapter_choices(&args.adapter)?;
         anyhow::ensure!(!c.is_empty(), "no GPU adapters found");
         c
     } else {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ddim_wgpu::gpu::{AdapterChoice, BackendChoice, ConvVariant, KernelChoice, MatmulVariant};
+use ddim_wgpu::gpu::{
+    AdapterChoice, BackendChoice, ConvVariant, KernelChoice, MatmulVariant, Precision,
+};
 use ddim_wgpu::model::dir::Layout;
 use ddim_wgpu::model::{Model, ModelPaths, UNet2DConfig, Weights};
 use ddim_wgpu::pipeline::Pipeline;
@@ -129,6 +131,10 @@ pub struct AdapterArgs {
     /// adapter; unknown on a GPU, where wgpu cannot ask).
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub gpu_memory: Option<u64>,
+    /// How the GPU stores weights and activations: f32, or f16 (half the memory and traffic;
+    /// products, statistics, softmax and the sampler stay f32; needs SHADER_F16).
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl AdapterArgs {
@@ -140,6 +146,7 @@ impl AdapterArgs {
             index: self.adapter,
             kernels: kernel_choice_from_env()?,
             memory_mib: self.gpu_memory,
+            precision: self.precision,
         })
     }
 }

@@ -35,9 +35,17 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     pub fn open(&self) -> Result<Device> {
         let choice = self.adapter.choice()?;
+        let half = choice.precision != ddim_wgpu::gpu::Precision::F32;
         match self.device {
+            DeviceArg::Cpu if half => anyhow::bail!(
+                "--precision {} runs on the GPU only; the CPU reference is f32 (drop --device cpu \
+                 or use --precision f32)",
+                choice.precision
+            ),
             DeviceArg::Cpu => Ok(Device::Cpu),
             DeviceArg::Gpu => Device::gpu(&choice),
+            // Half precision asked for: no quiet fall-back to the f32 CPU reference.
+            DeviceArg::Auto if half => Device::gpu(&choice),
             DeviceArg::Auto => Ok(Device::gpu(&choice).unwrap_or_else(|e| {
                 log::warn!("no usable GPU adapter ({e:#}); using the CPU reference");
                 Device::Cpu

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::kernel::{self, Dispatch, Kernel, KernelSpec, PipelineCache};
 use super::memory::{mib, MemoryBudget};
+use super::precision::Precision;
 use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
@@ -76,6 +77,9 @@ pub struct AdapterChoice {
     pub kernels: KernelChoice,
     /// Device memory budget in MiB (`--gpu-memory`); None: the adapter's own, where known.
     pub memory_mib: Option<u64>,
+    /// How weights and activations of every plan on the context are stored (`--precision`);
+    /// f16 needs `SHADER_F16`, checked when the context opens.
+    pub precision: Precision,
 }
 
 impl AdapterChoice {
@@ -145,6 +149,8 @@ pub struct GpuContext {
     pub pipelines: PipelineCache,
     /// Kernel variants forced on every plan and kernel built on this context.
     pub kernels: KernelChoice,
+    /// Storage precision of the weights and plans built on this context ([`Precision`]).
+    pub precision: Precision,
     /// Unique in this process: identifies the context where wgpu's own ids do not (devices of
     /// different instances, e.g. Vulkan and GL, can compare equal).
     pub id: u64,
@@ -191,6 +197,8 @@ impl GpuContext {
         };
         let mut ctx = Self::from_adapter(instance, adapter)?;
         ctx.kernels = choice.kernels;
+        choice.precision.check(&ctx)?;
+        ctx.precision = choice.precision;
         if choice.memory_mib.is_some() {
             ctx.memory = MemoryBudget::for_adapter(&ctx.info, choice.memory_mib);
         }
@@ -243,6 +251,7 @@ impl GpuContext {
             features,
             pipelines: PipelineCache::default(),
             kernels: KernelChoice::default(),
+            precision: Precision::F32,
             memory,
             created: Default::default(),
             failure,

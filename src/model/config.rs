@@ -17,6 +17,9 @@ pub const MAX_BLOCKS: usize = 16;
 pub const MAX_LAYERS_PER_BLOCK: usize = 64;
 /// Largest parameter count accepted: 1 G parameters, i.e. 4 GiB of f32 weights.
 pub const MAX_PARAMETERS: u64 = 1 << 30;
+/// Largest image side (`sample_size`) accepted: far above any pixel-space model, and small
+/// enough that sizes and FLOP counts stay within 64 bits.
+pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
 
 /// `sample_size` may be an integer, a `[height, width]` pair, or absent.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -313,6 +316,16 @@ impl UNet2DConfig {
         {
             bail!("sample_size in config.json must be positive");
         }
+        let sides = match self.sample_size {
+            Some(SampleSize::Square(s)) => [s, s],
+            Some(SampleSize::HeightWidth(hw)) => hw,
+            None => [0, 0],
+        };
+        ensure!(
+            sides.iter().all(|&s| s <= MAX_SAMPLE_SIZE),
+            "sample_size {sides:?} in config.json is absurdly large (at most {MAX_SAMPLE_SIZE} \
+             pixels a side are supported)"
+        );
         Ok(())
     }
 

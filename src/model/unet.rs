@@ -331,9 +331,19 @@ impl Conv2d {
         }
     }
 
+    /// FLOPs per image (saturating: an absurd config, refused later, must not overflow).
     pub fn flops(&self, input: Shape) -> u64 {
         let o = self.output_shape(input);
-        2 * (o.h * o.w * self.out_channels * self.kernel * self.kernel * self.in_channels) as u64
+        [
+            o.h,
+            o.w,
+            self.out_channels,
+            self.kernel,
+            self.kernel,
+            self.in_channels,
+        ]
+        .iter()
+        .fold(2u64, |acc, &v| acc.saturating_mul(v as u64))
     }
 
     pub fn weights(&self) -> Vec<WeightSpec> {
@@ -423,16 +433,21 @@ impl Op {
             Op::Conv(c) => c.flops(x),
             Op::Resnet(r) => {
                 let mid = r.conv1.output_shape(x);
-                r.conv1.flops(x)
-                    + r.conv2.flops(mid)
-                    + r.shortcut.as_ref().map_or(0, |s| s.flops(x))
-                    + r.time_emb_proj.flops()
+                r.conv1
+                    .flops(x)
+                    .saturating_add(r.conv2.flops(mid))
+                    .saturating_add(r.shortcut.as_ref().map_or(0, |s| s.flops(x)))
+                    .saturating_add(r.time_emb_proj.flops())
             }
             Op::Attention(a) => {
                 let tokens = (x.h * x.w) as u64;
-                let projections =
-                    tokens * (a.to_q.flops() + a.to_k.flops() + a.to_v.flops() + a.to_out.flops());
-                projections + 2 * 2 * tokens * tokens * a.inner_dim() as u64
+                let projections = tokens.saturating_mul(
+                    a.to_q.flops() + a.to_k.flops() + a.to_v.flops() + a.to_out.flops(),
+                );
+                let scores = [tokens, tokens, a.inner_dim() as u64]
+                    .iter()
+                    .fold(4u64, |acc, &v| acc.saturating_mul(v));
+                projections.saturating_add(scores)
             }
             _ => 0,
         }
@@ -811,7 +826,10 @@ impl UNet {
     pub fn flops(&self) -> u64 {
         self.time.linear_1.flops()
             + self.time.linear_2.flops()
-            + self.layers.iter().map(|l| l.flops).sum::<u64>()
+            + self
+                .layers
+                .iter()
+                .fold(0u64, |acc, l| acc.saturating_add(l.flops))
     }
 
     /// For every skip slot, the index in [`UNet::layers`] of its [`Op::PushSkip`] and of the

@@ -495,8 +495,16 @@ fn unipc_corrector(
 impl MultistepTable {
     /// The rows of `n` steps of the solver `opts` on the schedule of `cfg`.
     pub fn new(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
+        let n_asked = n;
         let (ts, sigmas) = solver_sigmas(cfg, opts, n)?;
         let n = ts.len();
+        // lambda_min_clipped can leave out every timestep (found by fuzzing).
+        ensure!(
+            n > 0,
+            "no timestep is left to sample: lambda_min_clipped = {} leaves out all {n_asked} \
+             steps; lower it (diffusers' default is -inf)",
+            opts.lambda_min_clipped,
+        );
         let sig: Vec<(f64, f64)> = sigmas
             .iter()
             .map(|&s| {
