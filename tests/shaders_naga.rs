@@ -174,11 +174,11 @@ fn every_listed_spec_names_an_existing_shader_and_entry_point() {
     }
 }
 
-/// Every half-precision specialisation the kernels compile (`gpu::precision::f16_shaders`):
+/// Every half-precision specialisation the kernels compile (`gpu::kernels::f16_shaders`):
 /// validated with naga's f16 capability and translated to SPIR-V, MSL and HLSL.
 #[test]
 fn every_f16_specialisation_validates_and_translates() {
-    let shaders = ddim_wgpu::gpu::precision::f16_shaders();
+    let shaders = ddim_wgpu::gpu::kernels::f16_shaders();
     assert!(shaders.len() >= 10, "only {} f16 shaders", shaders.len());
     for (name, source) in shaders {
         assert!(source.starts_with("enable f16;"), "{name}");

@@ -197,7 +197,7 @@ impl GpuContext {
         };
         let mut ctx = Self::from_adapter(instance, adapter)?;
         ctx.kernels = choice.kernels;
-        choice.precision.check(&ctx)?;
+        choice.precision.check(ctx.features, &ctx.describe())?;
         ctx.precision = choice.precision;
         if choice.memory_mib.is_some() {
             ctx.memory = MemoryBudget::for_adapter(&ctx.info, choice.memory_mib);

@@ -16,8 +16,6 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Result};
 
-use super::GpuContext;
-
 /// How activations and weights are stored on the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -45,13 +43,13 @@ impl Precision {
         }
     }
 
-    /// Fails with what to do when `ctx` cannot run this precision.
-    pub fn check(self, ctx: &GpuContext) -> Result<()> {
-        if self == Self::F16 && !ctx.features.contains(wgpu::Features::SHADER_F16) {
+    /// Fails with what to do when a device with `features` (the adapter `adapter`) cannot
+    /// run this precision.
+    pub fn check(self, features: wgpu::Features, adapter: &str) -> Result<()> {
+        if self == Self::F16 && !features.contains(wgpu::Features::SHADER_F16) {
             bail!(
-                "--precision f16 needs the SHADER_F16 feature, which {} does not have; use \
-                 --precision f32, or another adapter (`ddim adapters` lists each one's features)",
-                ctx.describe()
+                "--precision f16 needs the SHADER_F16 feature, which {adapter} does not have; use \
+                 --precision f32, or another adapter (`ddim adapters` lists each one's features)"
             );
         }
         Ok(())
@@ -142,32 +140,4 @@ pub fn specialize(
             Box::leak(text.into_boxed_str()) as &'static str,
         )
     })
-}
-
-/// Every specialisation the kernels compile in half precision, for tests/shaders_naga.rs.
-pub fn f16_shaders() -> Vec<(&'static str, &'static str)> {
-    use super::kernels::{conv2d, elementwise, group_norm, linear};
-    let h = Precision::F16;
-    let f = Precision::F32;
-    let mut out = vec![
-        specialize("conv2d", conv2d::SOURCE, &[("act", h)]),
-        specialize("group_norm", group_norm::SOURCE, &[("act", h)]),
-        specialize(
-            "group_norm_subgroup",
-            group_norm::SOURCE_SUBGROUP,
-            &[("act", h)],
-        ),
-    ];
-    for (i, o) in [(h, h), (f, h), (h, f)] {
-        out.push(specialize(
-            "elementwise",
-            elementwise::SOURCE,
-            &[("in_t", i), ("out_t", o)],
-        ));
-    }
-    for types in linear::F16_TYPES {
-        out.push(linear::specialized(linear::SOURCE, "linear", types));
-        out.push(linear::specialized(linear::SOURCE_K4, "linear_k4", types));
-    }
-    out
 }

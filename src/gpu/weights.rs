@@ -44,7 +44,7 @@ impl GpuWeights {
         weights: &Weights,
         precision: Precision,
     ) -> Result<Self> {
-        precision.check(ctx)?;
+        precision.check(ctx.features, &ctx.describe())?;
         weights.check(&unet.weights())?;
         let mut up = Self {
             convs: HashMap::new(),

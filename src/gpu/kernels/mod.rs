@@ -11,6 +11,7 @@ pub mod smoke;
 pub mod threshold;
 pub mod time_embedding;
 
+use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::KernelSpec;
 
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
@@ -42,4 +43,31 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = vec![smoke::spec()];
     specs.extend(conv2d::all_specs());
     specs
+}
+
+/// Every specialisation the kernels compile in half precision, for tests/shaders_naga.rs.
+pub fn f16_shaders() -> Vec<(&'static str, &'static str)> {
+    let h = Precision::F16;
+    let f = Precision::F32;
+    let mut out = vec![
+        specialize("conv2d", conv2d::SOURCE, &[("act", h)]),
+        specialize("group_norm", group_norm::SOURCE, &[("act", h)]),
+        specialize(
+            "group_norm_subgroup",
+            group_norm::SOURCE_SUBGROUP,
+            &[("act", h)],
+        ),
+    ];
+    for (i, o) in [(h, h), (f, h), (h, f)] {
+        out.push(specialize(
+            "elementwise",
+            elementwise::SOURCE,
+            &[("in_t", i), ("out_t", o)],
+        ));
+    }
+    for types in linear::F16_TYPES {
+        out.push(linear::specialized(linear::SOURCE, "linear", types));
+        out.push(linear::specialized(linear::SOURCE_K4, "linear_k4", types));
+    }
+    out
 }
