@@ -116,3 +116,39 @@ fn verify_rejects_bad_arguments() {
     let (ok, text) = verify(&["--model", "/nonexistent/model"]);
     assert!(!ok && text.contains("/nonexistent/model"), "{text}");
 }
+
+/// `--precision f16`: green with the f16 tolerances on lavapipe (SHADER_F16), and refused on
+/// llvmpipe's GL, which has no SHADER_F16, naming the feature and what to use instead.
+#[test]
+fn verify_in_f16_uses_f16_tolerances_and_gl_refuses_it() {
+    with_vulkan(|| {
+        let model = fixture("attn_heads_pipeline");
+        let args = [
+            "--model",
+            &model,
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--precision",
+            "f16",
+        ];
+        let (ok, text) = verify(&[&args[..], &["--backend", "vulkan"]].concat());
+        assert!(ok, "ddim verify --precision f16 failed:\n{text}");
+        assert!(
+            text.contains("f16 storage") && text.contains("within rel L2 5e-3"),
+            "{text}"
+        );
+        // The f32 tolerance is far below what f16 storage gives: an explicit one fails.
+        let (ok, text) =
+            verify(&[&args[..], &["--backend", "vulkan", "--tolerance", "1e-6"]].concat());
+        assert!(!ok, "f16 passed a 1e-6 tolerance:\n{text}");
+        if common::context(BackendChoice::Gl).is_some() {
+            let (ok, text) = verify(&[&args[..], &["--backend", "gl"]].concat());
+            assert!(
+                !ok && text.contains("SHADER_F16") && text.contains("--precision f32"),
+                "{text}"
+            );
+        }
+    });
+}

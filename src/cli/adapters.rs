@@ -69,6 +69,10 @@ fn describe(index: usize, adapter: &wgpu::Adapter) -> Value {
         },
         "features": features,
         "conv_variant": format!("{:?}", Variant::default_for(info.device_type)).to_lowercase(),
+        // What this crate does with the features: `--precision` values, and how group-norm
+        // statistics and softmax rows are reduced.
+        "precisions": if f.contains(wgpu::Features::SHADER_F16) { json!(["f32", "f16"]) } else { json!(["f32"]) },
+        "reductions": if f.contains(wgpu::Features::SUBGROUP) { "subgroup" } else { "per-invocation" },
     })
 }
 
@@ -106,8 +110,18 @@ fn print_text(a: &Value) {
         .map(|v| v.iter().filter_map(|f| f.as_str()).collect())
         .unwrap_or_default();
     println!(
-        "    conv kernels: {} (DDIM_CONV_VARIANT=reg|tiled overrides)",
-        a["conv_variant"].as_str().unwrap_or("")
+        "    conv kernels: {} (DDIM_CONV_VARIANT=reg|tiled overrides); reductions: {} \
+         (DDIM_NO_SUBGROUPS=1 forces per-invocation); --precision: {}",
+        a["conv_variant"].as_str().unwrap_or(""),
+        a["reductions"].as_str().unwrap_or(""),
+        a["precisions"]
+            .as_array()
+            .map(|v| v
+                .iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "))
+            .unwrap_or_default()
     );
     println!(
         "    subgroup size {}..{}; features: {}",
