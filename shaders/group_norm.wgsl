@@ -72,6 +72,15 @@ fn gn_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     partials[idx] = vec4<f32>(count, mean, m2, 0.0);
 }
 
+// Chan's parallel update: the running (count, mean, M2) `s` merged with one partial `q`
+// (count, mean, M2, unused). Shared with gn_combine_sg (group_norm_subgroup.wgsl).
+fn chan_merge(s: vec3<f32>, q: vec4<f32>) -> vec3<f32> {
+    let n_ab = s.x + q.x;
+    let delta = q.y - s.y;
+    let w = q.x / n_ab;
+    return vec3<f32>(n_ab, s.y + delta * w, s.z + q.z + delta * delta * s.x * w);
+}
+
 @compute @workgroup_size(256)
 fn gn_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
@@ -81,22 +90,15 @@ fn gn_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let b = idx / p.groups;
     let g = idx % p.groups;
     let cpg = p.channels / p.groups;
-    var n = 0.0;
-    var mean = 0.0;
-    var m2 = 0.0;
+    var s = vec3<f32>(0.0); // (count, mean, M2)
     for (var chunk = 0u; chunk < p.num_chunks; chunk++) {
         let row = (b * p.num_chunks + chunk) * p.channels + g * cpg;
         for (var j = 0u; j < cpg; j++) {
-            let q = partials[row + j];
-            let n_ab = n + q.x;
-            let delta = q.y - mean;
-            let w = q.x / n_ab;
-            mean += delta * w;
-            m2 += q.z + delta * delta * n * w;
-            n = n_ab;
+            s = chan_merge(s, partials[row + j]);
         }
     }
-    let var_biased = max(m2 / n, 0.0);
+    let mean = s.y;
+    let var_biased = max(s.z / s.x, 0.0);
     // 1/sqrt rather than inverseSqrt: the latter may be a low-precision approximation on GPUs.
     let rstd = 1.0 / sqrt(var_biased + p.eps);
     for (var j = 0u; j < cpg; j++) {

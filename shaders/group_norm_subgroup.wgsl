@@ -44,20 +44,15 @@ fn gn_combine_sg(
     let g = idx % p.groups;
     let cpg = p.channels / p.groups;
     let items = p.num_chunks * cpg;
-    var n = 0.0;
-    var mean = 0.0;
-    var m2 = 0.0;
+    var s = vec3<f32>(0.0); // this lane's (count, mean, M2)
     for (var i = li; i < items; i += SG_WG) {
         let chunk = i / cpg;
         let j = i - chunk * cpg;
-        let q = partials[(b * p.num_chunks + chunk) * p.channels + g * cpg + j];
-        let n_ab = n + q.x;
-        let delta = q.y - mean;
-        let w = q.x / n_ab;
-        mean += delta * w;
-        m2 += q.z + delta * delta * n * w;
-        n = n_ab;
+        s = chan_merge(s, partials[(b * p.num_chunks + chunk) * p.channels + g * cpg + j]);
     }
+    let n = s.x;
+    let mean = s.y;
+    let m2 = s.z;
     let sums = workgroup_sum(vec2<f32>(n, n * mean), lane, sg, n_sg);
     let total_n = sums.x;
     let group_mean = sums.y / total_n;
