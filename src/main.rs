@@ -39,6 +39,8 @@ enum Command {
     Adapters(cli::adapters::Args),
     /// Timings and achieved rates: images/s, ms per step, per-kernel GPU time, GEMM ceiling.
     Bench(cli::bench::Args),
+    /// Time every kernel variant at a model's shapes on one adapter and cache the fastest.
+    Tune(cli::tune::Args),
 }
 
 fn main() {
@@ -57,6 +59,7 @@ fn main() {
         Command::Verify(a) => cli::verify::run(a),
         Command::Adapters(a) => cli::adapters::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Tune(a) => cli::tune::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

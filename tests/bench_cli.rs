@@ -18,6 +18,10 @@ fn ddim_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let xdg = std::env::temp_dir().join("ddim-wgpu-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddim"));
+    cmd.env(
+        "DDIM_TUNE_CACHE",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+    );
     cmd.args(args).envs(env.iter().copied());
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         cmd.env("XDG_RUNTIME_DIR", xdg);

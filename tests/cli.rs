@@ -6,6 +6,10 @@ use std::process::{Command, Output};
 
 fn ddim(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .env(
+            "DDIM_TUNE_CACHE",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+        )
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "error")
@@ -451,6 +455,10 @@ fn two_writers_of_one_output_never_tear_it() {
     for round in 0..3 {
         let spawn = |seed| {
             Command::new(env!("CARGO_BIN_EXE_ddim"))
+                .env(
+                    "DDIM_TUNE_CACHE",
+                    concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+                )
                 .args(args(seed, "same.png"))
                 .current_dir(&dir)
                 .spawn()
@@ -482,6 +490,10 @@ fn interrupted_sample_stops_and_leaves_no_partial_output() {
         std::fs::write(images.join("earlier.png"), b"kept").unwrap();
         // About a minute of work on the CPU reference: the signal arrives mid-run.
         let mut child = Command::new(env!("CARGO_BIN_EXE_ddim"))
+            .env(
+                "DDIM_TUNE_CACHE",
+                concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+            )
             .args([
                 "sample",
                 "--model",

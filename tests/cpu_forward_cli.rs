@@ -23,6 +23,10 @@ fn fixture(name: &str) -> PathBuf {
 
 fn ddim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .env(
+            "DDIM_TUNE_CACHE",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+        )
         .args(args)
         .output()
         .expect("running ddim")

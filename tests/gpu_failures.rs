@@ -183,6 +183,10 @@ fn a_lost_device_is_reported_as_lost() {
 /// `ddim` with `args`; (success, stderr).
 fn ddim(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .env(
+            "DDIM_TUNE_CACHE",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+        )
         .args(args)
         .output()
         .expect("running ddim");

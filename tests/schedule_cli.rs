@@ -8,6 +8,10 @@ use serde_json::Value;
 
 fn ddim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .env(
+            "DDIM_TUNE_CACHE",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+        )
         .arg("schedule")
         .args(args)
         .output()

@@ -9,6 +9,10 @@ const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pipeline
 
 fn ddim(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddim"));
+    cmd.env(
+        "DDIM_TUNE_CACHE",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+    );
     cmd.args(args).env("RUST_LOG", "error");
     // A test's own job-runner variables only, never the ones of a CI that runs under Slurm.
     for v in [

@@ -13,6 +13,10 @@ fn fixture(name: &str) -> String {
 
 fn verify(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ddim"))
+        .env(
+            "DDIM_TUNE_CACHE",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/tuning.json"),
+        )
         .arg("verify")
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())

@@ -113,6 +113,17 @@ def parse_args():
     p.add_argument("--third-cooldown-start", type=int, default=None)
     p.add_argument("--third-cooldown-steps", type=int, default=3000)
     p.add_argument(
+        "--fourth-rewarm-at",
+        type=int,
+        default=None,
+        help="fourth phase (issue 17): re-warm from the floor at this step to --fourth-lr, then cool "
+        "down from --fourth-cooldown-start (a lower peak and a cooldown-heavy schedule)",
+    )
+    p.add_argument("--fourth-lr", type=float, default=4e-4)
+    p.add_argument("--fourth-rewarm-steps", type=int, default=100)
+    p.add_argument("--fourth-cooldown-start", type=int, default=None)
+    p.add_argument("--fourth-cooldown-steps", type=int, default=3000)
+    p.add_argument(
         "--eval-every",
         type=int,
         default=0,
@@ -150,6 +161,13 @@ def lr_at(step, args):
     With --rewarm-at, a second phase of the same shape starts at that step from the
     floor, so a cooled-down run can be continued and the LR stays a pure function of
     the step (exact resume)."""
+    if args.fourth_rewarm_at is not None and step >= args.fourth_rewarm_at:
+        # From the previous phase's floor (cooldown_floor x lr) up to --fourth-lr; the floor of
+        # this phase's own cooldown is cooldown_floor x --fourth-lr.
+        ramp = min(1.0, (step - args.fourth_rewarm_at + 1) / args.fourth_rewarm_steps)
+        start = args.cooldown_floor * args.lr
+        peak = start + (args.fourth_lr - start) * ramp
+        return peak * _cooldown(step, args.fourth_cooldown_start, args.fourth_cooldown_steps, args)
     if args.third_rewarm_at is not None and step >= args.third_rewarm_at:
         ramp = min(1.0, (step - args.third_rewarm_at + 1) / args.rewarm_steps)
         scale = args.cooldown_floor + (1.0 - args.cooldown_floor) * ramp
@@ -353,6 +371,11 @@ class Trainer:
                             "third_rewarm_at",
                             "third_cooldown_start",
                             "third_cooldown_steps",
+                            "fourth_rewarm_at",
+                            "fourth_lr",
+                            "fourth_rewarm_steps",
+                            "fourth_cooldown_start",
+                            "fourth_cooldown_steps",
                             "weight_decay",
                             "grad_clip",
                             "ema_decay",

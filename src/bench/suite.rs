@@ -17,6 +17,7 @@ use ddim_wgpu::gpu::plan::{PlanOptions, StepForward};
 use ddim_wgpu::gpu::precision::Precision;
 use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
 use ddim_wgpu::gpu::sampler::{batch_capacity, RunUpdate};
+use ddim_wgpu::gpu::tune::Choice;
 use ddim_wgpu::gpu::weights::attention_shape;
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
@@ -134,9 +135,36 @@ pub struct Document {
     pub forward_gflops: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunResult>,
+    /// Which kernel variant each shape ran with, and how it was chosen (GPU only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<TuningReport>,
     /// The targets that this invocation measured.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetCheck>,
+}
+
+/// The tuner's state after the measurements: mode, time spent timing, every choice.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuningReport {
+    pub mode: String,
+    pub from_cache: bool,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    pub choices: Vec<Choice>,
+}
+
+impl TuningReport {
+    pub fn of(ctx: &GpuContext) -> Self {
+        let r = ctx.tuner.report();
+        Self {
+            mode: ctx.tuner.mode().to_string(),
+            from_cache: r.from_cache(),
+            seconds: r.seconds,
+            warning: r.warning.clone(),
+            choices: r.choices,
+        }
+    }
 }
 
 fn model_report(pipe: &Pipeline, batch: usize) -> ModelReport {
@@ -189,6 +217,7 @@ pub fn cpu_document(pipe: &Pipeline, o: &Options) -> Result<Document> {
         kernels: None,
         forward_gflops: Some(result.forward_gflops),
         run: Some(result),
+        tuning: None,
         targets: Vec::new(),
     })
 }
@@ -278,11 +307,11 @@ fn kernel_section(
         )?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
     }
-    let variant = Variant::for_context(ctx);
     for mc in kernels::model_convs(&pipe.unet, o.batch) {
         let s = &mc.shape;
+        let variant = Variant::for_shape(ctx, s, ctx.precision)?;
         let name = format!(
-            "conv {}x{} {}{}->{} {}x{}{}{} x{} ({})",
+            "conv {}x{} {}{}->{} {}x{}{}{} x{} ({}, {})",
             s.kh,
             s.kw,
             s.c1,
@@ -297,7 +326,8 @@ fn kernel_section(
             if s.upsample { " up2" } else { "" },
             if s.stride > 1 { " s2" } else { "" },
             mc.count,
-            mc.layer
+            mc.layer,
+            variant.name()
         );
         let case = kernels::conv_case(ctx, variant, &name, s)?;
         push(kernels::measure(ctx, profiler, &case, w, iters)?, &mut out);
@@ -384,6 +414,7 @@ pub fn gpu_document(
         kernels: None,
         forward_gflops: None,
         run: None,
+        tuning: None,
         targets: Vec::new(),
     };
     if o.gemm {
@@ -437,6 +468,7 @@ pub fn gpu_document(
         doc.forward_gflops = Some(result.forward_gflops);
         doc.run = Some(result);
     }
+    doc.tuning = Some(TuningReport::of(ctx));
     doc.targets = targets(&doc);
     Ok(doc)
 }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use ddim_wgpu::gpu::context::{enumerate_adapters, new_instance};
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
+use ddim_wgpu::gpu::tune;
 use ddim_wgpu::gpu::{AdapterChoice, BackendChoice};
 use serde_json::{json, Value};
 
@@ -32,6 +33,26 @@ const FEATURES: [(&str, wgpu::Features); 6] = [
     ("SUBGROUP", wgpu::Features::SUBGROUP),
     ("PIPELINE_CACHE", wgpu::Features::PIPELINE_CACHE),
 ];
+
+/// What the tuning cache holds for this adapter: how many shapes run with which variant.
+fn tuned(info: &wgpu::AdapterInfo) -> Value {
+    let Some(path) = super::model_args::tune_cache_from_env().or_else(tune::default_cache_file)
+    else {
+        return json!(null);
+    };
+    match tune::cached_choices(&path, &tune::adapter_key(info)) {
+        Ok(choices) => {
+            let mut counts = serde_json::Map::new();
+            for c in &choices {
+                let key = format!("{} {}", c.kernel, c.variant);
+                let n = counts.get(&key).and_then(|v| v.as_u64()).unwrap_or(0);
+                counts.insert(key, json!(n + 1));
+            }
+            json!({"cache": path.display().to_string(), "shapes": choices.len(), "variants": counts})
+        }
+        Err(e) => json!({"cache": path.display().to_string(), "error": format!("{e:#}")}),
+    }
+}
 
 fn describe(index: usize, adapter: &wgpu::Adapter) -> Value {
     let info = adapter.get_info();
@@ -68,7 +89,9 @@ fn describe(index: usize, adapter: &wgpu::Adapter) -> Value {
             "min_storage_buffer_offset_alignment": l.min_storage_buffer_offset_alignment,
         },
         "features": features,
-        "conv_variant": format!("{:?}", Variant::default_for(info.device_type)).to_lowercase(),
+        // The fixed rule (--tune off, or a shape not yet tuned with the tuner paused).
+        "conv_variant": Variant::default_for(info.device_type).name(),
+        "tuned": tuned(&info),
         // What this crate does with the features: `--precision` values, and how group-norm
         // statistics and softmax rows are reduced.
         "precisions": if f.contains(wgpu::Features::SHADER_F16) { json!(["f32", "f16"]) } else { json!(["f32"]) },
@@ -109,8 +132,28 @@ fn print_text(a: &Value) {
         .as_array()
         .map(|v| v.iter().filter_map(|f| f.as_str()).collect())
         .unwrap_or_default();
+    let tuned = &a["tuned"];
+    match tuned["shapes"].as_u64() {
+        Some(n) => {
+            let counts: Vec<String> = tuned["variants"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}×{v}")).collect())
+                .unwrap_or_default();
+            println!(
+                "    tuned variants (--tune auto): {n} shapes in {}{}{}",
+                tuned["cache"].as_str().unwrap_or(""),
+                if counts.is_empty() { "" } else { ": " },
+                counts.join(", ")
+            );
+        }
+        None if tuned["error"].is_string() => println!(
+            "    tuning cache unusable (ignored): {}",
+            tuned["error"].as_str().unwrap_or("")
+        ),
+        None => {}
+    }
     println!(
-        "    conv kernels: {} (DDIM_CONV_VARIANT=reg|tiled overrides); reductions: {} \
+        "    fixed conv rule: {} (DDIM_CONV_VARIANT=reg|tiled overrides); reductions: {} \
          (DDIM_NO_SUBGROUPS=1 forces per-invocation); --precision: {}",
         a["conv_variant"].as_str().unwrap_or(""),
         a["reductions"].as_str().unwrap_or(""),

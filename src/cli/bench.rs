@@ -198,6 +198,8 @@ fn all_adapter_choices(args: &super::model_args::AdapterArgs) -> Result<Vec<Adap
             kernels,
             memory_mib,
             precision: args.precision,
+            tune: args.tune,
+            tune_cache: super::model_args::tune_cache_from_env(),
         }));
     }
     Ok(out)
@@ -274,6 +276,9 @@ fn print_text(doc: &Document, per_dispatch: bool) {
     }
     if let Some(t) = doc.timing {
         println!("kernel timing: {}", t.describe());
+    }
+    if let Some(t) = &doc.tuning {
+        println!("variants: {}", super::tune::summary(t));
     }
     if let Some(m) = &doc.model {
         println!(

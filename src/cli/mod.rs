@@ -11,4 +11,5 @@ pub mod pack;
 pub mod sample;
 pub mod schedule;
 pub mod seeds;
+pub mod tune;
 pub mod verify;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ddim_wgpu::gpu::{
-    AdapterChoice, BackendChoice, ConvVariant, KernelChoice, MatmulVariant, Precision,
+    AdapterChoice, BackendChoice, ConvVariant, KernelChoice, MatmulVariant, Precision, TuneMode,
 };
 use ddim_wgpu::model::dir::Layout;
 use ddim_wgpu::model::{Model, ModelPaths, UNet2DConfig, Weights};
@@ -135,6 +135,11 @@ pub struct AdapterArgs {
     /// products, statistics, softmax and the sampler stay f32; needs SHADER_F16).
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub precision: Precision,
+    /// Kernel tuning: auto times each kernel shape's variants once per adapter and caches the
+    /// fastest (DDIM_TUNE_CACHE, else the user's cache directory); off uses the fixed rule per
+    /// device type; force times everything again.
+    #[arg(long, value_name = "auto|off|force", default_value = "auto")]
+    pub tune: TuneMode,
 }
 
 impl AdapterArgs {
@@ -147,8 +152,17 @@ impl AdapterArgs {
             kernels: kernel_choice_from_env()?,
             memory_mib: self.gpu_memory,
             precision: self.precision,
+            tune: self.tune,
+            tune_cache: tune_cache_from_env(),
         })
     }
+}
+
+/// `DDIM_TUNE_CACHE=FILE`: the tuning cache to read and write instead of the user's.
+pub fn tune_cache_from_env() -> Option<PathBuf> {
+    std::env::var_os("DDIM_TUNE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// `DDIM_CONV_VARIANT=reg|tiled` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set, and

@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::kernel::{self, Dispatch, Kernel, KernelSpec, PipelineCache};
 use super::memory::{mib, MemoryBudget};
 use super::precision::Precision;
+use super::tune::{adapter_key, default_cache_file, TuneMode, Tuner};
 use super::variants::KernelChoice;
 
 /// A graphics API wgpu can drive; `gl` means OpenGL / OpenGL ES (EGL on Linux).
@@ -80,6 +81,11 @@ pub struct AdapterChoice {
     /// How weights and activations of every plan on the context are stored (`--precision`);
     /// f16 needs `SHADER_F16`, checked when the context opens.
     pub precision: Precision,
+    /// Whether plans time their kernel variants on this adapter (`--tune`; default off in the
+    /// library, auto in the CLI).
+    pub tune: TuneMode,
+    /// The tuning cache file; None: [`default_cache_file`].
+    pub tune_cache: Option<std::path::PathBuf>,
 }
 
 impl AdapterChoice {
@@ -151,6 +157,8 @@ pub struct GpuContext {
     pub kernels: KernelChoice,
     /// Storage precision of the weights and plans built on this context ([`Precision`]).
     pub precision: Precision,
+    /// Chooses kernel variants per shape ([`super::tune`]); off unless the choice asked for it.
+    pub tuner: Tuner,
     /// Unique in this process: identifies the context where wgpu's own ids do not (devices of
     /// different instances, e.g. Vulkan and GL, can compare equal).
     pub id: u64,
@@ -199,6 +207,10 @@ impl GpuContext {
         ctx.kernels = choice.kernels;
         choice.precision.check(ctx.features, &ctx.describe())?;
         ctx.precision = choice.precision;
+        if choice.tune != TuneMode::Off {
+            let cache = choice.tune_cache.clone().or_else(default_cache_file);
+            ctx.tuner = Tuner::new(choice.tune, cache, adapter_key(&ctx.info));
+        }
         if choice.memory_mib.is_some() {
             ctx.memory = MemoryBudget::for_adapter(&ctx.info, choice.memory_mib);
         }
@@ -252,6 +264,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             kernels: KernelChoice::default(),
             precision: Precision::F32,
+            tuner: Tuner::off(),
             memory,
             created: Default::default(),
             failure,

@@ -9,11 +9,13 @@ pub mod plan;
 pub mod precision;
 pub mod profile;
 pub mod sampler;
+pub mod tune;
 pub mod variants;
 pub mod weights;
 
 pub use context::{AdapterChoice, BackendChoice, GpuContext};
 pub use kernel::{Binding, Dispatch, Kernel, KernelSpec};
 pub use precision::Precision;
+pub use tune::TuneMode;
 pub use variants::{ConvVariant, KernelChoice, MatmulVariant};
 pub use weights::GpuWeights;

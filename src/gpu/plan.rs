@@ -121,7 +121,7 @@ impl Pool {
 /// Options for building a plan.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanOptions {
-    /// Conv variant; None uses the context's choice (`Variant::for_context`).
+    /// Conv variant; None uses the context's choice per shape (`Variant::for_shape`).
     pub conv_variant: Option<Variant>,
     /// Keep every layer's output in its own buffer (for `ddim verify`); uses more memory.
     pub keep_layer_outputs: bool,
@@ -188,6 +188,8 @@ pub fn plan_footprint(
     timesteps: &[f32],
     options: PlanOptions,
 ) -> Result<Footprint> {
+    // These plans only measure memory, at batches that may never run: tune nothing for them.
+    let _no_tuning = ctx.tuner.pause();
     let bytes_at = |batch: usize| -> Result<u64> {
         let before = ctx.bytes_created();
         let rows: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t; batch]).collect();
@@ -232,7 +234,8 @@ struct Builder<'a> {
     ctx: &'a GpuContext,
     weights: &'a GpuWeights,
     batch: usize,
-    variant: Variant,
+    /// The conv variant forced by the plan's options; None: per shape ([`Variant::for_shape`]).
+    forced_conv: Option<Variant>,
     pool: Pool,
     dispatches: Vec<Dispatch>,
     norm_scratch: GroupNormScratch,
@@ -313,7 +316,12 @@ impl Builder<'_> {
             out: self.buf(out),
             out_scale,
         };
-        let d = conv2d(self.ctx, self.variant, name, &shape, w, &io)
+        let variant = match self.forced_conv {
+            Some(v) => v,
+            None => Variant::for_shape(self.ctx, &shape, w.precision)
+                .with_context(|| format!("{name}: choosing the conv2d variant"))?,
+        };
+        let d = conv2d(self.ctx, variant, name, &shape, w, &io)
             .with_context(|| format!("{name}: conv2d"))?;
         self.dispatches.push(d);
         Ok(out)
@@ -517,9 +525,6 @@ impl UNetPlan {
              split the batch (see `gpu::plan::forward`)",
             ctx.info.name
         );
-        let variant = options
-            .conv_variant
-            .unwrap_or_else(|| Variant::for_context(ctx));
         let precision = weights.precision;
 
         // One group-norm scratch for every norm outside attention.
@@ -549,7 +554,7 @@ impl UNetPlan {
             ctx,
             weights,
             batch,
-            variant,
+            forced_conv: options.conv_variant,
             pool: Pool {
                 slots: Vec::new(),
                 keep_all: options.keep_layer_outputs,

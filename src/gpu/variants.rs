@@ -15,6 +15,14 @@ pub enum ConvVariant {
 impl ConvVariant {
     pub const ALL: [ConvVariant; 2] = [ConvVariant::Register, ConvVariant::Tiled];
 
+    /// The name [`ConvVariant::parse`] reads (and the tuning cache stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Register => "reg",
+            Self::Tiled => "tiled",
+        }
+    }
+
     /// `reg` (or `register`) or `tiled`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
@@ -42,6 +50,15 @@ impl MatmulVariant {
         MatmulVariant::K4,
         MatmulVariant::Tiled,
     ];
+
+    /// The name [`MatmulVariant::parse`] reads (and the tuning cache stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Strided => "strided",
+            Self::K4 => "k4",
+            Self::Tiled => "tiled",
+        }
+    }
 
     /// `strided`, `k4` or `tiled`.
     pub fn parse(s: &str) -> Result<Self> {

@@ -132,17 +132,26 @@ pub fn for_each_reduction_path(mut f: impl FnMut(&str, &GpuContext)) {
 }
 
 fn open_context(backend: BackendChoice, memory_mib: Option<u64>) -> Option<GpuContext> {
+    open_with(backend, |c| c.memory_mib = memory_mib)
+}
+
+/// A context of its own on `backend`, with the variants forced by the environment and `edit`
+/// applied to its [`AdapterChoice`]; None (after printing why) as [`context`].
+pub fn open_with(
+    backend: BackendChoice,
+    edit: impl FnOnce(&mut AdapterChoice),
+) -> Option<GpuContext> {
     // Mesa's drivers warn (and some fail) without a runtime dir; give them one.
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         let dir = std::env::temp_dir().join("ddim-wgpu-xdg");
         let _ = std::fs::create_dir_all(&dir);
         std::env::set_var("XDG_RUNTIME_DIR", dir);
     }
-    let choice = AdapterChoice {
+    let mut choice = AdapterChoice {
         kernels: kernels_from_env(),
-        memory_mib,
         ..AdapterChoice::backend(backend)
     };
+    edit(&mut choice);
     match GpuContext::new(&choice) {
         Ok(ctx) => {
             eprintln!("[gpu tests] {backend}: {}", ctx.describe());

@@ -14,7 +14,7 @@ use super::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::linear::{matmul_as, Matmul, MatmulBuffers, MatmulTypes, Strides};
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
-use crate::gpu::GpuContext;
+use crate::gpu::{tune, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
 /// With the subgroup softmax appended (compiled only on devices with `SUBGROUP`).
@@ -213,7 +213,8 @@ fn softmax_spec(subgroups: bool) -> KernelSpec {
 }
 
 /// Softmax over each of `rows` rows of length `len` in `scores`, in place: one invocation per
-/// row, or one workgroup of subgroups per row where the context uses them.
+/// row, or one workgroup of subgroups per row where the context uses them and tuning does not
+/// find the serial rows faster.
 pub fn softmax_rows(
     ctx: &GpuContext,
     rows: usize,
@@ -225,7 +226,32 @@ pub fn softmax_rows(
         scores.size() >= (rows * len * 4) as u64,
         "softmax: scores buffer holds fewer than {rows}×{len} f32"
     );
-    let subgroups = ctx.uses_subgroups();
+    let subgroups = if ctx.uses_subgroups() {
+        let candidates = [("subgroup", true), ("serial", false)];
+        ctx.tuner.choose(
+            "softmax",
+            &format!("rows{rows} len{len}"),
+            &candidates,
+            true,
+            |subgroups, best| {
+                let scratch = tune::scratch(ctx, "tune softmax scores", (rows * len * 4) as u64);
+                let d = softmax_dispatch(ctx, rows, len, &scratch, subgroups)?;
+                tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best)
+            },
+        )?
+    } else {
+        false
+    };
+    softmax_dispatch(ctx, rows, len, scores, subgroups)
+}
+
+fn softmax_dispatch(
+    ctx: &GpuContext,
+    rows: usize,
+    len: usize,
+    scores: &wgpu::Buffer,
+    subgroups: bool,
+) -> Result<Dispatch> {
     let kernel = ctx.kernel(&softmax_spec(subgroups))?;
     let params = SoftmaxParams {
         rows: rows as u32,

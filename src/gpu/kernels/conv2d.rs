@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::GpuContext;
+use crate::gpu::{tune, GpuContext};
 use crate::model::unet::Padding;
 use crate::Tensor;
 
@@ -40,6 +40,23 @@ impl Variant {
         ctx.kernels
             .conv
             .unwrap_or_else(|| Self::default_for(ctx.info.device_type))
+    }
+
+    /// The variant for `shape` with activations stored as `precision`: the context's forced
+    /// one, else the tuner's choice among every variant ([`crate::gpu::tune`]), else (tuning
+    /// off) the device type's.
+    pub fn for_shape(ctx: &GpuContext, shape: &ConvShape, precision: Precision) -> Result<Self> {
+        if let Some(v) = ctx.kernels.conv {
+            return Ok(v);
+        }
+        let candidates = Self::ALL.map(|v| (v.name(), v));
+        ctx.tuner.choose(
+            "conv2d",
+            &shape.key(precision),
+            &candidates,
+            Self::default_for(ctx.info.device_type),
+            |v, best| time_variant(ctx, v, shape, precision, best),
+        )
     }
 
     /// The variant for a device type: Register on CPU implementations, Tiled on GPUs.
@@ -190,7 +207,80 @@ pub struct ConvShape {
     pub upsample: bool,
 }
 
+/// Milliseconds of one run of `variant` on `shape` (scratch buffers, zero data: the kernels do
+/// not branch on values).
+fn time_variant(
+    ctx: &GpuContext,
+    variant: Variant,
+    shape: &ConvShape,
+    precision: Precision,
+    best_so_far: f64,
+) -> Result<f64> {
+    let mut shape = *shape;
+    if ctx.is_cpu() {
+        let per_image = (shape.flops() / shape.batch.max(1) as u64).max(1);
+        shape.batch = shape
+            .batch
+            .min(tune::CPU_TUNE_FLOPS.div_ceil(per_image) as usize)
+            .max(1);
+    }
+    let p = precision.bytes() as u64;
+    let src = (shape.batch * shape.src_h * shape.src_w) as u64;
+    let scratch = |label: &str, bytes: u64| tune::scratch(ctx, label, bytes);
+    let weights = ConvWeights {
+        weight: scratch(
+            "tune conv weights",
+            (shape.k() * round4(shape.cout)) as u64 * p,
+        ),
+        bias: scratch("tune conv bias", round4(shape.cout) as u64 * 4),
+        precision,
+        cout: shape.cout,
+        cin: shape.cin(),
+        kh: shape.kh,
+        kw: shape.kw,
+    };
+    let x_a = scratch("tune conv x_a", src * shape.c1 as u64 * p);
+    let x_b = (shape.c2 > 0).then(|| scratch("tune conv x_b", src * shape.c2 as u64 * p));
+    let out = scratch("tune conv out", shape.out_len() as u64 * p);
+    let io = ConvIo {
+        x_a: &x_a,
+        x_b: x_b.as_ref(),
+        chan_add: None,
+        residual: None,
+        out: &out,
+        out_scale: 1.0,
+    };
+    let d = conv2d(ctx, variant, "tune conv2d", &shape, &weights, &io)?;
+    tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best_so_far)
+}
+
 impl ConvShape {
+    /// The tuning key: everything about the shape that can change which variant is fastest.
+    pub fn key(&self, precision: Precision) -> String {
+        let p = &self.pad;
+        format!(
+            "b{} {}x{}x{}{} -> {} k{}x{} s{} pad {},{},{},{}{} {precision}",
+            self.batch,
+            self.src_h,
+            self.src_w,
+            self.c1,
+            if self.c2 > 0 {
+                format!("+{}", self.c2)
+            } else {
+                String::new()
+            },
+            self.cout,
+            self.kh,
+            self.kw,
+            self.stride,
+            p.top,
+            p.bottom,
+            p.left,
+            p.right,
+            if self.upsample { " up2" } else { "" },
+        )
+    }
+
     pub fn cin(&self) -> usize {
         self.c1 + self.c2
     }

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::GpuContext;
+use crate::gpu::{tune, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
 /// With the subgroup combine appended (compiled only on devices with `SUBGROUP`).
@@ -148,7 +148,8 @@ fn spec(entry: &'static str, precision: Precision) -> KernelSpec {
 /// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)`.
 /// `x` and `y` must be different buffers; `gamma`/`beta` hold `channels` f32. The statistics
 /// are combined per group by one serial invocation, or by a workgroup of subgroups where the
-/// context uses them ([`GpuContext::uses_subgroups`]).
+/// context uses them ([`GpuContext::uses_subgroups`]) and tuning does not find the serial one
+/// faster.
 pub fn group_norm(
     ctx: &GpuContext,
     shape: &GroupNormShape,
@@ -180,64 +181,131 @@ pub fn group_norm(
         shape.channels
     );
     let uniform = ctx.uniform("group norm params", &params);
-    let max_dim = ctx.limits.max_compute_workgroups_per_dimension;
+    let subgroups = combine_with_subgroups(ctx, shape)?;
+    let mut out = Vec::with_capacity(3);
+    for stage in stages(shape, subgroups) {
+        out.push(stage_dispatch(
+            ctx,
+            shape,
+            &stage,
+            [
+                &uniform,
+                x,
+                &scratch.partials,
+                &scratch.stats,
+                gamma,
+                beta,
+                y,
+            ],
+        )?);
+    }
+    Ok(out)
+}
+
+/// One of the three dispatches: its entry point, workgroups, compulsory bytes and FLOPs.
+struct Stage {
+    entry: &'static str,
+    workgroups: u32,
+    bytes: u64,
+    flops: u64,
+}
+
+fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
+    let partial_len = shape.batch * shape.num_chunks() * shape.channels;
+    let numel = shape.numel();
+    let elem = shape.precision.bytes() as u64;
+    let n = numel as u64;
+    let groups = (shape.batch * shape.groups) as u32;
+    let (combine, combine_groups) = if subgroups {
+        ("gn_combine_sg", groups)
+    } else {
+        ("gn_combine", groups.div_ceil(WORKGROUP))
+    };
+    [
+        Stage {
+            entry: "gn_stats",
+            workgroups: (partial_len as u32).div_ceil(WORKGROUP),
+            bytes: n * elem + partial_len as u64 * 16,
+            flops: 3 * n,
+        },
+        Stage {
+            entry: combine,
+            workgroups: combine_groups,
+            bytes: partial_len as u64 * 16,
+            flops: 8 * partial_len as u64,
+        },
+        Stage {
+            entry: "gn_apply",
+            workgroups: (numel.div_ceil(4) as u32).div_ceil(WORKGROUP),
+            bytes: 2 * n * elem + 16 * shape.channels as u64,
+            flops: 8 * n,
+        },
+    ]
+}
+
+/// The dispatch of `stage`, bound to (params, x, partials, stats, gamma, beta, y).
+fn stage_dispatch(
+    ctx: &GpuContext,
+    shape: &GroupNormShape,
+    stage: &Stage,
+    buffers: [&wgpu::Buffer; 7],
+) -> Result<Dispatch> {
+    let kernel = ctx.kernel(&spec(stage.entry, shape.precision))?;
+    let entries: Vec<_> = buffers.iter().map(|b| (*b).into()).collect();
+    let bind_group = kernel.bind_group(&ctx.device, &entries)?;
     let tag = if shape.silu {
         "group_norm_silu"
     } else {
         "group_norm"
     };
-    let n = numel as u64;
-    let groups = (shape.batch * shape.groups) as u32;
-    let combine = if ctx.uses_subgroups() {
-        ("gn_combine_sg", groups)
-    } else {
-        ("gn_combine", groups.div_ceil(WORKGROUP))
-    };
-    // (entry point, workgroups, bytes, flops)
-    let stages = [
-        (
-            "gn_stats",
-            (partial_len as u32).div_ceil(WORKGROUP),
-            n * elem as u64 + partial_len as u64 * 16,
-            3 * n,
+    Ok(Dispatch {
+        label: format!("{tag}::{}", stage.entry),
+        kernel,
+        bind_group,
+        workgroups: grid_2d(
+            stage.workgroups,
+            ctx.limits.max_compute_workgroups_per_dimension,
         ),
-        (
-            combine.0,
-            combine.1,
-            partial_len as u64 * 16,
-            8 * partial_len as u64,
-        ),
-        (
-            "gn_apply",
-            (numel.div_ceil(4) as u32).div_ceil(WORKGROUP),
-            2 * n * elem as u64 + 16 * shape.channels as u64,
-            8 * n,
-        ),
-    ];
-    let mut out = Vec::with_capacity(3);
-    for (entry, workgroups, bytes, flops) in stages {
-        let kernel = ctx.kernel(&spec(entry, shape.precision))?;
-        let bind_group = kernel.bind_group(
-            &ctx.device,
-            &[
-                (&uniform).into(),
-                x.into(),
-                (&scratch.partials).into(),
-                (&scratch.stats).into(),
-                gamma.into(),
-                beta.into(),
-                y.into(),
-            ],
-        )?;
-        out.push(Dispatch {
-            label: format!("{tag}::{entry}"),
-            kernel,
-            bind_group,
-            workgroups: grid_2d(workgroups, max_dim),
-            dynamic_strides: vec![],
-            flops,
-            bytes,
-        });
+        dynamic_strides: vec![],
+        flops: stage.flops,
+        bytes: stage.bytes,
+    })
+}
+
+/// Whether the statistics are combined by subgroups: only where the context uses them, and
+/// then the faster of the two combines for this shape when tuning ([`crate::gpu::tune`]).
+fn combine_with_subgroups(ctx: &GpuContext, shape: &GroupNormShape) -> Result<bool> {
+    if !ctx.uses_subgroups() {
+        return Ok(false);
     }
-    Ok(out)
+    let key = format!(
+        "b{} hw{} c{} g{} {}",
+        shape.batch, shape.hw, shape.channels, shape.groups, shape.precision
+    );
+    let candidates = [("subgroup", true), ("serial", false)];
+    ctx.tuner.choose(
+        "group_norm_combine",
+        &key,
+        &candidates,
+        true,
+        |subgroups, best| {
+            // Only the combine differs; time it alone, on scratch buffers.
+            let partial_len = shape.batch * shape.num_chunks() * shape.channels;
+            let scratch = |label: &str, bytes: usize| tune::scratch(ctx, label, bytes as u64);
+            let uniform = ctx.uniform("tune group norm params", &shape.params());
+            let x = scratch("tune gn x", shape.numel() * shape.precision.bytes());
+            let y = scratch("tune gn y", shape.numel() * shape.precision.bytes());
+            let partials = scratch("tune gn partials", partial_len * 16);
+            let stats = scratch("tune gn stats", shape.batch * shape.channels * 16);
+            let affine = scratch("tune gn gamma", shape.channels * 4);
+            let [_, combine, _] = stages(shape, subgroups);
+            let d = stage_dispatch(
+                ctx,
+                shape,
+                &combine,
+                [&uniform, &x, &partials, &stats, &affine, &affine, &y],
+            )?;
+            tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best)
+        },
+    )
 }

@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::GpuContext;
+use crate::gpu::{tune, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 pub const SOURCE_K4: &str = include_str!("../../../shaders/linear_k4.wgsl");
@@ -228,7 +228,84 @@ impl MatmulVariant {
     }
 }
 
+impl MatmulVariant {
+    /// The variant for `op` with operands stored as `types`: the context's forced one, else
+    /// the tuner's choice among the variants that apply ([`crate::gpu::tune`]), else (tuning
+    /// off) [`MatmulVariant::for_context`]'s rule.
+    pub fn for_op(ctx: &GpuContext, op: &Matmul, types: MatmulTypes) -> Result<Self> {
+        let fixed = Self::for_context(ctx, op);
+        if ctx.kernels.matmul.is_some() {
+            return Ok(fixed);
+        }
+        let candidates: Vec<_> = Self::ALL
+            .into_iter()
+            .filter(|v| *v != Self::K4 || op.fits_k4())
+            .map(|v| (v.name(), v))
+            .collect();
+        ctx.tuner
+            .choose("matmul", &op.key(types), &candidates, fixed, |v, best| {
+                time_variant(ctx, op, v, types, best)
+            })
+    }
+}
+
+/// Milliseconds of one run of `variant` on `op` (scratch operands, no bias or residual; on a
+/// CPU adapter only as many rows as [`tune::CPU_TUNE_FLOPS`] needs).
+fn time_variant(
+    ctx: &GpuContext,
+    op: &Matmul,
+    variant: MatmulVariant,
+    types: MatmulTypes,
+    best_so_far: f64,
+) -> Result<f64> {
+    let mut op = *op;
+    if ctx.is_cpu() {
+        let per_row = (op.flops() / op.m as u64).max(1);
+        op.m =
+            op.m.min(tune::CPU_TUNE_FLOPS.div_ceil(per_row) as usize)
+                .max(1);
+    }
+    let op = &op;
+    let scratch = |label: &str, elements: usize, p: Precision| {
+        tune::scratch(ctx, label, (elements * p.bytes()) as u64)
+    };
+    let a = scratch("tune matmul A", op.extent(&op.a, op.m, op.k), types.a);
+    let b = scratch("tune matmul B", op.extent(&op.b, op.k, op.n), types.b);
+    let out = scratch("tune matmul out", op.extent(&op.c, op.m, op.n), types.c);
+    let bufs = MatmulBuffers {
+        a: &a,
+        b: &b,
+        bias: None,
+        residual: None,
+        out: &out,
+    };
+    let d = matmul_typed(ctx, op, &bufs, variant, types)?;
+    tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best_so_far)
+}
+
 impl Matmul {
+    /// The tuning key: sizes, operand layouts and types (what can change the fastest variant).
+    pub fn key(&self, t: MatmulTypes) -> String {
+        let layout = |s: &Strides| match (s.row, s.col) {
+            (_, 1) => "rows",
+            (1, _) => "cols",
+            _ => "strided",
+        };
+        format!(
+            "z{} m{} n{} k{} a {} b {}{} {}/{}/{}",
+            self.batch,
+            self.m,
+            self.n,
+            self.k,
+            layout(&self.a),
+            layout(&self.b),
+            if self.fits_k4() { " k4-aligned" } else { "" },
+            t.a,
+            t.b,
+            t.c
+        )
+    }
+
     /// Whether version 2 applies: unit k strides and every other stride, offset and K a
     /// multiple of 4 (so that vec4 loads are aligned).
     pub fn fits_k4(&self) -> bool {
@@ -298,20 +375,23 @@ fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -
     Ok(())
 }
 
-/// One dispatch for `op` with the variant suited to the adapter (see
-/// [`MatmulVariant::for_context`]). `out` must not alias any input.
+/// One dispatch for `op` with the fixed variant for the adapter (see
+/// [`MatmulVariant::for_context`]; for products run once, like the time embedding, where
+/// tuning would cost more than it saves). `out` must not alias any input.
 pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
     matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op))
 }
 
-/// As [`matmul`], with operands stored as `types`.
+/// A product run every step, with operands stored as `types` and the tuned variant
+/// ([`MatmulVariant::for_op`]).
 pub fn matmul_as(
     ctx: &GpuContext,
     op: &Matmul,
     bufs: &MatmulBuffers<'_>,
     types: MatmulTypes,
 ) -> Result<Dispatch> {
-    matmul_typed(ctx, op, bufs, MatmulVariant::for_context(ctx, op), types)
+    let variant = MatmulVariant::for_op(ctx, op, types)?;
+    matmul_typed(ctx, op, bufs, variant, types)
 }
 
 /// One dispatch for `op` with a chosen variant (an error if it does not apply).

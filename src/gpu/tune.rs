@@ -1,0 +1,716 @@
+//! The tuning pass: for each distinct (kernel, shape) that a plan builds, time every variant
+//! that applies on the adapter in use and keep the fastest. Every variant is checked against
+//! the CPU reference in the tests, so tuning only chooses among correct kernels.
+//!
+//! Choices persist in a JSON cache file (the user's cache directory by default), keyed by the
+//! adapter, its driver, the wgpu and crate versions, and the shape: a second run reads them and
+//! times nothing. A cache file that cannot be read or parsed, or an entry that names a variant
+//! which does not apply, is ignored with a warning and never trusted.
+//!
+//! Lookups happen while a plan is built ([`Tuner::choose`]); while a [`Tuner::pause`] guard is
+//! alive (plans built only to measure their memory), known choices are used but nothing new is
+//! timed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::kernel::Dispatch;
+use super::profile::Profiler;
+use super::GpuContext;
+
+/// Whether plans tune their kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TuneMode {
+    /// Use cached choices and time the shapes the cache does not have.
+    Auto,
+    /// The fixed rule per device type (no timing, no cache).
+    #[default]
+    Off,
+    /// Time every shape again and overwrite the cache.
+    Force,
+}
+
+impl FromStr for TuneMode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            "force" => Ok(Self::Force),
+            other => bail!("unknown tuning mode {other:?}; expected auto, off or force"),
+        }
+    }
+}
+
+impl fmt::Display for TuneMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Off => "off",
+            Self::Force => "force",
+        })
+    }
+}
+
+/// One timed variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub variant: String,
+    /// Best of the timed runs, in milliseconds.
+    pub ms: f64,
+}
+
+/// Where a choice came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Timed in this process.
+    Measured,
+    /// Read from the cache file.
+    Cache,
+    /// The fixed rule (tuning off, or only one variant applies).
+    Fixed,
+}
+
+/// The variant a (kernel, shape) runs with, and the times it was chosen by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub kernel: String,
+    pub shape: String,
+    pub variant: String,
+    /// Every timed variant (empty for a fixed choice).
+    pub candidates: Vec<Candidate>,
+    pub source: Source,
+}
+
+/// What a context's tuner did so far.
+#[derive(Clone, Debug, Default)]
+pub struct TuneReport {
+    /// Every (kernel, shape) looked up, in first-use order.
+    pub choices: Vec<Choice>,
+    /// Seconds spent timing candidates.
+    pub seconds: f64,
+    /// Why the cache file was not used, when it was not.
+    pub warning: Option<String>,
+}
+
+impl TuneReport {
+    /// Every choice came from the cache (and there was at least one to make).
+    pub fn from_cache(&self) -> bool {
+        let tuned: Vec<_> = self
+            .choices
+            .iter()
+            .filter(|c| c.source != Source::Fixed)
+            .collect();
+        !tuned.is_empty() && tuned.iter().all(|c| c.source == Source::Cache)
+    }
+
+    pub fn measured(&self) -> usize {
+        self.choices
+            .iter()
+            .filter(|c| c.source == Source::Measured)
+            .count()
+    }
+}
+
+/// The cache file's format version; a file of another version is ignored.
+const CACHE_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    format: u32,
+    entries: Vec<CacheEntry>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    adapter: String,
+    kernel: String,
+    shape: String,
+    variant: String,
+    candidates: Vec<Candidate>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Cached choices of this adapter, by (kernel, shape).
+    cached: HashMap<(String, String), CacheEntry>,
+    /// Lookups made so far (the report), and their index by (kernel, shape).
+    used: Vec<Choice>,
+    index: HashMap<(String, String), usize>,
+    seconds: f64,
+    warning: Option<String>,
+}
+
+/// A context's tuning state (see the module docs). Shared by every plan built on the context.
+pub struct Tuner {
+    mode: TuneMode,
+    /// None: choices live in memory only.
+    cache: Option<PathBuf>,
+    /// Adapter, driver, wgpu and crate version: what a cached time is valid for.
+    adapter: String,
+    state: Mutex<State>,
+    paused: AtomicUsize,
+}
+
+/// While alive, the tuner times nothing new (see [`Tuner::pause`]).
+pub struct PauseGuard<'a>(&'a Tuner);
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        self.0.paused.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The cache file used when none is given: `ddim/tuning.json` in the user's cache directory
+/// (`$XDG_CACHE_HOME`, else `~/.cache` on Linux; `~/Library/Caches` on macOS; `%LOCALAPPDATA%` on
+/// Windows). None when no such directory is known.
+pub fn default_cache_file() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = if cfg!(windows) {
+        var("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        var("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))
+    }?;
+    Some(dir.join("ddim").join("tuning.json"))
+}
+
+/// The wgpu version this binary was built with, from the committed Cargo.lock.
+fn wgpu_version() -> &'static str {
+    const LOCK: &str = include_str!("../../Cargo.lock");
+    LOCK.split("[[package]]")
+        .find(|p| p.contains("\nname = \"wgpu\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"'))
+        .unwrap_or("unknown")
+}
+
+/// What cached times are valid for: the same adapter and driver, wgpu and crate version.
+pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} | {:?} {:04x}:{:04x} | driver {} {} | wgpu {} | ddim {}",
+        info.name,
+        info.backend,
+        info.vendor,
+        info.device,
+        info.driver,
+        info.driver_info,
+        wgpu_version(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+impl Tuner {
+    /// A tuner that always takes the fixed rule.
+    pub fn off() -> Self {
+        Self::new(TuneMode::Off, None, String::new())
+    }
+
+    /// A tuner in `mode` for the adapter `adapter` (see [`adapter_key`]), reading and writing
+    /// `cache` when given. A cache that cannot be used is reported by [`Tuner::report`] and in
+    /// the log, and ignored.
+    pub fn new(mode: TuneMode, cache: Option<PathBuf>, adapter: String) -> Self {
+        let mut state = State::default();
+        if mode == TuneMode::Auto {
+            if let Some(path) = &cache {
+                match read_cache(path) {
+                    Ok(entries) => {
+                        for e in entries.into_iter().filter(|e| e.adapter == adapter) {
+                            state.cached.insert((e.kernel.clone(), e.shape.clone()), e);
+                        }
+                    }
+                    Err(e) => {
+                        let what = format!("ignoring the tuning cache: {e:#}");
+                        log::warn!("{what}");
+                        state.warning = Some(what);
+                    }
+                }
+            }
+        }
+        Self {
+            mode,
+            cache,
+            adapter,
+            state: Mutex::new(state),
+            paused: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn mode(&self) -> TuneMode {
+        self.mode
+    }
+
+    pub fn cache_file(&self) -> Option<&Path> {
+        self.cache.as_deref()
+    }
+
+    /// Until the guard drops, known choices are used and nothing new is timed (for plans built
+    /// only to measure memory, at batches that will never run).
+    pub fn pause(&self) -> PauseGuard<'_> {
+        self.paused.fetch_add(1, Ordering::Relaxed);
+        PauseGuard(self)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What was looked up and timed so far.
+    pub fn report(&self) -> TuneReport {
+        let s = self.lock();
+        TuneReport {
+            choices: s.used.clone(),
+            seconds: s.seconds,
+            warning: s.warning.clone(),
+        }
+    }
+
+    /// The variant of `kernel` for `shape` among `candidates` (name, value; every one applies
+    /// to the shape): the fixed rule `fixed` when tuning is off, else a known choice, else the
+    /// fastest by `time(variant, best_so_far_ms)` (milliseconds of one run of that variant; the
+    /// fixed rule's variant is timed first, so the others can stop early when far slower).
+    pub fn choose<V: Copy + PartialEq>(
+        &self,
+        kernel: &str,
+        shape: &str,
+        candidates: &[(&'static str, V)],
+        fixed: V,
+        mut time: impl FnMut(V, f64) -> Result<f64>,
+    ) -> Result<V> {
+        let key = (kernel.to_string(), shape.to_string());
+        let name_of = |v: &V| candidates.iter().find(|(_, c)| c == v).map(|(n, _)| *n);
+        let by_name = |n: &str| candidates.iter().find(|(c, _)| *c == n).map(|(_, v)| *v);
+        let paused = self.paused.load(Ordering::Relaxed) > 0;
+        let fixed_choice = |source| Choice {
+            kernel: kernel.to_string(),
+            shape: shape.to_string(),
+            variant: name_of(&fixed).unwrap_or("fixed").to_string(),
+            candidates: Vec::new(),
+            source,
+        };
+        if self.mode == TuneMode::Off || candidates.len() < 2 {
+            if !paused {
+                self.record(fixed_choice(Source::Fixed));
+            }
+            return Ok(fixed);
+        }
+        {
+            let mut s = self.lock();
+            if let Some(&i) = s.index.get(&key) {
+                if let Some(v) = by_name(&s.used[i].variant) {
+                    return Ok(v);
+                }
+            }
+            if let Some(entry) = s.cached.get(&key).cloned() {
+                match by_name(&entry.variant) {
+                    Some(v) => {
+                        if !paused {
+                            let choice = Choice {
+                                kernel: entry.kernel,
+                                shape: entry.shape,
+                                variant: entry.variant,
+                                candidates: entry.candidates,
+                                source: Source::Cache,
+                            };
+                            push(&mut s, choice);
+                        }
+                        return Ok(v);
+                    }
+                    None => {
+                        log::warn!(
+                            "tuning cache: {kernel} {shape} names variant {:?}, which does not \
+                             apply (candidates: {}); timing it again",
+                            entry.variant,
+                            candidates
+                                .iter()
+                                .map(|c| c.0)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                        s.cached.remove(&key);
+                    }
+                }
+            }
+        }
+        if paused {
+            return Ok(fixed);
+        }
+        let start = Instant::now();
+        let mut order: Vec<&(&str, V)> = candidates.iter().collect();
+        order.sort_by_key(|(_, v)| *v != fixed);
+        let mut timed = Vec::with_capacity(candidates.len());
+        let mut best = f64::INFINITY;
+        for (name, v) in order {
+            let ms = time(*v, best)
+                .with_context(|| format!("tuning {kernel} {shape}: variant {name}"))?;
+            best = best.min(ms);
+            timed.push(Candidate {
+                variant: name.to_string(),
+                ms,
+            });
+        }
+        let best = timed
+            .iter()
+            .min_by(|a, b| a.ms.total_cmp(&b.ms))
+            .expect("at least two candidates");
+        let variant = best.variant.clone();
+        let chosen = by_name(&variant).expect("a candidate's own name");
+        let choice = Choice {
+            kernel: kernel.to_string(),
+            shape: shape.to_string(),
+            variant,
+            candidates: timed,
+            source: Source::Measured,
+        };
+        {
+            let mut s = self.lock();
+            s.seconds += start.elapsed().as_secs_f64();
+            push(&mut s, choice.clone());
+        }
+        self.save(&choice);
+        Ok(chosen)
+    }
+
+    fn record(&self, choice: Choice) {
+        push(&mut self.lock(), choice);
+    }
+
+    /// Adds `choice` to the cache file (merged with what other processes wrote meanwhile;
+    /// written to a temporary file and renamed, so a reader never sees half a file). A failure
+    /// only costs the next run a re-tune, so it is a warning.
+    fn save(&self, choice: &Choice) {
+        let Some(path) = &self.cache else { return };
+        let entry = CacheEntry {
+            adapter: self.adapter.clone(),
+            kernel: choice.kernel.clone(),
+            shape: choice.shape.clone(),
+            variant: choice.variant.clone(),
+            candidates: choice.candidates.clone(),
+        };
+        if let Err(e) = write_entry(path, entry) {
+            log::warn!(
+                "could not update the tuning cache {}: {e:#}",
+                path.display()
+            );
+        }
+    }
+}
+
+fn push(s: &mut State, choice: Choice) {
+    let key = (choice.kernel.clone(), choice.shape.clone());
+    match s.index.get(&key) {
+        Some(&i) => s.used[i] = choice,
+        None => {
+            s.index.insert(key, s.used.len());
+            s.used.push(choice);
+        }
+    }
+}
+
+/// The choices `path` holds for the adapter `adapter` ([`adapter_key`]), e.g. to show them.
+pub fn cached_choices(path: &Path, adapter: &str) -> Result<Vec<Choice>> {
+    Ok(read_cache(path)?
+        .into_iter()
+        .filter(|e| e.adapter == adapter)
+        .map(|e| Choice {
+            kernel: e.kernel,
+            shape: e.shape,
+            variant: e.variant,
+            candidates: e.candidates,
+            source: Source::Cache,
+        })
+        .collect())
+}
+
+fn read_cache(path: &Path) -> Result<Vec<CacheEntry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let file: CacheFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if file.format != CACHE_FORMAT {
+        bail!(
+            "{} has format {}, this build reads format {CACHE_FORMAT}",
+            path.display(),
+            file.format
+        );
+    }
+    Ok(file.entries)
+}
+
+fn write_entry(path: &Path, entry: CacheEntry) -> Result<()> {
+    // A file that cannot be read is replaced: it was already ignored.
+    let mut entries = read_cache(path).unwrap_or_default();
+    entries.retain(|e| {
+        !(e.adapter == entry.adapter && e.kernel == entry.kernel && e.shape == entry.shape)
+    });
+    entries.push(entry);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&CacheFile {
+        format: CACHE_FORMAT,
+        entries,
+    })?;
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+}
+
+/// FLOPs a tuning run of one candidate does at least on a CPU adapter (about 5 ms on lavapipe).
+/// A CPU adapter's rate does not depend on the problem size once each core has work, so its
+/// candidates are timed on just enough of the batch (images, or GEMM rows) for this; a GPU's
+/// rate does (occupancy), and timing is cheap there, so GPUs time the full shape.
+pub const CPU_TUNE_FLOPS: u64 = 1 << 26;
+
+/// A candidate whose first run takes this many times the best time so far is not timed again:
+/// it cannot win, and on CPU adapters the GPU-style variants are 4-50x slower.
+const HOPELESS: f64 = 2.5;
+
+/// Milliseconds of one run of `dispatch`, with timestamp queries where the adapter has them,
+/// else host wall-clock per submission: the best of `runs` after a first run (which compiles and
+/// touches memory). When that first run is [`HOPELESS`] × `best_so_far` or slower, its time is
+/// the answer.
+pub fn time_dispatch(
+    ctx: &GpuContext,
+    dispatch: &Dispatch,
+    runs: usize,
+    best_so_far: f64,
+) -> Result<f64> {
+    let profiler = Profiler::new(ctx);
+    let first = profiler.time_repeated(ctx, dispatch, 1, 0)?[0] / 1e6;
+    if first > HOPELESS * best_so_far {
+        return Ok(first);
+    }
+    let times = profiler.time_repeated(ctx, dispatch, runs, 0)?;
+    Ok(times.iter().copied().fold(f64::INFINITY, f64::min) / 1e6)
+}
+
+/// Timed runs per candidate: GPUs are fast enough for several; CPU adapters get two.
+pub fn runs_for(ctx: &GpuContext) -> usize {
+    if ctx.is_cpu() {
+        2
+    } else {
+        5
+    }
+}
+
+/// A storage buffer for timing candidates, created on the device directly: it is dropped before
+/// any plan runs, so it is not counted in [`GpuContext::bytes_created`] (plan memory reports).
+pub fn scratch(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(16).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum V {
+        A,
+        B,
+        C,
+    }
+    const CANDIDATES: [(&str, V); 3] = [("a", V::A), ("b", V::B), ("c", V::C)];
+
+    fn temp_file(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ddim-tune-{}-{name}.json", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    fn times(v: V) -> Result<f64> {
+        Ok(match v {
+            V::A => 3.0,
+            V::B => 1.0,
+            V::C => 2.0,
+        })
+    }
+
+    #[test]
+    fn chooses_the_fastest_and_remembers_it() {
+        let t = Tuner::new(TuneMode::Auto, None, "gpu".into());
+        let mut calls = 0;
+        let v = t
+            .choose("k", "s", &CANDIDATES, V::A, |v, _| {
+                calls += 1;
+                times(v)
+            })
+            .unwrap();
+        assert_eq!((v, calls), (V::B, 3));
+        let again = t
+            .choose("k", "s", &CANDIDATES, V::A, |_, _| panic!("timed twice"))
+            .unwrap();
+        assert_eq!(again, V::B);
+        let r = t.report();
+        assert_eq!(r.choices.len(), 1);
+        assert_eq!(r.measured(), 1);
+        assert_eq!(r.choices[0].candidates.len(), 3);
+    }
+
+    #[test]
+    fn off_paused_and_single_candidates_time_nothing() {
+        let off = Tuner::off();
+        let v = off
+            .choose("k", "s", &CANDIDATES, V::C, |_, _| {
+                panic!("timed while off")
+            })
+            .unwrap();
+        assert_eq!(v, V::C);
+        assert_eq!(off.report().choices[0].source, Source::Fixed);
+
+        let t = Tuner::new(TuneMode::Auto, None, "gpu".into());
+        {
+            let _g = t.pause();
+            let v = t
+                .choose("k", "s", &CANDIDATES, V::C, |_, _| {
+                    panic!("timed while paused")
+                })
+                .unwrap();
+            assert_eq!(v, V::C);
+        }
+        assert!(
+            t.report().choices.is_empty(),
+            "paused lookups are not reported"
+        );
+        let one = t
+            .choose("k", "t", &CANDIDATES[..1], V::A, |_, _| {
+                panic!("timed one candidate")
+            })
+            .unwrap();
+        assert_eq!(one, V::A);
+    }
+
+    #[test]
+    fn the_cache_serves_the_same_adapter_only_and_force_ignores_it() {
+        let path = temp_file("roundtrip");
+        let first = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu one".into());
+        first
+            .choose("k", "s", &CANDIDATES, V::A, |v, _| times(v))
+            .unwrap();
+        first
+            .choose("k", "s2", &CANDIDATES, V::A, |v, _| {
+                times(v).map(|t| 10.0 - t)
+            })
+            .unwrap();
+
+        let second = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu one".into());
+        let v = second
+            .choose("k", "s", &CANDIDATES, V::A, |_, _| {
+                panic!("re-timed a cached shape")
+            })
+            .unwrap();
+        assert_eq!(v, V::B);
+        assert_eq!(
+            second
+                .choose("k", "s2", &CANDIDATES, V::A, |_, _| panic!("re-timed"))
+                .unwrap(),
+            V::A
+        );
+        assert!(second.report().from_cache());
+
+        let other = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu two".into());
+        let mut timed = false;
+        other
+            .choose("k", "s", &CANDIDATES, V::A, |v, _| {
+                timed = true;
+                times(v)
+            })
+            .unwrap();
+        assert!(timed, "another adapter's entry was used");
+
+        let force = Tuner::new(TuneMode::Force, Some(path.clone()), "gpu one".into());
+        let mut timed = 0;
+        force
+            .choose("k", "s", &CANDIDATES, V::A, |v, _| {
+                timed += 1;
+                times(v)
+            })
+            .unwrap();
+        assert_eq!(timed, 3);
+        // Both adapters' entries survive the merges.
+        let entries = read_cache(&path).unwrap();
+        assert_eq!(
+            entries.len(),
+            3,
+            "{}",
+            std::fs::read_to_string(&path).unwrap()
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_cache_is_ignored_with_a_warning() {
+        for (name, text) in [
+            ("garbage", "not json at all".to_string()),
+            (
+                "format",
+                format!("{{\"format\": {}, \"entries\": []}}", CACHE_FORMAT + 1),
+            ),
+        ] {
+            let path = temp_file(name);
+            std::fs::write(&path, text).unwrap();
+            let t = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu".into());
+            let warning = t.report().warning.expect("a warning");
+            assert!(warning.contains("ignoring the tuning cache"), "{warning}");
+            let v = t
+                .choose("k", "s", &CANDIDATES, V::A, |v, _| times(v))
+                .unwrap();
+            assert_eq!(v, V::B);
+            // Rewritten as a valid file.
+            assert_eq!(read_cache(&path).unwrap().len(), 1);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    #[test]
+    fn a_cached_variant_outside_the_candidates_is_timed_again() {
+        let path = temp_file("stale");
+        let t = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu".into());
+        t.choose("k", "s", &CANDIDATES, V::A, |v, _| times(v))
+            .unwrap();
+        // A later build no longer offers b for this shape.
+        let fewer = [("a", V::A), ("c", V::C)];
+        let t2 = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu".into());
+        let mut timed = 0;
+        let v = t2
+            .choose("k", "s", &fewer, V::A, |v, _| {
+                timed += 1;
+                times(v)
+            })
+            .unwrap();
+        assert_eq!((v, timed), (V::C, 2));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in [TuneMode::Auto, TuneMode::Off, TuneMode::Force] {
+            assert_eq!(m.to_string().parse::<TuneMode>().unwrap(), m);
+        }
+        assert!("sometimes".parse::<TuneMode>().is_err());
+        assert_ne!(wgpu_version(), "unknown");
+    }
+}
