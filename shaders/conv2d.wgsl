@@ -15,6 +15,9 @@
 //              conv_reg for everything else (4 pixels × 8 channels per invocation).
 //   tiled    — conv_tiled: workgroup-memory tiled, a 64×64 output tile per 16×16 workgroup, K in
 //              steps of 16, each invocation 4×4 outputs. For real GPUs.
+//   tiled128 — conv_tiled128: a 128×64 tile per 16×16 workgroup, 8×4 outputs per invocation,
+//              and the next K step's inputs loaded into registers while the current step is
+//              multiplied from workgroup memory (more reuse per load, global latency hidden).
 
 struct Params {
     batch: u32,
@@ -257,6 +260,74 @@ fn conv_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let nv = nv_base + lid.x;
     for (var i = 0u; i < 4u; i++) {
         let m = m_base + lid.y * 4u + i;
+        epilogue(m, pixel(m), nv, acc[i]);
+    }
+}
+
+// ---- large tiles with register prefetch ----------------------------------------------------
+// Twice conv_tiled's pixels per workgroup (8 per invocation instead of 4): each weight vec4 read
+// from workgroup memory feeds 8 products instead of 4. The loads of step k0 + T_BK are issued
+// before the products of step k0, so their latency overlaps the arithmetic; one tile of
+// workgroup memory (12.3 KB with b_tile, within the 16 KB default limit) and two barriers a step.
+
+const TL_BM: u32 = 128u; // pixels per workgroup tile
+const TL_ROW: u32 = 129u; // padded row, as T_ROW
+var<workgroup> a_big: array<f32, 2064>; // [T_BK][TL_ROW]
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_tiled128(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = lid.y * 16u + lid.x;
+    let m_base = m_group(wid) * TL_BM;
+    let nv_base = wid.x * T_BNV;
+    let k_total = p.kh * p.kw * (p.c1 + p.c2);
+
+    // This invocation loads A elements (m_local = t/16 + 16j, k_local = t%16), j = 0..7, and
+    // one B vec4 (row t/16, column t%16), as conv_tiled does.
+    let k_local = t % 16u;
+    var load_px: array<Pixel, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        load_px[j] = pixel(m_base + t / 16u + 16u * j);
+    }
+    let b_row = t / 16u;
+    let b_col = nv_base + t % 16u;
+
+    var next_a: array<f32, 8>;
+    var next_b = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        next_a[j] = select(0.0, load_x(load_px[j], k_local), k_local < k_total);
+    }
+    let in_b0 = b_row < k_total && b_col < p.cout_v;
+    next_b = select(vec4<f32>(0.0), vec4<f32>(w[select(0u, b_row * p.cout_v + b_col, in_b0)]), in_b0);
+
+    var acc: array<vec4<f32>, 8>;
+    for (var k0 = 0u; k0 < k_total; k0 += T_BK) {
+        for (var j = 0u; j < 8u; j++) {
+            a_big[k_local * TL_ROW + t / 16u + 16u * j] = next_a[j];
+        }
+        b_tile[t] = next_b;
+        workgroupBarrier();
+        let kn = k0 + T_BK;
+        if (kn < k_total) {
+            let k = kn + k_local;
+            for (var j = 0u; j < 8u; j++) {
+                next_a[j] = select(0.0, load_x(load_px[j], k), k < k_total);
+            }
+            let kb = kn + b_row;
+            let in_b = kb < k_total && b_col < p.cout_v;
+            next_b = select(vec4<f32>(0.0), vec4<f32>(w[select(0u, kb * p.cout_v + b_col, in_b)]), in_b);
+        }
+        for (var kk = 0u; kk < T_BK; kk++) {
+            let wv = b_tile[kk * T_BNV + lid.x];
+            let row = kk * TL_ROW + lid.y * 8u;
+            for (var i = 0u; i < 8u; i++) {
+                acc[i] += a_big[row + i] * wv;
+            }
+        }
+        workgroupBarrier();
+    }
+    let nv = nv_base + lid.x;
+    for (var i = 0u; i < 8u; i++) {
+        let m = m_base + lid.y * 8u + i;
         epilogue(m, pixel(m), nv, acc[i]);
     }
 }

@@ -357,6 +357,7 @@ fn flags_and_tile_sizes_agree() {
             ROWS16_TP,
             T_BM,
             T_BNV,
+            TL_BM,
         ]
     );
     assert_consts_agree!(

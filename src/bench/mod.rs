@@ -4,6 +4,8 @@
 //!
 //! Nothing here asserts a timing; numbers are measured and reported.
 
+pub mod chart;
+pub mod compare;
 pub mod gemm;
 pub mod kernels;
 pub mod memory;

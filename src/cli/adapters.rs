@@ -153,7 +153,7 @@ fn print_text(a: &Value) {
         None => {}
     }
     println!(
-        "    fixed conv rule: {} (DDIM_CONV_VARIANT=reg|tiled overrides); reductions: {} \
+        "    fixed conv rule: {} (DDIM_CONV_VARIANT=reg|tiled|tiled128 overrides); reductions: {} \
          (DDIM_NO_SUBGROUPS=1 forces per-invocation); --precision: {}",
         a["conv_variant"].as_str().unwrap_or(""),
         a["reductions"].as_str().unwrap_or(""),

@@ -6,6 +6,7 @@
 use super::model_args::{AdapterArgs, ModelArgs};
 use super::schedule::SolverArgs;
 
+use crate::bench::compare;
 use crate::bench::gemm::{self, GemmRow, GemmSize};
 use crate::bench::kernels::CaseResult;
 use crate::bench::run::Repeats;
@@ -78,6 +79,13 @@ pub struct Args {
     /// Print the report as JSON (schema ddim-bench/1).
     #[arg(long)]
     pub json: bool,
+    /// Measure nothing: print reports saved with --json (or by tools/bench_torch.py --json)
+    /// side by side, and chart each kernel's GFLOP/s per adapter (--chart).
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["json", "all_adapters", "targets", "gemm", "kernels"])]
+    pub compare: Vec<std::path::PathBuf>,
+    /// Where --compare writes its chart.
+    #[arg(long, value_name = "FILE.png", default_value = "bench-compare.png", requires = "compare")]
+    pub chart: std::path::PathBuf,
 }
 
 fn parse_gemm_size(s: &str) -> Result<GemmSize, String> {
@@ -205,7 +213,25 @@ fn all_adapter_choices(args: &super::model_args::AdapterArgs) -> Result<Vec<Adap
     Ok(out)
 }
 
+fn compare(args: &Args) -> Result<()> {
+    let entries = compare::load(&args.compare)?;
+    print!("{}", compare::table(&entries));
+    let chart = compare::chart(&entries, 10);
+    if chart.groups.is_empty() {
+        println!("no per-kernel rows in these reports (they come from whole runs): no chart written");
+        return Ok(());
+    }
+    chart
+        .write_png(&args.chart)
+        .with_context(|| format!("writing the chart {}", args.chart.display()))?;
+    println!("chart: {}", args.chart.display());
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if !args.compare.is_empty() {
+        return compare(&args);
+    }
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     let loaded = args.model.load(args.seed)?;

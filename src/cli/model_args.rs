@@ -165,7 +165,7 @@ pub fn tune_cache_from_env() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// `DDIM_CONV_VARIANT=reg|tiled` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set, and
+/// `DDIM_CONV_VARIANT=reg|tiled|tiled128` and `DDIM_MATMUL_VARIANT=strided|k4|tiled`, where set, and
 /// `DDIM_NO_SUBGROUPS=1` (reductions without subgroup operations).
 pub fn kernel_choice_from_env() -> Result<KernelChoice> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());

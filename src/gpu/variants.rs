@@ -8,27 +8,36 @@ use anyhow::{bail, Result};
 pub enum ConvVariant {
     /// 4 pixels × 8 channels per invocation, no workgroup memory or barriers (best on CPU adapters).
     Register,
-    /// 64×64 workgroup tiles through workgroup memory (best on real GPUs).
+    /// 64×64 workgroup tiles through workgroup memory (for real GPUs).
     Tiled,
+    /// 128×64 workgroup tiles, 8×4 outputs per invocation, next K step prefetched into
+    /// registers (for real GPUs with large problems).
+    Tiled128,
 }
 
 impl ConvVariant {
-    pub const ALL: [ConvVariant; 2] = [ConvVariant::Register, ConvVariant::Tiled];
+    pub const ALL: [ConvVariant; 3] = [
+        ConvVariant::Register,
+        ConvVariant::Tiled,
+        ConvVariant::Tiled128,
+    ];
 
     /// The name [`ConvVariant::parse`] reads (and the tuning cache stores).
     pub fn name(self) -> &'static str {
         match self {
             Self::Register => "reg",
             Self::Tiled => "tiled",
+            Self::Tiled128 => "tiled128",
         }
     }
 
-    /// `reg` (or `register`) or `tiled`.
+    /// `reg` (or `register`), `tiled` or `tiled128`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "reg" | "register" => Ok(Self::Register),
             "tiled" => Ok(Self::Tiled),
-            other => bail!("unknown conv variant {other:?}: expected reg or tiled"),
+            "tiled128" => Ok(Self::Tiled128),
+            other => bail!("unknown conv variant {other:?}: expected reg, tiled or tiled128"),
         }
     }
 }

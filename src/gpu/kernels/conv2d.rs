@@ -31,6 +31,7 @@ pub const ROWS8_TP: u32 = 8;
 pub const ROWS16_TP: u32 = 16;
 pub const T_BM: u32 = 64;
 pub const T_BNV: u32 = 16;
+pub const TL_BM: u32 = 128;
 
 pub use crate::gpu::variants::ConvVariant as Variant;
 
@@ -79,6 +80,7 @@ impl Variant {
             Self::Register if row_kernel => CONV_ROWS8,
             Self::Register => CONV_REG,
             Self::Tiled => CONV_TILED,
+            Self::Tiled128 => CONV_TILED128,
         }
     }
 }
@@ -121,8 +123,14 @@ pub const CONV_TILED: Entry = Entry {
     row_pixels: None,
     items_per_group: T_BM,
 };
+pub const CONV_TILED128: Entry = Entry {
+    name: "conv_tiled128",
+    cols: T_BNV,
+    row_pixels: None,
+    items_per_group: TL_BM,
+};
 /// Every entry point of the shader (tests/shader_contracts.rs checks the list is complete).
-pub const ENTRIES: [Entry; 4] = [CONV_REG, CONV_ROWS8, CONV_ROWS16, CONV_TILED];
+pub const ENTRIES: [Entry; 5] = [CONV_REG, CONV_ROWS8, CONV_ROWS16, CONV_TILED, CONV_TILED128];
 
 impl Entry {
     /// Work items along M for `shape`: output pixels, or row segments for the row kernels.
