@@ -225,6 +225,72 @@ fn whole_run_on_the_gpu_reports_forward_rate_kernels_and_memory() {
     assert!(targets
         .iter()
         .any(|t| t["name"] == "host_encode_fraction" && t["met"].is_boolean()));
+    // Which variant each shape ran with (tuning is on by default).
+    let tuning = &doc["tuning"];
+    assert_eq!(tuning["mode"], "auto", "{tuning}");
+    let choices = tuning["choices"].as_array().expect("tuning.choices");
+    assert!(choices.iter().any(|c| c["kernel"] == "conv2d"), "{tuning}");
+    for c in choices {
+        assert!(c["shape"].is_string() && c["variant"].is_string(), "{c}");
+    }
+
+    // The same report as if from two machines, side by side.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, chart) = (dir.join("a.json"), dir.join("b.json"), dir.join("chart.png"));
+    let mut other = doc.clone();
+    other["adapter"]["name"] = "Some Other GPU".into();
+    std::fs::write(&a, doc.to_string()).unwrap();
+    std::fs::write(&b, serde_json::json!([other]).to_string()).unwrap();
+    let _ = std::fs::remove_file(&chart);
+    let out = ddim(&[
+        "bench",
+        "--compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let name = doc["adapter"]["name"].as_str().unwrap();
+    assert!(text.contains(name) && text.contains("Some Other GPU"), "{text}");
+    assert!(text.contains("images/s"), "{text}");
+    let png = image::open(&chart).expect("the chart is a PNG");
+    assert!(png.width() > 200 && png.height() > 200);
+}
+
+#[test]
+fn tune_times_once_then_reads_its_cache() {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tune-cli.json");
+    let _ = std::fs::remove_file(&cache);
+    let env = [("DDIM_TUNE_CACHE", cache.to_str().unwrap())];
+    let args = ["tune", "--arch", "mnist", "--batch", "2", "--json"];
+    let Some(first) = gpu_json_env(&args, &env) else {
+        return;
+    };
+    assert_eq!(first["from_cache"], false, "{first}");
+    positive(&first["seconds"], "seconds");
+    assert!(first["adapter"].is_string());
+    let choices = first["choices"].as_array().expect("choices");
+    assert!(choices.len() >= 10, "{first}");
+    for c in choices.iter().filter(|c| c["source"] == "measured") {
+        let candidates = c["candidates"].as_array().unwrap();
+        assert!(candidates.len() >= 2, "{c}");
+        let best = candidates
+            .iter()
+            .min_by(|x, y| x["ms"].as_f64().unwrap().total_cmp(&y["ms"].as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(best["variant"], c["variant"], "{c}");
+    }
+    let second = gpu_json_env(&args, &env).unwrap();
+    assert_eq!(second["from_cache"], true, "{second}");
+    assert_eq!(second["seconds"].as_f64(), Some(0.0));
+    assert_eq!(second["choices"].as_array().unwrap().len(), choices.len());
+
+    let out = ddim_env(&["tune", "--arch", "mnist", "--tune", "off"], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
 }
 
 #[test]
