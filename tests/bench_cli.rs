@@ -237,7 +237,11 @@ fn whole_run_on_the_gpu_reports_forward_rate_kernels_and_memory() {
     // The same report as if from two machines, side by side.
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare");
     std::fs::create_dir_all(&dir).unwrap();
-    let (a, b, chart) = (dir.join("a.json"), dir.join("b.json"), dir.join("chart.png"));
+    let (a, b, chart) = (
+        dir.join("a.json"),
+        dir.join("b.json"),
+        dir.join("chart.png"),
+    );
     let mut other = doc.clone();
     other["adapter"]["name"] = "Some Other GPU".into();
     std::fs::write(&a, doc.to_string()).unwrap();
@@ -252,9 +256,16 @@ fn whole_run_on_the_gpu_reports_forward_rate_kernels_and_memory() {
         chart.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let name = doc["adapter"]["name"].as_str().unwrap();
-    assert!(text.contains(name) && text.contains("Some Other GPU"), "{text}");
+    assert!(
+        text.contains(name) && text.contains("Some Other GPU"),
+        "{text}"
+    );
     assert!(text.contains("images/s"), "{text}");
     let png = image::open(&chart).expect("the chart is a PNG");
     assert!(png.width() > 200 && png.height() > 200);
@@ -279,7 +290,12 @@ fn tune_times_once_then_reads_its_cache() {
         assert!(candidates.len() >= 2, "{c}");
         let best = candidates
             .iter()
-            .min_by(|x, y| x["ms"].as_f64().unwrap().total_cmp(&y["ms"].as_f64().unwrap()))
+            .min_by(|x, y| {
+                x["ms"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&y["ms"].as_f64().unwrap())
+            })
             .unwrap();
         assert_eq!(best["variant"], c["variant"], "{c}");
     }

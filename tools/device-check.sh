@@ -13,7 +13,8 @@
 #   6. packs every JSON and log into $OUT/device-check.tar.gz (and a short summary.txt).
 #
 #   bash tools/device-check.sh            # from the repository root; OUT defaults to ./device-out
-#   DDIM_CHECK_ANY_ADAPTER=1 bash tools/device-check.sh   # rehearsal on a machine without a GPU
+#   DDIM_CHECK_ANY_ADAPTER=1 DDIM_CHECK_QUICK=1 bash tools/device-check.sh
+#       # rehearsal on a machine without a GPU: any adapter, tiny sizes, no test suite
 #
 # Commit the unpacked JSON under bench-results/ and add the figures to README.md.
 set -uo pipefail
@@ -66,11 +67,17 @@ if ! grep -q '"device_type": "DiscreteGpu"' "$res/adapters.json" && [ -z "${DDIM
   exit 1
 fi
 
+# Sizes of the measurements (a rehearsal on a CPU adapter uses tiny ones).
+batch=16 steps=10 iters=5 big=128
+[ -n "${DDIM_CHECK_QUICK:-}" ] && { batch=1 steps=2 iters=1 big=2; }
+
 # --- 3. the GPU test suite on Vulkan --------------------------------------------------------------
 log "GPU tests on Vulkan ($(elapsed) s)"
 export DDIM_TEST_BACKENDS=vulkan DDIM_REQUIRE_GPU=1
 failed=0
-for t in "$res"/bin/test-gpu_* "$res"/bin/test-verify_cli "$res"/bin/test-bench_cli; do
+tests=("$res"/bin/test-gpu_* "$res"/bin/test-verify_cli "$res"/bin/test-bench_cli)
+[ -n "${DDIM_CHECK_QUICK:-}" ] && tests=("$res"/bin/test-gpu_smoke)
+for t in "${tests[@]}"; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
   if timeout 120 "$t" --test-threads 1 >"$res/$name.log" 2>&1; then
@@ -96,24 +103,27 @@ for prec in f32 f16; do
   for model in bundled cifar10; do
     margs=(); [ $model = cifar10 ] && margs=(--arch cifar10)
     log "$model $prec: tune and bench ($(elapsed) s)"
-    run "tune-$model-$prec" ddim tune "${margs[@]}" --backend vulkan --precision $prec --batch 16 --json
+    run "tune-$model-$prec" ddim tune "${margs[@]}" --backend vulkan --precision $prec --batch $batch --json
     run "bench-$model-$prec" ddim bench "${margs[@]}" --backend vulkan --precision $prec \
-      --batch 16 --steps 10 --targets --json
+      --batch $batch --steps $steps --iters $iters --targets --json
   done
 done
-run "bench-bundled-batch128-f32" ddim bench --backend vulkan --batch 128 --steps 10 --json
+run "bench-bundled-batch$big-f32" ddim bench --backend vulkan --batch $big --steps $steps --iters $iters --json
 
 # --- 5. PyTorch on CUDA, the same settings --------------------------------------------------------
-log "PyTorch CUDA ($(elapsed) s)"
+py=${DDIM_CHECK_PYTHON:-python3}
+torch_device=cuda
+"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || torch_device=cpu
+log "PyTorch on $torch_device ($(elapsed) s)"
 if ls $pack/whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/ddim-site $pack/whl/*.whl >"$res/pip.log" 2>&1 && export PYTHONPATH=/tmp/ddim-site
 fi
 for model in bundled cifar10; do
   margs=(); [ $model = cifar10 ] && margs=(--arch cifar10)
-  run "torch-$model" python3 tools/bench_torch.py "${margs[@]}" --device cuda --batch 16 --steps 10 --json
+  run "torch-$model" "$py" tools/bench_torch.py "${margs[@]}" --device "$torch_device" --batch $batch --steps $steps --iters $iters --json
 done
-run "torch-bundled-batch128" python3 tools/bench_torch.py --device cuda --batch 128 --steps 10 --json
+run "torch-bundled-batch$big" "$py" tools/bench_torch.py --device "$torch_device" --batch $big --steps $steps --iters $iters --json
 
 # --- 6. results -----------------------------------------------------------------------------------
 log "done in $(elapsed) s"

@@ -170,7 +170,15 @@ impl BarChart {
         let legend_h = 14 * n + 8;
         let top = 40 + legend_h;
         let width = (LEFT + group_w * self.groups.len() as u32 + 20)
-            .max(LEFT + self.series.iter().map(|s| text_width(s, 1)).max().unwrap_or(0) + 40)
+            .max(
+                LEFT + self
+                    .series
+                    .iter()
+                    .map(|s| text_width(s, 1))
+                    .max()
+                    .unwrap_or(0)
+                    + 40,
+            )
             .max(text_width(&self.title, 2) + 40);
         let height = top + PLOT_H + 40;
         let mut c = Canvas {
@@ -195,7 +203,13 @@ impl BarChart {
             let y = base - PLOT_H * q / 4;
             c.rect(LEFT, y, width - LEFT - 10, 1, [225, 225, 225]);
             let v = short(y_max * q as f64 / 4.0);
-            c.text(LEFT - 6 - text_width(&v, 1), y.saturating_sub(3), &v, 1, TEXT);
+            c.text(
+                LEFT - 6 - text_width(&v, 1),
+                y.saturating_sub(3),
+                &v,
+                1,
+                TEXT,
+            );
         }
         c.rect(LEFT, top, 1, PLOT_H + 1, TEXT);
         c.text(4, top.saturating_sub(12), &self.y_label, 1, TEXT);
@@ -203,7 +217,9 @@ impl BarChart {
             let x0 = LEFT + 10 + gi as u32 * group_w;
             for (si, v) in g.values.iter().enumerate() {
                 let Some(v) = v else { continue };
-                let h = ((v / y_max) * PLOT_H as f64).round().clamp(1.0, PLOT_H as f64) as u32;
+                let h = ((v / y_max) * PLOT_H as f64)
+                    .round()
+                    .clamp(1.0, PLOT_H as f64) as u32;
                 let x = x0 + si as u32 * BAR;
                 c.rect(x, base - h, BAR - 3, h, PALETTE[si % PALETTE.len()]);
             }
@@ -229,7 +245,10 @@ mod tests {
             assert_eq!(glyph(*c).count(), 35, "{c:?}");
             assert_eq!(rows.split(' ').count(), 7, "{c:?}");
         }
-        assert_eq!(glyph('a').collect::<Vec<_>>(), glyph('A').collect::<Vec<_>>());
+        assert_eq!(
+            glyph('a').collect::<Vec<_>>(),
+            glyph('A').collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -54,10 +54,7 @@ fn entry(doc: &Value, file: &Path) -> Result<Entry> {
         .unwrap_or_default();
     Ok(Entry {
         label,
-        model: doc["model"]["source"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string(),
+        model: doc["model"]["source"].as_str().unwrap_or("?").to_string(),
         batch: doc["settings"]["batch"].as_u64(),
         precision: doc["settings"]["precision"]
             .as_str()
@@ -76,9 +73,10 @@ fn entry(doc: &Value, file: &Path) -> Result<Entry> {
 pub fn load(files: &[PathBuf]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not JSON", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", f.display()))?;
         let docs = match v {
             Value::Array(items) => items,
             other => vec![other],
@@ -191,7 +189,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let a = dir.join("a.json");
         let b = dir.join("b.json");
-        std::fs::write(&a, doc("llvmpipe", "gl", 2.0, &[("conv2d::conv_rows16", 14.0, 0.6)]).to_string()).unwrap();
+        std::fs::write(
+            &a,
+            doc("llvmpipe", "gl", 2.0, &[("conv2d::conv_rows16", 14.0, 0.6)]).to_string(),
+        )
+        .unwrap();
         let arr = serde_json::json!([
             doc("lavapipe", "vulkan", 5.0, &[("conv2d::conv_rows16", 15.0, 0.5), ("linear_k4::matmul_k4", 9.0, 0.2)]),
             {"adapter": {"name": "cuda:0 (torch)"}, "settings": {"batch": 8}, "model": {"source": "bundled"},

@@ -84,7 +84,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["json", "all_adapters", "targets", "gemm", "kernels"])]
     pub compare: Vec<std::path::PathBuf>,
     /// Where --compare writes its chart.
-    #[arg(long, value_name = "FILE.png", default_value = "bench-compare.png", requires = "compare")]
+    #[arg(
+        long,
+        value_name = "FILE.png",
+        default_value = "bench-compare.png",
+        requires = "compare"
+    )]
     pub chart: std::path::PathBuf,
 }
 
@@ -218,7 +223,9 @@ fn compare(args: &Args) -> Result<()> {
     print!("{}", compare::table(&entries));
     let chart = compare::chart(&entries, 10);
     if chart.groups.is_empty() {
-        println!("no per-kernel rows in these reports (they come from whole runs): no chart written");
+        println!(
+            "no per-kernel rows in these reports (they come from whole runs): no chart written"
+        );
         return Ok(());
     }
     chart
