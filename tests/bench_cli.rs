@@ -334,7 +334,8 @@ fn kernel_micro_benchmarks_cover_the_model() {
             .iter()
             .filter(|n| n.starts_with("burn-comparison"))
             .count(),
-        2
+        ddim_wgpu::gpu::ConvVariant::ALL.len(),
+        "one burn-comparison conv per conv variant"
     );
     assert!(names.iter().any(|n| n.starts_with("conv 3x3")), "{names:?}");
     assert!(

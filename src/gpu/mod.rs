@@ -1,6 +1,7 @@
 //! The wgpu backend: device context, WGSL kernels, and the compiled U-Net plan.
 
 pub mod buffers;
+pub mod candidates;
 pub mod context;
 pub mod kernel;
 pub mod kernels;

@@ -14,7 +14,7 @@ use super::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::linear::{matmul_as, Matmul, MatmulBuffers, MatmulTypes, Strides};
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
-use crate::gpu::{tune, GpuContext};
+use crate::gpu::{candidates, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
 /// With the subgroup softmax appended (compiled only on devices with `SUBGROUP`).
@@ -234,9 +234,10 @@ pub fn softmax_rows(
             &candidates,
             true,
             |subgroups, best| {
-                let scratch = tune::scratch(ctx, "tune softmax scores", (rows * len * 4) as u64);
+                let scratch =
+                    candidates::scratch(ctx, "tune softmax scores", (rows * len * 4) as u64);
                 let d = softmax_dispatch(ctx, rows, len, &scratch, subgroups)?;
-                tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best)
+                candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best)
             },
         )?
     } else {

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{tune, GpuContext};
+use crate::gpu::{candidates, GpuContext};
 use crate::model::unet::Padding;
 use crate::Tensor;
 
@@ -229,12 +229,12 @@ fn time_variant(
         let per_image = (shape.flops() / shape.batch.max(1) as u64).max(1);
         shape.batch = shape
             .batch
-            .min(tune::CPU_TUNE_FLOPS.div_ceil(per_image) as usize)
+            .min(candidates::CPU_TUNE_FLOPS.div_ceil(per_image) as usize)
             .max(1);
     }
     let p = precision.bytes() as u64;
     let src = (shape.batch * shape.src_h * shape.src_w) as u64;
-    let scratch = |label: &str, bytes: u64| tune::scratch(ctx, label, bytes);
+    let scratch = |label: &str, bytes: u64| candidates::scratch(ctx, label, bytes);
     let weights = ConvWeights {
         weight: scratch(
             "tune conv weights",
@@ -259,7 +259,7 @@ fn time_variant(
         out_scale: 1.0,
     };
     let d = conv2d(ctx, variant, "tune conv2d", &shape, &weights, &io)?;
-    tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best_so_far)
+    candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best_so_far)
 }
 
 impl ConvShape {

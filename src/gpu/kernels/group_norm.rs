@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{tune, GpuContext};
+use crate::gpu::{candidates, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
 /// With the subgroup combine appended (compiled only on devices with `SUBGROUP`).
@@ -291,7 +291,7 @@ fn combine_with_subgroups(ctx: &GpuContext, shape: &GroupNormShape) -> Result<bo
         |subgroups, best| {
             // Only the combine differs; time it alone, on scratch buffers.
             let partial_len = shape.batch * shape.num_chunks() * shape.channels;
-            let scratch = |label: &str, bytes: usize| tune::scratch(ctx, label, bytes as u64);
+            let scratch = |label: &str, bytes: usize| candidates::scratch(ctx, label, bytes as u64);
             let uniform = ctx.uniform("tune group norm params", &shape.params());
             let x = scratch("tune gn x", shape.numel() * shape.precision.bytes());
             let y = scratch("tune gn y", shape.numel() * shape.precision.bytes());
@@ -305,7 +305,7 @@ fn combine_with_subgroups(ctx: &GpuContext, shape: &GroupNormShape) -> Result<bo
                 &combine,
                 [&uniform, &x, &partials, &stats, &affine, &affine, &y],
             )?;
-            tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best)
+            candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best)
         },
     )
 }

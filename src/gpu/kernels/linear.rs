@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{tune, GpuContext};
+use crate::gpu::{candidates, GpuContext};
 
 pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 pub const SOURCE_K4: &str = include_str!("../../../shaders/linear_k4.wgsl");
@@ -250,7 +250,7 @@ impl MatmulVariant {
 }
 
 /// Milliseconds of one run of `variant` on `op` (scratch operands, no bias or residual; on a
-/// CPU adapter only as many rows as [`tune::CPU_TUNE_FLOPS`] needs).
+/// CPU adapter only as many rows as [`candidates::CPU_TUNE_FLOPS`] needs).
 fn time_variant(
     ctx: &GpuContext,
     op: &Matmul,
@@ -262,12 +262,12 @@ fn time_variant(
     if ctx.is_cpu() {
         let per_row = (op.flops() / op.m as u64).max(1);
         op.m =
-            op.m.min(tune::CPU_TUNE_FLOPS.div_ceil(per_row) as usize)
+            op.m.min(candidates::CPU_TUNE_FLOPS.div_ceil(per_row) as usize)
                 .max(1);
     }
     let op = &op;
     let scratch = |label: &str, elements: usize, p: Precision| {
-        tune::scratch(ctx, label, (elements * p.bytes()) as u64)
+        candidates::scratch(ctx, label, (elements * p.bytes()) as u64)
     };
     let a = scratch("tune matmul A", op.extent(&op.a, op.m, op.k), types.a);
     let b = scratch("tune matmul B", op.extent(&op.b, op.k, op.n), types.b);
@@ -280,7 +280,7 @@ fn time_variant(
         out: &out,
     };
     let d = matmul_typed(ctx, op, &bufs, variant, types)?;
-    tune::time_dispatch(ctx, &d, tune::runs_for(ctx), best_so_far)
+    candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best_so_far)
 }
 
 impl Matmul {
