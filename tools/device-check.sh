@@ -60,7 +60,7 @@ fi
 log "adapters ($(elapsed) s)"
 ddim adapters --json >"$res/adapters.json" 2>"$res/adapters.log"
 ddim adapters | tee -a "$summary"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$summary" 2>&1 || true
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$summary" 2>&1
 if ! grep -q '"device_type": "DiscreteGpu"' "$res/adapters.json" && [ -z "${DDIM_CHECK_ANY_ADAPTER:-}" ]; then
   log "no discrete GPU adapter: stopping (DDIM_CHECK_ANY_ADAPTER=1 runs anyway)"
   tar -C "$res" -czf "$OUT/device-check.tar.gz" . && cp "$summary" "$OUT/"
@@ -145,7 +145,8 @@ for f in sorted(res.glob("*.json")):
         parts.append(f"gemm {d['gemm_gflops']:.0f} GFLOP/s")
     if "choices" in d:
         parts.append(f"tuned {len(d['choices'])} shapes in {d.get('seconds', 0):.2f} s")
-    print("  " + "; ".join(parts))
+    if len(parts) > 1:
+        print("  " + "; ".join(parts))
 EOF
 cp "$summary" "$OUT/summary.txt"
 tar -C "$res" --exclude=bin -czf "$OUT/device-check.tar.gz" .

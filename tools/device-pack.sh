@@ -28,12 +28,16 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' >"$out/tests.txt"
 cp target/release/ddim "$out/bin/ddim"
-while read -r name exe; do cp "$exe" "$out/bin/test-$name"; done <"$out/tests.txt"
+# Only the executables device-check.sh runs (the GPU tests, verify and bench): the device tool
+# carries at most 64 MiB, the tracked tree (about 38 MB, the training checkpoint among it) included.
+while read -r name exe; do
+  case $name in gpu_* | verify_cli | bench_cli) cp "$exe" "$out/bin/test-$name" ;; esac
+done <"$out/tests.txt"
 strip "$out"/bin/*
 # The test executables find fixtures and the binary through paths compiled in (the manifest
 # and target directories of this checkout); device-check.sh recreates them there.
 echo "$(pwd)" >"$out/manifest_dir"
-tar -C "$out" -cJf "$out/bin.tar.xz" bin && rm -rf "$out/bin"
+XZ_OPT=-9 tar -C "$out" -cJf "$out/bin.tar.xz" bin && rm -rf "$out/bin"
 
 echo "== Vulkan and EGL loaders (Debian packages, unpacked there only if the machine lacks them)"
 lists=/tmp/ddim-device-apt
