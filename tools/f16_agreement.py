@@ -2,7 +2,7 @@
 """Class agreement of two sample sets of the same seeds (issue 12: f16 against f32).
 
 Reads two seed folders written by `ddim sample --seeds A-B --out-dir DIR` (one DIR/<seed>.png
-each), classifies every image with the project's MNIST classifier (weights/classifier) and
+each, zero-padded), classifies every image with the project's MNIST classifier (weights/classifier) and
 prints the share of seeds whose predicted class is the same in both, the confident share of
 each, and the mean and largest absolute pixel difference on [0, 1] (from the 8-bit PNGs, so
 differences below 1/255 round to 0 or 1/255).
@@ -26,9 +26,9 @@ import eval_samples  # noqa: E402
 
 
 def load_dir(d):
-    seeds = sorted(int(f[:-4]) for f in os.listdir(d) if f.endswith(".png") and f[:-4].isdigit())
-    imgs = [np.asarray(Image.open(os.path.join(d, f"{s}.png")).convert("L"), dtype=np.float64) / 255.0 for s in seeds]
-    return seeds, np.stack(imgs)
+    names = sorted((int(f[:-4]), f) for f in os.listdir(d) if f.endswith(".png") and f[:-4].isdigit())
+    imgs = [np.asarray(Image.open(os.path.join(d, f)).convert("L"), dtype=np.float64) / 255.0 for _, f in names]
+    return [s for s, _ in names], np.stack(imgs)
 
 
 def main():
