@@ -13,6 +13,8 @@ use super::chart::{BarChart, Group};
 /// The figures of one report that the comparison shows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
+    /// The file it came from (its stem), to tell apart reports of the same adapter.
+    pub file: String,
     /// "adapter (backend)", with the file it came from when several reports share an adapter.
     pub label: String,
     pub model: String,
@@ -53,6 +55,9 @@ fn entry(doc: &Value, file: &Path) -> Result<Entry> {
         })
         .unwrap_or_default();
     Ok(Entry {
+        file: file
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into_owned()),
         label,
         model: doc["model"]["source"].as_str().unwrap_or("?").to_string(),
         batch: doc["settings"]["batch"].as_u64(),
@@ -86,11 +91,11 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<Entry>> {
         }
     }
     ensure!(!out.is_empty(), "--compare: no reports in the files given");
-    // Tell apart entries with the same label (the same adapter measured twice).
+    // Tell apart entries with the same label (the same adapter measured twice) by their file.
     let labels: Vec<String> = out.iter().map(|e| e.label.clone()).collect();
     for (i, e) in out.iter_mut().enumerate() {
         if labels.iter().filter(|l| **l == labels[i]).count() > 1 {
-            e.label = format!("{} {} {}", e.label, e.model, e.precision);
+            e.label = format!("{} [{}]", e.label, e.file);
         }
     }
     Ok(out)
@@ -102,8 +107,14 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 /// The table: one row per report, with its three kernels that take the most time.
 pub fn table(entries: &[Entry]) -> String {
+    let w = entries
+        .iter()
+        .map(|e| e.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let mut s = format!(
-        "{:<40} {:<32} {:>5} {:>4} {:>9} {:>9} {:>9}  top kernels (GFLOP/s, share of GPU time)\n",
+        "{:<w$} {:<24} {:>5} {:>4} {:>9} {:>9} {:>9}  top kernels (GFLOP/s, share of GPU time)\n",
         "adapter", "model", "batch", "prec", "images/s", "fwd GF/s", "gemm GF/s"
     );
     for e in entries {
@@ -115,7 +126,7 @@ pub fn table(entries: &[Entry]) -> String {
             .map(|(k, g, sh)| format!("{k} {g:.1} ({:.0}%)", sh * 100.0))
             .collect();
         s.push_str(&format!(
-            "{:<40} {:<32} {:>5} {:>4} {:>9} {:>9} {:>9}  {}\n",
+            "{:<w$} {:<24} {:>5} {:>4} {:>9} {:>9} {:>9}  {}\n",
             e.label,
             e.model,
             e.batch.map_or("-".to_string(), |b| b.to_string()),
