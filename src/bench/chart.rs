@@ -228,9 +228,10 @@ impl BarChart {
             c.text(x0, base + 8, &g.label, 1, TEXT);
         }
         let tmp = path.with_extension("png.tmp");
-        c.img
-            .save_with_format(&tmp, image::ImageFormat::Png)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+        if let Err(e) = c.img.save_with_format(&tmp, image::ImageFormat::Png) {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::bail!("writing {}: {e}", tmp.display());
+        }
         std::fs::rename(&tmp, path)
             .map_err(|e| anyhow::anyhow!("renaming onto {}: {e}", path.display()))?;
         Ok(())
