@@ -61,22 +61,27 @@ pub struct MemoryReport {
     /// and parameter blocks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffers_bytes: Option<u64>,
-    /// Growth of the allocator's total while building the plan, where the backend reports it.
+    /// Growth of the allocator's total while building the plan (the weights are uploaded
+    /// before), where the backend reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocator_delta_bytes: Option<u64>,
+    /// What is compared with the budget: weights_bytes + allocator_delta_bytes where the
+    /// backend reports the allocator, else buffers_bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_bytes: Option<u64>,
     pub weights_bytes: u64,
     pub largest_live_activations_bytes: u64,
     /// weights + 3 × largest live activations (the target).
     pub budget_bytes: u64,
-    /// Whether the measured total (the allocator delta where the backend reports it, else
-    /// `buffers_bytes`) is within the budget.
+    /// Whether `measured_bytes` is within the budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub within_budget: Option<bool>,
 }
 
 impl MemoryReport {
     /// `weights_bytes`: what the upload created (f16 weights take about half of f32's);
-    /// activations are counted at `element_bytes` each.
+    /// activations are counted at `element_bytes` each; `allocator_delta_bytes`: the plan's
+    /// growth of the allocator, measured after the weights were uploaded.
     pub fn new(
         unet: &UNet,
         batch: usize,
@@ -87,15 +92,18 @@ impl MemoryReport {
         let live = largest_live_activations_bytes(unet, batch) / 4 * element_bytes as u64;
         let budget_bytes = weights_bytes + 3 * live;
         let buffers_bytes = activation_buffers_bytes.map(|a| a + weights_bytes);
-        let measured = allocator_delta_bytes.or(buffers_bytes);
+        let measured_bytes = allocator_delta_bytes
+            .map(|d| weights_bytes + d)
+            .or(buffers_bytes);
         Self {
             activation_buffers_bytes,
             buffers_bytes,
             allocator_delta_bytes,
+            measured_bytes,
             weights_bytes,
             largest_live_activations_bytes: live,
             budget_bytes,
-            within_budget: measured.map(|m| m <= budget_bytes),
+            within_budget: measured_bytes.map(|m| m <= budget_bytes),
         }
     }
 }
@@ -116,5 +124,23 @@ mod tests {
         // All skips plus in and out of the largest layer bound it from above.
         let all_skips: usize = unet.skips.iter().map(|s| s.numel()).sum();
         assert!(one <= (all_skips as u64 + 2 * unet.max_activation() as u64) * 4);
+    }
+
+    #[test]
+    fn the_weights_count_against_the_budget_on_both_sides() {
+        let unet = UNet::from_config(&UNet2DConfig::cifar10()).unwrap();
+        let live = largest_live_activations_bytes(&unet, 2);
+        let weights = 100 << 20;
+        // The plan's own allocation fits 3 × live, but not once the weights are added to it.
+        let delta = 3 * live - 1;
+        let r = MemoryReport::new(&unet, 2, (weights, 4), Some(live), Some(delta));
+        assert_eq!(r.budget_bytes, weights + 3 * live);
+        assert_eq!(r.measured_bytes, Some(weights + delta));
+        assert_eq!(r.within_budget, Some(true));
+        let r = MemoryReport::new(&unet, 2, (weights, 4), Some(live), Some(3 * live + 1));
+        assert_eq!(r.within_budget, Some(false));
+        // Without an allocator report, the buffers (weights + activations) are measured.
+        let r = MemoryReport::new(&unet, 2, (weights, 4), Some(live), None);
+        assert_eq!(r.measured_bytes, Some(weights + live));
     }
 }

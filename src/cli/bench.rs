@@ -376,11 +376,14 @@ fn print_text(doc: &Document, per_dispatch: bool) {
                 parts.push("not reported".into());
             }
             println!(
-                "GPU memory: {}; weights {:.1} MiB, largest live activations {:.1} MiB, budget {:.1} MiB",
+                "GPU memory: {}; weights {:.1} MiB, largest live activations {:.1} MiB, budget {:.1} MiB{}",
                 parts.join(", "),
                 mib(m.weights_bytes),
                 mib(m.largest_live_activations_bytes),
-                mib(m.budget_bytes)
+                mib(m.budget_bytes),
+                m.measured_bytes
+                    .map(|b| format!(" (measured {:.1} MiB with the weights)", mib(b)))
+                    .unwrap_or_default()
             );
         }
         if !run.kernels.is_empty() {

@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod kernels;
 pub mod memory;
 pub mod plan;
+pub mod pool;
 pub mod precision;
 pub mod profile;
 pub mod sampler;

@@ -3,10 +3,11 @@
 //!
 //! * Weights come uploaded ([`GpuWeights`], once per model and device) and are shared by every
 //!   plan built over them.
-//! * Activations are NHWC buffers from a pool: a value's buffer returns to the pool after its
-//!   last reader is recorded (skip connections hold theirs until concatenated), and a new value
-//!   takes the smallest free buffer that fits. wgpu orders the dispatches of a pass, so reuse
-//!   needs no extra synchronisation.
+//! * Activations are NHWC buffers shared by values whose lifetimes do not overlap: a value
+//!   lives until its last reader is recorded (skip connections until concatenated). The plan
+//!   is built once as a dry run that records the lifetimes, and again on their packing
+//!   ([`super::pool`]). wgpu orders the dispatches of a pass, so reuse needs no extra
+//!   synchronisation.
 //! * Everything that depends only on the timestep (time embedding, every resnet's projection)
 //!   is computed for all steps when the plan is built, into tables the convolutions read at a
 //!   dynamic offset: dispatches and bind groups are recorded once and replayed per step.
@@ -25,6 +26,7 @@ use super::kernels::elementwise::{self, Io};
 use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::memory::Footprint;
+use super::pool::Pool;
 use super::precision::Precision;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
@@ -58,64 +60,6 @@ struct Act {
 enum Cur {
     One(Act),
     Pair(Act, Act),
-}
-
-struct Slot {
-    buffer: wgpu::Buffer,
-    refs: usize,
-    /// Never returned to the pool (the plan's input).
-    pinned: bool,
-}
-
-/// Buffers by liveness: reference-counted, reused smallest-fit.
-struct Pool {
-    slots: Vec<Slot>,
-    /// Keep every value alive (for per-layer read back).
-    keep_all: bool,
-    /// Bytes per stored element (the plan's precision).
-    elem: usize,
-}
-
-impl Pool {
-    fn alloc(&mut self, ctx: &GpuContext, label: &str, elements: usize) -> usize {
-        self.alloc_bytes(ctx, label, (elements * self.elem) as u64)
-    }
-
-    fn alloc_bytes(&mut self, ctx: &GpuContext, label: &str, bytes: u64) -> usize {
-        let best = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.refs == 0 && !s.pinned && s.buffer.size() >= bytes)
-            .min_by_key(|(_, s)| s.buffer.size())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            self.slots[i].refs = 1;
-            return i;
-        }
-        self.slots.push(Slot {
-            buffer: ctx.storage(label, bytes),
-            refs: 1,
-            pinned: false,
-        });
-        self.slots.len() - 1
-    }
-
-    fn retain(&mut self, id: usize) {
-        self.slots[id].refs += 1;
-    }
-
-    fn release(&mut self, id: usize) {
-        let s = &mut self.slots[id];
-        debug_assert!(s.refs > 0, "released a free buffer");
-        if !self.keep_all || s.refs > 1 {
-            s.refs -= 1;
-        }
-    }
-
-    fn buf(&self, id: usize) -> &wgpu::Buffer {
-        &self.slots[id].buffer
-    }
 }
 
 /// Options for building a plan.
@@ -515,6 +459,30 @@ impl UNetPlan {
         timesteps: &[Vec<f32>],
         options: PlanOptions,
     ) -> Result<Self> {
+        let (elem, keep_all) = (weights.precision.bytes(), options.keep_layer_outputs);
+        let dry = Self::build(
+            ctx,
+            unet,
+            weights,
+            timesteps,
+            options,
+            Pool::dry_run(elem, keep_all),
+        )?;
+        let layout = dry.pool.layout();
+        drop(dry);
+        let pool = Pool::replay(ctx, layout, elem, keep_all);
+        Self::build(ctx, unet, weights, timesteps, options, pool)
+    }
+
+    /// One build of the plan over `pool` (a dry run or its replay).
+    fn build(
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &GpuWeights,
+        timesteps: &[Vec<f32>],
+        options: PlanOptions,
+        pool: Pool,
+    ) -> Result<Self> {
         ensure!(!timesteps.is_empty(), "a plan needs at least one step");
         let batch = timesteps[0].len();
         ensure!(batch > 0, "a plan needs a batch of at least one image");
@@ -555,11 +523,7 @@ impl UNetPlan {
             weights,
             batch,
             forced_conv: options.conv_variant,
-            pool: Pool {
-                slots: Vec::new(),
-                keep_all: options.keep_layer_outputs,
-                elem: precision.bytes(),
-            },
+            pool,
             dispatches: Vec::new(),
             norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
             attn_scratch: HashMap::new(),
@@ -571,7 +535,7 @@ impl UNetPlan {
         let input_id =
             b.pool
                 .alloc_bytes(ctx, "plan input", (batch * unet.input.numel() * 4) as u64);
-        b.pool.slots[input_id].pinned = true;
+        b.pool.pin(input_id);
         let input = Act {
             id: input_id,
             shape: unet.input,
@@ -687,8 +651,11 @@ impl UNetPlan {
         )?;
         b.dispatches.push(d);
 
-        run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
-        // Waiting lets wgpu free the staging copies of every upload (as large as the weights).
+        if !b.pool.is_dry_run() {
+            run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
+        }
+        // Waiting lets wgpu free the staging copies of every upload (as large as the weights)
+        // and, after a dry run, its buffers.
         ctx.wait_idle()?;
         let flops = b.dispatches.iter().map(|d| d.flops).sum();
         let input_buffer = b.pool.buf(input.id).clone();
@@ -786,7 +753,7 @@ impl UNetPlan {
 
     /// Bytes of activation buffers the pool created.
     pub fn activation_bytes(&self) -> u64 {
-        self.pool.slots.iter().map(|s| s.buffer.size()).sum()
+        self.pool.bytes()
     }
 }
 
