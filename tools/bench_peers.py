@@ -60,9 +60,11 @@ def our_cases(report):
         if m:
             burn_rates[m.group(1)] = row["gflops"]
             continue
+        if not row["name"].startswith("conv "):
+            continue  # norms, attention, the DDIM update
         m = CONV_NAME.fullmatch(row["name"])
         if not m:
-            continue
+            sys.exit(f"cannot read the conv shape from {row['name']!r}: has `ddim bench`'s naming changed?")
         kh, _, c1, c2, cout, h, w, up, s2, count, layer, variant = m.groups()
         f = 2 if up else 1
         shape = conv_shape(batch, int(c1) + int(c2 or 0), int(h) * f, int(w) * f, int(cout), int(kh), 2 if s2 else 1)
