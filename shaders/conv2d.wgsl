@@ -136,11 +136,14 @@ fn m_group(wid: vec3<u32>) -> u32 {
 
 // ---- register-tiled variant --------------------------------------------------------------
 // The 64 invocations of a workgroup share one slice of 8 output channels (workgroup-uniform weight
-// addresses) and take 64 consecutive pixels, 4 times over; each keeps 4 pixels × 8 channels in
-// registers. Measured on lavapipe (llvmpipe 22.3, 128→128 3×3, 32×32, batch 8): 4×8 beat 2×16,
-// 4×4, 2×8 and 8×8 (register spills), and unrolling the channel loop by 4 did not help.
+// addresses) and take 64 consecutive pixels, REG_TM times over; each keeps REG_TM pixels × 8
+// channels in registers. Measured on lavapipe (llvmpipe 22.3, 128→128 3×3, 32×32, batch 8): 4×8
+// beat 2×16, 4×4, 2×8 and 8×8, and unrolling the channel loop by 4 did not help. Since the 3×3
+// stride-1 convs moved to the row kernels, this one runs the 1×1 and stride-2 convs, where
+// (Mesa 25.0.7, 2026-12-05, A/B in one session) 8×8 beat 4×8 by 7–32 % per CPU-second in three
+// of three lavapipe pairs and on the median of five llvmpipe GL pairs; 16×8 lost to 8×8.
 
-const REG_TM: u32 = 4u;  // pixels per invocation
+const REG_TM: u32 = 8u;  // pixels per invocation
 const REG_TNV: u32 = 2u; // vec4 columns per invocation (and per workgroup)
 const REG_WG: u32 = 64u;
 

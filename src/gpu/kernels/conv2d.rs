@@ -23,7 +23,7 @@ pub const SOURCE: &str = concat!(
 // name, which tests/shader_contracts.rs checks, so neither side can change alone.
 pub const HAS_CHAN_ADD: u32 = 1;
 pub const HAS_RESIDUAL: u32 = 2;
-pub const REG_TM: u32 = 4;
+pub const REG_TM: u32 = 8;
 pub const REG_TNV: u32 = 2;
 pub const REG_WG: u32 = 64;
 pub const ROW_WG: u32 = 64;
