@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 /// Which kernel computes a convolution's GEMM; every variant gives the same result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvVariant {
-    /// 4 pixels × 8 channels per invocation, no workgroup memory or barriers (best on CPU adapters).
+    /// Row kernels for 3×3 stride-1 convs, 8 pixels × 8 channels per invocation for the rest; no
+    /// workgroup memory or barriers (best on CPU adapters).
     Register,
     /// 64×64 workgroup tiles through workgroup memory (for real GPUs).
     Tiled,
