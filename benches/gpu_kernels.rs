@@ -24,10 +24,10 @@ use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};
 use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
-use ddim_wgpu::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
+use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulArgs, MatmulOptions, MatmulVariant};
 use ddim_wgpu::gpu::plan::{PlanOptions, StepForward, UNetPlan};
 use ddim_wgpu::gpu::profile::Profiler;
-use ddim_wgpu::gpu::{AdapterChoice, Dispatch, GpuContext};
+use ddim_wgpu::gpu::{AdapterChoice, Dispatch, GpuContext, Precision};
 use ddim_wgpu::schedule::{PredictionType, X0Limit};
 
 fn context() -> Option<GpuContext> {
@@ -235,22 +235,38 @@ fn bench_matmul(
     inp: usize,
     out: usize,
 ) {
-    let x = ctx.upload("bench matmul x", &vec![0.5f32; rows * inp]);
-    let w = ctx.upload("bench matmul w", &vec![0.25f32; out * inp]);
-    let y = ctx.storage("bench matmul y", (rows * out * 4) as u64);
-    let op = Matmul::linear(rows, inp, out);
-    let bufs = MatmulBuffers {
+    let f32 = Precision::F32;
+    let x = ctx
+        .tensor_from(
+            "bench matmul x",
+            &vec![0.5f32; rows * inp],
+            &[rows, inp],
+            f32,
+        )
+        .expect("x");
+    let w = ctx
+        .tensor_from(
+            "bench matmul w",
+            &vec![0.25f32; out * inp],
+            &[out, inp],
+            f32,
+        )
+        .expect("w");
+    let y = ctx.tensor("bench matmul y", &[rows, out], f32);
+    let wt = w.transpose(0, 1).expect("Wᵀ");
+    let args = MatmulArgs {
         a: &x,
-        b: &w,
+        b: &wt,
         bias: None,
         residual: None,
         out: &y,
     };
+    let (op, _): (Matmul, _) = Matmul::of(&args, MatmulOptions::default()).expect("op");
     for variant in MatmulVariant::ALL {
         if variant == MatmulVariant::K4 && !op.fits_k4() {
             continue;
         }
-        let d = matmul_with(ctx, &op, &bufs, variant).expect("matmul");
+        let d = matmul(ctx, variant, &args, MatmulOptions::default()).expect("matmul");
         let case = KernelCase {
             name: format!("linear {rows}x{inp}->{out} {variant:?}"),
             dispatches: vec![d],

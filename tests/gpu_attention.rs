@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashMap;
 
 use ddim_wgpu::cpu::forward::{attention_block, to_tokens};
+use ddim_wgpu::gpu::choices::Choices;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::attention::{
-    self, attention_block_chunked, AttentionParamsHost, AttentionScratch, AttentionShape,
-    AttentionWeights,
+    self, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
 };
+use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::model::unet::{Attention, GroupNorm, Linear};
 use ddim_wgpu::model::Weights;
 use ddim_wgpu::Tensor;
@@ -135,15 +136,18 @@ fn check_shape(shape: AttentionShape, h: usize, w: usize, seed: u64, chunk: Opti
         let weights =
             AttentionWeights::upload(ctx, &shape, &blk.host(shape.norm.is_some())).unwrap();
         let scratch = AttentionScratch::new(ctx, &shape);
-        let xb = ctx.upload("x", &x_nhwc);
-        let out = ctx.poisoned("out", x_nhwc.len());
-        let d = match chunk {
-            None => attention::attention_block(ctx, &shape, &weights, &scratch, &xb, &out),
-            Some(k) => attention_block_chunked(ctx, &shape, &weights, &scratch, &xb, &out, k),
-        }
-        .expect("building");
+        let dims = [n, h * w, c];
+        let xb = ctx
+            .tensor_from("x", &x_nhwc, &dims, Precision::F32)
+            .unwrap();
+        let out = ctx.poisoned_tensor("out", &dims, Precision::F32);
+        // The context's rule for every variant: subgroup reductions where it uses them.
+        let choices = Choices::fixed(ctx);
+        let io = (&xb, &out);
+        let d = attention::attention_block(ctx, &shape, &weights, &scratch, &choices, io, chunk)
+            .expect("building");
         run_dispatches(ctx, &d, 0).expect("running");
-        let got = ctx.read_f32(&out, x_nhwc.len()).unwrap();
+        let got = ctx.read_tensor(&out).unwrap();
         common::assert_close(
             &format!("{label} on {backend}"),
             &got,
@@ -232,10 +236,13 @@ fn softmax_rows_awkward_lengths_on_both_reduction_paths() {
                 .map(|v| 20.0 * v)
                 .collect();
             let want = softmax_reference(&logits, len);
-            let buf = ctx.upload("scores", &logits);
-            let d = attention::softmax_rows(ctx, rows, len, &buf).expect("building");
+            let buf = ctx
+                .tensor_from("scores", &logits, &[rows, len], Precision::F32)
+                .unwrap();
+            let reduction = Choices::fixed(ctx).softmax(rows, len);
+            let d = attention::softmax_rows(ctx, reduction, &buf).expect("building");
             run_dispatches(ctx, &[d], 0).expect("running");
-            let got = ctx.read_f32(&buf, rows * len).unwrap();
+            let got = ctx.read_tensor(&buf).unwrap();
             common::assert_close(
                 &format!("softmax {rows}x{len} on {path}"),
                 &got,

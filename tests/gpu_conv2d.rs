@@ -6,7 +6,7 @@ mod common;
 use ddim_wgpu::cpu::ops::{self, Padding};
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::conv2d::{conv2d, ConvIo, ConvShape, ConvWeights, Variant};
-use ddim_wgpu::gpu::{GpuContext, Precision};
+use ddim_wgpu::gpu::{GpuContext, Precision, StepTable};
 use ddim_wgpu::Tensor;
 
 struct Case {
@@ -209,30 +209,30 @@ fn run_case_as(
     let r = reference(case, &weight, &bias, seed);
 
     let weights = ConvWeights::upload_as(ctx, "w", &weight, Some(&bias), p).unwrap();
-    let x_a = ctx.upload_as("x_a", &r.x_a, p);
-    let x_b = ctx.upload_as("x_b", &r.x_b, p);
-    // One [B, Cout] slice per step at an aligned stride, like the plan's per-step tables.
-    let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
+    let (b, h, w) = (s.batch, s.src_h, s.src_w);
+    let x_a = ctx.tensor_from("x_a", &r.x_a, &[b, h, w, s.c1], p).unwrap();
+    let x_b = ctx.tensor_from("x_b", &r.x_b, &[b, h, w, s.c2], p).unwrap();
+    // One [B, Cout] block per step at an aligned stride, like the plan's per-step tables.
     let slice = s.batch * s.cout;
-    let stride = (slice * 4).next_multiple_of(align);
-    let mut table = vec![f32::NAN; stride / 4 * (STEPS - 1) + slice];
-    for step in 0..STEPS {
-        table[step * stride / 4..][..slice].copy_from_slice(&r.chan_table[step * slice..][..slice]);
-    }
-    let chan = ctx.upload("chan", &table);
-    let residual = ctx.upload_as("residual", &r.residual, p);
-    let out = ctx.poisoned_as("out", s.out_len(), p);
+    let blocks: Vec<Vec<f32>> = r.chan_table.chunks(slice).map(<[f32]>::to_vec).collect();
+    let chan = StepTable::aligned_from(ctx, "chan", &blocks[..STEPS], s.batch, s.cout).unwrap();
+    let (oh, ow) = s.out_hw().unwrap();
+    let out_dims = [b, oh, ow, s.cout];
+    let residual = ctx
+        .tensor_from("residual", &r.residual, &out_dims, p)
+        .unwrap();
+    let out = ctx.poisoned_tensor("out", &out_dims, p);
     let io = ConvIo {
         x_a: &x_a,
         x_b: (s.c2 > 0).then_some(&x_b),
-        chan_add: case.chan_add.then_some((&chan, stride as u32)),
+        chan_add: case.chan_add.then_some(&chan),
         residual: case.residual.then_some(&residual),
         out: &out,
         out_scale: case.out_scale,
     };
     let d = conv2d(ctx, variant, case.name, s, &weights, &io).unwrap();
     run_dispatches(ctx, &[d], case.step).unwrap();
-    let got = ctx.read_as(&out, s.out_len(), p).unwrap();
+    let got = ctx.read_tensor(&out).unwrap();
     let tol = match p {
         Precision::F32 => common::KERNEL_TOL,
         Precision::F16 => common::F16_KERNEL_TOL,

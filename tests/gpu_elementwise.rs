@@ -7,7 +7,8 @@ mod common;
 use ddim_wgpu::cpu::forward::to_tokens;
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu, Io};
+use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu};
+use ddim_wgpu::gpu::{Precision, StepTable};
 use ddim_wgpu::Tensor;
 
 fn random_nchw(shape: [usize; 4], seed: u64) -> Tensor {
@@ -24,13 +25,17 @@ fn concat_channels_matches_cpu() {
             let a = random_nchw([n, c1, h, w], 10 * i as u64);
             let b = random_nchw([n, c2, h, w], 10 * i as u64 + 1);
             let want = to_tokens(&ops::concat_channels(&a, &b)).data;
-            let ab = ctx.upload("a", &to_tokens(&a).data);
-            let bb = ctx.upload("b", &to_tokens(&b).data);
-            let out = ctx.poisoned("out", want.len());
-            let d = concat_channels(ctx, "concat", n * h * w, (c1, c2), &ab, &bb, &out, Io::F32)
+            let f32 = Precision::F32;
+            let ab = ctx
+                .tensor_from("a", &to_tokens(&a).data, &[n, h, w, c1], f32)
                 .unwrap();
+            let bb = ctx
+                .tensor_from("b", &to_tokens(&b).data, &[n, h, w, c2], f32)
+                .unwrap();
+            let out = ctx.poisoned_tensor("out", &[n, h, w, c1 + c2], f32);
+            let d = concat_channels(ctx, "concat", &ab, &bb, &out).unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
-            let got = ctx.read_f32(&out, want.len()).unwrap();
+            let got = ctx.read_tensor(&out).unwrap();
             common::assert_close(
                 &format!("concat {n}x({c1}+{c2})x{h}x{w} on {backend}"),
                 &got,
@@ -52,11 +57,11 @@ fn affine_matches_cpu() {
         ] {
             let x = common::random(n, n as u64);
             let want: Vec<f32> = x.iter().map(|&v| v * scale + shift).collect();
-            let xb = ctx.upload("x", &x);
-            let out = ctx.poisoned("out", n);
-            let d = affine(ctx, "affine", n, (scale, shift), &xb, &out, Io::F32).unwrap();
+            let xb = ctx.tensor_from("x", &x, &[n], Precision::F32).unwrap();
+            let out = ctx.poisoned_tensor("out", &[n], Precision::F32);
+            let d = affine(ctx, "affine", (scale, shift), &xb, &out).unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
-            let got = ctx.read_f32(&out, n).unwrap();
+            let got = ctx.read_tensor(&out).unwrap();
             common::assert_close(
                 &format!("affine n={n} ({scale}, {shift}) on {backend}"),
                 &got,
@@ -89,27 +94,15 @@ fn scale_shift_silu_matches_cpu() {
     }
     let want = to_tokens(&ops::silu(&shifted)).data;
     common::for_each_backend(|backend, ctx| {
-        let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
-        let stride = (n * 2 * c * 4).next_multiple_of(align);
-        let mut table = vec![f32::NAN; 2 * stride / 4];
-        for (s, block) in steps.iter().enumerate() {
-            table[s * stride / 4..][..block.len()].copy_from_slice(block);
-        }
-        let tb = ctx.upload("table", &table);
-        let yb = ctx.upload("y", &to_tokens(&y).data);
-        let out = ctx.poisoned("out", want.len());
-        let d = scale_shift_silu(
-            ctx,
-            "scale_shift_silu",
-            (n, h * w, c),
-            &yb,
-            (&tb, stride as u32),
-            &out,
-            Io::F32,
-        )
-        .unwrap();
+        let tb = StepTable::aligned_from(ctx, "table", &steps, n, 2 * c).unwrap();
+        let dims = [n, h, w, c];
+        let yb = ctx
+            .tensor_from("y", &to_tokens(&y).data, &dims, Precision::F32)
+            .unwrap();
+        let out = ctx.poisoned_tensor("out", &dims, Precision::F32);
+        let d = scale_shift_silu(ctx, "scale_shift_silu", &yb, &tb, &out).unwrap();
         run_dispatches(ctx, &[d], 1).unwrap();
-        let got = ctx.read_f32(&out, want.len()).unwrap();
+        let got = ctx.read_tensor(&out).unwrap();
         common::assert_close(
             &format!("scale_shift_silu {n}x{c}x{h}x{w} step 1 on {backend}"),
             &got,

@@ -3,8 +3,11 @@
 mod common;
 
 use ddim_wgpu::cpu::ops;
+use ddim_wgpu::gpu::choices::Choices;
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use ddim_wgpu::gpu::kernels::group_norm::{
+    group_norm, GroupNormIo, GroupNormScratch, GroupNormShape,
+};
 use ddim_wgpu::gpu::{GpuContext, Precision};
 use ddim_wgpu::Tensor;
 
@@ -82,13 +85,24 @@ fn prepare_as(case: &Case, seed: u64, precision: Precision) -> Prepared {
 /// Runs `p` with `scratch`: the output, or the error building the dispatches.
 fn run(ctx: &GpuContext, p: &Prepared, scratch: &GroupNormScratch) -> anyhow::Result<Vec<f32>> {
     let e = p.shape.precision;
-    let xb = ctx.upload_as("x", &p.x, e);
-    let gb = ctx.upload("gamma", &p.gamma);
-    let bb = ctx.upload("beta", &p.beta);
-    let yb = ctx.poisoned_as("y", p.x.len(), e);
-    let d = group_norm(ctx, &p.shape, scratch, &xb, &gb, &bb, &yb)?;
+    let s = &p.shape;
+    let dims = [s.batch, s.hw, s.channels];
+    let c = [s.channels];
+    let xb = ctx.tensor_from("x", &p.x, &dims, e)?;
+    let gb = ctx.tensor_from("gamma", &p.gamma, &c, Precision::F32)?;
+    let bb = ctx.tensor_from("beta", &p.beta, &c, Precision::F32)?;
+    let yb = ctx.poisoned_tensor("y", &dims, e);
+    let io = GroupNormIo {
+        x: &xb,
+        gamma: &gb,
+        beta: &bb,
+        y: &yb,
+    };
+    // The context's rule: the subgroup combine where it uses subgroups, else the serial one.
+    let combine = Choices::fixed(ctx).group_norm(s);
+    let d = group_norm(ctx, s, combine, scratch, &io)?;
     run_dispatches(ctx, &d, 0).expect("running");
-    Ok(ctx.read_as(&yb, p.x.len(), e).expect("reading back"))
+    Ok(ctx.read_tensor(&yb).expect("reading back"))
 }
 
 fn check(case: &Case, seed: u64) {

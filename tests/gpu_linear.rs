@@ -5,9 +5,8 @@ mod common;
 
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::linear::{
-    matmul, matmul_with, Matmul, MatmulBuffers, MatmulVariant, Strides,
-};
+use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulArgs, MatmulOptions, MatmulVariant};
+use ddim_wgpu::gpu::{GpuTensor, Precision};
 use ddim_wgpu::Tensor;
 
 #[derive(Clone, Copy)]
@@ -114,29 +113,33 @@ fn linear_matches_cpu_reference() {
             case.rows, case.inp, case.out, case.bias, case.residual, case.silu_in, case.silu_out
         );
         common::for_each_backend(|backend, ctx| {
-            let (xb, wb, bb, rb) = (
-                ctx.upload("x", &x),
-                ctx.upload("w", &w),
-                ctx.upload("b", &b),
-                ctx.upload("r", &r),
-            );
-            let yb = ctx.poisoned("y", want.len());
-            let mut op = Matmul::linear(case.rows, case.inp, case.out);
-            op.silu_in = case.silu_in;
-            op.silu_out = case.silu_out;
-            let bufs = MatmulBuffers {
+            let f32 = Precision::F32;
+            let (rows, inp, out) = (case.rows, case.inp, case.out);
+            let xb = ctx.tensor_from("x", &x, &[rows, inp], f32).unwrap();
+            let wb = ctx.tensor_from("w", &w, &[out, inp], f32).unwrap();
+            let bb = ctx.tensor_from("b", &b, &[out], f32).unwrap();
+            let rb = ctx.tensor_from("r", &r, &[rows, out], f32).unwrap();
+            let wt = wb.transpose(0, 1).unwrap();
+            let opts = MatmulOptions {
+                silu_in: case.silu_in,
+                silu_out: case.silu_out,
+                ..Default::default()
+            };
+            let yb = ctx.poisoned_tensor("y", &[rows, out], f32);
+            let args = MatmulArgs {
                 a: &xb,
-                b: &wb,
+                b: &wt,
                 bias: case.bias.then_some(&bb),
                 residual: case.residual.then_some(&rb),
                 out: &yb,
             };
+            let (op, _) = Matmul::of(&args, opts).unwrap();
             for variant in variants(&op) {
-                let yb = ctx.poisoned("y", want.len());
-                let bufs = MatmulBuffers { out: &yb, ..bufs };
-                let d = matmul_with(ctx, &op, &bufs, variant).expect("building");
+                let yb = ctx.poisoned_tensor("y", &[rows, out], f32);
+                let args = MatmulArgs { out: &yb, ..args };
+                let d = matmul(ctx, variant, &args, opts).expect("building");
                 run_dispatches(ctx, &[d], 0).expect("running");
-                let got = ctx.read_f32(&yb, want.len()).unwrap();
+                let got = ctx.read_tensor(&yb).unwrap();
                 let what = format!("{label} {variant:?} on {backend}");
                 let rel = common::assert_close(&what, &got, &want, common::KERNEL_TOL);
                 eprintln!("{what}: rel L2 {rel:.2e}");
@@ -171,55 +174,39 @@ fn batched_strided_product_matches_loops() {
             }
         }
     }
-    let op = Matmul {
-        m,
-        n,
-        k,
-        batch: outer * inner,
-        inner_count: inner,
-        a: Strides {
-            offset: a_off,
-            row: inner * k,
-            col: 1,
-            outer: m * inner * k,
-            inner: k,
-        },
-        b: Strides {
-            offset: 0,
-            row: 1,
-            col: k,
-            outer: inner * n * k,
-            inner: n * k,
-        },
-        c: Strides {
-            offset: 0,
-            row: n,
-            col: 1,
-            outer: inner * m * n,
-            inner: m * n,
-        },
-        alpha,
-        out_scale: 1.0,
-        silu_in: false,
-        silu_out: false,
-        bias_per_row: false,
-    };
     common::for_each_backend(|backend, ctx| {
+        let f32 = Precision::F32;
         let (ab, bb) = (ctx.upload("a", &a), ctx.upload("b", &b));
-        let cb = ctx.poisoned("c", c_len);
-        let bufs = MatmulBuffers {
-            a: &ab,
-            b: &bb,
-            bias: None,
-            residual: None,
-            out: &cb,
+        let a_view = [outer, inner, m, k];
+        let av = GpuTensor::strided(&ab, a_off, &a_view, &[m * inner * k, k, inner * k, 1], f32);
+        let bv = GpuTensor::strided(
+            &bb,
+            0,
+            &[outer, inner, k, n],
+            &[inner * n * k, n * k, 1, k],
+            f32,
+        );
+        let (av, bv) = (av.unwrap(), bv.unwrap());
+        let opts = MatmulOptions {
+            alpha,
+            ..Default::default()
         };
-        for variant in variants(&op) {
-            let cb = ctx.poisoned("c", c_len);
-            let bufs = MatmulBuffers { out: &cb, ..bufs };
-            let d = matmul_with(ctx, &op, &bufs, variant).unwrap();
+        for variant in MatmulVariant::ALL {
+            let cb = ctx.poisoned_tensor("c", &[outer, inner, m, n], f32);
+            let args = MatmulArgs {
+                a: &av,
+                b: &bv,
+                bias: None,
+                residual: None,
+                out: &cb,
+            };
+            let (op, _) = Matmul::of(&args, opts).unwrap();
+            if !variants(&op).contains(&variant) {
+                continue;
+            }
+            let d = matmul(ctx, variant, &args, opts).unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
-            let got = ctx.read_f32(&cb, c_len).unwrap();
+            let got = ctx.read_tensor(&cb).unwrap();
             let what = format!("batched strided product {variant:?} on {backend}");
             common::assert_close(&what, &got, &want, common::KERNEL_TOL);
         }
@@ -227,22 +214,27 @@ fn batched_strided_product_matches_loops() {
 }
 
 #[test]
-fn mismatched_buffers_are_errors() {
+fn undersized_buffers_and_mismatched_shapes_are_errors() {
     common::for_each_backend(|_, ctx| {
         let small = ctx.upload("small", &[0.0f32; 4]);
-        let out = ctx.poisoned("out", 100);
-        let op = Matmul::linear(10, 10, 10);
-        let bufs = MatmulBuffers {
-            a: &small,
-            b: &small,
+        let err = GpuTensor::new(&small, &[10, 10], Precision::F32)
+            .err()
+            .expect("a 10x10 view of 16 bytes must fail");
+        assert!(format!("{err:#}").contains("needs 400 bytes"), "{err:#}");
+        let a = ctx.tensor("a", &[10, 7], Precision::F32);
+        let b = ctx.tensor("b", &[10, 10], Precision::F32);
+        let out = ctx.tensor("out", &[10, 10], Precision::F32);
+        let args = MatmulArgs {
+            a: &a,
+            b: &b,
             bias: None,
             residual: None,
             out: &out,
         };
-        let err = matmul(ctx, &op, &bufs)
+        let err = matmul(ctx, MatmulVariant::Strided, &args, MatmulOptions::default())
             .err()
-            .expect("undersized A must fail");
-        assert!(format!("{err:#}").contains("A holds"), "{err:#}");
+            .expect("A [10, 7] · B [10, 10] must fail");
+        assert!(format!("{err:#}").contains("does not give out"), "{err:#}");
     });
 }
 
@@ -310,7 +302,7 @@ fn time_embedding_tables_match_cpu() {
                 common::KERNEL_TOL,
             ));
             assert_eq!(
-                t.stride_bytes % ctx.limits.min_storage_buffer_offset_alignment,
+                t.stride_bytes() % ctx.limits.min_storage_buffer_offset_alignment,
                 0
             );
         }
@@ -340,58 +332,33 @@ fn bias_per_row_matches_loops() {
             }
         }
     }
-    let op = Matmul {
-        m,
-        n,
-        k,
-        batch: images,
-        inner_count: 1,
-        a: Strides {
-            offset: 0,
-            row: k,
-            col: 1,
-            outer: 0,
-            inner: 0,
-        },
-        b: Strides {
-            offset: 0,
-            row: 1,
-            col: k,
-            outer: n * k,
-            inner: 0,
-        },
-        c: Strides {
-            offset: 0,
-            row: n,
-            col: 1,
-            outer: m * n,
-            inner: 0,
-        },
-        alpha: 1.0,
-        out_scale: 1.0,
-        silu_in: false,
-        silu_out: false,
-        bias_per_row: true,
-    };
-    assert!(op.fits_k4());
     common::for_each_backend(|backend, ctx| {
-        let (wb, xb, bb) = (
-            ctx.upload("w", &w),
-            ctx.upload("x", &x),
-            ctx.upload("bias", &bias),
-        );
-        for variant in variants(&op) {
-            let out = ctx.poisoned("out", want.len());
-            let bufs = MatmulBuffers {
+        let f32 = Precision::F32;
+        let wb = ctx.tensor_from("w", &w, &[m, k], f32).unwrap();
+        let xb = ctx.tensor_from("x", &x, &[images, n, k], f32).unwrap();
+        let bb = ctx.tensor_from("bias", &bias, &[m], f32).unwrap();
+        let xt = xb.transpose(1, 2).unwrap();
+        let opts = MatmulOptions {
+            bias_per_row: true,
+            ..Default::default()
+        };
+        for variant in MatmulVariant::ALL {
+            let out = ctx.poisoned_tensor("out", &[images, m, n], f32);
+            let args = MatmulArgs {
                 a: &wb,
-                b: &xb,
+                b: &xt,
                 bias: Some(&bb),
                 residual: None,
                 out: &out,
             };
-            let d = matmul_with(ctx, &op, &bufs, variant).unwrap();
+            let (op, _) = Matmul::of(&args, opts).unwrap();
+            assert!(op.fits_k4());
+            if !variants(&op).contains(&variant) {
+                continue;
+            }
+            let d = matmul(ctx, variant, &args, opts).unwrap();
             run_dispatches(ctx, &[d], 0).unwrap();
-            let got = ctx.read_f32(&out, want.len()).unwrap();
+            let got = ctx.read_tensor(&out).unwrap();
             common::assert_close(
                 &format!("bias per row {variant:?} on {backend}"),
                 &got,

@@ -6,10 +6,11 @@ mod common;
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::kernel::Dispatch;
 use ddim_wgpu::gpu::kernels::ddim_step::ddim_rows;
-use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulBuffers};
+use ddim_wgpu::gpu::kernels::linear::{matmul_fixed, MatmulArgs, MatmulOptions};
 use ddim_wgpu::gpu::plan::StepForward;
 use ddim_wgpu::gpu::sampler::{sample, DdimSpec, SampleSpec};
 use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::rng::TorchRng;
 use ddim_wgpu::schedule::{ddim_step, ddim_table, SchedulerConfig, X0Limit};
 use ddim_wgpu::tensor::max_abs_diff;
@@ -53,28 +54,26 @@ fn toy_cpu(x: &Tensor, w: &Tensor, b: &[f32]) -> Tensor {
 }
 
 fn toy_gpu(ctx: &GpuContext, pixels: usize, c: usize, w: &[f32], b: &[f32]) -> ToyForward {
-    let input = ctx.poisoned("toy input", pixels * c);
-    let output = ctx.poisoned("toy output", pixels * c);
-    let (wb, bb) = (ctx.upload("toy w", w), ctx.upload("toy b", b));
-    let op = Matmul {
-        silu_out: true,
-        ..Matmul::linear(pixels, c, c)
+    let f32 = Precision::F32;
+    let input = ctx.poisoned_tensor("toy input", &[pixels, c], f32);
+    let output = ctx.poisoned_tensor("toy output", &[pixels, c], f32);
+    let wb = ctx.tensor_from("toy w", w, &[c, c], f32).unwrap();
+    let bb = ctx.tensor_from("toy b", b, &[c], f32).unwrap();
+    let args = MatmulArgs {
+        a: &input,
+        b: &wb.transpose(0, 1).unwrap(),
+        bias: Some(&bb),
+        residual: None,
+        out: &output,
     };
-    let d = matmul(
-        ctx,
-        &op,
-        &MatmulBuffers {
-            a: &input,
-            b: &wb,
-            bias: Some(&bb),
-            residual: None,
-            out: &output,
-        },
-    )
-    .unwrap();
+    let opts = MatmulOptions {
+        silu_out: true,
+        ..Default::default()
+    };
+    let d = matmul_fixed(ctx, &args, opts).unwrap();
     ToyForward {
-        input,
-        output,
+        input: input.buffer().clone(),
+        output: output.buffer().clone(),
         dispatches: vec![d],
     }
 }

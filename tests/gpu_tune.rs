@@ -199,3 +199,62 @@ fn cached_entries_that_do_not_apply_or_belong_to_another_adapter_are_not_trusted
         assert_eq!(second.measured(), n, "{backend}: {:?}", second.choices);
     }
 }
+
+/// Validate, then time: a deliberately wrong conv candidate (the fixed variant's dispatch cut to
+/// one workgroup: the fastest of all, and most outputs never written) is injected into every
+/// conv shape's candidates. Validation against the fixed variant's output must reject it with a
+/// warning that names it, never choose it (the forward still matches the CPU reference), and
+/// cache the rejection so that the next run neither tries nor chooses it.
+#[test]
+fn an_injected_wrong_variant_is_rejected_and_never_chosen() {
+    for backend in common::backends() {
+        let _guard = common::gpu_lock();
+        if common::context(backend).is_none() {
+            continue;
+        }
+        let cache = cache_path("faulty", backend);
+        let faulty = |mode| {
+            common::open_with(backend, |c| {
+                c.kernels = KernelChoice {
+                    inject_faulty_conv: true,
+                    ..KernelChoice::default()
+                };
+                c.tune = mode;
+                c.tune_cache = Some(cache.to_path_buf());
+            })
+            .expect("the backend opened once already")
+        };
+        let first = forward_checked(
+            &faulty(TuneMode::Force),
+            &format!("{backend} forward with a faulty candidate vs CPU"),
+        );
+        let convs: Vec<_> = first
+            .choices
+            .iter()
+            .filter(|c| c.kernel == "conv2d")
+            .collect();
+        assert!(!convs.is_empty(), "{backend}: no conv shape: {:?}", first.choices);
+        for c in &convs {
+            assert_eq!(c.source, Source::Measured, "{backend}: {c:?}");
+            assert_ne!(c.variant, "faulty", "{backend}: chose the faulty variant: {c:?}");
+            assert!(
+                c.rejected.iter().any(|r| r.variant == "faulty"),
+                "{backend}: the faulty variant was not rejected: {c:?}"
+            );
+            assert!(
+                c.candidates.iter().all(|k| k.variant != "faulty"),
+                "{backend}: the faulty variant was timed: {c:?}"
+            );
+        }
+        let again = forward_checked(
+            &faulty(TuneMode::Auto),
+            &format!("{backend} forward from a cache with a rejection vs CPU"),
+        );
+        assert_eq!(again.measured(), 0, "{backend}: {:?}", again.choices);
+        for c in again.choices.iter().filter(|c| c.kernel == "conv2d") {
+            assert_eq!(c.source, Source::Cache, "{c:?}");
+            assert_ne!(c.variant, "faulty");
+            assert!(c.rejected.iter().any(|r| r.variant == "faulty"), "{c:?}");
+        }
+    }
+}

@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::run::CpuTime;
 use super::{gflops, Summary};
 use ddim_wgpu::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
-use ddim_wgpu::gpu::kernels::linear::{matmul_with, Matmul, MatmulBuffers, MatmulVariant};
+use ddim_wgpu::gpu::kernels::linear::{matmul, MatmulArgs, MatmulOptions, MatmulVariant};
 use ddim_wgpu::gpu::profile::Profiler;
-use ddim_wgpu::gpu::{Dispatch, GpuContext};
+use ddim_wgpu::gpu::{Dispatch, GpuContext, GpuTensor, Precision};
 use ddim_wgpu::model::unet::Padding;
 use ddim_wgpu::Tensor;
 
@@ -96,7 +96,7 @@ pub struct GemmRow {
 /// Device buffers and the dispatch of one GEMM; kept alive while timed.
 pub struct GemmCase {
     pub dispatch: Dispatch,
-    _buffers: Vec<wgpu::Buffer>,
+    _buffers: Vec<GpuTensor>,
     _weights: Option<ConvWeights>,
 }
 
@@ -115,8 +115,9 @@ fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
 /// Builds the dispatch computing a GEMM of `size` with `kernel`.
 pub fn build(ctx: &GpuContext, kernel: GemmKernel, size: GemmSize) -> Result<GemmCase> {
     let GemmSize { m, n, k } = size;
-    let a = ctx.upload("gemm A", &pseudo_random(m * k, 1));
-    let out = ctx.storage("gemm out", (m * n * 4) as u64);
+    let f32 = Precision::F32;
+    let a = ctx.tensor_from("gemm A", &pseudo_random(m * k, 1), &[1, 1, m, k], f32)?;
+    let out = ctx.tensor("gemm out", &[1, 1, m, n], f32);
     match kernel {
         GemmKernel::Conv1x1(variant) => {
             let w = Tensor::new(vec![n, k, 1, 1], pseudo_random(n * k, 2))?;
@@ -150,19 +151,19 @@ pub fn build(ctx: &GpuContext, kernel: GemmKernel, size: GemmSize) -> Result<Gem
             })
         }
         GemmKernel::Matmul(variant) => {
-            let b = ctx.upload("gemm B", &pseudo_random(n * k, 2));
-            let op = Matmul::linear(m, k, n);
-            let bufs = MatmulBuffers {
+            // B = Wᵀ of a torch-layout [n, k] weight, as linear layers read it.
+            let w = ctx.tensor_from("gemm B", &pseudo_random(n * k, 2), &[n, k], f32)?;
+            let args = MatmulArgs {
                 a: &a,
-                b: &b,
+                b: &w.transpose(0, 1)?,
                 bias: None,
                 residual: None,
                 out: &out,
             };
-            let dispatch = matmul_with(ctx, &op, &bufs, variant)?;
+            let dispatch = matmul(ctx, variant, &args, MatmulOptions::default())?;
             Ok(GemmCase {
                 dispatch,
-                _buffers: vec![a, b, out],
+                _buffers: vec![a, w, out],
                 _weights: None,
             })
         }

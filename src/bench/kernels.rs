@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::report::KernelRow;
 use super::{gbps, gflops, Summary};
+use ddim_wgpu::gpu::choices::Choices;
 use ddim_wgpu::gpu::kernels::attention::{
     attention_block, AttentionParamsHost, AttentionScratch, AttentionShape, AttentionWeights,
 };
@@ -14,9 +15,11 @@ use ddim_wgpu::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
 use ddim_wgpu::gpu::kernels::ddim_step::{
     ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
-use ddim_wgpu::gpu::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use ddim_wgpu::gpu::kernels::group_norm::{
+    group_norm, GroupNormIo, GroupNormScratch, GroupNormShape,
+};
 use ddim_wgpu::gpu::profile::Profiler;
-use ddim_wgpu::gpu::{Dispatch, GpuContext};
+use ddim_wgpu::gpu::{Dispatch, GpuContext, Precision};
 use ddim_wgpu::model::unet::Op;
 use ddim_wgpu::model::unet::Padding;
 use ddim_wgpu::model::UNet;
@@ -76,17 +79,28 @@ pub fn conv_case(
     name: &str,
     shape: &ConvShape,
 ) -> Result<KernelCase> {
-    let src = shape.batch * shape.src_h * shape.src_w;
-    let x_a = ctx.upload("bench conv x_a", &pseudo_random(src * shape.c1, 1));
-    let x_b =
-        (shape.c2 > 0).then(|| ctx.upload("bench conv x_b", &pseudo_random(src * shape.c2, 2)));
+    let (b, h, w) = (shape.batch, shape.src_h, shape.src_w);
+    let input = |label: &str, c: usize, seed| {
+        ctx.tensor_from(
+            label,
+            &pseudo_random(b * h * w * c, seed),
+            &[b, h, w, c],
+            Precision::F32,
+        )
+    };
+    let x_a = input("bench conv x_a", shape.c1, 1)?;
+    let x_b = match shape.c2 {
+        0 => None,
+        c2 => Some(input("bench conv x_b", c2, 2)?),
+    };
     let w = Tensor::new(
         vec![shape.cout, shape.cin(), shape.kh, shape.kw],
         pseudo_random(shape.cout * shape.k(), 3),
     )?;
     let bias = pseudo_random(shape.cout, 4);
     let weights = ConvWeights::upload(ctx, name, &w, Some(&bias))?;
-    let out = ctx.storage("bench conv out", (shape.out_len() * 4) as u64);
+    let (oh, ow) = shape.out_hw()?;
+    let out = ctx.tensor("bench conv out", &[b, oh, ow, shape.cout], Precision::F32);
     let io = ConvIo {
         x_a: &x_a,
         x_b: x_b.as_ref(),
@@ -105,12 +119,22 @@ pub fn conv_case(
 /// Group norm (+ SiLU when `shape.silu`) with random input.
 pub fn group_norm_case(ctx: &GpuContext, shape: &GroupNormShape) -> Result<KernelCase> {
     let n = shape.numel();
-    let x = ctx.upload("bench gn x", &pseudo_random(n, 5));
-    let gamma = ctx.upload("bench gn gamma", &vec![1.0f32; shape.channels]);
-    let beta = ctx.upload("bench gn beta", &vec![0.0f32; shape.channels]);
-    let y = ctx.storage("bench gn y", (n * 4) as u64);
+    let dims = [shape.batch, shape.hw, shape.channels];
+    let f32 = Precision::F32;
+    let x = ctx.tensor_from("bench gn x", &pseudo_random(n, 5), &dims, f32)?;
+    let c = [shape.channels];
+    let gamma = ctx.tensor_from("bench gn gamma", &vec![1.0f32; c[0]], &c, f32)?;
+    let beta = ctx.tensor_from("bench gn beta", &vec![0.0f32; c[0]], &c, f32)?;
+    let y = ctx.tensor("bench gn y", &dims, f32);
     let scratch = GroupNormScratch::new(ctx, &[*shape]);
-    let dispatches = group_norm(ctx, shape, &scratch, &x, &gamma, &beta, &y)?;
+    let io = GroupNormIo {
+        x: &x,
+        gamma: &gamma,
+        beta: &beta,
+        y: &y,
+    };
+    let combine = Choices::fixed(ctx).group_norm(shape);
+    let dispatches = group_norm(ctx, shape, combine, &scratch, &io)?;
     Ok(KernelCase {
         name: format!(
             "group_norm{} B{} {}px {}ch",
@@ -126,14 +150,14 @@ pub fn group_norm_case(ctx: &GpuContext, shape: &GroupNormShape) -> Result<Kerne
 /// A whole attention block with random weights.
 pub fn attention_case(ctx: &GpuContext, shape: &AttentionShape) -> Result<KernelCase> {
     let (c, d) = (shape.channels, shape.inner());
-    let x = ctx.upload(
+    let dims = [shape.batch, shape.tokens, c];
+    let x = ctx.tensor_from(
         "bench attention x",
         &pseudo_random(shape.batch * shape.tokens * c, 6),
-    );
-    let out = ctx.storage(
-        "bench attention out",
-        (shape.batch * shape.tokens * c * 4) as u64,
-    );
+        &dims,
+        Precision::F32,
+    )?;
+    let out = ctx.tensor("bench attention out", &dims, Precision::F32);
     let norm_len = if shape.norm.is_some() { c } else { 0 };
     let scale = 1.0 / (c as f32).sqrt();
     let wq: Vec<f32> = pseudo_random(d * c, 7).iter().map(|v| v * scale).collect();
@@ -157,7 +181,8 @@ pub fn attention_case(ctx: &GpuContext, shape: &AttentionShape) -> Result<Kernel
     };
     let weights = AttentionWeights::upload(ctx, shape, &host)?;
     let scratch = AttentionScratch::new(ctx, shape);
-    let dispatches = attention_block(ctx, shape, &weights, &scratch, &x, &out)?;
+    let choices = Choices::fixed(ctx);
+    let dispatches = attention_block(ctx, shape, &weights, &scratch, &choices, (&x, &out), None)?;
     Ok(KernelCase {
         name: format!(
             "attention B{} {} tokens {}ch {} head(s)",

@@ -10,6 +10,7 @@ use super::kernels::{self, CaseResult};
 use super::memory::{self, MemoryReport};
 use super::report::{AdapterReport, BuildInfo, HostInfo, SCHEMA};
 use super::run::{self, Repeats, RunResult};
+use ddim_wgpu::gpu::choices::{FixedRule, Job};
 use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
@@ -18,6 +19,7 @@ use ddim_wgpu::gpu::precision::Precision;
 use ddim_wgpu::gpu::profile::{Profiler, TimingSource};
 use ddim_wgpu::gpu::sampler::{batch_capacity, RunUpdate};
 use ddim_wgpu::gpu::tune::Choice;
+use ddim_wgpu::gpu::tuning;
 use ddim_wgpu::gpu::weights::attention_shape;
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::model::unet::Op;
@@ -309,7 +311,11 @@ fn kernel_section(
     }
     for mc in kernels::model_convs(&pipe.unet, o.batch) {
         let s = &mc.shape;
-        let variant = Variant::for_shape(ctx, s, ctx.precision)?;
+        let job = Job::Conv {
+            shape: *s,
+            precision: ctx.precision,
+        };
+        let variant = tuning::decide(ctx, FixedRule::of(ctx), &[job])?.conv(s, ctx.precision);
         let name = format!(
             "conv {}x{} {}{}->{} {}x{}{}{} x{} ({}, {})",
             s.kh,

@@ -170,6 +170,7 @@ pub fn tune_cache_from_env() -> Option<PathBuf> {
 pub fn kernel_choice_from_env() -> Result<KernelChoice> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     Ok(KernelChoice {
+        inject_faulty_conv: false,
         conv: var("DDIM_CONV_VARIANT")
             .map(|v| ConvVariant::parse(&v).context("DDIM_CONV_VARIANT"))
             .transpose()?,

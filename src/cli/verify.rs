@@ -125,7 +125,7 @@ fn gpu_forward_layers(
     let mut layers = plan.read_layers(ctx)?;
     let (dispatches, emb) = time_embedding(ctx, &unet.time, weights, &steps)?;
     run_dispatches(ctx, &dispatches, 0)?;
-    let emb = Tensor::new(vec![timesteps.len(), emb.width], emb.read(ctx)?.concat())?;
+    let emb = Tensor::new(vec![timesteps.len(), emb.width()], emb.read(ctx)?.concat())?;
     layers.insert(0, ("time_embedding".to_string(), emb));
     Ok(layers)
 }

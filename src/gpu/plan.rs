@@ -3,11 +3,14 @@
 //!
 //! * Weights come uploaded ([`GpuWeights`], once per model and device) and are shared by every
 //!   plan built over them.
-//! * Activations are NHWC buffers shared by values whose lifetimes do not overlap: a value
-//!   lives until its last reader is recorded (skip connections until concatenated). The plan
-//!   is built once as a dry run that records the lifetimes, and again on their packing
-//!   ([`super::pool`]). wgpu orders the dispatches of a pass, so reuse needs no extra
-//!   synchronisation.
+//! * Activations are NHWC tensors from a pool ([`super::pool`]) whose buffers are shared by
+//!   values whose lifetimes do not overlap. A value lives until its last handle is dropped: the
+//!   builder moves each value into the op that reads it last (and clones it where a later op
+//!   reads it too, like a skip connection), so lifetimes follow from the op list. The plan is
+//!   built once as a dry run that records the lifetimes and the (kernel, shape) pairs it needs
+//!   variants for; the tuning pass ([`super::tuning`]) chooses those, and the plan is built
+//!   again on the packed buffers with the choices as values. wgpu orders the dispatches of a
+//!   pass, so buffer reuse needs no extra synchronisation.
 //! * Everything that depends only on the timestep (time embedding, every resnet's projection)
 //!   is computed for all steps when the plan is built, into tables the convolutions read at a
 //!   dynamic offset: dispatches and bind groups are recorded once and replayed per step.
@@ -18,16 +21,18 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::choices::{Choices, FixedRule};
 use super::context::run_dispatches;
 use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
-use super::kernels::elementwise::{self, Io};
-use super::kernels::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
+use super::kernels::elementwise;
+use super::kernels::group_norm::{group_norm, GroupNormIo, GroupNormScratch, GroupNormShape};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::memory::Footprint;
-use super::pool::Pool;
+use super::pool::{Act, Pool};
 use super::precision::Precision;
+use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
 use crate::model::unet::{
@@ -48,18 +53,21 @@ pub trait StepForward {
     fn dispatches(&self) -> &[Dispatch];
 }
 
-/// An activation: a pooled buffer holding `batch × h × w × c` NHWC values.
-#[derive(Clone, Copy, Debug)]
-struct Act {
-    id: usize,
-    shape: Shape,
-}
-
-/// The current activation: one buffer, or a pending skip concatenation (h first).
-#[derive(Clone, Copy, Debug)]
+/// The current value: one activation, or a pending skip concatenation (h first).
+#[derive(Clone)]
 enum Cur {
     One(Act),
     Pair(Act, Act),
+}
+
+/// An activation's per-image shape.
+fn shape(a: &Act) -> Shape {
+    let d = a.shape();
+    Shape {
+        h: d[1],
+        w: d[2],
+        c: d[3],
+    }
 }
 
 /// Options for building a plan.
@@ -79,11 +87,12 @@ pub struct UNetPlan {
     pub precision: Precision,
     pub input_shape: Shape,
     pub output_shape: Shape,
-    input: wgpu::Buffer,
+    /// f32 NHWC, held for the plan's life (the sampler writes it before each step).
+    input: Act,
     output: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
-    /// (layer name, buffer, per-image shape) when built with `keep_layer_outputs`.
-    layer_outputs: Vec<(String, usize, Shape)>,
+    /// Every layer's output, held for the plan's life, when built with `keep_layer_outputs`.
+    layer_outputs: Vec<(String, Act)>,
     pool: Pool,
     /// Useful FLOPs of one forward (all dispatches).
     pub flops: u64,
@@ -177,9 +186,8 @@ impl Epilogue<'_> {
 struct Builder<'a> {
     ctx: &'a GpuContext,
     weights: &'a GpuWeights,
+    choices: &'a Choices,
     batch: usize,
-    /// The conv variant forced by the plan's options; None: per shape ([`Variant::for_shape`]).
-    forced_conv: Option<Variant>,
     pool: Pool,
     dispatches: Vec<Dispatch>,
     norm_scratch: GroupNormScratch,
@@ -190,27 +198,13 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn buf(&self, a: Act) -> &wgpu::Buffer {
-        self.pool.buf(a.id)
+    fn new_act(&mut self, label: &str, s: Shape) -> Act {
+        self.pool
+            .alloc(self.ctx, label, &[self.batch, s.h, s.w, s.c])
     }
 
-    fn new_act(&mut self, label: &str, shape: Shape) -> Act {
-        let id = self.pool.alloc(self.ctx, label, self.batch * shape.numel());
-        Act { id, shape }
-    }
-
-    fn release_cur(&mut self, cur: Cur) {
-        match cur {
-            Cur::One(a) => self.pool.release(a.id),
-            Cur::Pair(a, b) => {
-                self.pool.release(a.id);
-                self.pool.release(b.id);
-            }
-        }
-    }
-
-    /// A convolution reading `x` (one buffer, or a pair concatenated by the loader), with the
-    /// nearest 2× upsample folded into its loader when `upsample`.
+    /// A convolution reading `x` (one activation, or a pair concatenated by the loader), with
+    /// the nearest 2× upsample folded into its loader when `upsample`.
     fn conv(
         &mut self,
         name: &str,
@@ -219,21 +213,17 @@ impl Builder<'_> {
         upsample: bool,
         epilogue: Epilogue<'_>,
     ) -> Result<Act> {
-        let Epilogue {
-            chan_add,
-            residual,
-            out_scale,
-        } = epilogue;
-        let (a, b) = match x {
+        let (a, b) = match &x {
             Cur::One(a) => (a, None),
             Cur::Pair(a, b) => (a, Some(b)),
         };
-        let shape = ConvShape {
+        let (sa, sb) = (shape(a), b.map(shape));
+        let cs = ConvShape {
             batch: self.batch,
-            src_h: a.shape.h,
-            src_w: a.shape.w,
-            c1: a.shape.c,
-            c2: b.map_or(0, |b| b.shape.c),
+            src_h: sa.h,
+            src_w: sa.w,
+            c1: sa.c,
+            c2: sb.map_or(0, |s| s.c),
             cout: conv.out_channels,
             kh: conv.kernel,
             kw: conv.kernel,
@@ -241,96 +231,67 @@ impl Builder<'_> {
             pad: conv.padding,
             upsample,
         };
-        let weights = self.weights;
-        let w = weights.conv_weights(conv)?;
-        let (oh, ow) = shape.out_hw()?;
+        let w = self.weights.conv_weights(conv)?;
+        let (h, wd) = cs.out_hw()?;
         let out = self.new_act(
             name,
             Shape {
                 c: conv.out_channels,
-                h: oh,
-                w: ow,
+                h,
+                w: wd,
             },
         );
         let io = ConvIo {
-            x_a: self.buf(a),
-            x_b: b.map(|b| self.buf(b)),
-            chan_add: chan_add.map(|t| (&t.buffer, t.stride_bytes)),
-            residual: residual.map(|r| self.buf(r)),
-            out: self.buf(out),
-            out_scale,
+            x_a: a,
+            x_b: b.map(|b| &b.tensor),
+            chan_add: epilogue.chan_add,
+            residual: epilogue.residual.as_ref().map(|r| &r.tensor),
+            out: &out,
+            out_scale: epilogue.out_scale,
         };
-        let variant = match self.forced_conv {
-            Some(v) => v,
-            None => Variant::for_shape(self.ctx, &shape, w.precision)
-                .with_context(|| format!("{name}: choosing the conv2d variant"))?,
-        };
-        let d = conv2d(self.ctx, variant, name, &shape, w, &io)
+        let variant = self.choices.conv(&cs, w.precision);
+        let d = conv2d(self.ctx, variant, name, &cs, w, &io)
             .with_context(|| format!("{name}: conv2d"))?;
         self.dispatches.push(d);
         Ok(out)
     }
 
-    fn norm_shape(&self, norm: &GroupNorm, shape: Shape, silu: bool) -> GroupNormShape {
-        GroupNormShape {
-            batch: self.batch,
-            hw: shape.h * shape.w,
-            channels: norm.channels,
-            groups: norm.groups,
-            eps: norm.eps,
-            silu,
-            precision: self.weights.precision,
-        }
-    }
-
     fn group_norm(&mut self, name: &str, norm: &GroupNorm, x: Act, silu: bool) -> Result<Act> {
         ensure!(
-            norm.channels == x.shape.c,
+            norm.channels == shape(&x).c,
             "{name}: norm over {} channels, activation has {}",
             norm.channels,
-            x.shape.c
+            shape(&x).c
         );
-        let weights = self.weights;
-        let (gamma, beta) = (weights.buffer(&norm.weight)?, weights.buffer(&norm.bias)?);
-        let shape = self.norm_shape(norm, x.shape, silu);
-        let out = self.new_act(name, x.shape);
-        let ds = group_norm(
-            self.ctx,
-            &shape,
-            &self.norm_scratch,
-            self.buf(x),
-            gamma,
-            beta,
-            self.buf(out),
-        )
-        .with_context(|| format!("{name}: group norm"))?;
+        let ns = GroupNormShape::of(&x, norm.groups, norm.eps, silu)?;
+        let out = self.new_act(name, shape(&x));
+        let io = GroupNormIo {
+            x: &x,
+            gamma: self.weights.tensor(&norm.weight)?,
+            beta: self.weights.tensor(&norm.bias)?,
+            y: &out,
+        };
+        let combine = self.choices.group_norm(&ns);
+        let ds = group_norm(self.ctx, &ns, combine, &self.norm_scratch, &io)
+            .with_context(|| format!("{name}: group norm"))?;
         self.dispatches.extend(ds);
         Ok(out)
     }
 
-    /// The single buffer a group norm or residual needs: a pair is concatenated here.
+    /// The single activation a group norm or residual needs: a pair is concatenated here.
     fn materialise(&mut self, name: &str, x: Cur) -> Result<Act> {
         match x {
-            Cur::One(a) => {
-                self.pool.retain(a.id);
-                Ok(a)
-            }
+            Cur::One(a) => Ok(a),
             Cur::Pair(a, b) => {
-                let shape = Shape {
-                    c: a.shape.c + b.shape.c,
-                    ..a.shape
-                };
-                let out = self.new_act(name, shape);
-                let d = elementwise::concat_channels(
-                    self.ctx,
+                let (sa, sb) = (shape(&a), shape(&b));
+                let out = self.new_act(
                     name,
-                    self.batch * a.shape.h * a.shape.w,
-                    (a.shape.c, b.shape.c),
-                    self.buf(a),
-                    self.buf(b),
-                    self.buf(out),
-                    Io::same(self.weights.precision),
-                )?;
+                    Shape {
+                        c: sa.c + sb.c,
+                        ..sa
+                    },
+                );
+                let d = elementwise::concat_channels(self.ctx, name, &a, &b, &out)?;
                 self.dispatches.push(d);
                 Ok(out)
             }
@@ -342,102 +303,83 @@ impl Builder<'_> {
             .with_context(|| format!("{name}: time_emb_proj"))?;
         self.prelude.push(proj);
 
-        let xs = self.materialise(&format!("{name}.concat"), x)?;
-        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, xs, true)?;
+        // With a shortcut conv, it reads x (a pair directly); without, x itself is the residual.
+        let xs = self.materialise(&format!("{name}.concat"), x.clone())?;
+        let (norm_in, identity) = match r.shortcut {
+            Some(_) => (xs, None),
+            None => (xs.clone(), Some(xs)),
+        };
+        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true)?;
         let n2 = if r.scale_shift {
-            let h1 = self.conv(
-                &format!("{name}.conv1"),
-                &r.conv1,
-                Cur::One(n1),
-                false,
-                Epilogue::NONE,
-            )?;
-            self.pool.release(n1.id);
+            let conv1 = format!("{name}.conv1");
+            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), false, Epilogue::NONE)?;
             let g = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, false)?;
-            self.pool.release(h1.id);
-            let out = self.new_act(&format!("{name}.scale_shift"), g.shape);
-            let d = elementwise::scale_shift_silu(
-                self.ctx,
-                &format!("{name}.scale_shift"),
-                (self.batch, g.shape.h * g.shape.w, g.shape.c),
-                self.buf(g),
-                (&table.buffer, table.stride_bytes),
-                self.buf(out),
-                Io::same(self.weights.precision),
-            )?;
+            let label = format!("{name}.scale_shift");
+            let out = self.new_act(&label, shape(&g));
+            let d = elementwise::scale_shift_silu(self.ctx, &label, &g, &table, &out)?;
             self.dispatches.push(d);
-            self.pool.release(g.id);
             out
         } else {
+            let epilogue = Epilogue {
+                chan_add: Some(&table),
+                ..Epilogue::NONE
+            };
             let h1 = self.conv(
                 &format!("{name}.conv1"),
                 &r.conv1,
                 Cur::One(n1),
                 false,
-                Epilogue {
-                    chan_add: Some(&table),
-                    ..Epilogue::NONE
-                },
+                epilogue,
             )?;
-            self.pool.release(n1.id);
-            let n2 = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?;
-            self.pool.release(h1.id);
-            n2
+            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?
         };
-        let residual = match &r.shortcut {
-            // The shortcut reads the two halves of a concatenation directly.
-            Some(s) => self.conv(
+        let residual = match (&r.shortcut, identity) {
+            (Some(s), _) => self.conv(
                 &format!("{name}.conv_shortcut"),
                 s,
                 x,
                 false,
                 Epilogue::NONE,
             )?,
-            None => {
-                self.pool.retain(xs.id);
-                xs
-            }
+            (None, Some(identity)) => identity,
+            (None, None) => unreachable!("no shortcut means x is the identity"),
         };
-        let out = self.conv(
+        let epilogue = Epilogue {
+            chan_add: None,
+            residual: Some(residual),
+            out_scale: 1.0 / r.output_scale_factor,
+        };
+        self.conv(
             &format!("{name}.conv2"),
             &r.conv2,
             Cur::One(n2),
             false,
-            Epilogue {
-                chan_add: None,
-                residual: Some(residual),
-                out_scale: 1.0 / r.output_scale_factor,
-            },
-        )?;
-        self.pool.release(n2.id);
-        self.pool.release(residual.id);
-        self.pool.release(xs.id);
-        self.release_cur(x);
-        Ok(out)
+            epilogue,
+        )
     }
 
     fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
-        let shape = attention_shape(a, self.batch, x.shape.h * x.shape.w, self.weights.precision);
-        let all = self.weights;
-        let weights = all.attention_weights(a)?;
+        let s = shape(&x);
+        let ashape = attention_shape(a, self.batch, s.h * s.w, self.weights.precision);
+        let weights = self.weights.attention_weights(a)?;
         // One scratch per distinct shape: attention layers run one after another.
-        let key = format!("{shape:?}");
+        let key = format!("{ashape:?}");
         if !self.attn_scratch.contains_key(&key) {
             self.attn_scratch
-                .insert(key.clone(), AttentionScratch::new(self.ctx, &shape));
+                .insert(key.clone(), AttentionScratch::new(self.ctx, &ashape));
         }
-        let out = self.new_act(name, x.shape);
+        let out = self.new_act(name, s);
         let ds = attention_block(
             self.ctx,
-            &shape,
+            &ashape,
             weights,
             &self.attn_scratch[&key],
-            self.buf(x),
-            self.buf(out),
+            self.choices,
+            (&x, &out),
+            None,
         )
         .with_context(|| format!("{name}: attention"))?;
         self.dispatches.extend(ds);
-        self.pool.release(x.id);
         Ok(out)
     }
 }
@@ -451,7 +393,9 @@ fn one(cur: Cur, name: &str) -> Result<Act> {
 
 impl UNetPlan {
     /// Compiles `unet` for `timesteps[step][image]` (every step the same batch size) and runs
-    /// the time-embedding prelude for all steps.
+    /// the time-embedding prelude for all steps. A dry run records the activations' lifetimes
+    /// and the (kernel, shape) pairs; the tuning pass chooses their variants; the real build
+    /// uses the packed lifetimes and those choices.
     pub fn new(
         ctx: &GpuContext,
         unet: &UNet,
@@ -459,22 +403,29 @@ impl UNetPlan {
         timesteps: &[Vec<f32>],
         options: PlanOptions,
     ) -> Result<Self> {
-        let (elem, keep_all) = (weights.precision.bytes(), options.keep_layer_outputs);
+        let mut rule = FixedRule::of(ctx);
+        if let Some(v) = options.conv_variant {
+            rule.forced.conv = Some(v);
+        }
+        let precision = weights.precision;
+        let asked = Choices::decided(rule, HashMap::new());
         let dry = Self::build(
             ctx,
             unet,
             weights,
             timesteps,
             options,
-            Pool::dry_run(elem, keep_all),
+            Pool::dry_run(precision),
+            &asked,
         )?;
         let layout = dry.pool.layout();
         drop(dry);
-        let pool = Pool::replay(ctx, layout, elem, keep_all);
-        Self::build(ctx, unet, weights, timesteps, options, pool)
+        let choices = tuning::decide(ctx, rule, &asked.jobs())?;
+        let pool = Pool::replay(ctx, layout, precision);
+        Self::build(ctx, unet, weights, timesteps, options, pool, &choices)
     }
 
-    /// One build of the plan over `pool` (a dry run or its replay).
+    /// One build of the plan over `pool` (a dry run or its replay) with `choices`.
     fn build(
         ctx: &GpuContext,
         unet: &UNet,
@@ -482,6 +433,7 @@ impl UNetPlan {
         timesteps: &[Vec<f32>],
         options: PlanOptions,
         pool: Pool,
+        choices: &Choices,
     ) -> Result<Self> {
         ensure!(!timesteps.is_empty(), "a plan needs at least one step");
         let batch = timesteps[0].len();
@@ -521,8 +473,8 @@ impl UNetPlan {
         let mut b = Builder {
             ctx,
             weights,
+            choices,
             batch,
-            forced_conv: options.conv_variant,
             pool,
             dispatches: Vec::new(),
             norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
@@ -532,30 +484,20 @@ impl UNetPlan {
         };
 
         // The input is f32 (the sampler's state); a half-precision plan converts it first.
-        let input_id =
-            b.pool
-                .alloc_bytes(ctx, "plan input", (batch * unet.input.numel() * 4) as u64);
-        b.pool.pin(input_id);
-        let input = Act {
-            id: input_id,
-            shape: unet.input,
-        };
-        let mut cur = Cur::One(input);
+        let s = unet.input;
+        let input = b
+            .pool
+            .alloc_as(ctx, "plan input", &[batch, s.h, s.w, s.c], Precision::F32);
+        let mut cur = Cur::One(input.clone());
         if precision != Precision::F32 {
-            let x = b.new_act("input in f16", unet.input);
-            let d = elementwise::affine(
+            let x = b.new_act("input in f16", s);
+            b.dispatches.push(elementwise::affine(
                 ctx,
                 "input to f16",
-                batch * unet.input.numel(),
                 (1.0, 0.0),
-                b.buf(input),
-                b.buf(x),
-                Io {
-                    input: Precision::F32,
-                    output: precision,
-                },
-            )?;
-            b.dispatches.push(d);
+                &input,
+                &x,
+            )?);
             cur = Cur::One(x);
         }
         let mut skips: Vec<Option<Act>> = vec![None; unet.skips.len()];
@@ -571,45 +513,27 @@ impl UNetPlan {
             let out = match &layer.op {
                 Op::CenterInput => {
                     let x = one(cur, name)?;
-                    let out = b.new_act(name, x.shape);
-                    let d = elementwise::affine(
-                        ctx,
-                        name,
-                        batch * x.shape.numel(),
-                        (2.0, -1.0),
-                        b.buf(x),
-                        b.buf(out),
-                        Io::same(precision),
-                    )?;
-                    b.dispatches.push(d);
-                    b.pool.release(x.id);
+                    let out = b.new_act(name, shape(&x));
+                    b.dispatches
+                        .push(elementwise::affine(ctx, name, (2.0, -1.0), &x, &out)?);
                     out
                 }
                 Op::Conv(c) => {
                     let out = b.conv(name, c, cur, pending_upsample, Epilogue::NONE)?;
                     pending_upsample = false;
-                    b.release_cur(cur);
                     out
                 }
                 Op::Resnet(r) => b.resnet(name, r, cur)?,
-                Op::Attention(a) => {
-                    let x = one(cur, name)?;
-                    b.attention(name, a, x)?
-                }
+                Op::Attention(a) => b.attention(name, a, one(cur, name)?)?,
                 Op::UpsampleNearest2x => {
                     pending_upsample = true;
                     continue;
                 }
-                Op::GroupNormSilu(n) => {
-                    let x = one(cur, name)?;
-                    let out = b.group_norm(name, n, x, true)?;
-                    b.pool.release(x.id);
-                    out
-                }
+                Op::GroupNormSilu(n) => b.group_norm(name, n, one(cur, name)?, true)?,
                 Op::PushSkip { slot } => {
                     let x = one(cur, name)?;
-                    b.pool.retain(x.id);
-                    skips[*slot] = Some(x);
+                    skips[*slot] = Some(x.clone());
+                    cur = Cur::One(x);
                     continue;
                 }
                 Op::ConcatSkip { slot } => {
@@ -622,13 +546,13 @@ impl UNetPlan {
                 }
             };
             ensure!(
-                out.shape == layer.output,
+                shape(&out) == layer.output,
                 "{name}: GPU plan produced {} but the model says {}",
-                out.shape,
+                shape(&out),
                 layer.output
             );
             if options.keep_layer_outputs {
-                layer_outputs.push((layer.name.clone(), out.id, out.shape));
+                layer_outputs.push((layer.name.clone(), out.clone()));
             }
             cur = Cur::One(out);
         }
@@ -636,20 +560,16 @@ impl UNetPlan {
         let last = one(cur, "output")?;
         // The sampler reads the output while the pool may hand its buffer out again in the
         // next step, so the result goes to a buffer of its own.
-        let output = ctx.storage("plan output", (batch * last.shape.numel() * 4) as u64);
-        let d = elementwise::affine(
+        let out_shape = shape(&last);
+        let output = ctx.tensor("plan output", last.shape(), Precision::F32);
+        b.dispatches.push(elementwise::affine(
             ctx,
             "output copy",
-            batch * last.shape.numel(),
             (1.0, 0.0),
-            b.buf(last),
+            &last,
             &output,
-            Io {
-                input: precision,
-                output: Precision::F32,
-            },
-        )?;
-        b.dispatches.push(d);
+        )?);
+        drop(last);
 
         if !b.pool.is_dry_run() {
             run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
@@ -658,15 +578,14 @@ impl UNetPlan {
         // and, after a dry run, its buffers.
         ctx.wait_idle()?;
         let flops = b.dispatches.iter().map(|d| d.flops).sum();
-        let input_buffer = b.pool.buf(input.id).clone();
         Ok(Self {
             batch,
             steps: timesteps.len(),
             precision,
             input_shape: unet.input,
-            output_shape: last.shape,
-            input: input_buffer,
-            output,
+            output_shape: out_shape,
+            input,
+            output: output.buffer().clone(),
             dispatches: b.dispatches,
             layer_outputs,
             pool: b.pool,
@@ -688,7 +607,7 @@ impl UNetPlan {
             s.w
         );
         ctx.queue.write_buffer(
-            &self.input,
+            self.input.buffer(),
             0,
             bytemuck::cast_slice(&nchw_to_nhwc(&x.data, n, c, h, w)),
         );
@@ -725,7 +644,7 @@ impl UNetPlan {
         let reads: Vec<(&wgpu::Buffer, usize)> = self
             .layer_outputs
             .iter()
-            .map(|(_, id, s)| (self.pool.buf(*id), self.batch * s.numel()))
+            .map(|(_, a)| (a.buffer(), a.numel()))
             .collect();
         let data = match self.precision {
             Precision::F32 => ctx.read_many(&reads)?,
@@ -737,7 +656,8 @@ impl UNetPlan {
         self.layer_outputs
             .iter()
             .zip(data)
-            .map(|((name, _, s), d)| {
+            .map(|((name, a), d)| {
+                let s = shape(a);
                 let t = Tensor::new(
                     vec![self.batch, s.c, s.h, s.w],
                     nhwc_to_nchw(&d, self.batch, s.c, s.h, s.w),
@@ -759,7 +679,7 @@ impl UNetPlan {
 
 impl StepForward for UNetPlan {
     fn input(&self) -> &wgpu::Buffer {
-        &self.input
+        self.input.buffer()
     }
 
     fn output(&self) -> &wgpu::Buffer {

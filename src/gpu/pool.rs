@@ -2,24 +2,23 @@
 //!
 //! A plan is built twice. The first build is a dry run: every value it allocates gets an id
 //! and one shared scratch buffer (its dispatches are never run), and the pool records when
-//! each value is allocated and when its last reference is released. Those lifetimes are then
+//! each value is allocated and when its last handle ([`Act`]) is dropped. Those lifetimes are then
 //! packed into buffers, largest value first, each into the smallest buffer that is free for its
 //! whole lifetime (greedy by size). The second build replays the same allocations onto that
 //! packing. Handing out buffers smallest-fit while building, as before, left early small
 //! buffers unusable by the decoder's large concatenations: 2.3× the largest live set on the
 //! bundled model instead of about 1×.
 
+use std::sync::{Arc, Mutex};
+
 use super::context::GpuContext;
+use super::precision::Precision;
+use super::tensor::GpuTensor;
 
 /// One allocated value.
 struct Slot {
-    /// Index into `Pool::buffers`.
-    buffer: usize,
-    refs: usize,
-    /// Never released (the plan's input).
-    pinned: bool,
     bytes: u64,
-    /// Event clock at allocation and at the release of the last reference.
+    /// Event clock at allocation and when the last handle was dropped.
     start: usize,
     end: Option<usize>,
 }
@@ -38,33 +37,73 @@ impl Layout {
     }
 }
 
+struct State {
+    slots: Vec<Slot>,
+    clock: usize,
+}
+
+impl State {
+    fn tick(&mut self) -> usize {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+/// A pooled value: a tensor whose buffer may be shared with values that do not overlap it in
+/// time. Clones share one lifetime, which ends when the last clone is dropped, so a plan builder
+/// that moves a value into the op that reads it last needs no release calls.
+#[derive(Clone)]
+pub struct Act {
+    pub tensor: GpuTensor,
+    _life: Arc<Life>,
+}
+
+struct Life {
+    state: Arc<Mutex<State>>,
+    id: usize,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let end = s.tick();
+        s.slots[self.id].end = Some(end);
+    }
+}
+
+impl std::ops::Deref for Act {
+    type Target = GpuTensor;
+
+    fn deref(&self) -> &GpuTensor {
+        &self.tensor
+    }
+}
+
 pub struct Pool {
     /// Some: a replay of this layout; None: a dry run.
     layout: Option<Layout>,
-    slots: Vec<Slot>,
     buffers: Vec<wgpu::Buffer>,
-    /// Keep every value alive (for per-layer read back): nothing is released or shared.
-    keep_all: bool,
-    /// Bytes per stored element (the plan's precision).
-    elem: usize,
-    clock: usize,
+    state: Arc<Mutex<State>>,
+    /// How activations are stored (the plan's precision).
+    precision: Precision,
 }
 
 impl Pool {
     /// A dry run: records lifetimes, every value on one shared buffer.
-    pub fn dry_run(elem: usize, keep_all: bool) -> Self {
+    pub fn dry_run(precision: Precision) -> Self {
         Self {
             layout: None,
-            slots: Vec::new(),
             buffers: Vec::new(),
-            keep_all,
-            elem,
-            clock: 0,
+            state: Arc::new(Mutex::new(State {
+                slots: Vec::new(),
+                clock: 0,
+            })),
+            precision,
         }
     }
 
     /// The buffers of `layout`, handed out in the order the dry run allocated.
-    pub fn replay(ctx: &GpuContext, layout: Layout, elem: usize, keep_all: bool) -> Self {
+    pub fn replay(ctx: &GpuContext, layout: Layout, precision: Precision) -> Self {
         let buffers = layout
             .sizes
             .iter()
@@ -74,7 +113,7 @@ impl Pool {
         Self {
             layout: Some(layout),
             buffers,
-            ..Self::dry_run(elem, keep_all)
+            ..Self::dry_run(precision)
         }
     }
 
@@ -82,18 +121,25 @@ impl Pool {
         self.layout.is_none()
     }
 
-    fn tick(&mut self) -> usize {
-        self.clock += 1;
-        self.clock
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A value of `elements` stored elements; returns its id.
-    pub fn alloc(&mut self, ctx: &GpuContext, label: &str, elements: usize) -> usize {
-        self.alloc_bytes(ctx, label, (elements * self.elem) as u64)
+    /// A value of `shape` stored in the pool's precision.
+    pub fn alloc(&mut self, ctx: &GpuContext, label: &str, shape: &[usize]) -> Act {
+        self.alloc_as(ctx, label, shape, self.precision)
     }
 
-    pub fn alloc_bytes(&mut self, ctx: &GpuContext, label: &str, bytes: u64) -> usize {
-        let id = self.slots.len();
+    /// A value of `shape` stored as `precision`.
+    pub fn alloc_as(
+        &mut self,
+        ctx: &GpuContext,
+        label: &str,
+        shape: &[usize],
+        precision: Precision,
+    ) -> Act {
+        let bytes = (shape.iter().product::<usize>() * precision.bytes()) as u64;
+        let id = self.lock().slots.len();
         let planned = self.layout.as_ref().and_then(|l| {
             let b = *l.buffer_of.get(id)?;
             (l.sizes[b] >= bytes).then_some(b)
@@ -115,44 +161,23 @@ impl Pool {
                 self.buffers.len() - 1
             }
         };
-        let start = self.tick();
-        self.slots.push(Slot {
-            buffer,
-            refs: 1,
-            pinned: false,
+        let mut s = self.lock();
+        let start = s.tick();
+        s.slots.push(Slot {
             bytes,
             start,
             end: None,
         });
-        id
-    }
-
-    /// Keeps value `id` alive until released once more.
-    pub fn retain(&mut self, id: usize) {
-        self.slots[id].refs += 1;
-    }
-
-    pub fn release(&mut self, id: usize) {
-        let keep_all = self.keep_all;
-        let s = &mut self.slots[id];
-        debug_assert!(s.refs > 0, "released a free buffer");
-        if keep_all && s.refs == 1 {
-            return;
+        drop(s);
+        let tensor = GpuTensor::new(&self.buffers[buffer], shape, precision)
+            .expect("pool buffers hold their values");
+        Act {
+            tensor,
+            _life: Arc::new(Life {
+                state: self.state.clone(),
+                id,
+            }),
         }
-        s.refs -= 1;
-        if s.refs == 0 && !s.pinned {
-            let end = self.tick();
-            self.slots[id].end = Some(end);
-        }
-    }
-
-    /// Value `id` is never released (its buffer is written from outside the plan).
-    pub fn pin(&mut self, id: usize) {
-        self.slots[id].pinned = true;
-    }
-
-    pub fn buf(&self, id: usize) -> &wgpu::Buffer {
-        &self.buffers[self.slots[id].buffer]
     }
 
     /// Bytes of the buffers created (in a replay: the plan's activation memory).
@@ -161,9 +186,11 @@ impl Pool {
     }
 
     /// The packing of the recorded lifetimes: largest value first, each into the smallest
-    /// buffer free for its whole lifetime, else a new buffer of its size.
+    /// buffer free for its whole lifetime, else a new buffer of its size. Values still alive
+    /// live forever.
     pub fn layout(&self) -> Layout {
         let lifetimes: Vec<(u64, usize, usize)> = self
+            .lock()
             .slots
             .iter()
             .map(|s| (s.bytes, s.start, s.end.unwrap_or(usize::MAX)))

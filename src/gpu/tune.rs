@@ -1,15 +1,14 @@
-//! The tuning pass: for each distinct (kernel, shape) that a plan builds, time every variant
-//! that applies on the adapter in use and keep the fastest. Every variant is checked against
-//! the CPU reference in the tests, so tuning only chooses among correct kernels.
+//! The tuner's memory: for each distinct (kernel, shape) the variant chosen on the adapter in
+//! use, the times it was chosen by and the candidates rejected for a wrong output.
 //!
 //! Choices persist in a JSON cache file (the user's cache directory by default), keyed by the
 //! adapter, its driver, the wgpu and crate versions, and the shape: a second run reads them and
 //! times nothing. A cache file that cannot be read or parsed, or an entry that names a variant
 //! which does not apply, is ignored with a warning and never trusted.
 //!
-//! Lookups happen while a plan is built ([`Tuner::choose`]); while a [`Tuner::pause`] guard is
-//! alive (plans built only to measure their memory), known choices are used but nothing new is
-//! timed.
+//! The tuning pass ([`super::tuning`]) asks [`Tuner::choose`] once per (kernel, shape) before a
+//! plan is built; while a [`Tuner::pause`] guard is alive (plans built only to measure their
+//! memory), known choices are used but nothing new is timed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +64,22 @@ pub struct Candidate {
     pub ms: f64,
 }
 
+/// A candidate whose output on the tuning input differed from the fixed variant's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub variant: String,
+    pub reason: String,
+}
+
+/// What trying one candidate gave: its time, or why it may not be used.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trial {
+    /// Milliseconds of one run.
+    Time(f64),
+    /// Its output was wrong (the reason names by how much).
+    Rejected(String),
+}
+
 /// Where a choice came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +100,9 @@ pub struct Choice {
     pub variant: String,
     /// Every timed variant (empty for a fixed choice).
     pub candidates: Vec<Candidate>,
+    /// Candidates rejected by validation (never timed, never chosen).
+    #[serde(default)]
+    pub rejected: Vec<Rejection>,
     pub source: Source,
 }
 
@@ -119,7 +137,7 @@ impl TuneReport {
 }
 
 /// The cache file's format version; a file of another version is ignored.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct CacheFile {
@@ -134,6 +152,8 @@ struct CacheEntry {
     shape: String,
     variant: String,
     candidates: Vec<Candidate>,
+    #[serde(default)]
+    rejected: Vec<Rejection>,
 }
 
 #[derive(Default)]
@@ -278,15 +298,17 @@ impl Tuner {
 
     /// The variant of `kernel` for `shape` among `candidates` (name, value; every one applies
     /// to the shape): the fixed rule `fixed` when tuning is off, else a known choice, else the
-    /// fastest by `time(variant, best_so_far_ms)` (milliseconds of one run of that variant; the
-    /// fixed rule's variant is timed first, so the others can stop early when far slower).
+    /// fastest by `trial(variant, best_so_far_ms)`, which validates a candidate against the
+    /// fixed variant and times it ([`Trial`]). The fixed rule's variant is tried first (it is
+    /// the reference), so the others can stop early when far slower. A rejected candidate is
+    /// never chosen; the rejection is logged, reported and cached with the choice.
     pub fn choose<V: Copy + PartialEq>(
         &self,
         kernel: &str,
         shape: &str,
         candidates: &[(&'static str, V)],
         fixed: V,
-        mut time: impl FnMut(V, f64) -> Result<f64>,
+        mut trial: impl FnMut(V, f64) -> Result<Trial>,
     ) -> Result<V> {
         let key = (kernel.to_string(), shape.to_string());
         let name_of = |v: &V| candidates.iter().find(|(_, c)| c == v).map(|(n, _)| *n);
@@ -297,6 +319,7 @@ impl Tuner {
             shape: shape.to_string(),
             variant: name_of(&fixed).unwrap_or("fixed").to_string(),
             candidates: Vec::new(),
+            rejected: Vec::new(),
             source,
         };
         if self.mode == TuneMode::Off || candidates.len() < 2 {
@@ -321,6 +344,7 @@ impl Tuner {
                                 shape: entry.shape,
                                 variant: entry.variant,
                                 candidates: entry.candidates,
+                                rejected: entry.rejected,
                                 source: Source::Cache,
                             };
                             push(&mut s, choice);
@@ -350,27 +374,44 @@ impl Tuner {
         let mut order: Vec<&(&str, V)> = candidates.iter().collect();
         order.sort_by_key(|(_, v)| *v != fixed);
         let mut timed = Vec::with_capacity(candidates.len());
+        let mut rejected = Vec::new();
         let mut best = f64::INFINITY;
         for (name, v) in order {
-            let ms = time(*v, best)
-                .with_context(|| format!("tuning {kernel} {shape}: variant {name}"))?;
-            best = best.min(ms);
-            timed.push(Candidate {
-                variant: name.to_string(),
-                ms,
-            });
+            match trial(*v, best)
+                .with_context(|| format!("tuning {kernel} {shape}: variant {name}"))?
+            {
+                Trial::Time(ms) => {
+                    best = best.min(ms);
+                    timed.push(Candidate {
+                        variant: name.to_string(),
+                        ms,
+                    });
+                }
+                Trial::Rejected(reason) => {
+                    log::warn!(
+                        "tuning {kernel} {shape}: variant {name} rejected, its output differs \
+                         from the {} variant's: {reason}",
+                        name_of(&fixed).unwrap_or("fixed")
+                    );
+                    rejected.push(Rejection {
+                        variant: name.to_string(),
+                        reason,
+                    });
+                }
+            }
         }
-        let best = timed
+        let variant = timed
             .iter()
             .min_by(|a, b| a.ms.total_cmp(&b.ms))
-            .expect("at least two candidates");
-        let variant = best.variant.clone();
-        let chosen = by_name(&variant).expect("a candidate's own name");
+            .map(|c| c.variant.clone())
+            .unwrap_or_else(|| name_of(&fixed).unwrap_or("fixed").to_string());
+        let chosen = by_name(&variant).unwrap_or(fixed);
         let choice = Choice {
             kernel: kernel.to_string(),
             shape: shape.to_string(),
             variant,
             candidates: timed,
+            rejected,
             source: Source::Measured,
         };
         {
@@ -397,6 +438,7 @@ impl Tuner {
             shape: choice.shape.clone(),
             variant: choice.variant.clone(),
             candidates: choice.candidates.clone(),
+            rejected: choice.rejected.clone(),
         };
         if let Err(e) = write_entry(path, entry) {
             log::warn!(
@@ -428,6 +470,7 @@ pub fn cached_choices(path: &Path, adapter: &str) -> Result<Vec<Choice>> {
             shape: e.shape,
             variant: e.variant,
             candidates: e.candidates,
+            rejected: e.rejected,
             source: Source::Cache,
         })
         .collect())
@@ -488,12 +531,12 @@ mod tests {
         p
     }
 
-    fn times(v: V) -> Result<f64> {
-        Ok(match v {
+    fn times(v: V) -> Result<Trial> {
+        Ok(Trial::Time(match v {
             V::A => 3.0,
             V::B => 1.0,
             V::C => 2.0,
-        })
+        }))
     }
 
     #[test]
@@ -559,7 +602,10 @@ mod tests {
             .unwrap();
         first
             .choose("k", "s2", &CANDIDATES, V::A, |v, _| {
-                times(v).map(|t| 10.0 - t)
+                times(v).map(|t| match t {
+                    Trial::Time(ms) => Trial::Time(10.0 - ms),
+                    other => other,
+                })
             })
             .unwrap();
 
@@ -649,6 +695,30 @@ mod tests {
             })
             .unwrap();
         assert_eq!((v, timed), (V::C, 2));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_rejected_candidate_is_never_chosen_and_its_rejection_is_cached() {
+        let path = temp_file("rejected");
+        let t = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu".into());
+        // b would be fastest, but its output is wrong.
+        let v = t
+            .choose("k", "s", &CANDIDATES, V::A, |v, _| match v {
+                V::B => Ok(Trial::Rejected("rel. L2 0.5".into())),
+                v => times(v),
+            })
+            .unwrap();
+        assert_eq!(v, V::C);
+        let choice = &t.report().choices[0];
+        assert_eq!(choice.rejected[0].variant, "b");
+        assert_eq!(choice.candidates.len(), 2);
+        let again = Tuner::new(TuneMode::Auto, Some(path.clone()), "gpu".into());
+        let v = again
+            .choose("k", "s", &CANDIDATES, V::A, |_, _| panic!("tried again"))
+            .unwrap();
+        assert_eq!(v, V::C);
+        assert_eq!(again.report().choices[0].rejected[0].variant, "b");
         let _ = std::fs::remove_file(&path);
     }
 

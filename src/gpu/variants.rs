@@ -81,6 +81,36 @@ impl MatmulVariant {
     }
 }
 
+/// How a reduction (group-norm statistics, softmax rows) combines its partial results: serially
+/// per invocation, or by a workgroup of subgroups (devices with `SUBGROUP` only). Both give the
+/// same result up to summation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    Serial,
+    Subgroup,
+}
+
+impl Reduction {
+    pub const ALL: [Reduction; 2] = [Reduction::Subgroup, Reduction::Serial];
+
+    /// The name [`Reduction::parse`] reads (and the tuning cache stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Serial => "serial",
+            Self::Subgroup => "subgroup",
+        }
+    }
+
+    /// `serial` or `subgroup`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "serial" => Ok(Self::Serial),
+            "subgroup" => Ok(Self::Subgroup),
+            other => bail!("unknown reduction {other:?}: expected serial or subgroup"),
+        }
+    }
+}
+
 /// Variants forced on every kernel of a context; None chooses per adapter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelChoice {
@@ -89,4 +119,8 @@ pub struct KernelChoice {
     /// Reduce group-norm statistics and softmax rows without subgroup operations even where
     /// the adapter has `SUBGROUP` (the path every other adapter takes; for tests and comparison).
     pub no_subgroups: bool,
+    /// Adds a deliberately wrong conv candidate to the tuning pass, which its validation must
+    /// reject (for the test that shows it does; see `gpu::tuning::FAULTY`).
+    #[doc(hidden)]
+    pub inject_faulty_conv: bool,
 }

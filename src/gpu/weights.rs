@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use super::kernels::attention::{AttentionParamsHost, AttentionShape, AttentionWeights};
 use super::kernels::conv2d::ConvWeights;
 use super::precision::Precision;
+use super::tensor::GpuTensor;
 use super::GpuContext;
 use crate::model::unet::{Attention, Conv2d, GroupNorm, Linear, Op};
 use crate::model::{UNet, Weights};
@@ -20,7 +21,7 @@ pub struct GpuWeights {
     /// Keyed by the conv's weight name.
     convs: HashMap<String, ConvWeights>,
     /// Norm scales and shifts, linear weights and biases, by tensor name.
-    tensors: HashMap<String, wgpu::Buffer>,
+    tensors: HashMap<String, GpuTensor>,
     /// Keyed by the block's `to_q` weight name.
     attention: HashMap<String, AttentionWeights>,
     /// Bytes of all uploaded buffers.
@@ -81,23 +82,24 @@ impl GpuWeights {
         Ok(up)
     }
 
-    fn tensor(&mut self, ctx: &GpuContext, weights: &Weights, name: &str) -> Result<()> {
+    fn upload_tensor(&mut self, ctx: &GpuContext, weights: &Weights, name: &str) -> Result<()> {
         if !self.tensors.contains_key(name) {
-            let buffer = ctx.upload(name, weights.slice(name)?);
-            self.bytes += buffer.size();
-            self.tensors.insert(name.to_string(), buffer);
+            let host = weights.get(name)?;
+            let t = ctx.tensor_from(name, &host.data, &host.shape, Precision::F32)?;
+            self.bytes += t.buffer().size();
+            self.tensors.insert(name.to_string(), t);
         }
         Ok(())
     }
 
     fn norm(&mut self, ctx: &GpuContext, weights: &Weights, n: &GroupNorm) -> Result<()> {
-        self.tensor(ctx, weights, &n.weight)?;
-        self.tensor(ctx, weights, &n.bias)
+        self.upload_tensor(ctx, weights, &n.weight)?;
+        self.upload_tensor(ctx, weights, &n.bias)
     }
 
     fn linear(&mut self, ctx: &GpuContext, weights: &Weights, l: &Linear) -> Result<()> {
-        self.tensor(ctx, weights, &l.weight)?;
-        self.tensor(ctx, weights, &l.bias)
+        self.upload_tensor(ctx, weights, &l.weight)?;
+        self.upload_tensor(ctx, weights, &l.bias)
     }
 
     fn conv(&mut self, ctx: &GpuContext, weights: &Weights, c: &Conv2d) -> Result<()> {
@@ -140,7 +142,7 @@ impl GpuWeights {
         let w = AttentionWeights::upload(ctx, &shape, &host)?;
         self.bytes += [&w.gamma, &w.beta, &w.wqkv, &w.bqkv, &w.bv, &w.wo, &w.bo]
             .iter()
-            .map(|b| b.size())
+            .map(|t| t.buffer().size())
             .sum::<u64>();
         self.attention.insert(a.to_q.weight.clone(), w);
         Ok(())
@@ -152,8 +154,8 @@ impl GpuWeights {
             .with_context(|| format!("{} was not uploaded", c.weight))
     }
 
-    /// A tensor uploaded as it is (norm scale/shift, linear weight/bias).
-    pub fn buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
+    /// A tensor uploaded as it is (norm scale/shift, linear weight/bias), in its file's shape.
+    pub fn tensor(&self, name: &str) -> Result<&GpuTensor> {
         self.tensors
             .get(name)
             .with_context(|| format!("{name} was not uploaded"))

@@ -71,6 +71,7 @@ pub fn device(backend: BackendChoice) -> Option<Device> {
 fn kernels_from_env() -> KernelChoice {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     KernelChoice {
+        inject_faulty_conv: false,
         conv: var("DDIM_CONV_VARIANT")
             .map(|v| ConvVariant::parse(&v).unwrap_or_else(|e| panic!("{e:#}"))),
         matmul: var("DDIM_MATMUL_VARIANT")

@@ -10,11 +10,14 @@
 
 use anyhow::{ensure, Result};
 
-use super::group_norm::{group_norm, GroupNormScratch, GroupNormShape};
-use super::linear::{matmul_as, Matmul, MatmulBuffers, MatmulTypes, Strides};
+use super::group_norm::{group_norm, GroupNormIo, GroupNormScratch, GroupNormShape};
+use super::linear::{matmul, Matmul, MatmulArgs, MatmulOptions};
+use crate::gpu::choices::Choices;
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
-use crate::gpu::{candidates, GpuContext};
+use crate::gpu::tensor::GpuTensor;
+use crate::gpu::variants::Reduction;
+use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/attention.wgsl");
 /// With the subgroup softmax appended (compiled only on devices with `SUBGROUP`).
@@ -100,16 +103,16 @@ impl AttentionShape {
 
 /// The block's parameters on the device. `wqkv` is `[3D, C]` (to_q, to_k, to_v rows stacked,
 /// torch `[out, in]` layout, D = heads·head_dim) with bias `[3D]`; `wo` is `[C, D]` with bias `[C]`.
-/// Without a norm, gamma and beta are unused placeholders.
+/// Without a norm, gamma and beta are empty.
 pub struct AttentionWeights {
-    pub gamma: wgpu::Buffer,
-    pub beta: wgpu::Buffer,
-    pub wqkv: wgpu::Buffer,
-    pub bqkv: wgpu::Buffer,
+    pub gamma: GpuTensor,
+    pub beta: GpuTensor,
+    pub wqkv: GpuTensor,
+    pub bqkv: GpuTensor,
     /// to_v's bias alone (`[D]`), added per row of Vᵀ.
-    pub bv: wgpu::Buffer,
-    pub wo: wgpu::Buffer,
-    pub bo: wgpu::Buffer,
+    pub bv: GpuTensor,
+    pub wo: GpuTensor,
+    pub bo: GpuTensor,
 }
 
 /// Host-side tensors of one attention block, torch layouts (`Linear` weights `[out, in]`).
@@ -156,28 +159,31 @@ impl AttentionWeights {
         }
         let wqkv: Vec<f32> = [p.wq, p.wk, p.wv].concat();
         let bqkv: Vec<f32> = [p.bq, p.bk, p.bv].concat();
-        let precision = shape.precision;
+        let (p32, precision) = (Precision::F32, shape.precision);
         Ok(Self {
-            gamma: ctx.upload("attention norm gamma", p.gamma),
-            beta: ctx.upload("attention norm beta", p.beta),
-            wqkv: ctx.upload_as("attention wqkv", &wqkv, precision),
-            bqkv: ctx.upload("attention bqkv", &bqkv),
-            bv: ctx.upload("attention bv", p.bv),
-            wo: ctx.upload_as("attention wo", p.wo, precision),
-            bo: ctx.upload("attention bo", p.bo),
+            gamma: ctx.tensor_from("attention norm gamma", p.gamma, &[norm_len], p32)?,
+            beta: ctx.tensor_from("attention norm beta", p.beta, &[norm_len], p32)?,
+            wqkv: ctx.tensor_from("attention wqkv", &wqkv, &[3 * d, c], precision)?,
+            bqkv: ctx.tensor_from("attention bqkv", &bqkv, &[3 * d], p32)?,
+            bv: ctx.tensor_from("attention bv", p.bv, &[d], p32)?,
+            wo: ctx.tensor_from("attention wo", p.wo, &[c, d], precision)?,
+            bo: ctx.tensor_from("attention bo", p.bo, &[c], p32)?,
         })
     }
 }
 
-/// Intermediate buffers of an attention block; shareable between blocks no larger than it.
+/// Intermediate tensors of an attention block; shareable between blocks of the same shape.
 pub struct AttentionScratch {
-    pub normed: wgpu::Buffer,
-    /// Q and K, `[B, L, 2D]`.
-    pub qk: wgpu::Buffer,
+    /// `[B, L, C]`.
+    pub normed: GpuTensor,
+    /// Q and K side by side, `[B, L, 2D]`.
+    pub qk: GpuTensor,
     /// Vᵀ, `[B, D, L]`.
-    pub vt: wgpu::Buffer,
-    pub scores: wgpu::Buffer,
-    pub heads_out: wgpu::Buffer,
+    pub vt: GpuTensor,
+    /// f32 `[images per chunk, heads, L, L]`.
+    pub scores: GpuTensor,
+    /// `[B, L, D]`.
+    pub heads_out: GpuTensor,
     pub norm: GroupNormScratch,
 }
 
@@ -186,23 +192,26 @@ impl AttentionScratch {
         let (b, l, c, d) = (shape.batch, shape.tokens, shape.channels, shape.inner());
         let chunk = shape.batch_chunk(ctx.max_binding_bytes());
         let norm_shapes: Vec<GroupNormShape> = shape.norm_shape().into_iter().collect();
-        let e = shape.precision.bytes();
+        let p = shape.precision;
         Self {
-            normed: ctx.storage("attention normed", (b * l * c * e) as u64),
-            qk: ctx.storage("attention qk", (b * l * 2 * d * e) as u64),
-            vt: ctx.storage("attention vt", (b * l * d * e) as u64),
-            scores: ctx.storage("attention scores", (chunk * shape.heads * l * l * 4) as u64),
-            heads_out: ctx.storage("attention heads", (b * l * d * e) as u64),
+            normed: ctx.tensor("attention normed", &[b, l, c], p),
+            qk: ctx.tensor("attention qk", &[b, l, 2 * d], p),
+            vt: ctx.tensor("attention vt", &[b, d, l], p),
+            scores: ctx.tensor(
+                "attention scores",
+                &[chunk, shape.heads, l, l],
+                Precision::F32,
+            ),
+            heads_out: ctx.tensor("attention heads", &[b, l, d], p),
             norm: GroupNormScratch::new(ctx, &norm_shapes),
         }
     }
 }
 
-fn softmax_spec(subgroups: bool) -> KernelSpec {
-    let (shader, source, entry) = if subgroups {
-        ("attention_subgroup", SOURCE_SUBGROUP, "softmax_rows_sg")
-    } else {
-        ("attention", SOURCE, "softmax_rows")
+fn softmax_spec(reduction: Reduction) -> KernelSpec {
+    let (shader, source, entry) = match reduction {
+        Reduction::Subgroup => ("attention_subgroup", SOURCE_SUBGROUP, "softmax_rows_sg"),
+        Reduction::Serial => ("attention", SOURCE, "softmax_rows"),
     };
     KernelSpec {
         shader,
@@ -212,65 +221,38 @@ fn softmax_spec(subgroups: bool) -> KernelSpec {
     }
 }
 
-/// Softmax over each of `rows` rows of length `len` in `scores`, in place: one invocation per
-/// row, or one workgroup of subgroups per row where the context uses them and tuning does not
-/// find the serial rows faster.
+/// Softmax over the last dimension of the f32 tensor `scores`, in place: one invocation per
+/// row, or one workgroup of subgroups per row.
 pub fn softmax_rows(
     ctx: &GpuContext,
-    rows: usize,
-    len: usize,
-    scores: &wgpu::Buffer,
+    reduction: Reduction,
+    scores: &GpuTensor,
 ) -> Result<Dispatch> {
+    let len = scores.shape().last().copied().unwrap_or(0);
+    let rows = scores.numel() / len.max(1);
     ensure!(rows > 0 && len > 0, "softmax: empty ({rows} rows of {len})");
+    let binding = scores.dense("softmax scores", scores.shape(), Precision::F32)?;
     ensure!(
-        scores.size() >= (rows * len * 4) as u64,
-        "softmax: scores buffer holds fewer than {rows}×{len} f32"
+        reduction == Reduction::Serial || ctx.uses_subgroups(),
+        "softmax: the subgroup rows need a device with subgroups"
     );
-    let subgroups = if ctx.uses_subgroups() {
-        let candidates = [("subgroup", true), ("serial", false)];
-        ctx.tuner.choose(
-            "softmax",
-            &format!("rows{rows} len{len}"),
-            &candidates,
-            true,
-            |subgroups, best| {
-                let scratch =
-                    candidates::scratch(ctx, "tune softmax scores", (rows * len * 4) as u64);
-                let d = softmax_dispatch(ctx, rows, len, &scratch, subgroups)?;
-                candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best)
-            },
-        )?
-    } else {
-        false
-    };
-    softmax_dispatch(ctx, rows, len, scores, subgroups)
-}
-
-fn softmax_dispatch(
-    ctx: &GpuContext,
-    rows: usize,
-    len: usize,
-    scores: &wgpu::Buffer,
-    subgroups: bool,
-) -> Result<Dispatch> {
-    let kernel = ctx.kernel(&softmax_spec(subgroups))?;
+    let kernel = ctx.kernel(&softmax_spec(reduction))?;
     let params = SoftmaxParams {
         rows: rows as u32,
         len: len as u32,
         _pad: [0; 2],
     };
     let uniform = ctx.uniform("softmax params", &params);
-    let bind_group = kernel.bind_group(&ctx.device, &[(&uniform).into(), scores.into()])?;
+    let bind_group = kernel.bind_group(&ctx.device, &[(&uniform).into(), binding])?;
     let n = (rows * len) as u64;
     Ok(Dispatch {
         label: format!("softmax {rows}x{len}"),
         kernel,
         bind_group,
         workgroups: grid_2d(
-            if subgroups {
-                rows as u32
-            } else {
-                (rows as u32).div_ceil(WORKGROUP)
+            match reduction {
+                Reduction::Subgroup => rows as u32,
+                Reduction::Serial => (rows as u32).div_ceil(WORKGROUP),
             },
             ctx.limits.max_compute_workgroups_per_dimension,
         ),
@@ -280,29 +262,28 @@ fn softmax_dispatch(
     })
 }
 
-/// Dispatches computing `out = to_out(attention(norm(x))) + x` for NHWC `x` `[B, L, C]`.
-/// `out` must differ from `x` and from the scratch buffers.
+/// A product with the variant `choices` gives its shape.
+fn product(
+    ctx: &GpuContext,
+    choices: &Choices,
+    args: &MatmulArgs<'_>,
+    opts: MatmulOptions,
+) -> Result<Dispatch> {
+    let (op, types) = Matmul::of(args, opts)?;
+    matmul(ctx, choices.matmul(&op, types), args, opts)
+}
+
+/// Dispatches computing `out = to_out(attention(norm(x))) + x` for NHWC `x` `[B, L, C]` (or
+/// `[B, H, W, C]`), with scores for at most `images_per_chunk` images at a time (None: as many
+/// as fit one binding). `out` must differ from `x` and from the scratch tensors.
 pub fn attention_block(
     ctx: &GpuContext,
     shape: &AttentionShape,
     weights: &AttentionWeights,
     scratch: &AttentionScratch,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
-    let chunk = shape.batch_chunk(ctx.max_binding_bytes());
-    attention_block_chunked(ctx, shape, weights, scratch, x, out, chunk)
-}
-
-/// As [`attention_block`], computing scores for at most `images_per_chunk` images at a time.
-pub fn attention_block_chunked(
-    ctx: &GpuContext,
-    shape: &AttentionShape,
-    weights: &AttentionWeights,
-    scratch: &AttentionScratch,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    images_per_chunk: usize,
+    choices: &Choices,
+    (x, out): (&GpuTensor, &GpuTensor),
+    images_per_chunk: Option<usize>,
 ) -> Result<Vec<Dispatch>> {
     let (b, l, c, heads, d) = (
         shape.batch,
@@ -320,206 +301,116 @@ pub fn attention_block_chunked(
         "attention: rescale_output_factor is 0"
     );
     let inner = shape.inner();
-    let p = shape.precision;
-    let every = MatmulTypes::all(p);
-    // Scores are f32: from q and k in `p`, and read as f32 probabilities by P·V.
-    let to_scores = MatmulTypes {
-        c: Precision::F32,
-        ..every
-    };
-    let from_scores = MatmulTypes {
-        a: Precision::F32,
-        ..every
-    };
+    let x = x.reshape(&[b, l, c])?;
+    let out = out.reshape(&[b, l, c])?;
     let mut dispatches = vec![];
     let tokens = match shape.norm_shape() {
         Some(norm) => {
-            dispatches.extend(group_norm(
-                ctx,
-                &norm,
-                &scratch.norm,
-                x,
-                &weights.gamma,
-                &weights.beta,
-                &scratch.normed,
-            )?);
+            let io = GroupNormIo {
+                x: &x,
+                gamma: &weights.gamma,
+                beta: &weights.beta,
+                y: &scratch.normed,
+            };
+            let combine = choices.group_norm(&norm);
+            dispatches.extend(group_norm(ctx, &norm, combine, &scratch.norm, &io)?);
             &scratch.normed
         }
-        None => x,
+        None => &x,
     };
-    dispatches.push(matmul_as(
+    let rows = |t: &GpuTensor, width: usize| t.reshape(&[b * l, width]);
+    // [Q K] = tokens · [Wq Wk]ᵀ + [bq bk].
+    dispatches.push(product(
         ctx,
-        &Matmul::linear(b * l, c, 2 * inner),
-        &MatmulBuffers {
-            a: tokens,
-            b: &weights.wqkv,
-            bias: Some(&weights.bqkv),
+        choices,
+        &MatmulArgs {
+            a: &rows(tokens, c)?,
+            b: &weights.wqkv.narrow(0, 0, 2 * inner)?.transpose(0, 1)?,
+            bias: Some(&weights.bqkv.narrow(0, 0, 2 * inner)?),
             residual: None,
-            out: &scratch.qk,
+            out: &rows(&scratch.qk, 2 * inner)?,
         },
-        every,
+        MatmulOptions::default(),
     )?);
-    // Vᵀ[image][j][token] = Σ_c Wv[j][c] · tokens[image][token][c] + bv[j].
-    let v_transposed = Matmul {
-        m: inner,
-        n: l,
-        k: c,
-        batch: b,
-        inner_count: 1,
-        a: Strides {
-            offset: 2 * inner * c,
-            row: c,
-            col: 1,
-            outer: 0,
-            inner: 0,
-        },
-        b: Strides {
-            offset: 0,
-            row: 1,
-            col: c,
-            outer: l * c,
-            inner: 0,
-        },
-        c: Strides {
-            offset: 0,
-            row: l,
-            col: 1,
-            outer: inner * l,
-            inner: 0,
-        },
-        bias_per_row: true,
-        ..Matmul::linear(1, 1, 1)
-    };
-    dispatches.push(matmul_as(
+    // Vᵀ[image] = Wv · tokens[image]ᵀ + bv (per row).
+    dispatches.push(product(
         ctx,
-        &v_transposed,
-        &MatmulBuffers {
-            a: &weights.wqkv,
-            b: tokens,
+        choices,
+        &MatmulArgs {
+            a: &weights.wqkv.narrow(0, 2 * inner, inner)?,
+            b: &tokens.transpose(1, 2)?,
             bias: Some(&weights.bv),
             residual: None,
             out: &scratch.vt,
         },
-        every,
+        MatmulOptions {
+            bias_per_row: true,
+            ..Default::default()
+        },
     )?);
-    let chunk = images_per_chunk.max(1);
-    ensure!(
-        scratch.scores.size() >= (chunk.min(b) * heads * l * l * 4) as u64,
-        "attention: score scratch too small for {shape:?}"
-    );
+    let chunk = images_per_chunk
+        .unwrap_or_else(|| shape.batch_chunk(ctx.max_binding_bytes()))
+        .clamp(1, scratch.scores.shape()[0]);
+    // Per head: [images, heads, L, d] views of Q, K, V and of the heads' output.
+    let heads_of = |t: &GpuTensor, b0: usize, nb: usize, start: usize| -> Result<GpuTensor> {
+        t.narrow(0, b0, nb)?
+            .narrow(2, start, inner)?
+            .split(2, heads, d)?
+            .transpose(1, 2)
+    };
     let mut b0 = 0;
     while b0 < b {
         let nb = chunk.min(b - b0);
-        // Scores S[z = image·heads + head] = Q Kᵀ / √d, each L×L, for the images b0..b0+nb.
-        let qk_image = l * 2 * inner;
-        let scores = Matmul {
-            m: l,
-            n: l,
-            k: d,
-            batch: nb * heads,
-            inner_count: heads,
-            a: Strides {
-                offset: b0 * qk_image,
-                row: 2 * inner,
-                col: 1,
-                outer: qk_image,
-                inner: d,
-            },
-            b: Strides {
-                offset: b0 * qk_image + inner,
-                row: 1,
-                col: 2 * inner,
-                outer: qk_image,
-                inner: d,
-            },
-            c: Strides {
-                offset: 0,
-                row: l,
-                col: 1,
-                outer: heads * l * l,
-                inner: l * l,
-            },
-            alpha: (1.0 / (d as f64).sqrt()) as f32,
-            out_scale: 1.0,
-            silu_in: false,
-            silu_out: false,
-            bias_per_row: false,
-        };
-        dispatches.push(matmul_as(
+        let scores = scratch.scores.narrow(0, 0, nb)?;
+        // S = Q Kᵀ / √d.
+        dispatches.push(product(
             ctx,
-            &scores,
-            &MatmulBuffers {
-                a: &scratch.qk,
-                b: &scratch.qk,
+            choices,
+            &MatmulArgs {
+                a: &heads_of(&scratch.qk, b0, nb, 0)?,
+                b: &heads_of(&scratch.qk, b0, nb, inner)?.transpose(2, 3)?,
                 bias: None,
                 residual: None,
-                out: &scratch.scores,
+                out: &scores,
             },
-            to_scores,
+            MatmulOptions {
+                alpha: (1.0 / (d as f64).sqrt()) as f32,
+                ..Default::default()
+            },
         )?);
-        dispatches.push(softmax_rows(ctx, nb * heads * l, l, &scratch.scores)?);
-        // O[image, token, head·d + j] = Σ_key P[key] Vᵀ[head·d + j, key].
-        let weighted = Matmul {
-            m: l,
-            n: d,
-            k: l,
-            batch: nb * heads,
-            inner_count: heads,
-            a: Strides {
-                offset: 0,
-                row: l,
-                col: 1,
-                outer: heads * l * l,
-                inner: l * l,
-            },
-            b: Strides {
-                offset: b0 * inner * l,
-                row: 1,
-                col: l,
-                outer: inner * l,
-                inner: d * l,
-            },
-            c: Strides {
-                offset: b0 * l * inner,
-                row: inner,
-                col: 1,
-                outer: l * inner,
-                inner: d,
-            },
-            alpha: 1.0,
-            out_scale: 1.0,
-            silu_in: false,
-            silu_out: false,
-            bias_per_row: false,
-        };
-        dispatches.push(matmul_as(
+        let reduction = choices.softmax(nb * heads * l, l);
+        dispatches.push(softmax_rows(ctx, reduction, &scores)?);
+        // O = P V, written into the heads' columns of [B, L, D].
+        let vt = scratch.vt.narrow(0, b0, nb)?.split(1, heads, d)?;
+        dispatches.push(product(
             ctx,
-            &weighted,
-            &MatmulBuffers {
-                a: &scratch.scores,
-                b: &scratch.vt,
+            choices,
+            &MatmulArgs {
+                a: &scores,
+                b: &vt.transpose(2, 3)?,
                 bias: None,
                 residual: None,
-                out: &scratch.heads_out,
+                out: &heads_of(&scratch.heads_out, b0, nb, 0)?,
             },
-            from_scores,
+            MatmulOptions::default(),
         )?);
         b0 += nb;
     }
-    dispatches.push(matmul_as(
+    // out = (O · Woᵀ + bo + x) / rescale_output_factor.
+    dispatches.push(product(
         ctx,
-        &Matmul {
-            out_scale: 1.0 / shape.rescale_output_factor,
-            ..Matmul::linear(b * l, inner, c)
-        },
-        &MatmulBuffers {
-            a: &scratch.heads_out,
-            b: &weights.wo,
+        choices,
+        &MatmulArgs {
+            a: &rows(&scratch.heads_out, inner)?,
+            b: &weights.wo.transpose(0, 1)?,
             bias: Some(&weights.bo),
-            residual: Some(x),
-            out,
+            residual: Some(&rows(&x, c)?),
+            out: &rows(&out, c)?,
         },
-        every,
+        MatmulOptions {
+            out_scale: 1.0 / shape.rescale_output_factor,
+            ..Default::default()
+        },
     )?);
     for dsp in dispatches.iter_mut() {
         dsp.label = format!("attention/{}", dsp.label);

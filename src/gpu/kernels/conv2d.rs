@@ -5,9 +5,10 @@
 
 use anyhow::{ensure, Context, Result};
 
-use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{candidates, GpuContext};
+use crate::gpu::tensor::{GpuTensor, StepTable};
+use crate::gpu::GpuContext;
 use crate::model::unet::Padding;
 use crate::Tensor;
 
@@ -43,23 +44,6 @@ impl Variant {
             .unwrap_or_else(|| Self::default_for(ctx.info.device_type))
     }
 
-    /// The variant for `shape` with activations stored as `precision`: the context's forced
-    /// one, else the tuner's choice among every variant ([`crate::gpu::tune`]), else (tuning
-    /// off) the device type's.
-    pub fn for_shape(ctx: &GpuContext, shape: &ConvShape, precision: Precision) -> Result<Self> {
-        if let Some(v) = ctx.kernels.conv {
-            return Ok(v);
-        }
-        let candidates = Self::ALL.map(|v| (v.name(), v));
-        ctx.tuner.choose(
-            "conv2d",
-            &shape.key(precision),
-            &candidates,
-            Self::default_for(ctx.info.device_type),
-            |v, best| time_variant(ctx, v, shape, precision, best),
-        )
-    }
-
     /// The variant for a device type: Register on CPU implementations, Tiled on GPUs.
     pub fn default_for(device_type: wgpu::DeviceType) -> Self {
         match device_type {
@@ -71,7 +55,7 @@ impl Variant {
     /// The entry point computing `shape`: the register variant has row kernels for 3×3 stride-1
     /// convolutions (most of a U-Net's FLOPs) that reuse input columns across neighbouring
     /// pixels, 16 pixels per invocation on rows of 16 or more, else 8.
-    fn entry(self, shape: &ConvShape) -> Entry {
+    pub(crate) fn entry(self, shape: &ConvShape) -> Entry {
         let row_kernel = shape.kh == 3 && shape.kw == 3 && shape.stride == 1;
         match self {
             Self::Register if row_kernel && shape.out_hw().is_ok_and(|(_, w)| w >= 16) => {
@@ -213,53 +197,6 @@ pub struct ConvShape {
     pub stride: usize,
     pub pad: Padding,
     pub upsample: bool,
-}
-
-/// Milliseconds of one run of `variant` on `shape` (scratch buffers, zero data: the kernels do
-/// not branch on values).
-fn time_variant(
-    ctx: &GpuContext,
-    variant: Variant,
-    shape: &ConvShape,
-    precision: Precision,
-    best_so_far: f64,
-) -> Result<f64> {
-    let mut shape = *shape;
-    if ctx.is_cpu() {
-        let per_image = (shape.flops() / shape.batch.max(1) as u64).max(1);
-        shape.batch = shape
-            .batch
-            .min(candidates::CPU_TUNE_FLOPS.div_ceil(per_image) as usize)
-            .max(1);
-    }
-    let p = precision.bytes() as u64;
-    let src = (shape.batch * shape.src_h * shape.src_w) as u64;
-    let scratch = |label: &str, bytes: u64| candidates::scratch(ctx, label, bytes);
-    let weights = ConvWeights {
-        weight: scratch(
-            "tune conv weights",
-            (shape.k() * round4(shape.cout)) as u64 * p,
-        ),
-        bias: scratch("tune conv bias", round4(shape.cout) as u64 * 4),
-        precision,
-        cout: shape.cout,
-        cin: shape.cin(),
-        kh: shape.kh,
-        kw: shape.kw,
-    };
-    let x_a = scratch("tune conv x_a", src * shape.c1 as u64 * p);
-    let x_b = (shape.c2 > 0).then(|| scratch("tune conv x_b", src * shape.c2 as u64 * p));
-    let out = scratch("tune conv out", shape.out_len() as u64 * p);
-    let io = ConvIo {
-        x_a: &x_a,
-        x_b: x_b.as_ref(),
-        chan_add: None,
-        residual: None,
-        out: &out,
-        out_scale: 1.0,
-    };
-    let d = conv2d(ctx, variant, "tune conv2d", &shape, &weights, &io)?;
-    candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best_so_far)
 }
 
 impl ConvShape {
@@ -431,31 +368,21 @@ impl ConvWeights {
     }
 }
 
-/// The buffers one convolution reads and writes: activations stored as the weights'
-/// precision ([`ConvWeights::precision`]), the `chan_add` table in f32.
+/// What one convolution reads and writes: NHWC activations stored as the weights' precision
+/// ([`ConvWeights::precision`]), the `chan_add` table in f32.
 pub struct ConvIo<'a> {
-    /// NHWC, `c1` channels.
-    pub x_a: &'a wgpu::Buffer,
-    /// NHWC, `c2` channels (the skip connection), when `c2 > 0`.
-    pub x_b: Option<&'a wgpu::Buffer>,
-    /// A `[B, Cout]` table added per (batch, channel); `step_stride` bytes apart per step
-    /// (a multiple of the storage offset alignment; 0 for a single step).
-    pub chan_add: Option<(&'a wgpu::Buffer, u32)>,
-    /// NHWC of the output's shape, added before `out_scale`.
-    pub residual: Option<&'a wgpu::Buffer>,
-    pub out: &'a wgpu::Buffer,
+    /// `[B, src_h, src_w, c1]`.
+    pub x_a: &'a GpuTensor,
+    /// `[B, src_h, src_w, c2]` (the skip connection), when `c2 > 0`.
+    pub x_b: Option<&'a GpuTensor>,
+    /// A per-step `[B, Cout]` table added per (batch, channel) (a resnet's time projection).
+    pub chan_add: Option<&'a StepTable>,
+    /// `[B, out_h, out_w, Cout]`, added before `out_scale`.
+    pub residual: Option<&'a GpuTensor>,
+    /// `[B, out_h, out_w, Cout]`.
+    pub out: &'a GpuTensor,
     /// Multiplies the sum (diffusers' 1 / output_scale_factor); 1 normally.
     pub out_scale: f32,
-}
-
-fn check_size(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
-    let need = (elements * p.bytes()) as u64;
-    ensure!(
-        buffer.size() >= need,
-        "conv2d: {what} buffer holds {} bytes, needs {need}",
-        buffer.size()
-    );
-    Ok(())
 }
 
 /// Builds the dispatch computing `io.out` for `shape` with `weights`.
@@ -489,16 +416,19 @@ pub fn conv2d(
         shape.c2,
         if io.x_b.is_some() { "given" } else { "missing" }
     );
-    let src_pixels = shape.batch * shape.src_h * shape.src_w;
-    let act = weights.precision;
-    check_size("x_a", io.x_a, src_pixels * shape.c1, act)?;
-    if let Some(b) = io.x_b {
-        check_size("x_b", b, src_pixels * shape.c2, act)?;
-    }
-    check_size("out", io.out, shape.out_len(), act)?;
-    if let Some(r) = io.residual {
-        check_size("residual", r, shape.out_len(), act)?;
-    }
+    let (b, h, w, act) = (shape.batch, shape.src_h, shape.src_w, weights.precision);
+    let x_a = io.x_a.dense("conv2d x_a", &[b, h, w, shape.c1], act)?;
+    let x_b = match io.x_b {
+        Some(t) => Some(t.dense("conv2d x_b", &[b, h, w, shape.c2], act)?),
+        None => None,
+    };
+    let out_shape = [b, oh, ow, shape.cout];
+    let out = io.out.dense("conv2d out", &out_shape, act)?;
+    let residual = match io.residual {
+        Some(t) => Some(t.dense("conv2d residual", &out_shape, act)?),
+        None => None,
+    };
+    let src_pixels = b * h * w;
     let largest = (src_pixels * shape.cin())
         .max(shape.out_len())
         .max(shape.k() * round4(shape.cout));
@@ -553,33 +483,30 @@ pub fn conv2d(
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
     let unused = ctx.placeholder();
-    let chan_bytes = (shape.batch * shape.cout * 4) as u64;
-    let (chan_buf, chan_stride, chan_size) = match io.chan_add {
-        Some((buf, stride)) => {
+    let (chan, chan_stride) = match io.chan_add {
+        Some(t) => {
             ensure!(
-                buf.size() >= chan_bytes,
-                "conv2d {label}: chan_add holds {} bytes, needs {chan_bytes}",
-                buf.size()
+                t.batch() == b && t.width() == shape.cout,
+                "conv2d {label}: chan_add table is [{}, {}] per step, needs [{b}, {}]",
+                t.batch(),
+                t.width(),
+                shape.cout
             );
-            (buf, stride, chan_bytes)
+            (t.step_binding(), t.stride_bytes())
         }
-        None => (unused, 0, unused.size()),
+        None => (unused.into(), 0),
     };
     let bind_group = kernel.bind_group(
         &ctx.device,
         &[
             (&uniform).into(),
-            io.x_a.into(),
-            io.x_b.unwrap_or(unused).into(),
+            x_a,
+            x_b.unwrap_or(unused.into()),
             (&weights.weight).into(),
             (&weights.bias).into(),
-            BufferSlice {
-                buffer: chan_buf,
-                offset: 0,
-                size: Some(chan_size),
-            },
-            io.residual.unwrap_or(unused).into(),
-            io.out.into(),
+            chan,
+            residual.unwrap_or(unused.into()),
+            out,
         ],
     )?;
     Ok(Dispatch {

@@ -5,6 +5,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
+use crate::gpu::tensor::{GpuTensor, StepTable};
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -67,22 +68,12 @@ pub fn spec_as(entry: &'static str, io: Io) -> KernelSpec {
     }
 }
 
-fn check(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
-    ensure!(
-        buffer.size() >= (elements * p.bytes()) as u64,
-        "{what}: buffer holds {} bytes, needs {}",
-        buffer.size(),
-        elements * p.bytes()
-    );
-    Ok(())
-}
-
-/// What an elementwise kernel reads: `a`, optionally `b`, and optionally one step's slice of a
-/// per-step table (buffer, slice bytes, bytes per step).
+/// What an elementwise kernel reads (checked dense by the caller): `a`, optionally `b`, and
+/// optionally a per-step table.
 struct Inputs<'a> {
-    a: &'a wgpu::Buffer,
-    b: Option<&'a wgpu::Buffer>,
-    table: Option<(&'a wgpu::Buffer, u64, u32)>,
+    a: BufferSlice<'a>,
+    b: Option<BufferSlice<'a>>,
+    table: Option<&'a StepTable>,
 }
 
 fn build(
@@ -91,31 +82,29 @@ fn build(
     label: &str,
     mut params: Params,
     inputs: Inputs<'_>,
-    out: &wgpu::Buffer,
+    out: BufferSlice<'_>,
     io: Io,
 ) -> Result<Dispatch> {
     let Inputs { a, b, table } = inputs;
     ensure!(params.n > 0, "{label}: empty");
-    check(label, out, params.n as usize, io.output)?;
     let kernel = ctx.kernel(&spec_as(entry, io))?;
     let groups = params.n.div_ceil(WORKGROUP);
     let grid = grid_2d(groups, ctx.limits.max_compute_workgroups_per_dimension);
     params.row_groups = grid[0];
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     let unused = ctx.placeholder();
-    let (tbuf, tsize, tstride) = table.unwrap_or((unused, unused.size(), 0));
+    let (tslice, tstride) = match table {
+        Some(t) => (t.step_binding(), t.stride_bytes()),
+        None => (unused.into(), 0),
+    };
     let bind_group = kernel.bind_group(
         &ctx.device,
         &[
             (&uniform).into(),
-            a.into(),
-            b.unwrap_or(unused).into(),
-            BufferSlice {
-                buffer: tbuf,
-                offset: 0,
-                size: Some(tsize),
-            },
-            out.into(),
+            a,
+            b.unwrap_or(unused.into()),
+            tslice,
+            out,
         ],
     )?;
     let n = params.n as u64;
@@ -130,20 +119,31 @@ fn build(
     })
 }
 
-/// `out[p] = cat(a[p] (c1 channels), b[p] (c2 channels))` for `pixels` NHWC pixels.
-#[allow(clippy::too_many_arguments)]
+/// `out[p] = cat(a[p], b[p])` along the last (channel) dimension of NHWC tensors.
 pub fn concat_channels(
     ctx: &GpuContext,
     label: &str,
-    pixels: usize,
-    (c1, c2): (usize, usize),
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    io: Io,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    out: &GpuTensor,
 ) -> Result<Dispatch> {
-    check(label, a, pixels * c1, io.input)?;
-    check(label, b, pixels * c2, io.input)?;
+    let shape = a.shape();
+    ensure!(
+        !shape.is_empty() && b.rank() == shape.len(),
+        "{label}: cannot concatenate {:?} and {:?}",
+        shape,
+        b.shape()
+    );
+    let (c1, c2) = (shape[shape.len() - 1], b.shape()[shape.len() - 1]);
+    let pixels = a.numel() / c1.max(1);
+    let mut out_shape = shape.to_vec();
+    *out_shape.last_mut().expect("rank ≥ 1") = c1 + c2;
+    let mut b_shape = shape.to_vec();
+    *b_shape.last_mut().expect("rank ≥ 1") = c2;
+    let io = Io {
+        input: a.precision(),
+        output: out.precision(),
+    };
     let params = Params {
         n: (pixels * (c1 + c2)) as u32,
         c1: c1 as u32,
@@ -151,70 +151,75 @@ pub fn concat_channels(
         ..Default::default()
     };
     let inputs = Inputs {
-        a,
-        b: Some(b),
+        a: a.dense(label, shape, io.input)?,
+        b: Some(b.dense(label, &b_shape, io.input)?),
         table: None,
     };
+    let out = out.dense(label, &out_shape, io.output)?;
     build(ctx, "concat_channels", label, params, inputs, out, io)
 }
 
-/// `out = a · scale + shift` over `n` values (also the conversion between storage types).
+/// `out = a · scale + shift` elementwise (also the conversion between storage types: `out`
+/// may have another precision than `a`).
 pub fn affine(
     ctx: &GpuContext,
     label: &str,
-    n: usize,
     (scale, shift): (f32, f32),
-    a: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    io: Io,
+    a: &GpuTensor,
+    out: &GpuTensor,
 ) -> Result<Dispatch> {
-    check(label, a, n, io.input)?;
+    let io = Io {
+        input: a.precision(),
+        output: out.precision(),
+    };
     let params = Params {
-        n: n as u32,
+        n: a.numel() as u32,
         scale,
         shift,
         ..Default::default()
     };
     let inputs = Inputs {
-        a,
+        a: a.dense(label, a.shape(), io.input)?,
         b: None,
         table: None,
     };
+    let out = out.dense(label, a.shape(), io.output)?;
     build(ctx, "affine", label, params, inputs, out, io)
 }
 
-/// `out = silu(a · (1 + scale) + shift)` for NHWC `a` of `batch × hw × c`, with (scale, shift)
-/// the step's `[batch, 2c]` block of `table` (`stride` bytes per step).
+/// `out = silu(a · (1 + scale) + shift)` for NHWC `a` `[B, H, W, C]`, with (scale, shift) the
+/// step's `[B, 2C]` block of `table`.
 pub fn scale_shift_silu(
     ctx: &GpuContext,
     label: &str,
-    (batch, hw, c): (usize, usize, usize),
-    a: &wgpu::Buffer,
-    (table, stride): (&wgpu::Buffer, u32),
-    out: &wgpu::Buffer,
-    io: Io,
+    a: &GpuTensor,
+    table: &StepTable,
+    out: &GpuTensor,
 ) -> Result<Dispatch> {
-    let n = batch * hw * c;
-    check(label, a, n, io.input)?;
-    check(label, table, batch * 2 * c, Precision::F32)?;
+    ensure!(a.rank() == 4, "{label}: expected NHWC, got {:?}", a.shape());
+    let [batch, h, w, c] = [a.shape()[0], a.shape()[1], a.shape()[2], a.shape()[3]];
+    ensure!(
+        table.batch() == batch && table.width() == 2 * c,
+        "{label}: the scale-shift table is [{}, {}] per step, needs [{batch}, {}]",
+        table.batch(),
+        table.width(),
+        2 * c
+    );
+    let io = Io {
+        input: a.precision(),
+        output: out.precision(),
+    };
     let params = Params {
-        n: n as u32,
+        n: a.numel() as u32,
         c1: c as u32,
-        hw: hw as u32,
+        hw: (h * w) as u32,
         ..Default::default()
     };
-    let size = (batch * 2 * c * 4) as u64;
-    build(
-        ctx,
-        "scale_shift_silu",
-        label,
-        params,
-        Inputs {
-            a,
-            b: None,
-            table: Some((table, size, stride)),
-        },
-        out,
-        io,
-    )
+    let inputs = Inputs {
+        a: a.dense(label, a.shape(), io.input)?,
+        b: None,
+        table: Some(table),
+    };
+    let out = out.dense(label, a.shape(), io.output)?;
+    build(ctx, "scale_shift_silu", label, params, inputs, out, io)
 }

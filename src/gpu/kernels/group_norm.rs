@@ -5,9 +5,11 @@
 
 use anyhow::{ensure, Result};
 
-use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{candidates, GpuContext};
+use crate::gpu::tensor::GpuTensor;
+use crate::gpu::variants::Reduction;
+use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
 /// With the subgroup combine appended (compiled only on devices with `SUBGROUP`).
@@ -54,11 +56,11 @@ impl GroupNormShape {
         self.batch * self.hw * self.channels
     }
 
-    fn num_chunks(&self) -> usize {
+    pub(crate) fn num_chunks(&self) -> usize {
         self.hw.div_ceil(CHUNK_PIXELS as usize)
     }
 
-    fn params(&self) -> Params {
+    pub(crate) fn params(&self) -> Params {
         Params {
             batch: self.batch as u32,
             hw: self.hw as u32,
@@ -145,22 +147,47 @@ fn spec(entry: &'static str, precision: Precision) -> KernelSpec {
     }
 }
 
-/// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)`.
-/// `x` and `y` must be different buffers; `gamma`/`beta` hold `channels` f32. The statistics
-/// are combined per group by one serial invocation, or by a workgroup of subgroups where the
-/// context uses them ([`GpuContext::uses_subgroups`]) and tuning does not find the serial one
-/// faster.
+/// The tensors of one group norm: NHWC `x` and `y` (`[batch, .., channels]`, stored as the
+/// shape's precision), f32 `gamma` and `beta` of `channels`.
+pub struct GroupNormIo<'a> {
+    pub x: &'a GpuTensor,
+    pub gamma: &'a GpuTensor,
+    pub beta: &'a GpuTensor,
+    pub y: &'a GpuTensor,
+}
+
+impl GroupNormShape {
+    /// The shape of a norm over `x` (`[batch, .., channels]`).
+    pub fn of(x: &GpuTensor, groups: usize, eps: f32, silu: bool) -> Result<Self> {
+        let s = x.shape();
+        ensure!(s.len() >= 2, "group norm: x {s:?} has no channel dimension");
+        let (batch, channels) = (s[0], s[s.len() - 1]);
+        Ok(Self {
+            batch,
+            hw: s[1..s.len() - 1].iter().product(),
+            channels,
+            groups,
+            eps,
+            silu,
+            precision: x.precision(),
+        })
+    }
+}
+
+/// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)` with the statistics
+/// combined as `combine`. `x` and `y` must be different tensors.
 pub fn group_norm(
     ctx: &GpuContext,
     shape: &GroupNormShape,
+    combine: Reduction,
     scratch: &GroupNormScratch,
-    x: &wgpu::Buffer,
-    gamma: &wgpu::Buffer,
-    beta: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    io: &GroupNormIo<'_>,
 ) -> Result<Vec<Dispatch>> {
     shape.validate()?;
-    let params = shape.params();
+    ensure!(
+        combine == Reduction::Serial || ctx.uses_subgroups(),
+        "group norm: the subgroup combine needs a device with subgroups"
+    );
     let partial_len = shape.batch * shape.num_chunks() * shape.channels;
     // gn_combine writes one coefficient vec4 per (batch, channel), not per group.
     ensure!(
@@ -168,31 +195,33 @@ pub fn group_norm(
             && shape.batch * shape.channels <= scratch.stats_capacity,
         "group norm scratch too small for {shape:?}"
     );
-    let numel = shape.numel();
-    let elem = shape.precision.bytes();
+    let p = shape.precision;
+    let dims = io.x.shape();
+    let x = io.x.dense("group norm x", dims, p)?;
+    let y = io.y.dense("group norm y", dims, p)?;
     ensure!(
-        x.size() >= (numel * elem) as u64 && y.size() >= (numel * elem) as u64,
-        "group norm: x or y holds fewer than {numel} {}",
-        shape.precision
+        io.x.numel() == shape.numel(),
+        "group norm: x {:?} is not {shape:?}",
+        dims
     );
-    ensure!(
-        gamma.size() >= (shape.channels * 4) as u64 && beta.size() >= (shape.channels * 4) as u64,
-        "group norm: gamma or beta holds fewer than {} f32",
-        shape.channels
-    );
-    let uniform = ctx.uniform("group norm params", &params);
-    let subgroups = combine_with_subgroups(ctx, shape)?;
+    let gamma = io
+        .gamma
+        .dense("group norm gamma", &[shape.channels], Precision::F32)?;
+    let beta = io
+        .beta
+        .dense("group norm beta", &[shape.channels], Precision::F32)?;
+    let uniform = ctx.uniform("group norm params", &shape.params());
     let mut out = Vec::with_capacity(3);
-    for stage in stages(shape, subgroups) {
+    for stage in stages(shape, combine == Reduction::Subgroup) {
         out.push(stage_dispatch(
             ctx,
             shape,
             &stage,
             [
-                &uniform,
+                (&uniform).into(),
                 x,
-                &scratch.partials,
-                &scratch.stats,
+                (&scratch.partials).into(),
+                (&scratch.stats).into(),
                 gamma,
                 beta,
                 y,
@@ -203,14 +232,14 @@ pub fn group_norm(
 }
 
 /// One of the three dispatches: its entry point, workgroups, compulsory bytes and FLOPs.
-struct Stage {
+pub(crate) struct Stage {
     entry: &'static str,
     workgroups: u32,
     bytes: u64,
     flops: u64,
 }
 
-fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
+pub(crate) fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
     let partial_len = shape.batch * shape.num_chunks() * shape.channels;
     let numel = shape.numel();
     let elem = shape.precision.bytes() as u64;
@@ -244,15 +273,14 @@ fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
 }
 
 /// The dispatch of `stage`, bound to (params, x, partials, stats, gamma, beta, y).
-fn stage_dispatch(
+pub(crate) fn stage_dispatch(
     ctx: &GpuContext,
     shape: &GroupNormShape,
     stage: &Stage,
-    buffers: [&wgpu::Buffer; 7],
+    buffers: [BufferSlice<'_>; 7],
 ) -> Result<Dispatch> {
     let kernel = ctx.kernel(&spec(stage.entry, shape.precision))?;
-    let entries: Vec<_> = buffers.iter().map(|b| (*b).into()).collect();
-    let bind_group = kernel.bind_group(&ctx.device, &entries)?;
+    let bind_group = kernel.bind_group(&ctx.device, &buffers)?;
     let tag = if shape.silu {
         "group_norm_silu"
     } else {
@@ -270,42 +298,4 @@ fn stage_dispatch(
         flops: stage.flops,
         bytes: stage.bytes,
     })
-}
-
-/// Whether the statistics are combined by subgroups: only where the context uses them, and
-/// then the faster of the two combines for this shape when tuning ([`crate::gpu::tune`]).
-fn combine_with_subgroups(ctx: &GpuContext, shape: &GroupNormShape) -> Result<bool> {
-    if !ctx.uses_subgroups() {
-        return Ok(false);
-    }
-    let key = format!(
-        "b{} hw{} c{} g{} {}",
-        shape.batch, shape.hw, shape.channels, shape.groups, shape.precision
-    );
-    let candidates = [("subgroup", true), ("serial", false)];
-    ctx.tuner.choose(
-        "group_norm_combine",
-        &key,
-        &candidates,
-        true,
-        |subgroups, best| {
-            // Only the combine differs; time it alone, on scratch buffers.
-            let partial_len = shape.batch * shape.num_chunks() * shape.channels;
-            let scratch = |label: &str, bytes: usize| candidates::scratch(ctx, label, bytes as u64);
-            let uniform = ctx.uniform("tune group norm params", &shape.params());
-            let x = scratch("tune gn x", shape.numel() * shape.precision.bytes());
-            let y = scratch("tune gn y", shape.numel() * shape.precision.bytes());
-            let partials = scratch("tune gn partials", partial_len * 16);
-            let stats = scratch("tune gn stats", shape.batch * shape.channels * 16);
-            let affine = scratch("tune gn gamma", shape.channels * 4);
-            let [_, combine, _] = stages(shape, subgroups);
-            let d = stage_dispatch(
-                ctx,
-                shape,
-                &combine,
-                [&uniform, &x, &partials, &stats, &affine, &affine, &y],
-            )?;
-            candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best)
-        },
-    )
 }

@@ -6,7 +6,8 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::{candidates, GpuContext};
+use crate::gpu::tensor::GpuTensor;
+use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/linear.wgsl");
 pub const SOURCE_K4: &str = include_str!("../../../shaders/linear_k4.wgsl");
@@ -114,7 +115,7 @@ impl Matmul {
     }
 
     /// Highest element index (exclusive) an operand with `s` touches for an R×C matrix.
-    fn extent(&self, s: &Strides, rows: usize, cols: usize) -> usize {
+    pub(crate) fn extent(&self, s: &Strides, rows: usize, cols: usize) -> usize {
         let zo = (self.batch - 1) / self.inner_count;
         let zi = if self.batch > self.inner_count {
             self.inner_count - 1
@@ -214,73 +215,23 @@ pub fn specialized(
 pub use crate::gpu::variants::MatmulVariant;
 
 impl MatmulVariant {
-    /// The context's forced variant ([`crate::gpu::KernelChoice`]; K4 falls back to Strided
-    /// where it does not apply), else on CPU adapters (lavapipe, where barriers are slow) the
-    /// barrier-free kernels, and the workgroup-memory one elsewhere.
+    /// The context's fixed variant for `op` ([`MatmulVariant::fixed`]).
     pub fn for_context(ctx: &GpuContext, op: &Matmul) -> Self {
-        match ctx.kernels.matmul {
+        Self::fixed(ctx.kernels.matmul, ctx.is_cpu(), op)
+    }
+
+    /// A forced variant (K4 falls back to Strided where it does not apply), else on CPU
+    /// adapters (lavapipe, where barriers are slow) the barrier-free kernels, and the
+    /// workgroup-memory one elsewhere.
+    pub fn fixed(forced: Option<Self>, cpu: bool, op: &Matmul) -> Self {
+        match forced {
             Some(Self::K4) if !op.fits_k4() => Self::Strided,
             Some(v) => v,
-            None if !ctx.is_cpu() => Self::Tiled,
+            None if !cpu => Self::Tiled,
             None if op.fits_k4() => Self::K4,
             None => Self::Strided,
         }
     }
-}
-
-impl MatmulVariant {
-    /// The variant for `op` with operands stored as `types`: the context's forced one, else
-    /// the tuner's choice among the variants that apply ([`crate::gpu::tune`]), else (tuning
-    /// off) [`MatmulVariant::for_context`]'s rule.
-    pub fn for_op(ctx: &GpuContext, op: &Matmul, types: MatmulTypes) -> Result<Self> {
-        let fixed = Self::for_context(ctx, op);
-        if ctx.kernels.matmul.is_some() {
-            return Ok(fixed);
-        }
-        let candidates: Vec<_> = Self::ALL
-            .into_iter()
-            .filter(|v| *v != Self::K4 || op.fits_k4())
-            .map(|v| (v.name(), v))
-            .collect();
-        ctx.tuner
-            .choose("matmul", &op.key(types), &candidates, fixed, |v, best| {
-                time_variant(ctx, op, v, types, best)
-            })
-    }
-}
-
-/// Milliseconds of one run of `variant` on `op` (scratch operands, no bias or residual; on a
-/// CPU adapter only as many rows as [`candidates::CPU_TUNE_FLOPS`] needs).
-fn time_variant(
-    ctx: &GpuContext,
-    op: &Matmul,
-    variant: MatmulVariant,
-    types: MatmulTypes,
-    best_so_far: f64,
-) -> Result<f64> {
-    let mut op = *op;
-    if ctx.is_cpu() {
-        let per_row = (op.flops() / op.m as u64).max(1);
-        op.m =
-            op.m.min(candidates::CPU_TUNE_FLOPS.div_ceil(per_row) as usize)
-                .max(1);
-    }
-    let op = &op;
-    let scratch = |label: &str, elements: usize, p: Precision| {
-        candidates::scratch(ctx, label, (elements * p.bytes()) as u64)
-    };
-    let a = scratch("tune matmul A", op.extent(&op.a, op.m, op.k), types.a);
-    let b = scratch("tune matmul B", op.extent(&op.b, op.k, op.n), types.b);
-    let out = scratch("tune matmul out", op.extent(&op.c, op.m, op.n), types.c);
-    let bufs = MatmulBuffers {
-        a: &a,
-        b: &b,
-        bias: None,
-        residual: None,
-        out: &out,
-    };
-    let d = matmul_typed(ctx, op, &bufs, variant, types)?;
-    candidates::time_dispatch(ctx, &d, candidates::runs_for(ctx), best_so_far)
 }
 
 impl Matmul {
@@ -357,83 +308,192 @@ pub fn spec() -> KernelSpec {
     }
 }
 
-/// Operand buffers of one product. Absent bias/residual are bound to a small placeholder.
-pub struct MatmulBuffers<'a> {
-    pub a: &'a wgpu::Buffer,
-    pub b: &'a wgpu::Buffer,
-    pub bias: Option<&'a wgpu::Buffer>,
-    pub residual: Option<&'a wgpu::Buffer>,
-    pub out: &'a wgpu::Buffer,
+/// The scalar part of a product's epilogue (see [`Matmul`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulOptions {
+    pub alpha: f32,
+    pub out_scale: f32,
+    pub silu_in: bool,
+    pub silu_out: bool,
+    /// The bias is indexed by the output row (length M) instead of the column.
+    pub bias_per_row: bool,
 }
 
-fn check_len(what: &str, buffer: &wgpu::Buffer, elements: usize, p: Precision) -> Result<()> {
+impl Default for MatmulOptions {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            out_scale: 1.0,
+            silu_in: false,
+            silu_out: false,
+            bias_per_row: false,
+        }
+    }
+}
+
+/// The operands of one product as tensors: `a` `[.., M, K]`, `b` `[.., K, N]`, `out` (and
+/// `residual`, laid out like `out`) `[.., M, N]`, with up to two leading batch dimensions
+/// (outer, inner); an operand with a batch dimension of 1 (or fewer dimensions) is shared by
+/// every product. Views are taken as they are (a transposed weight, the heads of q/k/v).
+/// `bias` is a contiguous f32 vector of N (or M with `bias_per_row`).
+pub struct MatmulArgs<'a> {
+    pub a: &'a GpuTensor,
+    pub b: &'a GpuTensor,
+    pub bias: Option<&'a GpuTensor>,
+    pub residual: Option<&'a GpuTensor>,
+    pub out: &'a GpuTensor,
+}
+
+/// A tensor as `[outer, inner, rows, cols]` sizes and strides (missing batch dimensions and
+/// batch dimensions of size 1 get stride 0, so they broadcast).
+fn as4(what: &str, t: &GpuTensor) -> Result<([usize; 4], Strides)> {
     ensure!(
-        buffer.size() >= (elements * p.bytes()) as u64,
-        "matmul: {what} holds {} bytes, needs {elements} {p}",
-        buffer.size(),
+        (2..=4).contains(&t.rank()),
+        "matmul: {what} must have 2 to 4 dimensions, got {:?}",
+        t.shape()
     );
-    Ok(())
+    let pad = 4 - t.rank();
+    let mut shape = [1; 4];
+    let mut strides = [0; 4];
+    for i in 0..t.rank() {
+        shape[pad + i] = t.shape()[i];
+        let batch_dim = pad + i < 2;
+        strides[pad + i] = if batch_dim && t.shape()[i] == 1 {
+            0
+        } else {
+            t.strides()[i]
+        };
+    }
+    let s = Strides {
+        offset: t.offset(),
+        outer: strides[0],
+        inner: strides[1],
+        row: strides[2],
+        col: strides[3],
+    };
+    Ok((shape, s))
 }
 
-/// One dispatch for `op` with the fixed variant for the adapter (see
-/// [`MatmulVariant::for_context`]; for products run once, like the time embedding, where
-/// tuning would cost more than it saves). `out` must not alias any input.
-pub fn matmul(ctx: &GpuContext, op: &Matmul, bufs: &MatmulBuffers<'_>) -> Result<Dispatch> {
-    matmul_with(ctx, op, bufs, MatmulVariant::for_context(ctx, op))
+impl Matmul {
+    /// The product `args` describe, with operand types from the tensors' precisions.
+    pub fn of(args: &MatmulArgs<'_>, opts: MatmulOptions) -> Result<(Self, MatmulTypes)> {
+        let (cs, c) = as4("out", args.out)?;
+        let (as_, a) = as4("A", args.a)?;
+        let (bs, b) = as4("B", args.b)?;
+        let [outer, inner, m, n] = cs;
+        let k = as_[3];
+        ensure!(
+            as_[2] == m && bs[2] == k && bs[3] == n,
+            "matmul: A {:?} · B {:?} does not give out {:?}",
+            args.a.shape(),
+            args.b.shape(),
+            args.out.shape()
+        );
+        for (what, s) in [("A", as_), ("B", bs)] {
+            ensure!(
+                (s[0] == 1 || s[0] == outer) && (s[1] == 1 || s[1] == inner),
+                "matmul: {what} batch dimensions {:?} do not broadcast to out's {:?}",
+                &s[..2],
+                &cs[..2]
+            );
+        }
+        // The kernel spans the outer batch with the inner one folded in: z = o · inner + i.
+        let op = Self {
+            m,
+            n,
+            k,
+            batch: outer * inner,
+            inner_count: inner,
+            a,
+            b,
+            c,
+            alpha: opts.alpha,
+            out_scale: opts.out_scale,
+            silu_in: opts.silu_in,
+            silu_out: opts.silu_out,
+            bias_per_row: opts.bias_per_row,
+        };
+        if let Some(r) = args.residual {
+            ensure!(
+                r.shape() == args.out.shape()
+                    && r.strides() == args.out.strides()
+                    && r.offset() == args.out.offset()
+                    && r.precision() == args.out.precision(),
+                "matmul: the residual {:?} must be laid out like out {:?}",
+                r.shape(),
+                args.out.shape()
+            );
+        }
+        if let Some(bias) = args.bias {
+            let len = if opts.bias_per_row { m } else { n };
+            bias.dense("matmul bias", &[len], Precision::F32)?;
+        }
+        let types = MatmulTypes {
+            a: args.a.precision(),
+            b: args.b.precision(),
+            c: args.out.precision(),
+        };
+        Ok((op, types))
+    }
 }
 
-/// A product run every step, with operands stored as `types` and the tuned variant
-/// ([`MatmulVariant::for_op`]).
-pub fn matmul_as(
+/// One dispatch computing `args.out` with `variant` (an error if it does not apply). `out`
+/// must not alias any input.
+pub fn matmul(
     ctx: &GpuContext,
-    op: &Matmul,
-    bufs: &MatmulBuffers<'_>,
-    types: MatmulTypes,
-) -> Result<Dispatch> {
-    let variant = MatmulVariant::for_op(ctx, op, types)?;
-    matmul_typed(ctx, op, bufs, variant, types)
-}
-
-/// One dispatch for `op` with a chosen variant (an error if it does not apply).
-pub fn matmul_with(
-    ctx: &GpuContext,
-    op: &Matmul,
-    bufs: &MatmulBuffers<'_>,
     variant: MatmulVariant,
+    args: &MatmulArgs<'_>,
+    opts: MatmulOptions,
 ) -> Result<Dispatch> {
-    matmul_typed(ctx, op, bufs, variant, MatmulTypes::F32)
+    let (op, types) = Matmul::of(args, opts)?;
+    let unused = ctx.placeholder();
+    encode(
+        ctx,
+        &op,
+        types,
+        variant,
+        [
+            args.a.buffer(),
+            args.b.buffer(),
+            args.bias.map_or(unused, |t| t.buffer()),
+            args.residual.map_or(unused, |t| t.buffer()),
+            args.out.buffer(),
+        ],
+        args.bias.is_some(),
+        args.residual.is_some(),
+    )
 }
 
-/// One dispatch for `op` with a chosen variant and operand types. Bias stays f32.
-pub fn matmul_typed(
+/// [`matmul`] with the adapter's fixed variant ([`MatmulVariant::for_context`]): for products
+/// run once, like the time embedding, where tuning would cost more than it saves.
+pub fn matmul_fixed(
+    ctx: &GpuContext,
+    args: &MatmulArgs<'_>,
+    opts: MatmulOptions,
+) -> Result<Dispatch> {
+    let (op, _) = Matmul::of(args, opts)?;
+    matmul(ctx, MatmulVariant::for_context(ctx, &op), args, opts)
+}
+
+/// The dispatch for `op` over (A, B, bias, residual, out) buffers that the caller checked hold
+/// the op's extents (tensors, or the tuner's scratch). Bias stays f32.
+pub(crate) fn encode(
     ctx: &GpuContext,
     op: &Matmul,
-    bufs: &MatmulBuffers<'_>,
-    variant: MatmulVariant,
     types: MatmulTypes,
+    variant: MatmulVariant,
+    [a, b, bias, residual, out]: [&wgpu::Buffer; 5],
+    has_bias: bool,
+    has_residual: bool,
 ) -> Result<Dispatch> {
     op.validate()?;
     ensure!(
         variant != MatmulVariant::K4 || op.fits_k4(),
         "matmul: the vec4-along-k variant does not apply to {op:?}"
     );
-    check_len("A", bufs.a, op.extent(&op.a, op.m, op.k), types.a)?;
-    check_len("B", bufs.b, op.extent(&op.b, op.k, op.n), types.b)?;
-    check_len("out", bufs.out, op.extent(&op.c, op.m, op.n), types.c)?;
-    if let Some(bias) = bufs.bias {
-        let n = if op.bias_per_row { op.m } else { op.n };
-        check_len("bias", bias, n, Precision::F32)?;
-    }
-    if let Some(res) = bufs.residual {
-        check_len("residual", res, op.extent(&op.c, op.m, op.n), types.c)?;
-    }
     let mut flags = 0;
-    flags |= if bufs.bias.is_some() { HAS_BIAS } else { 0 };
-    flags |= if bufs.residual.is_some() {
-        HAS_RESIDUAL
-    } else {
-        0
-    };
+    flags |= if has_bias { HAS_BIAS } else { 0 };
+    flags |= if has_residual { HAS_RESIDUAL } else { 0 };
     flags |= if op.silu_in { SILU_IN } else { 0 };
     flags |= if op.silu_out { SILU_OUT } else { 0 };
     flags |= if op.bias_per_row { BIAS_PER_ROW } else { 0 };
@@ -464,16 +524,15 @@ pub fn matmul_typed(
     };
     let kernel = ctx.kernel(&spec_typed(variant, types))?;
     let uniform = ctx.uniform("matmul params", &params);
-    let placeholder = ctx.storage("matmul placeholder", 16);
     let bind_group = kernel.bind_group(
         &ctx.device,
         &[
             (&uniform).into(),
-            bufs.a.into(),
-            bufs.b.into(),
-            bufs.bias.unwrap_or(&placeholder).into(),
-            bufs.residual.unwrap_or(&placeholder).into(),
-            bufs.out.into(),
+            a.into(),
+            b.into(),
+            bias.into(),
+            residual.into(),
+            out.into(),
         ],
     )?;
     let groups = [u(op.n).div_ceil(TILE), u(op.m).div_ceil(TILE), u(op.batch)];

@@ -10,53 +10,30 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::linear::{matmul, Matmul, MatmulBuffers, Strides};
+use super::linear::{matmul_fixed, MatmulArgs, MatmulOptions};
 use crate::cpu::ops::timestep_embedding;
 use crate::gpu::kernel::Dispatch;
+use crate::gpu::precision::Precision;
+use crate::gpu::tensor::{GpuTensor, StepTable};
 use crate::gpu::weights::GpuWeights;
 use crate::gpu::GpuContext;
 use crate::model::unet::{Linear, TimeEmbedding};
 
-/// A per-step table of time-embedding values on the device: `steps` blocks of `[batch, width]` f32.
-pub struct EmbeddingTable {
-    pub buffer: wgpu::Buffer,
-    pub steps: usize,
-    pub batch: usize,
-    pub width: usize,
-    /// Bytes from one step's block to the next.
-    pub stride_bytes: u32,
-}
+/// A per-step table of time-embedding values on the device (see [`StepTable`]).
+pub type EmbeddingTable = StepTable;
 
-impl EmbeddingTable {
-    fn stride_elems(&self) -> usize {
-        self.stride_bytes as usize / 4
-    }
-
-    /// Reads the table back as `[steps][batch · width]` (for tests and `ddim verify`).
-    pub fn read(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        let all = ctx.read_f32(&self.buffer, self.steps * self.stride_elems())?;
-        Ok((0..self.steps)
-            .map(|s| all[s * self.stride_elems()..][..self.batch * self.width].to_vec())
-            .collect())
-    }
-}
-
-/// A linear layer's uploaded weight and bias, checked against its shape.
-fn linear_buffers<'w>(
+/// A linear layer's uploaded weight `[out, in]` and bias `[out]`, checked against its shape.
+fn linear_tensors<'w>(
     lin: &Linear,
     weights: &'w GpuWeights,
-) -> Result<(&'w wgpu::Buffer, &'w wgpu::Buffer)> {
-    let (w, b) = (weights.buffer(&lin.weight)?, weights.buffer(&lin.bias)?);
-    ensure!(
-        w.size() == (lin.in_features * lin.out_features * 4) as u64
-            && b.size() == (lin.out_features * 4) as u64,
-        "{}: weight {} / bias {} bytes for a {}→{} linear layer",
-        lin.weight,
-        w.size(),
-        b.size(),
-        lin.in_features,
-        lin.out_features
-    );
+) -> Result<(&'w GpuTensor, &'w GpuTensor)> {
+    let (w, b) = (weights.tensor(&lin.weight)?, weights.tensor(&lin.bias)?);
+    w.expect(
+        &lin.weight,
+        &[lin.out_features, lin.in_features],
+        Precision::F32,
+    )?;
+    b.expect(&lin.bias, &[lin.out_features], Precision::F32)?;
     Ok((w, b))
 }
 
@@ -79,54 +56,49 @@ pub fn time_embedding(
     let rows = steps * batch;
     let flat: Vec<f32> = timesteps.concat();
     let sinusoid = timestep_embedding(&flat, te.proj_dim, te.flip_sin_to_cos, te.freq_shift);
-    let proj = ctx.upload("timestep sinusoid", &sinusoid.data);
-    let (w1, b1) = linear_buffers(&te.linear_1, weights).context("time embedding linear_1")?;
-    let (w2, b2) = linear_buffers(&te.linear_2, weights).context("time embedding linear_2")?;
-    let hidden = ctx.storage(
+    let proj = ctx.tensor_from(
+        "timestep sinusoid",
+        &sinusoid.data,
+        &[rows, te.proj_dim],
+        Precision::F32,
+    )?;
+    let (w1, b1) = linear_tensors(&te.linear_1, weights).context("time embedding linear_1")?;
+    let (w2, b2) = linear_tensors(&te.linear_2, weights).context("time embedding linear_2")?;
+    let hidden = ctx.tensor(
         "time embedding hidden",
-        (rows * te.linear_1.out_features * 4) as u64,
+        &[rows, te.linear_1.out_features],
+        Precision::F32,
     );
-    let dim = te.embed_dim();
-    let emb = ctx.storage("time embedding", (rows * dim * 4) as u64);
-    let first = Matmul {
-        silu_out: true,
-        ..Matmul::linear(rows, te.proj_dim, te.linear_1.out_features)
-    };
-    let second = Matmul::linear(rows, te.linear_2.in_features, dim);
+    let emb = StepTable::packed(ctx, "time embedding", steps, batch, te.embed_dim());
+    let emb_rows = emb.tensor().reshape(&[rows, te.embed_dim()])?;
     let dispatches = vec![
-        matmul(
+        matmul_fixed(
             ctx,
-            &first,
-            &MatmulBuffers {
+            &MatmulArgs {
                 a: &proj,
-                b: w1,
+                b: &w1.transpose(0, 1)?,
                 bias: Some(b1),
                 residual: None,
                 out: &hidden,
             },
-        )?,
-        matmul(
-            ctx,
-            &second,
-            &MatmulBuffers {
-                a: &hidden,
-                b: w2,
-                bias: Some(b2),
-                residual: None,
-                out: &emb,
+            MatmulOptions {
+                silu_out: true,
+                ..Default::default()
             },
         )?,
+        matmul_fixed(
+            ctx,
+            &MatmulArgs {
+                a: &hidden,
+                b: &w2.transpose(0, 1)?,
+                bias: Some(b2),
+                residual: None,
+                out: &emb_rows,
+            },
+            MatmulOptions::default(),
+        )?,
     ];
-    Ok((
-        dispatches,
-        EmbeddingTable {
-            buffer: emb,
-            steps,
-            batch,
-            width: dim,
-            stride_bytes: (batch * dim * 4) as u32,
-        },
-    ))
+    Ok((dispatches, emb))
 }
 
 /// `lin(silu(emb))` for every (step, image): one dispatch writing a table whose per-step blocks
@@ -138,73 +110,34 @@ pub fn time_projection(
     emb: &EmbeddingTable,
 ) -> Result<(Dispatch, EmbeddingTable)> {
     ensure!(
-        lin.in_features == emb.width,
+        lin.in_features == emb.width(),
         "{}: takes {} features, the time embedding has {}",
         lin.weight,
         lin.in_features,
-        emb.width
+        emb.width()
     );
-    let (w, b) = linear_buffers(lin, weights)?;
-    let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
-    let block = emb.batch * lin.out_features * 4;
-    let stride_bytes = block.next_multiple_of(align);
-    let out = ctx.storage(
-        &format!("{} table", lin.weight),
-        (stride_bytes * emb.steps) as u64,
-    );
-    // One product per step (grid z): A = emb's block, out = the step's aligned block.
-    let op = Matmul {
-        m: emb.batch,
-        n: lin.out_features,
-        k: lin.in_features,
-        batch: emb.steps,
-        inner_count: 1,
-        a: Strides {
-            offset: 0,
-            row: emb.width,
-            col: 1,
-            outer: emb.stride_elems(),
-            inner: 0,
-        },
-        b: Strides {
-            offset: 0,
-            row: 1,
-            col: lin.in_features,
-            outer: 0,
-            inner: 0,
-        },
-        c: Strides {
-            offset: 0,
-            row: lin.out_features,
-            col: 1,
-            outer: stride_bytes / 4,
-            inner: 0,
-        },
-        alpha: 1.0,
-        out_scale: 1.0,
-        silu_in: true,
-        silu_out: false,
-        bias_per_row: false,
-    };
-    let dispatch = matmul(
+    let (w, b) = linear_tensors(lin, weights)?;
+    let out = StepTable::aligned(
         ctx,
-        &op,
-        &MatmulBuffers {
-            a: &emb.buffer,
-            b: w,
+        &format!("{} table", lin.weight),
+        emb.steps(),
+        emb.batch(),
+        lin.out_features,
+    );
+    // One product per step: the step's block of emb times Wᵀ into the step's aligned block.
+    let dispatch = matmul_fixed(
+        ctx,
+        &MatmulArgs {
+            a: emb.tensor(),
+            b: &w.transpose(0, 1)?,
             bias: Some(b),
             residual: None,
-            out: &out,
+            out: out.tensor(),
+        },
+        MatmulOptions {
+            silu_in: true,
+            ..Default::default()
         },
     )?;
-    Ok((
-        dispatch,
-        EmbeddingTable {
-            buffer: out,
-            steps: emb.steps,
-            batch: emb.batch,
-            width: lin.out_features,
-            stride_bytes: stride_bytes as u32,
-        },
-    ))
+    Ok((dispatch, out))
 }
