@@ -206,9 +206,13 @@ fn child_module_paths_and_the_binarys_crate_name_resolve() {
             "model/config.rs",
             "pub fn parse() {}\npub fn default_dir() { super::load() }\n",
         ),
-        ("main.rs", "mod cli;\n"),
-        ("cli.rs", "use mycrate::model::config::parse;\n"),
+        ("main.rs", "mod cli;\nfn main() { cli::run() }\n"),
+        (
+            "cli.rs",
+            "use mycrate::model::config::parse;\npub fn run() { parse() }\n",
+        ),
     ]);
+    assert!(imports(&g, "main", "cli"));
     assert!(imports(&g, "model", "model::config"));
     assert!(imports(&g, "model::config", "model"));
     assert!(imports(&g, "cli", "model::config"));

@@ -10,7 +10,9 @@
 //! `#[cfg(test)]` are left out: unit tests are not part of the data flow.
 //!
 //! Limits (a text scan, not name resolution): names brought in by a glob re-export
-//! (`pub use b::*`) are not followed, and macros' bodies are read as plain code.
+//! (`pub use b::*`) are not followed; macros' bodies are read as plain code; an item the
+//! binary's `main.rs` defines and its modules name as `crate::item` counts as the library
+//! root's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -362,7 +364,10 @@ pub struct ModuleGraph {
 }
 
 /// The module path of a file relative to the source root: `cli/sample.rs` → `cli::sample`;
-/// `lib.rs`, `main.rs` and `x/mod.rs` stand for their directory.
+/// `lib.rs` and `x/mod.rs` stand for their directory. `main.rs`, the binary's root, is a
+/// module `main` of its own, so that the library's root and the binary's stay apart; the
+/// modules the binary declares (`mod cli;`) sit beside the library's, where `crate::cli::…`
+/// finds them.
 fn module_of(rel: &str) -> ModPath {
     let mut parts: ModPath = rel
         .trim_end_matches(".rs")
@@ -370,7 +375,7 @@ fn module_of(rel: &str) -> ModPath {
         .map(str::to_string)
         .collect();
     let last = parts.last().map(String::as_str);
-    if matches!(last, Some("mod")) || parts.len() == 1 && matches!(last, Some("lib" | "main")) {
+    if matches!(last, Some("mod")) || parts.len() == 1 && last == Some("lib") {
         parts.pop();
     }
     parts
@@ -480,10 +485,16 @@ impl ModuleGraph {
             "self" => scope.clone(),
             "super" => scope.clone(),
             _ => {
-                let mut child = scope.clone();
+                // The binary's root declares its modules beside the library's (see module_of).
+                let parent = if scope.len() == 1 && scope[0] == "main" {
+                    Vec::new()
+                } else {
+                    scope.clone()
+                };
+                let mut child = parent.clone();
                 child.push(first.clone());
                 if self.owner.contains_key(&child) {
-                    let mut abs = scope.clone();
+                    let mut abs = parent;
                     abs.extend(path.iter().cloned());
                     return Some(abs);
                 }
