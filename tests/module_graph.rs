@@ -132,7 +132,10 @@ fn group_uses_with_self_and_nested_groups_are_resolved() {
 #[test]
 fn a_name_reached_through_a_reexport_is_an_import_of_its_defining_module() {
     let g = graph(&[
-        ("lib.rs", "pub mod gpu;\npub mod sampler;\npub use gpu::Plan;\n"),
+        (
+            "lib.rs",
+            "pub mod gpu;\npub mod sampler;\npub use gpu::Plan;\n",
+        ),
         (
             "gpu/mod.rs",
             "mod plan;\nmod pool;\npub use plan::{Plan, build as make_plan};\n",
@@ -201,7 +204,10 @@ fn longer_cycles_are_found_as_one_group() {
 fn child_module_paths_and_the_binarys_crate_name_resolve() {
     let g = graph(&[
         ("lib.rs", "pub mod model;\n"),
-        ("model/mod.rs", "pub mod config;\npub fn load() { config::parse() }\n"),
+        (
+            "model/mod.rs",
+            "pub mod config;\npub fn load() { config::parse() }\n",
+        ),
         (
             "model/config.rs",
             "pub fn parse() {}\npub fn default_dir() { super::load() }\n",

@@ -36,7 +36,9 @@ fn entry_point(tp: usize) -> String {
         s.push_str(&text);
         s.push('\n');
     };
-    line(format!("const {k}: u32 = {tp}u; // pixels per invocation\n"));
+    line(format!(
+        "const {k}: u32 = {tp}u; // pixels per invocation\n"
+    ));
     line("@compute @workgroup_size(ROW_WG, 1, 1)".into());
     line(format!(
         "fn conv_rows{tp}(@builtin(local_invocation_id) lid: vec3<u32>, \
