@@ -3,7 +3,10 @@
 //!   (fields matched by name; `_pad*` fields are padding, covered by the size check);
 //! * the flag bits and tile sizes that both sides define have the same values;
 //! * conv2d's entry-point table lists exactly the shader's entry points;
-//! * shaders/conv2d_rows.wgsl is what tools/gen_conv2d_rows.py generates, byte for byte.
+//! * shaders/conv2d_rows.wgsl is what tests/support/conv2d_rows.rs generates, byte for byte.
+
+#[path = "support/conv2d_rows.rs"]
+mod conv2d_rows;
 
 use std::mem::{offset_of, size_of};
 use std::path::Path;
@@ -383,21 +386,16 @@ fn conv2d_entry_table_lists_every_entry_point() {
 
 #[test]
 fn conv2d_rows_is_what_the_generator_writes() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("python3")
-        .arg(root.join("tools/gen_conv2d_rows.py"))
-        .arg("--stdout")
-        .output()
-        .expect("running python3 tools/gen_conv2d_rows.py (CPython 3, stdlib only)");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/conv2d_rows.wgsl");
+    let generated = conv2d_rows::source();
+    if std::env::var_os("DDIM_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
     assert!(
-        out.status.success(),
-        "gen_conv2d_rows.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let committed = std::fs::read(root.join("shaders/conv2d_rows.wgsl")).unwrap();
-    assert!(
-        out.stdout == committed,
-        "shaders/conv2d_rows.wgsl differs from the generator's output \
-         (edit tools/gen_conv2d_rows.py, then run it without arguments)"
+        generated == committed,
+        "shaders/conv2d_rows.wgsl differs from what tests/support/conv2d_rows.rs writes \
+         (edit the generator, then rerun this test with DDIM_BLESS=1)"
     );
 }
