@@ -79,12 +79,30 @@ fn auto_tunes_each_shape_once_and_a_second_run_reads_the_cache() {
             .iter()
             .filter(|c| c.source == Source::Measured)
             .collect();
-        for kernel in ["conv2d", "matmul"] {
+        // On CPU adapters only the barrier-free conv applies (the tiled ones are not
+        // candidates there), so conv shapes take the fixed rule; GPUs tune convs and products.
+        let cpu = common::context(backend).expect("opened above").is_cpu();
+        let tuned_kernels: &[&str] = if cpu { &[] } else { &["conv2d", "matmul"] };
+        for kernel in tuned_kernels {
             assert!(
-                timed.iter().any(|c| c.kernel == kernel),
+                timed.iter().any(|c| c.kernel == *kernel),
                 "{backend}: no {kernel} shape was tuned: {:?}",
                 first.choices
             );
+        }
+        if cpu {
+            assert!(
+                !timed.is_empty(),
+                "{backend}: nothing tuned: {:?}",
+                first.choices
+            );
+            for c in first.choices.iter().filter(|c| c.kernel == "conv2d") {
+                assert_eq!(
+                    (c.variant.as_str(), c.source),
+                    ("reg", Source::Fixed),
+                    "{c:?}"
+                );
+            }
         }
         for c in &timed {
             assert!(c.candidates.len() >= 2, "{c:?}");
@@ -200,8 +218,8 @@ fn cached_entries_that_do_not_apply_or_belong_to_another_adapter_are_not_trusted
     }
 }
 
-/// Validate, then time: a deliberately wrong conv candidate (the fixed variant's dispatch cut to
-/// one workgroup: the fastest of all, and most outputs never written) is injected into every
+/// Validate, then time: a deliberately wrong conv candidate (the fixed variant's dispatch with
+/// no workgroups: the fastest of all, and no output written) is injected into every
 /// conv shape's candidates. Validation against the fixed variant's output must reject it with a
 /// warning that names it, never choose it (the forward still matches the CPU reference), and
 /// cache the rejection so that the next run neither tries nor chooses it.
@@ -233,10 +251,17 @@ fn an_injected_wrong_variant_is_rejected_and_never_chosen() {
             .iter()
             .filter(|c| c.kernel == "conv2d")
             .collect();
-        assert!(!convs.is_empty(), "{backend}: no conv shape: {:?}", first.choices);
+        assert!(
+            !convs.is_empty(),
+            "{backend}: no conv shape: {:?}",
+            first.choices
+        );
         for c in &convs {
             assert_eq!(c.source, Source::Measured, "{backend}: {c:?}");
-            assert_ne!(c.variant, "faulty", "{backend}: chose the faulty variant: {c:?}");
+            assert_ne!(
+                c.variant, "faulty",
+                "{backend}: chose the faulty variant: {c:?}"
+            );
             assert!(
                 c.rejected.iter().any(|r| r.variant == "faulty"),
                 "{backend}: the faulty variant was not rejected: {c:?}"

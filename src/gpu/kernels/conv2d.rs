@@ -12,7 +12,7 @@ use crate::gpu::GpuContext;
 use crate::model::unet::Padding;
 use crate::Tensor;
 
-/// The shader: conv2d.wgsl plus the row kernels that tools/gen_conv2d_rows.py generates into
+/// The shader: conv2d.wgsl plus the row kernels that tests/support/conv2d_rows.rs generates into
 /// conv2d_rows.wgsl (WGSL declarations may come in any order, so appending is enough).
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/conv2d.wgsl"),
