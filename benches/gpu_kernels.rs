@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ddim_wgpu::cpu::ops::Padding;
 use ddim_wgpu::gpu::kernels::attention::AttentionShape;
 use ddim_wgpu::gpu::kernels::conv2d::{ConvShape, Variant};
-use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout};
+use ddim_wgpu::gpu::kernels::ddim_step::{ddim_update, DdimIo, DdimUpdateConfig, NoiseLayout};
 use ddim_wgpu::gpu::kernels::group_norm::GroupNormShape;
 use ddim_wgpu::gpu::kernels::linear::{matmul, Matmul, MatmulArgs, MatmulOptions, MatmulVariant};
 use ddim_wgpu::gpu::plan::{PlanOptions, StepForward, UNetPlan};
@@ -189,9 +189,13 @@ fn ddim_with_noise(
             .map(|i| ((i as u64 * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0)
             .collect()
     };
-    let model_out = ctx.upload("bench ddim eps", &values(1));
-    let sample = ctx.upload("bench ddim sample", &values(2));
-    let noise = ctx.upload("bench ddim noise", &values(3));
+    let tensor = |label: &str, seed| {
+        ctx.tensor_from(label, &values(seed), &[n], Precision::F32)
+            .expect("upload")
+    };
+    let model_out = tensor("bench ddim eps", 1);
+    let sample = tensor("bench ddim sample", 2);
+    let noise = tensor("bench ddim noise", 3);
     let row = ddim_wgpu::gpu::kernels::ddim_step::UpdateRow {
         sqrt_alpha_prod_t: 0.5,
         sqrt_one_minus_alpha_prod_t: 0.75f64.sqrt(),
@@ -211,7 +215,7 @@ fn ddim_with_noise(
         },
         &[row],
         NoiseLayout::Rewritten,
-        &DdimBuffers {
+        &DdimIo {
             model_out: &model_out,
             noise: Some(&noise),
             sample: &sample,
@@ -287,7 +291,7 @@ fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
     )
     .expect("compiling the plan");
     let numel = pipe.unet.output.numel();
-    let sample = ctx.storage("bench sample", (numel * 4) as u64);
+    let sample = ctx.tensor("bench sample", &[numel], Precision::F32);
     let row = ddim_wgpu::gpu::kernels::ddim_step::UpdateRow {
         sqrt_alpha_prod_t: 0.5,
         sqrt_one_minus_alpha_prod_t: 0.75f64.sqrt(),
@@ -307,7 +311,7 @@ fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
         },
         &[row],
         NoiseLayout::Rewritten,
-        &DdimBuffers {
+        &DdimIo {
             model_out: plan.output(),
             noise: None,
             sample: &sample,

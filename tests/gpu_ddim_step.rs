@@ -6,9 +6,10 @@ mod common;
 
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::ddim_step::{
-    ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout,
+    ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout,
 };
 use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::schedule::{
     ddim_step, ddim_table, ddpm_step, ddpm_table, DdpmVariance, PredictionType, SchedulerConfig,
     X0Limit,
@@ -84,14 +85,18 @@ fn run_case(
         limit: X0Limit::from_config(cfg),
         use_clipped_model_output: clipped,
     };
-    let sample = ctx.upload("sample", &start);
-    let model_out = ctx.poisoned("model out", numel);
-    let x0 = ctx.poisoned("x0", numel);
+    let sample = ctx
+        .tensor_from("sample", &start, &[start.len()], Precision::F32)
+        .unwrap();
+    let model_out = ctx.poisoned_tensor("model out", &[numel], Precision::F32);
+    let x0 = ctx.poisoned_tensor("x0", &[numel], Precision::F32);
     let noise_buf = match layout {
-        NoiseLayout::AllSteps => ctx.upload("noise", &noise),
-        NoiseLayout::Rewritten => ctx.poisoned("noise", numel),
+        NoiseLayout::AllSteps => ctx
+            .tensor_from("noise", &noise, &[noise.len()], Precision::F32)
+            .unwrap(),
+        NoiseLayout::Rewritten => ctx.poisoned_tensor("noise", &[numel], Precision::F32),
     };
-    let bufs = DdimBuffers {
+    let bufs = DdimIo {
         model_out: &model_out,
         noise: noisy.then_some(&noise_buf),
         sample: &sample,
@@ -104,13 +109,15 @@ fn run_case(
     for s in 0..STEPS {
         let z = &noise[s * numel..(s + 1) * numel];
         ctx.queue
-            .write_buffer(&model_out, 0, bytemuck::cast_slice(&outputs[s]));
+            .write_buffer(model_out.buffer(), 0, bytemuck::cast_slice(&outputs[s]));
         if layout == NoiseLayout::Rewritten {
             ctx.queue
-                .write_buffer(&noise_buf, 0, bytemuck::cast_slice(z));
+                .write_buffer(noise_buf.buffer(), 0, bytemuck::cast_slice(z));
         }
         run_dispatches(ctx, &dispatches, s as u32).expect("running");
-        let got = ctx.read_many(&[(&sample, numel), (&x0, numel)]).unwrap();
+        let got = ctx
+            .read_many(&[(sample.buffer(), numel), (x0.buffer(), numel)])
+            .unwrap();
         let (want, t) = match kind {
             Kind::Ddim { eta, clipped } => {
                 let st = ddim_table(cfg, STEPS, eta).unwrap()[s];
@@ -292,10 +299,14 @@ fn dynamic_threshold_order_statistics_are_exact() {
             limit: X0Limit::from_config(&cfg),
             use_clipped_model_output: false,
         };
-        let sample = ctx.upload("sample", &x);
-        let model_out = ctx.upload("model out", &m);
-        let x0 = ctx.poisoned("x0", numel);
-        let bufs = DdimBuffers {
+        let sample = ctx
+            .tensor_from("sample", &x, &[x.len()], Precision::F32)
+            .unwrap();
+        let model_out = ctx
+            .tensor_from("model out", &m, &[m.len()], Precision::F32)
+            .unwrap();
+        let x0 = ctx.poisoned_tensor("x0", &[numel], Precision::F32);
+        let bufs = DdimIo {
             model_out: &model_out,
             noise: None,
             sample: &sample,
@@ -304,7 +315,7 @@ fn dynamic_threshold_order_statistics_are_exact() {
         };
         let d = ddim_update(ctx, &update, &rows, NoiseLayout::AllSteps, &bufs).unwrap();
         run_dispatches(ctx, &d, 1).unwrap();
-        let got = ctx.read_f32(&x0, numel).unwrap();
+        let got = ctx.read_f32(x0.buffer(), numel).unwrap();
         common::assert_close(
             &format!("thresholded x0 on {backend}"),
             &got,

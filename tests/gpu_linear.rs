@@ -218,8 +218,7 @@ fn undersized_buffers_and_mismatched_shapes_are_errors() {
     common::for_each_backend(|_, ctx| {
         let small = ctx.upload("small", &[0.0f32; 4]);
         let err = GpuTensor::new(&small, &[10, 10], Precision::F32)
-            .err()
-            .expect("a 10x10 view of 16 bytes must fail");
+            .expect_err("a 10x10 view of 16 bytes must fail");
         assert!(format!("{err:#}").contains("needs 400 bytes"), "{err:#}");
         let a = ctx.tensor("a", &[10, 7], Precision::F32);
         let b = ctx.tensor("b", &[10, 10], Precision::F32);

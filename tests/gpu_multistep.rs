@@ -8,10 +8,9 @@
 mod common;
 
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::multistep::{
-    history_bytes, multistep_update, step_rows, MultistepBuffers,
-};
+use ddim_wgpu::gpu::kernels::multistep::{history_bytes, multistep_update, step_rows, MultistepIo};
 use ddim_wgpu::gpu::GpuContext;
+use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::schedule::{
     multistep_step, MultistepState, MultistepTable, SchedulerConfig, SolverFamily, SolverKeys,
     SolverOptions, X0Limit,
@@ -104,12 +103,14 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
     let rows = step_rows(&table).unwrap();
     let numel = BATCH * PER_SAMPLE;
     let (start, outputs) = inputs(table.steps.len(), seed, scale);
-    let sample = ctx.upload("sample", &start);
-    let model_out = ctx.poisoned("model out", numel);
+    let sample = ctx
+        .tensor_from("sample", &start, &[start.len()], Precision::F32)
+        .unwrap();
+    let model_out = ctx.poisoned_tensor("model out", &[numel], Precision::F32);
     let history_len = history_bytes(&table, numel) as usize / 4;
-    let history = ctx.poisoned("history", history_len);
-    let x0 = ctx.poisoned("x0", numel);
-    let bufs = MultistepBuffers {
+    let history = ctx.poisoned_tensor("history", &[history_len], Precision::F32);
+    let x0 = ctx.poisoned_tensor("x0", &[numel], Precision::F32);
+    let bufs = MultistepIo {
         model_out: &model_out,
         sample: &sample,
         history: &history,
@@ -123,10 +124,14 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
     let mut worst = Worst::default();
     for (s, m) in outputs.iter().enumerate() {
         ctx.queue
-            .write_buffer(&model_out, 0, bytemuck::cast_slice(m));
+            .write_buffer(model_out.buffer(), 0, bytemuck::cast_slice(m));
         run_dispatches(ctx, &dispatches, s as u32).expect("running");
         let got = ctx
-            .read_many(&[(&sample, numel), (&x0, numel), (&history, history_len)])
+            .read_many(&[
+                (sample.buffer(), numel),
+                (x0.buffer(), numel),
+                (history.buffer(), history_len),
+            ])
             .unwrap();
         if let Some(h) = &kept {
             // Teacher forcing of the history too: the CPU continues from the GPU's outputs and
@@ -502,9 +507,10 @@ fn history_too_large_for_a_binding_is_an_error() {
         10,
     ));
     common::for_each_backend(|backend, ctx| {
-        let small = ctx.storage("small", 16);
+        // Never bound: the history's size is refused first.
+        let small = ctx.tensor("small", &[4], Precision::F32);
         let per_sample = (ctx.max_binding_bytes() / 4 / 5 / 7 + 1) as usize;
-        let bufs = MultistepBuffers {
+        let bufs = MultistepIo {
             model_out: &small,
             sample: &small,
             history: &small,

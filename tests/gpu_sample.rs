@@ -10,7 +10,7 @@ use ddim_wgpu::gpu::kernels::linear::{matmul_fixed, MatmulArgs, MatmulOptions};
 use ddim_wgpu::gpu::plan::StepForward;
 use ddim_wgpu::gpu::sampler::{sample, DdimSpec, SampleSpec};
 use ddim_wgpu::gpu::GpuContext;
-use ddim_wgpu::gpu::Precision;
+use ddim_wgpu::gpu::{GpuTensor, Precision};
 use ddim_wgpu::rng::TorchRng;
 use ddim_wgpu::schedule::{ddim_step, ddim_table, SchedulerConfig, X0Limit};
 use ddim_wgpu::tensor::max_abs_diff;
@@ -21,16 +21,16 @@ const STEPS: usize = 10;
 /// A stand-in network for the loop mechanics: a per-pixel channel mix with SiLU,
 /// `out = silu(x W^T + b)` over NHWC pixels (no time dependence).
 struct ToyForward {
-    input: wgpu::Buffer,
-    output: wgpu::Buffer,
+    input: GpuTensor,
+    output: GpuTensor,
     dispatches: Vec<Dispatch>,
 }
 
 impl StepForward for ToyForward {
-    fn input(&self) -> &wgpu::Buffer {
+    fn input(&self) -> &GpuTensor {
         &self.input
     }
-    fn output(&self) -> &wgpu::Buffer {
+    fn output(&self) -> &GpuTensor {
         &self.output
     }
     fn dispatches(&self) -> &[Dispatch] {
@@ -72,8 +72,8 @@ fn toy_gpu(ctx: &GpuContext, pixels: usize, c: usize, w: &[f32], b: &[f32]) -> T
     };
     let d = matmul_fixed(ctx, &args, opts).unwrap();
     ToyForward {
-        input: input.buffer().clone(),
-        output: output.buffer().clone(),
+        input,
+        output,
         dispatches: vec![d],
     }
 }

@@ -5,6 +5,7 @@ mod common;
 
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::smoke;
+use ddim_wgpu::gpu::Precision;
 
 #[test]
 fn axpy_round_trip_on_every_backend() {
@@ -15,12 +16,16 @@ fn axpy_round_trip_on_every_backend() {
     let a = 1.5f32;
     let want: Vec<f32> = x.iter().zip(&b).map(|(x, b)| a * x + b).collect();
     common::for_each_backend(|backend, ctx| {
-        let xb = ctx.upload("x", &x);
-        let bb = ctx.upload("b", &b);
-        let yb = ctx.poisoned("y", n);
-        let d = smoke::axpy(ctx, n as u32, a, &xb, &bb, &yb).expect("building the dispatch");
+        let xb = ctx
+            .tensor_from("x", &x, &[x.len()], Precision::F32)
+            .unwrap();
+        let bb = ctx
+            .tensor_from("b", &b, &[b.len()], Precision::F32)
+            .unwrap();
+        let yb = ctx.poisoned_tensor("y", &[n], Precision::F32);
+        let d = smoke::axpy(ctx, a, &xb, &bb, &yb).expect("building the dispatch");
         run_dispatches(ctx, &[d], 0).expect("running");
-        let got = ctx.read_f32(&yb, n).expect("reading back");
+        let got = ctx.read_tensor(&yb).expect("reading back");
         // a·x + b is one fused or two rounded operations: allow an ulp or two.
         common::assert_close(&format!("axpy on {backend}"), &got, &want, 1e-6);
     });

@@ -13,7 +13,7 @@ use ddim_wgpu::gpu::kernels::attention::{
 };
 use ddim_wgpu::gpu::kernels::conv2d::{self, ConvIo, ConvShape, ConvWeights};
 use ddim_wgpu::gpu::kernels::ddim_step::{
-    ddim_update, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
+    ddim_update, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
 use ddim_wgpu::gpu::kernels::group_norm::{
     group_norm, GroupNormIo, GroupNormScratch, GroupNormShape,
@@ -195,8 +195,9 @@ pub fn attention_case(ctx: &GpuContext, shape: &AttentionShape) -> Result<Kernel
 /// One DDIM update (eta 0, clipping at 1) of `batch` samples of `per_sample` values.
 pub fn ddim_update_case(ctx: &GpuContext, batch: usize, per_sample: usize) -> Result<KernelCase> {
     let n = batch * per_sample;
-    let model_out = ctx.upload("bench ddim eps", &pseudo_random(n, 11));
-    let sample = ctx.upload("bench ddim sample", &pseudo_random(n, 12));
+    let f32 = Precision::F32;
+    let model_out = ctx.tensor_from("bench ddim eps", &pseudo_random(n, 11), &[n], f32)?;
+    let sample = ctx.tensor_from("bench ddim sample", &pseudo_random(n, 12), &[n], f32)?;
     let row = UpdateRow {
         sqrt_alpha_prod_t: 0.5,
         sqrt_one_minus_alpha_prod_t: 0.75f64.sqrt(),
@@ -212,7 +213,7 @@ pub fn ddim_update_case(ctx: &GpuContext, batch: usize, per_sample: usize) -> Re
         limit: X0Limit::Clip(1.0),
         use_clipped_model_output: false,
     };
-    let bufs = DdimBuffers {
+    let bufs = DdimIo {
         model_out: &model_out,
         noise: None,
         sample: &sample,

@@ -20,6 +20,9 @@ pub enum Arch {
     /// The bundled MNIST model's architecture (1.1 M parameters).
     #[value(alias = "mnist-like")]
     Mnist,
+    /// google/ddpm-{church,cat,bedroom,celebahq}-256 (113.7 M parameters, 256×256).
+    #[value(name = "ddpm-256", alias = "church-256")]
+    Ddpm256,
 }
 
 impl Arch {
@@ -27,6 +30,7 @@ impl Arch {
         match self {
             Self::Cifar10 => UNet2DConfig::cifar10(),
             Self::Mnist => UNet2DConfig::mnist_like(),
+            Self::Ddpm256 => UNet2DConfig::ddpm_256(),
         }
     }
 
@@ -34,6 +38,7 @@ impl Arch {
         match self {
             Self::Cifar10 => "cifar10",
             Self::Mnist => "mnist",
+            Self::Ddpm256 => "ddpm-256",
         }
     }
 }
@@ -92,7 +97,7 @@ impl ModelArgs {
         };
         let config = arch.config();
         let scheduler = match arch {
-            Arch::Cifar10 => SchedulerConfig::default(),
+            Arch::Cifar10 | Arch::Ddpm256 => SchedulerConfig::default(),
             Arch::Mnist => bundled()?.scheduler,
         };
         let weights = Weights::random(&config, seed)?;

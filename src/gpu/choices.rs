@@ -60,18 +60,21 @@ impl Job {
         }
     }
 
-    fn id(&self) -> (&'static str, String) {
+    fn id(&self) -> JobId {
         (self.kernel(), self.key())
     }
 }
+
+/// (kernel, shape key): what identifies a job.
+pub type JobId = (&'static str, String);
 
 /// The variant per (kernel, shape) that plans are built with.
 pub struct Choices {
     rule: FixedRule,
     /// Variant names by (kernel, shape key), from the tuning pass.
-    decided: HashMap<(&'static str, String), &'static str>,
+    decided: HashMap<JobId, &'static str>,
     /// Questions answered by the fixed rule, in first-asked order (the tuning pass's jobs).
-    asked: RefCell<(Vec<Job>, HashSet<(&'static str, String)>)>,
+    asked: RefCell<(Vec<Job>, HashSet<JobId>)>,
 }
 
 /// What a variant is when nothing was tuned: a forced variant, else the device type's rule.
@@ -124,10 +127,7 @@ impl Choices {
     }
 
     /// The tuning pass's answers; anything else by the fixed rule.
-    pub fn decided(
-        rule: FixedRule,
-        decided: HashMap<(&'static str, String), &'static str>,
-    ) -> Self {
+    pub fn decided(rule: FixedRule, decided: HashMap<JobId, &'static str>) -> Self {
         Self {
             rule,
             decided,

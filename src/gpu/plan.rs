@@ -32,6 +32,7 @@ use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingT
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
 use super::precision::Precision;
+use super::tensor::GpuTensor;
 use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
@@ -45,10 +46,10 @@ use crate::Tensor;
 /// fixed batch, and dispatches that evaluate the network at sampling step `step` (the plan was
 /// built with the timesteps of every step).
 pub trait StepForward {
-    /// NHWC `[B, H, W, C_in]` input, written by the sampler before each step.
-    fn input(&self) -> &wgpu::Buffer;
-    /// NHWC `[B, H, W, C_out]` model output of the last forward.
-    fn output(&self) -> &wgpu::Buffer;
+    /// f32 NHWC `[B, H, W, C_in]` input, written by the sampler before each step.
+    fn input(&self) -> &GpuTensor;
+    /// f32 NHWC `[B, H, W, C_out]` model output of the last forward.
+    fn output(&self) -> &GpuTensor;
     /// The dispatches of one forward, encoded in order with `Dispatch::encode(pass, step)`.
     fn dispatches(&self) -> &[Dispatch];
 }
@@ -89,7 +90,7 @@ pub struct UNetPlan {
     pub output_shape: Shape,
     /// f32 NHWC, held for the plan's life (the sampler writes it before each step).
     input: Act,
-    output: wgpu::Buffer,
+    output: GpuTensor,
     dispatches: Vec<Dispatch>,
     /// Every layer's output, held for the plan's life, when built with `keep_layer_outputs`.
     layer_outputs: Vec<(String, Act)>,
@@ -585,7 +586,7 @@ impl UNetPlan {
             input_shape: unet.input,
             output_shape: out_shape,
             input,
-            output: output.buffer().clone(),
+            output,
             dispatches: b.dispatches,
             layer_outputs,
             pool: b.pool,
@@ -627,8 +628,7 @@ impl UNetPlan {
     /// Reads the output back as NCHW.
     pub fn read_output(&self, ctx: &GpuContext) -> Result<Tensor> {
         let s = self.output_shape;
-        let n = self.batch * s.numel();
-        let data = ctx.read_f32(&self.output, n)?;
+        let data = ctx.read_tensor(&self.output)?;
         Tensor::new(
             vec![self.batch, s.c, s.h, s.w],
             nhwc_to_nchw(&data, self.batch, s.c, s.h, s.w),
@@ -678,11 +678,11 @@ impl UNetPlan {
 }
 
 impl StepForward for UNetPlan {
-    fn input(&self) -> &wgpu::Buffer {
-        self.input.buffer()
+    fn input(&self) -> &GpuTensor {
+        &self.input
     }
 
-    fn output(&self) -> &wgpu::Buffer {
+    fn output(&self) -> &GpuTensor {
         &self.output
     }
 

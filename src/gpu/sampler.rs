@@ -22,11 +22,13 @@ use anyhow::{ensure, Context, Result};
 
 use super::kernel::Dispatch;
 use super::kernels::ddim_step::{
-    ddim_rows, ddim_update, ddpm_rows, DdimBuffers, DdimUpdateConfig, NoiseLayout, UpdateRow,
+    ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
-use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepBuffers};
+use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
 use super::memory::{mib, Footprint};
 use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
+use super::precision::Precision;
+use super::tensor::GpuTensor;
 use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
@@ -94,9 +96,16 @@ fn sampler_values(noisy: bool, history: usize, frames: usize) -> usize {
 struct Update {
     dispatches: Vec<Dispatch>,
     /// One step's noise, rewritten before each noisy step.
-    noise: Option<wgpu::Buffer>,
-    /// The multistep history; held here so it lives as long as the loop.
-    _history: Option<wgpu::Buffer>,
+    noise: Option<GpuTensor>,
+}
+
+/// The tensors an update reads and writes besides its own: the model output, the sample
+/// (updated in place), where to put the predicted x0, and the divergence flag word.
+struct LoopIo<'a> {
+    model_out: &'a GpuTensor,
+    sample: &'a GpuTensor,
+    x0_out: Option<&'a GpuTensor>,
+    first_bad: &'a wgpu::Buffer,
 }
 
 impl Update {
@@ -104,16 +113,19 @@ impl Update {
         ctx: &GpuContext,
         spec: &SampleSpec<'_>,
         (batch, per_sample): (usize, usize),
-        model_out: &wgpu::Buffer,
-        sample: &wgpu::Buffer,
-        x0_out: Option<&wgpu::Buffer>,
-        first_bad: &wgpu::Buffer,
+        io: LoopIo<'_>,
     ) -> Result<Self> {
         let numel = batch * per_sample;
+        let LoopIo {
+            model_out,
+            sample,
+            x0_out,
+            first_bad,
+        } = io;
         Ok(match spec {
             SampleSpec::Ddim(d) => {
                 let noisy = d.steps.iter().any(|s| s.sigma > 0.0);
-                let noise = noisy.then(|| ctx.storage("step noise", (numel * 4) as u64));
+                let noise = noisy.then(|| ctx.tensor("step noise", &[numel], Precision::F32));
                 let dispatches = ddim_update(
                     ctx,
                     &DdimUpdateConfig {
@@ -125,7 +137,7 @@ impl Update {
                     },
                     d.steps,
                     NoiseLayout::Rewritten,
-                    &DdimBuffers {
+                    &DdimIo {
                         model_out,
                         noise: noise.as_ref(),
                         sample,
@@ -133,21 +145,19 @@ impl Update {
                         first_bad: Some(first_bad),
                     },
                 )?;
-                Self {
-                    dispatches,
-                    noise,
-                    _history: None,
-                }
+                Self { dispatches, noise }
             }
             SampleSpec::Multistep(table) => {
                 let bytes = check_history(ctx, table, batch, per_sample)?;
-                let history = ctx.storage("multistep history", bytes);
+                // The bind group keeps the history alive as long as the loop's dispatches.
+                let history =
+                    ctx.tensor("multistep history", &[bytes as usize / 4], Precision::F32);
                 let dispatches = multistep_update(
                     ctx,
                     table,
                     batch,
                     per_sample,
-                    &MultistepBuffers {
+                    &MultistepIo {
                         model_out,
                         sample,
                         history: &history,
@@ -158,7 +168,6 @@ impl Update {
                 Self {
                     dispatches,
                     noise: None,
-                    _history: Some(history),
                 }
             }
         })
@@ -235,11 +244,19 @@ pub fn sample_recording(
     let (n, c, h, w) = x_t.nchw();
     let numel = x_t.numel();
     ensure!(!spec.is_empty(), "sampling needs at least one step");
-    ensure!(
-        forward.input().size() >= (numel * 4) as u64 && forward.output().size() >= (numel * 4) as u64,
-        "the forward plan's input/output hold fewer than the sample's {numel} values ({n}x{c}x{h}x{w})"
-    );
-    let sample = ctx.upload("sample", &nchw_to_nhwc(&x_t.data, n, c, h, w));
+    let nhwc = [n, h, w, c];
+    forward
+        .input()
+        .flat("the forward plan's input (the sample's size)", numel)?;
+    forward
+        .output()
+        .flat("the forward plan's output (the sample's size)", numel)?;
+    let sample = ctx.tensor_from(
+        "sample",
+        &nchw_to_nhwc(&x_t.data, n, c, h, w),
+        &nhwc,
+        Precision::F32,
+    )?;
     ensure!(
         record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.len()),
         "steps to record must ascend and lie below {}, got {record:?}",
@@ -257,20 +274,25 @@ pub fn sample_recording(
         ctx.info.name
     );
     let first_bad = ctx.upload("first non-finite step", &[u32::MAX]);
-    let x0_scratch = (!record.is_empty()).then(|| ctx.storage("predicted x0", bytes));
-    let frames: Vec<wgpu::Buffer> = record
+    let x0_scratch =
+        (!record.is_empty()).then(|| ctx.tensor("predicted x0", &nhwc, Precision::F32));
+    let frames: Vec<GpuTensor> = record
         .iter()
-        .map(|s| ctx.storage(&format!("predicted x0 after step {s}"), bytes))
+        .map(|s| {
+            ctx.tensor(
+                &format!("predicted x0 after step {s}"),
+                &nhwc,
+                Precision::F32,
+            )
+        })
         .collect();
-    let update = Update::new(
-        ctx,
-        spec,
-        (n, c * h * w),
-        forward.output(),
-        &sample,
-        x0_scratch.as_ref(),
-        &first_bad,
-    )?;
+    let io = LoopIo {
+        model_out: forward.output(),
+        sample: &sample,
+        x0_out: x0_scratch.as_ref(),
+        first_bad: &first_bad,
+    };
+    let update = Update::new(ctx, spec, (n, c * h * w), io)?;
     let total = spec.len();
     for s in 0..total {
         if let Some(buf) = &update.noise {
@@ -283,7 +305,8 @@ pub fn sample_recording(
                     );
                     // Applied before this submission, after the previous step's commands.
                     let z = nchw_to_nhwc(&z, n, c, h, w);
-                    ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&z));
+                    ctx.queue
+                        .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
                 None => ensure!(
                     spec.sigma(s) == 0.0,
@@ -297,7 +320,7 @@ pub fn sample_recording(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sampler step"),
             });
-        encoder.copy_buffer_to_buffer(&sample, 0, forward.input(), 0, Some((numel * 4) as u64));
+        encoder.copy_buffer_to_buffer(sample.buffer(), 0, forward.input().buffer(), 0, Some(bytes));
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sampler step"),
@@ -308,7 +331,7 @@ pub fn sample_recording(
             }
         }
         if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
-            encoder.copy_buffer_to_buffer(x0, 0, &frames[k], 0, Some(bytes));
+            encoder.copy_buffer_to_buffer(x0.buffer(), 0, frames[k].buffer(), 0, Some(bytes));
         }
         ctx.validated(&format!("submitting step {s}"), || {
             ctx.queue.submit([encoder.finish()]);
@@ -317,7 +340,11 @@ pub fn sample_recording(
     }
     // The flag travels in the same read-back as the sample (as f32 bits).
     let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once((&first_bad, 1))
-        .chain(std::iter::once(&sample).chain(&frames).map(|b| (b, numel)))
+        .chain(
+            std::iter::once(&sample)
+                .chain(&frames)
+                .map(|t| (t.buffer(), numel)),
+        )
         .collect();
     let mut values = ctx.read_many(&reads)?.into_iter();
     let flag = values.next().context("reading the divergence flag back")?;

@@ -144,6 +144,19 @@ impl GpuTensor {
         Ok(self.binding())
     }
 
+    /// The buffer of an f32 tensor of `numel` contiguous values from element 0, whatever its
+    /// shape (the sampler's updates work elementwise on NHWC images): an error naming `what`
+    /// otherwise.
+    pub fn flat(&self, what: &str, numel: usize) -> Result<BufferSlice<'_>> {
+        ensure!(
+            self.numel() == numel && self.precision == Precision::F32,
+            "{what}: expected {numel} f32 values, got a {:?} {} tensor",
+            self.shape,
+            self.precision
+        );
+        self.dense(what, &self.shape.clone(), Precision::F32)
+    }
+
     /// An error naming `what` unless the shape and precision are as given.
     pub fn expect(&self, what: &str, shape: &[usize], precision: Precision) -> Result<()> {
         ensure!(

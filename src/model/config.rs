@@ -406,6 +406,41 @@ impl UNet2DConfig {
         }
     }
 
+    /// google/ddpm-{church,cat,bedroom,celebahq}-256 (113.7 M parameters): 3 channels at 256×256,
+    /// six levels (128, 128, 256, 256, 512, 512), attention at 16×16 and in the mid block.
+    pub fn ddpm_256() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            sample_size: Some(SampleSize::Square(256)),
+            in_channels: 3,
+            out_channels: 3,
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            down_block_types: s(&[
+                "DownBlock2D",
+                "DownBlock2D",
+                "DownBlock2D",
+                "DownBlock2D",
+                "AttnDownBlock2D",
+                "DownBlock2D",
+            ]),
+            up_block_types: s(&[
+                "UpBlock2D",
+                "AttnUpBlock2D",
+                "UpBlock2D",
+                "UpBlock2D",
+                "UpBlock2D",
+                "UpBlock2D",
+            ]),
+            block_out_channels: vec![128, 128, 256, 256, 512, 512],
+            layers_per_block: 2,
+            downsample_padding: 0,
+            attention_head_dim: None,
+            norm_eps: 1e-6,
+            ..Self::default()
+        }
+    }
+
     /// The architecture of the bundled MNIST model (tools/train_mnist.py `UNET_CONFIG`): 1 channel
     /// at 32×32, block channels (32, 64, 64), one layer per block, 8 norm groups, one-head
     /// attention in the middle (16×16) blocks and the mid block; other fields at diffusers defaults.

@@ -5,10 +5,10 @@
 
 use anyhow::{bail, ensure, Result};
 
-use super::threshold::{
-    dynamic_threshold, prediction_code, Level, ThresholdBuffers, ThresholdConfig,
-};
+use super::threshold::{dynamic_threshold, prediction_code, Level, ThresholdConfig, ThresholdIo};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::precision::Precision;
+use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
 use crate::schedule::{DdimStep, DdpmStep, PredictionType, X0Limit};
 
@@ -146,15 +146,16 @@ impl DdimUpdateConfig {
     }
 }
 
-/// Device buffers of the update. `sample` is updated in place.
-pub struct DdimBuffers<'a> {
-    /// The model output for the current step (`numel` f32).
-    pub model_out: &'a wgpu::Buffer,
-    /// Host-generated noise (see `NoiseLayout`); None when every step has sigma = 0.
-    pub noise: Option<&'a wgpu::Buffer>,
-    pub sample: &'a wgpu::Buffer,
+/// The update's tensors (f32, `numel` values each, any shape). `sample` is updated in place.
+pub struct DdimIo<'a> {
+    /// The model output for the current step.
+    pub model_out: &'a GpuTensor,
+    /// Host-generated noise (see `NoiseLayout`: `numel` values, or `numel` per step); None when
+    /// every step has sigma = 0.
+    pub noise: Option<&'a GpuTensor>,
+    pub sample: &'a GpuTensor,
     /// Where to store the (limited) predicted x0 each step, if wanted.
-    pub x0_out: Option<&'a wgpu::Buffer>,
+    pub x0_out: Option<&'a GpuTensor>,
     /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
     /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
     pub first_bad: Option<&'a wgpu::Buffer>,
@@ -215,7 +216,7 @@ pub fn ddim_update(
     cfg: &DdimUpdateConfig,
     steps: &[UpdateRow],
     layout: NoiseLayout,
-    bufs: &DdimBuffers<'_>,
+    io: &DdimIo<'_>,
 ) -> Result<Vec<Dispatch>> {
     let numel = cfg.numel();
     ensure!(numel > 0 && cfg.batch > 0, "DDIM update: empty sample");
@@ -225,37 +226,30 @@ pub fn ddim_update(
     );
     ensure!(!steps.is_empty(), "DDIM update: no steps");
     let bytes = (numel * 4) as u64;
-    ensure!(
-        bufs.model_out.size() >= bytes && bufs.sample.size() >= bytes,
-        "DDIM update: sample or model output holds fewer than {numel} f32"
-    );
-    if let Some(x0) = bufs.x0_out {
-        ensure!(
-            x0.size() >= bytes,
-            "DDIM update: x0 buffer holds fewer than {numel} f32"
-        );
-    }
+    let model_out = io.model_out.flat("DDIM update model output", numel)?;
+    let sample = io.sample.flat("DDIM update sample", numel)?;
+    let x0_out = match io.x0_out {
+        Some(t) => Some(t.flat("DDIM update x0", numel)?),
+        None => None,
+    };
     let noisy = steps.iter().any(|s| s.sigma > 0.0);
-    match (noisy, bufs.noise) {
+    let noise = match (noisy, io.noise) {
         (true, None) => bail!("DDIM update: eta > 0 needs a noise buffer"),
         (true, Some(z)) => {
             let need = match layout {
-                NoiseLayout::AllSteps => bytes * steps.len() as u64,
-                NoiseLayout::Rewritten => bytes,
+                NoiseLayout::AllSteps => numel * steps.len(),
+                NoiseLayout::Rewritten => numel,
             };
-            ensure!(
-                z.size() >= need,
-                "DDIM update: noise buffer holds {} bytes, needs {need} ({layout:?})",
-                z.size()
-            );
+            let noise = z.flat(&format!("DDIM update noise ({layout:?})"), need)?;
             ensure!(
                 layout == NoiseLayout::Rewritten || numel * steps.len() < u32::MAX as usize,
                 "DDIM update: noise for all steps overflows 32-bit indexing; rewrite it per step"
             );
+            Some(noise)
         }
-        (false, _) => {}
-    }
-    let params = cfg.params(bufs.x0_out.is_some());
+        (false, _) => None,
+    };
+    let params = cfg.params(x0_out.is_some());
     // Dynamic offsets must be multiples of the alignment, which a row may exceed.
     let stride = std::mem::size_of::<StepRow>()
         .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment as usize);
@@ -269,7 +263,7 @@ pub fn ddim_update(
     let no_noise = ctx.storage("ddim no noise", 16);
     let no_x0 = ctx.storage("ddim no x0", 16);
     let no_flag = ctx.storage("ddim no first_bad", 16);
-    let thresholds = ctx.storage("ddim thresholds", (cfg.batch * 4) as u64);
+    let thresholds = ctx.tensor("ddim thresholds", &[cfg.batch], Precision::F32);
     let mut out = vec![];
     if let X0Limit::Threshold { ratio, max_value } = cfg.limit {
         out.push(dynamic_threshold(
@@ -281,11 +275,11 @@ pub fn ddim_update(
                 ratio,
                 max_value,
             },
-            &ThresholdBuffers {
+            &ThresholdIo {
                 table: &table,
                 stride: stride as u32,
-                model_out: bufs.model_out,
-                sample: bufs.sample,
+                model_out: io.model_out,
+                sample: io.sample,
                 thresholds: &thresholds,
             },
         )?);
@@ -300,12 +294,12 @@ pub fn ddim_update(
                 offset: 0,
                 size: Some(std::mem::size_of::<StepRow>() as u64),
             },
-            bufs.model_out.into(),
-            bufs.noise.unwrap_or(&no_noise).into(),
-            (&thresholds).into(),
-            bufs.sample.into(),
-            bufs.x0_out.unwrap_or(&no_x0).into(),
-            bufs.first_bad.unwrap_or(&no_flag).into(),
+            model_out,
+            noise.unwrap_or((&no_noise).into()),
+            thresholds.binding(),
+            sample,
+            x0_out.unwrap_or((&no_x0).into()),
+            io.first_bad.unwrap_or(&no_flag).into(),
         ],
     )?;
     out.push(Dispatch {

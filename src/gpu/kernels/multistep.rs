@@ -9,10 +9,10 @@
 
 use anyhow::{ensure, Result};
 
-use super::threshold::{
-    dynamic_threshold, prediction_code, Level, ThresholdBuffers, ThresholdConfig,
-};
+use super::threshold::{dynamic_threshold, prediction_code, Level, ThresholdConfig, ThresholdIo};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::precision::Precision;
+use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
 use crate::schedule::{Combination, MultistepTable, X0Limit, MAX_HISTORY};
 
@@ -149,15 +149,15 @@ pub fn step_rows(table: &MultistepTable) -> Result<Vec<StepRow>> {
 }
 
 /// Device buffers of the update. `sample` is updated in place.
-pub struct MultistepBuffers<'a> {
-    /// The model output for the current step (`numel` f32).
-    pub model_out: &'a wgpu::Buffer,
-    pub sample: &'a wgpu::Buffer,
-    /// At least [`history_bytes`]; its contents before step 0 are never read.
-    pub history: &'a wgpu::Buffer,
+pub struct MultistepIo<'a> {
+    /// The model output for the current step (f32, `numel` values, any shape).
+    pub model_out: &'a GpuTensor,
+    pub sample: &'a GpuTensor,
+    /// f32, at least [`history_bytes`]; its contents before step 0 are never read.
+    pub history: &'a GpuTensor,
     /// Where to store the data prediction each step (x0, thresholded where the solver
     /// thresholds; for ε solvers derived from ε), if wanted.
-    pub x0_out: Option<&'a wgpu::Buffer>,
+    pub x0_out: Option<&'a GpuTensor>,
     /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
     /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
     pub first_bad: Option<&'a wgpu::Buffer>,
@@ -236,28 +236,27 @@ pub fn multistep_update(
     table: &MultistepTable,
     batch: usize,
     per_sample: usize,
-    bufs: &MultistepBuffers<'_>,
+    io: &MultistepIo<'_>,
 ) -> Result<Vec<Dispatch>> {
     let numel = batch * per_sample;
     ensure!(numel > 0, "multistep update: empty sample");
     ensure!(!table.steps.is_empty(), "multistep update: no steps");
     let history = check_history(ctx, table, batch, per_sample)?;
-    let bytes = (numel * 4) as u64;
+    let model_out = io.model_out.flat("multistep model output", numel)?;
+    let sample = io.sample.flat("multistep sample", numel)?;
+    let x0_out = match io.x0_out {
+        Some(t) => Some(t.flat("multistep x0", numel)?),
+        None => None,
+    };
     ensure!(
-        bufs.model_out.size() >= bytes && bufs.sample.size() >= bytes,
-        "multistep update: sample or model output holds fewer than {numel} f32"
+        io.history.precision() == Precision::F32
+            && io.history.offset() == 0
+            && io.history.is_contiguous()
+            && (io.history.numel() * 4) as u64 >= history,
+        "multistep update: the history is a {:?} {} tensor, needs {history} bytes of f32",
+        io.history.shape(),
+        io.history.precision()
     );
-    ensure!(
-        bufs.history.size() >= history,
-        "multistep update: history buffer holds {} bytes, needs {history}",
-        bufs.history.size()
-    );
-    if let Some(x0) = bufs.x0_out {
-        ensure!(
-            x0.size() >= bytes,
-            "multistep update: x0 buffer holds fewer than {numel} f32"
-        );
-    }
     let rows = step_rows(table)?;
     let stride = std::mem::size_of::<StepRow>()
         .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment as usize);
@@ -279,13 +278,13 @@ pub fn multistep_update(
         thresholding: thresholding as u32,
         predicts_x0: table.predicts_x0 as u32,
         rederive_eps: (thresholding && !table.predicts_x0) as u32,
-        write_x0: bufs.x0_out.is_some() as u32,
+        write_x0: x0_out.is_some() as u32,
         last_offset: (table.history * numel) as u32,
     };
     let uniform = ctx.uniform("multistep params", &params);
     let no_x0 = ctx.storage("multistep no x0", 16);
     let no_flag = ctx.storage("multistep no first_bad", 16);
-    let thresholds = ctx.storage("multistep thresholds", (batch * 4) as u64);
+    let thresholds = ctx.tensor("multistep thresholds", &[batch], Precision::F32);
     let mut out = vec![];
     if let (true, X0Limit::Threshold { ratio, max_value }) = (thresholding, table.limit) {
         out.push(dynamic_threshold(
@@ -297,11 +296,11 @@ pub fn multistep_update(
                 ratio,
                 max_value,
             },
-            &ThresholdBuffers {
+            &ThresholdIo {
                 table: &step_table,
                 stride: stride as u32,
-                model_out: bufs.model_out,
-                sample: bufs.sample,
+                model_out: io.model_out,
+                sample: io.sample,
                 thresholds: &thresholds,
             },
         )?);
@@ -316,19 +315,19 @@ pub fn multistep_update(
                 offset: 0,
                 size: Some(std::mem::size_of::<StepRow>() as u64),
             },
-            bufs.model_out.into(),
-            (&thresholds).into(),
-            bufs.sample.into(),
+            model_out,
+            thresholds.binding(),
+            sample,
             BufferSlice {
-                buffer: bufs.history,
+                buffer: io.history.buffer(),
                 offset: 0,
                 size: Some(history),
             },
-            bufs.x0_out.unwrap_or(&no_x0).into(),
-            bufs.first_bad.unwrap_or(&no_flag).into(),
+            x0_out.unwrap_or((&no_x0).into()),
+            io.first_bad.unwrap_or(&no_flag).into(),
         ],
     )?;
-    let (flops, traffic) = cost_per_element(table, &rows, bufs.x0_out.is_some());
+    let (flops, traffic) = cost_per_element(table, &rows, io.x0_out.is_some());
     out.push(Dispatch {
         label: "multistep::multistep_update".into(),
         kernel,

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
+use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/smoke.wgsl");
@@ -30,21 +31,24 @@ pub fn spec() -> KernelSpec {
     }
 }
 
-/// A dispatch computing `y[..n] = a·x + b`; the buffers must hold at least `n` f32.
+/// A dispatch computing `y = a·x + b` over f32 tensors of one shape.
 pub fn axpy(
     ctx: &GpuContext,
-    n: u32,
     a: f32,
-    x: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    x: &GpuTensor,
+    b: &GpuTensor,
+    y: &GpuTensor,
 ) -> Result<Dispatch> {
+    let numel = x.numel();
+    let n = numel as u32;
+    let (x, b, y) = (
+        x.flat("axpy x", numel)?,
+        b.flat("axpy b", numel)?,
+        y.flat("axpy y", numel)?,
+    );
     let kernel = ctx.kernel(&spec())?;
     let params = ctx.uniform("smoke params", &Params { n, a, _pad: [0; 2] });
-    let bind_group = kernel.bind_group(
-        &ctx.device,
-        &[(&params).into(), x.into(), b.into(), y.into()],
-    )?;
+    let bind_group = kernel.bind_group(&ctx.device, &[(&params).into(), x, b, y])?;
     let groups = n.div_ceil(WORKGROUP);
     Ok(Dispatch {
         label: "smoke axpy".into(),

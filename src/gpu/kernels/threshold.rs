@@ -6,6 +6,7 @@
 use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{Binding, BufferSlice, Dispatch, KernelSpec};
+use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
 use crate::schedule::PredictionType;
 
@@ -58,13 +59,13 @@ pub struct ThresholdConfig {
 }
 
 /// The buffers of one search. `table` holds the update's per-step rows, one per `stride` bytes.
-pub struct ThresholdBuffers<'a> {
+pub struct ThresholdIo<'a> {
     pub table: &'a wgpu::Buffer,
     pub stride: u32,
-    pub model_out: &'a wgpu::Buffer,
-    pub sample: &'a wgpu::Buffer,
+    pub model_out: &'a GpuTensor,
+    pub sample: &'a GpuTensor,
     /// `batch` f32, written.
-    pub thresholds: &'a wgpu::Buffer,
+    pub thresholds: &'a GpuTensor,
 }
 
 fn spec() -> KernelSpec {
@@ -86,7 +87,7 @@ fn spec() -> KernelSpec {
 pub fn dynamic_threshold(
     ctx: &GpuContext,
     cfg: &ThresholdConfig,
-    bufs: &ThresholdBuffers<'_>,
+    io: &ThresholdIo<'_>,
 ) -> Result<Dispatch> {
     let ThresholdConfig {
         batch,
@@ -104,13 +105,11 @@ pub fn dynamic_threshold(
         batch <= 65535,
         "thresholding: batch {batch} too large (one workgroup per sample)"
     );
-    let bytes = (batch * per_sample * 4) as u64;
-    ensure!(
-        bufs.model_out.size() >= bytes
-            && bufs.sample.size() >= bytes
-            && bufs.thresholds.size() >= (batch * 4) as u64,
-        "thresholding: buffers hold fewer than {batch} × {per_sample} f32"
-    );
+    let numel = batch * per_sample;
+    let bytes = (numel * 4) as u64;
+    let model_out = io.model_out.flat("thresholding model output", numel)?;
+    let sample = io.sample.flat("thresholding sample", numel)?;
+    let thresholds = io.thresholds.flat("thresholds", batch)?;
     // torch.quantile's rank position, computed in f64 as the CPU reference does.
     let pos = ratio * (per_sample - 1) as f64;
     let params = Params {
@@ -129,13 +128,13 @@ pub fn dynamic_threshold(
         &[
             (&uniform).into(),
             BufferSlice {
-                buffer: bufs.table,
+                buffer: io.table,
                 offset: 0,
                 size: Some(std::mem::size_of::<Level>() as u64),
             },
-            bufs.model_out.into(),
-            bufs.sample.into(),
-            bufs.thresholds.into(),
+            model_out,
+            sample,
+            thresholds,
         ],
     )?;
     Ok(Dispatch {
@@ -143,7 +142,7 @@ pub fn dynamic_threshold(
         kernel,
         bind_group,
         workgroups: [batch as u32, 1, 1],
-        dynamic_strides: vec![bufs.stride],
+        dynamic_strides: vec![io.stride],
         // Four radix rounds, each re-predicting x0 (about 4 flops) from both inputs.
         flops: 4 * 4 * (batch * per_sample) as u64,
         bytes: 4 * 2 * bytes,
