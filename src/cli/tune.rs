@@ -104,6 +104,12 @@ pub fn run(args: Args) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
+        let rejected: String = c
+            .rejected
+            .iter()
+            .map(|r| format!("; rejected {} ({})", r.variant, r.reason))
+            .collect();
+        let times = times + &rejected;
         println!(
             "{:<18} {:<48} -> {:<8} {:<8} {times}",
             c.kernel,
