@@ -32,7 +32,7 @@ pub struct Args {
     /// DDIM steps used to decode each frame (eta 0).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    #[arg(long, value_parser = super::choices::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,

@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Sampler (default: the solver the scheduler config's _class_name names, else ddim).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::choices::sampler())]
     pub sampler: Option<SamplerKind>,
     #[command(flatten)]
     pub solver: SolverArgs,
@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "seeds", value_parser = clap::value_parser!(u64).range(1..))]
     pub shards: Option<u64>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
-    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    #[arg(long, value_parser = super::choices::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,
     /// Initial noise x_T from a safetensors file ([N, C, H, W], tensor `sample` or the only one).
     #[arg(long, value_name = "FILE")]

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Sampler of the short sample.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    #[arg(long, value_parser = super::choices::sampler(), default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
     /// DDIM eta of the short sample (default 1 for DDIM: it exercises the noise path).
     #[arg(long)]

@@ -1,0 +1,34 @@
+//! clap parsers for the library's enums that flags take (`--sampler`, `--rng`): the library
+//! names its values (`as_str`, `FromStr`); the words of `--help` belong here.
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use ddim_wgpu::rng::RngKind;
+use ddim_wgpu::sampling::SamplerKind;
+
+/// `--sampler`: one of [`SamplerKind::ALL`], each with its line of help.
+pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
+    let values = SamplerKind::ALL.map(|k| {
+        PossibleValue::new(k.as_str()).help(match k {
+            SamplerKind::Ddim => {
+                "DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like variance at eta = 1"
+            }
+            SamplerKind::Ddpm => "Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type",
+            SamplerKind::DpmSolverPlusPlus => {
+                "DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler"
+            }
+            SamplerKind::Unipc => "UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler",
+        })
+    });
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<SamplerKind>())
+}
+
+/// `--rng`: one of [`RngKind::ALL`], each with its line of help.
+pub fn rng() -> impl TypedValueParser<Value = RngKind> {
+    let values = RngKind::ALL.map(|k| {
+        PossibleValue::new(k.as_str()).help(match k {
+            RngKind::Torch => "Bit-compatible with torch.manual_seed + torch.randn on the CPU",
+            RngKind::Philox => "Counter-based Philox4x32-10",
+        })
+    });
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<RngKind>())
+}
