@@ -1,7 +1,9 @@
-//! clap parsers for the library's enums that flags take (`--sampler`, `--rng`): the library
-//! names its values (`as_str`, `FromStr`); the words of `--help` belong here.
+//! What the command line adds to the library: clap parsers for the library's enums that flags
+//! take (`--sampler`, `--rng`; the library names its values, the words of `--help` belong here),
+//! and the flag names in messages about library errors (the library names values, not flags).
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use ddim_wgpu::pipeline::BatchTooLarge;
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::SamplerKind;
 
@@ -12,7 +14,9 @@ pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
             SamplerKind::Ddim => {
                 "DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like variance at eta = 1"
             }
-            SamplerKind::Ddpm => "Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type",
+            SamplerKind::Ddpm => {
+                "Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type"
+            }
             SamplerKind::DpmSolverPlusPlus => {
                 "DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler"
             }
@@ -31,4 +35,16 @@ pub fn rng() -> impl TypedValueParser<Value = RngKind> {
         })
     });
     PossibleValuesParser::new(values).try_map(|s| s.parse::<RngKind>())
+}
+
+/// A batch the device cannot hold: says which flag asked for it and how to have one chosen.
+pub fn batch_hint(e: anyhow::Error, batch: Option<usize>) -> anyhow::Error {
+    match (e.downcast_ref::<BatchTooLarge>(), batch) {
+        (Some(too_large), Some(b)) => {
+            anyhow::anyhow!(
+                "{too_large} (asked for by --batch {b}; leave it out to have one chosen)"
+            )
+        }
+        _ => e,
+    }
 }
