@@ -15,7 +15,7 @@ pub mod trajectory;
 pub use diverged::Diverged;
 pub use interpolate::{lerp, slerp};
 pub use noise::Noise;
-pub(crate) use noise::{NoisePlan, StepNoise};
+pub(crate) use noise::NoisePlan;
 pub(crate) use run::{run, Chunk, ChunkOutput, Run, Start, StepRunner};
 pub use run::{ChunkSink, Progress};
 pub use seeds::{SeedSet, Shard};

@@ -184,10 +184,6 @@ impl StepNoise {
         self.draws.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.draws.is_empty()
-    }
-
     /// Step `s`'s noise, or None where it draws none. Steps come in ascending order, each once;
     /// the noise of steps skipped over is drawn and dropped, so the streams stay in place.
     pub fn step(&mut self, s: usize) -> Result<Option<Vec<f32>>> {
@@ -228,6 +224,7 @@ impl StepNoise {
     }
 
     /// Every step's noise at once.
+    #[cfg(test)]
     pub fn collect(mut self) -> Result<Vec<Option<Vec<f32>>>> {
         (0..self.len()).map(|s| self.step(s)).collect()
     }
