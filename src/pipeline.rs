@@ -1,14 +1,20 @@
 //! The public entry point: a model with its scheduler, sampled on a device.
 //!
 //! ```no_run
-//! use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+//! use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
 //! let pipe = Pipeline::load(std::path::Path::new("weights/mnist"))?;
 //! let device = Device::auto();
-//! let request = SampleRequest { num: 16, ..SampleRequest::default() };
+//! let request = SampleRequest {
+//!     noise: Noise::Seed { seed: 0, num: 16 },
+//!     ..SampleRequest::default()
+//! };
 //! let images = pipe.sample(&device, &request)?; // NCHW in [-1, 1]
 //! ddim_wgpu::image_io::save_grid(std::path::Path::new("grid.png"), &images, None)?;
 //! # anyhow::Ok(())
 //! ```
+//!
+//! A run that overflows fails with [`Diverged`] on either device; an explicit batch that does not
+//! fit the device fails with [`BatchTooLarge`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,13 +25,12 @@ use crate::gpu::sampler::GpuRunner;
 use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
 use crate::model::{Model, UNet};
 use crate::rng::RngKind;
-use crate::sampling::{
-    self, run::ChunkSink, NoisePlan, Progress, Run, SampleSettings, SamplerSteps, Start,
-    StepRunner, Trajectory,
-};
+use crate::sampling::{self, ChunkSink, NoisePlan, Run, SamplerSteps, Start, StepRunner};
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
+
+pub use crate::sampling::{Diverged, Noise, Progress, SampleSettings, SamplerKind, Trajectory};
 
 /// Where the U-Net runs.
 pub enum Device {
@@ -54,6 +59,7 @@ impl Device {
         }
     }
 
+    /// The device in words: the adapter's name and backend, or "CPU reference".
     pub fn describe(&self) -> String {
         match self {
             Self::Cpu => "CPU reference".to_string(),
@@ -68,46 +74,97 @@ fn even_chunks(num: usize, cap: usize) -> usize {
     num.div_ceil(num.div_ceil(cap.max(1)))
 }
 
+/// Which predicted x0 a run keeps besides its final samples ([`Pipeline::sample_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrajectoryFrames {
+    /// Only the final samples.
+    #[default]
+    Off,
+    /// The predicted x0 after every k-th step and after the last ([`Trajectory::every`]).
+    Every(usize),
+    /// About ten frames: every ⌈steps / 10⌉-th step and the last.
+    Tenth,
+}
+
 /// What to sample.
 #[derive(Clone, Debug)]
 pub struct SampleRequest {
     pub settings: SampleSettings,
-    /// Number of images.
-    pub num: usize,
-    /// Images per U-Net evaluation; None chooses one ([`Pipeline::auto_batch`]).
-    pub batch: Option<usize>,
-    pub seed: u64,
+    /// Where x_T and the per-step noise come from; it sets the number of images.
+    pub noise: Noise,
+    /// The generator kind every seed of `noise` seeds.
     pub rng: RngKind,
-    /// One generator per image, seeded with these (`num` of them; `seed` is then unused): the
-    /// image of seed s does not depend on the others ([`NoisePlan::per_seed`]).
-    pub seeds: Option<Vec<u64>>,
-    /// x_T for all `num` images (NCHW) instead of drawing it.
-    pub init_noise: Option<Tensor>,
+    /// Images per U-Net evaluation; None chooses one ([`Pipeline::batch_for`]).
+    pub batch: Option<usize>,
+    /// The predicted x0 to keep (it takes device memory, so it counts in the batch's choice).
+    pub trajectory: TrajectoryFrames,
     /// Called after every model evaluation; None reports nothing.
     pub progress: Option<Progress>,
 }
 
+impl SampleRequest {
+    /// The number of images the request makes.
+    pub fn num(&self) -> usize {
+        self.noise.num()
+    }
+}
+
 impl Default for SampleRequest {
+    /// 16 images of seed 0 (torch's generator), 50 DDIM steps at eta 0.
     fn default() -> Self {
         Self {
             settings: SampleSettings::default(),
-            num: 16,
-            batch: None,
-            seed: 0,
+            noise: Noise::Seed { seed: 0, num: 16 },
             rng: RngKind::Torch,
-            seeds: None,
-            init_noise: None,
+            batch: None,
+            trajectory: TrajectoryFrames::Off,
             progress: None,
         }
     }
 }
 
+/// What [`Pipeline::sample_with`] gives back.
+#[derive(Clone, Debug)]
+pub struct Sampled {
+    /// x0, NCHW in [-1, 1] (not clamped).
+    pub images: Tensor,
+    /// The frames `request.trajectory` asked for; None when it was [`TrajectoryFrames::Off`].
+    pub trajectory: Option<Trajectory>,
+    /// The images per U-Net evaluation the run used.
+    pub batch: usize,
+}
+
+/// An explicit batch the device cannot hold, refused before anything of its size is allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchTooLarge {
+    pub batch: usize,
+    /// The most images per batch that fit.
+    pub fits: usize,
+    /// The adapter's name.
+    pub device: String,
+    /// The limit that sets `fits`, in words.
+    pub limit: String,
+}
+
+impl std::fmt::Display for BatchTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a batch of {} does not fit on {}: {}; at most {} image(s) per batch fit",
+            self.batch, self.device, self.limit, self.fits
+        )
+    }
+}
+
+impl std::error::Error for BatchTooLarge {}
+
 /// A deterministic run between images and their latents: [`Pipeline::invert`] (x0 → x_T) and
 /// [`Pipeline::decode`] (x_T → x0, DDIM with eta 0).
 #[derive(Clone, Debug)]
 pub struct LatentRequest {
+    /// Number of steps.
     pub steps: usize,
-    /// Images per U-Net evaluation; None chooses one ([`Pipeline::auto_batch`]).
+    /// Images per U-Net evaluation; None chooses one ([`Pipeline::batch_for`]).
     pub batch: Option<usize>,
     /// Called after every model evaluation; None reports nothing.
     pub progress: Option<Progress>,
@@ -142,8 +199,12 @@ impl<'t> Outputs<'t, '_> {
 
 /// A model, its network description and its scheduler configuration.
 pub struct Pipeline {
+    /// Where the model came from, its config and its f32 weights.
     pub model: Model,
+    /// The network as one list of layers, shared by both devices (input and output shapes in
+    /// `unet.input` / `unet.output`).
     pub unet: UNet,
+    /// The scheduler configuration every run starts from (a caller may change it between runs).
     pub scheduler: SchedulerConfig,
     /// The weights on each device this pipeline has run on, uploaded once.
     /// Keyed by `GpuContext::id`.
@@ -162,6 +223,8 @@ impl Pipeline {
         Self::new(model, scheduler)
     }
 
+    /// A pipeline of a loaded model and a scheduler configuration (e.g. one read with
+    /// [`SchedulerConfig::from_file`], or `SchedulerConfig::default()`: `DDIMScheduler()`'s).
     pub fn new(model: Model, scheduler: SchedulerConfig) -> Result<Self> {
         let unet = UNet::from_config(&model.config)
             .with_context(|| format!("building the network of {}", model.paths.config.display()))?;
@@ -183,87 +246,18 @@ impl Pipeline {
         SamplerSteps::new(&self.scheduler, settings)
     }
 
-    /// Samples `request.num` images; returns x0 as NCHW in [-1, 1] (not clamped).
+    /// Samples `request.num()` images; returns x0 as NCHW in [-1, 1] (not clamped).
     pub fn sample(&self, device: &Device, request: &SampleRequest) -> Result<Tensor> {
-        Ok(self.sample_inner(device, request, None, None)?.0)
+        Ok(self.sample_with(device, request)?.images)
     }
 
-    /// [`Pipeline::sample`], handing each chunk's images to `sink` as it finishes instead of
-    /// returning them all: memory holds one chunk.
-    pub fn sample_chunks(
-        &self,
-        device: &Device,
-        request: &SampleRequest,
-        sink: ChunkSink<'_>,
-    ) -> Result<()> {
-        self.sample_inner(device, request, None, Some(sink))?;
-        Ok(())
-    }
-
-    /// [`Pipeline::sample`], also keeping the predicted x0 after every `every`-th step and after
-    /// the last ([`Trajectory::every`]; None: a tenth of the steps, rounded up).
-    pub fn sample_trajectory(
-        &self,
-        device: &Device,
-        request: &SampleRequest,
-        every: Option<usize>,
-    ) -> Result<(Tensor, Trajectory)> {
-        let (images, trajectory) = self.sample_inner(device, request, Some(every), None)?;
-        Ok((images, trajectory.context("no trajectory was kept")?))
-    }
-
-    fn sample_inner(
-        &self,
-        device: &Device,
-        request: &SampleRequest,
-        trajectory_every: Option<Option<usize>>,
-        sink: Option<ChunkSink<'_>>,
-    ) -> Result<(Tensor, Option<Trajectory>)> {
-        ensure!(request.num > 0, "the number of images must be at least 1");
+    /// [`Pipeline::sample`], also giving back the trajectory `request.trajectory` asks for and
+    /// the batch the run used.
+    pub fn sample_with(&self, device: &Device, request: &SampleRequest) -> Result<Sampled> {
         let steps = self.steps(&request.settings)?;
-        let mut trajectory = match trajectory_every {
-            Some(every) => Some(Trajectory::every(
-                steps.len(),
-                every.unwrap_or(steps.len().div_ceil(10)),
-            )?),
-            None => None,
-        };
-        let mut noise = match &request.seeds {
-            None => NoisePlan::new(
-                request.rng,
-                request.seed,
-                request.num,
-                self.per_image(),
-                &steps,
-            ),
-            Some(seeds) => {
-                ensure!(
-                    seeds.len() == request.num && request.init_noise.is_none(),
-                    "one generator per seed needs exactly `num` ({}) seeds, got {}, and no initial \
-                     noise",
-                    request.num,
-                    seeds.len()
-                );
-                NoisePlan::per_seed(request.rng, seeds.clone(), self.per_image(), &steps)
-            }
-        };
-        if let Some(x) = &request.init_noise {
-            let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
-            ensure!(
-                x.shape == [request.num, c, h, w],
-                "the initial noise has shape {:?}, expected [{}, {c}, {h}, {w}]",
-                x.shape,
-                request.num
-            );
-            let bad = x.data.iter().filter(|v| !v.is_finite()).count();
-            ensure!(
-                bad == 0,
-                "the initial noise has {bad} non-finite value(s) (NaN or ±Inf) among {}",
-                x.numel()
-            );
-            noise.initial_override = Some(x.data.clone());
-        }
-        let images = self.run(
+        let mut trajectory = self.trajectory(request.trajectory, &steps)?;
+        let noise = self.noise_plan(request, &steps)?;
+        let (images, batch) = self.run(
             device,
             &steps,
             Start::Noise(&noise),
@@ -271,10 +265,83 @@ impl Pipeline {
             Outputs {
                 trajectory: trajectory.as_mut(),
                 progress: request.progress.as_ref(),
-                sink,
+                sink: None,
             },
         )?;
-        Ok((images, trajectory))
+        Ok(Sampled {
+            images,
+            trajectory,
+            batch,
+        })
+    }
+
+    /// [`Pipeline::sample`], handing each chunk's images to `sink` as it finishes instead of
+    /// returning them all: memory holds one chunk. Returns the batch the run used. A trajectory
+    /// would keep every image's frames, so `request.trajectory` must be off.
+    pub fn sample_chunks(
+        &self,
+        device: &Device,
+        request: &SampleRequest,
+        sink: ChunkSink<'_>,
+    ) -> Result<usize> {
+        ensure!(
+            request.trajectory == TrajectoryFrames::Off,
+            "a run that hands its images on chunk by chunk keeps no trajectory (asked for {:?})",
+            request.trajectory
+        );
+        let steps = self.steps(&request.settings)?;
+        let noise = self.noise_plan(request, &steps)?;
+        let (_, batch) = self.run(
+            device,
+            &steps,
+            Start::Noise(&noise),
+            request.batch,
+            Outputs {
+                trajectory: None,
+                progress: request.progress.as_ref(),
+                sink: Some(sink),
+            },
+        )?;
+        Ok(batch)
+    }
+
+    /// The frames `keep` asks for in a run of `steps`, before they are filled.
+    fn trajectory(
+        &self,
+        keep: TrajectoryFrames,
+        steps: &SamplerSteps,
+    ) -> Result<Option<Trajectory>> {
+        let len = steps.len();
+        Ok(match keep {
+            TrajectoryFrames::Off => None,
+            TrajectoryFrames::Every(k) => Some(Trajectory::every(len, k)?),
+            TrajectoryFrames::Tenth => Some(Trajectory::every(len, len.div_ceil(10))?),
+        })
+    }
+
+    /// The request's noise, checked against this model's images.
+    fn noise_plan(&self, request: &SampleRequest, steps: &SamplerSteps) -> Result<NoisePlan> {
+        ensure!(request.num() > 0, "the number of images must be at least 1");
+        if let Noise::Given { x_t, .. } = &request.noise {
+            let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
+            ensure!(
+                x_t.shape.len() == 4 && x_t.shape[1..] == [c, h, w],
+                "the initial noise has shape {:?}, expected [N, {c}, {h}, {w}]",
+                x_t.shape
+            );
+            let bad = x_t.data.iter().filter(|v| !v.is_finite()).count();
+            ensure!(
+                bad == 0,
+                "the initial noise has {bad} non-finite value(s) (NaN or ±Inf) among {}",
+                x_t.numel()
+            );
+        }
+        Ok(NoisePlan::new(
+            request.rng,
+            request.noise.clone(),
+            self.per_image(),
+            steps,
+        ))
     }
 
     /// DDIM inversion (diffusers' DDIMInverseScheduler): clean images x0 (NCHW in [-1, 1]) to
@@ -282,13 +349,14 @@ impl Pipeline {
     pub fn invert(&self, device: &Device, x0: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::inverse(&self.scheduler, request.steps)?;
         let progress = request.progress.as_ref();
-        self.run(
+        let (x_t, _) = self.run(
             device,
             &steps,
             Start::Given(x0),
             request.batch,
             Outputs::progress(progress),
-        )
+        )?;
+        Ok(x_t)
     }
 
     /// Deterministic DDIM (eta 0) from given latents x_T: the decoder that inversion and
@@ -296,77 +364,74 @@ impl Pipeline {
     pub fn decode(&self, device: &Device, x_t: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::ddim_eta0(&self.scheduler, request.steps)?;
         let progress = request.progress.as_ref();
-        self.run(
+        let (x0, _) = self.run(
             device,
             &steps,
             Start::Given(x_t),
             request.batch,
             Outputs::progress(progress),
-        )
+        )?;
+        Ok(x0)
     }
 
-    /// Images per U-Net evaluation when the caller does not choose one: as many as fit the
-    /// device (on a GPU every buffer within one storage binding, `gpu::plan::max_batch`) and
-    /// about 512 MiB of activations (16 at most on the CPU reference, which gains nothing from
-    /// more), then evened out over the chunks of `num` (1,000 images at a cap of 200 run as
-    /// 5 × 200; at a cap of 341 as 3 × 334, the last chunk 332).
-    /// `gpu` is None for the CPU reference ([`Device::gpu_context`]).
-    pub fn auto_batch(&self, gpu: Option<&GpuContext>, num: usize) -> Result<usize> {
-        Ok(even_chunks(num, self.auto_batch_cap(gpu)?))
+    /// The batch [`Pipeline::sample_with`] uses for `request` on `device`, decided as the run
+    /// decides it (its trajectory frames included), without sampling.
+    pub fn batch_for(&self, device: &Device, request: &SampleRequest) -> Result<usize> {
+        let num = request.num();
+        match device {
+            Device::Cpu => self.decide_batch(None, num, request.batch),
+            Device::Gpu(ctx) => {
+                let steps = self.steps(&request.settings)?;
+                let frames = self
+                    .trajectory(request.trajectory, &steps)?
+                    .map_or(0, |t| t.steps.len());
+                let weights = self.gpu_weights(ctx)?;
+                let gpu = self.gpu_runner(ctx, &weights, &steps, frames)?;
+                self.decide_batch(Some((ctx, &gpu)), num, request.batch)
+            }
+        }
     }
 
-    /// The batch a GPU run uses: `batch` if it fits `gpu` (refused with the limit it hits
-    /// otherwise, before anything of its size is allocated), else [`Pipeline::auto_batch`]
-    /// within what fits.
-    fn gpu_batch(
+    /// The one place a run's batch is decided, for `num` images on the CPU reference (`gpu`
+    /// None) or on a GPU runner (which knows what fits, its recorded frames included):
+    /// - an explicit `batch` is clamped to `num`, and refused with [`BatchTooLarge`] where it does
+    ///   not fit the GPU (before anything of its size is allocated);
+    /// - otherwise as many images as fit the device (on a GPU every buffer within one storage
+    ///   binding, and the memory budget) and about 512 MiB of activations (16 at most on the CPU
+    ///   reference, which gains nothing from more), evened out over the chunks of `num` (1,000
+    ///   images at a cap of 200 run as 5 × 200; at a cap of 341 as 3 × 334, the last chunk 332).
+    fn decide_batch(
         &self,
-        ctx: &GpuContext,
-        gpu: &GpuRunner<'_>,
+        gpu: Option<(&GpuContext, &GpuRunner<'_>)>,
         num: usize,
         batch: Option<usize>,
     ) -> Result<usize> {
-        let fits = gpu.max_batch();
+        let fits = gpu.map_or(usize::MAX, |(_, r)| r.max_batch());
         match batch {
             Some(b) => {
                 let b = b.clamp(1, num.max(1));
-                ensure!(
-                    b <= fits,
-                    "a batch of {b} does not fit on {}: {}; at most {fits} image(s) per batch fit \
-                     (or leave --batch out to have it chosen)",
-                    ctx.info.name,
-                    gpu.limit()
-                );
+                if let Some((ctx, runner)) = gpu {
+                    if b > fits {
+                        return Err(BatchTooLarge {
+                            batch: b,
+                            fits,
+                            device: ctx.info.name.clone(),
+                            limit: runner.limit().to_string(),
+                        }
+                        .into());
+                    }
+                }
                 Ok(b)
             }
-            None => Ok(even_chunks(num, self.auto_batch_cap(Some(ctx))?.min(fits))),
-        }
-    }
-
-    /// The batch [`Pipeline::sample`] would use for `request` on `device` (the same checks).
-    pub fn batch_for(&self, device: &Device, request: &SampleRequest) -> Result<usize> {
-        match device {
-            Device::Cpu => match request.batch {
-                Some(b) => Ok(b.max(1)),
-                None => self.auto_batch(None, request.num),
-            },
-            Device::Gpu(ctx) => {
-                let steps = self.steps(&request.settings)?;
-                let weights = self.gpu_weights(ctx)?;
-                let gpu = GpuRunner::new(
-                    ctx,
-                    &self.unet,
-                    &weights,
-                    &self.scheduler,
-                    &steps,
-                    PlanOptions::default(),
-                    0,
-                )?;
-                self.gpu_batch(ctx, &gpu, request.num, request.batch)
+            None => {
+                let cap = self.auto_batch_cap(gpu.map(|(ctx, _)| ctx))?;
+                Ok(even_chunks(num, cap.min(fits)))
             }
         }
     }
 
-    /// The most images per chunk [`Pipeline::auto_batch`] allows.
+    /// The most images per chunk a chosen batch may hold: the activation budget and the device's
+    /// static limits (the runner adds the memory budget).
     fn auto_batch_cap(&self, gpu: Option<&GpuContext>) -> Result<usize> {
         const ACTIVATION_BUDGET: u64 = 512 << 20;
         // Every layer's output at once: an upper bound on what the liveness pool keeps.
@@ -385,8 +450,29 @@ impl Pipeline {
         Ok(cap)
     }
 
+    /// The GPU side of a run of `steps` keeping `frames` frames per chunk.
+    fn gpu_runner<'a>(
+        &'a self,
+        ctx: &'a GpuContext,
+        weights: &'a GpuWeights,
+        steps: &SamplerSteps,
+        frames: usize,
+    ) -> Result<GpuRunner<'a>> {
+        GpuRunner::new(
+            ctx,
+            &self.unet,
+            weights,
+            &self.scheduler,
+            steps,
+            PlanOptions::default(),
+            frames,
+        )
+    }
+
     /// This pipeline's weights on `ctx`, uploaded on first use in the context's precision and
-    /// shared by every plan.
+    /// shared by every plan. (For tests and benchmarks of the GPU backend; sampling uploads them
+    /// when it needs them.)
+    #[doc(hidden)]
     pub fn gpu_weights(&self, ctx: &GpuContext) -> Result<Arc<GpuWeights>> {
         let mut cache = self.gpu_weights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, w)) = cache.iter().find(|(id, _)| *id == ctx.id) {
@@ -408,7 +494,7 @@ impl Pipeline {
         Ok(w)
     }
 
-    /// The one sampling loop on `device`.
+    /// The one sampling loop on `device`; returns the final samples and the batch it used.
     fn run(
         &self,
         device: &Device,
@@ -416,7 +502,7 @@ impl Pipeline {
         start: Start<'_>,
         batch: Option<usize>,
         outputs: Outputs<'_, '_>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, usize)> {
         let Outputs {
             trajectory,
             progress,
@@ -429,7 +515,7 @@ impl Pipeline {
             self.unet.output
         );
         let num = match start {
-            Start::Noise(plan) => plan.num,
+            Start::Noise(plan) => plan.num(),
             Start::Given(x) => x.shape.first().copied().unwrap_or(0),
         };
         let frames = trajectory.as_deref().map_or(0, |t| t.steps.len());
@@ -448,31 +534,21 @@ impl Pipeline {
         };
         match device {
             Device::Cpu => {
-                let batch = match batch {
-                    Some(b) => b.max(1),
-                    None => self.auto_batch(None, num)?,
-                };
+                let batch = self.decide_batch(None, num, batch)?;
                 let mut cpu = CpuRunner {
                     unet: &self.unet,
                     weights: &self.model.weights,
                     cfg: &self.scheduler,
                     steps,
                 };
-                sampling::run(&mut cpu, run(batch))
+                Ok((sampling::run(&mut cpu, run(batch))?, batch))
             }
             Device::Gpu(ctx) => {
                 let weights = self.gpu_weights(ctx)?;
-                let mut gpu = GpuRunner::new(
-                    ctx,
-                    &self.unet,
-                    &weights,
-                    &self.scheduler,
-                    steps,
-                    PlanOptions::default(),
-                    frames,
-                )?;
-                let batch = self.gpu_batch(ctx, &gpu, num, batch)?;
-                sampling::run(&mut gpu as &mut dyn StepRunner, run(batch))
+                let mut gpu = self.gpu_runner(ctx, &weights, steps, frames)?;
+                let batch = self.decide_batch(Some((ctx, &gpu)), num, batch)?;
+                let x = sampling::run(&mut gpu as &mut dyn StepRunner, run(batch))?;
+                Ok((x, batch))
             }
         }
     }

@@ -172,13 +172,44 @@ pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
 }
 
 /// Which generator produces the sampler's noise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RngKind {
     /// Bit-compatible with torch.manual_seed + torch.randn on the CPU.
     Torch,
     /// Counter-based Philox4x32-10.
     Philox,
+}
+
+impl RngKind {
+    /// Every kind, in the order a list of choices shows them.
+    pub const ALL: [Self; 2] = [Self::Torch, Self::Philox];
+
+    /// Its name: `torch` or `philox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Torch => "torch",
+            Self::Philox => "philox",
+        }
+    }
+}
+
+impl std::fmt::Display for RngKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RngKind {
+    type Err = anyhow::Error;
+
+    /// The kind named `s` (as [`RngKind::as_str`] writes it).
+    fn from_str(s: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|k| k.as_str() == s) {
+            Some(k) => Ok(k),
+            None => bail!("unknown noise generator {s:?}: expected torch or philox"),
+        }
+    }
 }
 
 /// A seeded noise source of either kind.

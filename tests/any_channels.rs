@@ -5,7 +5,7 @@ mod common;
 
 use ddim_wgpu::model::config::SampleSize;
 use ddim_wgpu::model::{Model, ModelPaths, UNet2DConfig, Weights};
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
 use ddim_wgpu::sampling::SampleSettings;
 use ddim_wgpu::schedule::SchedulerConfig;
 
@@ -41,7 +41,7 @@ fn two_and_four_channel_models_sample_and_save() {
                 steps: 2,
                 ..Default::default()
             },
-            num: 3,
+            noise: Noise::Seed { seed: 0, num: 3 },
             ..Default::default()
         };
         let x = pipe.sample(&Device::Cpu, &request).unwrap();

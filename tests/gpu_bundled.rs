@@ -4,7 +4,7 @@
 mod common;
 
 use ddim_wgpu::image_io::{encode_png, grid, to_u8};
-use ddim_wgpu::pipeline::{Device, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, SampleRequest};
 use ddim_wgpu::sampling::SampleSettings;
 
 #[test]
@@ -15,8 +15,7 @@ fn bundled_model_gpu_matches_cpu_reference_pixels() {
             steps: 50,
             ..Default::default()
         },
-        num: 4,
-        seed: 3,
+        noise: Noise::Seed { seed: 3, num: 4 },
         ..Default::default()
     };
     let cpu = pipe.sample(&Device::Cpu, &request).unwrap();
@@ -53,8 +52,7 @@ fn same_seed_gives_a_byte_identical_png_on_the_gpu() {
             eta: 1.0,
             ..Default::default()
         },
-        num: 3,
-        seed: 11,
+        noise: Noise::Seed { seed: 11, num: 3 },
         ..Default::default()
     };
     common::for_each_backend(|backend, _| {
@@ -75,14 +73,22 @@ fn same_seed_gives_a_byte_identical_png_on_the_gpu() {
 #[test]
 fn batch_is_chosen_from_device_limits_when_omitted() {
     let pipe = ddim_wgpu::bundled::pipeline().unwrap();
+    let batch = |device: &Device, num| {
+        let request = SampleRequest {
+            noise: Noise::Seed { seed: 0, num },
+            ..Default::default()
+        };
+        pipe.batch_for(device, &request).unwrap()
+    };
     // The CPU reference: at most 16 per evaluation, in even chunks.
-    assert_eq!(pipe.auto_batch(None, 16).unwrap(), 16);
-    assert_eq!(pipe.auto_batch(None, 40).unwrap(), 14);
-    assert_eq!(pipe.auto_batch(None, 1).unwrap(), 1);
+    assert_eq!(batch(&Device::Cpu, 16), 16);
+    assert_eq!(batch(&Device::Cpu, 40), 14);
+    assert_eq!(batch(&Device::Cpu, 1), 1);
     common::for_each_backend(|backend, ctx| {
+        let device = common::device(backend).unwrap();
         let fits = ddim_wgpu::gpu::plan::max_batch(ctx, &pipe.unet).unwrap();
         for num in [1, 7, 64, 1000] {
-            let b = pipe.auto_batch(Some(ctx), num).unwrap();
+            let b = batch(&device, num);
             let chunks = num.div_ceil(b);
             eprintln!(
                 "{backend}: {num} images -> batch {b} ({chunks} chunks; {fits} fit one binding)"
@@ -99,8 +105,8 @@ fn batch_is_chosen_from_device_limits_when_omitted() {
             );
         }
         // A small run goes in one evaluation per step; a 1,000-image run in more than one.
-        assert_eq!(pipe.auto_batch(Some(ctx), 64).unwrap(), 64);
-        assert!(pipe.auto_batch(Some(ctx), 1000).unwrap() < 1000);
+        assert_eq!(batch(&device, 64), 64);
+        assert!(batch(&device, 1000) < 1000);
     });
 }
 

@@ -8,7 +8,7 @@ use ddim_wgpu::gpu::memory::MemoryBudget;
 use ddim_wgpu::gpu::plan::{plan_footprint, PlanOptions};
 use ddim_wgpu::gpu::sampler::{batch_capacity, RunUpdate};
 use ddim_wgpu::gpu::GpuContext;
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
 use ddim_wgpu::sampling::SampleSettings;
 use std::sync::Arc;
 
@@ -18,9 +18,8 @@ fn request(num: usize, batch: Option<usize>) -> SampleRequest {
             steps: 10,
             ..Default::default()
         },
-        num,
+        noise: Noise::Seed { seed: 5, num },
         batch,
-        seed: 5,
         ..Default::default()
     }
 }

@@ -540,11 +540,11 @@ const RUN_MAX_REL_TO_PEAK: f64 = 1e-5;
 
 /// Whole runs: fixture U-Nets compiled into GPU plans, 10 steps of DPM-Solver++ and UniPC of
 /// orders 1–3, without and with thresholding, against the CPU reference on the same x_T, both
-/// through `Pipeline::sample_trajectory`. 3 images in chunks of 2: two plans (batch 2 and 1),
+/// through `Pipeline::sample_with`. 3 images in chunks of 2: two plans (batch 2 and 1),
 /// and a history per chunk.
 #[test]
 fn unet_multistep_runs_match_cpu_reference() {
-    use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+    use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest, TrajectoryFrames};
     use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet");
@@ -573,9 +573,9 @@ fn unet_multistep_runs_match_cpu_reference() {
                 },
                 ..Default::default()
             },
-            num: 3,
+            noise: Noise::Seed { seed: 7, num: 3 },
             batch: Some(2),
-            seed: 7,
+            trajectory: TrajectoryFrames::Every(3),
             ..Default::default()
         };
         let what = format!(
@@ -583,13 +583,13 @@ fn unet_multistep_runs_match_cpu_reference() {
             sampler.as_str(),
             if thresholding { " thresholding" } else { "" }
         );
-        let (want, want_traj) = pipe
-            .sample_trajectory(&Device::Cpu, &request, Some(3))
-            .unwrap();
+        let want = pipe.sample_with(&Device::Cpu, &request).unwrap();
+        let (want, want_traj) = (want.images, want.trajectory.unwrap());
         assert_eq!(want_traj.steps, [2, 5, 8, 9]);
         common::for_each_backend(|backend, _| {
             let device = common::device(backend).unwrap();
-            let (got, traj) = pipe.sample_trajectory(&device, &request, Some(3)).unwrap();
+            let got = pipe.sample_with(&device, &request).unwrap();
+            let (got, traj) = (got.images, got.trajectory.unwrap());
             // (max abs, max abs / peak, within its bound) of one tensor against the CPU's.
             let compare = |got: &[f32], want: &[f32]| {
                 let (m, at) = max_abs_diff(got, want);

@@ -176,11 +176,11 @@ fn toy_loop_with_thresholding_and_v_prediction() {
 }
 
 /// The real loop: fixture U-Nets compiled into GPU plans, 10 DDIM steps, eta 0 and 1 with the
-/// same torch-stream noise as the CPU reference (both through `Pipeline::sample_trajectory`).
+/// same torch-stream noise as the CPU reference (both through `Pipeline::sample_with`).
 /// 3 images in chunks of 2, so two plans (batch 2 and 1) are built and the noise is sliced per chunk.
 #[test]
 fn unet_sample_matches_cpu_reference() {
-    use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+    use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest, TrajectoryFrames};
     use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind};
     use std::sync::{Arc, Mutex};
 
@@ -201,22 +201,23 @@ fn unet_sample_matches_cpu_reference() {
                 eta,
                 ..Default::default()
             },
-            num: 3,
+            noise: Noise::Seed { seed: 7, num: 3 },
             batch: Some(2),
-            seed: 7,
+            // The predicted x0 after steps 2, 5, 8 and 9, as `--save-trajectory` keeps it.
+            trajectory: TrajectoryFrames::Every(3),
             ..Default::default()
         };
-        // The predicted x0 after steps 2, 5, 8 and 9, as `--save-trajectory` keeps it.
-        let (want, want_traj) = pipe
-            .sample_trajectory(&Device::Cpu, &request, Some(3))
-            .unwrap();
+        let want = pipe.sample_with(&Device::Cpu, &request).unwrap();
+        let (want, want_traj) = (want.images, want.trajectory.unwrap());
         assert_eq!(want_traj.steps, [2, 5, 8, 9]);
         common::for_each_backend(|backend, _| {
             let last = Arc::new(Mutex::new((0, 0)));
             let seen = last.clone();
             request.progress = Some(Progress::new(move |d, t| *seen.lock().unwrap() = (d, t)));
             let device = common::device(backend).unwrap();
-            let (got, traj) = pipe.sample_trajectory(&device, &request, Some(3)).unwrap();
+            let got = pipe.sample_with(&device, &request).unwrap();
+            assert_eq!(got.batch, 2);
+            let (got, traj) = (got.images, got.trajectory.unwrap());
             assert_eq!(traj.frames.len(), 4);
             for (k, (g, w)) in traj.frames.iter().zip(&want_traj.frames).enumerate() {
                 assert_eq!(

@@ -52,7 +52,7 @@ fn both_layouts_resolve() {
     assert_eq!(p.scheduler_config, None);
     let e = p.require_scheduler_config().unwrap_err().to_string();
     assert!(
-        e.contains("no scheduler config") && e.contains("--scheduler-config"),
+        e.contains("no scheduler config") && e.contains("scheduler_config.json"),
         "{e}"
     );
 }

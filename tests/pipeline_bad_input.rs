@@ -1,7 +1,7 @@
 //! Bad requests to the library API are errors that say what is wrong, before any work.
 
 use ddim_wgpu::model::weights::{InitKind, Weights};
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Diverged, Noise, Pipeline, SampleRequest};
 use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::Tensor;
 
@@ -15,22 +15,45 @@ fn non_finite_initial_noise_is_refused() {
     x.data[5] = f32::NAN;
     x.data[9] = f32::INFINITY;
     let request = SampleRequest {
-        num: 2,
-        init_noise: Some(x),
+        noise: Noise::Given { x_t: x, seed: 0 },
         ..Default::default()
     };
     let err = pipe.sample(&Device::Cpu, &request).unwrap_err();
     assert!(format!("{err:#}").contains("2 non-finite"), "{err:#}");
+    // x_T of another image shape is refused with both shapes, before any work.
+    let request = SampleRequest {
+        noise: Noise::Given {
+            x_t: Tensor::zeros(&[2, c, h, w + 1]),
+            seed: 0,
+        },
+        ..Default::default()
+    };
+    let err = format!("{:#}", pipe.sample(&Device::Cpu, &request).unwrap_err());
+    assert!(
+        err.contains(&format!("[2, {c}, {h}, {}]", w + 1))
+            && err.contains(&format!("[N, {c}, {h}, {w}]")),
+        "{err}"
+    );
 }
 
 #[test]
 fn zero_images_and_zero_steps_are_refused() {
     let pipe = ddim_wgpu::bundled::pipeline().unwrap();
-    let none = SampleRequest {
-        num: 0,
-        ..Default::default()
-    };
-    assert!(format!("{:#}", pipe.sample(&Device::Cpu, &none).unwrap_err()).contains("at least 1"));
+    for noise in [
+        Noise::Seed { seed: 0, num: 0 },
+        Noise::Seeds(Vec::new()),
+        Noise::Given {
+            x_t: Tensor::zeros(&[0, 1, 32, 32]),
+            seed: 0,
+        },
+    ] {
+        let none = SampleRequest {
+            noise,
+            ..Default::default()
+        };
+        let err = format!("{:#}", pipe.sample(&Device::Cpu, &none).unwrap_err());
+        assert!(err.contains("at least 1"), "{:?}: {err}", none.noise);
+    }
     let mut no_steps = SampleRequest::default();
     no_steps.settings.steps = 0;
     assert!(format!("{:#}", pipe.sample(&Device::Cpu, &no_steps).unwrap_err()).contains("steps"));
@@ -55,7 +78,7 @@ fn diverging_pipeline(bias: f32) -> Pipeline {
 
 fn diverging_request(sampler: SamplerKind) -> SampleRequest {
     let mut request = SampleRequest {
-        num: 2,
+        noise: Noise::Seed { seed: 0, num: 2 },
         ..Default::default()
     };
     request.settings.steps = 5;
@@ -63,11 +86,25 @@ fn diverging_request(sampler: SamplerKind) -> SampleRequest {
     request
 }
 
-fn error(pipe: &Pipeline, device: &Device, sampler: SamplerKind) -> String {
+/// The error of a diverging run: its message, and the typed [`Diverged`] inside it (step,
+/// timestep) that callers on either device downcast to.
+fn error(pipe: &Pipeline, device: &Device, sampler: SamplerKind) -> (String, Diverged) {
+    let err = pipe
+        .sample(device, &diverging_request(sampler))
+        .unwrap_err();
+    let typed = err
+        .downcast_ref::<Diverged>()
+        .unwrap_or_else(|| panic!("not a Diverged error: {err:#}"))
+        .clone();
+    (format!("{err:#}"), typed)
+}
+
+/// "step S (t = T)" of a typed divergence.
+fn at(d: &Diverged) -> String {
     format!(
-        "{:#}",
-        pipe.sample(device, &diverging_request(sampler))
-            .unwrap_err()
+        "step {} (t = {})",
+        d.step,
+        d.timestep.expect("the run knows its timesteps")
     )
 }
 
@@ -76,11 +113,13 @@ fn error(pipe: &Pipeline, device: &Device, sampler: SamplerKind) -> String {
 #[test]
 fn a_run_that_diverges_names_the_step() {
     let pipe = diverging_pipeline(1e38);
-    let err = error(&pipe, &Device::Cpu, SamplerKind::Ddim);
+    let (err, typed) = error(&pipe, &Device::Cpu, SamplerKind::Ddim);
     assert!(err.contains("non-finite at step 1 (t = 600)"), "{err}");
+    assert_eq!(at(&typed), "step 1 (t = 600)");
+    assert!(typed.bad > 0 && typed.bad <= typed.numel, "{typed:?}");
 }
 
-/// The same on the GPU, from the flag the update kernels set and the host reads with the final
+/// The same error type on the GPU, from the flag the update kernels set and the host reads with the final
 /// sample, for the DDIM update and the multistep solvers' update. The GPU computes in f32 where
 /// the CPU reference uses f64, so the two overflow at the same step only where f32 and f64
 /// agree: with a bias of 1e38, DPM-Solver++ diverges at step 0 on both, while DDIM's f32 x0
@@ -90,8 +129,9 @@ fn a_run_that_diverges_names_the_step() {
 #[test]
 fn a_gpu_run_that_diverges_names_the_step() {
     let big = diverging_pipeline(1e38);
-    let cpu = error(&big, &Device::Cpu, SamplerKind::DpmSolverPlusPlus);
+    let (cpu, typed) = error(&big, &Device::Cpu, SamplerKind::DpmSolverPlusPlus);
     assert!(cpu.contains("non-finite at step 0 (t = 830)"), "{cpu}");
+    assert_eq!(at(&typed), "step 0 (t = 830)");
     let smaller = diverging_pipeline(1e37);
     assert!(smaller
         .sample(&Device::Cpu, &diverging_request(SamplerKind::Ddim))
@@ -105,12 +145,15 @@ fn a_gpu_run_that_diverges_names_the_step() {
     common::for_each_backend(|backend, _| {
         let device = common::device(backend).unwrap();
         for (pipe, sampler, at) in cases {
-            let err = error(pipe, &device, sampler);
-            assert!(
-                err.contains(&format!("non-finite at {at} on the GPU")),
-                "{backend:?} {}: want {at}, got {err}",
+            // The same type as the CPU reference's, carrying the step and its timestep.
+            let (err, typed) = error(pipe, &device, sampler);
+            assert_eq!(
+                self::at(&typed),
+                at,
+                "{backend:?} {}: {err}",
                 sampler.as_str()
             );
+            assert!(err.contains(&format!("non-finite at {at}")), "{err}");
         }
     });
 }

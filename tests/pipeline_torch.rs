@@ -6,7 +6,7 @@
 mod common;
 
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 use ddim_wgpu::schedule::SolverKeys;
@@ -81,9 +81,11 @@ fn check_all(device: &Device, what: &str, small: usize) {
         for batch in [num, small] {
             let request = SampleRequest {
                 settings: settings(&case),
-                num,
+                noise: Noise::Seed {
+                    seed: case["seed"].as_u64().unwrap(),
+                    num,
+                },
                 batch: Some(batch),
-                seed: case["seed"].as_u64().unwrap(),
                 rng: RngKind::Torch,
                 ..Default::default()
             };
@@ -124,18 +126,28 @@ fn given_initial_noise_is_the_starting_sample() {
         .randn(num * per)
         .unwrap();
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
-    let request = |seed, init_noise| SampleRequest {
+    let request = |noise| SampleRequest {
         settings: settings(case),
-        num,
-        seed,
+        noise,
         rng: RngKind::Torch,
-        init_noise,
         ..Default::default()
     };
     let given = ddim_wgpu::Tensor::new(vec![num, c, h, w], x_t).unwrap();
-    let a = pipe.sample(&Device::Cpu, &request(0, Some(given))).unwrap();
-    let b = pipe.sample(&Device::Cpu, &request(5, None)).unwrap();
-    let c0 = pipe.sample(&Device::Cpu, &request(0, None)).unwrap();
+    let a = pipe
+        .sample(
+            &Device::Cpu,
+            &request(Noise::Given {
+                x_t: given,
+                seed: 0,
+            }),
+        )
+        .unwrap();
+    let b = pipe
+        .sample(&Device::Cpu, &request(Noise::Seed { seed: 5, num }))
+        .unwrap();
+    let c0 = pipe
+        .sample(&Device::Cpu, &request(Noise::Seed { seed: 0, num }))
+        .unwrap();
     assert_eq!(a.data, b.data);
     assert_ne!(a.data, c0.data);
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 use ddim_wgpu::Tensor;
@@ -39,10 +39,9 @@ fn request(case: &Value, seeds: Vec<u64>, batch: usize) -> SampleRequest {
             eta: case["eta"].as_f64().unwrap_or(0.0),
             ..Default::default()
         },
-        num: seeds.len(),
+        noise: Noise::Seeds(seeds),
         batch: Some(batch),
         rng: RngKind::Torch,
-        seeds: Some(seeds),
         ..Default::default()
     }
 }

@@ -257,14 +257,16 @@ pub fn bench_cpu(
     settings: &SampleSettings,
     repeats: Repeats,
 ) -> Result<RunResult> {
-    use ddim_wgpu::pipeline::{Device, SampleRequest};
+    use ddim_wgpu::pipeline::{Device, Noise, SampleRequest};
     let steps = settings.steps;
     let x_t = bench_input(pipe, batch)?;
     let request = SampleRequest {
         settings: settings.clone(),
-        num: batch,
+        noise: Noise::Given {
+            x_t: x_t.clone(),
+            seed: 0,
+        },
         batch: Some(batch),
-        init_noise: Some(x_t.clone()),
         ..SampleRequest::default()
     };
     let (run_ns, cpu_per_run) =

@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// Sampler of the timed runs (eta 0).
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    #[arg(long, value_parser = super::flags::sampler(), default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
     #[command(flatten)]
     pub solver: SolverArgs,

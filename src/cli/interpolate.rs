@@ -9,6 +9,7 @@ use ddim_wgpu::rng::{NoiseSource, RngKind};
 use ddim_wgpu::sampling::{lerp, slerp};
 use ddim_wgpu::Tensor;
 
+use super::flags::batch_hint;
 use super::sample::{bar_progress, check_output_dir, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
@@ -32,7 +33,7 @@ pub struct Args {
     /// DDIM steps used to decode each frame (eta 0).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
@@ -77,7 +78,9 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         progress: Some(bar_progress(&bar, 0)),
     };
-    let images = pipe.decode(&device, &x, &request)?;
+    let images = pipe
+        .decode(&device, &x, &request)
+        .map_err(|e| batch_hint(e, args.batch))?;
     bar.finish_and_clear();
     save_grid(&args.out, &images, Some(args.frames))?;
     if !args.quiet {

@@ -10,6 +10,7 @@ use ddim_wgpu::pipeline::{Device, LatentRequest, Pipeline};
 use ddim_wgpu::sampling::Progress;
 use ddim_wgpu::Tensor;
 
+use super::flags::batch_hint;
 use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
@@ -138,7 +139,9 @@ fn invert_and_reconstruct(
             first.set_position(done as u64);
         })),
     };
-    let latents = pipe.invert(device, x0, &request)?;
+    let latents = pipe
+        .invert(device, x0, &request)
+        .map_err(|e| batch_hint(e, args.batch))?;
     let offset = bar.position();
     let second = bar.clone();
     let request = LatentRequest {
@@ -147,7 +150,9 @@ fn invert_and_reconstruct(
         })),
         ..request
     };
-    let rec = pipe.decode(device, &latents, &request)?;
+    let rec = pipe
+        .decode(device, &latents, &request)
+        .map_err(|e| batch_hint(e, args.batch))?;
     bar.finish_and_clear();
     Ok((latents, rec))
 }

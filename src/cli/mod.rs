@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod flags;
 pub mod forward;
 pub mod info;
 pub mod interpolate;

@@ -6,10 +6,11 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Device, Pipeline, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest, Sampled, TrajectoryFrames};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind, Trajectory};
 
+use super::flags::batch_hint;
 use super::model_args::AdapterArgs;
 use super::schedule::{SchedulerOverrides, SolverArgs};
 
@@ -73,7 +74,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Sampler (default: the solver the scheduler config's _class_name names, else ddim).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::flags::sampler())]
     pub sampler: Option<SamplerKind>,
     #[command(flatten)]
     pub solver: SolverArgs,
@@ -101,7 +102,7 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "seeds", value_parser = clap::value_parser!(u64).range(1..))]
     pub shards: Option<u64>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
-    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,
     /// Initial noise x_T from a safetensors file ([N, C, H, W], tensor `sample` or the only one).
     #[arg(long, value_name = "FILE")]
@@ -182,37 +183,52 @@ pub fn run(args: Args) -> Result<()> {
     }
     args.check_out_dir()?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
-    let init_noise = match &args.init_noise {
-        Some(p) => Some(
-            tensor_io::read_tensor(p, "sample")
-                .with_context(|| format!("reading --init-noise {}", p.display()))?,
-        ),
-        None => None,
+    let noise = match &args.init_noise {
+        Some(p) => {
+            let x_t = tensor_io::read_tensor(p, "sample")
+                .with_context(|| format!("reading --init-noise {}", p.display()))?;
+            let n = x_t.shape.first().copied().unwrap_or(0);
+            ensure!(
+                n == args.num,
+                "--init-noise {} holds {n} image(s) ({:?}); -n/--num asks for {}",
+                p.display(),
+                x_t.shape,
+                args.num
+            );
+            Noise::Given {
+                x_t,
+                seed: args.seed,
+            }
+        }
+        None => Noise::Seed {
+            seed: args.seed,
+            num: args.num,
+        },
     };
     let device = args.device.open()?;
     let bar = progress_bar(args.quiet);
     let settings = args.settings(&pipe);
     let sampler = settings.sampler;
-    let mut request = SampleRequest {
+    let request = SampleRequest {
         settings,
-        num: args.num,
-        batch: args.batch,
-        seed: args.seed,
+        noise,
         rng: args.rng,
-        seeds: None,
-        init_noise,
+        batch: args.batch,
+        trajectory: match (&args.save_trajectory, args.trajectory_every) {
+            (None, _) => TrajectoryFrames::Off,
+            (Some(_), Some(k)) => TrajectoryFrames::Every(k),
+            (Some(_), None) => TrajectoryFrames::Tenth,
+        },
         progress: Some(bar_progress(&bar, 0)),
     };
-    let batch = pipe.batch_for(&device, &request)?;
-    request.batch = Some(batch);
     let started = Instant::now();
-    let (images, trajectory) = match &args.save_trajectory {
-        Some(_) => {
-            let (images, t) = pipe.sample_trajectory(&device, &request, args.trajectory_every)?;
-            (images, Some(t))
-        }
-        None => (pipe.sample(&device, &request)?, None),
-    };
+    let Sampled {
+        images,
+        trajectory,
+        batch,
+    } = pipe
+        .sample_with(&device, &request)
+        .map_err(|e| batch_hint(e, args.batch))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 

@@ -7,20 +7,23 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::SampleRequest;
+use ddim_wgpu::pipeline::{Noise, SampleRequest, TrajectoryFrames};
 use ddim_wgpu::sampling::{Progress, SeedSet, Shard};
 use ddim_wgpu::seed_dir::{self, Manifest};
 use ddim_wgpu::Tensor;
 
+use super::flags::batch_hint;
 use super::sample::{check_output_dir, load_pipeline, Args};
 
 /// The shard this process makes: `--shard`, else the job runner's environment, else all.
 fn shard_of(args: &Args) -> Result<(Shard, String)> {
     if let Some(text) = &args.shard {
-        return Ok((Shard::parse(text)?, "--shard".into()));
+        return Ok((Shard::parse(text).context("--shard")?, "--shard".into()));
     }
     let var = |name: &str| std::env::var(name).ok();
-    Ok(match Shard::from_env(&var, args.shards)? {
+    let from_env = Shard::from_env(&var, args.shards)
+        .context("the shard from the job runner's environment (--shards N gives the count)")?;
+    Ok(match from_env {
         Some((shard, runner)) => (shard, runner.to_string()),
         None => (Shard::WHOLE, "the whole set".into()),
     })
@@ -88,21 +91,18 @@ pub fn run(args: Args) -> Result<()> {
 
     let device = args.device.open()?;
     let bar = image_bar(args.quiet, todo.len());
-    let mut request = SampleRequest {
+    let request = SampleRequest {
         settings,
-        num: todo.len(),
-        batch: args.batch,
-        seed: 0,
+        noise: Noise::Seeds(todo.clone()),
         rng: args.rng,
-        seeds: Some(todo.clone()),
-        init_noise: None,
+        batch: args.batch,
+        trajectory: TrajectoryFrames::Off,
         progress: Some(image_progress(&bar, todo.len())),
     };
-    request.batch = Some(pipe.batch_for(&device, &request)?);
     let started = Instant::now();
     let keep_all = grid_out.is_some() || args.save_tensor.is_some();
     let mut kept = Vec::new();
-    pipe.sample_chunks(&device, &request, &mut |range, x| {
+    let sink = &mut |range: std::ops::Range<usize>, x: &Tensor| {
         if let Some(dir) = &args.out_dir {
             for (i, &seed) in todo[range.clone()].iter().enumerate() {
                 seed_dir::write_image(dir, seed, x, i)?;
@@ -112,7 +112,10 @@ pub fn run(args: Args) -> Result<()> {
             kept.extend_from_slice(&x.data);
         }
         Ok(())
-    })?;
+    };
+    let batch = pipe
+        .sample_chunks(&device, &request, sink)
+        .map_err(|e| batch_hint(e, args.batch))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if keep_all {
@@ -137,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
                 .join(" and "),
             sampler.as_str(),
             args.steps,
-            request.batch.unwrap_or_default(),
+            batch,
             args.rng,
             device.describe(),
         );

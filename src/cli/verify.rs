@@ -15,7 +15,7 @@ use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{GpuContext, GpuWeights};
 use ddim_wgpu::model::unet::Op;
 use ddim_wgpu::model::UNet;
-use ddim_wgpu::pipeline::{Device, SampleRequest};
+use ddim_wgpu::pipeline::{Device, Noise, SampleRequest};
 use ddim_wgpu::rng::{RngKind, TorchRng};
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Sampler of the short sample.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    #[arg(long, value_parser = super::flags::sampler(), default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
     /// DDIM eta of the short sample (default 1 for DDIM: it exercises the noise path).
     #[arg(long)]
@@ -206,9 +206,11 @@ pub fn run(args: Args) -> Result<()> {
         };
         let request = SampleRequest {
             settings,
-            num: args.batch,
+            noise: Noise::Seed {
+                seed: args.seed,
+                num: args.batch,
+            },
             batch: Some(args.batch),
-            seed: args.seed,
             rng: RngKind::Torch,
             ..Default::default()
         };

@@ -4,7 +4,7 @@
 
 use super::forward::forward;
 use crate::model::{UNet, Weights};
-use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
+use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
     ddim_step, ddpm_step, inverse_step, multistep_step, MultistepState, SchedulerConfig,
 };
@@ -76,12 +76,15 @@ impl StepRunner for CpuRunner<'_> {
                 }
             };
             let bad = out.prev_sample.iter().filter(|v| !v.is_finite()).count();
-            ensure!(
-                bad == 0,
-                "the sample became non-finite at step {i} (t = {t}): {bad} of {} values are NaN \
-                 or infinite; the model or its input diverges there",
-                out.prev_sample.len()
-            );
+            if bad > 0 {
+                return Err(Diverged {
+                    step: i,
+                    timestep: Some(t),
+                    bad,
+                    numel: out.prev_sample.len(),
+                }
+                .into());
+            }
             x.data = out.prev_sample;
             if record.contains(&i) {
                 frames.push(Tensor::new(x.shape.clone(), out.pred_original_sample)?);

@@ -174,33 +174,9 @@ impl Update {
     }
 }
 
-/// A GPU run whose sample became NaN or infinite: the first step where it did. `timestep` is
-/// filled in by callers that know the run's timesteps ([`GpuRunner`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NonFinite {
-    pub step: usize,
-    pub timestep: Option<i64>,
-    /// NaN or infinite values in the final sample (the GPU does not count them per step).
-    pub bad: usize,
-    pub numel: usize,
-}
-
-impl std::fmt::Display for NonFinite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the sample became non-finite at step {}", self.step)?;
-        if let Some(t) = self.timestep {
-            write!(f, " (t = {t})")?;
-        }
-        write!(
-            f,
-            " on the GPU: {} of {} values of the final sample are NaN or infinite; the model or \
-             its input diverges there",
-            self.bad, self.numel
-        )
-    }
-}
-
-impl std::error::Error for NonFinite {}
+/// A GPU run whose sample became NaN or infinite: the same error as the CPU reference's.
+/// `timestep` is filled in by callers that know the run's timesteps ([`GpuRunner`]).
+pub use crate::sampling::Diverged as NonFinite;
 
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 /// [`sample_recording`] also keeps the predicted x0 of chosen steps.

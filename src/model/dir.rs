@@ -102,7 +102,7 @@ impl ModelPaths {
                     Layout::Flat => self.root.join(SCHEDULER_FILE),
                 };
                 bail!(
-                    "model directory {} has no scheduler config (expected {}; pass --scheduler-config FILE)",
+                    "model directory {} has no scheduler config (expected {})",
                     self.root.display(),
                     expected.display()
                 )

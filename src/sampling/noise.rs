@@ -11,24 +11,45 @@
 
 use super::steps::SamplerSteps;
 use crate::rng::{NoiseSource, RngKind};
+use crate::Tensor;
 use anyhow::{bail, ensure, Context, Result};
 use std::ops::Range;
 
-/// The noise of a run of `num` images: x_T and the per-step draws, in pipeline order.
+/// Where a run's noise comes from: x_T and, for samplers that draw at each step (DDIM with
+/// eta > 0, DDPM), the per-step noise.
+#[derive(Clone, Debug)]
+pub enum Noise {
+    /// `num` images from one generator seeded with `seed`, drawn as diffusers' pipelines draw a
+    /// batch: the image at index i depends on the run's size.
+    Seed { seed: u64, num: usize },
+    /// One image per seed, each from a generator of its own: the image of seed s is
+    /// `DDIMPipeline(batch_size=1, generator=torch.manual_seed(s))`'s, whatever else runs.
+    Seeds(Vec<u64>),
+    /// x_T given, NCHW, one image per entry of its first axis; the per-step noise comes from one
+    /// generator seeded with `seed` (its stream then starts with the first step's draw).
+    Given { x_t: Tensor, seed: u64 },
+}
+
+impl Noise {
+    /// The number of images this noise makes.
+    pub fn num(&self) -> usize {
+        match self {
+            Self::Seed { num, .. } => *num,
+            Self::Seeds(seeds) => seeds.len(),
+            Self::Given { x_t, .. } => x_t.shape.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The noise of a run: its [`Noise`] drawn from generators of one kind, in pipeline order.
 #[derive(Clone, Debug)]
 pub struct NoisePlan {
     pub kind: RngKind,
-    pub seed: u64,
-    pub num: usize,
+    pub noise: Noise,
     /// Elements per image (C·H·W).
     pub per_image: usize,
     /// For each step, whether it draws noise.
     pub step_draws: Vec<bool>,
-    /// x_T for all images given by the user (`--init-noise`); the stream then starts with the
-    /// per-step draws.
-    pub initial_override: Option<Vec<f32>>,
-    /// One generator per image, seeded with these (`num` of them) instead of one for all.
-    pub per_image_seeds: Option<Vec<u64>>,
 }
 
 /// The noise a chunk of images consumes.
@@ -41,67 +62,46 @@ pub struct ChunkNoise {
 }
 
 impl NoisePlan {
-    pub fn new(
-        kind: RngKind,
-        seed: u64,
-        num: usize,
-        per_image: usize,
-        steps: &SamplerSteps,
-    ) -> Self {
+    pub fn new(kind: RngKind, noise: Noise, per_image: usize, steps: &SamplerSteps) -> Self {
         let step_draws = (0..steps.len()).map(|i| steps.draws_noise(i)).collect();
         Self {
             kind,
-            seed,
-            num,
+            noise,
             per_image,
             step_draws,
-            initial_override: None,
-            per_image_seeds: None,
         }
     }
 
-    /// The noise of one image per seed, each from its own generator.
-    pub fn per_seed(
-        kind: RngKind,
-        seeds: Vec<u64>,
-        per_image: usize,
-        steps: &SamplerSteps,
-    ) -> Self {
-        Self {
-            per_image_seeds: Some(seeds.clone()),
-            ..Self::new(
-                kind,
-                seeds.first().copied().unwrap_or(0),
-                seeds.len(),
-                per_image,
-                steps,
-            )
-        }
+    /// The number of images.
+    pub fn num(&self) -> usize {
+        self.noise.num()
     }
 
     /// The noise of the images in `range`: x_T now, each step's noise when its step comes
     /// ([`StepNoise`]). A shared stream is replayed from its seed and every draw covers all
     /// `num` images (as torch draws the whole batch at once), so a chunk costs one full replay.
     pub fn chunk(&self, range: Range<usize>) -> Result<ChunkNoise> {
+        let num = self.num();
         ensure!(
-            range.end <= self.num && range.start < range.end,
+            range.end <= num && range.start < range.end,
             "bad image range {range:?}"
         );
-        if let Some(seeds) = &self.per_image_seeds {
-            return self.chunk_per_seed(&seeds[range]);
-        }
-        let mut rng = NoiseSource::new(self.kind, self.seed);
-        let total = self.num * self.per_image;
+        let (seed, given) = match &self.noise {
+            Noise::Seeds(seeds) => return self.chunk_per_seed(&seeds[range]),
+            Noise::Seed { seed, .. } => (*seed, None),
+            Noise::Given { x_t, seed } => (*seed, Some(x_t)),
+        };
+        let mut rng = NoiseSource::new(self.kind, seed);
+        let total = num * self.per_image;
         let slice = range.start * self.per_image..range.end * self.per_image;
-        let initial = match &self.initial_override {
+        let initial = match given {
             Some(x) => {
                 ensure!(
-                    x.len() == total,
-                    "the given initial noise has {} values, {} images need {total}",
-                    x.len(),
-                    self.num
+                    x.numel() == total,
+                    "the given initial noise has {} values, {num} images need {total}",
+                    x.numel()
                 );
-                x[slice.clone()].to_vec()
+                x.data[slice.clone()].to_vec()
             }
             None => {
                 rng.randn(total).context("drawing the initial noise x_T")?[slice.clone()].to_vec()
@@ -119,10 +119,6 @@ impl NoisePlan {
 
     /// Each image's own stream, laid out as one chunk.
     fn chunk_per_seed(&self, seeds: &[u64]) -> Result<ChunkNoise> {
-        ensure!(
-            self.initial_override.is_none(),
-            "given initial noise and one generator per seed do not mix"
-        );
         let n = self.per_image;
         let mut initial = Vec::with_capacity(seeds.len() * n);
         let mut rngs = Vec::with_capacity(seeds.len());
@@ -188,10 +184,6 @@ impl StepNoise {
         self.draws.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.draws.is_empty()
-    }
-
     /// Step `s`'s noise, or None where it draws none. Steps come in ascending order, each once;
     /// the noise of steps skipped over is drawn and dropped, so the streams stay in place.
     pub fn step(&mut self, s: usize) -> Result<Option<Vec<f32>>> {
@@ -232,6 +224,7 @@ impl StepNoise {
     }
 
     /// Every step's noise at once.
+    #[cfg(test)]
     pub fn collect(mut self) -> Result<Vec<Option<Vec<f32>>>> {
         (0..self.len()).map(|s| self.step(s)).collect()
     }
@@ -252,7 +245,7 @@ mod tests {
             ..Default::default()
         };
         let table = SamplerSteps::new(&cfg, &settings).unwrap();
-        let plan = NoisePlan::new(RngKind::Torch, 3, 5, 16, &table);
+        let plan = NoisePlan::new(RngKind::Torch, Noise::Seed { seed: 3, num: 5 }, 16, &table);
         let all = plan.chunk(0..5).unwrap();
         let tail = plan.chunk(2..5).unwrap();
         assert_eq!(&all.initial[32..], &tail.initial[..]);
@@ -274,7 +267,7 @@ mod tests {
             },
         )
         .unwrap();
-        let plan0 = NoisePlan::new(RngKind::Torch, 3, 5, 16, &det);
+        let plan0 = NoisePlan::new(RngKind::Torch, Noise::Seed { seed: 3, num: 5 }, 16, &det);
         let none = plan0.chunk(0..5).unwrap().steps.collect().unwrap();
         assert!(none.iter().all(|s| s.is_none()));
         // Without step noise x_T is the same first draw.
@@ -290,8 +283,8 @@ mod tests {
             ..Default::default()
         };
         let table = SamplerSteps::new(&cfg, &settings).unwrap();
-        let many = NoisePlan::per_seed(RngKind::Torch, vec![7, 8, 9], 16, &table);
-        let alone = NoisePlan::new(RngKind::Torch, 8, 1, 16, &table);
+        let many = NoisePlan::new(RngKind::Torch, Noise::Seeds(vec![7, 8, 9]), 16, &table);
+        let alone = NoisePlan::new(RngKind::Torch, Noise::Seed { seed: 8, num: 1 }, 16, &table);
         let (a, b) = (many.chunk(1..2).unwrap(), alone.chunk(0..1).unwrap());
         assert_eq!(a.initial, b.initial);
         let b_steps = b.steps.collect().unwrap();
@@ -312,9 +305,9 @@ mod tests {
             ..Default::default()
         };
         let table = SamplerSteps::new(&cfg, &settings).unwrap();
-        let drawn = NoisePlan::new(RngKind::Torch, 3, 2, 16, &table);
-        let mut given = drawn.clone();
-        given.initial_override = Some((0..32).map(|i| i as f32).collect());
+        let drawn = NoisePlan::new(RngKind::Torch, Noise::Seed { seed: 3, num: 2 }, 16, &table);
+        let x_t = Tensor::new(vec![2, 1, 4, 4], (0..32).map(|i| i as f32).collect()).unwrap();
+        let mut given = NoisePlan::new(RngKind::Torch, Noise::Given { x_t, seed: 3 }, 16, &table);
         let (a, b) = (drawn.chunk(0..2).unwrap(), given.chunk(1..2).unwrap());
         assert_eq!(b.initial, (16..32).map(|i| i as f32).collect::<Vec<_>>());
         // The step draws then start the stream: the first step gets what x_T would have been.
@@ -322,7 +315,11 @@ mod tests {
             b.steps.collect().unwrap()[0].as_ref().unwrap()[..],
             a.initial[16..]
         );
-        given.initial_override = Some(vec![0.0; 31]);
+        // x_T of the wrong size for its images' shape is refused, not sliced.
+        given.noise = Noise::Given {
+            x_t: Tensor::zeros(&[2, 1, 4, 3]),
+            seed: 3,
+        };
         assert!(given.chunk(0..2).is_err());
     }
 }

@@ -113,7 +113,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
                 plan.step_draws.len(),
                 steps.len()
             );
-            plan.num
+            plan.num()
         }
         Start::Given(x) => {
             ensure!(

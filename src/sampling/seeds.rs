@@ -138,11 +138,11 @@ impl Shard {
     pub fn parse(text: &str) -> Result<Self> {
         let (i, n) = text
             .split_once('/')
-            .with_context(|| format!("--shard {text:?}: expected I/N, e.g. 0/4"))?;
+            .with_context(|| format!("shard {text:?}: expected I/N, e.g. 0/4"))?;
         let num = |s: &str| -> Result<u64> {
             s.trim()
                 .parse()
-                .with_context(|| format!("--shard {text:?}: {s:?} is not a whole number"))
+                .with_context(|| format!("shard {text:?}: {s:?} is not a whole number"))
         };
         Self::new(num(i)?, num(n)?)
     }
@@ -182,7 +182,7 @@ impl Shard {
                 }
                 (None, None, None) => bail!(
                     "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor \
-                     SLURM_ARRAY_TASK_MAX: pass --shards N"
+                     SLURM_ARRAY_TASK_MAX: the shard count is not known"
                 ),
             };
             ensure!(
@@ -196,7 +196,7 @@ impl Shard {
                 (Some(n), _) | (None, Some(n)) => n,
                 (None, None) => bail!(
                     "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not the number of \
-                     shards: pass --shards N or set DDIM_SHARDS (the Job's completions)"
+                     shards: set DDIM_SHARDS (the Job's completions)"
                 ),
             };
             return Ok(Some((Self::new(index, n)?, "Kubernetes Indexed Job")));

@@ -8,7 +8,7 @@ use crate::schedule::{
 use anyhow::{ensure, Result};
 
 /// Which reverse process to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like variance at eta = 1.
@@ -16,7 +16,6 @@ pub enum SamplerKind {
     /// Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type.
     Ddpm,
     /// DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler.
-    #[value(name = "dpm-solver++")]
     #[serde(rename = "dpm-solver++")]
     DpmSolverPlusPlus,
     /// UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler.
@@ -24,6 +23,9 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
+    /// Every sampler, in the order a list of choices shows them.
+    pub const ALL: [Self; 4] = [Self::Ddim, Self::Ddpm, Self::DpmSolverPlusPlus, Self::Unipc];
+
     /// The multistep solver family, if this is one.
     pub fn solver_family(self) -> Option<SolverFamily> {
         match self {
@@ -47,13 +49,34 @@ impl SamplerKind {
         }
     }
 
-    /// The name on the command line.
+    /// Its name: `ddim`, `ddpm`, `dpm-solver++` or `unipc`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ddim => "ddim",
             Self::Ddpm => "ddpm",
             Self::DpmSolverPlusPlus => "dpm-solver++",
             Self::Unipc => "unipc",
+        }
+    }
+}
+
+impl std::fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = anyhow::Error;
+
+    /// The sampler named `s` (as [`SamplerKind::as_str`] writes it).
+    fn from_str(s: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|k| k.as_str() == s) {
+            Some(k) => Ok(k),
+            None => anyhow::bail!(
+                "unknown sampler {s:?}: expected one of {}",
+                Self::ALL.map(Self::as_str).join(", ")
+            ),
         }
     }
 }

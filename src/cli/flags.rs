@@ -1,0 +1,50 @@
+//! What the command line adds to the library: clap parsers for the library's enums that flags
+//! take (`--sampler`, `--rng`; the library names its values, the words of `--help` belong here),
+//! and the flag names in messages about library errors (the library names values, not flags).
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use ddim_wgpu::pipeline::BatchTooLarge;
+use ddim_wgpu::rng::RngKind;
+use ddim_wgpu::sampling::SamplerKind;
+
+/// `--sampler`: one of [`SamplerKind::ALL`], each with its line of help.
+pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
+    let values = SamplerKind::ALL.map(|k| {
+        PossibleValue::new(k.as_str()).help(match k {
+            SamplerKind::Ddim => {
+                "DDIM (Song et al. 2021): deterministic at eta = 0, DDPM-like variance at eta = 1"
+            }
+            SamplerKind::Ddpm => {
+                "Ancestral DDPM (Ho et al. 2020) with the scheduler's variance_type"
+            }
+            SamplerKind::DpmSolverPlusPlus => {
+                "DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler"
+            }
+            SamplerKind::Unipc => "UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler",
+        })
+    });
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<SamplerKind>())
+}
+
+/// `--rng`: one of [`RngKind::ALL`], each with its line of help.
+pub fn rng() -> impl TypedValueParser<Value = RngKind> {
+    let values = RngKind::ALL.map(|k| {
+        PossibleValue::new(k.as_str()).help(match k {
+            RngKind::Torch => "Bit-compatible with torch.manual_seed + torch.randn on the CPU",
+            RngKind::Philox => "Counter-based Philox4x32-10",
+        })
+    });
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<RngKind>())
+}
+
+/// A batch the device cannot hold: says which flag asked for it and how to have one chosen.
+pub fn batch_hint(e: anyhow::Error, batch: Option<usize>) -> anyhow::Error {
+    match (e.downcast_ref::<BatchTooLarge>(), batch) {
+        (Some(too_large), Some(b)) => {
+            anyhow::anyhow!(
+                "{too_large} (asked for by --batch {b}; leave it out to have one chosen)"
+            )
+        }
+        _ => e,
+    }
+}
