@@ -291,6 +291,11 @@ impl SeedFolder {
 /// those images were made.
 fn create(dir: &Path, manifest: &Manifest) -> Result<()> {
     let (shown, count) = pngs_in(dir)?;
+    // Writers write images only once the manifest is in place: images with a manifest that
+    // appeared since the caller looked are another writer's, and the caller compares with it.
+    if count > 0 && dir.join(MANIFEST).exists() {
+        return Ok(());
+    }
     ensure!(
         count == 0,
         "{} holds {count} PNG file(s) ({}{}) but no {MANIFEST}, so nothing says how they were \
@@ -353,7 +358,8 @@ pub struct Packed {
 /// `out`, one image in memory at a time. Refuses, writing nothing, while another process writes
 /// into the folder, when a seed has no image, when any file in it is not an image of its run
 /// (another name, a seed outside the set, not a regular file), or when an image does not decode
-/// at the run's shape. Temporary files of killed writers are removed first, never packed.
+/// at the run's shape. Temporary files of killed writers are removed first, never packed;
+/// hidden files and npz files (packs written into the folder) are left alone.
 pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
     let path = dir.join(MANIFEST);
     let mut file = match open_manifest(dir) {
@@ -413,7 +419,8 @@ fn check_members(dir: &Path, set: &SeedSet) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == MANIFEST || name.starts_with('.') {
+        // The manifest, hidden files, and npz files (what `pack` writes, often beside).
+        if name == MANIFEST || name.starts_with('.') || name.ends_with(".npz") {
             continue;
         }
         let regular = entry.file_type().is_ok_and(|t| t.is_file());
@@ -466,4 +473,231 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::Precision;
+    use crate::model::UNet2DConfig;
+    use crate::rng::RngKind;
+    use crate::sampling::{SampleSettings, SamplerKind};
+    use crate::schedule::{PredictionType, SchedulerConfig, TimestepSpacing};
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ddim-seed-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn identity(scheduler: &SchedulerConfig, settings: &SampleSettings) -> Identity {
+        Identity::of(&RunSettings {
+            model_config: &UNet2DConfig::default(),
+            weights_sha256: "ab",
+            scheduler,
+            settings,
+            rng: RngKind::Torch,
+            precision: Precision::F32,
+            image: [3, 16, 16],
+            seeds: &SeedSet::parse("0-9").unwrap(),
+            shards: 1,
+        })
+    }
+
+    fn manifest() -> Manifest {
+        Manifest::new(
+            identity(&SchedulerConfig::default(), &SampleSettings::default()),
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn every_scheduler_and_sampler_setting_is_part_of_the_identity() {
+        let base_cfg = SchedulerConfig::default();
+        let base_set = SampleSettings::default();
+        let base = identity(&base_cfg, &base_set);
+        let mut cfgs: Vec<(&str, SchedulerConfig)> = Vec::new();
+        let mut edit = |key: &'static str, f: &dyn Fn(&mut SchedulerConfig)| {
+            let mut c = base_cfg.clone();
+            f(&mut c);
+            cfgs.push((key, c));
+        };
+        edit("scheduler.prediction_type", &|c| {
+            c.prediction_type = PredictionType::Sample
+        });
+        edit("scheduler.clip_sample", &|c| c.clip_sample = false);
+        edit("scheduler.clip_sample_range", &|c| {
+            c.clip_sample_range = 2.0
+        });
+        edit("scheduler.thresholding", &|c| c.thresholding = true);
+        edit("scheduler.dynamic_thresholding_ratio", &|c| {
+            c.dynamic_thresholding_ratio = 0.9
+        });
+        edit("scheduler.sample_max_value", &|c| c.sample_max_value = 2.0);
+        edit("scheduler.timestep_spacing", &|c| {
+            c.timestep_spacing = TimestepSpacing::Trailing
+        });
+        edit("scheduler.beta_end", &|c| c.beta_end = 0.021);
+        edit("scheduler.beta_start", &|c| c.beta_start = 0.00011);
+        edit("scheduler.trained_betas", &|c| {
+            c.trained_betas = Some(vec![0.01; 1000])
+        });
+        edit("scheduler.rescale_betas_zero_snr", &|c| {
+            c.rescale_betas_zero_snr = true
+        });
+        edit("scheduler.steps_offset", &|c| c.steps_offset = 1);
+        edit("scheduler.set_alpha_to_one", &|c| {
+            c.set_alpha_to_one = false
+        });
+        edit("scheduler.num_train_timesteps", &|c| {
+            c.num_train_timesteps = 999
+        });
+        edit("scheduler.variance_type", &|c| {
+            c.variance_type = Some("fixed_large".into())
+        });
+        edit("scheduler.solver.lambda_min_clipped", &|c| {
+            c.solver_keys.lambda_min_clipped = Some(f64::NEG_INFINITY)
+        });
+        for (key, cfg) in &cfgs {
+            let other = identity(cfg, &base_set);
+            let diff = other.differences(&base);
+            assert_eq!(diff.len(), 1, "{key}: {diff:?}");
+            assert!(diff[0].starts_with(&format!("{key}:")), "{key}: {diff:?}");
+        }
+        let mut s = base_set.clone();
+        s.sampler = SamplerKind::DpmSolverPlusPlus;
+        s.solver.solver_order = Some(3);
+        s.eta = 0.5;
+        s.use_clipped_model_output = true;
+        let diff = identity(&base_cfg, &s).differences(&base);
+        assert_eq!(diff.len(), 4, "{diff:?}");
+        assert!(diff
+            .iter()
+            .any(|d| d.starts_with("sampler: the folder has \"ddim\", this run \"dpm-solver++\"")));
+        // The model's config counts, key by key.
+        let mut cfg = UNet2DConfig::default();
+        cfg.norm_eps = 1e-6;
+        let other = Identity::of(&RunSettings {
+            model_config: &cfg,
+            weights_sha256: "ab",
+            scheduler: &base_cfg,
+            settings: &base_set,
+            rng: RngKind::Philox,
+            precision: Precision::F16,
+            image: [3, 16, 16],
+            seeds: &SeedSet::parse("0-9").unwrap(),
+            shards: 1,
+        });
+        let keys: Vec<String> = other
+            .differences(&base)
+            .iter()
+            .map(|d| d.split(':').next().unwrap().to_string())
+            .collect();
+        assert_eq!(keys, ["model.config.norm_eps", "precision", "rng"]);
+    }
+
+    #[test]
+    fn the_identity_is_stable_text_with_sorted_keys() {
+        let m = manifest();
+        let text = m.to_text().unwrap();
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.to_text().unwrap(), text, "not a fixed point");
+        let keys: Vec<&str> = m.identity.iter().map(|(k, _)| k).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        // Floats as shortest round-trip text, fixed spellings, never Debug output.
+        assert_eq!(m.identity.get("scheduler.beta_start"), Some("0.0001"));
+        assert_eq!(m.identity.get("scheduler.prediction_type"), Some("epsilon"));
+        assert_eq!(m.identity.get("rng"), Some("torch"));
+        assert_eq!(m.identity.get("image"), Some("3x16x16"));
+        assert!(
+            !text.contains("Some(") && !text.contains("Epsilon"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn seed_file_names_round_trip_and_nothing_else_parses() {
+        for seed in [0, 7, 123456, 1234567, u64::MAX] {
+            assert_eq!(seed_of(&file_name(seed)), Some(seed));
+        }
+        for name in [
+            "1.png",
+            "0000001.png",
+            "00000a.png",
+            ".000001.png",
+            "000001.PNG",
+            "000001.png.tmp",
+        ] {
+            assert_eq!(seed_of(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn temporary_files_of_atomic_writes_are_recognised() {
+        let dir = temp("tmpnames");
+        let target = dir.join(file_name(3));
+        let mut seen = Vec::new();
+        write_atomic_with(&target, |_| {
+            for e in std::fs::read_dir(&dir)? {
+                seen.push(e?.file_name().to_string_lossy().into_owned());
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(is_temporary(&seen[0]), "{} is not recognised", seen[0]);
+        assert!(!is_temporary(&file_name(3)) && !is_temporary(MANIFEST));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn claims_lock_out_pack_and_clean_up_only_when_alone() {
+        let dir = temp("claims");
+        let m = manifest();
+        let first = SeedFolder::claim(&dir, &m).unwrap();
+        // A second writer of the same run joins; one of another run is refused, naming it.
+        let second = SeedFolder::claim(&dir, &m).unwrap();
+        let mut other = m.clone();
+        other.identity = identity(
+            &SchedulerConfig {
+                prediction_type: PredictionType::Sample,
+                ..SchedulerConfig::default()
+            },
+            &SampleSettings::default(),
+        );
+        let e = format!("{:#}", SeedFolder::claim(&dir, &other).err().unwrap());
+        assert!(
+            e.contains(
+                "scheduler.prediction_type: the folder has \"epsilon\", this run \"sample\""
+            ),
+            "{e}"
+        );
+        // A leftover is kept while a writer is alive (it may be that writer's).
+        std::fs::write(dir.join(".000004.png.tmp-1-1"), b"x").unwrap();
+        let third = SeedFolder::claim(&dir, &m).unwrap();
+        assert!(dir.join(".000004.png.tmp-1-1").exists());
+        let out = dir.join("x.npz");
+        let e = format!("{:#}", pack(&dir, &out).err().unwrap());
+        assert!(e.contains("still writing"), "{e}");
+        drop((first, second, third));
+        // Alone, a claim removes it.
+        let alone = SeedFolder::claim(&dir, &m).unwrap();
+        assert!(!dir.join(".000004.png.tmp-1-1").exists());
+        drop(alone);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_is_not_started_beside_images_of_unknown_origin() {
+        let dir = temp("adopt");
+        std::fs::write(dir.join(file_name(1)), b"whatever").unwrap();
+        let e = format!("{:#}", SeedFolder::claim(&dir, &manifest()).err().unwrap());
+        assert!(e.contains("no ddim-manifest.json"), "{e}");
+        assert!(!dir.join(MANIFEST).exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

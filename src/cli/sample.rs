@@ -1,5 +1,5 @@
 //! `ddim sample`: draw images from a model with DDIM or DDPM and write a PNG grid; with
-//! `--seeds`, hands over to [`super::seeds`].
+//! `--seeds`, hands over to `cli/seeds.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,6 +1,6 @@
-//! The arguments of `ddim sample` and what both of its modes share: [`super::sample`] runs a
-//! grid of `-n` images, [`super::seeds`] one image per seed of `--seeds`. Both read this module;
-//! it reads neither.
+//! The arguments of `ddim sample` and what both of its modes share: `cli/sample.rs` runs a grid
+//! of `-n` images, `cli/seeds.rs` one image per seed of `--seeds`. Both read this module; it
+//! reads neither.
 
 use std::path::{Path, PathBuf};
 
