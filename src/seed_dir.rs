@@ -329,7 +329,9 @@ fn create(dir: &Path, manifest: &Manifest) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // Another writer's manifest got there first (its claim may even have removed our
+        // temporary file as a leftover): the caller compares with that one.
+        Err(_) if path.exists() => Ok(()),
         Err(e) => Err(e).with_context(|| format!("{} is not writable", dir.display())),
     }
 }
