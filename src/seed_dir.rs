@@ -6,7 +6,8 @@
 //!
 //! Concurrency: the manifest is created exclusively (written aside, then hard-linked into place,
 //! which fails if another process got there first), and every writer holds a shared lock on it
-//! while it writes images. A process that gets the lock exclusively therefore knows that no
+//! (`flock` through `fs4`; std's own `File::lock` needs Rust 1.89, above our rust-version) while
+//! it writes images. A process that gets the lock exclusively therefore knows that no
 //! writer is alive, so temporary files it finds were left by a killed one: it removes them.
 //! [`pack`] holds the lock exclusively while it reads, so it never packs a folder being written.
 
@@ -20,9 +21,10 @@ use crate::output::{write_atomic, write_atomic_with};
 use crate::sampling::SeedSet;
 use crate::Tensor;
 use anyhow::{bail, ensure, Context, Result};
+use fs4::{FileExt, TryLockError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -202,8 +204,7 @@ impl SeedFolder {
         }
         let mut file =
             open_manifest(dir).with_context(|| format!("cannot open {}", path.display()))?;
-        file.lock_shared()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
+        FileExt::lock_shared(&file).with_context(|| format!("cannot lock {}", path.display()))?;
         let there = Manifest::read_from(&mut file, dir)?;
         if there.identity != manifest.identity {
             bail!(
@@ -214,17 +215,15 @@ impl SeedFolder {
             );
         }
         // With no other writer alive (the lock is ours alone), leftovers of killed ones go.
-        file.unlock()
-            .with_context(|| format!("cannot unlock {}", path.display()))?;
-        match file.try_lock() {
+        FileExt::unlock(&file).with_context(|| format!("cannot unlock {}", path.display()))?;
+        match FileExt::try_lock(&file) {
             Ok(()) => {
                 let cleaned = remove_temporaries(dir);
-                file.lock_shared()
+                FileExt::lock_shared(&file)
                     .with_context(|| format!("cannot lock {}", path.display()))?;
                 cleaned?;
             }
-            Err(TryLockError::WouldBlock) => file
-                .lock_shared()
+            Err(TryLockError::WouldBlock) => FileExt::lock_shared(&file)
                 .with_context(|| format!("cannot lock {}", path.display()))?,
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))
@@ -372,7 +371,7 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    match file.try_lock() {
+    match FileExt::try_lock(&file) {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => bail!(
             "another ddim process is still writing into {}; pack it when that run has finished",
@@ -578,8 +577,10 @@ mod tests {
             .iter()
             .any(|d| d.starts_with("sampler: the folder has \"ddim\", this run \"dpm-solver++\"")));
         // The model's config counts, key by key.
-        let mut cfg = UNet2DConfig::default();
-        cfg.norm_eps = 1e-6;
+        let cfg = UNet2DConfig {
+            norm_eps: 1e-6,
+            ..UNet2DConfig::default()
+        };
         let other = Identity::of(&RunSettings {
             model_config: &cfg,
             weights_sha256: "ab",

@@ -580,7 +580,8 @@ fn pack_refuses_files_that_are_not_of_the_run() {
     ok(&sample(&other, &["--seeds", "0-9"]), &[]);
     // A seed outside the run (a real image of the same shape), a foreign PNG, a non-image,
     // a folder under a seed's name, an image of the wrong size under a seed's name.
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Plant<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Plant)> = vec![
         (
             "000009.png",
             Box::new(|| {
