@@ -29,7 +29,9 @@ fn shard_of(args: &Args) -> Result<(Shard, String)> {
         return Ok((Shard::parse(text)?, "--shard".into()));
     }
     let var = |name: &str| std::env::var(name).ok();
-    Ok(match Shard::from_env(&var, args.shards, &scontrol_tasks)? {
+    let from_env = Shard::from_env(&var, args.shards, &scontrol_tasks)
+        .context("the shard from the job runner's environment (--shard I/N chooses it)")?;
+    Ok(match from_env {
         Some((shard, runner)) => (shard, runner.to_string()),
         None => (Shard::WHOLE, "the whole set".into()),
     })

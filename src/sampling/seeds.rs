@@ -245,7 +245,7 @@ pub fn slurm_task_position(
         bail!(
             "SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_MAX \
              (every Slurm since 14.03 sets all three), so this task's place in the array is \
-             unknown; pass --shard I/N"
+             unknown; give the shard explicitly"
         );
     };
     let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
@@ -286,7 +286,7 @@ pub fn slurm_task_position(
             "this Slurm job array's tasks are a list, not a range (SLURM_ARRAY_TASK_MIN {min}, \
              MAX {max}, STEP {step} and COUNT {count} do not describe one), and Slurm did not \
              list all {count} of them ({}), so this task's place among them is unknown. Submit \
-             the array as a range (--array=0-{} or A-B:S), or give each task --shard I/N",
+             the array as a range (--array=0-{} or A-B:S), or give each task its shard explicitly",
             match &job {
                 Some(j) => format!("scontrol show job {}", j.trim()),
                 None => "SLURM_ARRAY_JOB_ID is not set".to_string(),
@@ -499,7 +499,7 @@ mod tests {
                         Ok(got) => panic!("task {id} of {ids:?} guessed {got:?}"),
                         Err(e) => {
                             let e = format!("{e:#}");
-                            assert!(e.contains("--shard I/N") && e.contains("range"), "{e}");
+                            assert!(e.contains("explicitly") && e.contains("range"), "{e}");
                         }
                     }
                 }
