@@ -10,6 +10,7 @@ pub mod invert;
 pub mod model_args;
 pub mod pack;
 pub mod sample;
+pub mod sample_args;
 pub mod schedule;
 pub mod seeds;
 pub mod tune;

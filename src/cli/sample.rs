@@ -1,4 +1,5 @@
-//! `ddim sample`: draw images from a model with DDIM or DDPM and write a PNG grid.
+//! `ddim sample`: draw images from a model with DDIM or DDPM and write a PNG grid; with
+//! `--seeds`, hands over to `cli/seeds.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -6,157 +7,14 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest, Sampled, TrajectoryFrames};
-use ddim_wgpu::rng::RngKind;
-use ddim_wgpu::sampling::{Progress, SampleSettings, SamplerKind, Trajectory};
+use ddim_wgpu::pipeline::{Noise, SampleRequest, Sampled, TrajectoryFrames};
+use ddim_wgpu::sampling::{Progress, Trajectory};
 
 use super::flags::batch_hint;
-use super::model_args::AdapterArgs;
-use super::schedule::{SchedulerOverrides, SolverArgs};
 
-/// Where the U-Net runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
-    /// A GPU adapter if wgpu finds one, else the CPU reference.
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-/// Device selection shared by commands that run the model.
-#[derive(clap::Args, Clone, Debug)]
-pub struct DeviceArgs {
-    /// Where to run the U-Net.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    #[command(flatten)]
-    pub adapter: AdapterArgs,
-}
-
-impl DeviceArgs {
-    pub fn open(&self) -> Result<Device> {
-        let choice = self.adapter.choice()?;
-        let half = choice.precision != ddim_wgpu::gpu::Precision::F32;
-        match self.device {
-            DeviceArg::Cpu if half => anyhow::bail!(
-                "--precision {} runs on the GPU only; the CPU reference is f32 (drop --device cpu \
-                 or use --precision f32)",
-                choice.precision
-            ),
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Gpu => Device::gpu(&choice),
-            // Half precision asked for: no quiet fall-back to the f32 CPU reference.
-            DeviceArg::Auto if half => Device::gpu(&choice),
-            DeviceArg::Auto => Ok(Device::gpu(&choice).unwrap_or_else(|e| {
-                log::warn!("no usable GPU adapter ({e:#}); using the CPU reference");
-                Device::Cpu
-            })),
-        }
-    }
-}
-
-#[derive(clap::Args)]
-pub struct Args {
-    /// Model directory in diffusers layout (default: the bundled MNIST model).
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// Number of images.
-    #[arg(short = 'n', long = "num", default_value_t = 16)]
-    pub num: usize,
-    /// Images per U-Net evaluation (default: as many as the device's limits and a 512 MiB
-    /// activation budget allow, 16 at most on the CPU, in equal chunks).
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Number of denoising steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub eta: f64,
-    /// Sampler (default: the solver the scheduler config's _class_name names, else ddim).
-    #[arg(long, value_parser = super::flags::sampler())]
-    pub sampler: Option<SamplerKind>,
-    #[command(flatten)]
-    pub solver: SolverArgs,
-    /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
-    #[arg(long)]
-    pub use_clipped_model_output: bool,
-    #[command(flatten)]
-    pub scheduler: SchedulerOverrides,
-    /// Random seed (one generator for all images, as diffusers' pipelines draw a batch).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// One generator per image instead: seeds A-B (inclusive) or lists such as 3,17,40-49, in
-    /// ascending order. The image of seed s is diffusers' DDIMPipeline(batch_size=1,
-    /// generator=torch.manual_seed(s)) whatever the batch, device or shard; with --out-dir each
-    /// is written as <seed>.png as soon as its chunk is done, and a rerun makes only the missing.
-    #[arg(long, value_name = "SET", conflicts_with_all = ["num", "seed", "init_noise", "save_trajectory"])]
-    pub seeds: Option<String>,
-    /// Make part I of N of --seeds (I from 0). Default: from a Slurm job array
-    /// (SLURM_ARRAY_TASK_ID and _COUNT or _MIN/_MAX) or a Kubernetes Indexed Job
-    /// (JOB_COMPLETION_INDEX with --shards or DDIM_SHARDS), else all of it.
-    #[arg(long, value_name = "I/N", requires = "seeds")]
-    pub shard: Option<String>,
-    /// The number of shards when the index comes from the environment (a Kubernetes Indexed
-    /// Job's completions; overrides Slurm's task count).
-    #[arg(long, value_name = "N", requires = "seeds", value_parser = clap::value_parser!(u64).range(1..))]
-    pub shards: Option<u64>,
-    /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
-    #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
-    pub rng: RngKind,
-    /// Initial noise x_T from a safetensors file ([N, C, H, W], tensor `sample` or the only one).
-    #[arg(long, value_name = "FILE")]
-    pub init_noise: Option<PathBuf>,
-    /// The PNG grid to write (default: samples.png; with --seeds and --out-dir, none).
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Also write one PNG per image into this directory (00000.png, … by index; with --seeds,
-    /// <seed>.png and a manifest, and then no grid unless --out is given).
-    #[arg(long, value_name = "DIR")]
-    pub out_dir: Option<PathBuf>,
-    /// Also write x0 (NCHW, in [-1, 1]) as safetensors, tensor `sample`.
-    #[arg(long, value_name = "FILE")]
-    pub save_tensor: Option<PathBuf>,
-    /// Also write the predicted x0 every k steps as a PNG: one row per image (the first 16),
-    /// one column per kept step, the last column being the final sample.
-    #[arg(long, value_name = "FILE")]
-    pub save_trajectory: Option<PathBuf>,
-    /// The k of --save-trajectory (default: steps / 10, rounded up, so about 10 columns).
-    #[arg(long, value_name = "K", requires = "save_trajectory")]
-    pub trajectory_every: Option<usize>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    /// No progress bar, no summary line.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
-impl Args {
-    /// The sampler settings: `--sampler`, else the one the scheduler config names.
-    pub fn settings(&self, pipe: &Pipeline) -> SampleSettings {
-        SampleSettings {
-            sampler: self
-                .sampler
-                .unwrap_or_else(|| SamplerKind::from_config(&pipe.scheduler)),
-            steps: self.steps,
-            eta: self.eta,
-            use_clipped_model_output: self.use_clipped_model_output,
-            solver: self.solver.keys(),
-        }
-    }
-
-    /// Fails early when `--out-dir` is given but is no directory.
-    pub fn check_out_dir(&self) -> Result<()> {
-        if let Some(d) = &self.out_dir {
-            ensure!(
-                d.is_dir(),
-                "--out-dir {} is not an existing directory",
-                d.display()
-            );
-        }
-        Ok(())
-    }
-}
+// The arguments live in `sample_args`, which `seeds` reads too; re-exported for the commands
+// that share them.
+pub use super::sample_args::{check_output_dir, load_pipeline, Args, DeviceArgs};
 
 pub fn run(args: Args) -> Result<()> {
     if args.seeds.is_some() {
@@ -286,43 +144,6 @@ fn save_trajectory(path: &Path, t: &Trajectory) -> Result<()> {
     }
     save_grid(path, &strip, Some(t.frames.len()))
         .with_context(|| format!("writing --save-trajectory {}", path.display()))
-}
-
-/// Loads `--model` (with the scheduler flags applied) or the bundled model.
-pub fn load_pipeline(
-    model: Option<&Path>,
-    overrides: &SchedulerOverrides,
-) -> Result<(Pipeline, String)> {
-    match model {
-        Some(dir) => {
-            let (cfg, _) = overrides.resolve(Some(dir))?;
-            let mut pipe = Pipeline::load(dir)?;
-            pipe.scheduler = cfg;
-            Ok((pipe, dir.display().to_string()))
-        }
-        None => {
-            let mut pipe = ddim_wgpu::bundled::pipeline()?;
-            let (cfg, _) =
-                overrides.resolve_from(pipe.scheduler.clone(), ddim_wgpu::bundled::SOURCE)?;
-            pipe.scheduler = cfg;
-            Ok((pipe, "the bundled MNIST model".to_string()))
-        }
-    }
-}
-
-/// Fails early, before any work, when an output's directory does not exist.
-pub fn check_output_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    ensure!(
-        dir.is_dir(),
-        "cannot write {}: directory {} does not exist",
-        path.display(),
-        dir.display()
-    );
-    Ok(())
 }
 
 /// Reports progress to `bar`, `offset` evaluations in (for a run that follows another).

@@ -1,19 +1,28 @@
 //! `ddim sample --seeds SET`: one generator per image, a shard of the set, and a seed folder
 //! (`--out-dir`) that a rerun or the other shards fill in (`ddim_wgpu::seed_dir`).
+//!
+//! The shard is walked lazily, a window of images at a time: a set of any size starts making
+//! images at once and holds one window of seeds in memory, not the set.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::model::tensor_io;
-use ddim_wgpu::pipeline::{Noise, SampleRequest, TrajectoryFrames};
+use ddim_wgpu::pipeline::{Noise, Pipeline, SampleRequest, TrajectoryFrames};
 use ddim_wgpu::sampling::{Progress, SeedSet, Shard};
-use ddim_wgpu::seed_dir::{self, Manifest};
+use ddim_wgpu::seed_dir::{Identity, Manifest, RunSettings, SeedFolder};
 use ddim_wgpu::Tensor;
 
 use super::flags::batch_hint;
-use super::sample::{check_output_dir, load_pipeline, Args};
+use super::sample_args::{check_output_dir, load_pipeline, Args};
+
+/// Images per window, in batches: enough that setting up a run per window costs little.
+const WINDOW_BATCHES: usize = 16;
+/// The most image data (f32) a run without `--out-dir` may keep for its grid or tensor.
+const KEEP_LIMIT_BYTES: u64 = 4 << 30;
 
 /// The shard this process makes: `--shard`, else the job runner's environment, else all.
 fn shard_of(args: &Args) -> Result<(Shard, String)> {
@@ -21,12 +30,59 @@ fn shard_of(args: &Args) -> Result<(Shard, String)> {
         return Ok((Shard::parse(text).context("--shard")?, "--shard".into()));
     }
     let var = |name: &str| std::env::var(name).ok();
-    let from_env = Shard::from_env(&var, args.shards)
-        .context("the shard from the job runner's environment (--shards N gives the count)")?;
+    let from_env = Shard::from_env(&var, args.shards, &scontrol_tasks)
+        .context("the shard from the job runner's environment (--shard I/N chooses it)")?;
     Ok(match from_env {
         Some((shard, runner)) => (shard, runner.to_string()),
         None => (Shard::WHOLE, "the whole set".into()),
     })
+}
+
+/// What `scontrol -o show job JOB` says about a Slurm array job's tasks; None when it cannot
+/// be asked or does not answer.
+fn scontrol_tasks(job: &str) -> Option<String> {
+    if job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let out = std::process::Command::new("scontrol")
+        .args(["-o", "show", "job", job])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The manifest of this run: every setting that determines the pixels, and notes for people.
+fn manifest(
+    args: &Args,
+    pipe: &Pipeline,
+    model_name: &str,
+    set: &SeedSet,
+    shards: u64,
+) -> Result<Manifest> {
+    let settings = args.settings(pipe);
+    let identity = Identity::of(&RunSettings {
+        model_config: &pipe.model.config,
+        weights_sha256: &pipe.model.weights.sha256(),
+        scheduler: &pipe.scheduler,
+        settings: &settings,
+        rng: args.rng,
+        precision: args.device.adapter.choice()?.precision,
+        image: [pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w],
+        seeds: set,
+        shards,
+    });
+    let notes = BTreeMap::from([
+        ("model".to_string(), model_name.to_string()),
+        (
+            "made by".to_string(),
+            format!("ddim {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]);
+    Ok(Manifest::new(identity, notes))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -51,75 +107,117 @@ pub fn run(args: Args) -> Result<()> {
     args.check_out_dir()?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
-    let settings = args.settings(&pipe);
-    let sampler = settings.sampler;
-    let steps = pipe.steps(&settings)?;
-
-    let todo: Vec<u64> = match &args.out_dir {
-        Some(dir) => {
-            let manifest = Manifest::new(
-                &model_name,
-                &pipe.model.weights.sha256(),
-                sampler.as_str(),
-                args.steps,
-                args.eta,
-                &format!("{:?}", args.rng).to_ascii_lowercase(),
-                &format!("{steps:?}"),
-                &set,
-                shard.count,
-                [c, h, w],
-            );
-            manifest.claim(dir)?;
-            seed_dir::missing(dir, &part, [c, h, w])?
-        }
-        None => part.iter().collect(),
-    };
-    if !args.quiet {
-        let done = part.len() - todo.len() as u64;
-        eprintln!(
-            "shard {shard} ({source}): seeds {part} of {set}, {} image(s){}",
+    let keep_all = grid_out.is_some() || args.save_tensor.is_some();
+    if keep_all {
+        let per_image = (c * h * w * 4) as u64;
+        let fit = KEEP_LIMIT_BYTES / per_image;
+        ensure!(
+            part.len() <= fit,
+            "--seeds {part} would keep all {} images in memory for {} ({:.1} GiB of the {} GiB \
+             allowed; at most {fit} fit); write them one PNG per seed with --out-dir DIR (and no \
+             --out or --save-tensor), in bounded memory",
             part.len(),
-            match done {
-                0 => String::new(),
-                d => format!("; {d} already in {}, making {}", folder(&args), todo.len()),
-            }
+            if args.save_tensor.is_some() {
+                "--save-tensor"
+            } else {
+                "the grid"
+            },
+            part.len() as f64 * per_image as f64 / f64::from(1u32 << 30),
+            KEEP_LIMIT_BYTES >> 30,
         );
     }
-    if todo.is_empty() {
-        return Ok(());
+    let settings = args.settings(&pipe);
+    let sampler = settings.sampler;
+    pipe.steps(&settings)?;
+    let folder = match &args.out_dir {
+        Some(dir) => Some(SeedFolder::claim(
+            dir,
+            &manifest(&args, &pipe, &model_name, &set, shard.count)?,
+        )?),
+        None => None,
+    };
+    if !args.quiet {
+        eprintln!(
+            "shard {shard} ({source}): seeds {part} of {set}, {} image(s)",
+            part.len()
+        );
     }
 
     let device = args.device.open()?;
-    let bar = image_bar(args.quiet, todo.len());
-    let request = SampleRequest {
+    let mut request = SampleRequest {
         settings,
-        noise: Noise::Seeds(todo.clone()),
+        // Only the count matters for choosing the batch; each window gets its own seeds.
+        noise: Noise::Seed {
+            seed: 0,
+            num: usize::try_from(part.len()).unwrap_or(usize::MAX).max(1),
+        },
         rng: args.rng,
         batch: args.batch,
         trajectory: TrajectoryFrames::Off,
-        progress: Some(image_progress(&bar, todo.len())),
+        progress: None,
     };
+    // One batch for every window, chosen once for a window's worth of images.
+    let batch = pipe
+        .batch_for(&device, &request)
+        .map_err(|e| batch_hint(e, args.batch))?;
+    let window = batch.saturating_mul(WINDOW_BATCHES).max(1);
+    request.batch = Some(batch);
+
+    let bar = image_bar(args.quiet, part.len());
     let started = Instant::now();
-    let keep_all = grid_out.is_some() || args.save_tensor.is_some();
+    let (mut made, mut already) = (0u64, 0u64);
     let mut kept = Vec::new();
-    let sink = &mut |range: std::ops::Range<usize>, x: &Tensor| {
-        if let Some(dir) = &args.out_dir {
-            for (i, &seed) in todo[range.clone()].iter().enumerate() {
-                seed_dir::write_image(dir, seed, x, i)?;
+    let mut seeds = part.iter();
+    loop {
+        let mut todo = Vec::with_capacity(window);
+        while todo.len() < window {
+            let Some(seed) = seeds.next() else { break };
+            match &folder {
+                Some(f) if f.has(seed)? => {
+                    already += 1;
+                    bar.inc(1);
+                }
+                _ => todo.push(seed),
             }
         }
-        if keep_all {
-            kept.extend_from_slice(&x.data);
+        if todo.is_empty() {
+            break;
         }
-        Ok(())
-    };
-    let batch = pipe
-        .sample_chunks(&device, &request, sink)
+        request.noise = Noise::Seeds(todo.clone());
+        request.progress = Some(window_progress(&bar, todo.len()));
+        pipe.sample_chunks(&device, &request, &mut |range, x| {
+            if let Some(f) = &folder {
+                for (i, &seed) in todo[range.clone()].iter().enumerate() {
+                    f.write_image(seed, x, i)?;
+                }
+            }
+            if keep_all {
+                kept.extend_from_slice(&x.data);
+            }
+            Ok(())
+        })
         .map_err(|e| batch_hint(e, args.batch))?;
+        made += todo.len() as u64;
+    }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if made == 0 {
+        if !args.quiet {
+            println!(
+                "nothing to make: {}",
+                match &args.out_dir {
+                    Some(d) => format!(
+                        "all {already} image(s) of seeds {part} are in {}",
+                        d.display()
+                    ),
+                    None => format!("shard {shard} of {set} holds no seed"),
+                }
+            );
+        }
+        return Ok(());
+    }
     if keep_all {
-        let images = Tensor::new(vec![todo.len(), c, h, w], kept)?;
+        let images = Tensor::new(vec![made as usize, c, h, w], kept)?;
         if let Some(p) = &grid_out {
             save_grid(p, &images, None)?;
         }
@@ -128,19 +226,22 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     if !args.quiet {
+        let places: Vec<String> = [args.out_dir.clone(), grid_out]
+            .into_iter()
+            .flatten()
+            .map(|p: PathBuf| p.display().to_string())
+            .collect();
         println!(
-            "made {} image(s) of seeds {part} in {secs:.1} s ({:.2} images/s) into {} ({} {} steps, \
-             batch {}, rng {:?}) on {}",
-            todo.len(),
-            todo.len() as f64 / secs.max(1e-9),
-            [args.out_dir.as_ref().map(|d| d.display().to_string()), grid_out.map(|p| p.display().to_string())]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" and "),
+            "made {made} image(s) of seeds {part}{} in {secs:.1} s ({:.2} images/s) into {} ({} \
+             {} steps, batch {batch}, rng {:?}) on {}",
+            match (already, &args.out_dir) {
+                (0, _) | (_, None) => String::new(),
+                (n, Some(d)) => format!("; {n} already in {}", d.display()),
+            },
+            made as f64 / secs.max(1e-9),
+            places.join(" and "),
             sampler.as_str(),
             args.steps,
-            batch,
             args.rng,
             device.describe(),
         );
@@ -148,18 +249,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn folder(args: &Args) -> String {
-    args.out_dir
-        .as_deref()
-        .map_or_else(String::new, |d: &Path| d.display().to_string())
-}
-
 /// A bar over the shard's images (images/s, ETA) on stderr; hidden with --quiet or off a terminal.
-fn image_bar(quiet: bool, images: usize) -> indicatif::ProgressBar {
+fn image_bar(quiet: bool, images: u64) -> indicatif::ProgressBar {
     if quiet {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(images as u64);
+    let bar = indicatif::ProgressBar::new(images);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
@@ -169,10 +264,13 @@ fn image_bar(quiet: bool, images: usize) -> indicatif::ProgressBar {
     bar
 }
 
-/// Model evaluations done, as images done (a chunk counts as it goes).
-fn image_progress(bar: &indicatif::ProgressBar, images: usize) -> Progress {
+/// Model evaluations done in a window of `images`, as images done on `bar` (a chunk counts as
+/// it goes), after what the bar showed when the window began.
+fn window_progress(bar: &indicatif::ProgressBar, images: usize) -> Progress {
     let bar = bar.clone();
+    let start = bar.position();
     Progress::new(move |done, total| {
-        bar.set_position((done as u128 * images as u128 / total.max(1) as u128) as u64);
+        let part = done as u128 * images as u128 / total.max(1) as u128;
+        bar.set_position(start + part as u64);
     })
 }

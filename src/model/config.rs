@@ -6,7 +6,7 @@
 //! lists what is allowed, and sizes are bounded before anything is allocated.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Largest channel count accepted anywhere (block channels, in/out channels, embedding width).
@@ -22,7 +22,7 @@ pub const MAX_PARAMETERS: u64 = 1 << 30;
 pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
 
 /// `sample_size` may be an integer, a `[height, width]` pair, or absent.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum SampleSize {
     Square(usize),
@@ -30,7 +30,7 @@ pub enum SampleSize {
 }
 
 /// The fields of `UNet2DModel`'s config that this crate reads, with diffusers' defaults.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct UNet2DConfig {
     pub sample_size: Option<SampleSize>,
