@@ -24,8 +24,11 @@ pub mod tensor;
 pub mod cpu;
 pub mod gpu;
 
-/// Atomic file writes (temporary file, then rename), shared with the binary.
+/// Output files written per kind of target (atomic rename, through a link, straight to a
+/// device), shared with the binary.
 pub mod output;
+/// What a path names (file, directory, FIFO, loop …), and bounded reads of input files.
+pub mod path_kind;
 
 /// The fuzz targets' bodies, shared by `fuzz/` and the corpus replay test.
 #[doc(hidden)]

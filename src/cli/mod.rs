@@ -2,11 +2,13 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod fits;
 pub mod forward;
 pub mod info;
 pub mod interpolate;
 pub mod invert;
 pub mod model_args;
+pub mod numbers;
 pub mod pack;
 pub mod sample;
 pub mod schedule;

@@ -124,12 +124,12 @@ pub struct AdapterArgs {
     #[arg(long)]
     pub backend: Option<BackendChoice>,
     /// Adapter index among those of the chosen backends (see `ddim adapters`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 0>)]
     pub adapter: Option<usize>,
     /// Device memory this run may use, in MiB: batches are sized to it and larger ones
     /// refused before anything is allocated (default: the host's available memory on a CPU
     /// adapter; unknown on a GPU, where wgpu cannot ask).
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MIB", value_parser = super::numbers::at_least::<u64, 1>)]
     pub gpu_memory: Option<u64>,
     /// How the GPU stores weights and activations: f32, or f16 (half the memory and traffic;
     /// products, statistics, softmax and the sampler stay f32; needs SHADER_F16).

@@ -12,7 +12,7 @@ use ddim_wgpu::sampling::{Progress, SeedSet, Shard};
 use ddim_wgpu::seed_dir::{self, Manifest};
 use ddim_wgpu::Tensor;
 
-use super::sample::{check_output_dir, load_pipeline, Args};
+use super::sample::{check_outputs, load_pipeline, Args};
 
 /// The shard this process makes: `--shard`, else the job runner's environment, else all.
 fn shard_of(args: &Args) -> Result<(Shard, String)> {
@@ -42,10 +42,17 @@ pub fn run(args: Args) -> Result<()> {
         (None, None) => Some("samples.png".into()),
         (None, Some(_)) => None,
     };
-    for p in grid_out.iter().chain(&args.save_tensor) {
-        check_output_dir(p)?;
-    }
-    args.check_out_dir()?;
+    args.prepare_out_dir()?;
+    let outputs: Vec<(&str, &Path)> = grid_out
+        .iter()
+        .map(|p| ("--out", p.as_path()))
+        .chain(
+            args.save_tensor
+                .iter()
+                .map(|p| ("--save-tensor", p.as_path())),
+        )
+        .collect();
+    check_outputs(&outputs)?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
     let settings = args.settings(&pipe);

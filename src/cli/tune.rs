@@ -21,10 +21,10 @@ pub struct Args {
     pub adapter: AdapterArgs,
     /// Images per forward: the batch the tuned runs will use (`ddim sample` runs its 16
     /// images as one batch where they fit).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: usize,
     /// Seed of the random weights (--arch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// Print {"adapter", "from_cache", "seconds", "choices": [...]} as JSON.
     #[arg(long)]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -156,6 +156,8 @@ pub struct Tuner {
     adapter: String,
     state: Mutex<State>,
     paused: AtomicUsize,
+    /// A cache write failed and was reported; later failures are not.
+    save_failed: AtomicBool,
 }
 
 /// While alive, the tuner times nothing new (see [`Tuner::pause`]).
@@ -244,6 +246,7 @@ impl Tuner {
             adapter,
             state: Mutex::new(state),
             paused: AtomicUsize::new(0),
+            save_failed: AtomicBool::new(false),
         }
     }
 
@@ -399,10 +402,13 @@ impl Tuner {
             candidates: choice.candidates.clone(),
         };
         if let Err(e) = write_entry(path, entry) {
-            log::warn!(
-                "could not update the tuning cache {}: {e:#}",
-                path.display()
-            );
+            // Warned once: every later shape would fail the same way.
+            if !self.save_failed.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "could not update the tuning cache {}: {e:#}",
+                    path.display()
+                );
+            }
         }
     }
 }
@@ -465,9 +471,7 @@ fn write_entry(path: &Path, entry: CacheEntry) -> Result<()> {
         format: CACHE_FORMAT,
         entries,
     })?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+    crate::output::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]
