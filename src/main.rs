@@ -88,6 +88,13 @@ fn main() {
 /// its value, so that `-n -1` reaches the option's own check (which names the option and its
 /// range) instead of clap's "unexpected argument '-1'".
 fn parse_args() -> Cli {
+    let mut cmd = parse_args_command();
+    let matches = cmd.clone().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
+
+/// The clap command of [`parse_args`].
+fn parse_args_command() -> clap::Command {
     fn negatives_as_values(cmd: clap::Command) -> clap::Command {
         cmd.mut_args(|a| {
             let takes_value = a.get_action().takes_values() && !a.is_positional();
@@ -95,9 +102,7 @@ fn parse_args() -> Cli {
         })
         .mut_subcommands(negatives_as_values)
     }
-    let mut cmd = negatives_as_values(Cli::command());
-    let matches = cmd.clone().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    negatives_as_values(Cli::command())
 }
 
 /// Writes to standard output, ending the command when that fails.
@@ -153,5 +158,52 @@ fn ensure_runtime_dir() {
         {
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option of every command that takes a whole number answers a negative one with its
+    /// name and its range (not clap's "unexpected argument '-1'"), so a new option cannot
+    /// forget it.
+    #[test]
+    fn every_whole_number_option_names_its_range_for_a_negative_value() {
+        use std::any::TypeId;
+        let cmd = parse_args_command();
+        let mut checked = 0;
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let t = arg.get_value_parser().type_id();
+                let whole = [
+                    TypeId::of::<u64>(),
+                    TypeId::of::<usize>(),
+                    TypeId::of::<u32>(),
+                ]
+                .iter()
+                .any(|id| t == *id);
+                let Some(long) = arg.get_long().filter(|_| whole) else {
+                    continue;
+                };
+                let flag = format!("--{long}");
+                let values = arg.get_num_args().map_or(1, |n| n.min_values().max(1));
+                let argv = ["ddim", sub.get_name(), &flag]
+                    .into_iter()
+                    .chain(std::iter::repeat_n("-1", values));
+                let e = cmd
+                    .clone()
+                    .try_get_matches_from(argv)
+                    .expect_err("a negative whole number is refused")
+                    .to_string();
+                assert!(
+                    e.contains(&flag) && e.contains("negative") && e.contains("at least"),
+                    "ddim {} {flag} -1: {e}",
+                    sub.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} whole-number options found");
     }
 }

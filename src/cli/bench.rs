@@ -240,9 +240,8 @@ pub fn run(args: Args) -> Result<()> {
     if !args.compare.is_empty() {
         return compare(&args);
     }
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     let loaded = args.model.load(args.seed)?;
+    super::fits::check_batch(&loaded.pipeline.unet, args.batch)?;
     let (pipe, label) = (loaded.pipeline, loaded.label);
     let opts = options(&args, label);
     let mut quiet = suite::Quiet;

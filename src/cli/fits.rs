@@ -57,6 +57,18 @@ pub fn check(what: &str, count: u128, per: PerImage, instead: &str) -> Result<()
     )
 }
 
+/// Refuses a `--batch` of images whose U-Net activations cannot fit in memory: every layer's
+/// output of one image as f32 (what `ddim verify` keeps, and a bound on what a forward holds).
+pub fn check_batch(unet: &ddim_wgpu::model::UNet, batch: usize) -> Result<()> {
+    let elements: u128 = unet.layers.iter().map(|l| l.output.numel() as u128).sum();
+    let per = PerImage {
+        elements: elements.max(unet.input.numel() as u128),
+        f32_copies: 1,
+        bytes: 0,
+    };
+    check("--batch", batch as u128, per, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none()) {
         match open_gpu(&args) {
             Ok(ctx) => return run_gpu(&args, &ctx, &unet, &weights, &x, &timesteps),
-            Err(e) if args.device == "gpu" => return Err(e),
+            Err(e) if args.device == "gpu" || args.adapter.names_one() => return Err(e),
             Err(e) => log::warn!("no usable GPU adapter ({e:#}); using the CPU reference"),
         }
     }

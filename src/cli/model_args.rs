@@ -143,9 +143,20 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
+    /// True when `--adapter` or `--backend` asks for a particular GPU adapter.
+    pub fn names_one(&self) -> bool {
+        self.adapter.is_some() || self.backend.is_some()
+    }
+
     /// The adapter to open, with the kernel variants forced by `DDIM_CONV_VARIANT` and
     /// `DDIM_MATMUL_VARIANT` (the CLI reads them; the library takes them as values).
     pub fn choice(&self) -> Result<AdapterChoice> {
+        let tune_cache = tune_cache_from_env();
+        if let (Some(path), true) = (&tune_cache, self.tune != TuneMode::Off) {
+            // An output like any other: a directory or a loop there is refused before any work.
+            ddim_wgpu::output::resolve(path)
+                .with_context(|| format!("DDIM_TUNE_CACHE={}", path.display()))?;
+        }
         Ok(AdapterChoice {
             backend: self.backend,
             index: self.adapter,
@@ -153,7 +164,7 @@ impl AdapterArgs {
             memory_mib: self.gpu_memory,
             precision: self.precision,
             tune: self.tune,
-            tune_cache: tune_cache_from_env(),
+            tune_cache,
         })
     }
 }

@@ -47,8 +47,9 @@ impl DeviceArgs {
             ),
             DeviceArg::Cpu => Ok(Device::Cpu),
             DeviceArg::Gpu => Device::gpu(&choice),
-            // Half precision asked for: no quiet fall-back to the f32 CPU reference.
-            DeviceArg::Auto if half => Device::gpu(&choice),
+            // Half precision, or an adapter or backend named: no quiet fall-back to the f32 CPU
+            // reference in place of what was asked for.
+            DeviceArg::Auto if half || self.adapter.names_one() => Device::gpu(&choice),
             DeviceArg::Auto => Ok(Device::gpu(&choice).unwrap_or_else(|e| {
                 log::warn!("no usable GPU adapter ({e:#}); using the CPU reference");
                 Device::Cpu

@@ -152,7 +152,7 @@ pub struct SolverArgs {
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub predict_x0: Option<bool>,
     /// UniPC: step indices after which the corrector is skipped, comma-separated.
-    #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
     pub disable_corrector: Option<Vec<usize>>,
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::model_args::{AdapterArgs, ModelArgs};
@@ -49,13 +49,13 @@ struct Output<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(args.batch > 0, "--batch must be at least 1");
     if args.adapter.tune == TuneMode::Off {
         bail!(
             "`ddim tune --tune off` has nothing to do: use auto (time what is not cached) or force"
         );
     }
     let loaded = args.model.load(args.seed)?;
+    super::fits::check_batch(&loaded.pipeline.unet, args.batch)?;
     let pipe = &loaded.pipeline;
     let ctx = GpuContext::new(&args.adapter.choice()?)?;
     let weights = pipe.gpu_weights(&ctx)?;

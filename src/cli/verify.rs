@@ -131,10 +131,8 @@ fn gpu_forward_layers(
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let pipe = args.model.load(args.seed)?.pipeline;
+    super::fits::check_batch(&pipe.unet, args.batch)?;
     // f16 stores every activation to 11 significant bits: its defaults sit above what
     // tests/gpu_f16.rs and this command measure on lavapipe (README.md), f32's likewise.
     let (tolerance, sample_tolerance) = match args.adapter.precision {
