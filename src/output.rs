@@ -119,6 +119,13 @@ pub fn resolve(path: &Path) -> Result<Target> {
         PathKind::Unreachable(e) => {
             // Say which part of the path is wrong: usually the directory.
             check_dir(parent_of(path), path)?;
+            if is_name_too_long(&e) {
+                bail!(
+                    "cannot write {}: its file name is {} bytes, more than the file system takes",
+                    path.display(),
+                    path.file_name().map_or(0, |n| n.as_encoded_bytes().len())
+                );
+            }
             bail!("cannot write {}: {e}", path.display())
         }
         other => bail!("cannot write {}: it {other}", path.display()),

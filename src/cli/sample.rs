@@ -164,10 +164,20 @@ impl Args {
 fn make_dir(dir: &Path) -> Result<()> {
     match kind_of(dir) {
         PathKind::Dir => {}
-        PathKind::Missing => {
+        PathKind::Missing | PathKind::Unreachable(_) => {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 // Another process may have made it meanwhile; only a directory will do.
                 if !dir.is_dir() {
+                    // Name the part of the path that is in the way, when one is.
+                    let blocker = dir
+                        .ancestors()
+                        .skip(1)
+                        .filter(|a| !a.as_os_str().is_empty())
+                        .map(|a| (a, kind_of(a)))
+                        .find(|(_, k)| !matches!(k, PathKind::Missing));
+                    if let Some((a, k)) = blocker.filter(|(_, k)| !matches!(k, PathKind::Dir)) {
+                        bail!("cannot create it: {} {k}, not a directory", a.display());
+                    }
                     return Err(e).context("cannot create it");
                 }
             }
