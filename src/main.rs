@@ -89,8 +89,18 @@ fn main() {
 /// range) instead of clap's "unexpected argument '-1'".
 fn parse_args() -> Cli {
     let mut cmd = parse_args_command();
-    let matches = cmd.clone().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    let matches = cmd.clone().try_get_matches().unwrap_or_else(|e| exit_on(e));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_on(e.format(&mut cmd)))
+}
+
+/// Ends the command on a command-line error: help and version exit 0, a bad value of an option
+/// exits 1 like every other refused value, a malformed command line 2 (clap's usage status).
+fn exit_on(e: clap::Error) -> ! {
+    if e.kind() == clap::error::ErrorKind::ValueValidation {
+        let _ = e.print();
+        std::process::exit(1);
+    }
+    e.exit()
 }
 
 /// The clap command of [`parse_args`].

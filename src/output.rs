@@ -180,7 +180,7 @@ pub fn check(path: &Path) -> Result<Target> {
             dir.display()
         ),
         Err(e) => bail!(
-            "cannot write {}: directory {} does not take new files ({e})",
+            "cannot write {}: directory {} is not writable ({e})",
             path.display(),
             dir.display()
         ),

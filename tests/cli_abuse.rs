@@ -56,7 +56,10 @@ fn tiny_sample<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 /// (case-insensitive), no panic.
 fn assert_refused(out: &Output, needles: &[&str]) {
     let e = stderr(out);
-    assert!(!out.status.success(), "expected a refusal, got success: {e}");
+    assert!(
+        !out.status.success(),
+        "expected a refusal, got success: {e}"
+    );
     assert!(!e.contains("panicked"), "a panic instead of an error: {e}");
     assert!(e.contains("error"), "no error line: {e}");
     for n in needles {
@@ -106,7 +109,10 @@ fn mkfifo(path: &Path) -> Option<()> {
 #[test]
 fn device_nodes_are_written_straight_and_a_full_one_is_an_error() {
     let dir = temp_dir("dev");
-    let made = ddim(&tiny_sample(&["--seeds", "0-1", "--out-dir", "seeds"]), &dir);
+    let made = ddim(
+        &tiny_sample(&["--seeds", "0-1", "--out-dir", "seeds"]),
+        &dir,
+    );
     assert_ok(&made, "making a seed folder to pack");
     let script = format!(
         r#"set -u
@@ -173,7 +179,10 @@ use std::os::unix::fs::FileTypeExt;
 fn a_fifo_output_is_written_straight_and_stays_a_fifo() {
     let dir = temp_dir("fifo");
     assert_ok(
-        &ddim(&tiny_sample(&["--seeds", "0-1", "--out-dir", "seeds"]), &dir),
+        &ddim(
+            &tiny_sample(&["--seeds", "0-1", "--out-dir", "seeds"]),
+            &dir,
+        ),
         "seed folder",
     );
     let fifo = dir.join("pipe");
@@ -183,7 +192,10 @@ fn a_fifo_output_is_written_straight_and_stays_a_fifo() {
     }
     for (args, magic) in [
         (tiny_sample(&["--out", "pipe"]), &b"\x89PNG"[..]),
-        (vec!["pack", "seeds", "--npz", "pipe", "--quiet"], &b"PK\x03\x04"[..]),
+        (
+            vec!["pack", "seeds", "--npz", "pipe", "--quiet"],
+            &b"PK\x03\x04"[..],
+        ),
     ] {
         let reader = {
             let fifo = fifo.clone();
@@ -192,7 +204,12 @@ fn a_fifo_output_is_written_straight_and_stays_a_fifo() {
         let out = ddim(&args, &dir);
         assert_ok(&out, &args.join(" "));
         let bytes = reader.join().unwrap();
-        assert!(bytes.starts_with(magic), "{}: read {} bytes", args.join(" "), bytes.len());
+        assert!(
+            bytes.starts_with(magic),
+            "{}: read {} bytes",
+            args.join(" "),
+            bytes.len()
+        );
         assert!(file_type(&fifo).is_fifo(), "the FIFO was replaced");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -214,10 +231,18 @@ fn a_symlink_output_is_written_through() {
     );
     assert_ok(&out, "sample through links");
     for link in ["grid.png", "x.safetensors"] {
-        assert!(file_type(&dir.join(link)).is_symlink(), "{link} was replaced");
+        assert!(
+            file_type(&dir.join(link)).is_symlink(),
+            "{link} was replaced"
+        );
     }
     assert!(is_png(&dir.join("real/grid.png")));
-    assert!(std::fs::metadata(dir.join("real/x.safetensors")).unwrap().len() > 16);
+    assert!(
+        std::fs::metadata(dir.join("real/x.safetensors"))
+            .unwrap()
+            .len()
+            > 16
+    );
     assert_eq!(names(&dir.join("real")), ["grid.png", "x.safetensors"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -244,7 +269,11 @@ fn a_directory_or_loop_as_an_output_is_refused_naming_it() {
     }
     let out = ddim(&["pack", "d", "--npz", "d"], &dir);
     assert_refused(&out, &["--npz", "is a directory"]);
-    assert_eq!(names(&dir), ["d", "loop-a", "loop-b"], "something was written");
+    assert_eq!(
+        names(&dir),
+        ["d", "loop-a", "loop-b"],
+        "something was written"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -258,11 +287,27 @@ fn two_outputs_naming_the_same_file_are_refused() {
     let sub = dir.join("sub");
     std::fs::create_dir(&sub).unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--out", "a.png", "--save-trajectory", "./a.png"], "same file"),
-        (&["--out", "a.png", "--save-tensor", "alias.png"], "same file"),
-        (&["--out", "sub/../a.png", "--save-tensor", "a.png"], "same file"),
         (
-            &["--out", "x.png", "--out-dir", ".", "--save-tensor", "00000.png"],
+            &["--out", "a.png", "--save-trajectory", "./a.png"],
+            "same file",
+        ),
+        (
+            &["--out", "a.png", "--save-tensor", "alias.png"],
+            "same file",
+        ),
+        (
+            &["--out", "sub/../a.png", "--save-tensor", "a.png"],
+            "same file",
+        ),
+        (
+            &[
+                "--out",
+                "x.png",
+                "--out-dir",
+                ".",
+                "--save-tensor",
+                "00000.png",
+            ],
             "also image 0 of --out-dir",
         ),
     ];
@@ -271,7 +316,17 @@ fn two_outputs_naming_the_same_file_are_refused() {
         assert_refused(&out, &[needle]);
     }
     let out = ddim(
-        &["invert", "--model", TINY, "--device", "cpu", "--out", "i.png", "--latents", "./i.png"],
+        &[
+            "invert",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--out",
+            "i.png",
+            "--latents",
+            "./i.png",
+        ],
         &dir,
     );
     assert_refused(&out, &["--out", "--latents", "same file"]);
@@ -287,19 +342,42 @@ fn every_output_place_is_checked_before_any_work() {
     let dir = temp_dir("places");
     std::fs::write(dir.join("file"), b"x").unwrap();
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--save-tensor", "/proc/ddim-test.safetensors"], &["--save-tensor", "/proc"]),
-        (&["--save-tensor", "missing/x.safetensors"], &["does not exist"]),
-        (&["--save-tensor", "file/x.safetensors"], &["file", "not a directory"]),
-        (&["--save-trajectory", "/proc/t.png"], &["--save-trajectory"]),
+        (
+            &["--save-tensor", "/proc/ddim-test.safetensors"],
+            &["--save-tensor", "/proc"],
+        ),
+        (
+            &["--save-tensor", "missing/x.safetensors"],
+            &["does not exist"],
+        ),
+        (
+            &["--save-tensor", "file/x.safetensors"],
+            &["file", "not a directory"],
+        ),
+        (
+            &["--save-trajectory", "/proc/t.png"],
+            &["--save-trajectory"],
+        ),
     ];
     for (extra, needles) in cases {
         let out = ddim(&tiny_sample(&[&["--out", "ok.png"], *extra].concat()), &dir);
         assert_refused(&out, needles);
-        assert!(!dir.join("ok.png").exists(), "{extra:?}: --out was written first");
+        assert!(
+            !dir.join("ok.png").exists(),
+            "{extra:?}: --out was written first"
+        );
     }
     // Forward's outputs as well.
     let out = ddim(
-        &["forward", "--input", "in.safetensors", "--timestep", "1", "--out", "/proc/y.st"],
+        &[
+            "forward",
+            "--input",
+            "in.safetensors",
+            "--timestep",
+            "1",
+            "--out",
+            "/proc/y.st",
+        ],
         &dir,
     );
     assert_refused(&out, &["--out", "/proc"]);
@@ -344,16 +422,48 @@ fn a_tuning_cache_that_is_a_directory_is_refused() {
 fn jobs_too_large_for_memory_are_refused_with_what_fits() {
     let dir = temp_dir("huge");
     let cases: &[(&[&str], &str)] = &[
-        (&["sample", "-n", "100000000", "--device", "cpu"], "-n 100000000"),
-        (&["sample", "-n", "18446744073709551615", "--device", "cpu"], "-n 18446744073709551615"),
         (
-            &["sample", "-n", "100000000", "--device", "cpu", "--save-trajectory", "t.png"],
+            &["sample", "-n", "100000000", "--device", "cpu"],
             "-n 100000000",
         ),
-        (&["interpolate", "--frames", "18446744073709551615", "--device", "cpu"], "--frames"),
+        (
+            &["sample", "-n", "18446744073709551615", "--device", "cpu"],
+            "-n 18446744073709551615",
+        ),
+        (
+            &[
+                "sample",
+                "-n",
+                "100000000",
+                "--device",
+                "cpu",
+                "--save-trajectory",
+                "t.png",
+            ],
+            "-n 100000000",
+        ),
+        (
+            &[
+                "interpolate",
+                "--frames",
+                "18446744073709551615",
+                "--device",
+                "cpu",
+            ],
+            "--frames",
+        ),
         (&["tune", "--batch", "18446744073709551615"], "--batch"),
         (&["verify", "--batch", "18446744073709551615"], "--batch"),
-        (&["bench", "--device", "cpu", "--batch", "18446744073709551615"], "--batch"),
+        (
+            &[
+                "bench",
+                "--device",
+                "cpu",
+                "--batch",
+                "18446744073709551615",
+            ],
+            "--batch",
+        ),
     ];
     for (args, flag) in cases {
         let out = ddim(args, &dir);
@@ -397,7 +507,11 @@ fn a_closed_stdout_ends_quietly() {
             assert!(e.trim().is_empty(), "ddim {c} was not quiet: {e}");
         }
     }
-    assert!(names(&dir).iter().all(|n| n == "s.png"), "{:?}", names(&dir));
+    assert!(
+        names(&dir).iter().all(|n| n == "s.png"),
+        "{:?}",
+        names(&dir)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -407,7 +521,10 @@ fn a_closed_stdout_ends_quietly() {
 fn a_full_stdout_is_an_error() {
     let dir = temp_dir("full");
     for args in [vec!["schedule"], vec!["info"]] {
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
         let out = command(&args, &dir)
             .stdout(Stdio::from(full))
             .output()
@@ -436,9 +553,16 @@ fn negative_numbers_name_the_option_and_its_range() {
         let out = ddim(args, &dir);
         let flag = args[1];
         assert_refused(&out, &[flag, "negative", "at least"]);
-        assert!(!stderr(&out).contains("unexpected argument"), "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("unexpected argument"),
+            "{}",
+            stderr(&out)
+        );
     }
-    let out = ddim(&["forward", "--input", "x", "--timestep", "-1", "--out", "y"], &dir);
+    let out = ddim(
+        &["forward", "--input", "x", "--timestep", "-1", "--out", "y"],
+        &dir,
+    );
     assert_refused(&out, &["--timestep", "non-negative"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -453,8 +577,17 @@ fn forward_input_with_nan_is_refused() {
     ddim_wgpu::model::tensor_io::write_tensor(&dir.join("x.safetensors"), "sample", &x).unwrap();
     let out = ddim(
         &[
-            "forward", "--model", TINY, "--device", "cpu", "--input", "x.safetensors",
-            "--timestep", "10", "--out", "y.safetensors",
+            "forward",
+            "--model",
+            TINY,
+            "--device",
+            "cpu",
+            "--input",
+            "x.safetensors",
+            "--timestep",
+            "10",
+            "--out",
+            "y.safetensors",
         ],
         &dir,
     );
@@ -482,14 +615,40 @@ fn every_file_read_has_a_size_bound() {
     copy_dir(Path::new(TINY), &model);
     sparse("model/unet/config.json", 1 << 30);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (tiny_sample(&["--init-noise", "noise.safetensors"]), "noise.safetensors"),
         (
-            vec!["forward", "--model", TINY, "--device", "cpu", "--input", "in.safetensors", "--timestep", "1", "--out", "y.st"],
+            tiny_sample(&["--init-noise", "noise.safetensors"]),
+            "noise.safetensors",
+        ),
+        (
+            vec![
+                "forward",
+                "--model",
+                TINY,
+                "--device",
+                "cpu",
+                "--input",
+                "in.safetensors",
+                "--timestep",
+                "1",
+                "--out",
+                "y.st",
+            ],
             "in.safetensors",
         ),
-        (tiny_sample(&["--scheduler-config", "scheduler.json"]), "scheduler.json"),
         (
-            vec!["invert", "--model", TINY, "--device", "cpu", "--image", "image.png"],
+            tiny_sample(&["--scheduler-config", "scheduler.json"]),
+            "scheduler.json",
+        ),
+        (
+            vec![
+                "invert",
+                "--model",
+                TINY,
+                "--device",
+                "cpu",
+                "--image",
+                "image.png",
+            ],
             "image.png",
         ),
         (vec!["bench", "--compare", "report.json"], "report.json"),
@@ -532,22 +691,52 @@ fn wrong_kinds_of_input_path_are_named() {
     std::fs::remove_file(model.join("unet/config.json")).unwrap();
     std::fs::create_dir(model.join("unet/config.json")).unwrap();
     let mut cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-        (vec!["info", "--model", "file"], vec!["file", "is a regular file", "directory"]),
-        (vec!["info", "--model", "loop-a"], vec!["loop-a", "symbolic link loop"]),
-        (vec!["info", "--model", "model"], vec!["config.json", "is a directory"]),
-        (tiny_sample(&["--init-noise", "d"]), vec!["d", "is a directory"]),
-        (tiny_sample(&["--scheduler-config", "loop-a"]), vec!["loop-a", "loop"]),
         (
-            vec!["forward", "--model", TINY, "--input", "d", "--timestep", "1", "--out", "y.st"],
+            vec!["info", "--model", "file"],
+            vec!["file", "is a regular file", "directory"],
+        ),
+        (
+            vec!["info", "--model", "loop-a"],
+            vec!["loop-a", "symbolic link loop"],
+        ),
+        (
+            vec!["info", "--model", "model"],
+            vec!["config.json", "is a directory"],
+        ),
+        (
+            tiny_sample(&["--init-noise", "d"]),
+            vec!["d", "is a directory"],
+        ),
+        (
+            tiny_sample(&["--scheduler-config", "loop-a"]),
+            vec!["loop-a", "loop"],
+        ),
+        (
+            vec![
+                "forward",
+                "--model",
+                TINY,
+                "--input",
+                "d",
+                "--timestep",
+                "1",
+                "--out",
+                "y.st",
+            ],
             vec!["--input", "is a directory"],
         ),
         (
-            vec!["invert", "--model", TINY, "--device", "cpu", "--image", "loop-a"],
+            vec![
+                "invert", "--model", TINY, "--device", "cpu", "--image", "loop-a",
+            ],
             vec!["loop-a", "loop"],
         ),
     ];
     if have_fifo {
-        cases.push((tiny_sample(&["--scheduler-config", "fifo"]), vec!["fifo", "FIFO"]));
+        cases.push((
+            tiny_sample(&["--scheduler-config", "fifo"]),
+            vec!["fifo", "FIFO"],
+        ));
         cases.push((vec!["info", "--model", "fifo"], vec!["fifo", "FIFO"]));
     }
     for (args, needles) in &cases {
@@ -597,7 +786,11 @@ fn safetensors_failures_name_the_file_and_the_tensor() {
         let out = ddim(&tiny_sample(&["--init-noise", name]), &dir);
         assert_refused(&out, &[name, &format!("tensor \"{tensor}\"")]);
         let e = stderr(&out);
-        for code in ["TensorInvalidInfo", "InvalidOffset", "MetadataIncompleteBuffer"] {
+        for code in [
+            "TensorInvalidInfo",
+            "InvalidOffset",
+            "MetadataIncompleteBuffer",
+        ] {
             assert!(!e.contains(code), "a bare library code: {e}");
         }
     }
@@ -661,11 +854,44 @@ fn an_unknown_wgpu_backend_is_named() {
 fn an_explicit_adapter_that_does_not_exist_is_refused() {
     let dir = temp_dir("adapter");
     let cases: Vec<Vec<&str>> = vec![
-        vec!["sample", "--model", TINY, "-n", "1", "--steps", "1", "--adapter", "99", "--out", "o.png"],
-        vec!["sample", "--model", TINY, "-n", "1", "--steps", "1", "--backend", "dx12", "--out", "o.png"],
         vec![
-            "interpolate", "--model", TINY, "--frames", "2", "--steps", "1", "--adapter", "99",
-            "--out", "o.png",
+            "sample",
+            "--model",
+            TINY,
+            "-n",
+            "1",
+            "--steps",
+            "1",
+            "--adapter",
+            "99",
+            "--out",
+            "o.png",
+        ],
+        vec![
+            "sample",
+            "--model",
+            TINY,
+            "-n",
+            "1",
+            "--steps",
+            "1",
+            "--backend",
+            "dx12",
+            "--out",
+            "o.png",
+        ],
+        vec![
+            "interpolate",
+            "--model",
+            TINY,
+            "--frames",
+            "2",
+            "--steps",
+            "1",
+            "--adapter",
+            "99",
+            "--out",
+            "o.png",
         ],
     ];
     for args in &cases {
@@ -684,12 +910,26 @@ fn an_explicit_adapter_that_does_not_exist_is_refused() {
 fn a_repeated_warning_is_printed_once() {
     let dir = temp_dir("warn");
     if !has_adapter("vulkan", &dir) {
-        assert!(std::env::var("CI").is_err(), "CI=true but no Vulkan adapter");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Vulkan adapter"
+        );
         eprintln!("SKIPPED: no Vulkan adapter");
         return;
     }
     let out = command(
-        &["sample", "-n", "1", "--steps", "1", "--quiet", "--backend", "vulkan", "--tune", "force"],
+        &[
+            "sample",
+            "-n",
+            "1",
+            "--steps",
+            "1",
+            "--quiet",
+            "--backend",
+            "vulkan",
+            "--tune",
+            "force",
+        ],
         &dir,
     )
     .env("DDIM_TUNE_CACHE", "/proc/ddim-abuse-tuning.json")
@@ -709,9 +949,18 @@ fn a_repeated_warning_is_printed_once() {
 #[test]
 fn out_dir_is_created_with_its_parents() {
     let dir = temp_dir("mkdir");
-    assert_ok(&ddim(&tiny_sample(&["--out-dir", "a/b/c", "--out", "g.png"]), &dir), "plain");
+    assert_ok(
+        &ddim(
+            &tiny_sample(&["--out-dir", "a/b/c", "--out", "g.png"]),
+            &dir,
+        ),
+        "plain",
+    );
     assert!(is_png(&dir.join("a/b/c/00000.png")));
-    assert_ok(&ddim(&tiny_sample(&["--seeds", "3-4", "--out-dir", "x/y"]), &dir), "seeds");
+    assert_ok(
+        &ddim(&tiny_sample(&["--seeds", "3-4", "--out-dir", "x/y"]), &dir),
+        "seeds",
+    );
     assert!(is_png(&dir.join("x/y/000003.png")) && is_png(&dir.join("x/y/000004.png")));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -756,7 +1005,10 @@ fn out_dir_that_cannot_be_a_directory_is_refused() {
         ("/proc/ddim-abuse", &["--out-dir", "/proc/ddim-abuse"]),
     ];
     for (place, needles) in cases {
-        for extra in [vec!["--out-dir", place], vec!["--seeds", "0-1", "--out-dir", place]] {
+        for extra in [
+            vec!["--out-dir", place],
+            vec!["--seeds", "0-1", "--out-dir", place],
+        ] {
             let out = ddim(&tiny_sample(&extra), &dir);
             assert_refused(&out, needles);
             assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));

@@ -440,10 +440,9 @@ pub fn cached_choices(path: &Path, adapter: &str) -> Result<Vec<Choice>> {
 }
 
 fn read_cache(path: &Path) -> Result<Vec<CacheEntry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let text = match crate::path_kind::kind_of(path) {
+        crate::path_kind::PathKind::Missing => return Ok(Vec::new()),
+        _ => crate::path_kind::read_text_bounded(path, "tuning cache", 64 << 20)?,
     };
     let file: CacheFile =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;

@@ -93,7 +93,7 @@ fn header_problem(bytes: &[u8]) -> Option<String> {
     };
     let json: serde_json::Value = match serde_json::from_str(text) {
         Ok(j) => j,
-        Err(e) => return Some(format!("the header is not valid JSON ({e})")),
+        Err(e) => return Some(format!("the JSON header is broken ({e})")),
     };
     let entries = json.as_object()?;
     let mut spans = Vec::new();
