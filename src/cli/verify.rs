@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: usize,
     /// Steps of the short DDIM sample compared after the forward (0: skip it).
-    #[arg(long, default_value_t = 3, value_parser = super::numbers::at_least::<usize, 1>)]
+    #[arg(long, default_value_t = 3, value_parser = super::numbers::at_least::<usize, 0>)]
     pub steps: usize,
     /// Sampler of the short sample.
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
