@@ -163,16 +163,8 @@ pub fn check(path: &Path) -> Result<Target> {
         .place
         .file_name()
         .map_or(0, |n| n.as_encoded_bytes().len());
-    let probe = dir.join(temporary_name(name_len));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(target)
-        }
+    match probe(dir, name_len) {
+        Ok(()) => Ok(target),
         Err(e) if is_name_too_long(&e) => bail!(
             "cannot write {}: its file name is {name_len} bytes, more than the file system in {} \
              takes",
@@ -185,6 +177,23 @@ pub fn check(path: &Path) -> Result<Target> {
             dir.display()
         ),
     }
+}
+
+/// Fails unless `dir` is a directory that takes new files (for a folder of outputs).
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    check_dir(dir, dir)?;
+    probe(dir, 0).with_context(|| format!("directory {} is not writable", dir.display()))
+}
+
+/// Creates and removes a file in `dir` whose name is `name_len` bytes long (at least a short
+/// temporary name): proves that a new file of that name length can be made there.
+fn probe(dir: &Path, name_len: usize) -> std::io::Result<()> {
+    let probe = dir.join(temporary_name(name_len));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// What identifies the file an output lands on: the device and inode when it exists, else its

@@ -184,7 +184,7 @@ fn make_dir(dir: &Path) -> Result<()> {
         }
         other => bail!("it {other}; name a directory (it is made when missing)"),
     }
-    output::check(&dir.join("probe.png")).map(drop)
+    output::check_writable_dir(dir)
 }
 
 /// Checks every output of a command before any work: each one's place (a missing or unwritable
