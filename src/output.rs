@@ -101,6 +101,9 @@ pub fn resolve(path: &Path) -> Result<Target> {
     let kind = kind_of(path);
     let place = match &kind {
         PathKind::DanglingLink(to) => to.clone(),
+        // Opened where it is: the kernel follows the links, also /proc's magic ones
+        // (`/dev/stdout` → `/proc/self/fd/1` → `pipe:[…]`), which no path spells.
+        k if k.is_stream() => path.to_path_buf(),
         _ => follow_links(path).unwrap_or_else(|_| path.to_path_buf()),
     };
     match kind {

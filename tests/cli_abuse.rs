@@ -215,6 +215,26 @@ fn a_fifo_output_is_written_straight_and_stays_a_fifo() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--out /dev/stdout` with standard output a pipe: the PNG goes down the pipe (the path is
+/// a chain of links ending in `pipe:[…]`, which only opening it follows).
+#[cfg(target_os = "linux")]
+#[test]
+fn dev_stdout_as_an_output_writes_down_the_pipe() {
+    let dir = temp_dir("stdout");
+    let out = command(&tiny_sample(&["--out", "/dev/stdout"]), &dir)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_ok(&out, "--out /dev/stdout");
+    assert!(
+        out.stdout.starts_with(b"\x89PNG"),
+        "{} bytes",
+        out.stdout.len()
+    );
+    assert!(names(&dir).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An output that is a symbolic link is written at what it points to (atomically there); the
 /// link stays a link. A dangling link makes its target.
 #[cfg(unix)]

@@ -241,7 +241,11 @@ pub fn run(args: Args) -> Result<()> {
         return compare(&args);
     }
     let loaded = args.model.load(args.seed)?;
-    super::fits::check_batch(&loaded.pipeline.unet, args.batch)?;
+    super::fits::check_batch(
+        &loaded.pipeline.unet,
+        args.batch,
+        args.device == DeviceArg::Cpu,
+    )?;
     let (pipe, label) = (loaded.pipeline, loaded.label);
     let opts = options(&args, label);
     let mut quiet = suite::Quiet;

@@ -57,12 +57,15 @@ pub fn check(what: &str, count: u128, per: PerImage, instead: &str) -> Result<()
     )
 }
 
-/// Refuses a `--batch` of images whose U-Net activations cannot fit in memory: every layer's
-/// output of one image as f32 (what `ddim verify` keeps, and a bound on what a forward holds).
-pub fn check_batch(unet: &ddim_wgpu::model::UNet, batch: usize) -> Result<()> {
-    let elements: u128 = unet.layers.iter().map(|l| l.output.numel() as u128).sum();
+/// Refuses a `--batch` of images that cannot fit in host memory. With `activations` (the CPU
+/// reference runs it, or `ddim verify` keeps every layer's output): every layer's output of
+/// one image as f32; else only the batch's input and output (a GPU holds the activations, and
+/// its plan refuses a batch it cannot hold with its own limit).
+pub fn check_batch(unet: &ddim_wgpu::model::UNet, batch: usize, activations: bool) -> Result<()> {
+    let layers: u128 = unet.layers.iter().map(|l| l.output.numel() as u128).sum();
+    let io = (unet.input.numel() + unet.output.numel()) as u128;
     let per = PerImage {
-        elements: elements.max(unet.input.numel() as u128),
+        elements: if activations { layers.max(io) } else { io },
         f32_copies: 1,
         bytes: 0,
     };

@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let loaded = args.model.load(args.seed)?;
-    super::fits::check_batch(&loaded.pipeline.unet, args.batch)?;
+    super::fits::check_batch(&loaded.pipeline.unet, args.batch, false)?;
     let pipe = &loaded.pipeline;
     let ctx = GpuContext::new(&args.adapter.choice()?)?;
     let weights = pipe.gpu_weights(&ctx)?;

@@ -132,7 +132,7 @@ fn gpu_forward_layers(
 
 pub fn run(args: Args) -> Result<()> {
     let pipe = args.model.load(args.seed)?.pipeline;
-    super::fits::check_batch(&pipe.unet, args.batch)?;
+    super::fits::check_batch(&pipe.unet, args.batch, true)?;
     // f16 stores every activation to 11 significant bits: its defaults sit above what
     // tests/gpu_f16.rs and this command measure on lavapipe (README.md), f32's likewise.
     let (tolerance, sample_tolerance) = match args.adapter.precision {
