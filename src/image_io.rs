@@ -6,6 +6,9 @@ use std::path::Path;
 
 pub use crate::output::write_atomic;
 
+/// Largest image file read: a PNG of the largest model size (16384², RGBA) is far smaller.
+const MAX_IMAGE_FILE_BYTES: u64 = 1 << 30;
+
 /// Maps a value in [-1, 1] to a byte the way diffusers' pipelines do:
 /// `(x / 2 + 0.5).clamp(0, 1)`, then `round(v * 255)` with numpy's half-to-even rounding.
 pub fn to_u8(x: f32) -> u8 {
@@ -102,8 +105,7 @@ pub fn save_grid(path: &Path, batch: &Tensor, cols: Option<usize>) -> Result<()>
 /// Reads a PNG (or any format `image` decodes) as a [1, C, H, W] tensor in [-1, 1], checking that it
 /// has the size and channel count the model expects.
 pub fn load_image(path: &Path, channels: usize, size: usize) -> Result<Tensor> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let bytes = crate::path_kind::read_bounded(path, "image", MAX_IMAGE_FILE_BYTES)?;
     decode_image(&bytes, &path.display().to_string(), channels, size)
 }
 

@@ -48,8 +48,8 @@ pub use tensor::Tensor;
 
 // Not the API: public only so that the `ddim` binary, the tests, the benchmarks, the fuzz targets
 // and `ddim verify` can reach them (the two devices op by op, the GPU backend's plan, kernels and
-// tuning, seed folders, npz packing, atomic file writes). Hidden from the documentation, with no
-// stability promise.
+// tuning, seed folders, npz packing, output files written per kind of target, what a path names
+// and bounded reads). Hidden from the documentation, with no stability promise.
 #[doc(hidden)]
 pub mod cpu;
 #[doc(hidden)]
@@ -58,6 +58,8 @@ pub mod gpu;
 pub mod npz;
 #[doc(hidden)]
 pub mod output;
+#[doc(hidden)]
+pub mod path_kind;
 #[doc(hidden)]
 pub mod seed_dir;
 

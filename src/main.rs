@@ -1,10 +1,27 @@
 //! `ddim`: the command-line front end. Each subcommand lives in `src/cli/<name>.rs` with its own
 //! argument struct; this file only dispatches and turns errors into one clear line and exit code 1.
 
+/// `println!` and `print!` for every module of the binary (they shadow std's): a closed or full
+/// standard output ends the command cleanly ([`stdout_failed`]) instead of panicking.
+macro_rules! println {
+    () => { $crate::write_stdout("\n") };
+    ($($arg:tt)*) => { $crate::write_stdout(&(format!($($arg)*) + "\n")) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_stdout(&format!($($arg)*)) };
+}
+/// `eprintln!` that never panics: with standard error gone there is nobody left to tell.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +64,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     ensure_runtime_dir();
     stop_on_signals();
-    let cli = Cli::parse();
+    let cli = parse_args();
     let result = match cli.command {
         Command::Sample(a) => cli::sample::run(*a),
         Command::Pack(a) => cli::pack::run(a),
@@ -65,6 +82,59 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The command line, with every option that takes a value also taking a negative number as
+/// its value, so that `-n -1` reaches the option's own check (which names the option and its
+/// range) instead of clap's "unexpected argument '-1'".
+fn parse_args() -> Cli {
+    let mut cmd = parse_args_command();
+    let matches = cmd.clone().try_get_matches().unwrap_or_else(|e| exit_on(e));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_on(e.format(&mut cmd)))
+}
+
+/// Ends the command on a command-line error: help and version exit 0, a bad value of an option
+/// exits 1 like every other refused value, a malformed command line 2 (clap's usage status).
+fn exit_on(e: clap::Error) -> ! {
+    if e.kind() == clap::error::ErrorKind::ValueValidation {
+        let _ = e.print();
+        std::process::exit(1);
+    }
+    e.exit()
+}
+
+/// The clap command of [`parse_args`].
+fn parse_args_command() -> clap::Command {
+    fn negatives_as_values(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| {
+            let takes_value = a.get_action().takes_values() && !a.is_positional();
+            a.allow_negative_numbers(takes_value)
+        })
+        .mut_subcommands(negatives_as_values)
+    }
+    negatives_as_values(Cli::command())
+}
+
+/// Writes to standard output, ending the command when that fails.
+fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+/// Standard output is gone or full. A reader that went away (`ddim schedule | head -1`) ends
+/// the command quietly with the status a shell shows for a process ended by SIGPIPE, 128 + 13,
+/// as `seq` or `cat` end there; any other failure (a full disk) is an error, exit status 1.
+/// Either way no partial output file stays.
+fn stdout_failed(e: std::io::Error) -> ! {
+    ddim_wgpu::output::remove_partial_files();
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(128 + 13);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM end any command at once with exit code 130: half-written outputs
@@ -98,5 +168,52 @@ fn ensure_runtime_dir() {
         {
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option of every command that takes a whole number answers a negative one with its
+    /// name and its range (not clap's "unexpected argument '-1'"), so a new option cannot
+    /// forget it.
+    #[test]
+    fn every_whole_number_option_names_its_range_for_a_negative_value() {
+        use std::any::TypeId;
+        let cmd = parse_args_command();
+        let mut checked = 0;
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let t = arg.get_value_parser().type_id();
+                let whole = [
+                    TypeId::of::<u64>(),
+                    TypeId::of::<usize>(),
+                    TypeId::of::<u32>(),
+                ]
+                .iter()
+                .any(|id| t == *id);
+                let Some(long) = arg.get_long().filter(|_| whole) else {
+                    continue;
+                };
+                let flag = format!("--{long}");
+                let values = arg.get_num_args().map_or(1, |n| n.min_values().max(1));
+                let argv = ["ddim", sub.get_name(), &flag]
+                    .into_iter()
+                    .chain(std::iter::repeat_n("-1", values));
+                let e = cmd
+                    .clone()
+                    .try_get_matches_from(argv)
+                    .expect_err("a negative whole number is refused")
+                    .to_string();
+                assert!(
+                    e.contains(&flag) && e.contains("negative") && e.contains("at least"),
+                    "ddim {} {flag} -1: {e}",
+                    sub.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} whole-number options found");
     }
 }

@@ -800,13 +800,13 @@ fn bad_seed_arguments_write_nothing() {
         &sample(&dir, &["--seeds", "0-3", "-n", "4"]),
         "cannot be used",
     );
-    let missing = dir.join("nope");
-    fails(
-        &sample(&missing, &["--seeds", "0-3"]),
-        "not an existing directory",
-    );
-    assert!(
-        std::fs::read_dir(&dir).unwrap().next().is_none(),
+    // A missing --out-dir is made (issue 26 §5); a file in its place is refused.
+    let file = dir.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    fails(&sample(&file, &["--seeds", "0-3"]), "is a regular file");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
         "a failed run wrote files"
     );
 }

@@ -158,7 +158,7 @@ fn short(v: f64) -> String {
 }
 
 impl BarChart {
-    /// Draws the chart and writes it to `path` (through a temporary file and a rename).
+    /// Draws the chart and writes it to `path` (as every output: see `ddim_wgpu::output`).
     pub fn write_png(&self, path: &Path) -> Result<()> {
         ensure!(!self.groups.is_empty(), "chart: nothing to draw");
         let n = self.series.len().max(1) as u32;
@@ -227,14 +227,9 @@ impl BarChart {
             }
             c.text(x0, base + 8, &g.label, 1, TEXT);
         }
-        let tmp = path.with_extension("png.tmp");
-        if let Err(e) = c.img.save_with_format(&tmp, image::ImageFormat::Png) {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::bail!("writing {}: {e}", tmp.display());
-        }
-        std::fs::rename(&tmp, path)
-            .map_err(|e| anyhow::anyhow!("renaming onto {}: {e}", path.display()))?;
-        Ok(())
+        let (w, h) = c.img.dimensions();
+        let png = ddim_wgpu::image_io::encode_png(w, h, 3, c.img.as_raw())?;
+        ddim_wgpu::output::write_atomic(path, &png)
     }
 }
 

@@ -78,8 +78,7 @@ fn entry(doc: &Value, file: &Path) -> Result<Entry> {
 pub fn load(files: &[PathBuf]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = ddim_wgpu::path_kind::read_text_bounded(f, "bench report", 256 << 20)?;
         let v: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", f.display()))?;
         let docs = match v {

@@ -183,7 +183,7 @@ pub fn run(args: Args) -> Result<()> {
         backend: args.backend,
         ..AdapterChoice::default()
     }
-    .backends();
+    .backends()?;
     let instance = new_instance(backends);
     let adapters: Vec<Value> = enumerate_adapters(&instance, backends)
         .iter()
@@ -194,7 +194,9 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&adapters)?);
     } else if adapters.is_empty() {
         println!(
-            "no adapters found on {backends:?} (on Linux without a GPU: apt-get install mesa-vulkan-drivers)"
+            "no adapters found on {} ({})",
+            ddim_wgpu::gpu::context::backend_names(backends),
+            ddim_wgpu::gpu::context::no_adapter_hint(backends)
         );
     } else {
         for a in &adapters {

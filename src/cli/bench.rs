@@ -29,10 +29,10 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per forward.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: usize,
     /// Steps (model evaluations) per timed run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
     /// Sampler of the timed runs (eta 0).
     #[arg(long, value_parser = super::flags::sampler(), default_value_t = SamplerKind::Ddim)]
@@ -40,13 +40,13 @@ pub struct Args {
     #[command(flatten)]
     pub solver: SolverArgs,
     /// Untimed runs before measuring.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::numbers::at_least::<usize, 0>)]
     pub warmup: usize,
     /// Timed runs (median and spread are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::numbers::at_least::<usize, 1>)]
     pub iters: usize,
     /// Timed repetitions of per-kernel measurements (default: --iters).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 1>)]
     pub kernel_iters: Option<usize>,
     /// gpu (a wgpu adapter) or cpu (the pure-Rust reference; whole runs only).
     #[arg(long, value_enum, default_value = "gpu")]
@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["gemm", "kernels"])]
     pub targets: bool,
     /// Seed of the random weights (--arch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// Print every dispatch of the forward, not only the per-kernel summary.
     #[arg(long)]
@@ -219,6 +219,7 @@ fn all_adapter_choices(args: &super::model_args::AdapterArgs) -> Result<Vec<Adap
 }
 
 fn compare(args: &Args) -> Result<()> {
+    super::sample::check_outputs(&[("--chart", &args.chart)])?;
     let entries = compare::load(&args.compare)?;
     print!("{}", compare::table(&entries));
     let chart = compare::chart(&entries, 10);
@@ -239,9 +240,12 @@ pub fn run(args: Args) -> Result<()> {
     if !args.compare.is_empty() {
         return compare(&args);
     }
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     let loaded = args.model.load(args.seed)?;
+    super::fits::check_batch(
+        &loaded.pipeline.unet,
+        args.batch,
+        args.device == DeviceArg::Cpu,
+    )?;
     let (pipe, label) = (loaded.pipeline, loaded.label);
     let opts = options(&args, label);
     let mut quiet = suite::Quiet;

@@ -13,7 +13,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Seed of the random weights used with --arch.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// Input batch [B, C, H, W]: the tensor named `sample`, or the file's only tensor.
     #[arg(long)]
@@ -60,6 +60,12 @@ pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
 
 pub fn run(args: Args) -> Result<()> {
     let timesteps = parse_timesteps(&args.timestep)?;
+    let outputs: Vec<(&str, &std::path::Path)> = [("--out", Some(args.out.as_path()))]
+        .into_iter()
+        .chain([("--save-layers", args.save_layers.as_deref())])
+        .filter_map(|(flag, p)| Some((flag, p?)))
+        .collect();
+    super::sample::check_outputs(&outputs)?;
     let pipe = args.model.load(args.seed)?.pipeline;
     let train_steps = pipe.scheduler.num_train_timesteps;
     if !args.allow_any_timestep {
@@ -76,12 +82,22 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model = pipe.model;
     let (config, weights) = (model.config, model.weights);
-    let x = read_tensor(&args.input, "sample")?;
+    let x = read_tensor(&args.input, "sample")
+        .with_context(|| format!("--input {}", args.input.display()))?;
     if x.shape.len() != 4 {
         bail!(
-            "{}: the input must be [batch, channels, height, width], got shape {:?}",
+            "--input {}: the input must be [batch, channels, height, width], got shape {:?}",
             args.input.display(),
             x.shape
+        );
+    }
+    let bad = x.data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        bail!(
+            "--input {}: {bad} non-finite value(s) (NaN or ±Inf) among {}; the U-Net needs finite \
+             inputs",
+            args.input.display(),
+            x.numel()
         );
     }
     let (_, _, h, w) = x.nchw();
@@ -89,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none()) {
         match open_gpu(&args) {
             Ok(ctx) => return run_gpu(&args, &ctx, &unet, &weights, &x, &timesteps),
-            Err(e) if args.device == "gpu" => return Err(e),
+            Err(e) if args.device == "gpu" || args.adapter.names_one() => return Err(e),
             Err(e) => log::warn!("no usable GPU adapter ({e:#}); using the CPU reference"),
         }
     }

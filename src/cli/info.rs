@@ -10,7 +10,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Image height and width to describe (default: the config's sample_size).
-    #[arg(long, num_args = 2, value_names = ["H", "W"])]
+    #[arg(long, num_args = 2, value_names = ["H", "W"], value_parser = super::numbers::at_least::<usize, 1>)]
     pub size: Option<Vec<usize>>,
     /// List every layer with its shapes, parameters and FLOPs.
     #[arg(long)]

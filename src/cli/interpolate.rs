@@ -2,15 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use ddim_wgpu::image_io::save_grid;
 use ddim_wgpu::pipeline::LatentRequest;
 use ddim_wgpu::rng::{NoiseSource, RngKind};
 use ddim_wgpu::sampling::{lerp, slerp};
 use ddim_wgpu::Tensor;
 
+use super::fits;
 use super::flags::batch_hint;
-use super::sample::{bar_progress, check_output_dir, load_pipeline, progress_bar, DeviceArgs};
+use super::sample::{bar_progress, check_outputs, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
 #[derive(clap::Args)]
@@ -19,19 +20,19 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Seed of the first endpoint's noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed_a: u64,
     /// Seed of the second endpoint's noise.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed_b: u64,
     /// Number of frames, endpoints included.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::numbers::at_least::<usize, 2>)]
     pub frames: usize,
     /// Interpolate linearly instead of spherically (to compare: lerp leaves the noise shell).
     #[arg(long)]
     pub lerp: bool,
     /// DDIM steps used to decode each frame (eta 0).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
     #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,
@@ -41,7 +42,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
     pub out: PathBuf,
     /// Images per U-Net evaluation (default: chosen from the device's limits, as for `sample`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -50,14 +51,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(
-        args.frames >= 2,
-        "--frames must be at least 2 (the two endpoints)"
-    );
-    ensure!(args.steps > 0, "--steps must be at least 1");
-    check_output_dir(&args.out)?;
+    check_outputs(&[("--out", &args.out)])?;
     let (pipe, name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let per = pipe.per_image();
+    // The frames' noise and images, and the strip's bytes (as for `ddim sample`).
+    let each = fits::PerImage {
+        elements: per as u128,
+        f32_copies: 2,
+        bytes: 2,
+    };
+    fits::check("--frames", args.frames as u128, each, "")?;
     let a = NoiseSource::new(args.rng, args.seed_a).randn(per)?;
     let b = NoiseSource::new(args.rng, args.seed_b).randn(per)?;
     let mut x = Vec::with_capacity(per * args.frames);

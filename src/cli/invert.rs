@@ -11,7 +11,7 @@ use ddim_wgpu::sampling::Progress;
 use ddim_wgpu::Tensor;
 
 use super::flags::batch_hint;
-use super::sample::{check_output_dir, load_pipeline, progress_bar, DeviceArgs};
+use super::sample::{check_outputs, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
 #[derive(clap::Args)]
@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub image: Vec<PathBuf>,
     /// Inversion and reconstruction steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
     /// PNG with each original next to its reconstruction.
     #[arg(long, value_name = "FILE", default_value = "inversion.png")]
@@ -39,7 +39,7 @@ pub struct Args {
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
     /// Images per U-Net evaluation (default: chosen from the device's limits, as for `sample`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -48,10 +48,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(args.steps > 0, "--steps must be at least 1");
     if !args.report {
-        check_output_dir(&args.out)?;
-        check_output_dir(&args.latents)?;
+        check_outputs(&[("--out", &args.out), ("--latents", &args.latents)])?;
     }
     let (mut pipe, name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     // Clipping x0 makes the inversion and the reconstruction different maps, so their error grows

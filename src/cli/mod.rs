@@ -2,12 +2,14 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod fits;
 pub mod flags;
 pub mod forward;
 pub mod info;
 pub mod interpolate;
 pub mod invert;
 pub mod model_args;
+pub mod numbers;
 pub mod pack;
 pub mod sample;
 pub mod sample_args;

@@ -129,12 +129,12 @@ pub struct AdapterArgs {
     #[arg(long)]
     pub backend: Option<BackendChoice>,
     /// Adapter index among those of the chosen backends (see `ddim adapters`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 0>)]
     pub adapter: Option<usize>,
     /// Device memory this run may use, in MiB: batches are sized to it and larger ones
     /// refused before anything is allocated (default: the host's available memory on a CPU
     /// adapter; unknown on a GPU, where wgpu cannot ask).
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MIB", value_parser = super::numbers::at_least::<u64, 1>)]
     pub gpu_memory: Option<u64>,
     /// How the GPU stores weights and activations: f32, or f16 (half the memory and traffic;
     /// products, statistics, softmax and the sampler stay f32; needs SHADER_F16).
@@ -148,9 +148,20 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
+    /// True when `--adapter` or `--backend` asks for a particular GPU adapter.
+    pub fn names_one(&self) -> bool {
+        self.adapter.is_some() || self.backend.is_some()
+    }
+
     /// The adapter to open, with the kernel variants forced by `DDIM_CONV_VARIANT` and
     /// `DDIM_MATMUL_VARIANT` (the CLI reads them; the library takes them as values).
     pub fn choice(&self) -> Result<AdapterChoice> {
+        let tune_cache = tune_cache_from_env();
+        if let (Some(path), true) = (&tune_cache, self.tune != TuneMode::Off) {
+            // An output like any other: a directory or a loop there is refused before any work.
+            ddim_wgpu::output::resolve(path)
+                .with_context(|| format!("DDIM_TUNE_CACHE={}", path.display()))?;
+        }
         Ok(AdapterChoice {
             backend: self.backend,
             index: self.adapter,
@@ -158,7 +169,7 @@ impl AdapterArgs {
             memory_mib: self.gpu_memory,
             precision: self.precision,
             tune: self.tune,
-            tune_cache: tune_cache_from_env(),
+            tune_cache,
         })
     }
 }

@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    super::sample::check_output_dir(&args.npz)?;
+    super::sample::check_outputs(&[("--npz", &args.npz)])?;
     let started = Instant::now();
     let packed = seed_dir::pack(&args.dir, &args.npz)?;
     if !args.quiet {

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, Context, Result};
+use ddim_wgpu::output;
+use ddim_wgpu::path_kind::{kind_of, PathKind};
 use ddim_wgpu::pipeline::{Device, Pipeline};
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
@@ -43,8 +45,9 @@ impl DeviceArgs {
             ),
             DeviceArg::Cpu => Ok(Device::Cpu),
             DeviceArg::Gpu => Device::gpu(&choice),
-            // Half precision asked for: no quiet fall-back to the f32 CPU reference.
-            DeviceArg::Auto if half => Device::gpu(&choice),
+            // Half precision, or an adapter or backend named: no quiet fall-back to the f32 CPU
+            // reference in place of what was asked for.
+            DeviceArg::Auto if half || self.adapter.names_one() => Device::gpu(&choice),
             DeviceArg::Auto => Ok(Device::gpu(&choice).unwrap_or_else(|e| {
                 log::warn!("no usable GPU adapter ({e:#}); using the CPU reference");
                 Device::Cpu
@@ -59,14 +62,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Number of images.
-    #[arg(short = 'n', long = "num", default_value_t = 16)]
+    #[arg(short = 'n', long = "num", default_value_t = 16, value_parser = super::numbers::at_least::<usize, 1>)]
     pub num: usize,
     /// Images per U-Net evaluation (default: as many as the device's limits and a 512 MiB
     /// activation budget allow, 16 at most on the CPU, in equal chunks).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: Option<usize>,
     /// Number of denoising steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
     /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -82,7 +85,7 @@ pub struct Args {
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
     /// Random seed (one generator for all images, as diffusers' pipelines draw a batch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// One generator per image instead: seeds A-B (inclusive) or lists such as 3,17,40-49, in
     /// ascending order. The image of seed s is diffusers' DDIMPipeline(batch_size=1,
@@ -97,7 +100,7 @@ pub struct Args {
     pub shard: Option<String>,
     /// The number of shards when the index comes from the environment (a Kubernetes Indexed
     /// Job's completions; overrides Slurm's task count).
-    #[arg(long, value_name = "N", requires = "seeds", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", requires = "seeds", value_parser = super::numbers::at_least::<u64, 1>)]
     pub shards: Option<u64>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
     #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
@@ -120,7 +123,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub save_trajectory: Option<PathBuf>,
     /// The k of --save-trajectory (default: steps / 10, rounded up, so about 10 columns).
-    #[arg(long, value_name = "K", requires = "save_trajectory")]
+    #[arg(long, value_name = "K", requires = "save_trajectory", value_parser = super::numbers::at_least::<usize, 1>)]
     pub trajectory_every: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -143,17 +146,50 @@ impl Args {
         }
     }
 
-    /// Fails early when `--out-dir` is given but is no directory.
-    pub fn check_out_dir(&self) -> Result<()> {
-        if let Some(d) = &self.out_dir {
-            ensure!(
-                d.is_dir(),
-                "--out-dir {} is not an existing directory",
-                d.display()
-            );
+    /// Makes `--out-dir` (and its parents) when it is missing, and checks that it takes new
+    /// files; an existing non-directory is refused. Safe when many processes (the shards of a
+    /// job array) start at once: a folder another one made a moment ago is as good.
+    pub fn prepare_out_dir(&self) -> Result<()> {
+        match &self.out_dir {
+            Some(d) => make_dir(d).with_context(|| format!("--out-dir {}", d.display())),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Creates `dir` with its parents unless it is a directory already, then proves that it takes
+/// new files (one is made and removed).
+fn make_dir(dir: &Path) -> Result<()> {
+    match kind_of(dir) {
+        PathKind::Dir => {}
+        PathKind::Missing | PathKind::Unreachable(_) => {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                // Another process may have made it meanwhile; only a directory will do.
+                if !dir.is_dir() {
+                    // Name the part of the path that is in the way, when one is.
+                    let blocker = dir
+                        .ancestors()
+                        .skip(1)
+                        .filter(|a| !a.as_os_str().is_empty())
+                        .map(|a| (a, kind_of(a)))
+                        .find(|(_, k)| !matches!(k, PathKind::Missing));
+                    if let Some((a, k)) = blocker.filter(|(_, k)| !matches!(k, PathKind::Dir)) {
+                        bail!("cannot create it: {} {k}, not a directory", a.display());
+                    }
+                    return Err(e).context("cannot create it");
+                }
+            }
+        }
+        other => bail!("it {other}; name a directory (it is made when missing)"),
+    }
+    output::check_writable_dir(dir)
+}
+
+/// Checks every output of a command before any work: each one's place (a missing or unwritable
+/// directory, a name the file system refuses, a directory where a file should be …) and that no
+/// two name the same file. `outputs`: (option, path).
+pub fn check_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
+    output::check_all(outputs).map(drop)
 }
 
 /// Loads `--model` (with the scheduler flags applied) or the bundled model.
@@ -176,19 +212,4 @@ pub fn load_pipeline(
             Ok((pipe, "the bundled MNIST model".to_string()))
         }
     }
-}
-
-/// Fails early, before any work, when an output's directory does not exist.
-pub fn check_output_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    ensure!(
-        dir.is_dir(),
-        "cannot write {}: directory {} does not exist",
-        path.display(),
-        dir.display()
-    );
-    Ok(())
 }

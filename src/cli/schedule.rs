@@ -25,7 +25,7 @@ pub struct SchedulerOverrides {
     #[arg(long, value_name = "SPACING", value_parser = |s: &str| TimestepSpacing::parse_for("--spacing", s))]
     pub spacing: Option<TimestepSpacing>,
     /// Offset added to every timestep (leading spacing only).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::numbers::at_least::<usize, 0>)]
     pub steps_offset: Option<usize>,
     /// Beta schedule: linear | scaled_linear | squaredcos_cap_v2.
     #[arg(long, value_name = "SCHEDULE", value_parser = |s: &str| BetaSchedule::parse_for("--beta-schedule", s))]
@@ -125,7 +125,7 @@ impl SchedulerOverrides {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SolverArgs {
     /// Solver order: 1, 2 or 3 (default 2).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::numbers::at_least::<usize, 1>)]
     pub solver_order: Option<usize>,
     /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver.
     #[arg(long, value_name = "TYPE")]
@@ -152,7 +152,7 @@ pub struct SolverArgs {
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub predict_x0: Option<bool>,
     /// UniPC: step indices after which the corrector is skipped, comma-separated.
-    #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
     pub disable_corrector: Option<Vec<usize>>,
 }
 
@@ -199,7 +199,7 @@ pub struct Args {
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
     /// Number of inference steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
     /// DDIM noise scale in [0, 1].
     #[arg(long, default_value_t = 0.0)]

@@ -5,7 +5,7 @@
 //! images at once and holds one window of seeds in memory, not the set.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -17,7 +17,7 @@ use ddim_wgpu::seed_dir::{Identity, Manifest, RunSettings, SeedFolder};
 use ddim_wgpu::Tensor;
 
 use super::flags::batch_hint;
-use super::sample_args::{check_output_dir, load_pipeline, Args};
+use super::sample_args::{check_outputs, load_pipeline, Args};
 
 /// Images per window, in batches: enough that setting up a run per window costs little.
 const WINDOW_BATCHES: usize = 16;
@@ -94,17 +94,23 @@ pub fn run(args: Args) -> Result<()> {
         "--eta must be in [0, 1] (0 = DDIM, 1 = DDPM-like), got {}",
         args.eta
     );
-    ensure!(args.batch != Some(0), "--batch must be at least 1");
     // Without a folder the images go to a grid (all of the shard in memory, as without --seeds).
     let grid_out = match (&args.out, &args.out_dir) {
         (Some(p), _) => Some(p.clone()),
         (None, None) => Some("samples.png".into()),
         (None, Some(_)) => None,
     };
-    for p in grid_out.iter().chain(&args.save_tensor) {
-        check_output_dir(p)?;
-    }
-    args.check_out_dir()?;
+    args.prepare_out_dir()?;
+    let outputs: Vec<(&str, &Path)> = grid_out
+        .iter()
+        .map(|p| ("--out", p.as_path()))
+        .chain(
+            args.save_tensor
+                .iter()
+                .map(|p| ("--save-tensor", p.as_path())),
+        )
+        .collect();
+    check_outputs(&outputs)?;
     let (pipe, model_name) = load_pipeline(args.model.as_deref(), &args.scheduler)?;
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
     let keep_all = grid_out.is_some() || args.save_tensor.is_some();

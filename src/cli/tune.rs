@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::model_args::{AdapterArgs, ModelArgs};
@@ -21,10 +21,10 @@ pub struct Args {
     pub adapter: AdapterArgs,
     /// Images per forward: the batch the tuned runs will use (`ddim sample` runs its 16
     /// images as one batch where they fit).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: usize,
     /// Seed of the random weights (--arch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// Print {"adapter", "from_cache", "seconds", "choices": [...]} as JSON.
     #[arg(long)]
@@ -49,13 +49,13 @@ struct Output<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(args.batch > 0, "--batch must be at least 1");
     if args.adapter.tune == TuneMode::Off {
         bail!(
             "`ddim tune --tune off` has nothing to do: use auto (time what is not cached) or force"
         );
     }
     let loaded = args.model.load(args.seed)?;
+    super::fits::check_batch(&loaded.pipeline.unet, args.batch, false)?;
     let pipe = &loaded.pipeline;
     let ctx = GpuContext::new(&args.adapter.choice()?)?;
     let weights = pipe.gpu_weights(&ctx)?;

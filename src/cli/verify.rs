@@ -27,10 +27,10 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per forward.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::numbers::at_least::<usize, 1>)]
     pub batch: usize,
     /// Steps of the short DDIM sample compared after the forward (0: skip it).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::numbers::at_least::<usize, 0>)]
     pub steps: usize,
     /// Sampler of the short sample.
     #[arg(long, value_parser = super::flags::sampler(), default_value_t = SamplerKind::Ddim)]
@@ -41,7 +41,7 @@ pub struct Args {
     #[command(flatten)]
     pub solver: SolverArgs,
     /// Seed of the input, the noise and (with --arch) the weights.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
     /// Largest relative L2 error allowed for any layer of the forward (default 1e-4, or
     /// 5e-3 with --precision f16).
@@ -131,10 +131,8 @@ fn gpu_forward_layers(
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let pipe = args.model.load(args.seed)?.pipeline;
+    super::fits::check_batch(&pipe.unet, args.batch, true)?;
     // f16 stores every activation to 11 significant bits: its defaults sit above what
     // tests/gpu_f16.rs and this command measure on lavapipe (README.md), f32's likewise.
     let (tolerance, sample_tolerance) = match args.adapter.precision {

@@ -96,13 +96,104 @@ impl AdapterChoice {
         }
     }
 
-    /// The backends to enumerate: the explicit choice, else `WGPU_BACKEND`, else all.
-    pub fn backends(&self) -> wgpu::Backends {
-        match self.backend {
+    /// The backends to enumerate: the explicit choice, else `WGPU_BACKEND`, else all. An
+    /// unknown name in `WGPU_BACKEND` is an error that names it (wgpu would skip it).
+    pub fn backends(&self) -> Result<wgpu::Backends> {
+        Ok(match self.backend {
             Some(b) => b.backends(),
-            None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
-        }
+            None => backends_from_env()?.unwrap_or(wgpu::Backends::all()),
+        })
     }
+}
+
+/// `WGPU_BACKEND` (a comma list of backend names), when set and not empty.
+fn backends_from_env() -> Result<Option<wgpu::Backends>> {
+    let Some(value) = std::env::var_os("WGPU_BACKEND").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .with_context(|| format!("WGPU_BACKEND={value:?} is not UTF-8"))?;
+    let mut backends = wgpu::Backends::empty();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let b: BackendChoice = name
+            .parse()
+            .with_context(|| format!("WGPU_BACKEND={text:?}"))?;
+        backends |= b.backends();
+    }
+    if backends.is_empty() {
+        bail!("WGPU_BACKEND={text:?} names no backend; expected a list of vulkan, metal, dx12, gl");
+    }
+    Ok(Some(backends))
+}
+
+/// `backends` in words: "vulkan, gl", or "any backend" for all of them.
+pub fn backend_names(backends: wgpu::Backends) -> String {
+    let names: Vec<&str> = BackendChoice::ALL
+        .iter()
+        .filter(|b| backends.contains(b.backends()))
+        .map(|b| b.name())
+        .collect();
+    if names.len() == BackendChoice::ALL.len() {
+        "any backend".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The backends this build can drive on this operating system.
+fn platform_backends() -> wgpu::Backends {
+    let mut b = wgpu::Backends::VULKAN | wgpu::Backends::GL;
+    if cfg!(windows) {
+        b |= wgpu::Backends::DX12;
+    }
+    if cfg!(any(target_os = "macos", target_os = "ios")) {
+        b |= wgpu::Backends::METAL;
+    }
+    b
+}
+
+/// What to do when `backends` has no adapter, as it is on this machine: a backend this
+/// system does not have is named as such; adapters on other backends are listed with the
+/// flag that reaches them; only with no adapter anywhere is a driver to install suggested.
+pub fn no_adapter_hint(backends: wgpu::Backends) -> String {
+    let mut parts = Vec::new();
+    let foreign = backends - platform_backends();
+    if !foreign.is_empty() {
+        let names: Vec<&str> = BackendChoice::ALL
+            .iter()
+            .filter(|b| foreign.contains(b.backends()))
+            .map(|b| b.name())
+            .collect();
+        parts.push(format!(
+            "{} {} not available on {}",
+            names.join(" and "),
+            if names.len() == 1 { "is" } else { "are" },
+            std::env::consts::OS
+        ));
+    }
+    let others: Vec<String> = BackendChoice::ALL
+        .iter()
+        .filter(|b| !backends.contains(b.backends()) && platform_backends().contains(b.backends()))
+        .flat_map(|&b| {
+            let instance = new_instance(b.backends());
+            enumerate_adapters(&instance, b.backends())
+                .into_iter()
+                .map(move |a| format!("{} (--backend {b})", a.get_info().name))
+        })
+        .collect();
+    if !others.is_empty() {
+        parts.push(format!("adapters on other backends: {}", others.join(", ")));
+    } else if cfg!(target_os = "linux") {
+        parts.push(
+            "no backend has one; without a GPU, install Mesa's Vulkan driver (apt-get install \
+             mesa-vulkan-drivers)"
+                .into(),
+        );
+    } else {
+        parts.push("no backend has one; install or update the GPU driver".into());
+    }
+    parts.join("; ")
 }
 
 /// A new instance for `backends`, with wgpu's environment overrides (e.g. `WGPU_DX12_COMPILER`).
@@ -182,20 +273,25 @@ struct Failure {
 impl GpuContext {
     /// Opens the adapter described by `choice`; fails with the list of what exists otherwise.
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
-        let backends = choice.backends();
+        let backends = choice.backends()?;
         let instance = new_instance(backends);
         let adapters = enumerate_adapters(&instance, backends);
         if adapters.is_empty() {
             bail!(
-                "no GPU adapter found for backends {backends:?} (on Linux without a GPU, install \
-                 Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)"
+                "no GPU adapter found on {} ({})",
+                backend_names(backends),
+                no_adapter_hint(backends)
             );
         }
         let adapter = match choice.index {
             Some(i) => {
                 let n = adapters.len();
                 adapters.into_iter().nth(i).ok_or_else(|| {
-                    anyhow!("adapter index {i} out of range: {n} adapter(s) on {backends:?} (see `ddim adapters`)")
+                    anyhow!(
+                        "adapter index {i} does not exist: {n} adapter(s) on {}, numbered from 0 \
+                         (see `ddim adapters`)",
+                        backend_names(backends)
+                    )
                 })?
             }
             None => adapters

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -176,6 +176,8 @@ pub struct Tuner {
     adapter: String,
     state: Mutex<State>,
     paused: AtomicUsize,
+    /// A cache write failed and was reported; later failures are not.
+    save_failed: AtomicBool,
 }
 
 /// While alive, the tuner times nothing new (see [`Tuner::pause`]).
@@ -264,6 +266,7 @@ impl Tuner {
             adapter,
             state: Mutex::new(state),
             paused: AtomicUsize::new(0),
+            save_failed: AtomicBool::new(false),
         }
     }
 
@@ -441,10 +444,13 @@ impl Tuner {
             rejected: choice.rejected.clone(),
         };
         if let Err(e) = write_entry(path, entry) {
-            log::warn!(
-                "could not update the tuning cache {}: {e:#}",
-                path.display()
-            );
+            // Warned once: every later shape would fail the same way.
+            if !self.save_failed.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "could not update the tuning cache {}: {e:#}",
+                    path.display()
+                );
+            }
         }
     }
 }
@@ -477,10 +483,9 @@ pub fn cached_choices(path: &Path, adapter: &str) -> Result<Vec<Choice>> {
 }
 
 fn read_cache(path: &Path) -> Result<Vec<CacheEntry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let text = match crate::path_kind::kind_of(path) {
+        crate::path_kind::PathKind::Missing => return Ok(Vec::new()),
+        _ => crate::path_kind::read_text_bounded(path, "tuning cache", 64 << 20)?,
     };
     let file: CacheFile =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
@@ -508,9 +513,7 @@ fn write_entry(path: &Path, entry: CacheEntry) -> Result<()> {
         format: CACHE_FORMAT,
         entries,
     })?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+    crate::output::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

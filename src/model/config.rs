@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Largest channel count accepted anywhere (block channels, in/out channels, embedding width).
+/// Largest config.json read: diffusers' are about 2 KB.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub const MAX_CHANNELS: usize = 1 << 16;
 /// Largest number of down (and up) blocks.
 pub const MAX_BLOCKS: usize = 16;
@@ -163,8 +165,7 @@ pub enum UpBlockKind {
 impl UNet2DConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading model config {}", path.display()))?;
+        let text = crate::path_kind::read_text_bounded(path, "model config", MAX_CONFIG_BYTES)?;
         Self::from_json(&text).with_context(|| format!("in model config {}", path.display()))
     }
 

@@ -7,8 +7,19 @@
 //!
 //! `diffusion_pytorch_model.fp16.safetensors` is used when the standard weights file is absent.
 
+use crate::path_kind::{kind_of, PathKind};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+
+/// Whether the file `p` is there: false when nothing is, an error naming what is there instead
+/// when that is no file (a directory, a FIFO, a symlink loop …).
+fn is_present(p: &Path) -> Result<bool> {
+    match kind_of(p) {
+        PathKind::File => Ok(true),
+        PathKind::Missing => Ok(false),
+        other => bail!("{} {other}; expected a file", p.display()),
+    }
+}
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -21,7 +32,7 @@ pub const WEIGHTS_FP16_FILE: &str = "diffusion_pytorch_model.fp16.safetensors";
 fn find_weights(base: &Path) -> Result<PathBuf> {
     for name in [WEIGHTS_FILE, WEIGHTS_FP16_FILE] {
         let p = base.join(name);
-        if p.is_file() {
+        if is_present(&p)? {
             return Ok(p);
         }
     }
@@ -60,20 +71,22 @@ pub struct ModelPaths {
 impl ModelPaths {
     /// Resolves `dir`, preferring the pipeline layout when `unet/config.json` exists.
     pub fn resolve(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            bail!(
-                "model directory {} does not exist or is not a directory",
+        match kind_of(dir) {
+            PathKind::Dir => {}
+            PathKind::Missing => bail!("model directory {} does not exist", dir.display()),
+            other => bail!(
+                "model directory {} {other}; expected a directory",
                 dir.display()
-            );
+            ),
         }
         let unet = dir.join("unet");
-        let (layout, base, scheduler) = if unet.join(CONFIG_FILE).is_file() {
+        let (layout, base, scheduler) = if is_present(&unet.join(CONFIG_FILE))? {
             (
                 Layout::Pipeline,
                 unet,
                 dir.join("scheduler").join(SCHEDULER_FILE),
             )
-        } else if dir.join(CONFIG_FILE).is_file() {
+        } else if is_present(&dir.join(CONFIG_FILE))? {
             (Layout::Flat, dir.to_path_buf(), dir.join(SCHEDULER_FILE))
         } else {
             bail!(
@@ -88,7 +101,7 @@ impl ModelPaths {
             layout,
             config: base.join(CONFIG_FILE),
             weights,
-            scheduler_config: scheduler.is_file().then_some(scheduler),
+            scheduler_config: is_present(&scheduler)?.then_some(scheduler),
         })
     }
 

@@ -2,7 +2,7 @@
 
 use crate::Tensor;
 use anyhow::{bail, Context, Result};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::path::Path;
 
 /// Largest tensor file read: 4 GiB.
@@ -35,23 +35,152 @@ pub fn bytes_to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> 
 
 /// Reads the tensor named `name` from a safetensors file, or its only tensor when it holds one.
 pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > MAX_FILE_BYTES {
-        bail!(
-            "{}: {len} bytes is too large for an input tensor",
-            path.display()
-        );
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::path_kind::read_bounded(path, "tensor file", MAX_FILE_BYTES)?;
     tensor_from_bytes(&bytes, name).with_context(|| format!("in {}", path.display()))
+}
+
+/// What is wrong with the safetensors `bytes` that the library refused with `e`, in words and
+/// naming the tensor where the header allows: the library's own errors often name none.
+pub fn explain_safetensors_error(bytes: &[u8], e: &SafeTensorError) -> String {
+    let found = header_problem(bytes);
+    match (e, found) {
+        (_, Some(problem)) => problem,
+        (SafeTensorError::InvalidOffset(name), None) => {
+            format!("tensor {name:?}: its data offsets do not fit the file")
+        }
+        (SafeTensorError::TensorNotFound(name), None) => format!("no tensor named {name:?}"),
+        (other, None) => format!("{other}"),
+    }
+}
+
+/// Bytes per element of a safetensors dtype name; None for sub-byte or unknown types.
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" | "C64" => 8,
+        _ => return None,
+    })
+}
+
+/// The first inconsistency of a safetensors header, with the tensor it concerns: a shape whose
+/// bytes differ from its offsets, offsets reversed, a gap or overlap between tensors, data
+/// beyond the file or bytes no tensor covers. None when the header cannot be read this far or
+/// shows nothing wrong.
+fn header_problem(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 8 {
+        return Some(format!(
+            "only {} bytes: no safetensors header (truncated file?)",
+            bytes.len()
+        ));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    else {
+        return Some(format!(
+            "the header length field says {n} bytes, the file has {} after it (truncated or not \
+             a safetensors file)",
+            bytes.len() - 8
+        ));
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let text = match std::str::from_utf8(header) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("the header is not UTF-8 text ({e})")),
+    };
+    let json: serde_json::Value = match serde_json::from_str(text) {
+        Ok(j) => j,
+        Err(e) => return Some(format!("the JSON header is broken ({e})")),
+    };
+    let entries = json.as_object()?;
+    let mut spans = Vec::new();
+    for (name, v) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype = v.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+        let shape: Option<Vec<u64>> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64()).collect());
+        let offsets: Option<Vec<u64>> = v
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some([begin, end])) = (
+            shape,
+            offsets
+                .as_deref()
+                .map(|o| o.to_vec())
+                .and_then(|o| <[u64; 2]>::try_from(o).ok()),
+        ) else {
+            return Some(format!(
+                "tensor {name:?}: its header entry needs \"dtype\", \"shape\" (whole numbers) \
+                 and \"data_offsets\" [begin, end]; got {v}"
+            ));
+        };
+        if end < begin {
+            return Some(format!(
+                "tensor {name:?}: data offsets [{begin}, {end}] are reversed"
+            ));
+        }
+        if let Some(size) = dtype_size(dtype) {
+            let need = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+            match need {
+                None => {
+                    return Some(format!(
+                        "tensor {name:?}: shape {shape:?} of {dtype} overflows"
+                    ))
+                }
+                Some(need) if need != end - begin => {
+                    return Some(format!(
+                        "tensor {name:?}: shape {shape:?} of {dtype} needs {need} bytes, its data \
+                         offsets [{begin}, {end}] hold {}",
+                        end - begin
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        spans.push((begin, end, name.as_str()));
+    }
+    spans.sort_unstable();
+    let mut at = 0;
+    let mut previous = None;
+    for &(begin, end, name) in &spans {
+        if begin != at {
+            let after = previous.map_or("the start of the data".to_string(), |p| {
+                format!("tensor {p:?}")
+            });
+            let what = if begin > at { "a gap" } else { "an overlap" };
+            return Some(format!(
+                "tensor {name:?}: data offsets [{begin}, {end}] leave {what} after {after} (which ends at {at})"
+            ));
+        }
+        at = end;
+        previous = Some(name);
+    }
+    if at != data_len {
+        return Some(match previous {
+            Some(last) if at > data_len => format!(
+                "tensor {last:?}: its data ends at byte {at}, the file holds {data_len} (truncated file?)"
+            ),
+            _ => format!(
+                "the tensors cover {at} bytes of data, the file holds {data_len} (trailing bytes?)"
+            ),
+        });
+    }
+    None
 }
 
 /// [`read_tensor`] on the bytes of a safetensors file.
 pub fn tensor_from_bytes(bytes: &[u8], name: &str) -> Result<Tensor> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| anyhow::anyhow!("not a valid safetensors file: {e:?}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "not a valid safetensors file: {}",
+            explain_safetensors_error(bytes, &e)
+        )
+    })?;
     let names = st.names();
     let chosen = if names.contains(&name) {
         name.to_string()

@@ -3,11 +3,11 @@
 //! what the config needs), or synthesized with seeded random values for tests and benchmarks.
 
 use crate::model::config::UNet2DConfig;
-use crate::model::tensor_io::bytes_to_f32;
+use crate::model::tensor_io::{bytes_to_f32, explain_safetensors_error};
 use crate::model::unet::{UNet, WeightSpec};
 use crate::Tensor;
 use anyhow::{bail, Context, Result};
-use safetensors::{SafeTensorError, SafeTensors};
+use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -57,19 +57,6 @@ pub fn canonical_name(name: &str) -> Option<String> {
     Some(format!("{path}.{new}.{param}"))
 }
 
-fn describe_safetensors_error(e: SafeTensorError) -> String {
-    match e {
-        SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
-            format!("the file is truncated or has trailing bytes ({e:?})")
-        }
-        SafeTensorError::InvalidHeaderDeserialization(j) => {
-            format!("the JSON header is broken: {j}")
-        }
-        SafeTensorError::InvalidHeader(u) => format!("the header is not UTF-8: {u}"),
-        other => format!("{other:?}"),
-    }
-}
-
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut s = names
@@ -88,6 +75,7 @@ impl Weights {
     /// Loads and validates the safetensors weights of the model described by `config`.
     pub fn load(path: &Path, config: &UNet2DConfig) -> Result<Self> {
         let expected = UNet::expected_weights(config)?;
+        crate::path_kind::require_file(path, "weights file")?;
         let file_len = std::fs::metadata(path)
             .with_context(|| format!("reading weights {}", path.display()))?
             .len();
@@ -129,7 +117,7 @@ impl Weights {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             anyhow::anyhow!(
                 "not a valid safetensors file: {}",
-                describe_safetensors_error(e)
+                explain_safetensors_error(bytes, &e)
             )
         })?;
 

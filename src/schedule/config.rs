@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Largest scheduler_config.json read: diffusers' are under 1 KB.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
@@ -277,8 +280,7 @@ impl Fields<'_> {
 impl SchedulerConfig {
     /// Reads a diffusers `scheduler_config.json` (of any scheduler class).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading scheduler config {}", path.display()))?;
+        let text = crate::path_kind::read_text_bounded(path, "scheduler config", MAX_CONFIG_BYTES)?;
         Self::from_json_str(&text)
             .with_context(|| format!("in scheduler config {}", path.display()))
     }
@@ -290,7 +292,10 @@ impl SchedulerConfig {
             dir.join("scheduler").join("scheduler_config.json"),
             dir.join("scheduler_config.json"),
         ] {
-            if path.is_file() {
+            if !matches!(
+                crate::path_kind::kind_of(&path),
+                crate::path_kind::PathKind::Missing
+            ) {
                 return Ok(Some((Self::from_file(&path)?, path)));
             }
         }
