@@ -239,7 +239,7 @@ fn softmax_rows_awkward_lengths_on_both_reduction_paths() {
             let buf = ctx
                 .tensor_from("scores", &logits, &[rows, len], Precision::F32)
                 .unwrap();
-            let reduction = Choices::fixed(ctx).softmax(rows, len);
+            let reduction = Choices::fixed(ctx).softmax(rows, len, 1);
             let d = attention::softmax_rows(ctx, reduction, &buf).expect("building");
             run_dispatches(ctx, &[d], 0).expect("running");
             let got = ctx.read_tensor(&buf).unwrap();

@@ -189,12 +189,38 @@ fn cpu_images_are_bit_identical_whatever_the_batch_for_every_sampler() {
 }
 
 /// On one adapter with one fixed choice of kernel variants (the library's default, `--tune off`
-/// on the command line) an image is the same bits whatever its batch. (With `--tune auto` the
-/// variant of each kernel is chosen per shape, batch included, and variants sum in different
-/// orders: images then agree within the kernels' tolerance, not bit for bit.)
+/// on the command line) an image is the same bits whatever its batch.
 #[test]
 fn gpu_images_are_bit_identical_whatever_the_batch_with_fixed_kernels() {
     common::for_each_backend(|backend, _| {
         batch_independence(&common::device(backend).unwrap(), &format!("{backend:?}"));
     });
+}
+
+/// With tuning on (the command line's default), too: variants are chosen per image shape, not
+/// per batch, so the batches of 3 and of 1 run the same variants (tried once, then from the
+/// choices made), and an image is the same bits whatever its batch.
+#[test]
+fn gpu_images_are_bit_identical_whatever_the_batch_with_tuned_kernels() {
+    for backend in common::backends() {
+        let _guard = common::gpu_lock();
+        if common::context(backend).is_none() {
+            continue;
+        }
+        let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("seeds-batch-tuned-{backend}.json"));
+        let _ = std::fs::remove_file(&cache);
+        let ctx = common::open_with(backend, |c| {
+            c.kernels = ddim_wgpu::gpu::KernelChoice::default();
+            c.tune = ddim_wgpu::gpu::TuneMode::Auto;
+            c.tune_cache = Some(cache.clone());
+        })
+        .expect("the backend opened once already");
+        let ctx = std::sync::Arc::new(ctx);
+        batch_independence(&Device::Gpu(ctx.clone()), &format!("{backend:?} tuned"));
+        assert!(
+            ctx.tuner.report().measured() > 0,
+            "{backend}: nothing was tuned, so this test showed nothing"
+        );
+    }
 }

@@ -30,8 +30,10 @@ fn shard_of(args: &Args) -> Result<(Shard, String)> {
         return Ok((Shard::parse(text).context("--shard")?, "--shard".into()));
     }
     let var = |name: &str| std::env::var(name).ok();
-    let from_env = Shard::from_env(&var, args.shards, &scontrol_tasks)
-        .context("the shard from the job runner's environment (--shard I/N chooses it)")?;
+    let from_env = Shard::from_env(&var, args.shards, &scontrol_tasks).context(
+        "the shard from the job runner's environment (--shards N gives the count; \
+             --shard I/N chooses the shard)",
+    )?;
     Ok(match from_env {
         Some((shard, runner)) => (shard, runner.to_string()),
         None => (Shard::WHOLE, "the whole set".into()),

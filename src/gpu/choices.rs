@@ -5,6 +5,10 @@
 //! distinct question as a [`Job`]. The tuning pass ([`super::tuning`]) answers those jobs from
 //! the cache or by validating and timing the candidates, and the real build asks the resulting
 //! [`Choices`]. No kernel wrapper chooses anything itself.
+//!
+//! A variant is chosen per image shape, never per batch: every batch of one model on one adapter
+//! (and one tuning cache) runs the same variants, so an image is the same bits whatever batch it
+//! is made in (two variants sum in different orders, so they may differ in the last bits).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -23,16 +27,19 @@ pub enum Job {
         shape: ConvShape,
         precision: Precision,
     },
+    /// A product over `images` images (the factor of its batch or rows that counts them).
     Matmul {
         op: Matmul,
         types: MatmulTypes,
+        images: usize,
     },
     /// The group norm's statistics combine.
     GroupNorm(GroupNormShape),
-    /// Softmax over `rows` rows of `len` f32.
+    /// Softmax over `rows` rows of `len` f32, for `images` images.
     Softmax {
         rows: usize,
         len: usize,
+        images: usize,
     },
 }
 
@@ -47,16 +54,18 @@ impl Job {
         }
     }
 
-    /// Everything about the shape that can change which variant is fastest.
+    /// Everything about one image's shape that can change which variant is fastest (the batch
+    /// is left out: see the module docs).
     pub fn key(&self) -> String {
         match self {
             Self::Conv { shape, precision } => shape.key(*precision),
-            Self::Matmul { op, types } => op.key(*types),
-            Self::GroupNorm(s) => format!(
-                "b{} hw{} c{} g{} {}",
-                s.batch, s.hw, s.channels, s.groups, s.precision
-            ),
-            Self::Softmax { rows, len } => format!("rows{rows} len{len}"),
+            Self::Matmul { op, types, images } => per_image(op, *images).key(*types),
+            Self::GroupNorm(s) => {
+                format!("hw{} c{} g{} {}", s.hw, s.channels, s.groups, s.precision)
+            }
+            Self::Softmax { rows, len, images } => {
+                format!("rows{} len{len}", rows / (*images).max(1))
+            }
         }
     }
 
@@ -161,8 +170,13 @@ impl Choices {
         ConvVariant::parse(name).expect("conv variant names come from ConvVariant::name")
     }
 
-    pub fn matmul(&self, op: &Matmul, types: MatmulTypes) -> MatmulVariant {
-        let name = self.name_for(Job::Matmul { op: *op, types });
+    /// The variant of a product over `images` images.
+    pub fn matmul(&self, op: &Matmul, types: MatmulTypes, images: usize) -> MatmulVariant {
+        let name = self.name_for(Job::Matmul {
+            op: *op,
+            types,
+            images,
+        });
         MatmulVariant::parse(name).expect("matmul variant names come from MatmulVariant::name")
     }
 
@@ -171,8 +185,22 @@ impl Choices {
             .expect("reduction names come from Reduction::name")
     }
 
-    pub fn softmax(&self, rows: usize, len: usize) -> Reduction {
-        Reduction::parse(self.name_for(Job::Softmax { rows, len }))
+    /// The variant of a softmax over `rows` rows of `len` for `images` images.
+    pub fn softmax(&self, rows: usize, len: usize, images: usize) -> Reduction {
+        Reduction::parse(self.name_for(Job::Softmax { rows, len, images }))
             .expect("reduction names come from Reduction::name")
     }
+}
+
+/// `op` for one of its `images` images: its batch of products divided by the images or, for a
+/// product over the rows of every image (a linear layer), its rows.
+fn per_image(op: &Matmul, images: usize) -> Matmul {
+    let mut one = *op;
+    if images > 1 && op.batch % images == 0 {
+        one.batch = op.batch / images;
+        one.inner_count = one.inner_count.clamp(1, one.batch);
+    } else if images > 1 && op.m % images == 0 {
+        one.m = op.m / images;
+    }
+    one
 }

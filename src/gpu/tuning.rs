@@ -210,9 +210,9 @@ impl Bench {
     fn new(ctx: &GpuContext, job: &Job) -> Result<Self> {
         match job {
             Job::Conv { shape, precision } => Self::conv(ctx, *shape, *precision),
-            Job::Matmul { op, types } => Self::matmul(ctx, *op, *types),
+            Job::Matmul { op, types, .. } => Self::matmul(ctx, *op, *types),
             Job::GroupNorm(shape) => Self::group_norm(ctx, *shape),
-            Job::Softmax { rows, len } => {
+            Job::Softmax { rows, len, .. } => {
                 let data = pseudo_random(rows * len, 4, 4.0);
                 let out = ctx.tensor_from("tune softmax", &data, &[*rows, *len], Precision::F32)?;
                 Ok(Self {

@@ -262,15 +262,15 @@ pub fn softmax_rows(
     })
 }
 
-/// A product with the variant `choices` gives its shape.
+/// A product over `images` images with the variant `choices` gives its shape.
 fn product(
     ctx: &GpuContext,
-    choices: &Choices,
+    (choices, images): (&Choices, usize),
     args: &MatmulArgs<'_>,
     opts: MatmulOptions,
 ) -> Result<Dispatch> {
     let (op, types) = Matmul::of(args, opts)?;
-    matmul(ctx, choices.matmul(&op, types), args, opts)
+    matmul(ctx, choices.matmul(&op, types, images), args, opts)
 }
 
 /// Dispatches computing `out = to_out(attention(norm(x))) + x` for NHWC `x` `[B, L, C]` (or
@@ -322,7 +322,7 @@ pub fn attention_block(
     // [Q K] = tokens · [Wq Wk]ᵀ + [bq bk].
     dispatches.push(product(
         ctx,
-        choices,
+        (choices, b),
         &MatmulArgs {
             a: &rows(tokens, c)?,
             b: &weights.wqkv.narrow(0, 0, 2 * inner)?.transpose(0, 1)?,
@@ -335,7 +335,7 @@ pub fn attention_block(
     // Vᵀ[image] = Wv · tokens[image]ᵀ + bv (per row).
     dispatches.push(product(
         ctx,
-        choices,
+        (choices, b),
         &MatmulArgs {
             a: &weights.wqkv.narrow(0, 2 * inner, inner)?,
             b: &tokens.transpose(1, 2)?,
@@ -365,7 +365,7 @@ pub fn attention_block(
         // S = Q Kᵀ / √d.
         dispatches.push(product(
             ctx,
-            choices,
+            (choices, nb),
             &MatmulArgs {
                 a: &heads_of(&scratch.qk, b0, nb, 0)?,
                 b: &heads_of(&scratch.qk, b0, nb, inner)?.transpose(2, 3)?,
@@ -378,13 +378,13 @@ pub fn attention_block(
                 ..Default::default()
             },
         )?);
-        let reduction = choices.softmax(nb * heads * l, l);
+        let reduction = choices.softmax(nb * heads * l, l, nb);
         dispatches.push(softmax_rows(ctx, reduction, &scores)?);
         // O = P V, written into the heads' columns of [B, L, D].
         let vt = scratch.vt.narrow(0, b0, nb)?.split(1, heads, d)?;
         dispatches.push(product(
             ctx,
-            choices,
+            (choices, nb),
             &MatmulArgs {
                 a: &scores,
                 b: &vt.transpose(2, 3)?,
@@ -399,7 +399,7 @@ pub fn attention_block(
     // out = (O · Woᵀ + bo + x) / rescale_output_factor.
     dispatches.push(product(
         ctx,
-        choices,
+        (choices, b),
         &MatmulArgs {
             a: &rows(&scratch.heads_out, inner)?,
             b: &weights.wo.transpose(0, 1)?,

@@ -200,12 +200,12 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    /// The tuning key: everything about the shape that can change which variant is fastest.
+    /// The tuning key: everything about one image's shape that can change which variant is
+    /// fastest (the batch is not part of it: see `gpu::choices`).
     pub fn key(&self, precision: Precision) -> String {
         let p = &self.pad;
         format!(
-            "b{} {}x{}x{}{} -> {} k{}x{} s{} pad {},{},{},{}{} {precision}",
-            self.batch,
+            "{}x{}x{}{} -> {} k{}x{} s{} pad {},{},{},{}{} {precision}",
             self.src_h,
             self.src_w,
             self.c1,
