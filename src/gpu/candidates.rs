@@ -44,14 +44,3 @@ pub fn runs_for(ctx: &GpuContext) -> usize {
         5
     }
 }
-
-/// A storage buffer for timing candidates, created on the device directly: it is dropped before
-/// any plan runs, so it is not counted in [`GpuContext::bytes_created`] (plan memory reports).
-pub fn scratch(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.max(16).next_multiple_of(4),
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    })
-}

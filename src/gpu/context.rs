@@ -460,6 +460,13 @@ impl GpuContext {
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Takes back `bytes` that were freed before anything else was built (the tuning pass's
+    /// inputs), so that they do not count as the plan's memory.
+    pub(super) fn uncount_created(&self, bytes: u64) {
+        self.created
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The pipeline for `spec`, compiled on first use (see [`PipelineCache::get`]).
     pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
         self.pipelines.get(&self.device, spec)

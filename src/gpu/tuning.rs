@@ -39,6 +39,14 @@ pub const FAULTY: &str = "faulty";
 /// Chooses a variant for every job (see the module docs) and returns the choices to build
 /// the plan with.
 pub fn decide(ctx: &GpuContext, rule: FixedRule, jobs: &[Job]) -> Result<Choices> {
+    // The tuning inputs are dropped before the plan is built: not the plan's memory.
+    let created = ctx.bytes_created();
+    let choices = decide_each(ctx, rule, jobs);
+    ctx.uncount_created(ctx.bytes_created() - created);
+    choices
+}
+
+fn decide_each(ctx: &GpuContext, rule: FixedRule, jobs: &[Job]) -> Result<Choices> {
     let mut decided = HashMap::new();
     for job in jobs {
         let names = candidates_for(ctx, &rule, job);
