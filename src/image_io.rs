@@ -4,6 +4,7 @@ use crate::Tensor;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+#[cfg(not(target_arch = "wasm32"))]
 pub use crate::output::write_atomic;
 
 /// Largest image file read: a PNG of the largest model size (16384², RGBA) is far smaller.
@@ -94,7 +95,9 @@ pub fn encode_png(width: u32, height: u32, channels: usize, pixels: &[u8]) -> Re
     Ok(bytes)
 }
 
-/// Writes a batch as one PNG grid (about square when `cols` is None), atomically.
+/// Writes a batch as one PNG grid (about square when `cols` is None), atomically. Native only
+/// (see `output`); in a browser, [`grid`] and [`encode_png`] give the same file's bytes.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn save_grid(path: &Path, batch: &Tensor, cols: Option<usize>) -> Result<()> {
     let n = batch.shape.first().copied().unwrap_or(0);
     let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil().max(1.0) as usize);

@@ -29,6 +29,9 @@
 //! The `cli` feature (on by default) builds the `ddim` command line and brings its crates (clap,
 //! indicatif, ctrlc, env_logger); the library uses none of them, so a library user depends on
 //! this crate with `default-features = false`.
+//!
+//! The library also builds for `wasm32-unknown-unknown` (`--no-default-features`), on WebGPU;
+//! writing files and seed folders is native only. See docs/architecture.md, "Targets".
 
 pub mod bundled;
 pub mod image_io;
@@ -57,10 +60,16 @@ pub mod gpu;
 #[doc(hidden)]
 pub mod npz;
 #[doc(hidden)]
+pub mod path_kind;
+
+// Native only: files written next to others (temporary file, rename, the process id in its
+// name) and seed folders shared by processes through file locks. A browser has no file system
+// or processes (std's would panic or fail there); a page takes bytes from `image_io::encode_png`.
+#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod output;
 #[doc(hidden)]
-pub mod path_kind;
-#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod seed_dir;
 
 /// The fuzz targets' bodies, shared by `fuzz/` and the corpus replay test.

@@ -199,10 +199,11 @@ fn probe(dir: &Path, name_len: usize) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// What identifies the file an output lands on: the device and inode when it exists, else its
-/// directory's canonical path and its name.
+/// What identifies the file an output lands on: the device and inode when it exists (on Unix),
+/// else its directory's canonical path and its name.
 #[derive(PartialEq, Eq)]
 enum Identity {
+    #[cfg(unix)]
     Inode(u64, u64),
     Path(PathBuf),
 }

@@ -273,6 +273,15 @@ struct Failure {
 impl GpuContext {
     /// Opens the adapter described by `choice`; fails with the list of what exists otherwise.
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
+        if cfg!(target_arch = "wasm32") && choice.tune != TuneMode::Off {
+            // Tuning times kernels with the host clock (`Instant::now` panics on
+            // wasm32-unknown-unknown) and blocking waits; it comes to the browser later.
+            bail!(
+                "kernel tuning (mode {}) is not available on wasm32; open the context with \
+                 TuneMode::Off",
+                choice.tune
+            );
+        }
         let backends = choice.backends()?;
         let instance = new_instance(backends);
         let adapters = enumerate_adapters(&instance, backends);

@@ -499,6 +499,7 @@ fn read_cache(path: &Path) -> Result<Vec<CacheEntry>> {
     Ok(file.entries)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn write_entry(path: &Path, entry: CacheEntry) -> Result<()> {
     // A file that cannot be read is replaced: it was already ignored.
     let mut entries = read_cache(path).unwrap_or_default();
@@ -514,6 +515,13 @@ fn write_entry(path: &Path, entry: CacheEntry) -> Result<()> {
         entries,
     })?;
     crate::output::write_atomic(path, text.as_bytes())
+}
+
+/// A browser has no file system to keep the cache in (contexts there do not tune; see
+/// `GpuContext::new`).
+#[cfg(target_arch = "wasm32")]
+fn write_entry(path: &Path, _: CacheEntry) -> Result<()> {
+    bail!("cannot write {}: no file system on wasm32", path.display())
 }
 
 #[cfg(test)]

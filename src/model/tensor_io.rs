@@ -199,12 +199,20 @@ pub fn tensor_from_bytes(bytes: &[u8], name: &str) -> Result<Tensor> {
 }
 
 /// Writes `tensor` as f32 under `name`, atomically: a temporary file next to `path`, then rename.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_tensor(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
     write_tensors(path, &[(name.to_string(), tensor.clone())])
 }
 
 /// Writes named f32 tensors to one safetensors file, atomically (temporary file, then rename).
+/// Native only (see `output`); [`encode_tensors`] gives the file's bytes anywhere.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    crate::output::write_atomic(path, &encode_tensors(tensors)?)
+}
+
+/// Named f32 tensors as the bytes of one safetensors file.
+pub fn encode_tensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -218,6 +226,5 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
                 .with_context(|| format!("building tensor {name:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let encoded = safetensors::serialize(views, None).context("encoding safetensors")?;
-    crate::output::write_atomic(path, &encoded)
+    safetensors::serialize(views, None).context("encoding safetensors")
 }
