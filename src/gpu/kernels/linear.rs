@@ -83,37 +83,6 @@ pub struct Matmul {
 }
 
 impl Matmul {
-    /// A linear layer on `rows` vectors: x `[rows, in]` times W `[out, in]` transposed (torch layout).
-    pub fn linear(rows: usize, in_features: usize, out_features: usize) -> Self {
-        Self {
-            m: rows,
-            n: out_features,
-            k: in_features,
-            batch: 1,
-            inner_count: 1,
-            a: Strides {
-                row: in_features,
-                col: 1,
-                ..Default::default()
-            },
-            b: Strides {
-                row: 1,
-                col: in_features,
-                ..Default::default()
-            },
-            c: Strides {
-                row: out_features,
-                col: 1,
-                ..Default::default()
-            },
-            alpha: 1.0,
-            out_scale: 1.0,
-            silu_in: false,
-            silu_out: false,
-            bias_per_row: false,
-        }
-    }
-
     /// Highest element index (exclusive) an operand with `s` touches for an R×C matrix.
     pub(crate) fn extent(&self, s: &Strides, rows: usize, cols: usize) -> usize {
         let zo = (self.batch - 1) / self.inner_count;
