@@ -184,16 +184,7 @@ impl Shard {
         count: Option<u64>,
         slurm_tasks: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<(Self, &'static str)>> {
-        let num = |name: &str| -> Result<Option<u64>> {
-            match var(name).filter(|v| !v.trim().is_empty()) {
-                None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map(Some)
-                    .with_context(|| format!("{name}={v:?} is not a whole number")),
-            }
-        };
+        let num = |name: &str| env_number(var, name);
         if num("SLURM_ARRAY_TASK_ID")?.is_some() {
             let (position, tasks) = slurm_task_position(var, slurm_tasks)?;
             return Ok(Some((
@@ -215,6 +206,18 @@ impl Shard {
     }
 }
 
+/// The whole number in environment variable `name`, None when unset or blank.
+fn env_number(var: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<u64>> {
+    match var(name).filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+    }
+}
+
 /// This Slurm array task's position among the array's tasks (from 0) and their number.
 ///
 /// Slurm gives each task `SLURM_ARRAY_TASK_ID`, `_MIN`, `_MAX`, `_STEP` and `_COUNT`. For a
@@ -229,16 +232,7 @@ pub fn slurm_task_position(
     var: &dyn Fn(&str) -> Option<String>,
     slurm_tasks: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(u64, u64)> {
-    let num = |name: &str| -> Result<Option<u64>> {
-        match var(name).filter(|v| !v.trim().is_empty()) {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .with_context(|| format!("{name}={v:?} is not a whole number")),
-        }
-    };
+    let num = |name: &str| env_number(var, name);
     let id = num("SLURM_ARRAY_TASK_ID")?.context("SLURM_ARRAY_TASK_ID is not set")?;
     let (Some(min), Some(max)) = (num("SLURM_ARRAY_TASK_MIN")?, num("SLURM_ARRAY_TASK_MAX")?)
     else {
