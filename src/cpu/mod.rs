@@ -2,4 +2,5 @@
 
 pub mod forward;
 pub mod ops;
+pub mod resample;
 pub mod sampler;
