@@ -175,9 +175,16 @@ fn per_layer_outputs_match_the_cpu_layers() {
     let dir = fixtures_dir().join("attn_heads_pipeline");
     let f = load(&dir).unwrap();
     let mut cpu_layers = std::collections::HashMap::new();
-    forward_with(&f.unet, &f.model.weights, &f.x, &f.t, &mut |name, t| {
-        cpu_layers.insert(name.to_string(), t.clone());
-    })
+    forward_with(
+        &f.unet,
+        &f.model.weights,
+        &f.x,
+        &f.t,
+        None,
+        &mut |name, t| {
+            cpu_layers.insert(name.to_string(), t.clone());
+        },
+    )
     .unwrap();
     common::for_each_backend(|backend, ctx| {
         // A two-step plan: step 1 holds the fixture's timesteps, step 0 others.

@@ -112,7 +112,7 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let mut layers = Vec::new();
     let keep = args.save_layers.is_some();
-    let y = cpu::forward::forward_with(&unet, &weights, &x, &timesteps, &mut |name, t| {
+    let y = cpu::forward::forward_with(&unet, &weights, &x, &timesteps, None, &mut |name, t| {
         if keep {
             layers.push((name.to_string(), t.clone()));
         }

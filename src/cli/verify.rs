@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     // The forward, layer by layer.
     let t0 = Instant::now();
     let mut cpu_layers: Vec<(String, Tensor)> = vec![];
-    forward_with(unet, weights, &x, &ts, &mut |name, t| {
+    forward_with(unet, weights, &x, &ts, None, &mut |name, t| {
         cpu_layers.push((name.to_string(), t.clone()))
     })?;
     let cpu_secs = t0.elapsed().as_secs_f64();
