@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn unsupported_values_are_named() {
-        let e = UNet2DConfig::from_json(r#"{"time_embedding_type":"fourier"}"#).unwrap_err();
+        let e = UNet2DConfig::from_json(r#"{"time_embedding_type":"sinusoidal"}"#).unwrap_err();
         assert!(
             format!("{e:#}").contains("unsupported time_embedding_type"),
             "{e:#}"

@@ -1366,4 +1366,75 @@ mod tests {
         let e = UNet::new(&c, 32, 32).unwrap_err();
         assert!(e.to_string().contains("groups"), "{e}");
     }
+
+    /// Tensor and parameter counts of diffusers' state dicts (`UNet2DModel(**config)`,
+    /// diffusers 0.42.1): the consistency-model test config and NCSN++ church-256.
+    #[test]
+    fn resnet_and_skip_block_models_match_diffusers_counts() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cm = UNet2DConfig {
+            sample_size: Some(crate::model::config::SampleSize::Square(32)),
+            layers_per_block: 1,
+            block_out_channels: vec![32, 64],
+            attention_head_dim: Some(8),
+            down_block_types: s(&["ResnetDownsampleBlock2D", "AttnDownBlock2D"]),
+            up_block_types: s(&["AttnUpBlock2D", "ResnetUpsampleBlock2D"]),
+            resnet_time_scale_shift: "scale_shift".into(),
+            attn_norm_num_groups: Some(32),
+            upsample_type: "resnet".into(),
+            downsample_type: "resnet".into(),
+            num_class_embeds: Some(10),
+            ..UNet2DConfig::default()
+        };
+        let u = UNet::from_config(&cm).unwrap();
+        assert_eq!((u.weights().len(), u.params()), (161, 828_771));
+
+        let ncsnpp = UNet2DConfig {
+            sample_size: Some(crate::model::config::SampleSize::Square(256)),
+            time_embedding_type: "fourier".into(),
+            center_input_sample: true,
+            norm_num_groups: None,
+            norm_eps: 1e-6,
+            mid_block_scale_factor: 1.41421356237,
+            attention_head_dim: None,
+            block_out_channels: vec![128, 128, 256, 256, 256, 256, 256],
+            down_block_types: s(&[
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "AttnSkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+            ]),
+            up_block_types: s(&[
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "AttnSkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+            ]),
+            ..UNet2DConfig::default()
+        };
+        let u = UNet::from_config(&ncsnpp).unwrap();
+        assert_eq!((u.weights().len(), u.params()), (645, 65_574_549));
+        // The image path: captured after centering, added after conv_out, then divided by σ.
+        let names: Vec<&str> = u.layers.iter().map(|l| l.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|&x| x == n).unwrap();
+        assert!(at("center_input") < at("skip_sample") && at("skip_sample") < at("conv_in"));
+        assert_eq!(
+            &names[names.len() - 3..],
+            ["conv_out", "skip_sample.add", "divide_by_sigma"]
+        );
+        assert_eq!(
+            u.output,
+            Shape {
+                c: 3,
+                h: 256,
+                w: 256
+            }
+        );
+    }
 }
