@@ -131,7 +131,7 @@ fn forward_with_class_labels_and_fractional_timesteps_reproduces_pytorch() {
 #[test]
 fn forward_refuses_missing_wrong_and_unwanted_class_labels() {
     let input = |case: &str| fixture(case).join("input.safetensors");
-    let run = |case: &str, extra: &[&str]| {
+    let run_at = |case: &str, t: &str, extra: &[&str]| {
         let dir = fixture(case);
         let out = out_path(&format!("class-{case}"));
         let mut args = vec![
@@ -139,7 +139,7 @@ fn forward_refuses_missing_wrong_and_unwanted_class_labels() {
             "--model",
             dir.to_str().unwrap(),
             "--timestep",
-            "10",
+            t,
             "--out",
             out.to_str().unwrap(),
             "--device",
@@ -152,6 +152,7 @@ fn forward_refuses_missing_wrong_and_unwanted_class_labels() {
         assert!(!out.exists(), "no output is written on error");
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
+    let run = |case: &str, extra: &[&str]| run_at(case, "10", extra);
     let cases: [(&str, &[&str], &str); 6] = [
         (
             "cd_imagenet64_like",
@@ -191,7 +192,7 @@ fn forward_refuses_missing_wrong_and_unwanted_class_labels() {
         assert!(first.contains(needle), "{case} {extra:?}: {err}");
     }
     // A fractional timestep on a learned time embedding is refused, not rounded.
-    let err = run("learned_time", &["--class", "1", "--timestep", "10.5"]);
+    let err = run_at("learned_time", "10.5", &["--class", "1"]);
     assert!(
         err.contains("learned time embedding takes integer values"),
         "{err}"
