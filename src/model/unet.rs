@@ -10,7 +10,15 @@
 //!   that buffer alive until the matching [`Op::ConcatSkip`]);
 //! * [`Op::ConcatSkip`] sets `h = cat([h, skip[slot]], channels)` (h first), releasing the slot;
 //! * [`Op::Resnet`] reads `emb` as well;
+//! * the skip (NCSN++) blocks' image path is a second activation `s` (3 channels) that only the
+//!   `SkipImage*` ops read and write: [`Op::SkipImageCapture`] sets it from `h` before `conv_in`,
+//!   [`Op::SkipImageDown`] / [`Op::SkipImageUp`] resample it per block (and add it to `h`, or a
+//!   projection of `h` to it), [`Op::SkipImageAdd`] adds it to the output;
+//! * [`Op::DivideBySigma`] reads the timesteps (Fourier models: the output becomes the score);
 //! * every other op is a function of `h` alone.
+//!
+//! `emb` is [`TimeEmbedding`]: the time projection ([`TimeProj`]) through its MLP, plus the
+//! class embedding ([`ClassEmbedding`]) of the image's label when the model has one.
 //!
 //! Slots are numbered in push order and consumed in reverse (a stack), exactly as diffusers'
 //! `down_block_res_samples`. Each layer records its per-image input and output shape, its FLOPs
