@@ -3,7 +3,7 @@
 //! exceeds the tolerance. This is how a user checks their own GPU and driver.
 
 use super::model_args::{AdapterArgs, ModelArgs};
-use super::schedule::SolverArgs;
+use super::schedule::{SigmaArgs, SolverArgs};
 use ddim_wgpu::gpu::Precision;
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub struct Args {
     pub eta: Option<f64>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    #[command(flatten)]
+    pub sigma: SigmaArgs,
     /// Seed of the input, the noise and (with --arch) the weights.
     #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
@@ -200,6 +202,7 @@ pub fn run(args: Args) -> Result<()> {
             steps: args.steps,
             eta,
             solver: args.solver.keys(),
+            sigma: args.sigma.keys(),
             ..Default::default()
         };
         let request = SampleRequest {

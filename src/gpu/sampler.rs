@@ -25,6 +25,7 @@ use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
+use super::kernels::sigma_step::{self, sigma_update, SigmaIo};
 use super::memory::{mib, Footprint};
 use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
 use super::precision::Precision;
@@ -33,7 +34,7 @@ use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
 use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
-use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, X0Limit};
+use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, SigmaTable, X0Limit};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -53,6 +54,9 @@ pub enum SampleSpec<'a> {
     Ddim(DdimSpec<'a>),
     /// DPM-Solver(++) or UniPC: one row per model evaluation, no step noise.
     Multistep(&'a MultistepTable),
+    /// Euler, Euler ancestral, Heun or LMS: one row per model evaluation; the update also writes
+    /// the next evaluation's (scaled) model input.
+    Sigma(&'a SigmaTable),
 }
 
 impl<'a> From<DdimSpec<'a>> for SampleSpec<'a> {
@@ -67,6 +71,7 @@ impl SampleSpec<'_> {
         match self {
             Self::Ddim(d) => d.steps.len(),
             Self::Multistep(t) => t.steps.len(),
+            Self::Sigma(t) => t.steps.len(),
         }
     }
 
@@ -74,11 +79,12 @@ impl SampleSpec<'_> {
         self.len() == 0
     }
 
-    /// The noise standard deviation of step `s` (0 where it adds none).
-    fn sigma(&self, s: usize) -> f64 {
+    /// Whether step `s` uses a noise tensor.
+    fn uses_noise(&self, s: usize) -> bool {
         match self {
-            Self::Ddim(d) => d.steps[s].sigma,
-            Self::Multistep(_) => 0.0,
+            Self::Ddim(d) => d.steps[s].sigma > 0.0,
+            Self::Multistep(_) => false,
+            Self::Sigma(t) => t.steps[s].draws,
         }
     }
 }
@@ -100,9 +106,11 @@ struct Update {
 }
 
 /// The tensors an update reads and writes besides its own: the model output, the sample
-/// (updated in place), where to put the predicted x0, and the divergence flag word.
+/// (updated in place), the model's input (the σ-space update writes the next one), where to put
+/// the predicted x0, and the divergence flag word.
 struct LoopIo<'a> {
     model_out: &'a GpuTensor,
+    model_in: &'a GpuTensor,
     sample: &'a GpuTensor,
     x0_out: Option<&'a GpuTensor>,
     first_bad: &'a wgpu::Buffer,
@@ -118,6 +126,7 @@ impl Update {
         let numel = batch * per_sample;
         let LoopIo {
             model_out,
+            model_in,
             sample,
             x0_out,
             first_bad,
@@ -168,6 +177,33 @@ impl Update {
                 Self {
                     dispatches,
                     noise: None,
+                }
+            }
+            SampleSpec::Sigma(table) => {
+                let noisy = table.steps.iter().any(|s| s.draws);
+                let noise = noisy.then(|| ctx.tensor("step noise", &[numel], Precision::F32));
+                let slots = sigma_step::history_slots(table);
+                // The bind group keeps the history alive as long as the loop's dispatches.
+                let history =
+                    (slots > 0).then(|| ctx.tensor("σ history", &[slots * numel], Precision::F32));
+                let dispatch = sigma_update(
+                    ctx,
+                    table,
+                    batch,
+                    per_sample,
+                    &SigmaIo {
+                        model_out,
+                        noise: noise.as_ref(),
+                        sample,
+                        history: history.as_ref(),
+                        model_in,
+                        x0_out,
+                        first_bad: Some(first_bad),
+                    },
+                )?;
+                Self {
+                    dispatches: vec![dispatch],
+                    noise,
                 }
             }
         })
@@ -227,12 +263,19 @@ pub fn sample_recording(
     forward
         .output()
         .flat("the forward plan's output (the sample's size)", numel)?;
-    let sample = ctx.tensor_from(
-        "sample",
-        &nchw_to_nhwc(&x_t.data, n, c, h, w),
-        &nhwc,
-        Precision::F32,
-    )?;
+    let mut x_nhwc = nchw_to_nhwc(&x_t.data, n, c, h, w);
+    if let SampleSpec::Sigma(table) = spec {
+        // diffusers' pipelines: latents × init_noise_sigma (f32), then the first model input
+        // x / sqrt(σ₀² + 1); the update writes every later one.
+        x_nhwc.iter_mut().for_each(|v| *v *= table.init_noise_sigma);
+        let scale = table.steps[0].scale;
+        let input: Vec<f32> = x_nhwc.iter().map(|&v| v / scale).collect();
+        ctx.queue
+            .write_buffer(forward.input().buffer(), 0, bytemuck::cast_slice(&input));
+    }
+    let sample = ctx.tensor_from("sample", &x_nhwc, &nhwc, Precision::F32)?;
+    // The σ-space update writes the next model input itself; the others copy the sample.
+    let copies_input = !matches!(spec, SampleSpec::Sigma(_));
     ensure!(
         record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.len()),
         "steps to record must ascend and lie below {}, got {record:?}",
@@ -264,6 +307,7 @@ pub fn sample_recording(
         .collect();
     let io = LoopIo {
         model_out: forward.output(),
+        model_in: forward.input(),
         sample: &sample,
         x0_out: x0_scratch.as_ref(),
         first_bad: &first_bad,
@@ -285,9 +329,8 @@ pub fn sample_recording(
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
                 None => ensure!(
-                    spec.sigma(s) == 0.0,
-                    "step {s} has sigma {} but no noise was given",
-                    spec.sigma(s)
+                    !spec.uses_noise(s),
+                    "step {s} adds noise but no noise was given"
                 ),
             }
         }
@@ -296,7 +339,15 @@ pub fn sample_recording(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sampler step"),
             });
-        encoder.copy_buffer_to_buffer(sample.buffer(), 0, forward.input().buffer(), 0, Some(bytes));
+        if copies_input {
+            encoder.copy_buffer_to_buffer(
+                sample.buffer(),
+                0,
+                forward.input().buffer(),
+                0,
+                Some(bytes),
+            );
+        }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sampler step"),
@@ -349,6 +400,7 @@ pub enum RunUpdate {
         use_clipped_model_output: bool,
     },
     Multistep(MultistepTable),
+    Sigma(SigmaTable),
 }
 
 impl RunUpdate {
@@ -366,6 +418,7 @@ impl RunUpdate {
             }
             SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
             SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
+            SamplerSteps::Sigma(t) => RunUpdate::Sigma(t.clone()),
         }
     }
 
@@ -383,6 +436,7 @@ impl RunUpdate {
                 use_clipped_model_output: *use_clipped_model_output,
             }),
             Self::Multistep(t) => SampleSpec::Multistep(t),
+            Self::Sigma(t) => SampleSpec::Sigma(t),
         }
     }
 }
@@ -402,7 +456,7 @@ pub fn batch_capacity(
     unet: &UNet,
     weights: &GpuWeights,
     update: &RunUpdate,
-    timesteps: &[i64],
+    timesteps: &[f32],
     options: PlanOptions,
     frames: usize,
 ) -> Result<Capacity> {
@@ -416,6 +470,7 @@ pub fn batch_capacity(
     };
     let history = match update {
         RunUpdate::Multistep(t) => history_slots(t),
+        RunUpdate::Sigma(t) => sigma_step::history_slots(t),
         RunUpdate::Ddim { .. } => 0,
     };
     if history > 0 {
@@ -441,10 +496,12 @@ pub fn batch_capacity(
     let Some(budget) = &ctx.memory else {
         return Ok(cap);
     };
-    let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
-    let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
-    let noisy =
-        matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
+    let plan = plan_footprint(ctx, unet, weights, timesteps, options)?;
+    let noisy = match update {
+        RunUpdate::Ddim { rows, .. } => rows.iter().any(|r| r.sigma > 0.0),
+        RunUpdate::Sigma(t) => t.steps.iter().any(|s| s.draws),
+        RunUpdate::Multistep(_) => false,
+    };
     let run = Footprint {
         fixed: weights.bytes + plan.fixed,
         per_image: plan.per_image
@@ -486,7 +543,7 @@ pub struct GpuRunner<'a> {
     weights: &'a GpuWeights,
     options: PlanOptions,
     /// The model timestep of every step, in loop order.
-    timesteps: Vec<i64>,
+    timesteps: Vec<f32>,
     update: RunUpdate,
     max_batch: usize,
     /// What sets `max_batch`, for messages.
@@ -508,7 +565,7 @@ impl<'a> GpuRunner<'a> {
         frames: usize,
     ) -> Result<Self> {
         let update = RunUpdate::new(cfg, steps);
-        let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         let capacity = batch_capacity(ctx, unet, weights, &update, &timesteps, options, frames)?;
         Ok(Self {
             ctx,
@@ -533,11 +590,8 @@ impl<'a> GpuRunner<'a> {
         Ok(match self.plans.iter().position(|(b, _)| *b == batch) {
             Some(i) => i,
             None => {
-                let timesteps: Vec<Vec<f32>> = self
-                    .timesteps
-                    .iter()
-                    .map(|&t| vec![t as f32; batch])
-                    .collect();
+                let timesteps: Vec<Vec<f32>> =
+                    self.timesteps.iter().map(|&t| vec![t; batch]).collect();
                 let what = format!("compiling the U-Net for a batch of {batch}");
                 let plan = self
                     .ctx
