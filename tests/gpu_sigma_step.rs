@@ -99,7 +99,10 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> Worst {
     let table = table(c);
     let numel = BATCH * PER_SAMPLE;
     let evals = table.steps.len();
-    let start: Vec<f32> = common::random(numel, seed).iter().map(|v| 20.0 * v).collect();
+    let start: Vec<f32> = common::random(numel, seed)
+        .iter()
+        .map(|v| 20.0 * v)
+        .collect();
     // Model outputs large enough that Heun's clamp of x0 bites.
     let outputs: Vec<Vec<f32>> = (0..evals)
         .map(|s| {
@@ -118,7 +121,8 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> Worst {
     let model_out = ctx.poisoned_tensor("model out", &[numel], Precision::F32);
     let noise = ctx.poisoned_tensor("noise", &[numel], Precision::F32);
     let slots = history_slots(&table);
-    let history = (slots > 0).then(|| ctx.poisoned_tensor("history", &[slots * numel], Precision::F32));
+    let history =
+        (slots > 0).then(|| ctx.poisoned_tensor("history", &[slots * numel], Precision::F32));
     let model_in = ctx.poisoned_tensor("model in", &[numel], Precision::F32);
     let x0 = ctx.poisoned_tensor("x0", &[numel], Precision::F32);
     let dispatch = sigma_update(
@@ -165,7 +169,10 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> Worst {
         if let Some(h) = &kept {
             let slot = |k: usize| h[k * numel..(k + 1) * numel].to_vec();
             if ring > 0 {
-                state.derivatives = (1..ring).filter(|&a| a <= s).map(|a| slot((s - a) % ring)).collect();
+                state.derivatives = (1..ring)
+                    .filter(|&a| a <= s)
+                    .map(|a| slot((s - a) % ring))
+                    .collect();
             }
             if row.from_saved {
                 state.saved = Some(slot(ring));
@@ -177,14 +184,20 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> Worst {
         let close = |name: &str, got: &[f32], want: &[f32]| {
             common::assert_close(&format!("{what}: {name}"), got, want, common::KERNEL_TOL)
         };
-        worst.sample = worst.sample.max(close("sample", &got[0], &want.prev_sample));
-        worst.x0 = worst.x0.max(close("x0", &got[1], &want.pred_original_sample));
+        worst.sample = worst
+            .sample
+            .max(close("sample", &got[0], &want.prev_sample));
+        worst.x0 = worst
+            .x0
+            .max(close("x0", &got[1], &want.pred_original_sample));
         let next_in = if s + 1 < evals {
             scale_model_input(&table, s + 1, &want.prev_sample).unwrap()
         } else {
             want.prev_sample.clone()
         };
-        worst.model_in = worst.model_in.max(close("next model input", &got[2], &next_in));
+        worst.model_in = worst
+            .model_in
+            .max(close("next model input", &got[2], &next_in));
         if let Some(r) = table.options.clip {
             clamped += want
                 .pred_original_sample

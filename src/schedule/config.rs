@@ -12,7 +12,7 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use super::sigma::SigmaKeys;
+use super::sigma_keys::SigmaKeys;
 use super::solver_options::SolverKeys;
 
 /// How the betas are built from `beta_start` / `beta_end` (ignored when `trained_betas` is given).

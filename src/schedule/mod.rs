@@ -22,6 +22,7 @@ mod inverse;
 mod multistep;
 mod predict;
 mod sigma;
+mod sigma_keys;
 mod solver_options;
 mod timesteps;
 
@@ -37,9 +38,10 @@ pub use multistep::{
 };
 pub use predict::X0Limit;
 pub use sigma::{
-    lms_coefficient, scale_model_input, sigma_grid, sigma_step, sigma_to_t, SigmaGrid, SigmaKeys,
+    lms_coefficient, scale_model_input, sigma_grid, sigma_step, sigma_to_t, SigmaGrid,
     SigmaOptions, SigmaSampler, SigmaSchedule, SigmaState, SigmaStep, SigmaTable, SIGMA_HISTORY,
 };
+pub use sigma_keys::SigmaKeys;
 pub use solver_options::{
     DpmAlgorithm, FinalSigmas, SolverFamily, SolverKeys, SolverOptions, SolverType,
 };
