@@ -246,3 +246,75 @@ fn sigma_updates_match_the_cpu_step_on_awkward_shapes() {
     });
     common::assert_some_ran(ran);
 }
+
+/// Whole runs on the tiny pipeline model, GPU against the CPU reference: max abs of the final
+/// samples and the recorded x0 frames (|x| ≤ ~3 here). Measured: see the printout.
+const RUN_MAX_ABS: f64 = 1e-4;
+
+/// Whole runs of the four samplers through `Pipeline::sample_with` on the tiny model (its config
+/// clips, so Heun clamps x0): 3 images in chunks of 2 (two plans), x0 recorded every 2nd
+/// evaluation, so Heun's paired command buffers record frames inside a pair too. Euler churns
+/// (noise drawn at every evaluation) and Euler ancestral draws every evaluation.
+#[test]
+fn tiny_model_sigma_runs_match_cpu_reference() {
+    use ddim_wgpu::pipeline::{Device, Noise, SampleRequest, TrajectoryFrames};
+    use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
+    use ddim_wgpu::tensor::max_abs_diff;
+
+    let pipe = common::tiny_pipeline();
+    let runs = [
+        (
+            SamplerKind::Euler,
+            SigmaKeys {
+                s_churn: Some(1.0),
+                ..Default::default()
+            },
+        ),
+        (SamplerKind::EulerAncestral, SigmaKeys::default()),
+        (SamplerKind::Heun, SigmaKeys::default()),
+        (SamplerKind::Lms, SigmaKeys::default()),
+    ];
+    let mut worst = 0.0f64;
+    for (sampler, sigma) in runs {
+        let request = SampleRequest {
+            settings: SampleSettings {
+                sampler,
+                steps: 5,
+                sigma,
+                ..Default::default()
+            },
+            noise: Noise::Seed { seed: 11, num: 3 },
+            batch: Some(2),
+            trajectory: TrajectoryFrames::Every(2),
+            ..Default::default()
+        };
+        let want = pipe.sample_with(&Device::Cpu, &request).unwrap();
+        let (want, want_traj) = (want.images, want.trajectory.unwrap());
+        common::for_each_backend(|backend, _| {
+            let device = common::device(backend).unwrap();
+            let got = pipe.sample_with(&device, &request).unwrap();
+            let (got, traj) = (got.images, got.trajectory.unwrap());
+            assert_eq!(traj.steps, want_traj.steps);
+            let mut frames = 0.0f64;
+            for (k, (g, w)) in traj.frames.iter().zip(&want_traj.frames).enumerate() {
+                let (m, at) = max_abs_diff(&g.data, &w.data);
+                assert!(
+                    m <= RUN_MAX_ABS,
+                    "{sampler} on {backend}: x0 of evaluation {} differs by {m:.3e} at {at}",
+                    want_traj.steps[k]
+                );
+                frames = frames.max(m);
+            }
+            let (m, at) = max_abs_diff(&got.data, &want.data);
+            eprintln!(
+                "[sigma run] {sampler} on {backend}: final max abs {m:.2e}, x0 frames {frames:.2e}"
+            );
+            assert!(
+                m <= RUN_MAX_ABS,
+                "{sampler} on {backend}: max abs {m:.3e} at {at}"
+            );
+            worst = worst.max(m).max(frames);
+        });
+    }
+    eprintln!("[sigma run] worst max abs, samples and frames: {worst:.2e}");
+}

@@ -1,6 +1,8 @@
-//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, and the
-//! multistep solvers DPM-Solver(++) and UniPC): every step is one command buffer (copy the
-//! sample into the forward's input, the U-Net forward, the fused update), submitted per step for
+//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, the
+//! multistep solvers DPM-Solver(++) and UniPC, and the σ-space samplers Euler, Euler ancestral,
+//! Heun and LMS): every step is one command buffer (copy the sample into the forward's input,
+//! the U-Net forward, the fused update; the σ-space update writes the next model input itself,
+//! scaled, and Heun's two evaluations of a step share one command buffer), submitted per step for
 //! progress, with no read back until the end. Per-step data (the time-embedding tables inside
 //! the forward, the update coefficients) is selected by step index through dynamic offsets, so
 //! the dispatches are recorded once; the multistep solvers keep their earlier outputs on the
@@ -77,6 +79,20 @@ impl SampleSpec<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether evaluation `s` and the next one are recorded into one command buffer: Heun's
+    /// first-order evaluation and its corrector (neither draws noise, so no noise upload has to
+    /// fall between them).
+    fn pairs_with_next(&self, s: usize) -> bool {
+        match self {
+            Self::Sigma(t) => {
+                t.steps[s].save_sample
+                    && !t.steps[s].draws
+                    && t.steps.get(s + 1).is_some_and(|n| !n.draws)
+            }
+            Self::Ddim(_) | Self::Multistep(_) => false,
+        }
     }
 
     /// Whether step `s` uses a noise tensor.
@@ -314,8 +330,12 @@ pub fn sample_recording(
     };
     let update = Update::new(ctx, spec, (n, c * h * w), io)?;
     let total = spec.len();
-    for s in 0..total {
-        if let Some(buf) = &update.noise {
+    let mut first = 0;
+    while first < total {
+        // Heun's first-order evaluation and its corrector go in one command buffer.
+        let evals = first..(first + 1 + spec.pairs_with_next(first) as usize).min(total);
+        for s in evals.clone() {
+            let Some(buf) = &update.noise else { break };
             match noise(s).with_context(|| format!("noise for step {s}"))? {
                 Some(z) => {
                     ensure!(
@@ -323,7 +343,8 @@ pub fn sample_recording(
                         "noise for step {s} has {} values, the sample {numel}",
                         z.len()
                     );
-                    // Applied before this submission, after the previous step's commands.
+                    // Applied before this submission, after the previous step's commands (a
+                    // pair of evaluations never draws: see `pairs_with_next`).
                     let z = nchw_to_nhwc(&z, n, c, h, w);
                     ctx.queue
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
@@ -339,31 +360,40 @@ pub fn sample_recording(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sampler step"),
             });
-        if copies_input {
-            encoder.copy_buffer_to_buffer(
-                sample.buffer(),
-                0,
-                forward.input().buffer(),
-                0,
-                Some(bytes),
-            );
-        }
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("sampler step"),
-                timestamp_writes: None,
-            });
-            for d in forward.dispatches().iter().chain(&update.dispatches) {
-                d.encode(&mut pass, s as u32);
+        for s in evals.clone() {
+            if copies_input {
+                encoder.copy_buffer_to_buffer(
+                    sample.buffer(),
+                    0,
+                    forward.input().buffer(),
+                    0,
+                    Some(bytes),
+                );
+            }
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("sampler step"),
+                    timestamp_writes: None,
+                });
+                for d in forward.dispatches().iter().chain(&update.dispatches) {
+                    d.encode(&mut pass, s as u32);
+                }
+            }
+            if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
+                encoder.copy_buffer_to_buffer(x0.buffer(), 0, frames[k].buffer(), 0, Some(bytes));
             }
         }
-        if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
-            encoder.copy_buffer_to_buffer(x0.buffer(), 0, frames[k].buffer(), 0, Some(bytes));
-        }
-        ctx.validated(&format!("submitting step {s}"), || {
+        let what = match evals.len() {
+            1 => format!("submitting step {first}"),
+            _ => format!("submitting steps {evals:?}"),
+        };
+        ctx.validated(&what, || {
             ctx.queue.submit([encoder.finish()]);
         })?;
-        progress(s + 1, total);
+        for s in evals.clone() {
+            progress(s + 1, total);
+        }
+        first = evals.end;
     }
     // The flag travels in the same read-back as the sample (as f32 bits).
     let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once((&first_bad, 1))
