@@ -55,7 +55,7 @@ fn budget_that_frames_shrink(ctx: &mut GpuContext, pipe: &Pipeline) -> (u64, usi
     let steps = pipe
         .steps(&request(1, TrajectoryFrames::Off, None).settings)
         .unwrap();
-    let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i) as f32).collect();
+    let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let plan = plan_footprint(ctx, &pipe.unet, &weights, &ts, PlanOptions::default()).unwrap();
     // Start where about 6 images fit: there one MiB step crosses a frames-only boundary.
     let first = (weights.bytes + plan.fixed + 6 * plan.per_image) >> 20;
