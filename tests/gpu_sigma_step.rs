@@ -252,8 +252,8 @@ fn sigma_updates_match_the_cpu_step_on_awkward_shapes() {
 const RUN_MAX_ABS: f64 = 1e-4;
 
 /// Whole runs of the four samplers through `Pipeline::sample_with` on the tiny model (its config
-/// clips, so Heun clamps x0): 3 images in chunks of 2 (two plans), x0 recorded every 2nd
-/// evaluation, so Heun's paired command buffers record frames inside a pair too. Euler churns
+/// clips, so Heun clamps x0): 3 images in chunks of 2 (two plans), x0 recorded every 3rd
+/// evaluation, so Heun's paired command buffers record frames at both evaluations of a pair. Euler churns
 /// (noise drawn at every evaluation) and Euler ancestral draws every evaluation.
 #[test]
 fn tiny_model_sigma_runs_match_cpu_reference() {
@@ -285,7 +285,7 @@ fn tiny_model_sigma_runs_match_cpu_reference() {
             },
             noise: Noise::Seed { seed: 11, num: 3 },
             batch: Some(2),
-            trajectory: TrajectoryFrames::Every(2),
+            trajectory: TrajectoryFrames::Every(3),
             ..Default::default()
         };
         let want = pipe.sample_with(&Device::Cpu, &request).unwrap();

@@ -112,8 +112,8 @@ fn describe(case: &Value) -> String {
 }
 
 /// Checks a table's timesteps, σ and init_noise_sigma against a fixture case; returns the worst
-/// |Δt|.
-fn check_grid(case: &Value, table: &SigmaTable) -> f64 {
+/// |Δt| and the σ ulps.
+fn check_grid(case: &Value, table: &SigmaTable) -> (f64, u32) {
     let what = describe(case);
     let want_t = f32s(&case["timesteps"]);
     let want_s = f32s(&case["sigmas"]);
@@ -160,7 +160,7 @@ fn check_grid(case: &Value, table: &SigmaTable) -> f64 {
         "{what}: init_noise_sigma {} vs {init}",
         table.init_noise_sigma
     );
-    worst
+    (worst, sigma_worst)
 }
 
 #[test]
@@ -169,11 +169,14 @@ fn timesteps_and_sigmas_match_diffusers() {
     let cases = fx["schedules"].as_array().unwrap();
     assert!(cases.len() >= 100, "only {} schedule cases", cases.len());
     let (mut worst, mut inexact, mut fractional) = (0.0f64, 0, 0);
+    let (mut sigma_worst, mut sigma_inexact) = (0, 0);
     for case in cases {
         let table = table_of(case);
-        let u = check_grid(case, &table);
+        let (u, su) = check_grid(case, &table);
         worst = worst.max(u);
         inexact += (u > 0.0) as usize;
+        sigma_worst = sigma_worst.max(su);
+        sigma_inexact += (su > 0) as usize;
         fractional += table.timesteps.iter().any(|t| t.fract() != 0.0) as usize;
         // Heun runs 2n − 1 model evaluations, the others n (n + 1 with Euler's continuous
         // log_linear).
@@ -190,7 +193,8 @@ fn timesteps_and_sigmas_match_diffusers() {
     );
     println!(
         "{} schedules; timesteps from sigma_to_t off by at most {worst:.1e} ({inexact} cases \
-         not bit-equal); {fractional} cases with fractional timesteps",
+         not bit-equal); {fractional} cases with fractional timesteps; σ off by at most \
+         {sigma_worst} ulps ({sigma_inexact} cases not bit-equal)",
         cases.len()
     );
 }
