@@ -95,12 +95,17 @@ impl SampleSpec<'_> {
         }
     }
 
-    /// Whether step `s` uses a noise tensor.
-    fn uses_noise(&self, s: usize) -> bool {
+    /// Why step `s` needs a noise tensor, if it does.
+    fn needs_noise(&self, s: usize) -> Option<String> {
         match self {
-            Self::Ddim(d) => d.steps[s].sigma > 0.0,
-            Self::Multistep(_) => false,
-            Self::Sigma(t) => t.steps[s].draws,
+            Self::Ddim(d) => {
+                let sigma = d.steps[s].sigma;
+                (sigma > 0.0).then(|| format!("has sigma {sigma}"))
+            }
+            Self::Multistep(_) => None,
+            Self::Sigma(t) => t.steps[s]
+                .draws
+                .then(|| format!("draws noise ({})", t.options.sampler.class_name())),
         }
     }
 }
@@ -349,10 +354,11 @@ pub fn sample_recording(
                     ctx.queue
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
-                None => ensure!(
-                    !spec.uses_noise(s),
-                    "step {s} adds noise but no noise was given"
-                ),
+                None => {
+                    if let Some(why) = spec.needs_noise(s) {
+                        anyhow::bail!("step {s} {why} but no noise was given");
+                    }
+                }
             }
         }
         let mut encoder = ctx
