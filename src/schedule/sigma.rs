@@ -383,9 +383,9 @@ fn np_interp(x: f64, table: &[f32]) -> f64 {
     if x == j as f64 {
         return table[j] as f64;
     }
+    // numpy: slope·(x − xp[j]) + fp[j], the slope divided by xp[j+1] − xp[j] = 1.
     let (lo, hi) = (table[j] as f64, table[j + 1] as f64);
-    let slope = (hi - lo) / 1.0;
-    slope * (x - j as f64) + lo
+    (hi - lo) * (x - j as f64) + lo
 }
 
 /// diffusers' `_sigma_to_t`: the fractional timestep whose log σ, linearly interpolated in the
