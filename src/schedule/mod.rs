@@ -22,7 +22,9 @@ mod inverse;
 mod multistep;
 mod predict;
 mod sigma;
+mod sigma_grid;
 mod sigma_keys;
+mod sigma_options;
 mod solver_options;
 mod timesteps;
 
@@ -38,10 +40,12 @@ pub use multistep::{
 };
 pub use predict::X0Limit;
 pub use sigma::{
-    lms_coefficient, scale_model_input, sigma_grid, sigma_step, sigma_to_t, SigmaGrid,
-    SigmaOptions, SigmaSampler, SigmaSchedule, SigmaState, SigmaStep, SigmaTable, SIGMA_HISTORY,
+    lms_coefficient, scale_model_input, sigma_step, SigmaState, SigmaStep, SigmaTable,
+    SIGMA_HISTORY,
 };
+pub use sigma_grid::{sigma_grid, sigma_to_t, SigmaGrid};
 pub use sigma_keys::SigmaKeys;
+pub use sigma_options::{SigmaOptions, SigmaSampler, SigmaSchedule};
 pub use solver_options::{
     DpmAlgorithm, FinalSigmas, SolverFamily, SolverKeys, SolverOptions, SolverType,
 };
