@@ -111,7 +111,7 @@ fn parse_gemm_size(s: &str) -> Result<GemmSize, String> {
 fn build_forward(
     ctx: &GpuContext,
     pipe: &Pipeline,
-    timesteps: &[i64],
+    timesteps: &[f64],
     batch: usize,
 ) -> Result<BuiltForward> {
     let timesteps: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t as f32; batch]).collect();

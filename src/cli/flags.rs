@@ -21,6 +21,12 @@ pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
                 "DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler"
             }
             SamplerKind::Unipc => "UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler",
+            SamplerKind::Pndm => {
+                "PNDM (Liu et al. 2022), Runge-Kutta warm-up then PLMS, diffusers' PNDMScheduler"
+            }
+            SamplerKind::Consistency => {
+                "Consistency models (Song et al. 2023), diffusers' CMStochasticIterativeScheduler"
+            }
         })
     });
     PossibleValuesParser::new(values).try_map(|s| s.parse::<SamplerKind>())

@@ -79,6 +79,10 @@ pub struct Args {
     pub sampler: Option<SamplerKind>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    /// Consistency models: the ramp indices to visit (strictly descending, below the config's
+    /// num_train_timesteps), e.g. 22,0 for two steps; they win over --steps.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
+    pub timesteps: Option<Vec<usize>>,
     /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
     #[arg(long)]
     pub use_clipped_model_output: bool,
@@ -143,6 +147,7 @@ impl Args {
             eta: self.eta,
             use_clipped_model_output: self.use_clipped_model_output,
             solver: self.solver.keys(),
+            timesteps: self.timesteps.clone(),
         }
     }
 

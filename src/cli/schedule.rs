@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::schedule::{
-    ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, DdimStep, DdpmStep,
-    DdpmVariance, MultistepTable, NoiseSchedule, PredictionType, SchedulerConfig, SolverFamily,
-    SolverKeys, SolverOptions, TimestepSpacing,
+    ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, ConsistencyTable,
+    DdimStep, DdpmStep, DdpmVariance, MultistepTable, NoiseSchedule, PredictionType,
+    SchedulerConfig, SolverFamily, SolverKeys, SolverOptions, TimestepSpacing,
 };
 
 /// Where the scheduler config comes from, and options that override single keys of it.
@@ -108,6 +108,8 @@ impl SchedulerOverrides {
         }
         if let Some(v) = self.set_alpha_to_one {
             cfg.set_alpha_to_one = v;
+            // Given, so PNDM (whose own default is false) takes it too.
+            cfg.keys.insert("set_alpha_to_one".into(), json!(v));
             changed.push("set_alpha_to_one");
         }
         cfg.validate()?;
@@ -127,7 +129,8 @@ pub struct SolverArgs {
     /// Solver order: 1, 2 or 3 (default 2).
     #[arg(long, value_name = "N", value_parser = super::numbers::at_least::<usize, 1>)]
     pub solver_order: Option<usize>,
-    /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver.
+    /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver |
+    /// sde-dpmsolver++ (DPM++ 2M SDE at order 2: fresh noise every step) | sde-dpmsolver.
     #[arg(long, value_name = "TYPE")]
     pub algorithm_type: Option<String>,
     /// solver_type: midpoint | heun (dpm-solver++), bh1 | bh2 (unipc).
@@ -154,6 +157,10 @@ pub struct SolverArgs {
     /// UniPC: step indices after which the corrector is skipped, comma-separated.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
     pub disable_corrector: Option<Vec<usize>>,
+    /// PNDM: plain PLMS without the Runge–Kutta warm-up (skip_prk_steps; n + 1 model
+    /// evaluations instead of n + 9).
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub skip_prk_steps: Option<bool>,
 }
 
 impl SolverArgs {
@@ -170,6 +177,7 @@ impl SolverArgs {
             use_karras_sigmas: self.use_karras_sigmas,
             predict_x0: self.predict_x0,
             disable_corrector: self.disable_corrector.clone(),
+            skip_prk_steps: self.skip_prk_steps,
             unsupported: Vec::new(),
         }
     }
@@ -189,6 +197,10 @@ pub enum TableSampler {
     DpmSolverPlusPlus,
     /// UniPC (diffusers' UniPCMultistepScheduler).
     Unipc,
+    /// PNDM (diffusers' PNDMScheduler).
+    Pndm,
+    /// Consistency models (diffusers' CMStochasticIterativeScheduler).
+    Consistency,
 }
 
 #[derive(clap::Args)]
@@ -210,6 +222,10 @@ pub struct Args {
     pub sampler: Option<TableSampler>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    /// Consistency models: the ramp indices to visit (strictly descending, below the config's
+    /// num_train_timesteps), e.g. 22,0; they win over --steps.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
+    pub timesteps: Option<Vec<usize>>,
     /// Print JSON: {"sampler", "num_inference_steps", "eta", "config_source", "config",
     /// "steps": [{"t", "prev_t", "alpha_prod_t", "alpha_prod_t_prev", "sigma", ...}, ...]}.
     #[arg(long)]
@@ -228,11 +244,20 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or(match SamplerKind::from_config(&cfg) {
             SamplerKind::DpmSolverPlusPlus => TableSampler::DpmSolverPlusPlus,
             SamplerKind::Unipc => TableSampler::Unipc,
+            SamplerKind::Pndm => TableSampler::Pndm,
+            SamplerKind::Consistency => TableSampler::Consistency,
             _ => TableSampler::Ddim,
         });
+    if chosen == TableSampler::Consistency {
+        return print_consistency(&args, &cfg, &source);
+    }
+    if args.timesteps.is_some() {
+        bail!("--timesteps applies to --sampler consistency only");
+    }
     let family = match chosen {
         TableSampler::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
         TableSampler::Unipc => Some(SolverFamily::UniPc),
+        TableSampler::Pndm => Some(SolverFamily::Pndm),
         _ => None,
     };
     if let Some(family) = family {
@@ -242,7 +267,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_solver(&args, &cfg, &source, family);
     }
     if let Some((key, _)) = args.solver.keys().given().first() {
-        bail!("`{key}` is an option of --sampler dpm-solver++ and unipc");
+        bail!("`{key}` is an option of --sampler dpm-solver++, unipc and pndm");
     }
     let sampler = match chosen {
         TableSampler::Ddpm => "ddpm",
@@ -254,9 +279,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let table = match chosen {
         // (The solvers returned above.)
-        TableSampler::Ddim | TableSampler::DpmSolverPlusPlus | TableSampler::Unipc => {
-            Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?)
-        }
+        TableSampler::Ddim
+        | TableSampler::DpmSolverPlusPlus
+        | TableSampler::Unipc
+        | TableSampler::Pndm
+        | TableSampler::Consistency => Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?),
         TableSampler::Inverse => Table::Ddim(inverse_table(&cfg, args.steps)?),
         TableSampler::Ddpm => {
             let kind = DdpmVariance::from_config(&cfg)?;
@@ -318,9 +345,15 @@ fn print_solver(
 ) -> Result<()> {
     let options = SolverOptions::resolve(family, &cfg.solver_keys, &args.solver.keys())?;
     let table = MultistepTable::new(cfg, &options, args.steps)?;
+    // PNDM keeps DDIM's default spacing (leading); the other solvers default to linspace.
+    let spacing = match family {
+        SolverFamily::Pndm => cfg.timestep_spacing,
+        _ => solver_spacing(cfg),
+    };
     let name = match family {
         SolverFamily::DpmSolver => "dpm-solver++",
         SolverFamily::UniPc => "unipc",
+        SolverFamily::Pndm => "pndm",
     };
     if args.json {
         let out = json!({
@@ -329,8 +362,15 @@ fn print_solver(
             "config_source": source,
             "config": cfg.to_json(),
             "solver": options.to_json(),
-            "timestep_spacing": solver_spacing(cfg).as_str(),
-            "converted_output": if table.predicts_x0 { "x0" } else { "epsilon" },
+            "timestep_spacing": spacing.as_str(),
+            "converted_output": if table.raw_outputs {
+                "model_output"
+            } else if table.predicts_x0 {
+                "x0"
+            } else {
+                "epsilon"
+            },
+            "draws_noise": table.draws_noise,
             "thresholding": table.thresholds(),
             "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         });
@@ -346,8 +386,7 @@ fn print_solver(
     println!("config: {source}");
     println!("{}", describe(cfg));
     println!(
-        "the solver uses: timestep_spacing {}, {} (clip_sample does not apply)",
-        solver_spacing(cfg),
+        "the solver uses: timestep_spacing {spacing}, {} (clip_sample does not apply)",
         if table.thresholds() {
             "dynamic thresholding"
         } else {
@@ -355,12 +394,19 @@ fn print_solver(
         }
     );
     println!(
-        "update: x' = a·x + Σ_k c_k·y_k, y_k = the converted output ({}) k steps ago{}",
-        if table.predicts_x0 { "x0" } else { "ε" },
-        if family == SolverFamily::UniPc {
-            "; corrector first: x = a·last + Σ_k c_k·y_k"
+        "update: x' = a·x + Σ_k c_k·y_k{}, y_k = the {} k steps ago{}",
+        if table.draws_noise { " + noise·z" } else { "" },
+        if table.raw_outputs {
+            "model output"
+        } else if table.predicts_x0 {
+            "converted output (x0)"
         } else {
-            ""
+            "converted output (ε)"
+        },
+        match family {
+            SolverFamily::UniPc => "; corrector first: x = a·last + Σ_k c_k·y_k",
+            SolverFamily::Pndm => "; steps with a corrector start from cur_sample (x = last)",
+            SolverFamily::DpmSolver => "",
         }
     );
     println!(
@@ -381,6 +427,74 @@ fn print_solver(
         println!(
             "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}",
             s.t, s.sigma, s.sigma_next, s.lambda, s.order, p.sample, p.outputs[0], p.outputs[1], p.outputs[2]
+        );
+    }
+    Ok(())
+}
+
+/// The consistency sampler's table: per step the ramp index, the model timestep 250·ln σ, σ,
+/// the next σ and the multipliers (c_in, c_skip, c_out, the noise's).
+fn print_consistency(args: &Args, cfg: &SchedulerConfig, source: &str) -> Result<()> {
+    if args.eta != 0.0 {
+        bail!("--eta applies to the DDIM sampler only, not to --sampler consistency");
+    }
+    if let Some((key, _)) = args.solver.keys().given().first() {
+        bail!("`{key}` is an option of --sampler dpm-solver++, unipc and pndm, not of consistency");
+    }
+    let table = ConsistencyTable::new(cfg, args.steps, args.timesteps.as_deref())?;
+    let c = &table.config;
+    if args.json {
+        let out = json!({
+            "sampler": "consistency",
+            "num_inference_steps": table.steps.len(),
+            "config_source": source,
+            "config": {
+                "_class_name": "CMStochasticIterativeScheduler",
+                "num_train_timesteps": c.num_train_timesteps,
+                "sigma_min": c.sigma_min,
+                "sigma_max": c.sigma_max,
+                "sigma_data": c.sigma_data,
+                "s_noise": c.s_noise,
+                "rho": c.rho,
+                "clip_denoised": c.clip_denoised,
+            },
+            "init_noise_sigma": table.init_noise_sigma(),
+            "draws_noise": table.draws_noise,
+            "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "consistency: {} model evaluations; T {}, σ {}..{}, σ_data {}, ρ {}, s_noise {}, \
+         clip_denoised {}; latents × {}",
+        table.steps.len(),
+        c.num_train_timesteps,
+        c.sigma_min,
+        c.sigma_max,
+        c.sigma_data,
+        c.rho,
+        c.s_noise,
+        c.clip_denoised,
+        table.init_noise_sigma()
+    );
+    println!("config: {source}");
+    println!("update: d = c_skip·x + c_out·m (clipped), x' = d + noise·z; model input c_in·x");
+    println!(
+        "{:>4} {:>5} {:>14} {:>12} {:>12} {:>11} {:>11} {:>11} {:>11}",
+        "step", "index", "t", "sigma", "sigma_next", "c_in", "c_skip", "c_out", "noise"
+    );
+    for (i, s) in table.steps.iter().enumerate() {
+        println!(
+            "{i:>4} {:>5} {:>14.6} {:>12.6e} {:>12.6e} {:>11.6} {:>11.6} {:>11.6} {:>11.6}",
+            s.index,
+            s.t,
+            s.sigma,
+            s.sigma_next,
+            1.0 / s.in_div as f64,
+            s.c_skip,
+            s.c_out,
+            if table.draws_noise { s.noise } else { 0.0 }
         );
     }
     Ok(())

@@ -6,7 +6,8 @@ use super::forward::forward;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
-    ddim_step, ddpm_step, inverse_step, multistep_step, MultistepState, SchedulerConfig,
+    consistency_input, consistency_step, ddim_step, ddpm_step, inverse_step,
+    multistep_step_noisy, MultistepState, SchedulerConfig,
 };
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -48,7 +49,16 @@ impl StepRunner for CpuRunner<'_> {
         for i in 0..steps.len() {
             let noise = noise.step(i)?;
             let t = steps.timestep(i);
-            let eps = forward(self.unet, self.weights, &x, &[t as f32])
+            // The consistency sampler feeds the model a scaled sample (c_in); the others x.
+            let scaled;
+            let input = match steps {
+                SamplerSteps::Consistency(table) => {
+                    scaled = Tensor::new(x.shape.clone(), consistency_input(table, i, &x.data)?)?;
+                    &scaled
+                }
+                _ => &x,
+            };
+            let eps = forward(self.unet, self.weights, input, &[t as f32])
                 .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
             let noise = noise.as_deref();
             let out = match steps {
@@ -71,8 +81,11 @@ impl StepRunner for CpuRunner<'_> {
                 SamplerSteps::Inverse(s) => {
                     inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?
                 }
-                SamplerSteps::Multistep(table) => {
-                    multistep_step(table, i, &eps.data, &x.data, batch, &mut state)?
+                SamplerSteps::Multistep(table) => multistep_step_noisy(
+                    table, i, &eps.data, &x.data, noise, batch, &mut state,
+                )?,
+                SamplerSteps::Consistency(table) => {
+                    consistency_step(table, i, &eps.data, &x.data, noise, batch)?
                 }
             };
             let bad = out.prev_sample.iter().filter(|v| !v.is_finite()).count();

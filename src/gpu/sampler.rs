@@ -1,6 +1,8 @@
-//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, and the
-//! multistep solvers DPM-Solver(++) and UniPC): every step is one command buffer (copy the
-//! sample into the forward's input, the U-Net forward, the fused update), submitted per step for
+//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, the
+//! multistep solvers DPM-Solver(++) with its SDE variants, UniPC and PNDM, and the consistency
+//! sampler): every step is one command buffer (copy the sample — the consistency sampler: its
+//! scaled model input, which its update writes — into the forward's input, the U-Net forward,
+//! the fused update), submitted per step for
 //! progress, with no read back until the end. Per-step data (the time-embedding tables inside
 //! the forward, the update coefficients) is selected by step index through dynamic offsets, so
 //! the dispatches are recorded once; the multistep solvers keep their earlier outputs on the
@@ -24,6 +26,7 @@ use super::kernel::Dispatch;
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
+use super::kernels::consistency::{consistency_update, ConsistencyIo};
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
 use super::memory::{mib, Footprint};
 use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
@@ -33,7 +36,9 @@ use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
 use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
-use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, X0Limit};
+use crate::schedule::{
+    consistency_input, ConsistencyTable, MultistepTable, PredictionType, SchedulerConfig, X0Limit,
+};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -51,8 +56,11 @@ pub struct DdimSpec<'a> {
 /// How to run a sampling loop: which update follows each forward.
 pub enum SampleSpec<'a> {
     Ddim(DdimSpec<'a>),
-    /// DPM-Solver(++) or UniPC: one row per model evaluation, no step noise.
+    /// DPM-Solver(++) (noise at every step for the SDE variants), UniPC or PNDM: one row per
+    /// model evaluation.
     Multistep(&'a MultistepTable),
+    /// The consistency sampler: one row per step; it writes the next step's scaled input.
+    Consistency(&'a ConsistencyTable),
 }
 
 impl<'a> From<DdimSpec<'a>> for SampleSpec<'a> {
@@ -67,6 +75,7 @@ impl SampleSpec<'_> {
         match self {
             Self::Ddim(d) => d.steps.len(),
             Self::Multistep(t) => t.steps.len(),
+            Self::Consistency(t) => t.steps.len(),
         }
     }
 
@@ -74,19 +83,25 @@ impl SampleSpec<'_> {
         self.len() == 0
     }
 
-    /// The noise standard deviation of step `s` (0 where it adds none).
-    fn sigma(&self, s: usize) -> f64 {
+    /// Whether step `s` must be given its noise (DDIM: where sigma > 0).
+    fn needs_noise(&self, s: usize) -> bool {
         match self {
-            Self::Ddim(d) => d.steps[s].sigma,
-            Self::Multistep(_) => 0.0,
+            Self::Ddim(d) => d.steps[s].sigma > 0.0,
+            Self::Multistep(t) => t.draws_noise,
+            Self::Consistency(t) => t.draws_noise,
         }
+    }
+
+    /// Whether any step adds noise (a noise buffer is kept).
+    fn noisy(&self) -> bool {
+        (0..self.len()).any(|s| self.needs_noise(s))
     }
 }
 
 /// Values per image (in units of one sample) the loop keeps on the device besides the plan:
-/// the sample, one step's noise, the solver history, the predicted-x0 scratch and `frames`
-/// recorded frames, and the read-back of the sample and the frames. Mirrors
-/// [`sample_recording`] and `Update::new`.
+/// the sample, one step's noise, the solver history (or the consistency sampler's scaled
+/// input), the predicted-x0 scratch and `frames` recorded frames, and the read-back of the
+/// sample and the frames. Mirrors [`sample_recording`] and `Update::new`.
 fn sampler_values(noisy: bool, history: usize, frames: usize) -> usize {
     let x0_scratch = usize::from(frames > 0);
     1 + usize::from(noisy) + history + x0_scratch + frames + (1 + frames)
@@ -97,6 +112,9 @@ struct Update {
     dispatches: Vec<Dispatch>,
     /// One step's noise, rewritten before each noisy step.
     noise: Option<GpuTensor>,
+    /// What each step copies into the forward's input when it is not the sample: the
+    /// consistency sampler's scaled input, written by the update.
+    model_in: Option<GpuTensor>,
 }
 
 /// The tensors an update reads and writes besides its own: the model output, the sample
@@ -145,9 +163,16 @@ impl Update {
                         first_bad: Some(first_bad),
                     },
                 )?;
-                Self { dispatches, noise }
+                Self {
+                    dispatches,
+                    noise,
+                    model_in: None,
+                }
             }
             SampleSpec::Multistep(table) => {
+                let noise = table
+                    .draws_noise
+                    .then(|| ctx.tensor("step noise", &[numel], Precision::F32));
                 let bytes = check_history(ctx, table, batch, per_sample)?;
                 // The bind group keeps the history alive as long as the loop's dispatches.
                 let history =
@@ -162,12 +187,38 @@ impl Update {
                         sample,
                         history: &history,
                         x0_out,
+                        noise: noise.as_ref(),
                         first_bad: Some(first_bad),
                     },
                 )?;
                 Self {
                     dispatches,
-                    noise: None,
+                    noise,
+                    model_in: None,
+                }
+            }
+            SampleSpec::Consistency(table) => {
+                let noise = table
+                    .draws_noise
+                    .then(|| ctx.tensor("step noise", &[numel], Precision::F32));
+                let model_in = ctx.tensor("consistency model input", &[numel], Precision::F32);
+                let dispatch = consistency_update(
+                    ctx,
+                    table,
+                    numel,
+                    &ConsistencyIo {
+                        model_out,
+                        sample,
+                        model_in: &model_in,
+                        noise: noise.as_ref(),
+                        x0_out,
+                        first_bad: Some(first_bad),
+                    },
+                )?;
+                Self {
+                    dispatches: vec![dispatch],
+                    noise,
+                    model_in: Some(model_in),
                 }
             }
         })
@@ -269,6 +320,16 @@ pub fn sample_recording(
         first_bad: &first_bad,
     };
     let update = Update::new(ctx, spec, (n, c * h * w), io)?;
+    if let (SampleSpec::Consistency(table), Some(model_in)) = (spec, &update.model_in) {
+        // The first step's input, scaled on the host as the CPU reference scales it.
+        let x = consistency_input(table, 0, &x_t.data)?;
+        ctx.queue.write_buffer(
+            model_in.buffer(),
+            0,
+            bytemuck::cast_slice(&nchw_to_nhwc(&x, n, c, h, w)),
+        );
+    }
+    let input_source = update.model_in.as_ref().unwrap_or(&sample);
     let total = spec.len();
     for s in 0..total {
         if let Some(buf) = &update.noise {
@@ -284,11 +345,7 @@ pub fn sample_recording(
                     ctx.queue
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
-                None => ensure!(
-                    spec.sigma(s) == 0.0,
-                    "step {s} has sigma {} but no noise was given",
-                    spec.sigma(s)
-                ),
+                None => ensure!(!spec.needs_noise(s), "step {s} adds noise but none was given"),
             }
         }
         let mut encoder = ctx
@@ -296,7 +353,13 @@ pub fn sample_recording(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sampler step"),
             });
-        encoder.copy_buffer_to_buffer(sample.buffer(), 0, forward.input().buffer(), 0, Some(bytes));
+        encoder.copy_buffer_to_buffer(
+            input_source.buffer(),
+            0,
+            forward.input().buffer(),
+            0,
+            Some(bytes),
+        );
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sampler step"),
@@ -349,6 +412,7 @@ pub enum RunUpdate {
         use_clipped_model_output: bool,
     },
     Multistep(MultistepTable),
+    Consistency(ConsistencyTable),
 }
 
 impl RunUpdate {
@@ -366,6 +430,7 @@ impl RunUpdate {
             }
             SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
             SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
+            SamplerSteps::Consistency(t) => RunUpdate::Consistency(t.clone()),
         }
     }
 
@@ -383,6 +448,7 @@ impl RunUpdate {
                 use_clipped_model_output: *use_clipped_model_output,
             }),
             Self::Multistep(t) => SampleSpec::Multistep(t),
+            Self::Consistency(t) => SampleSpec::Consistency(t),
         }
     }
 }
@@ -402,7 +468,7 @@ pub fn batch_capacity(
     unet: &UNet,
     weights: &GpuWeights,
     update: &RunUpdate,
-    timesteps: &[i64],
+    timesteps: &[f64],
     options: PlanOptions,
     frames: usize,
 ) -> Result<Capacity> {
@@ -416,7 +482,7 @@ pub fn batch_capacity(
     };
     let history = match update {
         RunUpdate::Multistep(t) => history_slots(t),
-        RunUpdate::Ddim { .. } => 0,
+        RunUpdate::Ddim { .. } | RunUpdate::Consistency(_) => 0,
     };
     if history > 0 {
         let per_image = (history * unet.input.numel() * 4) as u64;
@@ -443,12 +509,13 @@ pub fn batch_capacity(
     };
     let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
     let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
-    let noisy =
-        matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
+    let noisy = update.spec().noisy();
+    // The consistency sampler's scaled input counts like one history slot.
+    let kept = history + matches!(update, RunUpdate::Consistency(_)) as usize;
     let run = Footprint {
         fixed: weights.bytes + plan.fixed,
         per_image: plan.per_image
-            + (sampler_values(noisy, history, frames) * unet.input.numel() * 4) as u64,
+            + (sampler_values(noisy, kept, frames) * unet.input.numel() * 4) as u64,
     };
     let n = run.max_batch(budget.bytes);
     ensure!(
@@ -486,7 +553,7 @@ pub struct GpuRunner<'a> {
     weights: &'a GpuWeights,
     options: PlanOptions,
     /// The model timestep of every step, in loop order.
-    timesteps: Vec<i64>,
+    timesteps: Vec<f64>,
     update: RunUpdate,
     max_batch: usize,
     /// What sets `max_batch`, for messages.
@@ -508,7 +575,7 @@ impl<'a> GpuRunner<'a> {
         frames: usize,
     ) -> Result<Self> {
         let update = RunUpdate::new(cfg, steps);
-        let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         let capacity = batch_capacity(ctx, unet, weights, &update, &timesteps, options, frames)?;
         Ok(Self {
             ctx,

@@ -2,8 +2,8 @@
 //! computed once per run (in f64, diffusers-exact) that both devices consume.
 
 use crate::schedule::{
-    ddim_table, ddpm_table, inverse_table, DdimStep, DdpmStep, DdpmVariance, MultistepTable,
-    SchedulerConfig, SolverFamily, SolverKeys, SolverOptions, X0Limit,
+    ddim_table, ddpm_table, inverse_table, ConsistencyTable, DdimStep, DdpmStep, DdpmVariance,
+    MultistepTable, SchedulerConfig, SolverFamily, SolverKeys, SolverOptions, X0Limit,
 };
 use anyhow::{ensure, Result};
 
@@ -20,31 +20,47 @@ pub enum SamplerKind {
     DpmSolverPlusPlus,
     /// UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler.
     Unipc,
+    /// PNDM (Liu et al. 2022), diffusers' PNDMScheduler.
+    Pndm,
+    /// Consistency models (Song et al. 2023), diffusers' CMStochasticIterativeScheduler.
+    Consistency,
 }
+
+/// diffusers' class name of the consistency-model scheduler.
+const CONSISTENCY_CLASS: &str = "CMStochasticIterativeScheduler";
 
 impl SamplerKind {
     /// Every sampler, in the order a list of choices shows them.
-    pub const ALL: [Self; 4] = [Self::Ddim, Self::Ddpm, Self::DpmSolverPlusPlus, Self::Unipc];
+    pub const ALL: [Self; 6] = [
+        Self::Ddim,
+        Self::Ddpm,
+        Self::DpmSolverPlusPlus,
+        Self::Unipc,
+        Self::Pndm,
+        Self::Consistency,
+    ];
 
     /// The multistep solver family, if this is one.
     pub fn solver_family(self) -> Option<SolverFamily> {
         match self {
             Self::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
             Self::Unipc => Some(SolverFamily::UniPc),
-            Self::Ddim | Self::Ddpm => None,
+            Self::Pndm => Some(SolverFamily::Pndm),
+            Self::Ddim | Self::Ddpm | Self::Consistency => None,
         }
     }
 
-    /// The sampler a scheduler config selects by its `_class_name`: one of the two multistep
-    /// solvers, else DDIM (as `DDIMPipeline` converts any config to DDIM).
+    /// The sampler a scheduler config selects by its `_class_name`: a multistep solver, PNDM or
+    /// the consistency sampler, else DDIM (as `DDIMPipeline` converts any config to DDIM).
     pub fn from_config(cfg: &SchedulerConfig) -> Self {
-        match cfg
-            .class_name
-            .as_deref()
-            .and_then(SolverFamily::from_class_name)
-        {
+        let class = cfg.class_name.as_deref();
+        if class == Some(CONSISTENCY_CLASS) {
+            return Self::Consistency;
+        }
+        match class.and_then(SolverFamily::from_class_name) {
             Some(SolverFamily::DpmSolver) => Self::DpmSolverPlusPlus,
             Some(SolverFamily::UniPc) => Self::Unipc,
+            Some(SolverFamily::Pndm) => Self::Pndm,
             None => Self::Ddim,
         }
     }
@@ -56,6 +72,8 @@ impl SamplerKind {
             Self::Ddpm => "ddpm",
             Self::DpmSolverPlusPlus => "dpm-solver++",
             Self::Unipc => "unipc",
+            Self::Pndm => "pndm",
+            Self::Consistency => "consistency",
         }
     }
 }
@@ -93,6 +111,9 @@ pub struct SampleSettings {
     /// Options of the multistep solvers that override the scheduler config's (none for DDIM and
     /// DDPM: giving one there is an error).
     pub solver: SolverKeys,
+    /// The consistency sampler's given timesteps (ramp indices, strictly descending); they win
+    /// over `steps`. Refused by every other sampler.
+    pub timesteps: Option<Vec<usize>>,
 }
 
 impl Default for SampleSettings {
@@ -103,6 +124,7 @@ impl Default for SampleSettings {
             eta: 0.0,
             use_clipped_model_output: false,
             solver: SolverKeys::default(),
+            timesteps: None,
         }
     }
 }
@@ -111,11 +133,21 @@ impl Default for SampleSettings {
 fn no_solver_keys(settings: &SampleSettings) -> Result<()> {
     match settings.solver.given().first() {
         Some((key, _)) => anyhow::bail!(
-            "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of {}",
+            "`{key}` is an option of the multistep solvers (dpm-solver++, unipc, pndm), not of {}",
             settings.sampler.as_str()
         ),
         None => Ok(()),
     }
+}
+
+/// Given timesteps are the consistency sampler's alone.
+fn no_timesteps(settings: &SampleSettings) -> Result<()> {
+    ensure!(
+        settings.timesteps.is_none(),
+        "`timesteps` is an option of the consistency sampler, not of {}",
+        settings.sampler.as_str()
+    );
+    Ok(())
 }
 
 /// The table of a multistep solver: the config's solver keys, then the settings' overrides.
@@ -148,14 +180,20 @@ pub enum SamplerSteps {
     Ddpm(Vec<DdpmStep>),
     /// DDIM inversion (x0 → x_T), diffusers' DDIMInverseScheduler.
     Inverse(Vec<DdimStep>),
-    /// DPM-Solver(++) or UniPC: linear multistep updates over the converted model outputs.
+    /// DPM-Solver(++) (and its SDE variants), UniPC or PNDM: linear multistep updates over the
+    /// kept model outputs.
     Multistep(MultistepTable),
+    /// Consistency models: denoise, clip, renoise.
+    Consistency(ConsistencyTable),
 }
 
 impl SamplerSteps {
     pub fn new(cfg: &SchedulerConfig, settings: &SampleSettings) -> Result<Self> {
         ensure!(settings.steps > 0, "the number of steps must be at least 1");
         let steps = settings.steps;
+        if settings.sampler != SamplerKind::Consistency {
+            no_timesteps(settings)?;
+        }
         Ok(match settings.sampler {
             SamplerKind::Ddim => {
                 no_solver_keys(settings)?;
@@ -171,6 +209,19 @@ impl SamplerSteps {
             }
             SamplerKind::DpmSolverPlusPlus => multistep(cfg, settings, SolverFamily::DpmSolver)?,
             SamplerKind::Unipc => multistep(cfg, settings, SolverFamily::UniPc)?,
+            SamplerKind::Pndm => multistep(cfg, settings, SolverFamily::Pndm)?,
+            SamplerKind::Consistency => {
+                no_solver_keys(settings)?;
+                ensure!(
+                    settings.eta == 0.0 && !settings.use_clipped_model_output,
+                    "eta and use_clipped_model_output are options of DDIM, not of consistency"
+                );
+                Self::Consistency(ConsistencyTable::new(
+                    cfg,
+                    steps,
+                    settings.timesteps.as_deref(),
+                )?)
+            }
         })
     }
 
@@ -184,6 +235,7 @@ impl SamplerSteps {
                 eta: 0.0,
                 use_clipped_model_output: false,
                 solver: SolverKeys::default(),
+                timesteps: None,
             },
         )
     }
@@ -199,6 +251,7 @@ impl SamplerSteps {
             Self::Ddim { steps, .. } | Self::Inverse(steps) => steps.len(),
             Self::Ddpm(s) => s.len(),
             Self::Multistep(m) => m.steps.len(),
+            Self::Consistency(c) => c.steps.len(),
         }
     }
 
@@ -206,22 +259,36 @@ impl SamplerSteps {
         self.len() == 0
     }
 
-    /// The model timestep of step `i`.
-    pub fn timestep(&self, i: usize) -> i64 {
+    /// The model timestep of step `i` (fractional for the consistency sampler; the U-Net
+    /// embeds it as f32).
+    pub fn timestep(&self, i: usize) -> f64 {
         match self {
-            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t,
-            Self::Ddpm(s) => s[i].t,
-            Self::Multistep(m) => m.steps[i].t,
+            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t as f64,
+            Self::Ddpm(s) => s[i].t as f64,
+            Self::Multistep(m) => m.steps[i].t as f64,
+            Self::Consistency(c) => c.steps[i].t,
+        }
+    }
+
+    /// diffusers' `init_noise_sigma`: the pipeline multiplies its starting latents by it (80 for
+    /// the consistency sampler, else 1).
+    pub fn init_noise_sigma(&self) -> f64 {
+        match self {
+            Self::Consistency(c) => c.init_noise_sigma(),
+            _ => 1.0,
         }
     }
 
     /// Whether step `i` draws a noise tensor, exactly as diffusers does: DDIM draws at every
-    /// step when eta > 0 (even where sigma is 0); DDPM draws when t > 0.
+    /// step when eta > 0 (even where sigma is 0); DDPM draws when t > 0; the SDE solvers at
+    /// every step; the consistency sampler at every step of a run of two or more.
     pub fn draws_noise(&self, i: usize) -> bool {
         match self {
             Self::Ddim { eta, .. } => *eta > 0.0,
             Self::Ddpm(s) => s[i].t > 0,
-            Self::Inverse(_) | Self::Multistep(_) => false,
+            Self::Multistep(m) => m.draws_noise,
+            Self::Consistency(c) => c.draws_noise,
+            Self::Inverse(_) => false,
         }
     }
 
@@ -230,6 +297,7 @@ impl SamplerSteps {
         match self {
             Self::Inverse(_) => X0Limit::for_inverse(cfg),
             Self::Multistep(m) => m.limit,
+            Self::Consistency(_) => X0Limit::None,
             _ => X0Limit::from_config(cfg),
         }
     }

@@ -8,28 +8,35 @@
 //!   shared by the CPU steps below and the GPU kernels (uploaded as f32);
 //! - [`ddim_step`], [`inverse_step`], [`ddpm_step`]: the CPU reference steps on f32 tensors,
 //!   computed per element in f64;
-//! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) and UniPC as linear combinations
-//!   per step, with their options in [`SolverOptions`].
+//! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) (and its SDE variants), UniPC and
+//!   PNDM (`pndm`) as linear combinations per step, with their options in [`SolverOptions`];
+//! - [`ConsistencyTable`] / [`consistency_step`]: consistency models' multistep sampling.
 
 mod betas;
 mod config;
+mod consistency;
 mod ddim;
 mod ddpm;
 mod inverse;
 mod multistep;
+mod pndm;
 mod predict;
 mod solver_options;
 mod timesteps;
 
 pub use betas::{torch_linspace_f32, NoiseSchedule};
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use consistency::{
+    consistency_input, consistency_step, ConsistencyConfig, ConsistencyStep, ConsistencyTable,
+};
 pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
 pub use ddpm::{ddpm_step, ddpm_table, DdpmStep, DdpmVariance};
 pub use inverse::{inverse_step, inverse_table};
 pub use multistep::{
-    multistep_step, solver_sigmas, solver_spacing, Combination, MultistepState, MultistepStep,
+    multistep_step, multistep_step_noisy, solver_sigmas, solver_spacing, Combination, MultistepState, MultistepStep,
     MultistepTable, MAX_HISTORY,
 };
+pub use pndm::pndm_timesteps;
 pub use predict::X0Limit;
 pub use solver_options::{
     DpmAlgorithm, FinalSigmas, SolverFamily, SolverKeys, SolverOptions, SolverType,

@@ -154,6 +154,7 @@ impl Identity {
             timestep_spacing_given,
             class_name,
             solver_keys,
+            keys,
         } = cfg;
         let s = |k: &str| format!("scheduler.{k}");
         self.put(&s("num_train_timesteps"), num_train_timesteps);
@@ -185,6 +186,9 @@ impl Identity {
         self.put(&s("timestep_spacing_given"), timestep_spacing_given);
         self.put(&s("_class_name"), class_name);
         self.solver_keys("scheduler", solver_keys);
+        // Keys read by one sampler only (PNDM's set_alpha_to_one default, the consistency
+        // models' σ range): the file's own values.
+        self.put(&s("keys"), serde_json::Value::Object(keys.clone()).to_string());
     }
 
     fn sampler(&mut self, settings: &SampleSettings) {
@@ -194,12 +198,14 @@ impl Identity {
             eta,
             use_clipped_model_output,
             solver,
+            timesteps,
         } = settings;
         self.put("sampler", sampler.as_str());
         self.put("sampler.steps", steps);
         self.put("sampler.eta", eta);
         self.put("sampler.use_clipped_model_output", use_clipped_model_output);
         self.solver_keys("sampler", solver);
+        self.put("sampler.timesteps", timesteps);
     }
 
     /// Solver options under `prefix.solver.*` (the config's and the command line's both count).
@@ -215,6 +221,7 @@ impl Identity {
             use_karras_sigmas,
             predict_x0,
             disable_corrector,
+            skip_prk_steps,
             unsupported,
         } = keys;
         let k = |name: &str| format!("{prefix}.solver.{name}");
@@ -228,6 +235,7 @@ impl Identity {
         self.put(&k("use_karras_sigmas"), use_karras_sigmas);
         self.put(&k("predict_x0"), predict_x0);
         self.put(&k("disable_corrector"), disable_corrector);
+        self.put(&k("skip_prk_steps"), skip_prk_steps);
         self.put(&k("unsupported"), unsupported);
     }
 
