@@ -27,7 +27,7 @@ fn request(num: usize, batch: Option<usize>) -> SampleRequest {
 /// How many images of a 10-step DDIM run fit `ctx`, as the sampler computes it.
 fn capacity(ctx: &GpuContext, pipe: &Pipeline) -> usize {
     let steps = pipe.steps(&request(1, None).settings).unwrap();
-    let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let weights = pipe.gpu_weights(ctx).unwrap();
     let update = RunUpdate::new(&pipe.scheduler, &steps);
     batch_capacity(

@@ -37,7 +37,7 @@ fn capacity(ctx: &GpuContext, pipe: &Pipeline, frames: usize) -> Option<usize> {
     let steps = pipe
         .steps(&request(1, TrajectoryFrames::Off, None).settings)
         .unwrap();
-    let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let weights = pipe.gpu_weights(ctx).unwrap();
     let update = RunUpdate::new(&pipe.scheduler, &steps);
     let options = PlanOptions::default();
