@@ -9,9 +9,7 @@ mod common;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::consistency::{consistency_update, step_rows, ConsistencyIo};
 use ddim_wgpu::gpu::{GpuContext, Precision};
-use ddim_wgpu::schedule::{
-    consistency_input, consistency_step, ConsistencyTable, SchedulerConfig,
-};
+use ddim_wgpu::schedule::{consistency_input, consistency_step, ConsistencyTable, SchedulerConfig};
 
 const BATCH: usize = 3;
 const PER_SAMPLE: usize = 105;
@@ -88,7 +86,9 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> (f64, f64, f64) {
             common::assert_close(&format!("{what}: {name}"), got, want, common::KERNEL_TOL)
         };
         worst.0 = worst.0.max(close("sample", &got[0], &want.prev_sample));
-        worst.2 = worst.2.max(close("x0", &got[2], &want.pred_original_sample));
+        worst.2 = worst
+            .2
+            .max(close("x0", &got[2], &want.pred_original_sample));
         let next_in = match table.steps.get(s + 1) {
             Some(_) => consistency_input(&table, s + 1, &want.prev_sample).unwrap(),
             None => want.prev_sample.clone(),

@@ -16,8 +16,7 @@ use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::schedule::{
     multistep_step, multistep_step_noisy, MultistepState, MultistepTable, SchedulerConfig,
-    SolverFamily,
-    SolverKeys, SolverOptions, X0Limit,
+    SolverFamily, SolverKeys, SolverOptions, X0Limit,
 };
 use ddim_wgpu::tensor::max_abs_diff;
 
@@ -190,12 +189,10 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
             .x0
             .max(close("x0", &got[1], &want.pred_original_sample, tol));
         if let Some(k) = plan.write[s] {
-            worst.output = worst.output.max(close(
-                "output in its slot",
-                slot(k),
-                y,
-                common::KERNEL_TOL,
-            ));
+            worst.output =
+                worst
+                    .output
+                    .max(close("output in its slot", slot(k), y, common::KERNEL_TOL));
         }
         if rows[s].save_last != 0 {
             let last = state.last_sample.as_deref().unwrap();
@@ -403,9 +400,27 @@ fn dpm_solver_sde_variants() {
 fn pndm_prk_and_plms() {
     let v = r#"{"prediction_type": "v_prediction"}"#;
     let cases = vec![
-        case("pndm prk", SolverFamily::Pndm, SolverKeys::default(), EPS, 10),
-        case("pndm prk 4 steps", SolverFamily::Pndm, SolverKeys::default(), EPS, 4),
-        case("pndm prk v", SolverFamily::Pndm, SolverKeys::default(), v, 12),
+        case(
+            "pndm prk",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            EPS,
+            10,
+        ),
+        case(
+            "pndm prk 4 steps",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            EPS,
+            4,
+        ),
+        case(
+            "pndm prk v",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            v,
+            12,
+        ),
         case("pndm skip_prk", SolverFamily::Pndm, skip_prk(), EPS, 10),
         case("pndm skip_prk v", SolverFamily::Pndm, skip_prk(), v, 7),
         case(
@@ -561,9 +576,27 @@ fn prediction_types_sample_and_v() {
 fn slots_hold_the_coefficients_by_age() {
     let mut cases = threshold_cases();
     cases.push(case("unipc order 3", SolverFamily::UniPc, keys(3), EPS, 20));
-    cases.push(case("dpm++ order 3", SolverFamily::DpmSolver, keys(3), EPS, 20));
-    cases.push(case("pndm", SolverFamily::Pndm, SolverKeys::default(), EPS, 10));
-    cases.push(case("pndm skip_prk", SolverFamily::Pndm, skip_prk(), EPS, 10));
+    cases.push(case(
+        "dpm++ order 3",
+        SolverFamily::DpmSolver,
+        keys(3),
+        EPS,
+        20,
+    ));
+    cases.push(case(
+        "pndm",
+        SolverFamily::Pndm,
+        SolverKeys::default(),
+        EPS,
+        10,
+    ));
+    cases.push(case(
+        "pndm skip_prk",
+        SolverFamily::Pndm,
+        skip_prk(),
+        EPS,
+        10,
+    ));
     for c in &cases {
         let t = table(c);
         let rows = step_rows(&t).unwrap();

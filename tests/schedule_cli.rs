@@ -309,13 +309,26 @@ fn pndm_sde_and_consistency_tables() {
         .collect();
     assert_eq!(
         ts,
-        [900, 850, 850, 800, 800, 750, 750, 700, 700, 650, 650, 600, 600, 500, 400, 300, 200, 100, 0]
+        [
+            900, 850, 850, 800, 800, 750, 750, 700, 700, 650, 650, 600, 600, 500, 400, 300, 200,
+            100, 0
+        ]
     );
-    let v = json_of(&["--json", "--steps", "10", "--scheduler-config", &pndm, "--skip-prk-steps"]);
+    let v = json_of(&[
+        "--json",
+        "--steps",
+        "10",
+        "--scheduler-config",
+        &pndm,
+        "--skip-prk-steps",
+    ]);
     assert_eq!(v["steps"].as_array().unwrap().len(), 11);
     assert_eq!(v["solver"]["skip_prk_steps"], true);
 
-    let cm = write("cm.json", r#"{"_class_name": "CMStochasticIterativeScheduler"}"#);
+    let cm = write(
+        "cm.json",
+        r#"{"_class_name": "CMStochasticIterativeScheduler"}"#,
+    );
     let v = json_of(&["--json", "--scheduler-config", &cm, "--timesteps", "22,0"]);
     assert_eq!(v["sampler"], "consistency");
     assert_eq!(v["init_noise_sigma"], 80.0);
@@ -350,7 +363,10 @@ fn pndm_sde_and_consistency_tables() {
     let e = failure(&["--sampler", "consistency", "--timesteps", "0,22"]);
     assert!(e.contains("descending"), "{e}");
     let e = failure(&["--sampler", "consistency", "--solver-order", "2"]);
-    assert!(e.contains("solver_order") && e.contains("consistency"), "{e}");
+    assert!(
+        e.contains("solver_order") && e.contains("consistency"),
+        "{e}"
+    );
     let e = failure(&[
         "--sampler",
         "dpm-solver++",
@@ -361,6 +377,9 @@ fn pndm_sde_and_consistency_tables() {
         "--solver-order",
         "3",
     ]);
-    assert!(e.contains("sde-dpmsolver") && e.contains("solver_order"), "{e}");
+    assert!(
+        e.contains("sde-dpmsolver") && e.contains("solver_order"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -30,8 +30,8 @@ const SOLVER_STEP_REL: f64 = 1e-6;
 const SIGMA_ULP_STEP_REL: f64 = 3e-6;
 
 fn load() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/scheduler/pndm_sde_cm.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scheduler/pndm_sde_cm.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
@@ -223,7 +223,10 @@ fn steps_match_diffusers_float64_within_the_single_step_tolerance() {
                     let scaled = consistency_input(table, i, &x).unwrap();
                     let want = tensor(&st["scaled"]);
                     let e = rel_l2(&scaled, &want);
-                    assert!(e <= SOLVER_STEP_REL, "{n} step {i}: scaled input rel L2 {e:.2e}");
+                    assert!(
+                        e <= SOLVER_STEP_REL,
+                        "{n} step {i}: scaled input rel L2 {e:.2e}"
+                    );
                     consistency_step(table, i, &m, &x, z.as_deref(), batch)
                 }
                 _ => unreachable!(),
@@ -280,7 +283,8 @@ fn free_running_loops_track_diffusers() {
                     multistep_step_noisy(table, i, &m, &x, z.as_deref(), batch, &mut state)
                 }
                 SamplerSteps::Consistency(table) => {
-                    let m = dummy_model(&consistency_input(table, i, &x).unwrap(), table.steps[i].t);
+                    let m =
+                        dummy_model(&consistency_input(table, i, &x).unwrap(), table.steps[i].t);
                     consistency_step(table, i, &m, &x, z.as_deref(), batch)
                 }
                 _ => unreachable!(),
@@ -299,7 +303,10 @@ fn free_running_loops_track_diffusers() {
             worst = (rel, n.to_string());
         }
     }
-    println!("worst free-running final sum: {:.2e} ({})", worst.0, worst.1);
+    println!(
+        "worst free-running final sum: {:.2e} ({})",
+        worst.0, worst.1
+    );
 }
 
 fn err_text<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
@@ -310,24 +317,34 @@ fn err_text<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 #[test]
 fn unsupported_options_are_refused_by_name() {
     let cfg = SchedulerConfig::default();
-    let dpm = |keys: SolverKeys| SolverOptions::resolve(SolverFamily::DpmSolver, &cfg.solver_keys, &keys);
+    let dpm =
+        |keys: SolverKeys| SolverOptions::resolve(SolverFamily::DpmSolver, &cfg.solver_keys, &keys);
     let e = err_text(dpm(SolverKeys {
         algorithm_type: Some("sde-dpmsolver".into()),
         final_sigmas_type: Some("sigma_min".into()),
         solver_order: Some(3),
         ..Default::default()
     }));
-    assert!(e.contains("solver_order") && e.contains("sde-dpmsolver"), "{e}");
+    assert!(
+        e.contains("solver_order") && e.contains("sde-dpmsolver"),
+        "{e}"
+    );
     let e = err_text(dpm(SolverKeys {
         algorithm_type: Some("sde-dpmsolver".into()),
         ..Default::default()
     }));
-    assert!(e.contains("final_sigmas_type") && e.contains("sde-dpmsolver"), "{e}");
+    assert!(
+        e.contains("final_sigmas_type") && e.contains("sde-dpmsolver"),
+        "{e}"
+    );
     let e = err_text(dpm(SolverKeys {
         algorithm_type: Some("sde-euler".into()),
         ..Default::default()
     }));
-    assert!(e.contains("algorithm_type") && e.contains("sde-dpmsolver++"), "{e}");
+    assert!(
+        e.contains("algorithm_type") && e.contains("sde-dpmsolver++"),
+        "{e}"
+    );
 
     let run = |sampler: SamplerKind, steps: usize, f: &dyn Fn(&mut SampleSettings)| {
         let mut s = SampleSettings {
@@ -339,11 +356,20 @@ fn unsupported_options_are_refused_by_name() {
         SamplerSteps::new(&cfg, &s)
     };
     let e = err_text(run(SamplerKind::Pndm, 3, &|_| {}));
-    assert!(e.contains("at least 4") && e.contains("skip_prk_steps"), "{e}");
-    assert!(run(SamplerKind::Pndm, 3, &|s| s.solver.skip_prk_steps = Some(true)).is_ok());
-    let e = err_text(run(SamplerKind::Pndm, 10, &|s| s.solver.solver_order = Some(2)));
+    assert!(
+        e.contains("at least 4") && e.contains("skip_prk_steps"),
+        "{e}"
+    );
+    assert!(run(SamplerKind::Pndm, 3, &|s| s.solver.skip_prk_steps =
+        Some(true))
+    .is_ok());
+    let e = err_text(run(SamplerKind::Pndm, 10, &|s| {
+        s.solver.solver_order = Some(2)
+    }));
     assert!(e.contains("solver_order") && e.contains("pndm"), "{e}");
-    let e = err_text(run(SamplerKind::Ddim, 10, &|s| s.solver.skip_prk_steps = Some(true)));
+    let e = err_text(run(SamplerKind::Ddim, 10, &|s| {
+        s.solver.skip_prk_steps = Some(true)
+    }));
     assert!(e.contains("skip_prk_steps"), "{e}");
     let e = err_text(run(SamplerKind::DpmSolverPlusPlus, 10, &|s| {
         s.solver.skip_prk_steps = Some(true)
@@ -359,13 +385,19 @@ fn unsupported_options_are_refused_by_name() {
     ));
     assert!(e.contains("prediction_type") && e.contains("sample"), "{e}");
 
-    let e = err_text(run(SamplerKind::Consistency, 1, &|s| s.timesteps = Some(vec![0, 22])));
+    let e = err_text(run(SamplerKind::Consistency, 1, &|s| {
+        s.timesteps = Some(vec![0, 22])
+    }));
     assert!(e.contains("descending"), "{e}");
-    let e = err_text(run(SamplerKind::Consistency, 1, &|s| s.timesteps = Some(vec![40, 0])));
+    let e = err_text(run(SamplerKind::Consistency, 1, &|s| {
+        s.timesteps = Some(vec![40, 0])
+    }));
     assert!(e.contains("num_train_timesteps = 40"), "{e}");
     let e = err_text(run(SamplerKind::Consistency, 41, &|_| {}));
     assert!(e.contains("41"), "{e}");
-    let e = err_text(run(SamplerKind::Ddim, 10, &|s| s.timesteps = Some(vec![22, 0])));
+    let e = err_text(run(SamplerKind::Ddim, 10, &|s| {
+        s.timesteps = Some(vec![22, 0])
+    }));
     assert!(e.contains("timesteps") && e.contains("consistency"), "{e}");
     let e = err_text(run(SamplerKind::Consistency, 2, &|s| s.eta = 0.5));
     assert!(e.contains("eta"), "{e}");
@@ -388,7 +420,9 @@ fn noise_draws_and_initial_scale_follow_diffusers() {
     let one = steps(SamplerKind::Consistency, 1, &|_| {});
     assert_eq!(one.init_noise_sigma(), 80.0);
     assert!(!one.draws_noise(0));
-    let two = steps(SamplerKind::Consistency, 1, &|s| s.timesteps = Some(vec![22, 0]));
+    let two = steps(SamplerKind::Consistency, 1, &|s| {
+        s.timesteps = Some(vec![22, 0])
+    });
     assert_eq!(two.len(), 2);
     assert!(two.draws_noise(0) && two.draws_noise(1));
     let sde = steps(SamplerKind::DpmSolverPlusPlus, 5, &|s| {
@@ -406,6 +440,9 @@ fn noise_draws_and_initial_scale_follow_diffusers() {
     assert_eq!(pndm.len(), 19);
     assert!((0..19).all(|i| !pndm.draws_noise(i)));
     let table = ConsistencyTable::new(&cfg, 3, None).unwrap();
-    assert!(table.steps[2].t < 0.0, "t = 250 ln σ is negative below σ = 1");
+    assert!(
+        table.steps[2].t < 0.0,
+        "t = 250 ln σ is negative below σ = 1"
+    );
     let _ = MultistepTable::new;
 }

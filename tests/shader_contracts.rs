@@ -12,8 +12,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, consistency, conv2d, ddim_step, elementwise, group_norm, linear, multistep, smoke, threshold,
-    SHADERS,
+    attention, consistency, conv2d, ddim_step, elementwise, group_norm, linear, multistep, smoke,
+    threshold, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.

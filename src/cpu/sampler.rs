@@ -6,8 +6,8 @@ use super::forward::forward;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
-    consistency_input, consistency_step, ddim_step, ddpm_step, inverse_step,
-    multistep_step_noisy, MultistepState, SchedulerConfig,
+    consistency_input, consistency_step, ddim_step, ddpm_step, inverse_step, multistep_step_noisy,
+    MultistepState, SchedulerConfig,
 };
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -81,9 +81,9 @@ impl StepRunner for CpuRunner<'_> {
                 SamplerSteps::Inverse(s) => {
                     inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?
                 }
-                SamplerSteps::Multistep(table) => multistep_step_noisy(
-                    table, i, &eps.data, &x.data, noise, batch, &mut state,
-                )?,
+                SamplerSteps::Multistep(table) => {
+                    multistep_step_noisy(table, i, &eps.data, &x.data, noise, batch, &mut state)?
+                }
                 SamplerSteps::Consistency(table) => {
                     consistency_step(table, i, &eps.data, &x.data, noise, batch)?
                 }

@@ -23,10 +23,10 @@
 use anyhow::{ensure, Context, Result};
 
 use super::kernel::Dispatch;
+use super::kernels::consistency::{consistency_update, ConsistencyIo};
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
-use super::kernels::consistency::{consistency_update, ConsistencyIo};
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
 use super::memory::{mib, Footprint};
 use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
@@ -345,7 +345,10 @@ pub fn sample_recording(
                     ctx.queue
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
-                None => ensure!(!spec.needs_noise(s), "step {s} adds noise but none was given"),
+                None => ensure!(
+                    !spec.needs_noise(s),
+                    "step {s} adds noise but none was given"
+                ),
             }
         }
         let mut encoder = ctx

@@ -33,8 +33,8 @@ pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
 pub use ddpm::{ddpm_step, ddpm_table, DdpmStep, DdpmVariance};
 pub use inverse::{inverse_step, inverse_table};
 pub use multistep::{
-    multistep_step, multistep_step_noisy, solver_sigmas, solver_spacing, Combination, MultistepState, MultistepStep,
-    MultistepTable, MAX_HISTORY,
+    multistep_step, multistep_step_noisy, solver_sigmas, solver_spacing, Combination,
+    MultistepState, MultistepStep, MultistepTable, MAX_HISTORY,
 };
 pub use pndm::pndm_timesteps;
 pub use predict::X0Limit;

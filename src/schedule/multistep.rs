@@ -336,7 +336,12 @@ struct DpmTerms {
 }
 
 impl DpmTerms {
-    fn new(opts: &SolverOptions, (alpha_t, sigma_t): (f64, f64), (alpha_s0, sigma_s0): (f64, f64), h: f64) -> Self {
+    fn new(
+        opts: &SolverOptions,
+        (alpha_t, sigma_t): (f64, f64),
+        (alpha_s0, sigma_s0): (f64, f64),
+        h: f64,
+    ) -> Self {
         let heun = opts.solver_type == SolverType::Heun;
         match opts.algorithm {
             DpmAlgorithm::DpmSolverPlusPlus => {
@@ -344,7 +349,11 @@ impl DpmTerms {
                 Self {
                     sample: sigma_t / sigma_s0,
                     d0: -alpha_t * em1,
-                    d1: if heun { alpha_t * (em1 / h + 1.0) } else { -0.5 * alpha_t * em1 },
+                    d1: if heun {
+                        alpha_t * (em1 / h + 1.0)
+                    } else {
+                        -0.5 * alpha_t * em1
+                    },
                     d1_3: alpha_t * (em1 / h + 1.0),
                     d2: -alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5),
                     noise: 0.0,
@@ -355,7 +364,11 @@ impl DpmTerms {
                 Self {
                     sample: alpha_t / alpha_s0,
                     d0: -sigma_t * ep1,
-                    d1: if heun { -sigma_t * (ep1 / h - 1.0) } else { -0.5 * sigma_t * ep1 },
+                    d1: if heun {
+                        -sigma_t * (ep1 / h - 1.0)
+                    } else {
+                        -0.5 * sigma_t * ep1
+                    },
                     d1_3: -sigma_t * (ep1 / h - 1.0),
                     d2: -sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5),
                     noise: 0.0,
@@ -367,7 +380,11 @@ impl DpmTerms {
                 Self {
                     sample: sigma_t / sigma_s0 * (-h).exp(),
                     d0: alpha_t * one_m,
-                    d1: if heun { alpha_t * (one_m / (-2.0 * h) + 1.0) } else { 0.5 * alpha_t * one_m },
+                    d1: if heun {
+                        alpha_t * (one_m / (-2.0 * h) + 1.0)
+                    } else {
+                        0.5 * alpha_t * one_m
+                    },
                     d1_3: alpha_t * (one_m / (-2.0 * h) + 1.0),
                     d2: alpha_t * ((one_m - 2.0 * h) / (2.0 * h).powi(2) - 0.5),
                     noise: sigma_t * one_m.sqrt(),
@@ -378,7 +395,11 @@ impl DpmTerms {
                 Self {
                     sample: alpha_t / alpha_s0,
                     d0: -2.0 * sigma_t * ep1,
-                    d1: if heun { -2.0 * sigma_t * (ep1 / h - 1.0) } else { -sigma_t * ep1 },
+                    d1: if heun {
+                        -2.0 * sigma_t * (ep1 / h - 1.0)
+                    } else {
+                        -sigma_t * ep1
+                    },
                     // diffusers has no third-order sde-dpmsolver update; options refuse order 3.
                     d1_3: f64::NAN,
                     d2: f64::NAN,
@@ -400,9 +421,11 @@ fn dpm_update(
 ) -> (Combination, f64) {
     let h = lambdas[i + 1] - lambdas[i];
     let terms = DpmTerms::new(opts, sig[i + 1], sig[i], h);
-    let mut c = Combination::default();
     // x_t = sample·x + d0·D0 + d1·D1 + d2·D2, with D0 = m0 and D1, D2 divided differences.
-    c.sample = terms.sample;
+    let mut c = Combination {
+        sample: terms.sample,
+        ..Default::default()
+    };
     c.outputs[0] = terms.d0;
     if order == 1 {
         return (c, terms.noise);
@@ -737,7 +760,11 @@ pub fn multistep_step_noisy(
         noise.is_some() == table.draws_noise,
         "step {i}: {} noise was given, the solver {}",
         if noise.is_some() { "a" } else { "no" },
-        if table.draws_noise { "draws noise at every step" } else { "draws none" }
+        if table.draws_noise {
+            "draws noise at every step"
+        } else {
+            "draws none"
+        }
     );
     let Some(step) = table.steps.get(i) else {
         bail!("step {i} of a {}-step run", table.steps.len());

@@ -147,7 +147,11 @@ pub(crate) fn pndm_table(
                 ),
             }
         } else {
-            let (from, to) = if c == 1 { (t + ratio, t) } else { (t, t - ratio) };
+            let (from, to) = if c == 1 {
+                (t + ratio, t)
+            } else {
+                (t, t - ratio)
+            };
             if c != 1 {
                 if ets.len() > 3 {
                     ets.remove(0);
@@ -159,7 +163,11 @@ pub(crate) fn pndm_table(
                 (1, 0) => vec![(c, 1.0)],
                 (1, 1) => vec![(c, 0.5), (e(1), 0.5)],
                 (2, _) => vec![(e(1), 1.5), (e(2), -0.5)],
-                (3, _) => vec![(e(1), 23.0 / 12.0), (e(2), -16.0 / 12.0), (e(3), 5.0 / 12.0)],
+                (3, _) => vec![
+                    (e(1), 23.0 / 12.0),
+                    (e(2), -16.0 / 12.0),
+                    (e(3), 5.0 / 12.0),
+                ],
                 _ => vec![
                     (e(1), 55.0 / 24.0),
                     (e(2), -59.0 / 24.0),

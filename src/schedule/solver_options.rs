@@ -492,7 +492,9 @@ impl SolverOptions {
             ..overrides.clone()
         };
         if let Some((key, _)) = other.given().first() {
-            bail!("`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of pndm");
+            bail!(
+                "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of pndm"
+            );
         }
         let mut o = Self::defaults(SolverFamily::Pndm);
         o.order = 4;
@@ -509,7 +511,7 @@ impl SolverOptions {
         match self.family {
             SolverFamily::DpmSolver => {
                 ensure!(
-                    !(zero && !self.algorithm.predicts_x0()),
+                    !zero || self.algorithm.predicts_x0(),
                     "`final_sigmas_type` zero is not supported with `algorithm_type` {} \
                      (diffusers refuses it); use final_sigmas_type sigma_min",
                     self.algorithm.as_str()

@@ -188,7 +188,10 @@ impl Identity {
         self.solver_keys("scheduler", solver_keys);
         // Keys read by one sampler only (PNDM's set_alpha_to_one default, the consistency
         // models' σ range): the file's own values.
-        self.put(&s("keys"), serde_json::Value::Object(keys.clone()).to_string());
+        self.put(
+            &s("keys"),
+            serde_json::Value::Object(keys.clone()).to_string(),
+        );
     }
 
     fn sampler(&mut self, settings: &SampleSettings) {

@@ -322,7 +322,11 @@ pub fn multistep_update(
     ensure!(
         io.noise.is_some() == table.draws_noise,
         "multistep update: the solver {} but {} noise buffer was given",
-        if table.draws_noise { "draws noise" } else { "draws none" },
+        if table.draws_noise {
+            "draws noise"
+        } else {
+            "draws none"
+        },
         if io.noise.is_some() { "a" } else { "no" }
     );
     let noise = match io.noise {
