@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind, SamplerSteps};
 use ddim_wgpu::schedule::{
     consistency_input, consistency_step, multistep_step_noisy, ConsistencyTable, MultistepState,
-    MultistepTable, SchedulerConfig, SolverFamily, SolverKeys, SolverOptions,
+    SchedulerConfig, SolverFamily, SolverKeys, SolverOptions,
 };
 use serde_json::Value;
 
@@ -444,5 +444,4 @@ fn noise_draws_and_initial_scale_follow_diffusers() {
         table.steps[2].t < 0.0,
         "t = 250 ln σ is negative below σ = 1"
     );
-    let _ = MultistepTable::new;
 }

@@ -417,6 +417,8 @@ fn print_solver(
         let p = &s.predictor;
         let corrector = if s.corrector_order == 0 {
             "-".to_string()
+        } else if family == SolverFamily::Pndm {
+            "from cur_sample (x = last)".to_string()
         } else {
             let c = &s.corrector;
             format!(
@@ -424,8 +426,17 @@ fn print_solver(
                 s.corrector_order, c.sample, c.outputs[0], c.outputs[1], c.outputs[2], c.outputs[3]
             )
         };
+        // PNDM reads outputs up to 12 evaluations back: the older ones after the corrector.
+        let older: String = p
+            .by_age()
+            .iter()
+            .enumerate()
+            .skip(3)
+            .filter(|(_, &c)| c != 0.0)
+            .map(|(age, c)| format!("; c{age} {c:.6}"))
+            .collect();
         println!(
-            "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}",
+            "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}{older}",
             s.t, s.sigma, s.sigma_next, s.lambda, s.order, p.sample, p.outputs[0], p.outputs[1], p.outputs[2]
         );
     }

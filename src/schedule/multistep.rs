@@ -46,6 +46,12 @@ pub struct Combination {
 }
 
 impl Combination {
+    /// The coefficients by age, at least four (the DPM-Solver and UniPC tables' width), up to
+    /// the oldest output used.
+    pub fn by_age(&self) -> &[f64] {
+        &self.outputs[..self.depth().max(4)]
+    }
+
     /// The oldest output it uses, plus one (0 when it uses none).
     fn depth(&self) -> usize {
         self.outputs
@@ -96,7 +102,7 @@ impl MultistepStep {
             "noise": self.noise,
             "corrector_order": self.corrector_order,
             "corrector": self.corrector_json(),
-            "predictor": {"sample": self.predictor.sample, "outputs": self.predictor.outputs},
+            "predictor": {"sample": self.predictor.sample, "outputs": self.predictor.by_age()},
         })
     }
 
@@ -104,7 +110,7 @@ impl MultistepStep {
         if self.corrector_order == 0 {
             Value::Null
         } else {
-            json!({"last_sample": self.corrector.sample, "outputs": self.corrector.outputs})
+            json!({"last_sample": self.corrector.sample, "outputs": self.corrector.by_age()})
         }
     }
 }

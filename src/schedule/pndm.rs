@@ -67,17 +67,14 @@ pub fn pndm_timesteps(cfg: &SchedulerConfig, skip_prk_steps: bool, n: usize) -> 
     Ok(ts)
 }
 
-/// One transfer's coefficients: `x_next = sample·x + out·e` for `e` the (raw) model-output
-/// combination, with v_prediction's conversion folded in.
-fn transfer(a: f64, a_prev: f64, prediction: PredictionType, x_weight: &mut f64) -> f64 {
+/// One transfer from ᾱ = `a` to `a_prev`: `(s, o)` with `x_next = s·x + o·e` for `e` the raw
+/// model-output combination, v_prediction's conversion (with this transfer's x) folded in.
+fn transfer(a: f64, a_prev: f64, prediction: PredictionType) -> (f64, f64) {
     let k = (a_prev - a) / (a * (1.0 - a_prev).sqrt() + (a * (1.0 - a) * a_prev).sqrt());
-    *x_weight = (a_prev / a).sqrt();
+    let x = (a_prev / a).sqrt();
     match prediction {
-        PredictionType::VPrediction => {
-            *x_weight -= k * (1.0 - a).sqrt();
-            -k * a.sqrt()
-        }
-        _ => -k,
+        PredictionType::VPrediction => (x - k * (1.0 - a).sqrt(), -k * a.sqrt()),
+        _ => (x, -k),
     }
 }
 
@@ -178,8 +175,7 @@ pub(crate) fn pndm_table(
             (weights, from, to, c == 1)
         };
         let (a, a_next) = (alpha(from)?, alpha(to)?);
-        let mut sample = 0.0;
-        let out = transfer(a, a_next, prediction, &mut sample);
+        let (sample, out) = transfer(a, a_next, prediction);
         let mut predictor = Combination {
             sample,
             ..Default::default()
