@@ -120,3 +120,51 @@ fn gpu_sampler_reproduces_diffusers_pndm_sde_and_consistency() {
     });
     common::assert_some_ran(ran);
 }
+
+/// The predicted x0 of every step (PNDM: from the model output at its own t; the SDE solver:
+/// its data prediction; consistency: the clipped denoised sample), GPU against the CPU
+/// reference, with an uneven last chunk. Measured: see the printed worst differences.
+#[test]
+fn gpu_trajectories_match_the_cpu_reference() {
+    use ddim_wgpu::pipeline::TrajectoryFrames;
+    let picked = [
+        "pndm_prk_s10_b2_seed0",
+        "sde_pp_o3_heun_s10_b2_seed3",
+        "cm_s3_b2_seed7",
+    ];
+    let ran = common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
+        for case in cases()
+            .iter()
+            .filter(|c| picked.contains(&c["name"].as_str().unwrap()))
+        {
+            let name = case["name"].as_str().unwrap();
+            let (pipe, settings) = setup(case);
+            let request = SampleRequest {
+                settings,
+                noise: Noise::Seed { seed: 11, num: 3 },
+                batch: Some(2),
+                rng: RngKind::Torch,
+                trajectory: TrajectoryFrames::Every(1),
+                ..Default::default()
+            };
+            let want = pipe.sample_with(&Device::Cpu, &request).unwrap();
+            let got = pipe.sample_with(&device, &request).unwrap();
+            let (tw, tg) = (want.trajectory.unwrap(), got.trajectory.unwrap());
+            assert_eq!(tw.steps, tg.steps);
+            let mut worst = ddim_wgpu::tensor::max_abs_diff(&got.images.data, &want.images.data).0;
+            for (g, w) in tg.frames.iter().zip(&tw.frames) {
+                worst = worst.max(ddim_wgpu::tensor::max_abs_diff(&g.data, &w.data).0);
+            }
+            println!(
+                "{backend:?} {name}: {} frames, max abs {worst:.2e}",
+                tw.frames.len()
+            );
+            assert!(
+                worst <= common::SAMPLE_MAX_ABS,
+                "{backend:?} {name}: GPU frames differ from the CPU's by {worst}"
+            );
+        }
+    });
+    common::assert_some_ran(ran);
+}
