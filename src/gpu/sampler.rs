@@ -92,6 +92,15 @@ impl SampleSpec<'_> {
         }
     }
 
+    /// The multiplier of step `s`'s noise (DDIM's sigma; the SDE and consistency noise terms').
+    fn noise_scale(&self, s: usize) -> f64 {
+        match self {
+            Self::Ddim(d) => d.steps[s].sigma,
+            Self::Multistep(t) => t.steps[s].noise,
+            Self::Consistency(t) => t.steps[s].noise as f64,
+        }
+    }
+
     /// Whether any step adds noise (a noise buffer is kept).
     fn noisy(&self) -> bool {
         (0..self.len()).any(|s| self.needs_noise(s))
@@ -232,12 +241,15 @@ pub use crate::sampling::Diverged as NonFinite;
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 /// [`sample_recording`] also keeps the predicted x0 of chosen steps.
 ///
-/// `noise(s)` is called for every step `s` in order when any step has sigma > 0, and returns
-/// that step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the
-/// caller knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where
-/// sigma is 0; DDPM only where t > 0), so a sequential generator (torch's) stays aligned with
-/// the reference. With eta = 0 it is never called, nor for the multistep solvers, which draw no
-/// noise. `progress(s, total)` follows each submission.
+/// `noise(s)` is called for every step `s` in order when any step adds noise (DDIM with
+/// sigma > 0, DDPM, the SDE solvers, consistency runs of two or more steps), and returns that
+/// step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the caller
+/// knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where sigma is
+/// 0; DDPM only where t > 0; the SDE solvers and consistency runs at every step), so a
+/// sequential generator (torch's) stays aligned with the reference. With eta = 0 it is never
+/// called, nor for the deterministic solvers. For the consistency sampler `x_t` is the
+/// unscaled start (latents × σ_max); its first model input is scaled here. `progress(s,
+/// total)` follows each submission.
 pub fn sample(
     ctx: &GpuContext,
     forward: &dyn StepForward,
@@ -347,7 +359,8 @@ pub fn sample_recording(
                 }
                 None => ensure!(
                     !spec.needs_noise(s),
-                    "step {s} adds noise but none was given"
+                    "step {s} draws noise (sigma {}) but none was given",
+                    spec.noise_scale(s)
                 ),
             }
         }
