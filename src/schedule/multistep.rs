@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use super::betas::NoiseSchedule;
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::ddim::StepOutput;
+use super::pndm::pndm_steps;
 use super::predict::{check_shapes, x0_and_eps, X0Limit};
 use super::solver_options::{DpmAlgorithm, FinalSigmas, SolverFamily, SolverOptions, SolverType};
 use super::timesteps::np_arange_down_to_zero;
@@ -583,7 +584,7 @@ impl MultistepTable {
     /// The rows of `n` steps of the solver `opts` on the schedule of `cfg`.
     pub fn new(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
         if opts.family == SolverFamily::Pndm {
-            return super::pndm::pndm_table(cfg, opts, n);
+            return Self::pndm(cfg, opts, n);
         }
         let n_asked = n;
         let (ts, sigmas) = solver_sigmas(cfg, opts, n)?;
@@ -713,6 +714,62 @@ impl MultistepTable {
             predicts_x0: opts.predicts_x0(),
             raw_outputs: false,
             draws_noise: opts.family == SolverFamily::DpmSolver && opts.algorithm.is_sde(),
+            steps,
+            history,
+        })
+    }
+
+    /// PNDM's transfers as rows: the raw model outputs kept, a transfer from `cur_sample` read
+    /// through the corrector as `x = 1·last` (saved by the step before, whose next step
+    /// corrects).
+    fn pndm(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
+        let mut steps = Vec::new();
+        for (c, p) in pndm_steps(cfg, opts, n)?.into_iter().enumerate() {
+            let mut predictor = Combination {
+                sample: p.sample,
+                ..Default::default()
+            };
+            for (age, w) in p.outputs {
+                ensure!(
+                    age < MAX_HISTORY,
+                    "PNDM step {c} reads the output of {age} steps before; {MAX_HISTORY} are kept"
+                );
+                predictor.outputs[age] += w;
+            }
+            let sigma = ((1.0 - p.alpha_t) / p.alpha_t).sqrt();
+            let sigma_next = ((1.0 - p.alpha_next) / p.alpha_next).sqrt();
+            steps.push(MultistepStep {
+                t: p.t,
+                sigma,
+                sigma_next,
+                alpha_s: p.alpha_t.sqrt(),
+                sigma_s: (1.0 - p.alpha_t).sqrt(),
+                lambda: -sigma.ln(),
+                lambda_next: -sigma_next.ln(),
+                // The number of outputs combined: 4 for Runge–Kutta's last and full PLMS.
+                order: predictor.outputs.iter().filter(|&&w| w != 0.0).count(),
+                noise: 0.0,
+                corrector_order: p.from_cur_sample as usize,
+                corrector: Combination {
+                    sample: if p.from_cur_sample { 1.0 } else { 0.0 },
+                    ..Default::default()
+                },
+                predictor,
+            });
+        }
+        let history = steps
+            .iter()
+            .map(|s| s.predictor.depth())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Self {
+            options: opts.clone(),
+            prediction: cfg.prediction_type,
+            limit: X0Limit::None,
+            predicts_x0: false,
+            raw_outputs: true,
+            draws_noise: false,
             steps,
             history,
         })

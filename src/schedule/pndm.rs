@@ -1,5 +1,5 @@
-//! diffusers' `PNDMScheduler` (Liu et al. 2022, pseudo numerical methods) as rows of the
-//! multistep machinery ([`MultistepTable`]).
+//! diffusers' `PNDMScheduler` (Liu et al. 2022, pseudo numerical methods) as transfers that
+//! `MultistepTable::new` (schedule::multistep) turns into rows of the multistep machinery.
 //!
 //! Every model evaluation ends in one transfer `P(x, t, t', e)` from a level t to t':
 //!
@@ -27,8 +27,6 @@ use anyhow::{bail, ensure, Result};
 
 use super::betas::NoiseSchedule;
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use super::multistep::{Combination, MultistepStep, MultistepTable, MAX_HISTORY};
-use super::predict::X0Limit;
 use super::solver_options::SolverOptions;
 use super::timesteps::timesteps;
 
@@ -78,12 +76,30 @@ fn transfer(a: f64, a_prev: f64, prediction: PredictionType) -> (f64, f64) {
     }
 }
 
-/// The rows of `n` PNDM steps on the schedule of `cfg`.
-pub(crate) fn pndm_table(
+/// One PNDM model evaluation: its timestep, the levels it transfers between and the transfer
+/// as coefficients on the base sample and on raw model outputs by age.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PndmStep {
+    /// The model timestep.
+    pub t: i64,
+    /// ᾱ at t (for the predicted x0 of trajectory frames) and at the transfer's target.
+    pub alpha_t: f64,
+    pub alpha_next: f64,
+    /// Coefficient on the base sample.
+    pub sample: f64,
+    /// (age, coefficient) of the model outputs the transfer combines; age 0 = this step's.
+    pub outputs: Vec<(usize, f64)>,
+    /// The base sample is the stored `cur_sample` (else this step's sample).
+    pub from_cur_sample: bool,
+}
+
+/// The steps of `n` PNDM steps on the schedule of `cfg` (`MultistepTable::new` turns them into
+/// its rows).
+pub(crate) fn pndm_steps(
     cfg: &SchedulerConfig,
     opts: &SolverOptions,
     n: usize,
-) -> Result<MultistepTable> {
+) -> Result<Vec<PndmStep>> {
     let prediction = cfg.prediction_type;
     ensure!(
         prediction != PredictionType::Sample,
@@ -174,65 +190,16 @@ pub(crate) fn pndm_table(
             };
             (weights, from, to, c == 1)
         };
-        let (a, a_next) = (alpha(from)?, alpha(to)?);
-        let (sample, out) = transfer(a, a_next, prediction);
-        let mut predictor = Combination {
-            sample,
-            ..Default::default()
-        };
-        for &(k, w) in &weights {
-            let age = c - k;
-            ensure!(
-                age < MAX_HISTORY,
-                "PNDM step {c} reads the output of {age} steps before; {MAX_HISTORY} are kept"
-            );
-            predictor.outputs[age] += out * w;
-        }
-        let a_t = alpha(t)?;
-        let sigma = ((1.0 - a_t) / a_t).sqrt();
-        let sigma_next = ((1.0 - a_next) / a_next).sqrt();
-        steps.push(MultistepStep {
+        let (a, alpha_next) = (alpha(from)?, alpha(to)?);
+        let (sample, out) = transfer(a, alpha_next, prediction);
+        steps.push(PndmStep {
             t,
-            sigma,
-            sigma_next,
-            alpha_s: a_t.sqrt(),
-            sigma_s: (1.0 - a_t).sqrt(),
-            lambda: -sigma.ln(),
-            lambda_next: -sigma_next.ln(),
-            order: weights.len(),
-            noise: 0.0,
-            corrector_order: from_last as usize,
-            corrector: if from_last {
-                Combination {
-                    sample: 1.0,
-                    ..Default::default()
-                }
-            } else {
-                Combination::default()
-            },
-            predictor,
+            alpha_t: alpha(t)?,
+            alpha_next,
+            sample,
+            outputs: weights.iter().map(|&(k, w)| (c - k, out * w)).collect(),
+            from_cur_sample: from_last,
         });
     }
-    let history = steps
-        .iter()
-        .map(|s| {
-            s.predictor
-                .outputs
-                .iter()
-                .rposition(|&w| w != 0.0)
-                .map_or(0, |a| a + 1)
-        })
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    Ok(MultistepTable {
-        options: opts.clone(),
-        prediction,
-        limit: X0Limit::None,
-        predicts_x0: false,
-        raw_outputs: true,
-        draws_noise: false,
-        steps,
-        history,
-    })
+    Ok(steps)
 }
