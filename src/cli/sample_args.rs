@@ -34,6 +34,22 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
+    /// [`DeviceArgs::open`] for `pipe`'s model: under plain `--device auto`, a model the GPU plan
+    /// cannot run yet (`gpu::support`) goes to the CPU reference, with a warning.
+    pub fn open_for(&self, pipe: &Pipeline) -> Result<Device> {
+        let device = self.open()?;
+        if self.device == DeviceArg::Auto && matches!(device, Device::Gpu(_)) {
+            let half = self.adapter.choice()?.precision != ddim_wgpu::gpu::Precision::F32;
+            if !half && !self.adapter.names_one() {
+                if let Err(e) = ddim_wgpu::gpu::support::check(&pipe.unet) {
+                    log::warn!("{e}; using the CPU reference");
+                    return Ok(Device::Cpu);
+                }
+            }
+        }
+        Ok(device)
+    }
+
     pub fn open(&self) -> Result<Device> {
         let choice = self.adapter.choice()?;
         let half = choice.precision != ddim_wgpu::gpu::Precision::F32;
@@ -106,6 +122,10 @@ pub struct Args {
     /// Job's completions; overrides Slurm's task count).
     #[arg(long, value_name = "N", requires = "seeds", value_parser = super::numbers::at_least::<u64, 1>)]
     pub shards: Option<u64>,
+    /// Class labels of a class-conditional model: one for all images or one per image (with
+    /// --seeds, one per seed of the whole set, in its order).
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
     #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,

@@ -40,6 +40,9 @@ pub struct Args {
     pub eta: Option<f64>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    /// Class labels of a class-conditional model: one for the whole batch or one per image.
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// Seed of the input, the noise and (with --arch) the weights.
     #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
@@ -145,6 +148,10 @@ pub fn run(args: Args) -> Result<()> {
     let ctx = device.gpu_context().context("a GPU device has a context")?;
     let unet = &pipe.unet;
     let weights = &pipe.model.weights;
+    let labels = super::flags::labels_of(&args.class);
+    ddim_wgpu::model::ClassLabels::check(labels.as_ref(), &unet.time).context("--class")?;
+    // What the plan cannot run yet is refused before the CPU reference spends its time.
+    ddim_wgpu::gpu::support::check(unet)?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
     let numel = args.batch * c * h * w;
     let x = Tensor::new(
@@ -156,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
     // The forward, layer by layer.
     let t0 = Instant::now();
     let mut cpu_layers: Vec<(String, Tensor)> = vec![];
-    forward_with(unet, weights, &x, &ts, &mut |name, t| {
+    forward_with(unet, weights, &x, &ts, labels.as_ref(), &mut |name, t| {
         cpu_layers.push((name.to_string(), t.clone()))
     })?;
     let cpu_secs = t0.elapsed().as_secs_f64();
@@ -210,6 +217,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             batch: Some(args.batch),
             rng: RngKind::Torch,
+            labels: labels.clone(),
             ..Default::default()
         };
         let cpu = pipe.sample(&Device::Cpu, &request)?;

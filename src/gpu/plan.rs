@@ -32,6 +32,7 @@ use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingT
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
 use super::precision::Precision;
+use super::support;
 use super::tensor::GpuTensor;
 use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
@@ -436,6 +437,7 @@ impl UNetPlan {
         pool: Pool,
         choices: &Choices,
     ) -> Result<Self> {
+        support::check(unet)?;
         ensure!(!timesteps.is_empty(), "a plan needs at least one step");
         let batch = timesteps[0].len();
         ensure!(batch > 0, "a plan needs a batch of at least one image");
@@ -545,6 +547,11 @@ impl UNetPlan {
                     cur = Cur::Pair(x, s);
                     continue;
                 }
+                Op::SkipImageCapture
+                | Op::SkipImageDown(_)
+                | Op::SkipImageUp { .. }
+                | Op::SkipImageAdd
+                | Op::DivideBySigma => bail!(support::unsupported(name)),
             };
             ensure!(
                 shape(&out) == layer.output,

@@ -646,7 +646,15 @@ impl StepRunner for GpuRunner<'_> {
         record: &[usize],
         tick: &mut dyn FnMut(),
     ) -> Result<ChunkOutput> {
-        let Chunk { x, mut noise } = chunk;
+        let Chunk {
+            x,
+            mut noise,
+            labels,
+        } = chunk;
+        ensure!(
+            labels.is_none(),
+            super::support::unsupported("class conditioning")
+        );
         let i = self.plan_index(x.shape[0])?;
         let plan = &self.plans[i].1;
         let spec = self.update.spec();

@@ -45,6 +45,7 @@ impl GpuWeights {
         weights: &Weights,
         precision: Precision,
     ) -> Result<Self> {
+        super::support::check(unet)?;
         precision.check(ctx.features, &ctx.describe())?;
         weights.check(&unet.weights())?;
         let mut up = Self {
@@ -76,6 +77,11 @@ impl GpuWeights {
                 | Op::UpsampleNearest2x
                 | Op::PushSkip { .. }
                 | Op::ConcatSkip { .. } => Ok(()),
+                Op::SkipImageCapture
+                | Op::SkipImageDown(_)
+                | Op::SkipImageUp { .. }
+                | Op::SkipImageAdd
+                | Op::DivideBySigma => Err(anyhow::anyhow!(super::support::unsupported(name))),
             }
             .with_context(|| format!("{name}: uploading weights"))?;
         }

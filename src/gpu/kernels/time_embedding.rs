@@ -8,7 +8,7 @@
 //! byte offset `s · stride_bytes` (a multiple of the storage offset alignment), which the conv
 //! epilogue binds with a dynamic offset.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::linear::{matmul_fixed, MatmulArgs, MatmulOptions};
 use crate::cpu::ops::timestep_embedding;
@@ -17,7 +17,7 @@ use crate::gpu::precision::Precision;
 use crate::gpu::tensor::{GpuTensor, StepTable};
 use crate::gpu::weights::GpuWeights;
 use crate::gpu::GpuContext;
-use crate::model::unet::{Linear, TimeEmbedding};
+use crate::model::unet::{Linear, TimeEmbedding, TimeProj};
 
 /// A per-step table of time-embedding values on the device (see [`StepTable`]).
 pub type EmbeddingTable = StepTable;
@@ -55,11 +55,25 @@ pub fn time_embedding(
     );
     let rows = steps * batch;
     let flat: Vec<f32> = timesteps.concat();
-    let sinusoid = timestep_embedding(&flat, te.proj_dim, te.flip_sin_to_cos, te.freq_shift);
+    let TimeProj::Positional {
+        dim,
+        flip_sin_to_cos,
+        freq_shift,
+    } = te.proj
+    else {
+        bail!(crate::gpu::support::unsupported(
+            "a time embedding other than \"positional\""
+        ))
+    };
+    ensure!(
+        te.class.is_none(),
+        crate::gpu::support::unsupported("class conditioning")
+    );
+    let sinusoid = timestep_embedding(&flat, dim, flip_sin_to_cos, freq_shift);
     let proj = ctx.tensor_from(
         "timestep sinusoid",
         &sinusoid.data,
-        &[rows, te.proj_dim],
+        &[rows, dim],
         Precision::F32,
     )?;
     let (w1, b1) = linear_tensors(&te.linear_1, weights).context("time embedding linear_1")?;
