@@ -227,6 +227,8 @@ fn run_case_as(
         x_b: (s.c2 > 0).then_some(&x_b),
         chan_add: case.chan_add.then_some(&chan),
         residual: case.residual.then_some(&residual),
+        residual_resample: Default::default(),
+        image_div: None,
         out: &out,
         out_scale: case.out_scale,
     };

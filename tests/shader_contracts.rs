@@ -12,8 +12,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, smoke, threshold,
-    SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, resample, smoke,
+    threshold, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -70,7 +70,11 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 out_scale,
                 m_total,
                 m_groups_y,
-                _pad,
+                res_h,
+                res_w,
+                res_mode,
+                _pad0,
+                _pad1,
             }),
         ),
         (
@@ -111,11 +115,11 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 n,
                 c1,
                 c2,
-                hw,
                 scale,
                 shift,
                 row_groups,
-                _pad
+                _pad0,
+                _pad1
             }),
         ),
         (
@@ -130,9 +134,31 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 num_chunks,
                 eps,
                 silu,
+                width,
+                out_h,
+                out_w,
+                resample,
+                scale_shift,
+                _pad0,
+                _pad1,
+                _pad2,
             }),
         ),
         ("linear", "Params", linear_params()),
+        (
+            "resample",
+            "Params",
+            host_layout!(resample::Params {
+                batch,
+                height,
+                width,
+                channels,
+                out_h,
+                out_w,
+                mode,
+                row_groups,
+            }),
+        ),
         ("linear_k4", "Params", linear_params()),
         (
             "multistep",
@@ -352,6 +378,7 @@ fn flags_and_tile_sizes_agree() {
         [
             HAS_CHAN_ADD,
             HAS_RESIDUAL,
+            IMAGE_DIV,
             REG_TM,
             REG_TNV,
             REG_WG,
@@ -367,6 +394,11 @@ fn flags_and_tile_sizes_agree() {
         ["linear", "linear_k4"],
         linear,
         [HAS_BIAS, HAS_RESIDUAL, SILU_IN, SILU_OUT, BIAS_PER_ROW]
+    );
+    assert_consts_agree!(
+        ["resample", "group_norm", "conv2d"],
+        resample,
+        [RS_NONE, RS_AVG_POOL, RS_FIR_DOWN, RS_FIR_UP, RS_NEAREST]
     );
 }
 

@@ -27,12 +27,15 @@ use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;
-use super::kernels::group_norm::{group_norm, GroupNormIo, GroupNormScratch, GroupNormShape};
+use super::kernels::group_norm::{
+    group_norm_with, Apply, GroupNormIo, GroupNormScratch, GroupNormShape,
+};
+use super::kernels::resample::Resample;
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
 use super::precision::Precision;
-use super::tensor::GpuTensor;
+use super::tensor::{GpuTensor, StepTable};
 use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
@@ -167,11 +170,16 @@ pub fn plan_footprint(
     })
 }
 
-/// What a convolution's epilogue adds to its output: `(conv + chan_add + residual) · out_scale`.
+/// What a convolution's epilogue adds to its output:
+/// `(conv + chan_add + resample(residual)) · out_scale / image_div`.
 struct Epilogue<'t> {
     /// A per-step `[B, Cout]` table (a resnet's time projection).
     chan_add: Option<&'t EmbeddingTable>,
     residual: Option<Act>,
+    /// How the residual is resampled as it is read (a resnet's pooled or upsampled identity).
+    residual_resample: Resample,
+    /// A per-step `[B, 1]` table dividing the result (a fourier skip model's σ).
+    image_div: Option<&'t StepTable>,
     out_scale: f32,
 }
 
@@ -180,6 +188,8 @@ impl Epilogue<'_> {
     const NONE: Epilogue<'static> = Epilogue {
         chan_add: None,
         residual: None,
+        residual_resample: Resample::None,
+        image_div: None,
         out_scale: 1.0,
     };
 }
@@ -247,6 +257,8 @@ impl Builder<'_> {
             x_b: b.map(|b| &b.tensor),
             chan_add: epilogue.chan_add,
             residual: epilogue.residual.as_ref().map(|r| &r.tensor),
+            residual_resample: epilogue.residual_resample,
+            image_div: epilogue.image_div,
             out: &out,
             out_scale: epilogue.out_scale,
         };
@@ -257,7 +269,15 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn group_norm(&mut self, name: &str, norm: &GroupNorm, x: Act, silu: bool) -> Result<Act> {
+    /// `silu?(norm(x))`, with the apply pass's extras (`apply`: scale-shift, resampling).
+    fn group_norm(
+        &mut self,
+        name: &str,
+        norm: &GroupNorm,
+        x: Act,
+        silu: bool,
+        apply: Apply<'_>,
+    ) -> Result<Act> {
         ensure!(
             norm.channels == shape(&x).c,
             "{name}: norm over {} channels, activation has {}",
@@ -265,7 +285,9 @@ impl Builder<'_> {
             shape(&x).c
         );
         let ns = GroupNormShape::of(&x, norm.groups, norm.eps, silu)?;
-        let out = self.new_act(name, shape(&x));
+        let s = shape(&x);
+        let (h, w) = apply.resample.out_hw(s.h, s.w)?;
+        let out = self.new_act(name, Shape { h, w, ..s });
         let io = GroupNormIo {
             x: &x,
             gamma: self.weights.tensor(&norm.weight)?,
@@ -273,7 +295,7 @@ impl Builder<'_> {
             y: &out,
         };
         let combine = self.choices.group_norm(&ns);
-        let ds = group_norm(self.ctx, &ns, combine, &self.norm_scratch, &io)
+        let ds = group_norm_with(self.ctx, &ns, combine, &self.norm_scratch, &io, apply)
             .with_context(|| format!("{name}: group norm"))?;
         self.dispatches.extend(ds);
         Ok(out)
@@ -310,16 +332,17 @@ impl Builder<'_> {
             Some(_) => (xs, None),
             None => (xs.clone(), Some(xs)),
         };
-        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true)?;
+        let plain = Apply::default();
+        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true, plain)?;
         let n2 = if r.scale_shift {
+            // norm2 → ·(1 + scale) + shift → SiLU, all in norm2's apply pass.
             let conv1 = format!("{name}.conv1");
             let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), false, Epilogue::NONE)?;
-            let g = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, false)?;
-            let label = format!("{name}.scale_shift");
-            let out = self.new_act(&label, shape(&g));
-            let d = elementwise::scale_shift_silu(self.ctx, &label, &g, &table, &out)?;
-            self.dispatches.push(d);
-            out
+            let apply = Apply {
+                scale_shift: Some(&table),
+                ..plain
+            };
+            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true, apply)?
         } else {
             let epilogue = Epilogue {
                 chan_add: Some(&table),
@@ -332,7 +355,7 @@ impl Builder<'_> {
                 false,
                 epilogue,
             )?;
-            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?
+            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true, plain)?
         };
         let residual = match (&r.shortcut, identity) {
             (Some(s), _) => self.conv(
@@ -346,9 +369,9 @@ impl Builder<'_> {
             (None, None) => unreachable!("no shortcut means x is the identity"),
         };
         let epilogue = Epilogue {
-            chan_add: None,
             residual: Some(residual),
             out_scale: 1.0 / r.output_scale_factor,
+            ..Epilogue::NONE
         };
         self.conv(
             &format!("{name}.conv2"),
@@ -530,7 +553,9 @@ impl UNetPlan {
                     pending_upsample = true;
                     continue;
                 }
-                Op::GroupNormSilu(n) => b.group_norm(name, n, one(cur, name)?, true)?,
+                Op::GroupNormSilu(n) => {
+                    b.group_norm(name, n, one(cur, name)?, true, Apply::default())?
+                }
                 Op::PushSkip { slot } => {
                     let x = one(cur, name)?;
                     skips[*slot] = Some(x.clone());
