@@ -13,7 +13,7 @@ use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
     attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, resample, smoke,
-    threshold, SHADERS,
+    threshold, time_embedding, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -120,6 +120,16 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 row_groups,
                 _pad0,
                 _pad1
+            }),
+        ),
+        (
+            "embedding",
+            "Params",
+            host_layout!(time_embedding::Params {
+                rows,
+                batch,
+                width,
+                row_groups,
             }),
         ),
         (

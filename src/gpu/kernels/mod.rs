@@ -18,11 +18,12 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 11] = [
+pub const SHADERS: [(&str, &str); 12] = [
     ("attention", attention::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
     ("elementwise", elementwise::SOURCE),
+    ("embedding", time_embedding::SOURCE),
     ("group_norm", group_norm::SOURCE),
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
