@@ -12,8 +12,11 @@ use ddim_wgpu::gpu::kernels::resample::{resample, Resample};
 use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::Tensor;
 
+/// A CPU reference filter.
+type Reference = fn(&Tensor) -> Tensor;
+
 /// Every filter with its CPU twin.
-const MODES: [(Resample, fn(&Tensor) -> Tensor); 4] = [
+const MODES: [(Resample, Reference); 4] = [
     (Resample::AvgPool2, cpu::avg_pool2x2),
     (Resample::FirDown2, cpu::fir_down2),
     (Resample::FirUp2, cpu::fir_up2),

@@ -181,8 +181,14 @@ fn class_rows_are_added_to_every_step() {
 
         // The timestep type: its own one-step MLP, then rows 0..B.
         let (mut d, emb) = embedding_mlp(ctx, &sinusoid, mlp, &uploaded, &steps).unwrap();
-        let (dc, class) =
-            embedding_mlp(ctx, &sinusoid, mlp, &uploaded, &[label_t.clone()]).unwrap();
+        let (dc, class) = embedding_mlp(
+            ctx,
+            &sinusoid,
+            mlp,
+            &uploaded,
+            std::slice::from_ref(&label_t),
+        )
+        .unwrap();
         d.extend(dc);
         let class_rows = class.tensor().reshape(&[labels.len(), t]).unwrap();
         d.push(add_class_rows(ctx, &emb, &class_rows, &[0, 1, 2]).unwrap());
