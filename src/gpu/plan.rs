@@ -30,7 +30,7 @@ use super::kernels::elementwise;
 use super::kernels::group_norm::{
     group_norm_with, Apply, GroupNormIo, GroupNormScratch, GroupNormShape,
 };
-use super::kernels::resample::Resample;
+use super::kernels::resample::{self, Resample};
 use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
@@ -321,23 +321,40 @@ impl Builder<'_> {
         }
     }
 
-    fn resnet(&mut self, name: &str, r: &Resnet, x: Cur) -> Result<Act> {
+    /// A resnet whose both paths are resampled by `resample` after norm1 + SiLU (diffusers'
+    /// up/down resnets; `Resample::None` for the plain one). Nothing costs a pass of its own
+    /// except a shortcut conv's filtered input: h is resampled by norm1's apply pass (nearest by
+    /// conv1's loader, so the 4× larger h is never stored), the identity by conv2's epilogue as
+    /// it reads it, and a shortcut conv's input by the loader (nearest) or else the standalone
+    /// kernel.
+    fn resnet(&mut self, name: &str, r: &Resnet, x: Cur, resample: Resample) -> Result<Act> {
         let (proj, table) = time_projection(self.ctx, &r.time_emb_proj, self.weights, &self.emb)
             .with_context(|| format!("{name}: time_emb_proj"))?;
         self.prelude.push(proj);
 
         // With a shortcut conv, it reads x (a pair directly); without, x itself is the residual.
         let xs = self.materialise(&format!("{name}.concat"), x.clone())?;
+        let filter_x =
+            r.shortcut.is_some() && !matches!(resample, Resample::None | Resample::Nearest2);
+        let shortcut_in = filter_x.then(|| xs.clone());
         let (norm_in, identity) = match r.shortcut {
             Some(_) => (xs, None),
             None => (xs.clone(), Some(xs)),
         };
         let plain = Apply::default();
-        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true, plain)?;
+        let (norm1_resample, conv1_up) = match resample {
+            Resample::Nearest2 => (Resample::None, true),
+            mode => (mode, false),
+        };
+        let apply1 = Apply {
+            resample: norm1_resample,
+            ..plain
+        };
+        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true, apply1)?;
+        let conv1 = format!("{name}.conv1");
         let n2 = if r.scale_shift {
             // norm2 → ·(1 + scale) + shift → SiLU, all in norm2's apply pass.
-            let conv1 = format!("{name}.conv1");
-            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), false, Epilogue::NONE)?;
+            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), conv1_up, Epilogue::NONE)?;
             let apply = Apply {
                 scale_shift: Some(&table),
                 ..plain
@@ -348,28 +365,33 @@ impl Builder<'_> {
                 chan_add: Some(&table),
                 ..Epilogue::NONE
             };
-            let h1 = self.conv(
-                &format!("{name}.conv1"),
-                &r.conv1,
-                Cur::One(n1),
-                false,
-                epilogue,
-            )?;
+            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), conv1_up, epilogue)?;
             self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true, plain)?
         };
-        let residual = match (&r.shortcut, identity) {
-            (Some(s), _) => self.conv(
-                &format!("{name}.conv_shortcut"),
-                s,
-                x,
-                false,
-                Epilogue::NONE,
-            )?,
-            (None, Some(identity)) => identity,
+        let (residual, residual_resample) = match (&r.shortcut, identity) {
+            (Some(s), _) => {
+                let label = format!("{name}.conv_shortcut");
+                let (input, up) = match shortcut_in {
+                    Some(xs) => {
+                        let sx = shape(&xs);
+                        let (h, w) = resample.out_hw(sx.h, sx.w)?;
+                        let rlabel = format!("{name}.resample_x");
+                        let out = self.new_act(&rlabel, Shape { h, w, ..sx });
+                        let d = resample::resample(self.ctx, &rlabel, resample, &xs, &out)?;
+                        self.dispatches.push(d);
+                        (Cur::One(out), false)
+                    }
+                    None => (x, resample == Resample::Nearest2),
+                };
+                let sc = self.conv(&label, s, input, up, Epilogue::NONE)?;
+                (sc, Resample::None)
+            }
+            (None, Some(identity)) => (identity, resample),
             (None, None) => unreachable!("no shortcut means x is the identity"),
         };
         let epilogue = Epilogue {
             residual: Some(residual),
+            residual_resample,
             out_scale: 1.0 / r.output_scale_factor,
             ..Epilogue::NONE
         };
@@ -547,7 +569,7 @@ impl UNetPlan {
                     pending_upsample = false;
                     out
                 }
-                Op::Resnet(r) => b.resnet(name, r, cur)?,
+                Op::Resnet(r) => b.resnet(name, r, cur, Resample::None)?,
                 Op::Attention(a) => b.attention(name, a, one(cur, name)?)?,
                 Op::UpsampleNearest2x => {
                     pending_upsample = true;
