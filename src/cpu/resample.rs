@@ -171,7 +171,7 @@ mod tests {
     fn fir_keeps_constants_inside_and_attenuates_borders() {
         let x = t(&[1, 1, 6, 6], |_| 1.0);
         let d = fir_down2(&x);
-        assert_eq!(d.data[3 + 1], 1.0, "interior (1, 1) of the 3×3 output");
+        assert_eq!(d.data[4], 1.0, "interior (row 1, column 1 of 3x3)");
         assert_eq!(
             d.data[0],
             (7.0f64 / 8.0).powi(2) as f32,
