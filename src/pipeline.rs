@@ -23,7 +23,7 @@ use crate::cpu::sampler::{CpuRunner, MAX_BATCH as CPU_MAX_BATCH};
 use crate::gpu::plan::PlanOptions;
 use crate::gpu::sampler::GpuRunner;
 use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
-use crate::model::{Model, UNet};
+use crate::model::{ClassLabels, Model, UNet};
 use crate::rng::RngKind;
 use crate::sampling::{self, ChunkSink, NoisePlan, Run, SamplerSteps, Start, StepRunner};
 use crate::schedule::SchedulerConfig;
@@ -100,6 +100,9 @@ pub struct SampleRequest {
     pub trajectory: TrajectoryFrames,
     /// Called after every model evaluation; None reports nothing.
     pub progress: Option<Progress>,
+    /// Class labels of a class-conditional model: one for all images or one per image (in the
+    /// order of `noise`'s images); None for an unconditional model.
+    pub labels: Option<ClassLabels>,
 }
 
 impl SampleRequest {
@@ -119,6 +122,7 @@ impl Default for SampleRequest {
             batch: None,
             trajectory: TrajectoryFrames::Off,
             progress: None,
+            labels: None,
         }
     }
 }
@@ -168,6 +172,8 @@ pub struct LatentRequest {
     pub batch: Option<usize>,
     /// Called after every model evaluation; None reports nothing.
     pub progress: Option<Progress>,
+    /// Class labels of a class-conditional model: one for all images or one per image.
+    pub labels: Option<ClassLabels>,
 }
 
 impl Default for LatentRequest {
@@ -176,23 +182,26 @@ impl Default for LatentRequest {
             steps: 50,
             batch: None,
             progress: None,
+            labels: None,
         }
     }
 }
 
-/// What a run gives back besides its final samples.
+/// What a run gives back besides its final samples, and the labels it conditions on.
 struct Outputs<'t, 's> {
     trajectory: Option<&'t mut Trajectory>,
     progress: Option<&'t Progress>,
     sink: Option<ChunkSink<'s>>,
+    labels: Option<&'t ClassLabels>,
 }
 
 impl<'t> Outputs<'t, '_> {
-    fn progress(progress: Option<&'t Progress>) -> Self {
+    fn latent(request: &'t LatentRequest) -> Self {
         Self {
             trajectory: None,
-            progress,
+            progress: request.progress.as_ref(),
             sink: None,
+            labels: request.labels.as_ref(),
         }
     }
 }
@@ -266,6 +275,7 @@ impl Pipeline {
                 trajectory: trajectory.as_mut(),
                 progress: request.progress.as_ref(),
                 sink: None,
+                labels: request.labels.as_ref(),
             },
         )?;
         Ok(Sampled {
@@ -300,6 +310,7 @@ impl Pipeline {
                 trajectory: None,
                 progress: request.progress.as_ref(),
                 sink: Some(sink),
+                labels: request.labels.as_ref(),
             },
         )?;
         Ok(batch)
@@ -348,13 +359,12 @@ impl Pipeline {
     /// their latents x_T after `request.steps` steps.
     pub fn invert(&self, device: &Device, x0: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::inverse(&self.scheduler, request.steps)?;
-        let progress = request.progress.as_ref();
         let (x_t, _) = self.run(
             device,
             &steps,
             Start::Given(x0),
             request.batch,
-            Outputs::progress(progress),
+            Outputs::latent(request),
         )?;
         Ok(x_t)
     }
@@ -363,13 +373,12 @@ impl Pipeline {
     /// interpolation use.
     pub fn decode(&self, device: &Device, x_t: &Tensor, request: &LatentRequest) -> Result<Tensor> {
         let steps = SamplerSteps::ddim_eta0(&self.scheduler, request.steps)?;
-        let progress = request.progress.as_ref();
         let (x0, _) = self.run(
             device,
             &steps,
             Start::Given(x_t),
             request.batch,
-            Outputs::progress(progress),
+            Outputs::latent(request),
         )?;
         Ok(x0)
     }
@@ -507,6 +516,7 @@ impl Pipeline {
             trajectory,
             progress,
             sink,
+            labels,
         } = outputs;
         let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
         ensure!(
@@ -518,6 +528,16 @@ impl Pipeline {
             Start::Noise(plan) => plan.num(),
             Start::Given(x) => x.shape.first().copied().unwrap_or(0),
         };
+        // Labels are checked before any device work: present exactly for a class-conditional
+        // model, in range, one for all images or one per image.
+        ClassLabels::check(labels, &self.unet.time)?;
+        if let Some(l) = labels {
+            ensure!(
+                l.len() == 1 || l.len() == num,
+                "{} class labels for {num} images: give one label for all images or one per image",
+                l.len()
+            );
+        }
         let frames = trajectory.as_deref().map_or(0, |t| t.steps.len());
         let run = |batch| Run {
             steps,
@@ -526,6 +546,7 @@ impl Pipeline {
             batch,
             trajectory,
             progress,
+            labels,
             // `Some(s)` re-coerces the sink to the run's shorter lifetime.
             sink: match sink {
                 Some(s) => Some(s),

@@ -503,6 +503,7 @@ mod tests {
             image: [3, 16, 16],
             seeds: &SeedSet::parse("0-9").unwrap(),
             shards: 1,
+            class: None,
         })
     }
 
@@ -591,13 +592,18 @@ mod tests {
             image: [3, 16, 16],
             seeds: &SeedSet::parse("0-9").unwrap(),
             shards: 1,
+            class: Some(&crate::model::ClassLabels::Indices(vec![3, 1])),
         });
         let keys: Vec<String> = other
             .differences(&base)
             .iter()
             .map(|d| d.split(':').next().unwrap().to_string())
             .collect();
-        assert_eq!(keys, ["model.config.norm_eps", "precision", "rng"]);
+        assert_eq!(
+            keys,
+            ["model.config.norm_eps", "precision", "rng", "run.class"]
+        );
+        assert_eq!(other.get("run.class"), Some("3,1"));
     }
 
     #[test]

@@ -81,6 +81,124 @@ fn forward_reproduces_pytorch_on_every_fixture() {
     }
 }
 
+/// The model-coverage fixtures (tools/export_unet_model_coverage_fixtures.py) through the
+/// command line: `--class`, decimal and negative timesteps, σ for a Fourier model.
+#[test]
+fn forward_with_class_labels_and_fractional_timesteps_reproduces_pytorch() {
+    for (case, class) in [
+        ("cd_imagenet64_like", Some("3,7")),
+        ("class_timestep", Some("2,517")),
+        ("learned_time", Some("0,4")),
+        ("ncsnpp_skip_fourier", None),
+        ("skip_three_levels", None),
+    ] {
+        let dir = fixture(case);
+        let out = out_path(case);
+        let ts = timesteps(&dir);
+        let input = dir.join("input.safetensors");
+        let mut args = vec![
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--timestep",
+            &ts,
+            "--allow-any-timestep",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        if let Some(c) = class {
+            args.extend(["--class", c]);
+        }
+        let o = ddim(&args);
+        assert!(
+            o.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let y = read_tensor(&out, "sample").unwrap();
+        let reference = read_tensor(&dir.join("expected.safetensors"), "sample").unwrap();
+        let err = rel_l2(&y.data, &reference.data);
+        println!("{case}: ddim forward rel L2 vs PyTorch {err:.2e}");
+        assert!(err <= 1e-5, "{case}: rel L2 {err:.3e}");
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn forward_refuses_missing_wrong_and_unwanted_class_labels() {
+    let input = |case: &str| fixture(case).join("input.safetensors");
+    let run_at = |case: &str, t: &str, extra: &[&str]| {
+        let dir = fixture(case);
+        let out = out_path(&format!("class-{case}"));
+        let mut args = vec![
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--timestep",
+            t,
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        let x = input(case);
+        args.extend(["--input", x.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let o = ddim(&args);
+        assert!(!out.exists(), "no output is written on error");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let run = |case: &str, extra: &[&str]| run_at(case, "10", extra);
+    let cases: [(&str, &[&str], &str); 6] = [
+        (
+            "cd_imagenet64_like",
+            &[][..],
+            "the model is class-conditional (num_class_embeds = 10)",
+        ),
+        (
+            "cd_imagenet64_like",
+            &["--class", "10"][..],
+            "class label 10 is out of range",
+        ),
+        (
+            "cd_imagenet64_like",
+            &["--class", "1,2,3"][..],
+            "3 class labels for a batch of 2",
+        ),
+        (
+            "cd_imagenet64_like",
+            &["--class", "x"][..],
+            "class label \"x\"",
+        ),
+        (
+            "uneven_heads_flat",
+            &["--class", "1"][..],
+            "the model is not class-conditional",
+        ),
+        (
+            "class_identity",
+            &["--class", "1"][..],
+            "takes a vector of 24 values per image",
+        ),
+    ];
+    for (case, extra, needle) in cases {
+        let err = run(case, extra);
+        // The message is one line (clap adds a hint line after its own parse errors).
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains(needle), "{case} {extra:?}: {err}");
+    }
+    // A fractional timestep on a learned time embedding is refused, not rounded.
+    let err = run_at("learned_time", "10.5", &["--class", "1"]);
+    assert!(
+        err.contains("learned time embedding takes integer values"),
+        "{err}"
+    );
+}
+
 #[test]
 fn one_timestep_is_used_for_the_whole_batch() {
     let dir = fixture("attn_heads_pipeline");

@@ -1,11 +1,12 @@
 //! The CPU U-Net forward against PyTorch/diffusers on the committed fixtures
-//! (tools/export_unet_fixtures.py): every layer is compared, and the output must match the
-//! PyTorch f32 output with relative L2 ≤ 1e-5.
+//! (tools/export_unet_fixtures.py, and tools/export_unet_model_coverage_fixtures.py for resnet
+//! resampling, skip blocks, Fourier/learned time and class embeddings): every layer is compared,
+//! and the output must match the PyTorch f32 output with relative L2 ≤ 1e-5.
 
 use ddim_wgpu::cpu::forward::forward_with;
 use ddim_wgpu::model::dir::Layout;
 use ddim_wgpu::model::tensor_io::read_tensor;
-use ddim_wgpu::model::{Model, UNet};
+use ddim_wgpu::model::{ClassLabels, Model, UNet};
 use ddim_wgpu::tensor::{max_abs_diff, rel_l2};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
@@ -40,6 +41,8 @@ struct Case {
     layout: String,
     weights_dtype: String,
     legacy_names: bool,
+    /// One label per image, or identity vectors from input.safetensors, or none.
+    labels: Option<ClassLabels>,
 }
 
 fn read_case(dir: &Path) -> Case {
@@ -55,6 +58,17 @@ fn read_case(dir: &Path) -> Case {
         layout: v["layout"].as_str().unwrap().into(),
         weights_dtype: v["weights_dtype"].as_str().unwrap().into(),
         legacy_names: v["legacy_names"].as_bool().unwrap(),
+        labels: if v["class_vectors"].as_bool() == Some(true) {
+            let t = read_tensor(&dir.join("input.safetensors"), "class_labels").unwrap();
+            Some(ClassLabels::Vectors {
+                width: t.shape[1],
+                data: t.data,
+            })
+        } else {
+            v["class_labels"].as_array().map(|a| {
+                ClassLabels::Indices(a.iter().map(|l| l.as_u64().unwrap() as u32).collect())
+            })
+        },
     }
 }
 
@@ -89,6 +103,7 @@ fn check(name: &str) -> f64 {
         &model.weights,
         &x,
         &case.timesteps,
+        case.labels.as_ref(),
         &mut |layer, out| {
             if let Some(reference) = expected.get(layer) {
                 let err = rel_l2(&out.data, reference);
@@ -153,4 +168,34 @@ fn no_mid_block_batch_one() {
 #[test]
 fn channels_not_divisible_by_head_dim() {
     check("uneven_heads_flat");
+}
+
+#[test]
+fn resnet_resampling_scale_shift_class_table_like_cd_imagenet64() {
+    check("cd_imagenet64_like");
+}
+
+#[test]
+fn ncsnpp_skip_blocks_fourier_sigma_centered_null_groups() {
+    check("ncsnpp_skip_fourier");
+}
+
+#[test]
+fn skip_blocks_image_path_across_three_levels() {
+    check("skip_three_levels");
+}
+
+#[test]
+fn timestep_class_embedding_and_fractional_timesteps() {
+    check("class_timestep");
+}
+
+#[test]
+fn identity_class_embedding_takes_vectors() {
+    check("class_identity");
+}
+
+#[test]
+fn learned_time_embedding_with_class_table() {
+    check("learned_time");
 }

@@ -261,7 +261,15 @@ fn time_embedding_tables_match_cpu() {
         let w = weights.get(&l.weight).unwrap();
         ops::linear(t, w, Some(weights.slice(&l.bias).unwrap()))
     };
-    let sinus = ops::timestep_embedding(&flat, te.proj_dim, te.flip_sin_to_cos, te.freq_shift);
+    let ddim_wgpu::model::unet::TimeProj::Positional {
+        dim,
+        flip_sin_to_cos,
+        freq_shift,
+    } = te.proj
+    else {
+        panic!("the bundled model has a positional time embedding")
+    };
+    let sinus = ops::timestep_embedding(&flat, dim, flip_sin_to_cos, freq_shift);
     let emb = lin(&ops::silu(&lin(&sinus, &te.linear_1)), &te.linear_2);
     let resnets: Vec<_> = unet
         .layers

@@ -9,13 +9,25 @@ use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::time_embedding::{add_class_rows, embedding_mlp, Projection};
 use ddim_wgpu::gpu::{GpuWeights, Precision};
-use ddim_wgpu::model::unet::Linear;
+use ddim_wgpu::model::unet::{Linear, TimeEmbedding, TimeProj};
 use ddim_wgpu::model::{UNet, UNet2DConfig, Weights};
 use ddim_wgpu::Tensor;
 
 /// 2 steps × batch 3.
 fn timesteps() -> Vec<Vec<f32>> {
     vec![vec![80.0, 0.5, 3.25], vec![0.002, 17.0, 1.0]]
+}
+
+/// The bundled-size model's sinusoid: (dim, flip_sin_to_cos, freq_shift).
+fn positional(te: &TimeEmbedding) -> (usize, bool, f32) {
+    match te.proj {
+        TimeProj::Positional {
+            dim,
+            flip_sin_to_cos,
+            freq_shift,
+        } => (dim, flip_sin_to_cos, freq_shift),
+        ref other => panic!("expected a positional embedding, got {other:?}"),
+    }
 }
 
 struct Model {
@@ -50,7 +62,7 @@ impl Model {
 fn fourier_and_learned_projections_through_the_mlp() {
     let m = model();
     let te = &m.unet.time;
-    let dim = te.proj_dim;
+    let (dim, _, _) = positional(te);
     let flat: Vec<f32> = timesteps().concat();
     // Gaussian weights of scale 16 as diffusers initialises them (only dim/2 of them).
     let w: Vec<f32> = common::random(dim / 2, 3)
@@ -119,26 +131,17 @@ const FOURIER_F64_MAX_ABS: f64 = 2e-4;
 fn class_rows_are_added_to_every_step() {
     let m = model();
     let te = &m.unet.time;
+    let (proj_dim, flip, shift) = positional(te);
     let t = te.embed_dim();
     let steps = timesteps();
     let labels = [3usize, 0, 4];
     let k = 5;
     let class_table = common::random(k * t, 9);
-    let sinus = ops::timestep_embedding(
-        &steps.concat(),
-        te.proj_dim,
-        te.flip_sin_to_cos,
-        te.freq_shift,
-    );
+    let sinus = ops::timestep_embedding(&steps.concat(), proj_dim, flip, shift);
     let time_emb = m.mlp(&sinus);
     // The timestep type: the class MLP of the labels' sinusoid, one row per image.
     let label_t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-    let class_mlp = m.mlp(&ops::timestep_embedding(
-        &label_t,
-        te.proj_dim,
-        te.flip_sin_to_cos,
-        te.freq_shift,
-    ));
+    let class_mlp = m.mlp(&ops::timestep_embedding(&label_t, proj_dim, flip, shift));
     let mut want_table = time_emb.data.clone();
     let mut want_mlp = time_emb.data.clone();
     for (r, (a, b)) in want_table
@@ -156,7 +159,7 @@ fn class_rows_are_added_to_every_step() {
     common::for_each_backend(|backend, ctx| {
         let uploaded = GpuWeights::upload(ctx, &m.unet, &m.weights).unwrap();
         let mlp = (&te.linear_1, &te.linear_2);
-        let sinusoid = Projection::sinusoid(te);
+        let sinusoid = Projection::of(&te.proj, &uploaded).unwrap();
 
         // Label-indexed rows.
         let (mut d, emb) = embedding_mlp(ctx, &sinusoid, mlp, &uploaded, &steps).unwrap();

@@ -2,7 +2,8 @@
 //! a temporary directory, from a good fixture (tests/fixtures/unet/uneven_heads_flat, f32, flat).
 
 use ddim_wgpu::cpu::forward::forward;
-use ddim_wgpu::model::{Model, UNet, UNet2DConfig, Weights};
+use ddim_wgpu::cpu::forward::forward_labeled;
+use ddim_wgpu::model::{ClassLabels, Model, UNet, UNet2DConfig, Weights};
 use ddim_wgpu::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -198,12 +199,48 @@ fn unsupported_block_and_options() {
     ]);
 
     let m = TempModel::new("unsupported2");
-    m.edit_config(|c| c["time_embedding_type"] = "fourier".into());
-    m.expect_error(&["unsupported time_embedding_type", "positional"]);
+    m.edit_config(|c| c["time_embedding_type"] = "sinusoidal".into());
+    m.expect_error(&[
+        "unsupported time_embedding_type",
+        "positional, fourier, learned",
+    ]);
 
     let m = TempModel::new("unsupported3");
+    m.edit_config(|c| c["class_embed_type"] = "projection".into());
+    m.expect_error(&[
+        "unsupported class_embed_type \"projection\"",
+        "null, timestep, identity",
+    ]);
+
+    let m = TempModel::new("unsupported5");
+    m.edit_config(|c| c["downsample_type"] = "fir".into());
+    m.expect_error(&["unsupported downsample_type \"fir\"", "conv, resnet"]);
+
+    let m = TempModel::new("unsupported6");
+    m.edit_config(|c| c["time_embedding_type"] = "learned".into());
+    m.expect_error(&["\"learned\"", "needs num_train_timesteps"]);
+
+    // Only skip blocks choose their own group counts.
+    let m = TempModel::new("unsupported7");
+    m.edit_config(|c| c["norm_num_groups"] = serde_json::Value::Null);
+    m.expect_error(&[
+        "unsupported norm_num_groups null",
+        "AttnDownBlock2D",
+        "every block is a skip block",
+    ]);
+
+    // Skip blocks hard-wire the image path to 3 channels.
+    let m = TempModel::new("unsupported8");
+    m.edit_config(|c| {
+        c["in_channels"] = 1.into();
+        c["down_block_types"][0] = "SkipDownBlock2D".into();
+    });
+    m.expect_error(&["skip blocks", "in_channels = 1", "must be 3"]);
+
+    // An accepted config whose file lacks the tensors it needs names them.
+    let m = TempModel::new("unsupported9");
     m.edit_config(|c| c["num_class_embeds"] = 10.into());
-    m.expect_error(&["unsupported num_class_embeds"]);
+    m.expect_error(&["class_embedding.weight"]);
 
     let m = TempModel::new("unsupported4");
     m.edit_config(|c| c["norm_num_groups"] = 5.into());
@@ -290,4 +327,110 @@ fn non_finite_weights_are_refused_with_name_and_count() {
     }
     m.write_weights(e);
     m.expect_error(&["conv_out.weight", "3 non-finite"]);
+}
+
+/// A small model of `config` (8×8 images) with random weights.
+fn small(edit: impl FnOnce(&mut UNet2DConfig)) -> (UNet, Weights) {
+    let mut config = UNet2DConfig {
+        block_out_channels: vec![8, 16],
+        down_block_types: vec!["DownBlock2D".into(), "DownBlock2D".into()],
+        up_block_types: vec!["UpBlock2D".into(), "UpBlock2D".into()],
+        norm_num_groups: Some(4),
+        layers_per_block: 1,
+        ..UNet2DConfig::default()
+    };
+    edit(&mut config);
+    let weights = Weights::random(&config, 0).unwrap();
+    (UNet::new(&config, 8, 8).unwrap(), weights)
+}
+
+/// The forward fails with an error containing `needle`.
+fn refuses(unet: &UNet, weights: &Weights, t: &[f32], labels: Option<&ClassLabels>, needle: &str) {
+    let x = Tensor::zeros(&[2, unet.input.c, 8, 8]);
+    let e = forward_labeled(unet, weights, &x, t, labels).unwrap_err();
+    let e = format!("{e:#}");
+    println!("{e}");
+    assert!(e.contains(needle), "{e:?} does not mention {needle:?}");
+    assert!(!e.contains('\n'), "{e:?} is not one line");
+}
+
+#[test]
+fn class_labels_are_required_in_range_and_of_the_right_kind() {
+    let (unet, w) = small(|c| c.num_class_embeds = Some(10));
+    refuses(
+        &unet,
+        &w,
+        &[5.0],
+        None,
+        "the model is class-conditional (num_class_embeds = 10)",
+    );
+    let out_of_range = ClassLabels::Indices(vec![3, 10]);
+    refuses(
+        &unet,
+        &w,
+        &[5.0],
+        Some(&out_of_range),
+        "class label 10 is out of range: the model has 10 classes (0..=9)",
+    );
+    let three = ClassLabels::Indices(vec![1, 2, 3]);
+    refuses(
+        &unet,
+        &w,
+        &[5.0],
+        Some(&three),
+        "3 class labels for a batch of 2",
+    );
+    let vectors = ClassLabels::Vectors {
+        width: 32,
+        data: vec![0.0; 32],
+    };
+    refuses(&unet, &w, &[5.0], Some(&vectors), "takes class indices");
+    let x = Tensor::zeros(&[2, 3, 8, 8]);
+    let one = ClassLabels::Indices(vec![9]);
+    assert!(forward_labeled(&unet, &w, &x, &[5.0], Some(&one)).is_ok());
+
+    let (unet, w) = small(|_| {});
+    refuses(
+        &unet,
+        &w,
+        &[5.0],
+        Some(&one),
+        "the model is not class-conditional",
+    );
+
+    let (unet, w) = small(|c| c.class_embed_type = Some("identity".into()));
+    refuses(
+        &unet,
+        &w,
+        &[5.0],
+        Some(&one),
+        "takes a vector of 32 values per image",
+    );
+    let narrow = ClassLabels::Vectors {
+        width: 8,
+        data: vec![0.0; 16],
+    };
+    refuses(&unet, &w, &[5.0], Some(&narrow), "class vectors of width 8");
+}
+
+#[test]
+fn timesteps_the_time_embedding_cannot_take_are_refused() {
+    let (unet, w) = small(|c| {
+        c.time_embedding_type = "learned".into();
+        c.num_train_timesteps = Some(1000);
+    });
+    refuses(
+        &unet,
+        &w,
+        &[10.5],
+        None,
+        "timestep 10.5 cannot be used: a learned time embedding takes integer values in 0..1000",
+    );
+    refuses(&unet, &w, &[1000.0], None, "integer values in 0..1000");
+    let x = Tensor::zeros(&[2, 3, 8, 8]);
+    assert!(forward_labeled(&unet, &w, &x, &[999.0], None).is_ok());
+
+    let (unet, w) = small(|c| c.time_embedding_type = "fourier".into());
+    refuses(&unet, &w, &[0.0], None, "must be positive (σ > 0)");
+    refuses(&unet, &w, &[f32::NAN], None, "not a finite number");
 }

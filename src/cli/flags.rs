@@ -3,6 +3,7 @@
 //! and the flag names in messages about library errors (the library names values, not flags).
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use ddim_wgpu::model::ClassLabels;
 use ddim_wgpu::pipeline::BatchTooLarge;
 use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::SamplerKind;
@@ -46,5 +47,47 @@ pub fn batch_hint(e: anyhow::Error, batch: Option<usize>) -> anyhow::Error {
             )
         }
         _ => e,
+    }
+}
+
+/// `--class N[,N2,...]`: class labels of a class-conditional model, one for all images or one
+/// per image (per seed with `--seeds`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassArg(pub Vec<u32>);
+
+impl ClassArg {
+    pub fn labels(&self) -> ClassLabels {
+        ClassLabels::Indices(self.0.clone())
+    }
+}
+
+/// Parses `--class`: comma-separated whole numbers.
+pub fn class_labels(text: &str) -> Result<ClassArg, String> {
+    text.split(',')
+        .map(|part| {
+            super::numbers::at_least::<u32, 0>(part)
+                .map_err(|e| format!("class label {:?}: {e}", part.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(ClassArg)
+}
+
+/// The labels `--class` gives, if any.
+pub fn labels_of(class: &Option<ClassArg>) -> Option<ClassLabels> {
+    class.as_ref().map(ClassArg::labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_lists_parse_and_name_the_bad_label() {
+        assert_eq!(class_labels("3"), Ok(ClassArg(vec![3])));
+        assert_eq!(class_labels("0, 7,9"), Ok(ClassArg(vec![0, 7, 9])));
+        let e = class_labels("1,x").unwrap_err();
+        assert!(e.contains("class label \"x\""), "{e}");
+        let e = class_labels("-2").unwrap_err();
+        assert!(e.contains("negative"), "{e}");
     }
 }

@@ -4,7 +4,7 @@ use super::model_args::{AdapterArgs, ModelArgs};
 use anyhow::{bail, Context, Result};
 use ddim_wgpu::cpu;
 use ddim_wgpu::model::tensor_io::{read_tensor, write_tensor, write_tensors};
-use ddim_wgpu::model::{UNet, Weights};
+use ddim_wgpu::model::{ClassLabels, UNet, Weights};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,9 +18,14 @@ pub struct Args {
     /// Input batch [B, C, H, W]: the tensor named `sample`, or the file's only tensor.
     #[arg(long)]
     pub input: PathBuf,
-    /// One timestep for the whole batch, or one per batch element: `T` or `T1,T2,...`.
+    /// One timestep for the whole batch, or one per batch element: `T` or `T1,T2,...`;
+    /// decimals are used as given (Euler, Heun, LMS and consistency models evaluate fractional t;
+    /// a Fourier-embedded model takes σ itself).
     #[arg(long)]
     pub timestep: String,
+    /// Class labels of a class-conditional model: one for the whole batch or one per element.
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// Output file; the prediction is written as the tensor `sample`.
     #[arg(long)]
     pub out: PathBuf,
@@ -42,16 +47,19 @@ pub struct Args {
     pub save_layers: Option<PathBuf>,
 }
 
-/// Parses `T` or `T1,T2,...` into timesteps.
-pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
+/// Parses `T` or `T1,T2,...` into timesteps; a negative one only with `allow_negative`.
+pub fn parse_timesteps(text: &str, allow_negative: bool) -> Result<Vec<f32>> {
     text.split(',')
         .map(|s| {
             let s = s.trim();
             let t: f32 = s
                 .parse()
                 .with_context(|| format!("--timestep: {s:?} is not a number"))?;
-            if !t.is_finite() || t < 0.0 {
-                bail!("--timestep: {s} must be a finite, non-negative number");
+            if !t.is_finite() || (t < 0.0 && !allow_negative) {
+                bail!(
+                    "--timestep: {s} must be a finite, non-negative number (a negative one, such \
+                     as a consistency model's 250·ln σ, needs --allow-any-timestep)"
+                );
             }
             Ok(t)
         })
@@ -59,7 +67,8 @@ pub fn parse_timesteps(text: &str) -> Result<Vec<f32>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let timesteps = parse_timesteps(&args.timestep)?;
+    let timesteps = parse_timesteps(&args.timestep, args.allow_any_timestep)?;
+    let labels = super::flags::labels_of(&args.class);
     let outputs: Vec<(&str, &std::path::Path)> = [("--out", Some(args.out.as_path()))]
         .into_iter()
         .chain([("--save-layers", args.save_layers.as_deref())])
@@ -102,9 +111,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (_, _, h, w) = x.nchw();
     let unet = UNet::new(&config, h, w)?;
+    ClassLabels::check(labels.as_ref(), &unet.time).context("--class")?;
     if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none()) {
         match open_gpu(&args) {
-            Ok(ctx) => return run_gpu(&args, &ctx, &unet, &weights, &x, &timesteps),
+            Ok(ctx) => {
+                return run_gpu(
+                    &args,
+                    &ctx,
+                    &unet,
+                    &weights,
+                    &x,
+                    &timesteps,
+                    labels.as_ref(),
+                )
+            }
             Err(e) if args.device == "gpu" || args.adapter.names_one() => return Err(e),
             Err(e) => log::warn!("no usable GPU adapter ({e:#}); using the CPU reference"),
         }
@@ -112,11 +132,18 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let mut layers = Vec::new();
     let keep = args.save_layers.is_some();
-    let y = cpu::forward::forward_with(&unet, &weights, &x, &timesteps, &mut |name, t| {
-        if keep {
-            layers.push((name.to_string(), t.clone()));
-        }
-    })?;
+    let y = cpu::forward::forward_with(
+        &unet,
+        &weights,
+        &x,
+        &timesteps,
+        labels.as_ref(),
+        &mut |name, t| {
+            if keep {
+                layers.push((name.to_string(), t.clone()));
+            }
+        },
+    )?;
     let secs = start.elapsed().as_secs_f64();
     let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;
     if !args.quiet {
@@ -148,10 +175,11 @@ fn run_gpu(
     weights: &Weights,
     x: &ddim_wgpu::Tensor,
     timesteps: &[f32],
+    labels: Option<&ClassLabels>,
 ) -> Result<()> {
     let start = Instant::now();
     let weights = ddim_wgpu::gpu::GpuWeights::upload(ctx, unet, weights)?;
-    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, &weights, x, timesteps, None)?;
+    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, &weights, x, timesteps, labels, None)?;
     let secs = start.elapsed().as_secs_f64();
     if !args.quiet {
         let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;

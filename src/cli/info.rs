@@ -30,6 +30,11 @@ fn op_kind(op: &Op) -> &'static str {
         Op::GroupNormSilu(_) => "group_norm_silu",
         Op::PushSkip { .. } => "push_skip",
         Op::ConcatSkip { .. } => "concat_skip",
+        Op::SkipImageCapture => "skip_image_capture",
+        Op::SkipImageDown(_) => "skip_image_down",
+        Op::SkipImageUp { .. } => "skip_image_up",
+        Op::SkipImageAdd => "skip_image_add",
+        Op::DivideBySigma => "divide_by_sigma",
     }
 }
 
@@ -72,13 +77,17 @@ fn op_summary(op: &Op) -> String {
             c.kernel, c.kernel, c.stride, c.in_channels, c.out_channels
         ),
         Op::Resnet(r) => format!(
-            "resnet {}->{}{}",
+            "resnet {}->{}{}{}",
             r.in_channels,
             r.out_channels,
             if r.shortcut.is_some() {
                 " (1x1 shortcut)"
             } else {
                 ""
+            },
+            match r.resample {
+                None => String::new(),
+                Some(s) => format!(", resampled {s:?}"),
             }
         ),
         Op::Attention(a) => format!("attention {} heads x {}", a.heads, a.head_dim),
@@ -86,6 +95,19 @@ fn op_summary(op: &Op) -> String {
         Op::GroupNormSilu(n) => format!("group norm ({} groups) + silu", n.groups),
         Op::PushSkip { slot } => format!("push skip {slot}"),
         Op::ConcatSkip { slot } => format!("concat skip {slot}"),
+        Op::SkipImageCapture => "image path = input".into(),
+        Op::SkipImageDown(c) => format!("image path FIR down, + 1x1 conv 3->{}", c.out_channels),
+        Op::SkipImageUp { upsample, project } => format!(
+            "image path {}{}",
+            if *upsample { "FIR up" } else { "= 0" },
+            if project.is_some() {
+                ", + 3x3 conv of silu(norm(h))"
+            } else {
+                ""
+            }
+        ),
+        Op::SkipImageAdd => "output + image path".into(),
+        Op::DivideBySigma => "output / sigma".into(),
     }
 }
 
@@ -115,7 +137,9 @@ pub fn run(args: Args) -> Result<()> {
         "channels:     {:?}, {} layers per block, {} norm groups",
         config.block_out_channels,
         config.layers_per_block,
-        config.norm_num_groups.unwrap_or(32)
+        config
+            .norm_num_groups
+            .map_or("min(C/4, 32)".to_string(), |g| g.to_string())
     );
     let count = |f: fn(&Op) -> bool| unet.layers.iter().filter(|l| f(&l.op)).count();
     println!(

@@ -38,6 +38,9 @@ pub struct Args {
     pub rng: RngKind,
     #[command(flatten)]
     pub scheduler: SchedulerOverrides,
+    /// Class label of a class-conditional model (one for all frames, or one per frame).
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// The PNG strip to write.
     #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
     pub out: PathBuf,
@@ -80,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         steps: args.steps,
         batch: args.batch,
         progress: Some(bar_progress(&bar, 0)),
+        labels: super::flags::labels_of(&args.class),
     };
     let images = pipe
         .decode(&device, &x, &request)

@@ -26,6 +26,9 @@ pub struct Args {
     /// Inversion and reconstruction steps.
     #[arg(long, default_value_t = 50, value_parser = super::numbers::at_least::<usize, 1>)]
     pub steps: usize,
+    /// Class labels of a class-conditional model: one for all images or one per --image.
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// PNG with each original next to its reconstruction.
     #[arg(long, value_name = "FILE", default_value = "inversion.png")]
     pub out: PathBuf,
@@ -136,6 +139,7 @@ fn invert_and_reconstruct(
             first.set_length(2 * total as u64);
             first.set_position(done as u64);
         })),
+        labels: super::flags::labels_of(&args.class),
     };
     let latents = pipe
         .invert(device, x0, &request)

@@ -145,6 +145,7 @@ pub fn run(args: Args) -> Result<()> {
             (Some(_), None) => TrajectoryFrames::Tenth,
         },
         progress: Some(bar_progress(&bar, 0)),
+        labels: super::flags::labels_of(&args.class),
     };
     let started = Instant::now();
     let Sampled {

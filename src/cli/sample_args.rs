@@ -102,6 +102,10 @@ pub struct Args {
     /// Job's completions; overrides Slurm's task count).
     #[arg(long, value_name = "N", requires = "seeds", value_parser = super::numbers::at_least::<u64, 1>)]
     pub shards: Option<u64>,
+    /// Class labels of a class-conditional model: one for all images or one per image (with
+    /// --seeds, one per seed of the whole set, in its order).
+    #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
+    pub class: Option<super::flags::ClassArg>,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
     #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,

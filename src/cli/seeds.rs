@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use ddim_wgpu::image_io::save_grid;
-use ddim_wgpu::model::tensor_io;
+use ddim_wgpu::model::{tensor_io, ClassLabels};
 use ddim_wgpu::pipeline::{Noise, Pipeline, SampleRequest, TrajectoryFrames};
 use ddim_wgpu::sampling::{Progress, SeedSet, Shard};
 use ddim_wgpu::seed_dir::{Identity, Manifest, RunSettings, SeedFolder};
@@ -76,6 +76,7 @@ fn manifest(
         image: [pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w],
         seeds: set,
         shards,
+        class: super::flags::labels_of(&args.class).as_ref(),
     });
     let notes = BTreeMap::from([
         ("model".to_string(), model_name.to_string()),
@@ -87,10 +88,51 @@ fn manifest(
     Ok(Manifest::new(identity, notes))
 }
 
+/// `--class` per seed: one label for every seed, or one per seed of the whole set in its order
+/// (so a shard or a resumed run gives each seed the label it had).
+enum SeedLabels {
+    None,
+    All(u32),
+    PerSeed(BTreeMap<u64, u32>),
+}
+
+impl SeedLabels {
+    fn of(args: &Args, set: &SeedSet) -> Result<Self> {
+        let Some(class) = &args.class else {
+            return Ok(Self::None);
+        };
+        Ok(match class.0.as_slice() {
+            [one] => Self::All(*one),
+            many => {
+                ensure!(
+                    many.len() as u64 == set.len(),
+                    "--class gives {} labels for the {} seeds of --seeds {set}: give one label for \
+                     all seeds or one per seed",
+                    many.len(),
+                    set.len()
+                );
+                Self::PerSeed(set.iter().zip(many.iter().copied()).collect())
+            }
+        })
+    }
+
+    /// The labels of `seeds`, one each.
+    fn of_seeds(&self, seeds: &[u64]) -> Option<ClassLabels> {
+        match self {
+            Self::None => None,
+            Self::All(l) => Some(ClassLabels::Indices(vec![*l])),
+            Self::PerSeed(map) => {
+                Some(ClassLabels::Indices(seeds.iter().map(|s| map[s]).collect()))
+            }
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let set = SeedSet::parse(args.seeds.as_deref().unwrap_or_default()).context("--seeds")?;
     let (shard, source) = shard_of(&args)?;
     let part = set.shard(shard);
+    let labels = SeedLabels::of(&args, &set)?;
     ensure!(
         (0.0..=1.0).contains(&args.eta),
         "--eta must be in [0, 1] (0 = DDIM, 1 = DDPM-like), got {}",
@@ -163,6 +205,8 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         trajectory: TrajectoryFrames::Off,
         progress: None,
+        // Each window gets its seeds' labels.
+        labels: None,
     };
     // One batch for every window, chosen once for a window's worth of images.
     let batch = pipe
@@ -192,6 +236,7 @@ pub fn run(args: Args) -> Result<()> {
             break;
         }
         request.noise = Noise::Seeds(todo.clone());
+        request.labels = labels.of_seeds(&todo);
         request.progress = Some(window_progress(&bar, todo.len()));
         pipe.sample_chunks(&device, &request, &mut |range, x| {
             if let Some(f) = &folder {

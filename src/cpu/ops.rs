@@ -308,6 +308,25 @@ pub fn timestep_embedding(
     out
 }
 
+/// diffusers `GaussianFourierProjection` (log=True, [sin | cos]) reproducing torch's f32
+/// rounding: p_i = f32(f32(f32(ln t) · w_i) · 2) · f32(π), then sin and cos of that f32
+/// argument evaluated in f64. Output `[B, 2·len(w)]`. t must be positive (the caller checks).
+pub fn fourier_embedding(timesteps: &[f32], w: &[f32]) -> Tensor {
+    let n = w.len();
+    let pi = std::f32::consts::PI;
+    let mut out = Tensor::zeros(&[timesteps.len(), 2 * n]);
+    for (b, &t) in timesteps.iter().enumerate() {
+        let ln_t = (t as f64).ln() as f32;
+        let row = &mut out.data[b * 2 * n..][..2 * n];
+        for (i, &wi) in w.iter().enumerate() {
+            let arg = ((ln_t * wi) * 2.0 * pi) as f64;
+            row[i] = arg.sin() as f32;
+            row[n + i] = arg.cos() as f32;
+        }
+    }
+    out
+}
+
 /// Multi-head scaled dot-product attention over token sequences.
 /// q, k, v: `[B, L, C]`; head h uses channels `h·d .. (h+1)·d` with d = C/heads (diffusers'
 /// `head_to_batch_dim` split). Per head: softmax(q kᵀ / √d) v, the softmax over keys with the

@@ -2,7 +2,7 @@
 //! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step, multistep_step}`),
 //! image by image exactly as diffusers computes them.
 
-use super::forward::forward;
+use super::forward::forward_labeled;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
@@ -34,7 +34,11 @@ impl StepRunner for CpuRunner<'_> {
         record: &[usize],
         tick: &mut dyn FnMut(),
     ) -> Result<ChunkOutput> {
-        let Chunk { mut x, mut noise } = chunk;
+        let Chunk {
+            mut x,
+            mut noise,
+            labels,
+        } = chunk;
         let steps = self.steps;
         ensure!(
             noise.len() == steps.len(),
@@ -48,7 +52,7 @@ impl StepRunner for CpuRunner<'_> {
         for i in 0..steps.len() {
             let noise = noise.step(i)?;
             let t = steps.timestep(i);
-            let eps = forward(self.unet, self.weights, &x, &[t as f32])
+            let eps = forward_labeled(self.unet, self.weights, &x, &[t as f32], labels.as_ref())
                 .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
             let noise = noise.as_deref();
             let out = match steps {

@@ -18,6 +18,7 @@
 //!   folded into the conv loader; a concatenation feeding a group norm is materialised.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -31,7 +32,7 @@ use super::kernels::group_norm::{
     group_norm_with, Apply, GroupNormIo, GroupNormScratch, GroupNormShape,
 };
 use super::kernels::resample::{self, Resample};
-use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
+use super::kernels::time_embedding::{time_projection, Embedding, EmbeddingTable};
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
 use super::precision::Precision;
@@ -40,8 +41,10 @@ use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
 use crate::model::unet::{
-    broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet,
+    broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resample as ModelResample, Resnet,
+    Shape, UNet,
 };
+use crate::model::ClassLabels;
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -100,6 +103,12 @@ pub struct UNetPlan {
     pool: Pool,
     /// Useful FLOPs of one forward (all dispatches).
     pub flops: u64,
+    /// The time (and class) embedding and every resnet's projection of it: run when the plan
+    /// is built, and again when the class labels change ([`UNetPlan::set_labels`]).
+    embedding: Embedding,
+    projections: Vec<Dispatch>,
+    /// The labels the tables were last computed for.
+    labels: Mutex<Option<ClassLabels>>,
 }
 
 /// Largest batch whose every buffer fits in one binding on `ctx` (at least 1, or an error when
@@ -373,12 +382,7 @@ impl Builder<'_> {
                 let label = format!("{name}.conv_shortcut");
                 let (input, up) = match shortcut_in {
                     Some(xs) => {
-                        let sx = shape(&xs);
-                        let (h, w) = resample.out_hw(sx.h, sx.w)?;
-                        let rlabel = format!("{name}.resample_x");
-                        let out = self.new_act(&rlabel, Shape { h, w, ..sx });
-                        let d = resample::resample(self.ctx, &rlabel, resample, &xs, &out)?;
-                        self.dispatches.push(d);
+                        let out = self.resample(&format!("{name}.resample_x"), resample, xs)?;
                         (Cur::One(out), false)
                     }
                     None => (x, resample == Resample::Nearest2),
@@ -402,6 +406,16 @@ impl Builder<'_> {
             false,
             epilogue,
         )
+    }
+
+    /// `mode(x)` by the standalone resampling kernel.
+    fn resample(&mut self, name: &str, mode: Resample, x: Act) -> Result<Act> {
+        let s = shape(&x);
+        let (h, w) = mode.out_hw(s.h, s.w)?;
+        let out = self.new_act(name, Shape { h, w, ..s });
+        let d = resample::resample(self.ctx, name, mode, &x, &out)?;
+        self.dispatches.push(d);
+        Ok(out)
     }
 
     fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
@@ -428,6 +442,65 @@ impl Builder<'_> {
         self.dispatches.extend(ds);
         Ok(out)
     }
+}
+
+/// The embedding's dispatches, then the resnets' projections of it, in order.
+fn run_prelude(ctx: &GpuContext, embedding: &Embedding, projections: &[Dispatch]) -> Result<()> {
+    for dispatches in [&embedding.time[..], &embedding.class[..], projections] {
+        run_dispatches(ctx, dispatches, 0)?;
+    }
+    Ok(())
+}
+
+/// The kernels' name for a resnet's resampling.
+fn resample_of(r: Option<ModelResample>) -> Resample {
+    match r {
+        None => Resample::None,
+        Some(ModelResample::AvgPool2x2) => Resample::AvgPool2,
+        Some(ModelResample::Nearest2x) => Resample::Nearest2,
+        Some(ModelResample::FirDown2) => Resample::FirDown2,
+        Some(ModelResample::FirUp2) => Resample::FirUp2,
+    }
+}
+
+/// The layers that have no output of their own on the GPU because the plan folds them into a
+/// neighbour (for `ddim verify`, which compares the rest with the CPU's layers): a skip
+/// concatenation and a nearest upsample (read by the next conv's loader), and the ops a conv's
+/// epilogue absorbs (a skip model's image-path add and a Fourier model's division by σ, the
+/// conv's result being reported under the last of them).
+pub fn folded_layers(unet: &UNet) -> Vec<&str> {
+    let absorbed = |op: Option<&Op>| matches!(op, Some(Op::SkipImageAdd | Op::DivideBySigma));
+    let layers = &unet.layers;
+    layers
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| match l.op {
+            Op::ConcatSkip { .. } | Op::UpsampleNearest2x | Op::SkipImageCapture => true,
+            Op::Conv(_) | Op::SkipImageAdd => absorbed(layers.get(i + 1).map(|n| &n.op)),
+            _ => false,
+        })
+        .map(|(_, l)| l.name.as_str())
+        .collect()
+}
+
+/// The entries `images` of per-image `labels`.
+fn pick_labels(labels: &ClassLabels, images: &[usize]) -> Result<ClassLabels> {
+    let one = |i: usize| labels.images(i..i + 1);
+    let mut parts = images.iter().map(|&i| one(i));
+    let first = parts.next().context("no images")??;
+    parts.try_fold(first, |acc, next| {
+        Ok(match (acc, next?) {
+            (ClassLabels::Indices(mut a), ClassLabels::Indices(b)) => {
+                a.extend(b);
+                ClassLabels::Indices(a)
+            }
+            (ClassLabels::Vectors { width, mut data }, ClassLabels::Vectors { data: b, .. }) => {
+                data.extend(b);
+                ClassLabels::Vectors { width, data }
+            }
+            _ => bail!("class labels of two kinds"),
+        })
+    })
 }
 
 fn one(cur: Cur, name: &str) -> Result<Act> {
@@ -511,11 +584,20 @@ impl UNetPlan {
                     norm_shapes.push(gn(&r.norm2, l.output));
                 }
                 Op::GroupNormSilu(n) => norm_shapes.push(gn(n, l.input)),
+                Op::SkipImageUp {
+                    project: Some(p), ..
+                } => norm_shapes.push(gn(&p.norm, l.input)),
                 _ => {}
             }
         }
-        let (prelude, emb) =
-            time_embedding(ctx, &unet.time, weights, timesteps).context("time embedding")?;
+        let embedding =
+            Embedding::new(ctx, &unet.time, weights, timesteps).context("time embedding")?;
+        let emb = embedding.emb.clone();
+        // A Fourier model's output is divided by its timestep (σ) per image.
+        let sigma = match unet.layers.iter().any(|l| l.op == Op::DivideBySigma) {
+            true => Some(StepTable::aligned_from(ctx, "sigma", timesteps, batch, 1)?),
+            false => None,
+        };
         let mut b = Builder {
             ctx,
             weights,
@@ -526,7 +608,7 @@ impl UNetPlan {
             norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
             attn_scratch: HashMap::new(),
             emb,
-            prelude,
+            prelude: Vec::new(),
         };
 
         // The input is f32 (the sampler's state); a half-precision plan converts it first.
@@ -549,8 +631,14 @@ impl UNetPlan {
         let mut skips: Vec<Option<Act>> = vec![None; unet.skips.len()];
         let mut pending_upsample = false;
         let mut layer_outputs = Vec::new();
-        for layer in &unet.layers {
+        // The skip blocks' image path; None stands for diffusers' 0 after its reset.
+        let mut image: Option<Act> = None;
+        let mut next = 0;
+        while let Some(layer) = unet.layers.get(next) {
+            next += 1;
             let name = layer.name.as_str();
+            // The layer whose output this op's result is (a conv reports the ops it absorbs).
+            let mut reported = layer;
             ensure!(
                 !pending_upsample || matches!(layer.op, Op::Conv(_)),
                 "{name}: the GPU plan folds a nearest upsample into the next conv, found {:?}",
@@ -565,11 +653,26 @@ impl UNetPlan {
                     out
                 }
                 Op::Conv(c) => {
-                    let out = b.conv(name, c, cur, pending_upsample, Epilogue::NONE)?;
+                    // A skip model's conv_out adds the image path and a Fourier model's divides
+                    // by σ: both in its epilogue (see `folded_layers`).
+                    let mut epilogue = Epilogue::NONE;
+                    let follows = |i: usize| unet.layers.get(i).map(|l| &l.op);
+                    if follows(next) == Some(&Op::SkipImageAdd) {
+                        reported = &unet.layers[next];
+                        next += 1;
+                        let s = image.take();
+                        epilogue.residual = Some(s.context("no image path to add")?);
+                    }
+                    if follows(next) == Some(&Op::DivideBySigma) {
+                        reported = &unet.layers[next];
+                        next += 1;
+                        epilogue.image_div = sigma.as_ref();
+                    }
+                    let out = b.conv(name, c, cur, pending_upsample, epilogue)?;
                     pending_upsample = false;
                     out
                 }
-                Op::Resnet(r) => b.resnet(name, r, cur, Resample::None)?,
+                Op::Resnet(r) => b.resnet(name, r, cur, resample_of(r.resample))?,
                 Op::Attention(a) => b.attention(name, a, one(cur, name)?)?,
                 Op::UpsampleNearest2x => {
                     pending_upsample = true;
@@ -592,15 +695,75 @@ impl UNetPlan {
                     cur = Cur::Pair(x, s);
                     continue;
                 }
+                Op::SkipImageCapture => {
+                    let x = one(cur, name)?;
+                    image = Some(x.clone());
+                    cur = Cur::One(x);
+                    continue;
+                }
+                Op::SkipImageDown(conv) => {
+                    // h + skip_conv(FIR-down(s)): the 1×1 conv adds h in its epilogue.
+                    let s = image.take().context("no image path to downsample")?;
+                    let down = b.resample(&format!("{name}.fir_down"), Resample::FirDown2, s)?;
+                    image = Some(down.clone());
+                    let epilogue = Epilogue {
+                        residual: Some(one(cur, name)?),
+                        ..Epilogue::NONE
+                    };
+                    b.conv(name, conv, Cur::One(down), false, epilogue)?
+                }
+                Op::SkipImageUp { upsample, project } => {
+                    let h = one(cur, name)?;
+                    let up = image.take().filter(|_| *upsample);
+                    let s = match (project, up) {
+                        // FIR-up(s) + skip_conv(silu(skip_norm(h))): the conv reads s through
+                        // the FIR-up filter as its residual.
+                        (Some(p), up) => {
+                            let label = format!("{name}.skip_norm");
+                            let n =
+                                b.group_norm(&label, &p.norm, h.clone(), true, Apply::default())?;
+                            let epilogue = Epilogue {
+                                residual_resample: match up {
+                                    Some(_) => Resample::FirUp2,
+                                    None => Resample::None,
+                                },
+                                residual: up,
+                                ..Epilogue::NONE
+                            };
+                            b.conv(name, &p.conv, Cur::One(n), false, epilogue)?
+                        }
+                        (None, Some(s)) => b.resample(name, Resample::FirUp2, s)?,
+                        (None, None) => bail!("{name}: nothing to do on the image path"),
+                    };
+                    // The layer's shape is h's (unchanged); the image path has h's size.
+                    let si = shape(&s);
+                    ensure!(
+                        (si.h, si.w) == (layer.output.h, layer.output.w),
+                        "{name}: GPU plan produced an image path of {si} for h of {}",
+                        layer.output
+                    );
+                    if options.keep_layer_outputs {
+                        layer_outputs.push((layer.name.clone(), s.clone()));
+                    }
+                    image = Some(s);
+                    cur = Cur::One(h);
+                    continue;
+                }
+                Op::SkipImageAdd | Op::DivideBySigma => bail!(
+                    "{name}: the GPU plan folds this into the epilogue of the conv before it, \
+                     found after {:?}",
+                    unet.layers[next - 2].op
+                ),
             };
             ensure!(
-                shape(&out) == layer.output,
-                "{name}: GPU plan produced {} but the model says {}",
+                shape(&out) == reported.output,
+                "{}: GPU plan produced {} but the model says {}",
+                reported.name,
                 shape(&out),
-                layer.output
+                reported.output
             );
             if options.keep_layer_outputs {
-                layer_outputs.push((layer.name.clone(), out.clone()));
+                layer_outputs.push((reported.name.clone(), out.clone()));
             }
             cur = Cur::One(out);
         }
@@ -619,8 +782,9 @@ impl UNetPlan {
         )?);
         drop(last);
 
+        let projections = b.prelude;
         if !b.pool.is_dry_run() {
-            run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
+            run_prelude(ctx, &embedding, &projections).context("time-embedding prelude")?;
         }
         // Waiting lets wgpu free the staging copies of every upload (as large as the weights)
         // and, after a dry run, its buffers.
@@ -638,6 +802,9 @@ impl UNetPlan {
             layer_outputs,
             pool: b.pool,
             flops,
+            embedding,
+            projections,
+            labels: Mutex::new(None),
         })
     }
 
@@ -662,8 +829,38 @@ impl UNetPlan {
         Ok(())
     }
 
+    /// Recomputes the embedding tables for the class `labels` (one per image of the plan's
+    /// batch, or one for all), checked against the model, when they differ from the labels the
+    /// tables hold; for an unconditional model only the check (no labels) is done.
+    pub fn set_labels(
+        &self,
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &GpuWeights,
+        labels: Option<&ClassLabels>,
+    ) -> Result<()> {
+        ClassLabels::check(labels, &unet.time)?;
+        if !self.embedding.is_conditional() {
+            return Ok(());
+        }
+        let labels = labels.map(|l| l.for_batch(self.batch)).transpose()?;
+        let mut held = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        if *held != labels {
+            self.embedding
+                .write_labels(ctx, &unet.time, weights, labels.as_ref())?;
+            run_prelude(ctx, &self.embedding, &self.projections)
+                .context("recomputing the time embedding for new class labels")?;
+            *held = labels;
+        }
+        Ok(())
+    }
+
     /// Records one forward at `step` into one compute pass and submits it.
     pub fn run(&self, ctx: &GpuContext, step: usize) -> Result<()> {
+        ensure!(
+            !self.embedding.is_conditional() || self.labels.lock().map_or(true, |l| l.is_some()),
+            "the model is class-conditional: the plan needs its labels (set_labels) first"
+        );
         ensure!(
             step < self.steps,
             "step {step} of a {}-step plan",
@@ -739,14 +936,16 @@ impl StepForward for UNetPlan {
 }
 
 /// One U-Net evaluation of an NCHW batch on the GPU, with one timestep per image (or one for
-/// all). Batches larger than `max_batch` (or than what fits one binding) run in chunks: the
-/// chunks become the plan's "steps", so one plan and one set of weights serve them all.
+/// all) and, for a class-conditional model, class labels (one per image or one for all).
+/// Batches larger than `max_batch` (or than what fits one binding) run in chunks: the chunks
+/// become the plan's "steps", so one plan and one set of weights serve them all.
 pub fn forward(
     ctx: &GpuContext,
     unet: &UNet,
     weights: &GpuWeights,
     x: &Tensor,
     timesteps: &[f32],
+    labels: Option<&ClassLabels>,
     max_batch_override: Option<usize>,
 ) -> Result<Tensor> {
     ensure!(
@@ -757,15 +956,23 @@ pub fn forward(
     let (n, c, h, w) = x.nchw();
     ensure!(n > 0, "the input batch is empty");
     let timesteps = broadcast_timesteps(timesteps, n)?;
+    ClassLabels::check(labels, &unet.time)?;
+    let labels = labels.map(|l| l.for_batch(n)).transpose()?;
     let fits = max_batch(ctx, unet)?;
     let chunk = max_batch_override.unwrap_or(fits).clamp(1, fits).min(n);
     let chunks = n.div_ceil(chunk);
     let per_image = c * h * w;
-    // Pad the last chunk with copies of timestep 0 (its outputs are dropped).
+    // Pad the last chunk with copies of the first image's timestep (its outputs are dropped;
+    // a valid timestep, as a Fourier or learned embedding refuses others).
     let table: Vec<Vec<f32>> = (0..chunks)
         .map(|k| {
             (0..chunk)
-                .map(|i| timesteps.get(k * chunk + i).copied().unwrap_or(0.0))
+                .map(|i| {
+                    timesteps
+                        .get(k * chunk + i)
+                        .copied()
+                        .unwrap_or(timesteps[0])
+                })
                 .collect()
         })
         .collect();
@@ -778,6 +985,17 @@ pub fn forward(
         let mut data = x.data[lo * per_image..hi * per_image].to_vec();
         data.resize(chunk * per_image, 0.0);
         plan.write_input(ctx, &Tensor::new(vec![chunk, c, h, w], data)?)?;
+        // The chunk's labels, the last one padded with the first image's.
+        let chunk_labels = match &labels {
+            Some(l) => {
+                let pick: Vec<usize> = (lo..lo + chunk)
+                    .map(|i| if i < n { i } else { 0 })
+                    .collect();
+                Some(pick_labels(l, &pick)?)
+            }
+            None => None,
+        };
+        plan.set_labels(ctx, unet, weights, chunk_labels.as_ref())?;
         plan.run(ctx, k)?;
         let y = plan.read_output(ctx)?;
         out.extend_from_slice(&y.data[..(hi - lo) * out_shape.numel()]);

@@ -563,9 +563,14 @@ impl StepRunner for GpuRunner<'_> {
         record: &[usize],
         tick: &mut dyn FnMut(),
     ) -> Result<ChunkOutput> {
-        let Chunk { x, mut noise } = chunk;
+        let Chunk {
+            x,
+            mut noise,
+            labels,
+        } = chunk;
         let i = self.plan_index(x.shape[0])?;
         let plan = &self.plans[i].1;
+        plan.set_labels(self.ctx, self.unet, self.weights, labels.as_ref())?;
         let spec = self.update.spec();
         let (x, frames) = sample_recording(
             self.ctx,

@@ -1,9 +1,10 @@
 //! `config.json` of a diffusers `UNet2DModel`.
 //!
 //! Missing keys take the defaults of `UNet2DModel.__init__` (diffusers 0.42), so a config written by
-//! any diffusers version means what it means there. Values this crate cannot run (other block
-//! types, Fourier embeddings, class conditioning, ...) are refused with an "unsupported" error that
-//! lists what is allowed, and sizes are bounded before anything is allocated.
+//! any diffusers version means what it means there. Every configuration `UNet2DModel` builds
+//! without cross-attention is accepted; anything else (other block types, other embeddings, ...)
+//! is refused with an "unsupported" error that lists what is allowed, and sizes are bounded
+//! before anything is allocated.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub const MAX_PARAMETERS: u64 = 1 << 30;
 /// Largest image side (`sample_size`) accepted: far above any pixel-space model, and small
 /// enough that sizes and FLOP counts stay within 64 bits.
 pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
+/// Largest `num_train_timesteps` of a `learned` time embedding (its table's rows).
+pub const MAX_TIMESTEP_ROWS: usize = 1 << 20;
 
 /// `sample_size` may be an integer, a `[height, width]` pair, or absent.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -65,7 +68,7 @@ pub struct UNet2DConfig {
     pub add_attention: bool,
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<usize>,
-    /// Only used by `time_embedding_type = "learned"`, which is unsupported; ignored.
+    /// Rows of the `learned` time embedding table (only read by `time_embedding_type = "learned"`).
     pub num_train_timesteps: Option<usize>,
 }
 
@@ -148,18 +151,67 @@ const KNOWN_KEYS: &[&str] = &[
     "num_train_timesteps",
 ];
 
-/// A down block: resnets (optionally each followed by an attention), then a downsampler unless last.
+/// A down block: resnets (optionally each followed by an attention), then a downsampler unless
+/// last. How it downsamples is fixed by the kind, except for `AttnDown` (`downsample_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownBlockKind {
+    /// `DownBlock2D`: a 3×3 stride-2 conv (whatever `downsample_type` says).
     Down,
+    /// `AttnDownBlock2D`: a conv or a resnet with average pooling, per `downsample_type`.
     AttnDown,
+    /// `ResnetDownsampleBlock2D`: always a resnet with average pooling.
+    ResnetDownsample,
+    /// `SkipDownBlock2D`: a FIR resnet plus the image path (NCSN++).
+    SkipDown,
+    /// `AttnSkipDownBlock2D`: as `SkipDown`, with an attention after each resnet.
+    AttnSkipDown,
 }
 
-/// An up block: `layers_per_block + 1` resnets (optionally with attentions), then an upsampler unless last.
+/// An up block: `layers_per_block + 1` resnets (optionally with attentions), then an upsampler
+/// unless last; the kinds mirror [`DownBlockKind`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpBlockKind {
     Up,
     AttnUp,
+    ResnetUpsample,
+    SkipUp,
+    /// `AttnSkipUpBlock2D`: one attention after all resnets.
+    AttnSkipUp,
+}
+
+impl DownBlockKind {
+    /// The skip (NCSN++) blocks: fixed group counts, FIR resampling, the image path.
+    pub fn is_skip(self) -> bool {
+        matches!(self, Self::SkipDown | Self::AttnSkipDown)
+    }
+}
+
+impl UpBlockKind {
+    pub fn is_skip(self) -> bool {
+        matches!(self, Self::SkipUp | Self::AttnSkipUp)
+    }
+}
+
+/// How the time embedding's input is made from t (`time_embedding_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeEmbeddingType {
+    /// The sinusoidal `Timesteps` projection, width `block_out_channels[0]`.
+    Positional,
+    /// `GaussianFourierProjection` of ln t, width `2·block_out_channels[0]`.
+    Fourier,
+    /// A `num_train_timesteps × block_out_channels[0]` table indexed by an integer t.
+    Learned,
+}
+
+/// The class embedding added to the time embedding (`num_class_embeds` / `class_embed_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassEmbedType {
+    /// `class_embed_type` null with `num_class_embeds = K`: a `K × time_embed_dim` table.
+    Table { classes: usize },
+    /// `"timestep"`: the label goes through the time projection and its own MLP.
+    Timestep,
+    /// `"identity"`: the caller gives a `time_embed_dim`-wide vector per image.
+    Identity,
 }
 
 impl UNet2DConfig {
@@ -218,11 +270,15 @@ impl UNet2DConfig {
         allowed(
             "time_embedding_type",
             &self.time_embedding_type,
-            &["positional"],
+            &["positional", "fourier", "learned"],
         )?;
         allowed("act_fn", &self.act_fn, &["silu", "swish"])?;
-        allowed("downsample_type", &self.downsample_type, &["conv"])?;
-        allowed("upsample_type", &self.upsample_type, &["conv"])?;
+        allowed(
+            "downsample_type",
+            &self.downsample_type,
+            &["conv", "resnet"],
+        )?;
+        allowed("upsample_type", &self.upsample_type, &["conv", "resnet"])?;
         allowed(
             "resnet_time_scale_shift",
             &self.resnet_time_scale_shift,
@@ -232,13 +288,34 @@ impl UNet2DConfig {
             allowed("mid_block_type", mid, &["UNetMidBlock2D"])?;
         }
         if let Some(c) = &self.class_embed_type {
-            bail!("unsupported class_embed_type {c:?} in config.json (allowed: null; class conditioning is not implemented)");
+            ensure!(
+                c == "timestep" || c == "identity",
+                "unsupported class_embed_type {c:?} in config.json (allowed: null, timestep, identity)"
+            );
         }
-        if let Some(n) = self.num_class_embeds {
-            bail!("unsupported num_class_embeds {n} in config.json (allowed: null; class conditioning is not implemented)");
+        ensure!(
+            self.num_class_embeds != Some(0),
+            "num_class_embeds in config.json must be positive"
+        );
+        if self.time_embedding() == TimeEmbeddingType::Learned {
+            let rows = self.num_train_timesteps.context(
+                "time_embedding_type \"learned\" in config.json needs num_train_timesteps (the rows of its table)",
+            )?;
+            ensure!(
+                (1..=MAX_TIMESTEP_ROWS).contains(&rows),
+                "num_train_timesteps = {rows} in config.json is out of range (1..={MAX_TIMESTEP_ROWS})"
+            );
         }
-        self.down_blocks()?;
-        self.up_blocks()?;
+        let down = self.down_blocks()?;
+        let up = self.up_blocks()?;
+        let any_skip = down.iter().any(|k| k.is_skip()) || up.iter().any(|k| k.is_skip());
+        ensure!(
+            !any_skip || (self.in_channels == 3 && self.out_channels == 3),
+            "config.json has skip blocks with in_channels = {} and out_channels = {}; diffusers' skip \
+             blocks hard-wire the image path to 3 channels, so both must be 3",
+            self.in_channels,
+            self.out_channels
+        );
 
         let n = self.block_out_channels.len();
         ensure!(n > 0, "block_out_channels in config.json is empty");
@@ -277,13 +354,29 @@ impl UNet2DConfig {
             "layers_per_block = {} in config.json is out of range (1..={MAX_LAYERS_PER_BLOCK})",
             self.layers_per_block
         );
-        let groups = self.norm_num_groups.context(
-            "unsupported norm_num_groups null in config.json (allowed: a positive integer)",
-        )?;
-        ensure!(
-            groups > 0,
-            "norm_num_groups in config.json must be positive"
-        );
+        match self.norm_num_groups {
+            Some(groups) => ensure!(
+                groups > 0,
+                "norm_num_groups in config.json must be positive"
+            ),
+            None => {
+                // Skip blocks choose their own groups; every other block would build GroupNorm(None).
+                let down_other = (self.down_block_types.iter().zip(&down))
+                    .find(|(_, k)| !k.is_skip())
+                    .map(|(t, _)| t);
+                let up_other = (self.up_block_types.iter().zip(&up))
+                    .find(|(_, k)| !k.is_skip())
+                    .map(|(t, _)| t);
+                let other = down_other.or(up_other);
+                if let Some(t) = other {
+                    bail!(
+                        "unsupported norm_num_groups null in config.json with block type {t:?} \
+                         (null is allowed only when every block is a skip block: SkipDownBlock2D, \
+                         AttnSkipDownBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D)"
+                    );
+                }
+            }
+        }
         ensure!(
             self.attention_head_dim != Some(0),
             "attention_head_dim in config.json must be positive"
@@ -330,15 +423,19 @@ impl UNet2DConfig {
         Ok(())
     }
 
-    /// The down block kinds, in order.
+    /// The down block kinds, in order (a `UNetRes` prefix is dropped, as diffusers does).
     pub fn down_blocks(&self) -> Result<Vec<DownBlockKind>> {
         self.down_block_types
             .iter()
             .map(|t| match t.strip_prefix("UNetRes").unwrap_or(t) {
                 "DownBlock2D" => Ok(DownBlockKind::Down),
                 "AttnDownBlock2D" => Ok(DownBlockKind::AttnDown),
+                "ResnetDownsampleBlock2D" => Ok(DownBlockKind::ResnetDownsample),
+                "SkipDownBlock2D" => Ok(DownBlockKind::SkipDown),
+                "AttnSkipDownBlock2D" => Ok(DownBlockKind::AttnSkipDown),
                 other => bail!(
-                    "unsupported down block type {other:?} in config.json (allowed: DownBlock2D, AttnDownBlock2D)"
+                    "unsupported down block type {other:?} in config.json (allowed: DownBlock2D, \
+                     AttnDownBlock2D, ResnetDownsampleBlock2D, SkipDownBlock2D, AttnSkipDownBlock2D)"
                 ),
             })
             .collect()
@@ -351,21 +448,51 @@ impl UNet2DConfig {
             .map(|t| match t.strip_prefix("UNetRes").unwrap_or(t) {
                 "UpBlock2D" => Ok(UpBlockKind::Up),
                 "AttnUpBlock2D" => Ok(UpBlockKind::AttnUp),
+                "ResnetUpsampleBlock2D" => Ok(UpBlockKind::ResnetUpsample),
+                "SkipUpBlock2D" => Ok(UpBlockKind::SkipUp),
+                "AttnSkipUpBlock2D" => Ok(UpBlockKind::AttnSkipUp),
                 other => bail!(
-                    "unsupported up block type {other:?} in config.json (allowed: UpBlock2D, AttnUpBlock2D)"
+                    "unsupported up block type {other:?} in config.json (allowed: UpBlock2D, \
+                     AttnUpBlock2D, ResnetUpsampleBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D)"
                 ),
             })
             .collect()
     }
 
-    /// Width of the sinusoidal projection (`block_out_channels[0]`).
+    /// The time projection (validated: anything else was refused).
+    pub fn time_embedding(&self) -> TimeEmbeddingType {
+        match self.time_embedding_type.as_str() {
+            "fourier" => TimeEmbeddingType::Fourier,
+            "learned" => TimeEmbeddingType::Learned,
+            _ => TimeEmbeddingType::Positional,
+        }
+    }
+
+    /// The class embedding, if the model is class-conditional. As in diffusers, a null
+    /// `class_embed_type` without `num_class_embeds` means none.
+    pub fn class_embedding(&self) -> Option<ClassEmbedType> {
+        match (self.class_embed_type.as_deref(), self.num_class_embeds) {
+            (Some("timestep"), _) => Some(ClassEmbedType::Timestep),
+            (Some("identity"), _) => Some(ClassEmbedType::Identity),
+            (_, Some(classes)) => Some(ClassEmbedType::Table { classes }),
+            _ => None,
+        }
+    }
+
+    /// Width of the time projection that feeds the time MLP: `block_out_channels[0]`, doubled
+    /// for Fourier ([sin | cos] of `block_out_channels[0]` frequencies).
     pub fn time_proj_dim(&self) -> usize {
-        self.block_out_channels.first().copied().unwrap_or(0)
+        let c = self.block_out_channels.first().copied().unwrap_or(0);
+        match self.time_embedding() {
+            TimeEmbeddingType::Fourier => 2 * c,
+            _ => c,
+        }
     }
 
     /// Width of the time embedding MLP output fed to every resnet.
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim.unwrap_or(4 * self.time_proj_dim())
+        let c0 = self.block_out_channels.first().copied().unwrap_or(0);
+        self.time_embedding_dim.unwrap_or(4 * c0)
     }
 
     /// The configured image size (height, width), if any.
@@ -483,7 +610,7 @@ mod tests {
 
     #[test]
     fn unsupported_values_are_named() {
-        let e = UNet2DConfig::from_json(r#"{"time_embedding_type":"fourier"}"#).unwrap_err();
+        let e = UNet2DConfig::from_json(r#"{"time_embedding_type":"sinusoidal"}"#).unwrap_err();
         assert!(
             format!("{e:#}").contains("unsupported time_embedding_type"),
             "{e:#}"

@@ -2,18 +2,21 @@
 //!
 //! * [`config`]: `config.json` → [`UNet2DConfig`] (validated, bounded sizes);
 //! * [`dir`]: model directory layouts → [`ModelPaths`];
+//! * [`labels`]: per-image class conditioning ([`ClassLabels`]), checked against the model;
 //! * [`weights`]: safetensors → [`Weights`] (named f32 tensors), or seeded random weights;
 //! * [`unet`]: the network as a static list of layers ([`UNet`]) shared by the CPU reference and
 //!   the GPU plan.
 
 pub mod config;
 pub mod dir;
+pub mod labels;
 pub mod tensor_io;
 pub mod unet;
 pub mod weights;
 
 pub use config::UNet2DConfig;
 pub use dir::ModelPaths;
+pub use labels::ClassLabels;
 pub use unet::UNet;
 pub use weights::Weights;
 

@@ -10,7 +10,15 @@
 //!   that buffer alive until the matching [`Op::ConcatSkip`]);
 //! * [`Op::ConcatSkip`] sets `h = cat([h, skip[slot]], channels)` (h first), releasing the slot;
 //! * [`Op::Resnet`] reads `emb` as well;
+//! * the skip (NCSN++) blocks' image path is a second activation `s` (3 channels) that only the
+//!   `SkipImage*` ops read and write: [`Op::SkipImageCapture`] sets it from `h` before `conv_in`,
+//!   [`Op::SkipImageDown`] / [`Op::SkipImageUp`] resample it per block (and add it to `h`, or a
+//!   projection of `h` to it), [`Op::SkipImageAdd`] adds it to the output;
+//! * [`Op::DivideBySigma`] reads the timesteps (Fourier models: the output becomes the score);
 //! * every other op is a function of `h` alone.
+//!
+//! `emb` is [`TimeEmbedding`]: the time projection ([`TimeProj`]) through its MLP, plus the
+//! class embedding ([`ClassEmbedding`]) of the image's label when the model has one.
 //!
 //! Slots are numbered in push order and consumed in reverse (a stack), exactly as diffusers'
 //! `down_block_res_samples`. Each layer records its per-image input and output shape, its FLOPs
@@ -35,7 +43,9 @@
 //! q·kᵀ and p·v); norms, activations and additions are not counted. Convolution:
 //! 2·OH·OW·Cout·KH·KW·Cin per image.
 
-use crate::model::config::{DownBlockKind, UNet2DConfig, UpBlockKind, MAX_PARAMETERS};
+use crate::model::config::{
+    ClassEmbedType, DownBlockKind, TimeEmbeddingType, UNet2DConfig, UpBlockKind, MAX_PARAMETERS,
+};
 use anyhow::{bail, ensure, Result};
 
 /// Zero padding added around the input of a convolution, in pixels per side.
@@ -150,10 +160,35 @@ pub struct Linear {
     pub out_features: usize,
 }
 
-/// diffusers `ResnetBlock2D` (pre-norm, SiLU, no up/down):
+/// How a resnet resamples both of its paths (diffusers `ResnetBlock2D(up/down=True)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// 2×2 average pooling, stride 2 (`ResnetDownsampleBlock2D`, `downsample_type: "resnet"`).
+    AvgPool2x2,
+    /// Nearest-neighbour ×2 (`ResnetUpsampleBlock2D`, `upsample_type: "resnet"`).
+    Nearest2x,
+    /// The (1, 3, 3, 1) FIR filter, ×½ (skip blocks' `resnet_down`).
+    FirDown2,
+    /// The (1, 3, 3, 1) FIR filter, ×2 (skip blocks' `resnet_up`).
+    FirUp2,
+}
+
+impl Resample {
+    /// Output height and width for an input of `h × w` (downsampling floors odd sizes).
+    pub fn output_hw(self, h: usize, w: usize) -> (usize, usize) {
+        match self {
+            Self::AvgPool2x2 | Self::FirDown2 => (h / 2, w / 2),
+            Self::Nearest2x | Self::FirUp2 => (2 * h, 2 * w),
+        }
+    }
+}
+
+/// diffusers `ResnetBlock2D` (pre-norm, SiLU):
 /// ```text
 /// t   = time_emb_proj(silu(emb))                               [B, out] (or [B, 2·out])
-/// y   = conv1(silu(norm1(x)))
+/// a   = silu(norm1(x))
+/// with `resample` R: x = R(x); a = R(a)                         (both paths, after norm1 + SiLU)
+/// y   = conv1(a)
 /// default:     y = silu(norm2(y + t[:, :, None, None]))
 /// scale_shift: (scale, shift) = split(t); y = silu(norm2(y) * (1 + scale) + shift)
 /// y   = conv2(y)
@@ -170,9 +205,12 @@ pub struct Resnet {
     pub scale_shift: bool,
     pub norm2: GroupNorm,
     pub conv2: Conv2d,
-    /// 1×1 convolution, present exactly when `in_channels != out_channels`.
+    /// 1×1 convolution (on the resampled x), present when `in_channels != out_channels` and
+    /// always in the skip blocks' `resnet_down` / `resnet_up`.
     pub shortcut: Option<Conv2d>,
     pub output_scale_factor: f32,
+    /// Resampling of both paths after norm1 + SiLU; `None` keeps the size.
+    pub resample: Option<Resample>,
 }
 
 /// diffusers `Attention` as built by the Attn*Block2D / UNetMidBlock2D (self-attention over the
@@ -204,20 +242,110 @@ impl Attention {
     }
 }
 
-/// Sinusoidal projection of the timestep followed by the MLP `linear_2(silu(linear_1(·)))`.
+/// The projection of t (or of a `"timestep"` class label) that feeds an embedding MLP.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TimeProj {
+    /// diffusers `Timesteps`: the sinusoid of f32(t), width `dim`.
+    Positional {
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    },
+    /// `GaussianFourierProjection`: p = ln(t)·w·2π with w `[frequencies]` (`time_proj.weight`),
+    /// output `[sin p | cos p]` of width `2·frequencies` (the config's `flip_sin_to_cos` is not
+    /// applied, as in diffusers). t must be σ > 0.
+    Fourier { weight: String, frequencies: usize },
+    /// `nn.Embedding(rows, dim)` (`time_proj.weight`): row t of the table; t must be an integer
+    /// in `0..rows`.
+    Learned {
+        weight: String,
+        rows: usize,
+        dim: usize,
+    },
+}
+
+impl TimeProj {
+    /// Width of the projection.
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Positional { dim, .. } | Self::Learned { dim, .. } => *dim,
+            Self::Fourier { frequencies, .. } => 2 * frequencies,
+        }
+    }
+
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        match self {
+            Self::Positional { .. } => Vec::new(),
+            Self::Fourier {
+                weight,
+                frequencies,
+            } => vec![WeightSpec {
+                name: weight.clone(),
+                shape: vec![*frequencies],
+            }],
+            Self::Learned { weight, rows, dim } => vec![WeightSpec {
+                name: weight.clone(),
+                shape: vec![*rows, *dim],
+            }],
+        }
+    }
+}
+
+/// The class embedding, added to the time embedding after its MLP (diffusers `class_embedding`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClassEmbedding {
+    /// `nn.Embedding(classes, embed_dim)`: `class_embedding.weight` `[classes, embed_dim]`.
+    Table { weight: String, classes: usize },
+    /// `"timestep"`: the label goes through the model's own time projection, then this MLP
+    /// (`class_embedding.linear_1/2`).
+    Timestep { linear_1: Linear, linear_2: Linear },
+    /// `"identity"`: the caller's `[B, embed_dim]` vectors are added as they are.
+    Identity,
+}
+
+/// The time embedding `emb = linear_2(silu(linear_1(proj(t)))) (+ class embedding)`, computed
+/// once per forward and read by every resnet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimeEmbedding {
-    /// Width of the sinusoidal projection (`block_out_channels[0]`).
-    pub proj_dim: usize,
-    pub flip_sin_to_cos: bool,
-    pub freq_shift: f32,
+    pub proj: TimeProj,
     pub linear_1: Linear,
     pub linear_2: Linear,
+    pub class: Option<ClassEmbedding>,
 }
 
 impl TimeEmbedding {
     pub fn embed_dim(&self) -> usize {
         self.linear_2.out_features
+    }
+
+    /// Every weight of the embeddings, in diffusers' module order.
+    pub fn weights(&self) -> Vec<WeightSpec> {
+        let mut v = self.proj.weights();
+        v.extend(self.linear_1.weights());
+        v.extend(self.linear_2.weights());
+        match &self.class {
+            Some(ClassEmbedding::Table { weight, classes }) => v.push(WeightSpec {
+                name: weight.clone(),
+                shape: vec![*classes, self.embed_dim()],
+            }),
+            Some(ClassEmbedding::Timestep { linear_1, linear_2 }) => {
+                v.extend(linear_1.weights());
+                v.extend(linear_2.weights());
+            }
+            Some(ClassEmbedding::Identity) | None => {}
+        }
+        v
+    }
+
+    /// FLOPs per image (the MLPs; projections and lookups are not counted).
+    pub fn flops(&self) -> u64 {
+        let class = match &self.class {
+            Some(ClassEmbedding::Timestep { linear_1, linear_2 }) => {
+                linear_1.flops() + linear_2.flops()
+            }
+            _ => 0,
+        };
+        self.linear_1.flops() + self.linear_2.flops() + class
     }
 }
 
@@ -244,13 +372,40 @@ pub enum Op {
     ConcatSkip {
         slot: usize,
     },
+    /// Skip blocks' image path: `s = h` (the input after centering, before `conv_in`). `h` is
+    /// unchanged; nothing is reported.
+    SkipImageCapture,
+    /// A skip down block's end: `s = fir_down2(s)`, then `h = h + skip_conv(s)` (a 1×1 conv,
+    /// 3 → C). Reports `h`.
+    SkipImageDown(Conv2d),
+    /// A skip up block's image path: `s = fir_up2(s)` (`upsample`) or `s = 0` (the path was
+    /// reset before the up blocks), then with `project`: `s = s + skip_conv(silu(skip_norm(h)))`
+    /// (a 3×3 conv, C → 3). `h` is unchanged; reports `s` (`[B, 3, H, W]`, the size of `h`).
+    SkipImageUp {
+        upsample: bool,
+        project: Option<SkipProject>,
+    },
+    /// After `conv_out`: `h = h + s`.
+    SkipImageAdd,
+    /// Fourier-embedded models: `h = h / t` per image (t is σ, so the output is the score).
+    DivideBySigma,
+}
+
+/// The projection of `h` onto the image path in a non-final skip up block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkipProject {
+    pub norm: GroupNorm,
+    pub conv: Conv2d,
 }
 
 /// One step of the program.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layer {
     /// The diffusers module path (`down_blocks.1.attentions.0`), or for the ops diffusers does not
-    /// name: `<resnet path>.concat` and `<upsampler path>.interpolate`, `skip.<slot>`, `center_input`.
+    /// name: `<resnet path>.concat` and `<upsampler path>.interpolate`, `skip.<slot>`,
+    /// `center_input`, `skip_sample` (the image path's capture), `skip_sample.add` and
+    /// `divide_by_sigma`. A skip up block's image path is `up_blocks.<i>.skip_conv` (or
+    /// `up_blocks.<i>.upsampler` in the final block, which only upsamples it).
     pub name: String,
     pub op: Op,
     pub input: Shape,
@@ -413,6 +568,15 @@ impl Op {
                 }
                 v
             }
+            Op::SkipImageDown(c) => c.weights(),
+            Op::SkipImageUp { project, .. } => project
+                .as_ref()
+                .map(|p| {
+                    let mut v = p.norm.weights();
+                    v.extend(p.conv.weights());
+                    v
+                })
+                .unwrap_or_default(),
             Op::Attention(a) => {
                 let mut v = a.norm.as_ref().map(GroupNorm::weights).unwrap_or_default();
                 for l in [&a.to_q, &a.to_k, &a.to_v, &a.to_out] {
@@ -423,7 +587,10 @@ impl Op {
             Op::CenterInput
             | Op::UpsampleNearest2x
             | Op::PushSkip { .. }
-            | Op::ConcatSkip { .. } => Vec::new(),
+            | Op::ConcatSkip { .. }
+            | Op::SkipImageCapture
+            | Op::SkipImageAdd
+            | Op::DivideBySigma => Vec::new(),
         }
     }
 
@@ -432,6 +599,9 @@ impl Op {
         match self {
             Op::Conv(c) => c.flops(x),
             Op::Resnet(r) => {
+                // conv1, conv2 and the shortcut all run at the resampled size.
+                let (h, w) = r.resample.map_or((x.h, x.w), |s| s.output_hw(x.h, x.w));
+                let x = Shape { h, w, ..x };
                 let mid = r.conv1.output_shape(x);
                 r.conv1
                     .flops(x)
@@ -439,6 +609,14 @@ impl Op {
                     .saturating_add(r.shortcut.as_ref().map_or(0, |s| s.flops(x)))
                     .saturating_add(r.time_emb_proj.flops())
             }
+            // The 1×1 conv reads the image path at the size of h.
+            Op::SkipImageDown(c) => c.flops(Shape {
+                c: c.in_channels,
+                ..x
+            }),
+            Op::SkipImageUp {
+                project: Some(p), ..
+            } => p.conv.flops(x),
             Op::Attention(a) => {
                 let tokens = (x.h * x.w) as u64;
                 let projections = tokens.saturating_mul(
@@ -467,6 +645,8 @@ struct Builder {
     shape: Shape,
     skips: Vec<Shape>,
     stack: Vec<usize>,
+    /// The shape of the skip blocks' image path, while it holds a tensor.
+    image: Option<Shape>,
 }
 
 impl Builder {
@@ -489,10 +669,64 @@ impl Builder {
                     r.in_channels,
                     input.c
                 );
+                let (h, w) = r
+                    .resample
+                    .map_or((input.h, input.w), |s| s.output_hw(input.h, input.w));
+                ensure!(h > 0 && w > 0, "{name}: downsamples {input} to nothing");
                 Shape {
                     c: r.out_channels,
-                    ..input
+                    h,
+                    w,
                 }
+            }
+            Op::SkipImageCapture => {
+                self.image = Some(input);
+                input
+            }
+            Op::SkipImageDown(conv) => {
+                let Some(s) = self.image else {
+                    bail!("{name}: the image path was never captured")
+                };
+                let s = Shape {
+                    h: s.h / 2,
+                    w: s.w / 2,
+                    ..s
+                };
+                let added = conv.output_shape(s);
+                ensure!(
+                    conv.in_channels == s.c && added == input,
+                    "{name}: the image path ({s}) through skip_conv gives {added}, which cannot be added \
+                     to the activation {input} (down blocks that are not skip blocks between skip blocks?)"
+                );
+                self.image = Some(s);
+                input
+            }
+            Op::SkipImageUp { upsample, project } => {
+                let upsampled = self.image.filter(|_| *upsample).map(|s| Shape {
+                    h: 2 * s.h,
+                    w: 2 * s.w,
+                    ..s
+                });
+                let projected = project.as_ref().map(|p| p.conv.output_shape(input));
+                let result = projected.or(upsampled);
+                if let (Some(a), Some(b)) = (upsampled, projected) {
+                    ensure!(
+                        a == b,
+                        "{name}: the image path ({a}) does not match skip_conv's output ({b}) \
+                         (up blocks that are not skip blocks between skip blocks?)"
+                    );
+                }
+                self.image = result;
+                input
+            }
+            Op::SkipImageAdd => {
+                let s = self.image.unwrap_or(input);
+                ensure!(
+                    s == input,
+                    "{name}: the image path {s} cannot be added to the output {input} \
+                     (is the final up block a skip block?)"
+                );
+                input
             }
             Op::UpsampleNearest2x => Shape {
                 h: 2 * input.h,
@@ -545,6 +779,366 @@ impl Builder {
     }
 }
 
+/// The group count skip blocks (and a null `norm_num_groups`) use for `channels`: `min(C / 4, 32)`.
+fn skip_groups(channels: usize) -> usize {
+    (channels / 4).min(32)
+}
+
+/// The time embedding, its projection and the class embedding of a (validated) config.
+fn time_embedding(config: &UNet2DConfig) -> TimeEmbedding {
+    let temb = config.time_embed_dim();
+    let c0 = config.block_out_channels[0];
+    let proj = match config.time_embedding() {
+        TimeEmbeddingType::Positional => TimeProj::Positional {
+            dim: c0,
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+        },
+        TimeEmbeddingType::Fourier => TimeProj::Fourier {
+            weight: "time_proj.weight".into(),
+            frequencies: c0,
+        },
+        TimeEmbeddingType::Learned => TimeProj::Learned {
+            weight: "time_proj.weight".into(),
+            rows: config.num_train_timesteps.unwrap_or(0),
+            dim: c0,
+        },
+    };
+    let class = config.class_embedding().map(|kind| match kind {
+        ClassEmbedType::Table { classes } => ClassEmbedding::Table {
+            weight: "class_embedding.weight".into(),
+            classes,
+        },
+        ClassEmbedType::Timestep => ClassEmbedding::Timestep {
+            linear_1: linear("class_embedding.linear_1", proj.dim(), temb),
+            linear_2: linear("class_embedding.linear_2", temb, temb),
+        },
+        ClassEmbedType::Identity => ClassEmbedding::Identity,
+    });
+    TimeEmbedding {
+        linear_1: linear("time_embedding.linear_1", proj.dim(), temb),
+        linear_2: linear("time_embedding.linear_2", temb, temb),
+        proj,
+        class,
+    }
+}
+
+/// The building blocks of one config: resnets and attentions with the config's widths, eps and
+/// time conditioning, and each block kind as diffusers builds it.
+struct Nets<'a> {
+    config: &'a UNet2DConfig,
+    eps: f32,
+    temb: usize,
+}
+
+/// The group counts of a resnet's two norms.
+#[derive(Clone, Copy)]
+struct Groups {
+    norm1: usize,
+    norm2: usize,
+}
+
+impl Groups {
+    fn same(g: usize) -> Self {
+        Self { norm1: g, norm2: g }
+    }
+}
+
+/// Output scale factor of every resnet and attention inside skip blocks (diffusers `np.sqrt(2.0)`).
+const SKIP_SCALE: f32 = std::f32::consts::SQRT_2;
+/// The skip blocks' attention GroupNorm always has 32 groups.
+const SKIP_ATTENTION_GROUPS: usize = 32;
+/// The skip blocks' image path has 3 channels (diffusers hard-wires it).
+const IMAGE_CHANNELS: usize = 3;
+
+impl<'a> Nets<'a> {
+    fn new(config: &'a UNet2DConfig) -> Self {
+        Self {
+            config,
+            eps: config.norm_eps,
+            temb: config.time_embed_dim(),
+        }
+    }
+
+    /// The groups of blocks that follow `norm_num_groups` (validated present unless every block is a skip block).
+    fn groups(&self) -> usize {
+        self.config.norm_num_groups.unwrap_or(32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resnet(
+        &self,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        groups: Groups,
+        scale: f32,
+        resample: Option<Resample>,
+        force_shortcut: bool,
+    ) -> Result<Resnet> {
+        let scale_shift = self.config.scale_shift();
+        let t_out = if scale_shift { 2 * cout } else { cout };
+        let p = |part: &str| format!("{prefix}.{part}");
+        Ok(Resnet {
+            in_channels: cin,
+            out_channels: cout,
+            norm1: group_norm(&p("norm1"), cin, groups.norm1, self.eps)?,
+            conv1: conv(&p("conv1"), cin, cout, 3, 1, Padding::same(1)),
+            time_emb_proj: linear(&p("time_emb_proj"), self.temb, t_out),
+            scale_shift,
+            norm2: group_norm(&p("norm2"), cout, groups.norm2, self.eps)?,
+            conv2: conv(&p("conv2"), cout, cout, 3, 1, Padding::same(1)),
+            shortcut: (force_shortcut || cin != cout)
+                .then(|| conv(&p("conv_shortcut"), cin, cout, 1, 1, Padding::same(0))),
+            output_scale_factor: scale,
+            resample,
+        })
+    }
+
+    fn attention(
+        &self,
+        prefix: &str,
+        c: usize,
+        norm_groups: Option<usize>,
+        scale: f32,
+    ) -> Result<Attention> {
+        let head_dim = self.config.attention_head_dim.unwrap_or(c);
+        let heads = c / head_dim;
+        ensure!(
+            heads >= 1,
+            "{prefix}: attention_head_dim {head_dim} in config.json exceeds the block's {c} channels"
+        );
+        let inner = heads * head_dim;
+        Ok(Attention {
+            channels: c,
+            heads,
+            head_dim,
+            norm: norm_groups
+                .map(|g| group_norm(&format!("{prefix}.group_norm"), c, g, self.eps))
+                .transpose()?,
+            to_q: linear(&format!("{prefix}.to_q"), c, inner),
+            to_k: linear(&format!("{prefix}.to_k"), c, inner),
+            to_v: linear(&format!("{prefix}.to_v"), c, inner),
+            to_out: linear(&format!("{prefix}.to_out.0"), inner, c),
+            rescale_output_factor: scale,
+        })
+    }
+
+    /// One down block: its resnets (each with an attention in the attention kinds), each output
+    /// kept as a skip, then the downsampler diffusers routes to this kind (§10.3), also kept.
+    fn down_block(
+        &self,
+        b: &mut Builder,
+        i: usize,
+        kind: DownBlockKind,
+        in_ch: usize,
+        out_ch: usize,
+        last: bool,
+    ) -> Result<()> {
+        use DownBlockKind::*;
+        let skip = kind.is_skip();
+        let scale = if skip { SKIP_SCALE } else { 1.0 };
+        for j in 0..self.config.layers_per_block {
+            let p = format!("down_blocks.{i}.resnets.{j}");
+            let cin = if j == 0 { in_ch } else { out_ch };
+            let groups = if skip {
+                Groups {
+                    norm1: skip_groups(cin),
+                    norm2: skip_groups(out_ch),
+                }
+            } else {
+                Groups::same(self.groups())
+            };
+            let r = self.resnet(&p, cin, out_ch, groups, scale, None, false)?;
+            b.push(p, Op::Resnet(r))?;
+            let attn_groups = match kind {
+                AttnDown => Some(self.groups()),
+                AttnSkipDown => Some(SKIP_ATTENTION_GROUPS),
+                _ => None,
+            };
+            if let Some(g) = attn_groups {
+                let p = format!("down_blocks.{i}.attentions.{j}");
+                let a = self.attention(&p, out_ch, Some(g), scale)?;
+                b.push(p, Op::Attention(a))?;
+            }
+            b.push_skip()?;
+        }
+        if last {
+            return Ok(());
+        }
+        let resnet_down = kind == ResnetDownsample
+            || (kind == AttnDown && self.config.downsample_type == "resnet");
+        if skip {
+            let p = format!("down_blocks.{i}.resnet_down");
+            let g = Groups::same(skip_groups(out_ch));
+            let r = self.resnet(&p, out_ch, out_ch, g, scale, Some(Resample::FirDown2), true)?;
+            b.push(p, Op::Resnet(r))?;
+            let p = format!("down_blocks.{i}.skip_conv");
+            let c = conv(&p, IMAGE_CHANNELS, out_ch, 1, 1, Padding::same(0));
+            b.push(p, Op::SkipImageDown(c))?;
+        } else if resnet_down {
+            let p = format!("down_blocks.{i}.downsamplers.0");
+            let g = Groups::same(self.groups());
+            let r = self.resnet(
+                &p,
+                out_ch,
+                out_ch,
+                g,
+                1.0,
+                Some(Resample::AvgPool2x2),
+                false,
+            )?;
+            b.push(p, Op::Resnet(r))?;
+        } else {
+            let pad = match self.config.downsample_padding {
+                0 => Padding {
+                    top: 0,
+                    left: 0,
+                    bottom: 1,
+                    right: 1,
+                },
+                p => Padding::same(p),
+            };
+            let p = format!("down_blocks.{i}.downsamplers.0.conv");
+            b.push(p.clone(), Op::Conv(conv(&p, out_ch, out_ch, 3, 2, pad)))?;
+        }
+        b.push_skip()
+    }
+
+    /// `UNetMidBlock2D`: resnet, [attention,] resnet, all scaled by `mid_block_scale_factor`.
+    fn mid_block(&self, b: &mut Builder, c: usize) -> Result<()> {
+        let config = self.config;
+        let scale = config.mid_block_scale_factor;
+        let groups = config.norm_num_groups.unwrap_or_else(|| skip_groups(c));
+        let resnet = |p: &str| self.resnet(p, c, c, Groups::same(groups), scale, None, false);
+        b.push(
+            "mid_block.resnets.0".into(),
+            Op::Resnet(resnet("mid_block.resnets.0")?),
+        )?;
+        if config.add_attention {
+            // diffusers: attn_norm_num_groups, else the resnets' groups unless scale_shift, where
+            // the attention has no GroupNorm at all.
+            let norm_groups = config
+                .attn_norm_num_groups
+                .or((!config.scale_shift()).then_some(groups));
+            let p = "mid_block.attentions.0";
+            b.push(
+                p.into(),
+                Op::Attention(self.attention(p, c, norm_groups, scale)?),
+            )?;
+        }
+        b.push(
+            "mid_block.resnets.1".into(),
+            Op::Resnet(resnet("mid_block.resnets.1")?),
+        )
+    }
+
+    /// One up block: `layers_per_block + 1` resnets on `cat([h, skip])`, the attentions of its
+    /// kind, the skip blocks' image path, then the upsampler diffusers routes to this kind.
+    #[allow(clippy::too_many_arguments)]
+    fn up_block(
+        &self,
+        b: &mut Builder,
+        i: usize,
+        kind: UpBlockKind,
+        prev: usize,
+        in_ch: usize,
+        out_ch: usize,
+        last: bool,
+    ) -> Result<()> {
+        use UpBlockKind::*;
+        let skip = kind.is_skip();
+        let scale = if skip { SKIP_SCALE } else { 1.0 };
+        let layers = self.config.layers_per_block + 1;
+        for j in 0..layers {
+            let skip_ch = if j + 1 == layers { in_ch } else { out_ch };
+            let res_in = if j == 0 { prev } else { out_ch };
+            let p = format!("up_blocks.{i}.resnets.{j}");
+            b.concat_skip(format!("{p}.concat"), skip_ch)?;
+            let groups = match kind {
+                SkipUp => Groups {
+                    norm1: skip_groups(res_in + skip_ch),
+                    norm2: skip_groups(out_ch),
+                },
+                // diffusers writes `min(resnet_in_channels + res_skip_channels // 4, 32)`: the
+                // division binds to the skip channels only. Real checkpoints depend on it.
+                AttnSkipUp => Groups {
+                    norm1: (res_in + skip_ch / 4).min(32),
+                    norm2: skip_groups(out_ch),
+                },
+                _ => Groups::same(self.groups()),
+            };
+            let r = self.resnet(&p, res_in + skip_ch, out_ch, groups, scale, None, false)?;
+            b.push(p, Op::Resnet(r))?;
+            if kind == AttnUp {
+                let p = format!("up_blocks.{i}.attentions.{j}");
+                let a = self.attention(&p, out_ch, Some(self.groups()), 1.0)?;
+                b.push(p, Op::Attention(a))?;
+            }
+        }
+        if kind == AttnSkipUp {
+            let p = format!("up_blocks.{i}.attentions.0");
+            let a = self.attention(&p, out_ch, Some(SKIP_ATTENTION_GROUPS), scale)?;
+            b.push(p, Op::Attention(a))?;
+        }
+        if skip {
+            let upsample = b.image.is_some();
+            let project = if last {
+                None
+            } else {
+                let norm = group_norm(
+                    &format!("up_blocks.{i}.skip_norm"),
+                    out_ch,
+                    skip_groups(out_ch),
+                    self.eps,
+                )?;
+                let conv = conv(
+                    &format!("up_blocks.{i}.skip_conv"),
+                    out_ch,
+                    IMAGE_CHANNELS,
+                    3,
+                    1,
+                    Padding::same(1),
+                );
+                Some(SkipProject { norm, conv })
+            };
+            let name = if last { "upsampler" } else { "skip_conv" };
+            if upsample || project.is_some() {
+                b.push(
+                    format!("up_blocks.{i}.{name}"),
+                    Op::SkipImageUp { upsample, project },
+                )?;
+            }
+        }
+        if last {
+            return Ok(());
+        }
+        let resnet_up =
+            kind == ResnetUpsample || (kind == AttnUp && self.config.upsample_type == "resnet");
+        if skip {
+            let p = format!("up_blocks.{i}.resnet_up");
+            let g = Groups::same(skip_groups(out_ch));
+            let r = self.resnet(&p, out_ch, out_ch, g, scale, Some(Resample::FirUp2), true)?;
+            b.push(p, Op::Resnet(r))
+        } else if resnet_up {
+            let p = format!("up_blocks.{i}.upsamplers.0");
+            let g = Groups::same(self.groups());
+            let r = self.resnet(&p, out_ch, out_ch, g, 1.0, Some(Resample::Nearest2x), false)?;
+            b.push(p, Op::Resnet(r))
+        } else {
+            b.push(
+                format!("up_blocks.{i}.upsamplers.0.interpolate"),
+                Op::UpsampleNearest2x,
+            )?;
+            let p = format!("up_blocks.{i}.upsamplers.0.conv");
+            b.push(
+                p.clone(),
+                Op::Conv(conv(&p, out_ch, out_ch, 3, 1, Padding::same(1))),
+            )
+        }
+    }
+}
+
 impl UNet {
     /// The network for images of `height × width`. Both must be divisible by 2^(blocks − 1) so
     /// that every skip connection matches after downsampling and upsampling.
@@ -558,200 +1152,56 @@ impl UNet {
             "image size {height}x{width} is not supported by this model: with {n} blocks both sides must be \
              positive multiples of {factor}"
         );
-        let groups = config.norm_num_groups.unwrap_or(32);
-        let eps = config.norm_eps;
-        let temb = config.time_embed_dim();
-        let proj = config.time_proj_dim();
-        let time = TimeEmbedding {
-            proj_dim: proj,
-            flip_sin_to_cos: config.flip_sin_to_cos,
-            freq_shift: config.freq_shift,
-            linear_1: linear("time_embedding.linear_1", proj, temb),
-            linear_2: linear("time_embedding.linear_2", temb, temb),
-        };
-        let resnet = |prefix: &str, cin: usize, cout: usize, scale: f32| -> Result<Resnet> {
-            let t_out = if config.scale_shift() { 2 * cout } else { cout };
-            Ok(Resnet {
-                in_channels: cin,
-                out_channels: cout,
-                norm1: group_norm(&format!("{prefix}.norm1"), cin, groups, eps)?,
-                conv1: conv(
-                    &format!("{prefix}.conv1"),
-                    cin,
-                    cout,
-                    3,
-                    1,
-                    Padding::same(1),
-                ),
-                time_emb_proj: linear(&format!("{prefix}.time_emb_proj"), temb, t_out),
-                scale_shift: config.scale_shift(),
-                norm2: group_norm(&format!("{prefix}.norm2"), cout, groups, eps)?,
-                conv2: conv(
-                    &format!("{prefix}.conv2"),
-                    cout,
-                    cout,
-                    3,
-                    1,
-                    Padding::same(1),
-                ),
-                shortcut: (cin != cout).then(|| {
-                    conv(
-                        &format!("{prefix}.conv_shortcut"),
-                        cin,
-                        cout,
-                        1,
-                        1,
-                        Padding::same(0),
-                    )
-                }),
-                output_scale_factor: scale,
-            })
-        };
-        let attention = |prefix: &str,
-                         c: usize,
-                         norm_groups: Option<usize>,
-                         scale: f32|
-         -> Result<Attention> {
-            let head_dim = config.attention_head_dim.unwrap_or(c);
-            let heads = c / head_dim;
-            ensure!(
-                heads >= 1,
-                "{prefix}: attention_head_dim {head_dim} in config.json exceeds the block's {c} channels"
-            );
-            let inner = heads * head_dim;
-            Ok(Attention {
-                channels: c,
-                heads,
-                head_dim,
-                norm: norm_groups
-                    .map(|g| group_norm(&format!("{prefix}.group_norm"), c, g, eps))
-                    .transpose()?,
-                to_q: linear(&format!("{prefix}.to_q"), c, inner),
-                to_k: linear(&format!("{prefix}.to_k"), c, inner),
-                to_v: linear(&format!("{prefix}.to_v"), c, inner),
-                to_out: linear(&format!("{prefix}.to_out.0"), inner, c),
-                rescale_output_factor: scale,
-            })
-        };
-
         let input = Shape {
             c: config.in_channels,
             h: height,
             w: width,
         };
+        let nets = Nets::new(config);
         let mut b = Builder {
             layers: Vec::new(),
             shape: input,
             skips: Vec::new(),
             stack: Vec::new(),
+            image: None,
         };
+        let down_kinds = config.down_blocks()?;
+        let up_kinds = config.up_blocks()?;
         if config.center_input_sample {
             b.push("center_input".into(), Op::CenterInput)?;
         }
-        b.push(
-            "conv_in".into(),
-            Op::Conv(conv(
-                "conv_in",
-                config.in_channels,
-                boc[0],
-                3,
-                1,
-                Padding::same(1),
-            )),
-        )?;
+        if down_kinds.iter().any(|k| k.is_skip()) {
+            b.push("skip_sample".into(), Op::SkipImageCapture)?;
+        }
+        let conv_in = conv(
+            "conv_in",
+            config.in_channels,
+            boc[0],
+            3,
+            1,
+            Padding::same(1),
+        );
+        b.push("conv_in".into(), Op::Conv(conv_in))?;
         b.push_skip()?;
 
         let mut out_ch = boc[0];
-        for (i, kind) in config.down_blocks()?.into_iter().enumerate() {
+        for (i, kind) in down_kinds.into_iter().enumerate() {
             let in_ch = out_ch;
             out_ch = boc[i];
-            for j in 0..config.layers_per_block {
-                let p = format!("down_blocks.{i}.resnets.{j}");
-                let cin = if j == 0 { in_ch } else { out_ch };
-                b.push(p.clone(), Op::Resnet(resnet(&p, cin, out_ch, 1.0)?))?;
-                if kind == DownBlockKind::AttnDown {
-                    let p = format!("down_blocks.{i}.attentions.{j}");
-                    b.push(
-                        p.clone(),
-                        Op::Attention(attention(&p, out_ch, Some(groups), 1.0)?),
-                    )?;
-                }
-                b.push_skip()?;
-            }
-            if i + 1 < n {
-                let pad = match config.downsample_padding {
-                    0 => Padding {
-                        top: 0,
-                        left: 0,
-                        bottom: 1,
-                        right: 1,
-                    },
-                    p => Padding::same(p),
-                };
-                let p = format!("down_blocks.{i}.downsamplers.0.conv");
-                b.push(p.clone(), Op::Conv(conv(&p, out_ch, out_ch, 3, 2, pad)))?;
-                b.push_skip()?;
-            }
+            nets.down_block(&mut b, i, kind, in_ch, out_ch, i + 1 == n)?;
         }
-
         if config.mid_block_type.is_some() {
-            let c = boc[n - 1];
-            let scale = config.mid_block_scale_factor;
-            b.push(
-                "mid_block.resnets.0".into(),
-                Op::Resnet(resnet("mid_block.resnets.0", c, c, scale)?),
-            )?;
-            if config.add_attention {
-                let norm_groups = config
-                    .attn_norm_num_groups
-                    .or((!config.scale_shift()).then_some(groups));
-                let p = "mid_block.attentions.0";
-                b.push(
-                    p.into(),
-                    Op::Attention(attention(p, c, norm_groups, scale)?),
-                )?;
-            }
-            b.push(
-                "mid_block.resnets.1".into(),
-                Op::Resnet(resnet("mid_block.resnets.1", c, c, scale)?),
-            )?;
+            nets.mid_block(&mut b, boc[n - 1])?;
         }
-
+        // diffusers resets the image path before the up blocks: the first skip up block starts from 0.
+        b.image = None;
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
         let mut out_ch = rev[0];
-        for (i, kind) in config.up_blocks()?.into_iter().enumerate() {
+        for (i, kind) in up_kinds.into_iter().enumerate() {
             let prev = out_ch;
             out_ch = rev[i];
             let in_ch = rev[(i + 1).min(n - 1)];
-            let layers = config.layers_per_block + 1;
-            for j in 0..layers {
-                let skip_ch = if j + 1 == layers { in_ch } else { out_ch };
-                let res_in = if j == 0 { prev } else { out_ch };
-                let p = format!("up_blocks.{i}.resnets.{j}");
-                b.concat_skip(format!("{p}.concat"), skip_ch)?;
-                b.push(
-                    p.clone(),
-                    Op::Resnet(resnet(&p, res_in + skip_ch, out_ch, 1.0)?),
-                )?;
-                if kind == UpBlockKind::AttnUp {
-                    let p = format!("up_blocks.{i}.attentions.{j}");
-                    b.push(
-                        p.clone(),
-                        Op::Attention(attention(&p, out_ch, Some(groups), 1.0)?),
-                    )?;
-                }
-            }
-            if i + 1 < n {
-                b.push(
-                    format!("up_blocks.{i}.upsamplers.0.interpolate"),
-                    Op::UpsampleNearest2x,
-                )?;
-                let p = format!("up_blocks.{i}.upsamplers.0.conv");
-                b.push(
-                    p.clone(),
-                    Op::Conv(conv(&p, out_ch, out_ch, 3, 1, Padding::same(1))),
-                )?;
-            }
+            nets.up_block(&mut b, i, kind, prev, in_ch, out_ch, i + 1 == n)?;
         }
         ensure!(
             b.stack.is_empty(),
@@ -759,26 +1209,33 @@ impl UNet {
             b.stack.len()
         );
 
+        let out_groups = config
+            .norm_num_groups
+            .unwrap_or_else(|| skip_groups(boc[0]));
         b.push(
             "conv_norm_out".into(),
-            Op::GroupNormSilu(group_norm("conv_norm_out", boc[0], groups, eps)?),
+            Op::GroupNormSilu(group_norm("conv_norm_out", boc[0], out_groups, nets.eps)?),
         )?;
-        b.push(
-            "conv_out".into(),
-            Op::Conv(conv(
-                "conv_out",
-                boc[0],
-                config.out_channels,
-                3,
-                1,
-                Padding::same(1),
-            )),
-        )?;
+        let conv_out = conv(
+            "conv_out",
+            boc[0],
+            config.out_channels,
+            3,
+            1,
+            Padding::same(1),
+        );
+        b.push("conv_out".into(), Op::Conv(conv_out))?;
+        if b.image.is_some() {
+            b.push("skip_sample.add".into(), Op::SkipImageAdd)?;
+        }
+        if config.time_embedding() == TimeEmbeddingType::Fourier {
+            b.push("divide_by_sigma".into(), Op::DivideBySigma)?;
+        }
 
         let unet = UNet {
             input,
             output: b.shape,
-            time,
+            time: time_embedding(config),
             layers: b.layers,
             skips: b.skips,
         };
@@ -809,8 +1266,7 @@ impl UNet {
 
     /// Every weight, in diffusers' state-dict order of modules (time embedding first).
     pub fn weights(&self) -> Vec<WeightSpec> {
-        let mut v = self.time.linear_1.weights();
-        v.extend(self.time.linear_2.weights());
+        let mut v = self.time.weights();
         for l in &self.layers {
             v.extend(l.op.weights());
         }
@@ -824,8 +1280,7 @@ impl UNet {
 
     /// FLOPs of one forward pass per image, including the time embedding MLP.
     pub fn flops(&self) -> u64 {
-        self.time.linear_1.flops()
-            + self.time.linear_2.flops()
+        self.time.flops()
             + self
                 .layers
                 .iter()
@@ -918,5 +1373,78 @@ mod tests {
         c.norm_num_groups = Some(7);
         let e = UNet::new(&c, 32, 32).unwrap_err();
         assert!(e.to_string().contains("groups"), "{e}");
+    }
+
+    /// Tensor and parameter counts of diffusers' state dicts (`UNet2DModel(**config)`,
+    /// diffusers 0.42.1): the consistency-model test config and NCSN++ church-256.
+    #[test]
+    fn resnet_and_skip_block_models_match_diffusers_counts() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cm = UNet2DConfig {
+            sample_size: Some(crate::model::config::SampleSize::Square(32)),
+            layers_per_block: 1,
+            block_out_channels: vec![32, 64],
+            attention_head_dim: Some(8),
+            down_block_types: s(&["ResnetDownsampleBlock2D", "AttnDownBlock2D"]),
+            up_block_types: s(&["AttnUpBlock2D", "ResnetUpsampleBlock2D"]),
+            resnet_time_scale_shift: "scale_shift".into(),
+            attn_norm_num_groups: Some(32),
+            upsample_type: "resnet".into(),
+            downsample_type: "resnet".into(),
+            num_class_embeds: Some(10),
+            ..UNet2DConfig::default()
+        };
+        let u = UNet::from_config(&cm).unwrap();
+        assert_eq!((u.weights().len(), u.params()), (161, 828_771));
+
+        let ncsnpp = UNet2DConfig {
+            sample_size: Some(crate::model::config::SampleSize::Square(256)),
+            time_embedding_type: "fourier".into(),
+            center_input_sample: true,
+            norm_num_groups: None,
+            norm_eps: 1e-6,
+            // What NCSN++'s config.json holds: close to √2, not √2.
+            #[allow(clippy::excessive_precision, clippy::approx_constant)]
+            mid_block_scale_factor: 1.41421356237,
+            attention_head_dim: None,
+            block_out_channels: vec![128, 128, 256, 256, 256, 256, 256],
+            down_block_types: s(&[
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+                "AttnSkipDownBlock2D",
+                "SkipDownBlock2D",
+                "SkipDownBlock2D",
+            ]),
+            up_block_types: s(&[
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "AttnSkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+                "SkipUpBlock2D",
+            ]),
+            ..UNet2DConfig::default()
+        };
+        let u = UNet::from_config(&ncsnpp).unwrap();
+        assert_eq!((u.weights().len(), u.params()), (645, 65_574_549));
+        // The image path: captured after centering, added after conv_out, then divided by σ.
+        let names: Vec<&str> = u.layers.iter().map(|l| l.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|&x| x == n).unwrap();
+        assert!(at("center_input") < at("skip_sample") && at("skip_sample") < at("conv_in"));
+        assert_eq!(
+            &names[names.len() - 3..],
+            ["conv_out", "skip_sample.add", "divide_by_sigma"]
+        );
+        assert_eq!(
+            u.output,
+            Shape {
+                c: 3,
+                h: 256,
+                w: 256
+            }
+        );
     }
 }

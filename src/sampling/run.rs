@@ -5,6 +5,7 @@
 use super::noise::{NoisePlan, StepNoise};
 use super::steps::SamplerSteps;
 use super::trajectory::Trajectory;
+use crate::model::ClassLabels;
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub struct Chunk {
     pub x: Tensor,
     /// Per step, this chunk's part of that step's noise (NCHW), drawn when the step asks.
     pub noise: StepNoise,
+    /// The chunk's class labels, one per image (None for an unconditional model).
+    pub labels: Option<ClassLabels>,
 }
 
 /// What a device gives back for a chunk.
@@ -82,6 +85,8 @@ pub struct Run<'a> {
     /// Fills these frames when given.
     pub trajectory: Option<&'a mut Trajectory>,
     pub progress: Option<&'a Progress>,
+    /// Class labels, one for all images or one per image; each chunk gets its images' labels.
+    pub labels: Option<&'a ClassLabels>,
     /// Receives every chunk as it finishes; with a sink the returned tensor is empty (shape
     /// [0, C, H, W]) and memory holds one chunk, not the whole run.
     pub sink: Option<ChunkSink<'a>>,
@@ -97,6 +102,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         batch,
         mut trajectory,
         progress,
+        labels,
         mut sink,
     } = run;
     let per_image = c * h * w;
@@ -142,17 +148,20 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
     let mut out = Tensor::zeros(&[if sink.is_some() { 0 } else { num }, c, h, w]);
     for first in (0..num).step_by(batch) {
         let range = first..(first + batch).min(num);
+        let labels = labels.map(|l| l.images(range.clone())).transpose()?;
         let chunk = match start {
             Start::Noise(plan) => {
                 let noise = plan.chunk(range.clone())?;
                 Chunk {
                     x: Tensor::new(vec![range.len(), c, h, w], noise.initial)?,
                     noise: noise.steps,
+                    labels,
                 }
             }
             Start::Given(x) => Chunk {
                 x: x.images(range.clone())?,
                 noise: StepNoise::none(steps.len()),
+                labels,
             },
         };
         let y = device

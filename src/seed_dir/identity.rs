@@ -33,6 +33,9 @@ pub struct RunSettings<'a> {
     pub seeds: &'a SeedSet,
     /// How many shards make the set.
     pub shards: u64,
+    /// `--class` as given (one label for all seeds, or one per seed of the set); None for an
+    /// unconditional model.
+    pub class: Option<&'a crate::model::ClassLabels>,
 }
 
 /// Sorted `key → value`; serialised as a JSON object with sorted keys.
@@ -90,8 +93,13 @@ impl Identity {
             image: [c, h, w],
             seeds,
             shards,
+            class,
         } = run;
         id.put("run.seeds", seeds.to_string());
+        // Only class-conditional runs have the key, so folders made before it existed still match.
+        if let Some(class) = class {
+            id.put("run.class", class.describe());
+        }
         id.put("run.shards", shards);
         id.put("image", format!("{c}x{h}x{w}"));
         id.put("model.weights_sha256", weights_sha256);

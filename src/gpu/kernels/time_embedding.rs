@@ -14,13 +14,14 @@
 use anyhow::{bail, ensure, Context, Result};
 
 use super::linear::{matmul_fixed, MatmulArgs, MatmulOptions};
-use crate::cpu::ops::timestep_embedding;
+use crate::cpu::ops::{fourier_embedding, timestep_embedding};
 use crate::gpu::kernel::{grid_2d, Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
 use crate::gpu::tensor::{GpuTensor, StepTable};
 use crate::gpu::weights::GpuWeights;
 use crate::gpu::GpuContext;
-use crate::model::unet::{Linear, TimeEmbedding};
+use crate::model::unet::{ClassEmbedding, Linear, TimeEmbedding, TimeProj};
+use crate::model::ClassLabels;
 
 /// A per-step table of time-embedding values on the device (see [`StepTable`]).
 pub type EmbeddingTable = StepTable;
@@ -28,8 +29,25 @@ pub type EmbeddingTable = StepTable;
 pub const SOURCE: &str = include_str!("../../../shaders/embedding.wgsl");
 const WORKGROUP: u32 = 64;
 
+/// A linear layer's uploaded weight `[out, in]` and bias `[out]`, checked against its shape.
+fn linear_tensors<'w>(
+    lin: &Linear,
+    weights: &'w GpuWeights,
+) -> Result<(&'w GpuTensor, &'w GpuTensor)> {
+    let (w, b) = (weights.tensor(&lin.weight)?, weights.tensor(&lin.bias)?);
+    w.expect(
+        &lin.weight,
+        &[lin.out_features, lin.in_features],
+        Precision::F32,
+    )?;
+    b.expect(&lin.bias, &[lin.out_features], Precision::F32)?;
+    Ok((w, b))
+}
+
+/// The embedding `emb` for every (step, image) of a model with the sinusoidal projection:
+
 /// diffusers' `time_proj`: what the time MLP sees of a timestep, computed on the host in f32 as
-/// torch does.
+/// the CPU reference computes it (`cpu::forward::time_projection`).
 #[derive(Clone, Copy, Debug)]
 pub enum Projection<'a> {
     /// `Timesteps(dim, flip_sin_to_cos, freq_shift)`: `cpu::ops::timestep_embedding`.
@@ -39,20 +57,35 @@ pub enum Projection<'a> {
         freq_shift: f32,
     },
     /// `GaussianFourierProjection` (log = True, [sin | cos], the config's flip is not passed):
-    /// `p = ((ln t)·W)·2·π` rounded to f32 after each product, width `2·len(W)`. `t` is σ > 0.
+    /// `cpu::ops::fourier_embedding`, width `2·len(W)`. `t` is σ > 0.
     Fourier { weight: &'a [f32] },
     /// `nn.Embedding(rows, dim)`: row `t` of `table`; `t` must be a whole number below `rows`.
     Learned { table: &'a [f32], dim: usize },
 }
 
-impl Projection<'_> {
-    /// The sinusoid of a model description.
-    pub fn sinusoid(te: &TimeEmbedding) -> Projection<'static> {
-        Projection::Sinusoid {
-            dim: te.proj_dim,
-            flip_sin_to_cos: te.flip_sin_to_cos,
-            freq_shift: te.freq_shift,
-        }
+impl<'a> Projection<'a> {
+    /// The model's projection, reading its weight from the host copy `weights` keeps.
+    pub fn of(proj: &TimeProj, weights: &'a GpuWeights) -> Result<Self> {
+        Ok(match *proj {
+            TimeProj::Positional {
+                dim,
+                flip_sin_to_cos,
+                freq_shift,
+            } => Self::Sinusoid {
+                dim,
+                flip_sin_to_cos,
+                freq_shift,
+            },
+            TimeProj::Fourier { ref weight, .. } => Self::Fourier {
+                weight: weights.host(weight)?,
+            },
+            TimeProj::Learned {
+                ref weight, dim, ..
+            } => Self::Learned {
+                table: weights.host(weight)?,
+                dim,
+            },
+        })
     }
 
     /// Values per timestep.
@@ -65,6 +98,9 @@ impl Projection<'_> {
 
     /// `[t.len(), width]` row-major.
     pub fn project(&self, t: &[f32]) -> Result<Vec<f32>> {
+        if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
+            bail!("timestep {bad} is not a finite number");
+        }
         match *self {
             Self::Sinusoid {
                 dim,
@@ -72,23 +108,10 @@ impl Projection<'_> {
                 freq_shift,
             } => Ok(timestep_embedding(t, dim, flip_sin_to_cos, freq_shift).data),
             Self::Fourier { weight } => {
-                let half = weight.len();
-                let pi = std::f64::consts::PI as f32;
-                let mut out = vec![0.0; t.len() * 2 * half];
-                for (row, &ti) in out.chunks_mut(2 * half).zip(t) {
-                    ensure!(
-                        ti > 0.0,
-                        "a fourier time embedding takes σ > 0, got timestep {ti}"
-                    );
-                    let log_t = ti.ln();
-                    for (i, &w) in weight.iter().enumerate() {
-                        // torch: x[:, None] * W[None, :] * 2 * π, each product rounded to f32.
-                        let p = (log_t * w) * 2.0 * pi;
-                        row[i] = (p as f64).sin() as f32;
-                        row[half + i] = (p as f64).cos() as f32;
-                    }
+                if let Some(bad) = t.iter().find(|&&v| v <= 0.0) {
+                    bail!("a Fourier time embedding takes σ > 0, got timestep {bad}");
                 }
-                Ok(out)
+                Ok(fourier_embedding(t, weight).data)
             }
             Self::Learned { table, dim } => {
                 ensure!(
@@ -111,22 +134,128 @@ impl Projection<'_> {
     }
 }
 
-/// A linear layer's uploaded weight `[out, in]` and bias `[out]`, checked against its shape.
-fn linear_tensors<'w>(
-    lin: &Linear,
-    weights: &'w GpuWeights,
-) -> Result<(&'w GpuTensor, &'w GpuTensor)> {
-    let (w, b) = (weights.tensor(&lin.weight)?, weights.tensor(&lin.bias)?);
-    w.expect(
-        &lin.weight,
-        &[lin.out_features, lin.in_features],
-        Precision::F32,
-    )?;
-    b.expect(&lin.bias, &[lin.out_features], Precision::F32)?;
-    Ok((w, b))
+/// The label-dependent input of a class embedding, on the device: rewritten whenever the images'
+/// labels change ([`Embedding::write_labels`]), after which the embedding's dispatches run again.
+enum ClassInput {
+    /// `class_embedding.weight` rows, indexed by the labels in `labels` (u32 per image).
+    Table { labels: wgpu::Buffer },
+    /// The labels' time projection `[B, width]`, fed to the class MLP (`class_embed_type:
+    /// "timestep"`).
+    Timestep { proj: GpuTensor },
+    /// The caller's `[B, T]` vectors (`class_embed_type: "identity"`).
+    Identity { vectors: GpuTensor },
 }
 
-/// The embedding `emb` for every (step, image) of a model with the sinusoidal projection:
+/// The time embedding every resnet reads, for every (step, image): the time MLP, then the
+/// class embedding added (labels are per image and may change between chunks of a run, so
+/// its input is a buffer that [`Embedding::write_labels`] rewrites before the dispatches run
+/// again).
+pub struct Embedding {
+    /// The time MLP's dispatches (they overwrite `emb`).
+    pub time: Vec<Dispatch>,
+    /// The class embedding's dispatches, adding to `emb` (none for an unconditional model).
+    pub class: Vec<Dispatch>,
+    /// `[steps, B, T]`, packed.
+    pub emb: EmbeddingTable,
+    input: Option<ClassInput>,
+    batch: usize,
+}
+
+impl Embedding {
+    /// The embedding of `te` for `timesteps[s][b]`, with the class input zeroed (label 0)
+    /// until [`Embedding::write_labels`].
+    pub fn new(
+        ctx: &GpuContext,
+        te: &TimeEmbedding,
+        weights: &GpuWeights,
+        timesteps: &[Vec<f32>],
+    ) -> Result<Self> {
+        let projection = Projection::of(&te.proj, weights)?;
+        let mlp = (&te.linear_1, &te.linear_2);
+        let (time, emb) = embedding_mlp(ctx, &projection, mlp, weights, timesteps)?;
+        let batch = emb.batch();
+        let width = emb.width();
+        let identity: Vec<u32> = (0..batch as u32).collect();
+        let (class, input) = match &te.class {
+            None => (vec![], None),
+            Some(ClassEmbedding::Table { weight, .. }) => {
+                let labels = ctx.upload("class labels", &vec![0u32; batch]);
+                let rows = weights.tensor(weight)?;
+                let d = add_rows(ctx, &emb, rows, &labels)?;
+                (vec![d], Some(ClassInput::Table { labels }))
+            }
+            Some(ClassEmbedding::Timestep { linear_1, linear_2 }) => {
+                let pw = projection.width();
+                let proj = ctx.tensor("class projection", &[batch, pw], Precision::F32);
+                let class = StepTable::packed(ctx, "class embedding", 1, batch, width);
+                let class_rows = class.tensor().reshape(&[batch, width])?;
+                let mut ds = mlp_dispatches(ctx, &proj, (linear_1, linear_2), weights, &class_rows)
+                    .context("class embedding")?;
+                let labels = ctx.upload("class rows", &identity);
+                ds.push(add_rows(ctx, &emb, &class_rows, &labels)?);
+                (ds, Some(ClassInput::Timestep { proj }))
+            }
+            Some(ClassEmbedding::Identity) => {
+                let vectors = ctx.tensor("class vectors", &[batch, width], Precision::F32);
+                let labels = ctx.upload("class rows", &identity);
+                let d = add_rows(ctx, &emb, &vectors, &labels)?;
+                (vec![d], Some(ClassInput::Identity { vectors }))
+            }
+        };
+        Ok(Self {
+            time,
+            class,
+            emb,
+            input,
+            batch,
+        })
+    }
+
+    /// Whether the embedding depends on class labels.
+    pub fn is_conditional(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Writes the class input for `labels` (one per image of the batch, or one for all),
+    /// checked against the model; the dispatches must run again afterwards.
+    pub fn write_labels(
+        &self,
+        ctx: &GpuContext,
+        te: &TimeEmbedding,
+        weights: &GpuWeights,
+        labels: Option<&ClassLabels>,
+    ) -> Result<()> {
+        ClassLabels::check(labels, te)?;
+        let (Some(input), Some(labels)) = (&self.input, labels) else {
+            return Ok(());
+        };
+        let labels = labels.for_batch(self.batch)?;
+        match (input, &labels) {
+            (ClassInput::Table { labels: buf }, ClassLabels::Indices(v)) => {
+                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(v));
+            }
+            (ClassInput::Timestep { proj }, ClassLabels::Indices(v)) => {
+                let as_t: Vec<f32> = v.iter().map(|&l| l as f32).collect();
+                let p = Projection::of(&te.proj, weights)?.project(&as_t)?;
+                ctx.queue
+                    .write_buffer(proj.buffer(), 0, bytemuck::cast_slice(&p));
+            }
+            (ClassInput::Identity { vectors }, ClassLabels::Vectors { data, .. }) => {
+                ctx.queue
+                    .write_buffer(vectors.buffer(), 0, bytemuck::cast_slice(data));
+            }
+            _ => bail!("class labels of the wrong kind for the model's class embedding"),
+        }
+        Ok(())
+    }
+
+    /// Every dispatch, in order: the time MLP, then the class embedding.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.time.iter().chain(&self.class)
+    }
+}
+
+/// The embedding `emb` for every (step, image) of a model without class conditioning:
 /// `timesteps[s][b]` is image b's timestep at step s. Returns the dispatches (run them once
 /// before sampling) and the `[steps, B, dim]` table, densely packed.
 pub fn time_embedding(
@@ -135,8 +264,9 @@ pub fn time_embedding(
     weights: &GpuWeights,
     timesteps: &[Vec<f32>],
 ) -> Result<(Vec<Dispatch>, EmbeddingTable)> {
+    let projection = Projection::of(&te.proj, weights)?;
     let mlp = (&te.linear_1, &te.linear_2);
-    embedding_mlp(ctx, &Projection::sinusoid(te), mlp, weights, timesteps)
+    embedding_mlp(ctx, &projection, mlp, weights, timesteps)
 }
 
 /// `linear_2(silu(linear_1(projection(t))))` for every `timesteps[s][b]`, as
@@ -171,6 +301,22 @@ pub fn embedding_mlp(
         &[rows, width],
         Precision::F32,
     )?;
+    let dim = linear_2.out_features;
+    let emb = StepTable::packed(ctx, "time embedding", steps, batch, dim);
+    let emb_rows = emb.tensor().reshape(&[rows, dim])?;
+    let dispatches = mlp_dispatches(ctx, &proj, (linear_1, linear_2), weights, &emb_rows)?;
+    Ok((dispatches, emb))
+}
+
+/// `out = linear_2(silu(linear_1(proj)))` for f32 `proj` `[rows, in]` and `out` `[rows, T]`.
+fn mlp_dispatches(
+    ctx: &GpuContext,
+    proj: &GpuTensor,
+    (linear_1, linear_2): (&Linear, &Linear),
+    weights: &GpuWeights,
+    out: &GpuTensor,
+) -> Result<Vec<Dispatch>> {
+    let rows = proj.shape()[0];
     let (w1, b1) = linear_tensors(linear_1, weights).context("embedding linear_1")?;
     let (w2, b2) = linear_tensors(linear_2, weights).context("embedding linear_2")?;
     let hidden = ctx.tensor(
@@ -178,14 +324,11 @@ pub fn embedding_mlp(
         &[rows, linear_1.out_features],
         Precision::F32,
     );
-    let dim = linear_2.out_features;
-    let emb = StepTable::packed(ctx, "time embedding", steps, batch, dim);
-    let emb_rows = emb.tensor().reshape(&[rows, dim])?;
-    let dispatches = vec![
+    Ok(vec![
         matmul_fixed(
             ctx,
             &MatmulArgs {
-                a: &proj,
+                a: proj,
                 b: &w1.transpose(0, 1)?,
                 bias: Some(b1),
                 residual: None,
@@ -203,12 +346,11 @@ pub fn embedding_mlp(
                 b: &w2.transpose(0, 1)?,
                 bias: Some(b2),
                 residual: None,
-                out: &emb_rows,
+                out,
             },
             MatmulOptions::default(),
         )?,
-    ];
-    Ok((dispatches, emb))
+    ])
 }
 
 /// `lin(silu(emb))` for every (step, image): one dispatch writing a table whose per-step blocks
@@ -271,6 +413,33 @@ pub fn add_class_rows(
     rows: &GpuTensor,
     labels: &[usize],
 ) -> Result<Dispatch> {
+    let (batch, width) = (emb.batch(), emb.width());
+    ensure!(
+        rows.rank() == 2 && rows.shape()[1] == width,
+        "class embedding: rows {:?} are not [K, {width}]",
+        rows.shape()
+    );
+    let k = rows.shape()[0];
+    ensure!(
+        labels.len() == batch,
+        "class embedding: {} labels for a batch of {batch}",
+        labels.len()
+    );
+    if let Some(bad) = labels.iter().find(|&&l| l >= k) {
+        bail!("class label {bad} is outside 0..{k}");
+    }
+    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    add_rows(ctx, emb, rows, &ctx.upload("class labels", &labels))
+}
+
+/// [`add_class_rows`] with the labels in a u32 buffer of B entries, each below K (the caller
+/// checked them: the shader reads whatever row they name).
+fn add_rows(
+    ctx: &GpuContext,
+    emb: &EmbeddingTable,
+    rows: &GpuTensor,
+    labels: &wgpu::Buffer,
+) -> Result<Dispatch> {
     let (steps, batch, width) = (emb.steps(), emb.batch(), emb.width());
     let table = emb.tensor().dense(
         "class embedding: the time embedding",
@@ -285,13 +454,10 @@ pub fn add_class_rows(
     let k = rows.shape()[0];
     let rows_b = rows.dense("class embedding rows", &[k, width], Precision::F32)?;
     ensure!(
-        labels.len() == batch,
-        "class embedding: {} labels for a batch of {batch}",
-        labels.len()
+        labels.size() >= (batch * 4) as u64,
+        "class embedding: a label buffer of {} bytes for a batch of {batch}",
+        labels.size()
     );
-    if let Some(bad) = labels.iter().find(|&&l| l >= k) {
-        bail!("class label {bad} is outside 0..{k}");
-    }
     let n = steps * batch * width;
     ensure!(
         n > 0 && n < u32::MAX as usize,
@@ -319,11 +485,9 @@ pub fn add_class_rows(
         row_groups: grid[0],
     };
     let uniform = ctx.uniform("class embedding params", &params);
-    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-    let label_buf = ctx.upload("class labels", &labels);
     let bind_group = kernel.bind_group(
         &ctx.device,
-        &[(&uniform).into(), (&label_buf).into(), rows_b, table],
+        &[(&uniform).into(), labels.into(), rows_b, table],
     )?;
     Ok(Dispatch {
         label: "class embedding".into(),
