@@ -43,6 +43,7 @@ pub mod schedule;
 pub mod tensor;
 
 pub use gpu::{AdapterChoice, BackendChoice, GpuContext, Precision, TuneMode};
+pub use model::ClassLabels;
 pub use pipeline::{
     BatchTooLarge, Device, Diverged, LatentRequest, Noise, Pipeline, SampleRequest, Sampled,
     TrajectoryFrames,

@@ -117,6 +117,10 @@ fn sample_takes_class_for_all_per_image_and_per_seed() {
         &sample(&["-n", "2", "--class", "10", "--out", grid]),
         "class label 10 is out of range",
     );
+    // Under plain --device auto a model the GPU plan cannot run yet goes to the CPU reference.
+    ok(ddim(&[
+        "sample", "--model", MODEL, "--steps", "1", "-n", "1", "--class", "2", "--out", grid,
+    ]));
     // The bundled model is unconditional.
     refused(
         &ddim(&[

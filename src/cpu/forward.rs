@@ -85,7 +85,8 @@ pub fn forward_with(
     }
 
     let mut skips: Vec<Option<Tensor>> = vec![None; unet.skips.len()];
-    // The skip blocks' image path; `None` stands for diffusers' 0 after its reset.
+    // The skip blocks' image path. diffusers resets it to None before the up blocks; the op list
+    // has that built in (the first skip up block's `upsample` is false: it starts from 0).
     let mut image: Option<Tensor> = None;
     let mut h = x.clone();
     for layer in &unet.layers {
@@ -124,14 +125,13 @@ pub fn forward_with(
                     (Some(s), true) => Some(resample::fir_up2(s)),
                     _ => None,
                 };
-                let projected = match project {
-                    Some(p) => Some(conv2d(
-                        &p.conv,
-                        weights,
-                        &ops::silu(&group_norm(&p.norm, weights, &h)?),
-                    )?),
-                    None => None,
-                };
+                let projected = project
+                    .as_ref()
+                    .map(|p| {
+                        let a = ops::silu(&group_norm(&p.norm, weights, &h)?);
+                        conv2d(&p.conv, weights, &a)
+                    })
+                    .transpose()?;
                 let s = match (upsampled, projected) {
                     (Some(u), Some(p)) => ops::add(&u, &p),
                     (Some(s), None) | (None, Some(s)) => s,

@@ -1376,7 +1376,8 @@ mod tests {
     }
 
     /// Tensor and parameter counts of diffusers' state dicts (`UNet2DModel(**config)`,
-    /// diffusers 0.42.1): the consistency-model test config and NCSN++ church-256.
+    /// diffusers 0.42.1): the consistency-model test config, cd_imagenet64_l2 and NCSN++
+    /// church-256.
     #[test]
     fn resnet_and_skip_block_models_match_diffusers_counts() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -1396,6 +1397,29 @@ mod tests {
         };
         let u = UNet::from_config(&cm).unwrap();
         assert_eq!((u.weights().len(), u.params()), (161, 828_771));
+        // openai/diffusers-cd_imagenet64_l2 at full width.
+        let cm64 = UNet2DConfig {
+            sample_size: Some(crate::model::config::SampleSize::Square(64)),
+            layers_per_block: 3,
+            block_out_channels: vec![192, 384, 576, 768],
+            attention_head_dim: Some(64),
+            down_block_types: s(&[
+                "ResnetDownsampleBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+            ]),
+            up_block_types: s(&[
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "ResnetUpsampleBlock2D",
+            ]),
+            num_class_embeds: Some(1000),
+            ..cm
+        };
+        let u = UNet::from_config(&cm64).unwrap();
+        assert_eq!((u.weights().len(), u.params()), (629, 295_899_267));
 
         let ncsnpp = UNet2DConfig {
             sample_size: Some(crate::model::config::SampleSize::Square(256)),
