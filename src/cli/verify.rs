@@ -191,12 +191,18 @@ pub fn run(args: Args) -> Result<()> {
 
     // A short sample through the whole loop (GPU sampler vs CPU reference, same noise).
     let mut sample_row = None;
-    let samplable = unet.output == unet.input;
+    // A Fourier (σ-conditioned, score) model cannot take the t = 0 every DDIM run ends at.
+    let fourier = matches!(unet.time.proj, TimeProj::Fourier { .. });
+    let samplable = unet.output == unet.input && !fourier;
     if args.steps > 0 && !samplable && !args.json {
-        println!(
-            "(no sample: the model outputs {} for inputs {}, e.g. a learned variance)",
-            unet.output, unet.input
-        );
+        if fourier {
+            println!("(no sample: a Fourier time embedding takes σ > 0, and DDIM ends at t = 0)");
+        } else {
+            println!(
+                "(no sample: the model outputs {} for inputs {}, e.g. a learned variance)",
+                unet.output, unet.input
+            );
+        }
     }
     if args.steps > 0 && samplable {
         let eta = args.eta.unwrap_or(if args.sampler == SamplerKind::Ddim {
