@@ -44,8 +44,6 @@ fn linear_tensors<'w>(
     Ok((w, b))
 }
 
-/// The embedding `emb` for every (step, image) of a model with the sinusoidal projection:
-
 /// diffusers' `time_proj`: what the time MLP sees of a timestep, computed on the host in f32 as
 /// the CPU reference computes it (`cpu::forward::time_projection`).
 #[derive(Clone, Copy, Debug)]
