@@ -11,11 +11,18 @@
 //!   variants for; the tuning pass ([`super::tuning`]) chooses those, and the plan is built
 //!   again on the packed buffers with the choices as values. wgpu orders the dispatches of a
 //!   pass, so buffer reuse needs no extra synchronisation.
-//! * Everything that depends only on the timestep (time embedding, every resnet's projection)
-//!   is computed for all steps when the plan is built, into tables the convolutions read at a
-//!   dynamic offset: dispatches and bind groups are recorded once and replayed per step.
+//! * Everything that depends only on the timestep and the class labels (time and class
+//!   embedding, every resnet's projection) is computed for all steps when the plan is built,
+//!   into tables the convolutions and norms read at a dynamic offset: dispatches and bind groups
+//!   are recorded once and replayed per step. New labels (a chunk of other images) rewrite the
+//!   class input and run those table dispatches again ([`UNetPlan::set_labels`]).
 //! * The decoder's nearest upsample and the skip concatenation feeding a shortcut conv are
 //!   folded into the conv loader; a concatenation feeding a group norm is materialised.
+//! * What sits next to a kernel joins it: the scale-shift time conditioning and an up/down
+//!   resnet's resampling of h run in the group norm's apply pass (nearest in conv1's loader), the
+//!   resampled identity is read through the filter by conv2's epilogue, and a skip model's image
+//!   path add (FIR-upsampled as it is read) and a Fourier model's division by σ run in the
+//!   epilogues of the convs they follow ([`folded_layers`] names what has no output of its own).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
