@@ -241,7 +241,7 @@ fn bad_arguments_fail_cleanly() {
         (&["--steps", "1001"], "1000"),
         (&["--eta", "1.5"], "eta"),
         (&["--eta", "-0.1"], "eta"),
-        (&["--sampler", "euler"], "sampler"),
+        (&["--sampler", "euler-maruyama"], "sampler"),
         (&["-n", "0"], "num"),
         (&["--batch", "0"], "batch"),
         (&["--spacing", "sideways"], "spacing"),

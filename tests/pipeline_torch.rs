@@ -43,6 +43,7 @@ fn settings(case: &Value) -> SampleSettings {
             solver_order: case["solver_order"].as_u64().map(|k| k as usize),
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 

@@ -17,8 +17,8 @@ use ddim_wgpu::sampling::{SampleSettings, SamplerKind, SamplerSteps};
 use ddim_wgpu::schedule::{
     ddim_step, ddim_table, ddpm_step, ddpm_table, inverse_step, inverse_table, inverse_timesteps,
     multistep_step, solver_spacing, timesteps, DdpmVariance, FinalSigmas, MultistepState,
-    MultistepTable, NoiseSchedule, SchedulerConfig, SolverFamily, SolverKeys, SolverOptions,
-    SolverType, StepOutput, TimestepSpacing,
+    MultistepTable, NoiseSchedule, SchedulerConfig, SigmaKeys, SolverFamily, SolverKeys,
+    SolverOptions, SolverType, StepOutput, TimestepSpacing,
 };
 use serde_json::Value;
 
@@ -689,6 +689,13 @@ fn any_diffusers_scheduler_config_is_accepted_like_ddim_pipeline_does() {
         SchedulerConfig {
             variance_type: Some("fixed_small".into()),
             class_name: Some("DDPMScheduler".into()),
+            // Whether the file names these matters to Heun, whose defaults differ from DDIM's.
+            sigma_keys: SigmaKeys {
+                clip_sample: Some(true),
+                beta_start: Some(0.0001),
+                beta_end: Some(0.02),
+                ..Default::default()
+            },
             ..SchedulerConfig::default()
         },
         cfg

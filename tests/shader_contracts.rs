@@ -12,8 +12,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, resample, smoke,
-    threshold, time_embedding, SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, resample, sigma_step,
+    smoke, threshold, time_embedding, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -202,6 +202,39 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 write_slot,
                 step,
                 _pad,
+            }),
+        ),
+        (
+            "sigma_step",
+            "Params",
+            host_layout!(sigma_step::Params {
+                numel,
+                clip,
+                clip_range,
+                write_x0,
+                saved_offset,
+                ring,
+                _pad,
+            }),
+        ),
+        // The shader's `Step` is one row of the host's step table.
+        (
+            "sigma_step",
+            "Step",
+            host_layout!(sigma_step::StepRow {
+                churn,
+                x0_sample,
+                x0_model,
+                deriv_sigma,
+                d0,
+                noise,
+                next_scale,
+                has_noise,
+                slots,
+                from_saved,
+                save_sample,
+                write_slot,
+                step,
             }),
         ),
         (

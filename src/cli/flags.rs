@@ -22,6 +22,14 @@ pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
                 "DPM-Solver++ (Lu et al. 2022), multistep, diffusers' DPMSolverMultistepScheduler"
             }
             SamplerKind::Unipc => "UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler",
+            SamplerKind::Euler => "Euler in σ (Karras et al. 2022), diffusers' EulerDiscreteScheduler",
+            SamplerKind::EulerAncestral => {
+                "Euler ancestral, diffusers' EulerAncestralDiscreteScheduler (noise every step)"
+            }
+            SamplerKind::Heun => {
+                "Heun in σ (Karras et al. 2022), diffusers' HeunDiscreteScheduler (2 evaluations per step)"
+            }
+            SamplerKind::Lms => "Linear multistep (order 4) in σ, diffusers' LMSDiscreteScheduler",
         })
     });
     PossibleValuesParser::new(values).try_map(|s| s.parse::<SamplerKind>())

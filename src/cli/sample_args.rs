@@ -12,7 +12,7 @@ use ddim_wgpu::rng::RngKind;
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
 
 use super::model_args::AdapterArgs;
-use super::schedule::{SchedulerOverrides, SolverArgs};
+use super::schedule::{SchedulerOverrides, SigmaArgs, SolverArgs};
 
 /// Where the U-Net runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -74,11 +74,13 @@ pub struct Args {
     /// DDIM eta: 0 = deterministic, 1 = DDPM-like noise.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
-    /// Sampler (default: the solver the scheduler config's _class_name names, else ddim).
+    /// Sampler (default: the one the scheduler config's _class_name names, else ddim).
     #[arg(long, value_parser = super::flags::sampler())]
     pub sampler: Option<SamplerKind>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    #[command(flatten)]
+    pub sigma: SigmaArgs,
     /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
     #[arg(long)]
     pub use_clipped_model_output: bool,
@@ -147,6 +149,7 @@ impl Args {
             eta: self.eta,
             use_clipped_model_output: self.use_clipped_model_output,
             solver: self.solver.keys(),
+            sigma: self.sigma.keys(),
         }
     }
 

@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::schedule::{
     ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, DdimStep, DdpmStep,
-    DdpmVariance, MultistepTable, NoiseSchedule, PredictionType, SchedulerConfig, SolverFamily,
-    SolverKeys, SolverOptions, TimestepSpacing,
+    DdpmVariance, MultistepTable, NoiseSchedule, PredictionType, SchedulerConfig, SigmaKeys,
+    SigmaOptions, SigmaSampler, SigmaTable, SolverFamily, SolverKeys, SolverOptions,
+    TimestepSpacing,
 };
 
 /// Where the scheduler config comes from, and options that override single keys of it.
@@ -104,6 +105,8 @@ impl SchedulerOverrides {
         }
         if let Some(v) = self.clip_sample {
             cfg.clip_sample = v;
+            // Heun's clip_sample defaults to false where a config leaves it out.
+            cfg.sigma_keys.clip_sample = Some(v);
             changed.push("clip_sample");
         }
         if let Some(v) = self.set_alpha_to_one {
@@ -175,6 +178,63 @@ impl SolverArgs {
     }
 }
 
+/// Options of the σ-space samplers (`--sampler euler | euler-ancestral | heun | lms`), each
+/// overriding the same key of the scheduler config (`--use-karras-sigmas` and
+/// `--final-sigmas-type` are shared with the multistep solvers, in [`SolverArgs`]).
+/// `#[command(flatten)]` this beside `SolverArgs`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SigmaArgs {
+    /// σ schedule exp(linspace(ln σ_max, ln σ_min)) (use_exponential_sigmas; euler, heun, lms).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub use_exponential_sigmas: Option<bool>,
+    /// σ schedule by the Beta(0.6, 0.6) quantiles (use_beta_sigmas; euler, heun, lms).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub use_beta_sigmas: Option<bool>,
+    /// Euler: σ between the grid's timesteps: linear (default) | log_linear.
+    #[arg(long, value_name = "TYPE")]
+    pub interpolation_type: Option<String>,
+    /// Euler: the lower end of the karras / exponential / beta σ range.
+    #[arg(long, value_name = "SIGMA")]
+    pub sigma_min: Option<f64>,
+    /// Euler: the upper end of the karras / exponential / beta σ range.
+    #[arg(long, value_name = "SIGMA")]
+    pub sigma_max: Option<f64>,
+    /// Euler: discrete (default) | continuous (with v_prediction the model sees t = 0.25·ln σ).
+    #[arg(long, value_name = "TYPE")]
+    pub timestep_type: Option<String>,
+    /// Euler: churn (Karras et al.'s S_churn; noise added where s_tmin ≤ σ ≤ s_tmax).
+    #[arg(long, value_name = "S")]
+    pub s_churn: Option<f64>,
+    /// Euler: the smallest σ that churns.
+    #[arg(long, value_name = "SIGMA")]
+    pub s_tmin: Option<f64>,
+    /// Euler: the largest σ that churns (default: infinity).
+    #[arg(long, value_name = "SIGMA")]
+    pub s_tmax: Option<f64>,
+    /// Euler: the churn noise's scale (default 1).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub s_noise: Option<f64>,
+}
+
+impl SigmaArgs {
+    /// The options given, as σ-sampler keys.
+    pub fn keys(&self) -> SigmaKeys {
+        SigmaKeys {
+            use_exponential_sigmas: self.use_exponential_sigmas,
+            use_beta_sigmas: self.use_beta_sigmas,
+            interpolation_type: self.interpolation_type.clone(),
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+            timestep_type: self.timestep_type.clone(),
+            s_churn: self.s_churn,
+            s_tmin: self.s_tmin,
+            s_tmax: self.s_tmax,
+            s_noise: self.s_noise,
+            ..SigmaKeys::default()
+        }
+    }
+}
+
 /// Which sampler's table to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TableSampler {
@@ -189,6 +249,14 @@ pub enum TableSampler {
     DpmSolverPlusPlus,
     /// UniPC (diffusers' UniPCMultistepScheduler).
     Unipc,
+    /// Euler in σ (diffusers' EulerDiscreteScheduler).
+    Euler,
+    /// Euler ancestral (diffusers' EulerAncestralDiscreteScheduler).
+    EulerAncestral,
+    /// Heun in σ (diffusers' HeunDiscreteScheduler).
+    Heun,
+    /// Linear multistep in σ (diffusers' LMSDiscreteScheduler).
+    Lms,
 }
 
 #[derive(clap::Args)]
@@ -210,6 +278,8 @@ pub struct Args {
     pub sampler: Option<TableSampler>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    #[command(flatten)]
+    pub sigma: SigmaArgs,
     /// Print JSON: {"sampler", "num_inference_steps", "eta", "config_source", "config",
     /// "steps": [{"t", "prev_t", "alpha_prod_t", "alpha_prod_t_prev", "sigma", ...}, ...]}.
     #[arg(long)]
@@ -228,8 +298,28 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or(match SamplerKind::from_config(&cfg) {
             SamplerKind::DpmSolverPlusPlus => TableSampler::DpmSolverPlusPlus,
             SamplerKind::Unipc => TableSampler::Unipc,
+            SamplerKind::Euler => TableSampler::Euler,
+            SamplerKind::EulerAncestral => TableSampler::EulerAncestral,
+            SamplerKind::Heun => TableSampler::Heun,
+            SamplerKind::Lms => TableSampler::Lms,
             _ => TableSampler::Ddim,
         });
+    let sigma_sampler = match chosen {
+        TableSampler::Euler => Some(SigmaSampler::Euler),
+        TableSampler::EulerAncestral => Some(SigmaSampler::EulerAncestral),
+        TableSampler::Heun => Some(SigmaSampler::Heun),
+        TableSampler::Lms => Some(SigmaSampler::Lms),
+        _ => None,
+    };
+    if let Some(sampler) = sigma_sampler {
+        if args.eta != 0.0 {
+            bail!("--eta applies to the DDIM sampler only");
+        }
+        return print_sigma(&args, &cfg, &source, sampler);
+    }
+    if let Some((key, _)) = args.sigma.keys().given().first() {
+        bail!("`{key}` is an option of --sampler euler, euler-ancestral, heun and lms");
+    }
     let family = match chosen {
         TableSampler::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
         TableSampler::Unipc => Some(SolverFamily::UniPc),
@@ -253,10 +343,14 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--eta applies to the DDIM sampler only, not to --sampler {sampler}");
     }
     let table = match chosen {
-        // (The solvers returned above.)
-        TableSampler::Ddim | TableSampler::DpmSolverPlusPlus | TableSampler::Unipc => {
-            Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?)
-        }
+        // (The solvers and the σ-space samplers returned above.)
+        TableSampler::Ddim
+        | TableSampler::DpmSolverPlusPlus
+        | TableSampler::Unipc
+        | TableSampler::Euler
+        | TableSampler::EulerAncestral
+        | TableSampler::Heun
+        | TableSampler::Lms => Table::Ddim(ddim_table(&cfg, args.steps, args.eta)?),
         TableSampler::Inverse => Table::Ddim(inverse_table(&cfg, args.steps)?),
         TableSampler::Ddpm => {
             let kind = DdpmVariance::from_config(&cfg)?;
@@ -381,6 +475,82 @@ fn print_solver(
         println!(
             "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}",
             s.t, s.sigma, s.sigma_next, s.lambda, s.order, p.sample, p.outputs[0], p.outputs[1], p.outputs[2]
+        );
+    }
+    Ok(())
+}
+
+/// A σ-space sampler's table: per model evaluation the timestep, σ, the model input's scale and
+/// the multipliers of the update.
+fn print_sigma(
+    args: &Args,
+    cfg: &SchedulerConfig,
+    source: &str,
+    sampler: SigmaSampler,
+) -> Result<()> {
+    let options = SigmaOptions::resolve(sampler, cfg, &args.solver.keys(), &args.sigma.keys())?;
+    let table = SigmaTable::new(cfg, &options, args.steps)?;
+    if args.json {
+        let out = json!({
+            "sampler": sampler.as_str(),
+            "num_inference_steps": args.steps,
+            "model_evaluations": table.steps.len(),
+            "config_source": source,
+            "config": cfg.to_json(),
+            "options": options.to_json(),
+            "timestep_spacing": solver_spacing(cfg).as_str(),
+            "init_noise_sigma": table.init_noise_sigma,
+            "timesteps": table.timesteps,
+            "sigmas": table.sigmas,
+            "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} model evaluations for {} steps, {}",
+        sampler.as_str(),
+        table.steps.len(),
+        args.steps,
+        options.to_json()
+    );
+    println!("config: {source}");
+    println!("{}", describe(cfg));
+    println!(
+        "timestep_spacing {}, σ schedule {}, init_noise_sigma {}",
+        solver_spacing(cfg),
+        options.schedule.as_str(),
+        table.init_noise_sigma
+    );
+    println!(
+        "update: x' = x + churn·z; x0 = a·x' + b·m; d = (x' − x0)/σ_d; \
+         x'' = base + Σ_k c_k·d_k + noise·z (d_k: the derivative k evaluations ago)"
+    );
+    println!(
+        "{:>4} {:>11} {:>11} {:>11} {:>9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "eval", "t", "sigma", "sigma_next", "1/scale", "a", "b", "c0", "c1", "c2", "c3", "noise"
+    );
+    for (i, s) in table.steps.iter().enumerate() {
+        println!(
+            "{i:>4} {:>11.5} {:>11.5e} {:>11.5e} {:>9.6} {:>10.6} {:>11.5e} {:>11.5e} {:>11.4e} \
+             {:>11.4e} {:>11.4e} {:>9.5}{}{}",
+            s.t,
+            s.sigma,
+            s.sigma_next,
+            1.0 / s.scale as f64,
+            s.x0_sample,
+            s.x0_model,
+            s.derivs[0],
+            s.derivs[1],
+            s.derivs[2],
+            s.derivs[3],
+            s.noise,
+            if s.churn != 0.0 {
+                format!(" churn {:.5}", s.churn)
+            } else {
+                String::new()
+            },
+            if s.from_saved { " (corrector)" } else { "" }
         );
     }
     Ok(())

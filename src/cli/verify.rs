@@ -3,7 +3,7 @@
 //! exceeds the tolerance. This is how a user checks their own GPU and driver.
 
 use super::model_args::{AdapterArgs, ModelArgs};
-use super::schedule::SolverArgs;
+use super::schedule::{SigmaArgs, SolverArgs};
 use ddim_wgpu::gpu::Precision;
 use std::time::Instant;
 
@@ -43,6 +43,8 @@ pub struct Args {
     /// Class labels of a class-conditional model: one for the whole batch or one per image.
     #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
     pub class: Option<super::flags::ClassArg>,
+    #[command(flatten)]
+    pub sigma: SigmaArgs,
     /// Seed of the input, the noise and (with --arch) the weights.
     #[arg(long, default_value_t = 0, value_parser = super::numbers::at_least::<u64, 0>)]
     pub seed: u64,
@@ -215,6 +217,7 @@ pub fn run(args: Args) -> Result<()> {
             steps: args.steps,
             eta,
             solver: args.solver.keys(),
+            sigma: args.sigma.keys(),
             ..Default::default()
         };
         let request = SampleRequest {

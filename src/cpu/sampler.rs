@@ -1,15 +1,19 @@
 //! The CPU reference as a device of the sampling loop: the whole U-Net forward and the
-//! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step, multistep_step}`),
+//! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step, multistep_step,
+//! sigma_step}`; the σ-space samplers scale x_T by `init_noise_sigma` and the model input by
+//! `scale_model_input`),
 //! image by image exactly as diffusers computes them.
 
 use super::forward::forward_labeled;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
-    ddim_step, ddpm_step, inverse_step, multistep_step, MultistepState, SchedulerConfig,
+    ddim_step, ddpm_step, inverse_step, multistep_step, scale_model_input, sigma_step,
+    MultistepState, SchedulerConfig, SigmaState,
 };
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
+use std::borrow::Cow;
 
 /// Images per chunk on the CPU reference: it gains nothing from more.
 pub const MAX_BATCH: usize = 16;
@@ -49,10 +53,22 @@ impl StepRunner for CpuRunner<'_> {
         let batch = x.shape[0];
         let mut frames = Vec::with_capacity(record.len());
         let mut state = MultistepState::default();
+        let mut sigma_state = SigmaState::default();
+        if let SamplerSteps::Sigma(table) = steps {
+            // diffusers' pipelines: latents × init_noise_sigma (f32).
+            x.data.iter_mut().for_each(|v| *v *= table.init_noise_sigma);
+        }
         for i in 0..steps.len() {
             let noise = noise.step(i)?;
             let t = steps.timestep(i);
-            let eps = forward_labeled(self.unet, self.weights, &x, &[t as f32], labels.as_ref())
+            let input = match steps {
+                SamplerSteps::Sigma(table) => Cow::Owned(Tensor::new(
+                    x.shape.clone(),
+                    scale_model_input(table, i, &x.data)?,
+                )?),
+                _ => Cow::Borrowed(&x),
+            };
+            let eps = forward_labeled(self.unet, self.weights, &input, &[t], labels.as_ref())
                 .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
             let noise = noise.as_deref();
             let out = match steps {
@@ -77,6 +93,9 @@ impl StepRunner for CpuRunner<'_> {
                 }
                 SamplerSteps::Multistep(table) => {
                     multistep_step(table, i, &eps.data, &x.data, batch, &mut state)?
+                }
+                SamplerSteps::Sigma(table) => {
+                    sigma_step(table, i, &eps.data, &x.data, batch, noise, &mut sigma_state)?
                 }
             };
             let bad = out.prev_sample.iter().filter(|v| !v.is_finite()).count();

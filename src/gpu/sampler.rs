@@ -1,6 +1,8 @@
-//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, and the
-//! multistep solvers DPM-Solver(++) and UniPC): every step is one command buffer (copy the
-//! sample into the forward's input, the U-Net forward, the fused update), submitted per step for
+//! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, the
+//! multistep solvers DPM-Solver(++) and UniPC, and the σ-space samplers Euler, Euler ancestral,
+//! Heun and LMS): every step is one command buffer (copy the sample into the forward's input,
+//! the U-Net forward, the fused update; the σ-space update writes the next model input itself,
+//! scaled, and Heun's two evaluations of a step share one command buffer), submitted per step for
 //! progress, with no read back until the end. Per-step data (the time-embedding tables inside
 //! the forward, the update coefficients) is selected by step index through dynamic offsets, so
 //! the dispatches are recorded once; the multistep solvers keep their earlier outputs on the
@@ -25,6 +27,7 @@ use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
+use super::kernels::sigma_step::{self, sigma_update, SigmaIo};
 use super::memory::{mib, Footprint};
 use super::plan::{max_batch, plan_footprint, PlanOptions, StepForward, UNetPlan};
 use super::precision::Precision;
@@ -33,7 +36,7 @@ use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
 use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
-use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, X0Limit};
+use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, SigmaTable, X0Limit};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -53,6 +56,9 @@ pub enum SampleSpec<'a> {
     Ddim(DdimSpec<'a>),
     /// DPM-Solver(++) or UniPC: one row per model evaluation, no step noise.
     Multistep(&'a MultistepTable),
+    /// Euler, Euler ancestral, Heun or LMS: one row per model evaluation; the update also writes
+    /// the next evaluation's (scaled) model input.
+    Sigma(&'a SigmaTable),
 }
 
 impl<'a> From<DdimSpec<'a>> for SampleSpec<'a> {
@@ -67,6 +73,7 @@ impl SampleSpec<'_> {
         match self {
             Self::Ddim(d) => d.steps.len(),
             Self::Multistep(t) => t.steps.len(),
+            Self::Sigma(t) => t.steps.len(),
         }
     }
 
@@ -74,11 +81,31 @@ impl SampleSpec<'_> {
         self.len() == 0
     }
 
-    /// The noise standard deviation of step `s` (0 where it adds none).
-    fn sigma(&self, s: usize) -> f64 {
+    /// Whether evaluation `s` and the next one are recorded into one command buffer: Heun's
+    /// first-order evaluation and its corrector (neither draws noise, so no noise upload has to
+    /// fall between them).
+    fn pairs_with_next(&self, s: usize) -> bool {
         match self {
-            Self::Ddim(d) => d.steps[s].sigma,
-            Self::Multistep(_) => 0.0,
+            Self::Sigma(t) => {
+                t.steps[s].save_sample
+                    && !t.steps[s].draws
+                    && t.steps.get(s + 1).is_some_and(|n| !n.draws)
+            }
+            Self::Ddim(_) | Self::Multistep(_) => false,
+        }
+    }
+
+    /// Why step `s` needs a noise tensor, if it does.
+    fn needs_noise(&self, s: usize) -> Option<String> {
+        match self {
+            Self::Ddim(d) => {
+                let sigma = d.steps[s].sigma;
+                (sigma > 0.0).then(|| format!("has sigma {sigma}"))
+            }
+            Self::Multistep(_) => None,
+            Self::Sigma(t) => t.steps[s]
+                .draws
+                .then(|| format!("draws noise ({})", t.options.sampler.class_name())),
         }
     }
 }
@@ -100,9 +127,11 @@ struct Update {
 }
 
 /// The tensors an update reads and writes besides its own: the model output, the sample
-/// (updated in place), where to put the predicted x0, and the divergence flag word.
+/// (updated in place), the model's input (the σ-space update writes the next one), where to put
+/// the predicted x0, and the divergence flag word.
 struct LoopIo<'a> {
     model_out: &'a GpuTensor,
+    model_in: &'a GpuTensor,
     sample: &'a GpuTensor,
     x0_out: Option<&'a GpuTensor>,
     first_bad: &'a wgpu::Buffer,
@@ -118,6 +147,7 @@ impl Update {
         let numel = batch * per_sample;
         let LoopIo {
             model_out,
+            model_in,
             sample,
             x0_out,
             first_bad,
@@ -168,6 +198,33 @@ impl Update {
                 Self {
                     dispatches,
                     noise: None,
+                }
+            }
+            SampleSpec::Sigma(table) => {
+                let noisy = table.steps.iter().any(|s| s.draws);
+                let noise = noisy.then(|| ctx.tensor("step noise", &[numel], Precision::F32));
+                let slots = sigma_step::history_slots(table);
+                // The bind group keeps the history alive as long as the loop's dispatches.
+                let history =
+                    (slots > 0).then(|| ctx.tensor("σ history", &[slots * numel], Precision::F32));
+                let dispatch = sigma_update(
+                    ctx,
+                    table,
+                    batch,
+                    per_sample,
+                    &SigmaIo {
+                        model_out,
+                        noise: noise.as_ref(),
+                        sample,
+                        history: history.as_ref(),
+                        model_in,
+                        x0_out,
+                        first_bad: Some(first_bad),
+                    },
+                )?;
+                Self {
+                    dispatches: vec![dispatch],
+                    noise,
                 }
             }
         })
@@ -227,12 +284,19 @@ pub fn sample_recording(
     forward
         .output()
         .flat("the forward plan's output (the sample's size)", numel)?;
-    let sample = ctx.tensor_from(
-        "sample",
-        &nchw_to_nhwc(&x_t.data, n, c, h, w),
-        &nhwc,
-        Precision::F32,
-    )?;
+    let mut x_nhwc = nchw_to_nhwc(&x_t.data, n, c, h, w);
+    if let SampleSpec::Sigma(table) = spec {
+        // diffusers' pipelines: latents × init_noise_sigma (f32), then the first model input
+        // x / sqrt(σ₀² + 1); the update writes every later one.
+        x_nhwc.iter_mut().for_each(|v| *v *= table.init_noise_sigma);
+        let scale = table.steps[0].scale;
+        let input: Vec<f32> = x_nhwc.iter().map(|&v| v / scale).collect();
+        ctx.queue
+            .write_buffer(forward.input().buffer(), 0, bytemuck::cast_slice(&input));
+    }
+    let sample = ctx.tensor_from("sample", &x_nhwc, &nhwc, Precision::F32)?;
+    // The σ-space update writes the next model input itself; the others copy the sample.
+    let copies_input = !matches!(spec, SampleSpec::Sigma(_));
     ensure!(
         record.windows(2).all(|p| p[0] < p[1]) && record.iter().all(|&s| s < spec.len()),
         "steps to record must ascend and lie below {}, got {record:?}",
@@ -264,14 +328,19 @@ pub fn sample_recording(
         .collect();
     let io = LoopIo {
         model_out: forward.output(),
+        model_in: forward.input(),
         sample: &sample,
         x0_out: x0_scratch.as_ref(),
         first_bad: &first_bad,
     };
     let update = Update::new(ctx, spec, (n, c * h * w), io)?;
     let total = spec.len();
-    for s in 0..total {
-        if let Some(buf) = &update.noise {
+    let mut first = 0;
+    while first < total {
+        // Heun's first-order evaluation and its corrector go in one command buffer.
+        let evals = first..(first + 1 + spec.pairs_with_next(first) as usize).min(total);
+        for s in evals.clone() {
+            let Some(buf) = &update.noise else { break };
             match noise(s).with_context(|| format!("noise for step {s}"))? {
                 Some(z) => {
                     ensure!(
@@ -279,16 +348,17 @@ pub fn sample_recording(
                         "noise for step {s} has {} values, the sample {numel}",
                         z.len()
                     );
-                    // Applied before this submission, after the previous step's commands.
+                    // Applied before this submission, after the previous step's commands (a
+                    // pair of evaluations never draws: see `pairs_with_next`).
                     let z = nchw_to_nhwc(&z, n, c, h, w);
                     ctx.queue
                         .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
                 }
-                None => ensure!(
-                    spec.sigma(s) == 0.0,
-                    "step {s} has sigma {} but no noise was given",
-                    spec.sigma(s)
-                ),
+                None => {
+                    if let Some(why) = spec.needs_noise(s) {
+                        anyhow::bail!("step {s} {why} but no noise was given");
+                    }
+                }
             }
         }
         let mut encoder = ctx
@@ -296,23 +366,40 @@ pub fn sample_recording(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sampler step"),
             });
-        encoder.copy_buffer_to_buffer(sample.buffer(), 0, forward.input().buffer(), 0, Some(bytes));
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("sampler step"),
-                timestamp_writes: None,
-            });
-            for d in forward.dispatches().iter().chain(&update.dispatches) {
-                d.encode(&mut pass, s as u32);
+        for s in evals.clone() {
+            if copies_input {
+                encoder.copy_buffer_to_buffer(
+                    sample.buffer(),
+                    0,
+                    forward.input().buffer(),
+                    0,
+                    Some(bytes),
+                );
+            }
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("sampler step"),
+                    timestamp_writes: None,
+                });
+                for d in forward.dispatches().iter().chain(&update.dispatches) {
+                    d.encode(&mut pass, s as u32);
+                }
+            }
+            if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
+                encoder.copy_buffer_to_buffer(x0.buffer(), 0, frames[k].buffer(), 0, Some(bytes));
             }
         }
-        if let (Some(k), Some(x0)) = (record.iter().position(|&r| r == s), &x0_scratch) {
-            encoder.copy_buffer_to_buffer(x0.buffer(), 0, frames[k].buffer(), 0, Some(bytes));
-        }
-        ctx.validated(&format!("submitting step {s}"), || {
+        let what = match evals.len() {
+            1 => format!("submitting step {first}"),
+            _ => format!("submitting steps {evals:?}"),
+        };
+        ctx.validated(&what, || {
             ctx.queue.submit([encoder.finish()]);
         })?;
-        progress(s + 1, total);
+        for s in evals.clone() {
+            progress(s + 1, total);
+        }
+        first = evals.end;
     }
     // The flag travels in the same read-back as the sample (as f32 bits).
     let reads: Vec<(&wgpu::Buffer, usize)> = std::iter::once((&first_bad, 1))
@@ -349,6 +436,7 @@ pub enum RunUpdate {
         use_clipped_model_output: bool,
     },
     Multistep(MultistepTable),
+    Sigma(SigmaTable),
 }
 
 impl RunUpdate {
@@ -366,6 +454,7 @@ impl RunUpdate {
             }
             SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
             SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
+            SamplerSteps::Sigma(t) => RunUpdate::Sigma(t.clone()),
         }
     }
 
@@ -383,6 +472,7 @@ impl RunUpdate {
                 use_clipped_model_output: *use_clipped_model_output,
             }),
             Self::Multistep(t) => SampleSpec::Multistep(t),
+            Self::Sigma(t) => SampleSpec::Sigma(t),
         }
     }
 }
@@ -402,7 +492,7 @@ pub fn batch_capacity(
     unet: &UNet,
     weights: &GpuWeights,
     update: &RunUpdate,
-    timesteps: &[i64],
+    timesteps: &[f32],
     options: PlanOptions,
     frames: usize,
 ) -> Result<Capacity> {
@@ -416,6 +506,7 @@ pub fn batch_capacity(
     };
     let history = match update {
         RunUpdate::Multistep(t) => history_slots(t),
+        RunUpdate::Sigma(t) => sigma_step::history_slots(t),
         RunUpdate::Ddim { .. } => 0,
     };
     if history > 0 {
@@ -441,10 +532,12 @@ pub fn batch_capacity(
     let Some(budget) = &ctx.memory else {
         return Ok(cap);
     };
-    let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
-    let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
-    let noisy =
-        matches!(update, RunUpdate::Ddim { rows, .. } if rows.iter().any(|r| r.sigma > 0.0));
+    let plan = plan_footprint(ctx, unet, weights, timesteps, options)?;
+    let noisy = match update {
+        RunUpdate::Ddim { rows, .. } => rows.iter().any(|r| r.sigma > 0.0),
+        RunUpdate::Sigma(t) => t.steps.iter().any(|s| s.draws),
+        RunUpdate::Multistep(_) => false,
+    };
     let run = Footprint {
         fixed: weights.bytes + plan.fixed,
         per_image: plan.per_image
@@ -486,7 +579,7 @@ pub struct GpuRunner<'a> {
     weights: &'a GpuWeights,
     options: PlanOptions,
     /// The model timestep of every step, in loop order.
-    timesteps: Vec<i64>,
+    timesteps: Vec<f32>,
     update: RunUpdate,
     max_batch: usize,
     /// What sets `max_batch`, for messages.
@@ -508,7 +601,7 @@ impl<'a> GpuRunner<'a> {
         frames: usize,
     ) -> Result<Self> {
         let update = RunUpdate::new(cfg, steps);
-        let timesteps: Vec<i64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         let capacity = batch_capacity(ctx, unet, weights, &update, &timesteps, options, frames)?;
         Ok(Self {
             ctx,
@@ -533,11 +626,8 @@ impl<'a> GpuRunner<'a> {
         Ok(match self.plans.iter().position(|(b, _)| *b == batch) {
             Some(i) => i,
             None => {
-                let timesteps: Vec<Vec<f32>> = self
-                    .timesteps
-                    .iter()
-                    .map(|&t| vec![t as f32; batch])
-                    .collect();
+                let timesteps: Vec<Vec<f32>> =
+                    self.timesteps.iter().map(|&t| vec![t; batch]).collect();
                 let what = format!("compiling the U-Net for a batch of {batch}");
                 let plan = self
                     .ctx

@@ -3,12 +3,12 @@
 /// A run whose sample became NaN or infinite, from the first step where it did. Both devices
 /// return it (inside an `anyhow::Error`: `err.downcast_ref::<Diverged>()` finds it through any
 /// context added on the way), so a caller can tell a diverging model or input from a failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Diverged {
     /// The first step (0-based, in loop order) whose new sample holds a NaN or infinity.
     pub step: usize,
     /// That step's model timestep, where the caller knows the run's timesteps.
-    pub timestep: Option<i64>,
+    pub timestep: Option<f32>,
     /// NaN or infinite values among `numel`: in the sample after `step` on the CPU reference; in
     /// the final sample on the GPU, which flags the first step but does not count per step.
     pub bad: usize,

@@ -3,7 +3,8 @@
 
 use crate::schedule::{
     ddim_table, ddpm_table, inverse_table, DdimStep, DdpmStep, DdpmVariance, MultistepTable,
-    SchedulerConfig, SolverFamily, SolverKeys, SolverOptions, X0Limit,
+    SchedulerConfig, SigmaKeys, SigmaOptions, SigmaSampler, SigmaTable, SolverFamily, SolverKeys,
+    SolverOptions, X0Limit,
 };
 use anyhow::{ensure, Result};
 
@@ -20,24 +21,65 @@ pub enum SamplerKind {
     DpmSolverPlusPlus,
     /// UniPC (Zhao et al. 2023), diffusers' UniPCMultistepScheduler.
     Unipc,
+    /// Euler's method in σ (Karras et al. 2022), diffusers' EulerDiscreteScheduler.
+    Euler,
+    /// Euler ancestral, diffusers' EulerAncestralDiscreteScheduler.
+    #[serde(rename = "euler-ancestral")]
+    EulerAncestral,
+    /// Heun's method in σ (Karras et al. 2022), diffusers' HeunDiscreteScheduler.
+    Heun,
+    /// Linear multistep in σ, diffusers' LMSDiscreteScheduler.
+    Lms,
 }
 
 impl SamplerKind {
     /// Every sampler, in the order a list of choices shows them.
-    pub const ALL: [Self; 4] = [Self::Ddim, Self::Ddpm, Self::DpmSolverPlusPlus, Self::Unipc];
+    pub const ALL: [Self; 8] = [
+        Self::Ddim,
+        Self::Ddpm,
+        Self::DpmSolverPlusPlus,
+        Self::Unipc,
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Heun,
+        Self::Lms,
+    ];
 
     /// The multistep solver family, if this is one.
     pub fn solver_family(self) -> Option<SolverFamily> {
         match self {
             Self::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
             Self::Unipc => Some(SolverFamily::UniPc),
-            Self::Ddim | Self::Ddpm => None,
+            _ => None,
+        }
+    }
+
+    /// The σ-space sampler, if this is one.
+    pub fn sigma_sampler(self) -> Option<SigmaSampler> {
+        match self {
+            Self::Euler => Some(SigmaSampler::Euler),
+            Self::EulerAncestral => Some(SigmaSampler::EulerAncestral),
+            Self::Heun => Some(SigmaSampler::Heun),
+            Self::Lms => Some(SigmaSampler::Lms),
+            _ => None,
         }
     }
 
     /// The sampler a scheduler config selects by its `_class_name`: one of the two multistep
-    /// solvers, else DDIM (as `DDIMPipeline` converts any config to DDIM).
+    /// solvers or the four σ-space samplers, else DDIM (as `DDIMPipeline` converts any config to
+    /// DDIM).
     pub fn from_config(cfg: &SchedulerConfig) -> Self {
+        let sigma = cfg
+            .class_name
+            .as_deref()
+            .and_then(SigmaSampler::from_class_name);
+        match sigma {
+            Some(SigmaSampler::Euler) => return Self::Euler,
+            Some(SigmaSampler::EulerAncestral) => return Self::EulerAncestral,
+            Some(SigmaSampler::Heun) => return Self::Heun,
+            Some(SigmaSampler::Lms) => return Self::Lms,
+            None => {}
+        }
         match cfg
             .class_name
             .as_deref()
@@ -49,13 +91,17 @@ impl SamplerKind {
         }
     }
 
-    /// Its name: `ddim`, `ddpm`, `dpm-solver++` or `unipc`.
+    /// Its name: `ddim`, `ddpm`, `dpm-solver++`, `unipc`, `euler`, `euler-ancestral`, `heun`
+    /// or `lms`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ddim => "ddim",
             Self::Ddpm => "ddpm",
             Self::DpmSolverPlusPlus => "dpm-solver++",
             Self::Unipc => "unipc",
+            Self::Euler | Self::EulerAncestral | Self::Heun | Self::Lms => {
+                self.sigma_sampler().map_or("?", SigmaSampler::as_str)
+            }
         }
     }
 }
@@ -93,6 +139,9 @@ pub struct SampleSettings {
     /// Options of the multistep solvers that override the scheduler config's (none for DDIM and
     /// DDPM: giving one there is an error).
     pub solver: SolverKeys,
+    /// Options of the σ-space samplers (Euler, Euler ancestral, Heun, LMS) that override the
+    /// scheduler config's (none for the others: giving one there is an error).
+    pub sigma: SigmaKeys,
 }
 
 impl Default for SampleSettings {
@@ -103,12 +152,14 @@ impl Default for SampleSettings {
             eta: 0.0,
             use_clipped_model_output: false,
             solver: SolverKeys::default(),
+            sigma: SigmaKeys::default(),
         }
     }
 }
 
 /// Solver options are refused for the samplers that have none.
 fn no_solver_keys(settings: &SampleSettings) -> Result<()> {
+    no_sigma_keys(settings)?;
     match settings.solver.given().first() {
         Some((key, _)) => anyhow::bail!(
             "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of {}",
@@ -116,6 +167,37 @@ fn no_solver_keys(settings: &SampleSettings) -> Result<()> {
         ),
         None => Ok(()),
     }
+}
+
+/// σ-sampler options are refused for the samplers that have none.
+fn no_sigma_keys(settings: &SampleSettings) -> Result<()> {
+    match settings.sigma.given().first() {
+        Some((key, _)) => anyhow::bail!(
+            "`{key}` is an option of the σ-space samplers (euler, euler-ancestral, heun, lms), \
+             not of {}",
+            settings.sampler.as_str()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The table of a σ-space sampler: the config's keys, then the settings' overrides.
+fn sigma(
+    cfg: &SchedulerConfig,
+    settings: &SampleSettings,
+    sampler: SigmaSampler,
+) -> Result<SamplerSteps> {
+    ensure!(
+        settings.eta == 0.0 && !settings.use_clipped_model_output,
+        "eta and use_clipped_model_output are options of DDIM, not of {}",
+        settings.sampler.as_str()
+    );
+    let options = SigmaOptions::resolve(sampler, cfg, &settings.solver, &settings.sigma)?;
+    Ok(SamplerSteps::Sigma(SigmaTable::new(
+        cfg,
+        &options,
+        settings.steps,
+    )?))
 }
 
 /// The table of a multistep solver: the config's solver keys, then the settings' overrides.
@@ -129,6 +211,7 @@ fn multistep(
         "eta and use_clipped_model_output are options of DDIM, not of {}",
         settings.sampler.as_str()
     );
+    no_sigma_keys(settings)?;
     let options = SolverOptions::resolve(family, &cfg.solver_keys, &settings.solver)?;
     Ok(SamplerSteps::Multistep(MultistepTable::new(
         cfg,
@@ -150,6 +233,8 @@ pub enum SamplerSteps {
     Inverse(Vec<DdimStep>),
     /// DPM-Solver(++) or UniPC: linear multistep updates over the converted model outputs.
     Multistep(MultistepTable),
+    /// Euler, Euler ancestral, Heun or LMS: one row per model evaluation in σ-space.
+    Sigma(SigmaTable),
 }
 
 impl SamplerSteps {
@@ -171,6 +256,10 @@ impl SamplerSteps {
             }
             SamplerKind::DpmSolverPlusPlus => multistep(cfg, settings, SolverFamily::DpmSolver)?,
             SamplerKind::Unipc => multistep(cfg, settings, SolverFamily::UniPc)?,
+            SamplerKind::Euler => sigma(cfg, settings, SigmaSampler::Euler)?,
+            SamplerKind::EulerAncestral => sigma(cfg, settings, SigmaSampler::EulerAncestral)?,
+            SamplerKind::Heun => sigma(cfg, settings, SigmaSampler::Heun)?,
+            SamplerKind::Lms => sigma(cfg, settings, SigmaSampler::Lms)?,
         })
     }
 
@@ -184,6 +273,7 @@ impl SamplerSteps {
                 eta: 0.0,
                 use_clipped_model_output: false,
                 solver: SolverKeys::default(),
+                sigma: SigmaKeys::default(),
             },
         )
     }
@@ -199,6 +289,7 @@ impl SamplerSteps {
             Self::Ddim { steps, .. } | Self::Inverse(steps) => steps.len(),
             Self::Ddpm(s) => s.len(),
             Self::Multistep(m) => m.steps.len(),
+            Self::Sigma(s) => s.steps.len(),
         }
     }
 
@@ -206,12 +297,14 @@ impl SamplerSteps {
         self.len() == 0
     }
 
-    /// The model timestep of step `i`.
-    pub fn timestep(&self, i: usize) -> i64 {
+    /// The model timestep of step `i`: an integer for DDIM, DDPM and the multistep solvers,
+    /// possibly fractional (or negative) for the σ-space samplers.
+    pub fn timestep(&self, i: usize) -> f32 {
         match self {
-            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t,
-            Self::Ddpm(s) => s[i].t,
-            Self::Multistep(m) => m.steps[i].t,
+            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t as f32,
+            Self::Ddpm(s) => s[i].t as f32,
+            Self::Multistep(m) => m.steps[i].t as f32,
+            Self::Sigma(s) => s.steps[i].t,
         }
     }
 
@@ -221,6 +314,7 @@ impl SamplerSteps {
         match self {
             Self::Ddim { eta, .. } => *eta > 0.0,
             Self::Ddpm(s) => s[i].t > 0,
+            Self::Sigma(s) => s.steps[i].draws,
             Self::Inverse(_) | Self::Multistep(_) => false,
         }
     }
@@ -230,6 +324,7 @@ impl SamplerSteps {
         match self {
             Self::Inverse(_) => X0Limit::for_inverse(cfg),
             Self::Multistep(m) => m.limit,
+            Self::Sigma(s) => s.options.clip.map_or(X0Limit::None, X0Limit::Clip),
             _ => X0Limit::from_config(cfg),
         }
     }

@@ -12,6 +12,7 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use super::sigma_keys::SigmaKeys;
 use super::solver_options::SolverKeys;
 
 /// How the betas are built from `beta_start` / `beta_end` (ignored when `trained_betas` is given).
@@ -170,6 +171,8 @@ pub struct SchedulerConfig {
     pub class_name: Option<String>,
     /// The keys of the multistep solvers (DPM-Solver, UniPC) the config gives.
     pub solver_keys: SolverKeys,
+    /// The keys of the σ-space samplers (Euler, Euler ancestral, Heun, LMS) the config gives.
+    pub sigma_keys: SigmaKeys,
 }
 
 impl Default for SchedulerConfig {
@@ -194,6 +197,7 @@ impl Default for SchedulerConfig {
             timestep_spacing_given: false,
             class_name: None,
             solver_keys: SolverKeys::default(),
+            sigma_keys: SigmaKeys::default(),
         }
     }
 }
@@ -337,6 +341,7 @@ impl SchedulerConfig {
             timestep_spacing_given: f.get("timestep_spacing").is_some(),
             class_name: f.string("_class_name")?,
             solver_keys: SolverKeys::from_json(map)?,
+            sigma_keys: SigmaKeys::from_json(map)?,
         };
         cfg.validate()?;
         Ok(cfg)

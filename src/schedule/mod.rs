@@ -9,8 +9,11 @@
 //! - [`ddim_step`], [`inverse_step`], [`ddpm_step`]: the CPU reference steps on f32 tensors,
 //!   computed per element in f64;
 //! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) and UniPC as linear combinations
-//!   per step, with their options in [`SolverOptions`].
+//!   per step, with their options in [`SolverOptions`];
+//! - [`SigmaTable`] / [`sigma_step`]: the σ-space samplers (Euler, Euler ancestral, Heun, LMS),
+//!   one row per model evaluation, with their options in [`SigmaOptions`].
 
+mod beta_ppf;
 mod betas;
 mod config;
 mod ddim;
@@ -18,9 +21,14 @@ mod ddpm;
 mod inverse;
 mod multistep;
 mod predict;
+mod sigma;
+mod sigma_grid;
+mod sigma_keys;
+mod sigma_options;
 mod solver_options;
 mod timesteps;
 
+pub use beta_ppf::{beta_ppf, incomplete_beta};
 pub use betas::{torch_linspace_f32, NoiseSchedule};
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
@@ -31,6 +39,13 @@ pub use multistep::{
     MultistepTable, MAX_HISTORY,
 };
 pub use predict::X0Limit;
+pub use sigma::{
+    lms_coefficient, scale_model_input, sigma_step, SigmaState, SigmaStep, SigmaTable,
+    SIGMA_HISTORY,
+};
+pub use sigma_grid::{sigma_grid, sigma_to_t, SigmaGrid};
+pub use sigma_keys::SigmaKeys;
+pub use sigma_options::{SigmaOptions, SigmaSampler, SigmaSchedule};
 pub use solver_options::{
     DpmAlgorithm, FinalSigmas, SolverFamily, SolverKeys, SolverOptions, SolverType,
 };

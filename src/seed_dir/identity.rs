@@ -11,7 +11,7 @@ use crate::gpu::Precision;
 use crate::model::UNet2DConfig;
 use crate::rng::RngKind;
 use crate::sampling::{SampleSettings, SeedSet};
-use crate::schedule::{SchedulerConfig, SolverKeys};
+use crate::schedule::{SchedulerConfig, SigmaKeys, SolverKeys};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -162,6 +162,7 @@ impl Identity {
             timestep_spacing_given,
             class_name,
             solver_keys,
+            sigma_keys,
         } = cfg;
         let s = |k: &str| format!("scheduler.{k}");
         self.put(&s("num_train_timesteps"), num_train_timesteps);
@@ -193,6 +194,7 @@ impl Identity {
         self.put(&s("timestep_spacing_given"), timestep_spacing_given);
         self.put(&s("_class_name"), class_name);
         self.solver_keys("scheduler", solver_keys);
+        self.sigma_keys("scheduler", sigma_keys);
     }
 
     fn sampler(&mut self, settings: &SampleSettings) {
@@ -202,12 +204,23 @@ impl Identity {
             eta,
             use_clipped_model_output,
             solver,
+            sigma,
         } = settings;
         self.put("sampler", sampler.as_str());
         self.put("sampler.steps", steps);
         self.put("sampler.eta", eta);
         self.put("sampler.use_clipped_model_output", use_clipped_model_output);
         self.solver_keys("sampler", solver);
+        self.sigma_keys("sampler", sigma);
+    }
+
+    /// σ-sampler options under `prefix.sigma.*`, only those given: a folder made before these
+    /// samplers existed keeps its identity. (Whether a config gives clip_sample or the betas
+    /// is not recorded: their values are, under `scheduler.*`.)
+    fn sigma_keys(&mut self, prefix: &str, keys: &SigmaKeys) {
+        for (name, value) in keys.given() {
+            self.put(&format!("{prefix}.sigma.{name}"), value.to_string());
+        }
     }
 
     /// Solver options under `prefix.solver.*` (the config's and the command line's both count).

@@ -336,3 +336,38 @@ pub fn fixture_labels(dir: &std::path::Path) -> Option<ddim_wgpu::model::ClassLa
         .as_array()
         .map(|a| ClassLabels::Indices(a.iter().map(|l| l.as_u64().unwrap() as u32).collect()))
 }
+
+/// Decodes a fixture tensor written by the tools/ exporters: `{"f32le_b64": base64 of
+/// little-endian f32, "len": n}`.
+pub fn fixture_f32(v: &serde_json::Value) -> Vec<f32> {
+    let text = v["f32le_b64"].as_str().expect("f32le_b64");
+    let digit = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 byte {c}"),
+        }
+    };
+    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
+    for chunk in text.as_bytes().chunks(4) {
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let n = chunk
+            .iter()
+            .map(|&c| if c == b'=' { 0 } else { digit(c) })
+            .fold(0u32, |acc, d| (acc << 6) | d);
+        bytes.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..3 - pad]);
+    }
+    let out: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        Some(out.len() as u64),
+        v["len"].as_u64(),
+        "fixture tensor length"
+    );
+    out
+}

@@ -8,6 +8,7 @@ pub mod group_norm;
 pub mod linear;
 pub mod multistep;
 pub mod resample;
+pub mod sigma_step;
 pub mod smoke;
 pub mod threshold;
 pub mod time_embedding;
@@ -18,7 +19,7 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 12] = [
+pub const SHADERS: [(&str, &str); 13] = [
     ("attention", attention::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
@@ -29,6 +30,7 @@ pub const SHADERS: [(&str, &str); 12] = [
     ("linear_k4", linear::SOURCE_K4),
     ("multistep", multistep::SOURCE),
     ("resample", resample::SOURCE),
+    ("sigma_step", sigma_step::SOURCE),
     ("smoke", smoke::SOURCE),
     ("threshold", threshold::SOURCE),
 ];
