@@ -732,12 +732,9 @@ impl StepRunner for GpuRunner<'_> {
             mut noise,
             labels,
         } = chunk;
-        ensure!(
-            labels.is_none(),
-            super::support::unsupported("class conditioning")
-        );
         let i = self.plan_index(x.shape[0])?;
         let plan = &self.plans[i].1;
+        plan.set_labels(self.ctx, self.unet, self.weights, labels.as_ref())?;
         let spec = self.update.spec();
         let (x, frames) = sample_recording(
             self.ctx,
