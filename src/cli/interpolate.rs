@@ -41,6 +41,8 @@ pub struct Args {
     /// Class label of a class-conditional model (one for all frames, or one per frame).
     #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
     pub class: Option<super::flags::ClassArg>,
+    #[command(flatten)]
+    pub guidance: super::flags::GuidanceArgs,
     /// The PNG strip to write.
     #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
     pub out: PathBuf,
@@ -84,6 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         progress: Some(bar_progress(&bar, 0)),
         labels: super::flags::labels_of(&args.class),
+        guidance: args.guidance.guidance(),
     };
     let images = pipe
         .decode(&device, &x, &request)

@@ -657,10 +657,15 @@ impl StepRunner for GpuRunner<'_> {
             x,
             mut noise,
             labels,
+            guidance,
         } = chunk;
         ensure!(
             labels.is_none(),
             super::support::unsupported("class conditioning")
+        );
+        ensure!(
+            guidance.is_none(),
+            super::support::unsupported("classifier-free guidance")
         );
         let i = self.plan_index(x.shape[0])?;
         let plan = &self.plans[i].1;
