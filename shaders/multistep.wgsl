@@ -52,6 +52,9 @@ struct Step {
 @group(0) @binding(5) var<storage, read_write> history: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
+// Classifier-free guidance (guide.wgsl, appended): the output read is guided_model_out(i).
+@group(0) @binding(8) var<uniform> guide: Guide;
+@group(0) @binding(9) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -73,7 +76,7 @@ fn multistep_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         return;
     }
     let x_in = sample[i];
-    let pe = predict_x0_eps(p.prediction, st.sqrt_a, st.sqrt_b, x_in, model_out[i]);
+    let pe = predict_x0_eps(p.prediction, st.sqrt_a, st.sqrt_b, x_in, guided_model_out(i));
     var x0 = pe.x;
     var eps = pe.y;
     if p.thresholding != 0u {

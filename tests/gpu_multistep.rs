@@ -116,6 +116,7 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
         history: &history,
         x0_out: Some(&x0),
         first_bad: None,
+        guide: None,
     };
     let dispatches = multistep_update(ctx, &table, BATCH, PER_SAMPLE, &bufs).expect("building");
     let mut state = MultistepState::default();
@@ -516,6 +517,7 @@ fn history_too_large_for_a_binding_is_an_error() {
             history: &small,
             x0_out: None,
             first_bad: None,
+            guide: None,
         };
         let err = multistep_update(ctx, &t, 7, per_sample, &bufs)
             .err()

@@ -12,8 +12,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, linear, multistep, sigma_step, smoke,
-    threshold, SHADERS,
+    attention, conv2d, ddim_step, elementwise, group_norm, guide, linear, multistep, sigma_step,
+    smoke, threshold, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -216,6 +216,77 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 rank_hi,
                 rank_weight,
                 max_value,
+                _pad,
+            }),
+        ),
+        // guide.wgsl's uniform, in every shader it is appended to, and guide_std's.
+        (
+            "ddim_step",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "multistep",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "sigma_step",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "threshold",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "guide_std",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
                 _pad,
             }),
         ),

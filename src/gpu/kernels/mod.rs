@@ -5,6 +5,7 @@ pub mod conv2d;
 pub mod ddim_step;
 pub mod elementwise;
 pub mod group_norm;
+pub mod guide;
 pub mod linear;
 pub mod multistep;
 pub mod sigma_step;
@@ -18,12 +19,13 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 11] = [
+pub const SHADERS: [(&str, &str); 12] = [
     ("attention", attention::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
     ("elementwise", elementwise::SOURCE),
     ("group_norm", group_norm::SOURCE),
+    ("guide_std", guide::STD_SOURCE),
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
     ("multistep", multistep::SOURCE),
