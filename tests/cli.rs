@@ -590,3 +590,71 @@ fn sample_with_the_solvers() {
     assert_fails(&order, "solver_order", &bad);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A consistency model's scheduler config selects `--sampler consistency` by its class name;
+/// `--timesteps 22,0` gives ConsistencyModelPipeline(timesteps=[22, 0]) with torch.manual_seed(6)
+/// (tests/fixtures/pipeline/tiny/pndm_sde_cm_*, made by tools/export_pndm_sde_cm_pipeline_fixtures.py).
+#[test]
+fn consistency_config_samples_like_diffusers_pipeline() {
+    let dir = temp_dir("consistency");
+    let cfg = dir.join("cm.json");
+    std::fs::write(&cfg, r#"{"_class_name": "CMStochasticIterativeScheduler"}"#).unwrap();
+    let out = dir.join("x0.safetensors");
+    ddim_ok(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--scheduler-config",
+            cfg.to_str().unwrap(),
+            "--timesteps",
+            "22,0",
+            "-n",
+            "3",
+            "--seed",
+            "6",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            dir.join("grid.png").to_str().unwrap(),
+            "--save-tensor",
+            out.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let ours = ddim_wgpu::model::tensor_io::read_tensor(&out, "sample").unwrap();
+    let want = ddim_wgpu::model::tensor_io::read_tensor(
+        &Path::new(TINY).join("pndm_sde_cm_expected.safetensors"),
+        "cm_t22_0_b3_seed6",
+    )
+    .unwrap();
+    let (n, c, h, w) = ours.nchw();
+    let mut worst = 0.0f32;
+    for (k, &v) in ours.data.iter().enumerate() {
+        let (b, ch, y, x) = (k / (c * h * w), k / (h * w) % c, k / w % h, k % w);
+        let theirs = want.data[((b * h + y) * w + x) * c + ch];
+        worst = worst.max(((v / 2.0 + 0.5).clamp(0.0, 1.0) - theirs).abs());
+    }
+    assert_eq!(n, 3);
+    assert!(worst <= 5e-4, "max abs difference {worst} in [0, 1]");
+    // Options of other samplers are refused with one line, before any work.
+    let bad = ddim(
+        &[
+            "sample",
+            "--model",
+            TINY,
+            "--scheduler-config",
+            cfg.to_str().unwrap(),
+            "--eta",
+            "0.5",
+            "--device",
+            "cpu",
+            "--out",
+            dir.join("bad.png").to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_fails(&bad, "eta", &dir.join("bad.png"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -27,7 +27,7 @@ fn request(num: usize, batch: Option<usize>) -> SampleRequest {
 /// How many images of a 10-step DDIM run fit `ctx`, as the sampler computes it.
 fn capacity(ctx: &GpuContext, pipe: &Pipeline) -> usize {
     let steps = pipe.steps(&request(1, None).settings).unwrap();
-    let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let weights = pipe.gpu_weights(ctx).unwrap();
     let update = RunUpdate::new(&pipe.scheduler, &steps);
     batch_capacity(
@@ -55,7 +55,7 @@ fn a_batch_over_the_memory_budget_is_refused_before_it_is_allocated() {
         // A budget of the weights, the plan's fixed part and 4.5 images' worth of the plan.
         let weights = pipe.gpu_weights(&ctx).unwrap();
         let steps = pipe.steps(&request(1, None).settings).unwrap();
-        let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i) as f32).collect();
         let plan = plan_footprint(&ctx, &pipe.unet, &weights, &ts, PlanOptions::default()).unwrap();
         assert!(plan.per_image > 0, "{backend}: {plan:?}");
         let budget = weights.bytes + plan.fixed + plan.per_image * 9 / 2;

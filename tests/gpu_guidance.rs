@@ -5,8 +5,9 @@
 //! channel mix with SiLU and a different bias per half, as a null label and a class would give),
 //! on awkward shapes (3 images of 3×7×5), outputs poisoned, for DDIM at eta 1 with clipping and
 //! with dynamic thresholding (v-prediction), DPM-Solver++(2M), Euler ancestral (noise every
-//! step) and Heun (two evaluations per step, the next input written into both halves), with and
-//! without the rescale. Whole guided U-Net runs against diffusers are in tests/guidance_torch.rs.
+//! step) and Heun (two evaluations per step, the next input written into both halves), PNDM
+//! (its raw-output transfers) and the consistency sampler (its update writes the scaled next
+//! input, copied into both halves), with and without the rescale. Whole guided U-Net runs against diffusers are in tests/guidance_torch.rs.
 
 mod common;
 
@@ -20,8 +21,8 @@ use ddim_wgpu::gpu::{GpuTensor, Precision};
 use ddim_wgpu::rng::TorchRng;
 use ddim_wgpu::sampling::{Guided, SampleSettings, SamplerKind, SamplerSteps};
 use ddim_wgpu::schedule::{
-    ddim_step, ddpm_step, inverse_step, multistep_step, scale_model_input, sigma_step,
-    MultistepState, SchedulerConfig, SigmaState,
+    consistency_input, consistency_step, ddim_step, ddpm_step, inverse_step, multistep_step_noisy,
+    scale_model_input, sigma_step, MultistepState, SchedulerConfig, SigmaState,
 };
 use ddim_wgpu::tensor::max_abs_diff;
 use ddim_wgpu::Tensor;
@@ -102,12 +103,10 @@ fn cpu_loop(
     let mut x = x_t.to_vec();
     let mut ms = MultistepState::default();
     let mut ss = SigmaState::default();
-    if let SamplerSteps::Sigma(t) = steps {
-        x.iter_mut().for_each(|v| *v *= t.init_noise_sigma);
-    }
     for i in 0..steps.len() {
         let input = match steps {
             SamplerSteps::Sigma(t) => scale_model_input(t, i, &x).unwrap(),
+            SamplerSteps::Consistency(t) => consistency_input(t, i, &x).unwrap(),
             _ => x.clone(),
         };
         let mut out = toy_cpu(&input, toy.0, toy.1);
@@ -122,7 +121,8 @@ fn cpu_loop(
             } => ddim_step(cfg, &steps[i], &m, &x, n, *use_clipped_model_output, z),
             SamplerSteps::Ddpm(s) => ddpm_step(cfg, &s[i], &m, &x, n, z),
             SamplerSteps::Inverse(s) => inverse_step(cfg, &s[i], &m, &x, n),
-            SamplerSteps::Multistep(t) => multistep_step(t, i, &m, &x, n, &mut ms),
+            SamplerSteps::Multistep(t) => multistep_step_noisy(t, i, &m, &x, z, n, &mut ms),
+            SamplerSteps::Consistency(t) => consistency_step(t, i, &m, &x, z, n),
             SamplerSteps::Sigma(t) => sigma_step(t, i, &m, &x, n, z, &mut ss),
         }
         .unwrap()
@@ -144,7 +144,14 @@ fn run(name: &str, cfg_json: &str, settings: SampleSettings) {
     let b_null = common::random(c, 2);
     let b_class = common::random(c, 3);
     let mut rng = TorchRng::new(29);
-    let x_t = rng.randn(numel).unwrap();
+    // x_T × init_noise_sigma, as `sampling::run` hands it to either device.
+    let scale = steps.init_noise_sigma() as f32;
+    let x_t: Vec<f32> = rng
+        .randn(numel)
+        .unwrap()
+        .iter()
+        .map(|v| v * scale)
+        .collect();
     let noise: Vec<Option<Vec<f32>>> = (0..steps.len())
         .map(|i| steps.draws_noise(i).then(|| rng.randn(numel).unwrap()))
         .collect();
@@ -221,6 +228,22 @@ fn guided_euler_ancestral_and_heun() {
         let settings = SampleSettings {
             sampler,
             steps: STEPS,
+            ..Default::default()
+        };
+        run(sampler.as_str(), DDPM_CONFIG, settings);
+    }
+}
+
+#[test]
+fn guided_pndm_and_consistency() {
+    for sampler in [SamplerKind::Pndm, SamplerKind::Consistency] {
+        let settings = SampleSettings {
+            sampler,
+            steps: if sampler == SamplerKind::Pndm {
+                STEPS
+            } else {
+                3
+            },
             ..Default::default()
         };
         run(sampler.as_str(), DDPM_CONFIG, settings);

@@ -1,5 +1,6 @@
-//! The fused multistep update (DPM-Solver(++), UniPC) on the GPU against the CPU step
-//! (`schedule::multistep_step`), every step of whole tables, teacher forced: before each step
+//! The fused multistep update (DPM-Solver(++) and its SDE variants, UniPC, PNDM) on the GPU
+//! against the CPU step (`schedule::multistep_step_noisy`), every step of whole tables, teacher
+//! forced: before each step
 //! the CPU gets the GPU's current sample and history (earlier outputs, corrected sample), so
 //! each step's arithmetic is checked on its own and errors do not compound. The x0 output and the history are poisoned with NaN, so an element
 //! the kernel forgets to write, or a slot it reads before writing, shows up. Then whole runs of
@@ -8,12 +9,14 @@
 mod common;
 
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::multistep::{history_bytes, multistep_update, step_rows, MultistepIo};
+use ddim_wgpu::gpu::kernels::multistep::{
+    history_bytes, history_slots, multistep_update, slot_plan, step_rows, MultistepIo,
+};
 use ddim_wgpu::gpu::GpuContext;
 use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::schedule::{
-    multistep_step, MultistepState, MultistepTable, SchedulerConfig, SolverFamily, SolverKeys,
-    SolverOptions, X0Limit,
+    multistep_step, multistep_step_noisy, MultistepState, MultistepTable, SchedulerConfig,
+    SolverFamily, SolverKeys, SolverOptions, X0Limit,
 };
 use ddim_wgpu::tensor::max_abs_diff;
 
@@ -96,11 +99,12 @@ fn frame_tol(table: &MultistepTable, s: usize, y: &[f32], x0: &[f32]) -> f64 {
 }
 
 /// Runs every step of `c` on the GPU and the CPU (teacher forced), comparing the next sample,
-/// the x0 frame, and what the history keeps (this step's output in its ring slot, the corrected
-/// sample where the next step corrects).
+/// the x0 frame, and what the history keeps (this step's output in its slot, the corrected
+/// sample where the next step corrects). The SDE solvers get a fresh random noise draw per step.
 fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
     let table = table(c);
     let rows = step_rows(&table).unwrap();
+    let plan = slot_plan(&table).unwrap();
     let numel = BATCH * PER_SAMPLE;
     let (start, outputs) = inputs(table.steps.len(), seed, scale);
     let sample = ctx
@@ -110,11 +114,15 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
     let history_len = history_bytes(&table, numel) as usize / 4;
     let history = ctx.poisoned_tensor("history", &[history_len], Precision::F32);
     let x0 = ctx.poisoned_tensor("x0", &[numel], Precision::F32);
+    let noise = table
+        .draws_noise
+        .then(|| ctx.poisoned_tensor("noise", &[numel], Precision::F32));
     let bufs = MultistepIo {
         model_out: &model_out,
         sample: &sample,
         history: &history,
         x0_out: Some(&x0),
+        noise: noise.as_ref(),
         first_bad: None,
         guide: None,
     };
@@ -126,6 +134,12 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
     for (s, m) in outputs.iter().enumerate() {
         ctx.queue
             .write_buffer(model_out.buffer(), 0, bytemuck::cast_slice(m));
+        let z = noise.as_ref().map(|buf| {
+            let z = common::random(numel, seed + 7919 + s as u64);
+            ctx.queue
+                .write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&z));
+            z
+        });
         run_dispatches(ctx, &dispatches, s as u32).expect("running");
         let got = ctx
             .read_many(&[
@@ -138,14 +152,23 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
             // Teacher forcing of the history too: the CPU continues from the GPU's outputs and
             // corrected sample, so each step is checked on its own (the corrector's `last`
             // would otherwise carry rounding differences on, grown by α_t/α_s per step).
+            // An earlier output comes from the GPU where its slot still holds it (no later step
+            // wrote there); outputs the GPU does not keep are never read.
             let slot = |k: usize| h[k * numel..(k + 1) * numel].to_vec();
-            let r = table.history;
-            state.outputs = (0..s.min(r)).map(|j| slot((s - 1 - j) % r)).collect();
+            for age in 1..=s.min(state.outputs.len()) {
+                let e = s - age;
+                if let Some(k) = plan.write[e] {
+                    if !(e + 1..s).any(|later| plan.write[later] == Some(k)) {
+                        state.outputs[age - 1] = slot(k);
+                    }
+                }
+            }
             if rows[s - 1].save_last != 0 {
-                state.last_sample = Some(slot(r));
+                state.last_sample = Some(slot(plan.slots));
             }
         }
-        let want = multistep_step(&table, s, m, &current, BATCH, &mut state).unwrap();
+        let want =
+            multistep_step_noisy(&table, s, m, &current, z.as_deref(), BATCH, &mut state).unwrap();
         let st = &table.steps[s];
         let what = format!(
             "{} step {s} (t = {}, order {}, corrector {})",
@@ -166,16 +189,15 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
         worst.x0 = worst
             .x0
             .max(close("x0", &got[1], &want.pred_original_sample, tol));
-        let ring = s % table.history;
-        worst.output = worst.output.max(close(
-            "output in its ring slot",
-            slot(ring),
-            y,
-            common::KERNEL_TOL,
-        ));
+        if let Some(k) = plan.write[s] {
+            worst.output =
+                worst
+                    .output
+                    .max(close("output in its slot", slot(k), y, common::KERNEL_TOL));
+        }
         if rows[s].save_last != 0 {
             let last = state.last_sample.as_deref().unwrap();
-            close("last", slot(table.history), last, common::KERNEL_TOL);
+            close("last", slot(plan.slots), last, common::KERNEL_TOL);
         }
         current = got[0].clone();
         kept = Some(got[2].clone());
@@ -324,6 +346,95 @@ fn unipc_orders_bh1_bh2_and_noise_prediction() {
     run_cases(&cases, 1.0);
 }
 
+fn skip_prk() -> SolverKeys {
+    SolverKeys {
+        skip_prk_steps: Some(true),
+        ..Default::default()
+    }
+}
+
+/// DPM-Solver's SDE variants: the fused update adds σ_t·sqrt(…)·z of this step's draw.
+#[test]
+fn dpm_solver_sde_variants() {
+    let sde = |alg: &str, order: usize, ty: &str, sigma_min: bool| SolverKeys {
+        algorithm_type: Some(alg.into()),
+        solver_type: Some(ty.into()),
+        final_sigmas_type: sigma_min.then(|| "sigma_min".into()),
+        ..keys(order)
+    };
+    let mut cases = vec![];
+    for order in 1..=3 {
+        for ty in ["midpoint", "heun"] {
+            cases.push(case(
+                &format!("sde-dpmsolver++ order {order} {ty}"),
+                SolverFamily::DpmSolver,
+                sde("sde-dpmsolver++", order, ty, false),
+                EPS,
+                10,
+            ));
+        }
+    }
+    for order in 1..=2 {
+        for ty in ["midpoint", "heun"] {
+            cases.push(case(
+                &format!("sde-dpmsolver order {order} {ty} sigma_min"),
+                SolverFamily::DpmSolver,
+                sde("sde-dpmsolver", order, ty, true),
+                EPS,
+                10,
+            ));
+        }
+    }
+    cases.push(case(
+        "sde-dpmsolver++ order 3, 20 steps, sigma_min",
+        SolverFamily::DpmSolver,
+        sde("sde-dpmsolver++", 3, "midpoint", true),
+        r#"{"prediction_type": "v_prediction"}"#,
+        20,
+    ));
+    run_cases(&cases, 1.0);
+}
+
+/// PNDM: the Runge–Kutta warm-up (transfers from the stored cur_sample), PLMS reading outputs
+/// up to 12 evaluations back, skip_prk's corrector, v_prediction folded into the coefficients.
+#[test]
+fn pndm_prk_and_plms() {
+    let v = r#"{"prediction_type": "v_prediction"}"#;
+    let cases = vec![
+        case(
+            "pndm prk",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            EPS,
+            10,
+        ),
+        case(
+            "pndm prk 4 steps",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            EPS,
+            4,
+        ),
+        case(
+            "pndm prk v",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            v,
+            12,
+        ),
+        case("pndm skip_prk", SolverFamily::Pndm, skip_prk(), EPS, 10),
+        case("pndm skip_prk v", SolverFamily::Pndm, skip_prk(), v, 7),
+        case(
+            "pndm prk linspace set_alpha_to_one",
+            SolverFamily::Pndm,
+            SolverKeys::default(),
+            r#"{"timestep_spacing": "linspace", "set_alpha_to_one": true}"#,
+            10,
+        ),
+    ];
+    run_cases(&cases, 1.0);
+}
+
 fn threshold_config(pred: &str) -> String {
     format!(
         r#"{{"prediction_type": "{pred}", "thresholding": true,
@@ -458,40 +569,74 @@ fn prediction_types_sample_and_v() {
 
 /// The host's age → ring-slot mapping gives back the table's coefficients by age: step s reads
 /// age a from slot (s − a) mod R, and never the slot it writes.
+/// Each output sits in the slot the liveness plan gives it until its last reader, and each row
+/// carries the coefficient of age a in the slot of the output of step s − a. DPM-Solver of order
+/// 3 needs 2 slots, UniPC of order 3 3 (the write may reuse the slot of an output last read by
+/// the same step), PNDM with its Runge–Kutta warm-up 5.
 #[test]
-fn ring_slots_hold_the_coefficients_by_age() {
-    for c in threshold_cases().iter().chain(&[case(
-        "unipc order 3",
-        SolverFamily::UniPc,
+fn slots_hold_the_coefficients_by_age() {
+    let mut cases = threshold_cases();
+    cases.push(case("unipc order 3", SolverFamily::UniPc, keys(3), EPS, 20));
+    cases.push(case(
+        "dpm++ order 3",
+        SolverFamily::DpmSolver,
         keys(3),
         EPS,
         20,
-    )]) {
+    ));
+    cases.push(case(
+        "pndm",
+        SolverFamily::Pndm,
+        SolverKeys::default(),
+        EPS,
+        10,
+    ));
+    cases.push(case(
+        "pndm skip_prk",
+        SolverFamily::Pndm,
+        skip_prk(),
+        EPS,
+        10,
+    ));
+    for c in &cases {
         let t = table(c);
         let rows = step_rows(&t).unwrap();
-        let r = t.history;
+        let plan = slot_plan(&t).unwrap();
+        match c.name.as_str() {
+            "unipc order 3" => assert_eq!(plan.slots, 3),
+            "dpm++ order 3" => assert_eq!(plan.slots, 2),
+            "pndm" => assert_eq!(plan.slots, 5),
+            "pndm skip_prk" => assert_eq!(plan.slots, 3),
+            _ => {}
+        }
         for (s, (row, st)) in rows.iter().zip(&t.steps).enumerate() {
-            assert_eq!(row.write_slot as usize, s % r);
+            assert_eq!(row.writes != 0, plan.write[s].is_some());
+            if let Some(k) = plan.write[s] {
+                assert_eq!(row.write_slot as usize, k);
+            }
             for (slots, y0, comb) in [
                 (row.pred_slots, row.pred_y0, &st.predictor),
                 (row.corr_slots, row.corr_y0, &st.corrector),
             ] {
                 if std::ptr::eq(comb, &st.corrector) && st.corrector_order == 0 {
-                    assert_eq!((slots, y0), ([0.0; 4], 0.0));
+                    assert_eq!((slots, y0), ([0.0; 8], 0.0));
                     continue;
                 }
                 assert_eq!(y0, comb.outputs[0] as f32);
-                assert_eq!(slots[s % r], 0.0, "{}: step {s} reads its own slot", c.name);
+                let mut expect = [0f32; 8];
                 for (age, &w) in comb.outputs.iter().enumerate().skip(1) {
                     if w != 0.0 {
-                        assert_eq!(
-                            slots[(s - age) % r],
-                            w as f32,
-                            "{} step {s} age {age}",
+                        let k = plan.write[s - age].expect("a read output is kept");
+                        // No step between writer and reader overwrote the slot.
+                        assert!(
+                            (s - age + 1..s).all(|e| plan.write[e] != Some(k)),
+                            "{} step {s} age {age}: slot {k} overwritten",
                             c.name
                         );
+                        expect[k] = w as f32;
                     }
                 }
+                assert_eq!(slots, expect, "{} step {s}", c.name);
             }
         }
     }
@@ -510,12 +655,16 @@ fn history_too_large_for_a_binding_is_an_error() {
     common::for_each_backend(|backend, ctx| {
         // Never bound: the history's size is refused first.
         let small = ctx.tensor("small", &[4], Precision::F32);
-        let per_sample = (ctx.max_binding_bytes() / 4 / 5 / 7 + 1) as usize;
+        // UniPC of order 3: 3 output slots (by liveness) and its `last` sample.
+        let slots = history_slots(&t) as u64;
+        assert_eq!(slots, 4);
+        let per_sample = (ctx.max_binding_bytes() / 4 / slots / 7 + 1) as usize;
         let bufs = MultistepIo {
             model_out: &small,
             sample: &small,
             history: &small,
             x0_out: None,
+            noise: None,
             first_bad: None,
             guide: None,
         };

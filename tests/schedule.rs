@@ -696,10 +696,14 @@ fn any_diffusers_scheduler_config_is_accepted_like_ddim_pipeline_does() {
                 beta_end: Some(0.02),
                 ..Default::default()
             },
+            // Every key as read (null dropped), for the samplers with their own defaults.
+            keys: cfg.keys.clone(),
             ..SchedulerConfig::default()
         },
         cfg
     );
+    assert_eq!(cfg.keys.len(), 8, "{:?}", cfg.keys);
+    assert!(!cfg.given("trained_betas") && cfg.given("variance_type"));
     assert_eq!(
         DdpmVariance::from_config(&cfg).unwrap(),
         DdpmVariance::FixedSmall
@@ -900,12 +904,13 @@ fn bad_solver_options_name_the_option_and_the_allowed_values() {
     let e = err_text(resolve(
         dpm,
         SolverKeys {
-            algorithm_type: Some("sde-dpmsolver++".into()),
+            algorithm_type: Some("sde-euler".into()),
             ..Default::default()
         },
     ));
     assert!(
-        e.contains("algorithm_type") && e.contains("dpmsolver++, dpmsolver"),
+        e.contains("algorithm_type")
+            && e.contains("dpmsolver++, dpmsolver, sde-dpmsolver++, sde-dpmsolver"),
         "{e}"
     );
     let e = err_text(resolve(

@@ -287,3 +287,99 @@ fn solver_tables_and_their_options() {
     assert!(e.contains("solver_order"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// PNDM, the SDE solver and the consistency sampler: each config's `_class_name` picks its
+/// table, the flags reach it, and options that do not apply are refused with one line.
+#[test]
+fn pndm_sde_and_consistency_tables() {
+    let dir = temp_dir("wave3");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let pndm = write("pndm.json", r#"{"_class_name": "PNDMScheduler"}"#);
+    let v = json_of(&["--json", "--steps", "10", "--scheduler-config", &pndm]);
+    assert_eq!(v["sampler"], "pndm");
+    let ts: Vec<i64> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["t"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ts,
+        [
+            900, 850, 850, 800, 800, 750, 750, 700, 700, 650, 650, 600, 600, 500, 400, 300, 200,
+            100, 0
+        ]
+    );
+    let v = json_of(&[
+        "--json",
+        "--steps",
+        "10",
+        "--scheduler-config",
+        &pndm,
+        "--skip-prk-steps",
+    ]);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 11);
+    assert_eq!(v["solver"]["skip_prk_steps"], true);
+
+    let cm = write(
+        "cm.json",
+        r#"{"_class_name": "CMStochasticIterativeScheduler"}"#,
+    );
+    let v = json_of(&["--json", "--scheduler-config", &cm, "--timesteps", "22,0"]);
+    assert_eq!(v["sampler"], "consistency");
+    assert_eq!(v["init_noise_sigma"], 80.0);
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    // diffusers' numbers (wave-3 reference §8): t = 250 ln σ, σ in f32.
+    assert!((steps[0]["t"].as_f64().unwrap() - 1095.5066586684702).abs() < 1e-9);
+    assert!((steps[1]["t"].as_f64().unwrap() - 80.949485).abs() < 1e-5);
+    assert!((steps[1]["sigma"].as_f64().unwrap() - 1.382368).abs() < 1e-6);
+    for key in ["c_in", "c_skip", "c_out", "noise"] {
+        assert!(steps[0][key].is_number(), "{key}");
+    }
+
+    let v = json_of(&[
+        "--json",
+        "--sampler",
+        "dpm-solver++",
+        "--algorithm-type",
+        "sde-dpmsolver++",
+        "--steps",
+        "5",
+    ]);
+    assert_eq!(v["solver"]["algorithm_type"], "sde-dpmsolver++");
+    assert_eq!(v["draws_noise"], true);
+    assert!(v["steps"][0]["noise"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["steps"][4]["noise"].as_f64().unwrap(), 0.0);
+
+    let e = failure(&["--sampler", "ddim", "--timesteps", "22,0"]);
+    assert!(e.contains("--timesteps") && e.lines().count() == 1, "{e}");
+    let e = failure(&["--sampler", "ddim", "--skip-prk-steps"]);
+    assert!(e.contains("skip_prk_steps"), "{e}");
+    let e = failure(&["--sampler", "consistency", "--timesteps", "0,22"]);
+    assert!(e.contains("descending"), "{e}");
+    let e = failure(&["--sampler", "consistency", "--solver-order", "2"]);
+    assert!(
+        e.contains("solver_order") && e.contains("consistency"),
+        "{e}"
+    );
+    let e = failure(&[
+        "--sampler",
+        "dpm-solver++",
+        "--algorithm-type",
+        "sde-dpmsolver",
+        "--final-sigmas-type",
+        "sigma_min",
+        "--solver-order",
+        "3",
+    ]);
+    assert!(
+        e.contains("sde-dpmsolver") && e.contains("solver_order"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

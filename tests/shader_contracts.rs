@@ -12,8 +12,8 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, conv2d, ddim_step, elementwise, group_norm, guide, linear, multistep, sigma_step,
-    smoke, threshold, SHADERS,
+    attention, consistency, conv2d, ddim_step, elementwise, group_norm, guide, linear, multistep,
+    sigma_step, smoke, threshold, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -135,6 +135,28 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
         ("linear", "Params", linear_params()),
         ("linear_k4", "Params", linear_params()),
         (
+            "consistency",
+            "Params",
+            host_layout!(consistency::Params {
+                numel,
+                clip,
+                write_x0,
+                _pad,
+            }),
+        ),
+        (
+            "consistency",
+            "Step",
+            host_layout!(consistency::StepRow {
+                c_skip,
+                c_out,
+                noise,
+                in_div,
+                step,
+                _pad,
+            }),
+        ),
+        (
             "multistep",
             "Params",
             host_layout!(multistep::Params {
@@ -146,6 +168,7 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 rederive_eps,
                 write_x0,
                 last_offset,
+                raw_output,
             }),
         ),
         // As for ddim_step: the shader's `Step` is one row of the host's step table.
@@ -165,7 +188,8 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 corr_slots,
                 write_slot,
                 step,
-                _pad,
+                noise,
+                writes,
             }),
         ),
         (
@@ -264,6 +288,20 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
         ),
         (
             "threshold",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "consistency",
             "Guide",
             host_layout!(guide::GuideParams {
                 on,

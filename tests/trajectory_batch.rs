@@ -37,7 +37,7 @@ fn capacity(ctx: &GpuContext, pipe: &Pipeline, frames: usize) -> Option<usize> {
     let steps = pipe
         .steps(&request(1, TrajectoryFrames::Off, None).settings)
         .unwrap();
-    let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let weights = pipe.gpu_weights(ctx).unwrap();
     let update = RunUpdate::new(&pipe.scheduler, &steps);
     let options = PlanOptions::default();
@@ -55,7 +55,7 @@ fn budget_that_frames_shrink(ctx: &mut GpuContext, pipe: &Pipeline) -> (u64, usi
     let steps = pipe
         .steps(&request(1, TrajectoryFrames::Off, None).settings)
         .unwrap();
-    let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let ts: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i) as f32).collect();
     let plan = plan_footprint(ctx, &pipe.unet, &weights, &ts, PlanOptions::default()).unwrap();
     // Start where about 6 images fit: there one MiB step crosses a frames-only boundary.
     let first = (weights.bytes + plan.fixed + 6 * plan.per_image) >> 20;

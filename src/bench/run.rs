@@ -275,7 +275,7 @@ pub fn bench_cpu(
     let (run_ns, cpu_per_run) =
         repeat_timed(repeats, || pipe.sample(&Device::Cpu, &request).map(|_| ()))?;
     let run = Summary::of(&run_ns).context("no run timings")?;
-    let t = sampler_steps(pipe, settings)?.timestep(0);
+    let t = sampler_steps(pipe, settings)?.timestep(0) as f32;
     let (fwd_ns, _) = repeat_timed(repeats, || {
         ddim_wgpu::cpu::forward::forward(&pipe.unet, &pipe.model.weights, &x_t, &[t]).map(|_| ())
     })?;

@@ -233,7 +233,7 @@ pub struct BuiltForward {
 
 /// Builds the U-Net forward plan on the GPU for the run's timesteps at `batch`.
 pub type ForwardBuilder<'a> =
-    dyn Fn(&GpuContext, &Pipeline, &[f32], usize) -> Result<BuiltForward> + 'a;
+    dyn Fn(&GpuContext, &Pipeline, &[f64], usize) -> Result<BuiltForward> + 'a;
 
 /// Every distinct group norm (+SiLU) and attention block of the model at `batch`, with
 /// activations stored as `precision`.
@@ -369,7 +369,7 @@ impl Progress for Quiet {}
 /// limit (one storage binding, or the memory budget) and the largest batch that fits.
 fn check_batch(ctx: &GpuContext, pipe: &Pipeline, o: &Options) -> Result<()> {
     let steps = run::sampler_steps(pipe, &o.settings)?;
-    let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+    let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
     let weights = pipe.gpu_weights(ctx)?;
     let update = RunUpdate::new(&pipe.scheduler, &steps);
     let cap = batch_capacity(
@@ -445,7 +445,7 @@ pub fn gpu_document(
     if o.run {
         progress.note("whole runs");
         let steps = run::sampler_steps(pipe, &o.settings)?;
-        let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         // Uploaded (once per pipeline and device) before the plan's allocation is measured, so
         // the delta is the plan's alone whichever section ran first.
         let weights_bytes = pipe.gpu_weights(ctx)?.bytes;

@@ -111,10 +111,10 @@ fn parse_gemm_size(s: &str) -> Result<GemmSize, String> {
 fn build_forward(
     ctx: &GpuContext,
     pipe: &Pipeline,
-    timesteps: &[f32],
+    timesteps: &[f64],
     batch: usize,
 ) -> Result<BuiltForward> {
-    let timesteps: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t; batch]).collect();
+    let timesteps: Vec<Vec<f32>> = timesteps.iter().map(|&t| vec![t as f32; batch]).collect();
     let weights = pipe.gpu_weights(ctx)?;
     let plan = UNetPlan::new(
         ctx,

@@ -30,6 +30,12 @@ pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
                 "Heun in σ (Karras et al. 2022), diffusers' HeunDiscreteScheduler (2 evaluations per step)"
             }
             SamplerKind::Lms => "Linear multistep (order 4) in σ, diffusers' LMSDiscreteScheduler",
+            SamplerKind::Pndm => {
+                "PNDM (Liu et al. 2022), Runge-Kutta warm-up then PLMS, diffusers' PNDMScheduler"
+            }
+            SamplerKind::Consistency => {
+                "Consistency models (Song et al. 2023), diffusers' CMStochasticIterativeScheduler"
+            }
         })
     });
     PossibleValuesParser::new(values).try_map(|s| s.parse::<SamplerKind>())

@@ -97,6 +97,10 @@ pub struct Args {
     pub solver: SolverArgs,
     #[command(flatten)]
     pub sigma: SigmaArgs,
+    /// Consistency models: the ramp indices to visit (strictly descending, below the config's
+    /// num_train_timesteps), e.g. 22,0 for two steps; they win over --steps.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
+    pub timesteps: Option<Vec<usize>>,
     /// Re-derive the noise prediction from the clipped x0 (diffusers' use_clipped_model_output).
     #[arg(long)]
     pub use_clipped_model_output: bool,
@@ -168,6 +172,7 @@ impl Args {
             use_clipped_model_output: self.use_clipped_model_output,
             solver: self.solver.keys(),
             sigma: self.sigma.keys(),
+            timesteps: self.timesteps.clone(),
         }
     }
 

@@ -8,10 +8,10 @@ use serde_json::{json, Value};
 
 use ddim_wgpu::sampling::SamplerKind;
 use ddim_wgpu::schedule::{
-    ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, DdimStep, DdpmStep,
-    DdpmVariance, MultistepTable, NoiseSchedule, PredictionType, SchedulerConfig, SigmaKeys,
-    SigmaOptions, SigmaSampler, SigmaTable, SolverFamily, SolverKeys, SolverOptions,
-    TimestepSpacing,
+    ddim_table, ddpm_table, inverse_table, solver_spacing, BetaSchedule, ConsistencyTable,
+    DdimStep, DdpmStep, DdpmVariance, MultistepTable, NoiseSchedule, PredictionType,
+    SchedulerConfig, SigmaKeys, SigmaOptions, SigmaSampler, SigmaTable, SolverFamily, SolverKeys,
+    SolverOptions, TimestepSpacing,
 };
 
 /// Where the scheduler config comes from, and options that override single keys of it.
@@ -111,6 +111,8 @@ impl SchedulerOverrides {
         }
         if let Some(v) = self.set_alpha_to_one {
             cfg.set_alpha_to_one = v;
+            // Given, so PNDM (whose own default is false) takes it too.
+            cfg.keys.insert("set_alpha_to_one".into(), json!(v));
             changed.push("set_alpha_to_one");
         }
         cfg.validate()?;
@@ -130,7 +132,8 @@ pub struct SolverArgs {
     /// Solver order: 1, 2 or 3 (default 2).
     #[arg(long, value_name = "N", value_parser = super::numbers::at_least::<usize, 1>)]
     pub solver_order: Option<usize>,
-    /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver.
+    /// DPM-Solver's algorithm_type: dpmsolver++ (data prediction, default) | dpmsolver |
+    /// sde-dpmsolver++ (DPM++ 2M SDE at order 2: fresh noise every step) | sde-dpmsolver.
     #[arg(long, value_name = "TYPE")]
     pub algorithm_type: Option<String>,
     /// solver_type: midpoint | heun (dpm-solver++), bh1 | bh2 (unipc).
@@ -157,6 +160,10 @@ pub struct SolverArgs {
     /// UniPC: step indices after which the corrector is skipped, comma-separated.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
     pub disable_corrector: Option<Vec<usize>>,
+    /// PNDM: plain PLMS without the Runge–Kutta warm-up (skip_prk_steps; n + 1 model
+    /// evaluations instead of n + 9).
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub skip_prk_steps: Option<bool>,
 }
 
 impl SolverArgs {
@@ -173,6 +180,7 @@ impl SolverArgs {
             use_karras_sigmas: self.use_karras_sigmas,
             predict_x0: self.predict_x0,
             disable_corrector: self.disable_corrector.clone(),
+            skip_prk_steps: self.skip_prk_steps,
             unsupported: Vec::new(),
         }
     }
@@ -257,6 +265,10 @@ pub enum TableSampler {
     Heun,
     /// Linear multistep in σ (diffusers' LMSDiscreteScheduler).
     Lms,
+    /// PNDM (diffusers' PNDMScheduler).
+    Pndm,
+    /// Consistency models (diffusers' CMStochasticIterativeScheduler).
+    Consistency,
 }
 
 #[derive(clap::Args)]
@@ -280,6 +292,10 @@ pub struct Args {
     pub solver: SolverArgs,
     #[command(flatten)]
     pub sigma: SigmaArgs,
+    /// Consistency models: the ramp indices to visit (strictly descending, below the config's
+    /// num_train_timesteps), e.g. 22,0; they win over --steps.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',', value_parser = super::numbers::at_least::<usize, 0>)]
+    pub timesteps: Option<Vec<usize>>,
     /// Print JSON: {"sampler", "num_inference_steps", "eta", "config_source", "config",
     /// "steps": [{"t", "prev_t", "alpha_prod_t", "alpha_prod_t_prev", "sigma", ...}, ...]}.
     #[arg(long)]
@@ -302,6 +318,8 @@ pub fn run(args: Args) -> Result<()> {
             SamplerKind::EulerAncestral => TableSampler::EulerAncestral,
             SamplerKind::Heun => TableSampler::Heun,
             SamplerKind::Lms => TableSampler::Lms,
+            SamplerKind::Pndm => TableSampler::Pndm,
+            SamplerKind::Consistency => TableSampler::Consistency,
             _ => TableSampler::Ddim,
         });
     let sigma_sampler = match chosen {
@@ -315,14 +333,24 @@ pub fn run(args: Args) -> Result<()> {
         if args.eta != 0.0 {
             bail!("--eta applies to the DDIM sampler only");
         }
+        if args.timesteps.is_some() {
+            bail!("--timesteps applies to --sampler consistency only");
+        }
         return print_sigma(&args, &cfg, &source, sampler);
     }
     if let Some((key, _)) = args.sigma.keys().given().first() {
         bail!("`{key}` is an option of --sampler euler, euler-ancestral, heun and lms");
     }
+    if chosen == TableSampler::Consistency {
+        return print_consistency(&args, &cfg, &source);
+    }
+    if args.timesteps.is_some() {
+        bail!("--timesteps applies to --sampler consistency only");
+    }
     let family = match chosen {
         TableSampler::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
         TableSampler::Unipc => Some(SolverFamily::UniPc),
+        TableSampler::Pndm => Some(SolverFamily::Pndm),
         _ => None,
     };
     if let Some(family) = family {
@@ -332,7 +360,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_solver(&args, &cfg, &source, family);
     }
     if let Some((key, _)) = args.solver.keys().given().first() {
-        bail!("`{key}` is an option of --sampler dpm-solver++ and unipc");
+        bail!("`{key}` is an option of --sampler dpm-solver++, unipc and pndm");
     }
     let sampler = match chosen {
         TableSampler::Ddpm => "ddpm",
@@ -343,10 +371,12 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--eta applies to the DDIM sampler only, not to --sampler {sampler}");
     }
     let table = match chosen {
-        // (The solvers and the σ-space samplers returned above.)
+        // (The solvers, the σ-space samplers and the consistency sampler returned above.)
         TableSampler::Ddim
         | TableSampler::DpmSolverPlusPlus
         | TableSampler::Unipc
+        | TableSampler::Pndm
+        | TableSampler::Consistency
         | TableSampler::Euler
         | TableSampler::EulerAncestral
         | TableSampler::Heun
@@ -412,9 +442,15 @@ fn print_solver(
 ) -> Result<()> {
     let options = SolverOptions::resolve(family, &cfg.solver_keys, &args.solver.keys())?;
     let table = MultistepTable::new(cfg, &options, args.steps)?;
+    // PNDM keeps DDIM's default spacing (leading); the other solvers default to linspace.
+    let spacing = match family {
+        SolverFamily::Pndm => cfg.timestep_spacing,
+        _ => solver_spacing(cfg),
+    };
     let name = match family {
         SolverFamily::DpmSolver => "dpm-solver++",
         SolverFamily::UniPc => "unipc",
+        SolverFamily::Pndm => "pndm",
     };
     if args.json {
         let out = json!({
@@ -423,8 +459,15 @@ fn print_solver(
             "config_source": source,
             "config": cfg.to_json(),
             "solver": options.to_json(),
-            "timestep_spacing": solver_spacing(cfg).as_str(),
-            "converted_output": if table.predicts_x0 { "x0" } else { "epsilon" },
+            "timestep_spacing": spacing.as_str(),
+            "converted_output": if table.raw_outputs {
+                "model_output"
+            } else if table.predicts_x0 {
+                "x0"
+            } else {
+                "epsilon"
+            },
+            "draws_noise": table.draws_noise,
             "thresholding": table.thresholds(),
             "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         });
@@ -440,8 +483,7 @@ fn print_solver(
     println!("config: {source}");
     println!("{}", describe(cfg));
     println!(
-        "the solver uses: timestep_spacing {}, {} (clip_sample does not apply)",
-        solver_spacing(cfg),
+        "the solver uses: timestep_spacing {spacing}, {} (clip_sample does not apply)",
         if table.thresholds() {
             "dynamic thresholding"
         } else {
@@ -449,12 +491,19 @@ fn print_solver(
         }
     );
     println!(
-        "update: x' = a·x + Σ_k c_k·y_k, y_k = the converted output ({}) k steps ago{}",
-        if table.predicts_x0 { "x0" } else { "ε" },
-        if family == SolverFamily::UniPc {
-            "; corrector first: x = a·last + Σ_k c_k·y_k"
+        "update: x' = a·x + Σ_k c_k·y_k{}, y_k = the {} k steps ago{}",
+        if table.draws_noise { " + noise·z" } else { "" },
+        if table.raw_outputs {
+            "model output"
+        } else if table.predicts_x0 {
+            "converted output (x0)"
         } else {
-            ""
+            "converted output (ε)"
+        },
+        match family {
+            SolverFamily::UniPc => "; corrector first: x = a·last + Σ_k c_k·y_k",
+            SolverFamily::Pndm => "; steps with a corrector start from cur_sample (x = last)",
+            SolverFamily::DpmSolver => "",
         }
     );
     println!(
@@ -465,6 +514,8 @@ fn print_solver(
         let p = &s.predictor;
         let corrector = if s.corrector_order == 0 {
             "-".to_string()
+        } else if family == SolverFamily::Pndm {
+            "from cur_sample (x = last)".to_string()
         } else {
             let c = &s.corrector;
             format!(
@@ -472,8 +523,17 @@ fn print_solver(
                 s.corrector_order, c.sample, c.outputs[0], c.outputs[1], c.outputs[2], c.outputs[3]
             )
         };
+        // PNDM reads outputs up to 12 evaluations back: the older ones after the corrector.
+        let older: String = p
+            .by_age()
+            .iter()
+            .enumerate()
+            .skip(3)
+            .filter(|(_, &c)| c != 0.0)
+            .map(|(age, c)| format!("; c{age} {c:.6}"))
+            .collect();
         println!(
-            "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}",
+            "{i:>4} {:>5} {:>11.6e} {:>11.6e} {:>9.4} {:>5} {:>10.6} {:>10.6} {:>10.6} {:>10.6}  {corrector}{older}",
             s.t, s.sigma, s.sigma_next, s.lambda, s.order, p.sample, p.outputs[0], p.outputs[1], p.outputs[2]
         );
     }
@@ -551,6 +611,74 @@ fn print_sigma(
                 String::new()
             },
             if s.from_saved { " (corrector)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// The consistency sampler's table: per step the ramp index, the model timestep 250·ln σ, σ,
+/// the next σ and the multipliers (c_in, c_skip, c_out, the noise's).
+fn print_consistency(args: &Args, cfg: &SchedulerConfig, source: &str) -> Result<()> {
+    if args.eta != 0.0 {
+        bail!("--eta applies to the DDIM sampler only, not to --sampler consistency");
+    }
+    if let Some((key, _)) = args.solver.keys().given().first() {
+        bail!("`{key}` is an option of --sampler dpm-solver++, unipc and pndm, not of consistency");
+    }
+    let table = ConsistencyTable::new(cfg, args.steps, args.timesteps.as_deref())?;
+    let c = &table.config;
+    if args.json {
+        let out = json!({
+            "sampler": "consistency",
+            "num_inference_steps": table.steps.len(),
+            "config_source": source,
+            "config": {
+                "_class_name": "CMStochasticIterativeScheduler",
+                "num_train_timesteps": c.num_train_timesteps,
+                "sigma_min": c.sigma_min,
+                "sigma_max": c.sigma_max,
+                "sigma_data": c.sigma_data,
+                "s_noise": c.s_noise,
+                "rho": c.rho,
+                "clip_denoised": c.clip_denoised,
+            },
+            "init_noise_sigma": table.init_noise_sigma(),
+            "draws_noise": table.draws_noise,
+            "steps": table.steps.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "consistency: {} model evaluations; T {}, σ {}..{}, σ_data {}, ρ {}, s_noise {}, \
+         clip_denoised {}; latents × {}",
+        table.steps.len(),
+        c.num_train_timesteps,
+        c.sigma_min,
+        c.sigma_max,
+        c.sigma_data,
+        c.rho,
+        c.s_noise,
+        c.clip_denoised,
+        table.init_noise_sigma()
+    );
+    println!("config: {source}");
+    println!("update: d = c_skip·x + c_out·m (clipped), x' = d + noise·z; model input c_in·x");
+    println!(
+        "{:>4} {:>5} {:>14} {:>12} {:>12} {:>11} {:>11} {:>11} {:>11}",
+        "step", "index", "t", "sigma", "sigma_next", "c_in", "c_skip", "c_out", "noise"
+    );
+    for (i, s) in table.steps.iter().enumerate() {
+        println!(
+            "{i:>4} {:>5} {:>14.6} {:>12.6e} {:>12.6e} {:>11.6} {:>11.6} {:>11.6} {:>11.6}",
+            s.index,
+            s.t,
+            s.sigma,
+            s.sigma_next,
+            1.0 / s.in_div as f64,
+            s.c_skip,
+            s.c_out,
+            if table.draws_noise { s.noise } else { 0.0 }
         );
     }
     Ok(())

@@ -1,15 +1,15 @@
 //! The CPU reference as a device of the sampling loop: the whole U-Net forward and the
 //! scheduler's own step (`schedule::{ddim_step, ddpm_step, inverse_step, multistep_step,
-//! sigma_step}`; the σ-space samplers scale x_T by `init_noise_sigma` and the model input by
-//! `scale_model_input`),
+//! sigma_step, consistency_step}`; x_T comes already scaled by `init_noise_sigma`, see
+//! `sampling::run`; the σ-space and consistency samplers scale the model input),
 //! image by image exactly as diffusers computes them.
 
 use super::forward::forward_labeled;
 use crate::model::{UNet, Weights};
 use crate::sampling::{Chunk, ChunkOutput, Diverged, SamplerSteps, StepRunner};
 use crate::schedule::{
-    ddim_step, ddpm_step, inverse_step, multistep_step, scale_model_input, sigma_step,
-    MultistepState, SchedulerConfig, SigmaState,
+    consistency_input, consistency_step, ddim_step, ddpm_step, inverse_step, multistep_step_noisy,
+    scale_model_input, sigma_step, MultistepState, SchedulerConfig, SigmaState,
 };
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -61,17 +61,19 @@ impl StepRunner for CpuRunner<'_> {
         let mut frames = Vec::with_capacity(record.len());
         let mut state = MultistepState::default();
         let mut sigma_state = SigmaState::default();
-        if let SamplerSteps::Sigma(table) = steps {
-            // diffusers' pipelines: latents × init_noise_sigma (f32).
-            x.data.iter_mut().for_each(|v| *v *= table.init_noise_sigma);
-        }
         for i in 0..steps.len() {
             let noise = noise.step(i)?;
             let t = steps.timestep(i);
+            // The σ-space samplers feed the model x/sqrt(σ²+1), the consistency sampler x·c_in;
+            // the others x itself.
             let mut input = match steps {
                 SamplerSteps::Sigma(table) => Cow::Owned(Tensor::new(
                     x.shape.clone(),
                     scale_model_input(table, i, &x.data)?,
+                )?),
+                SamplerSteps::Consistency(table) => Cow::Owned(Tensor::new(
+                    x.shape.clone(),
+                    consistency_input(table, i, &x.data)?,
                 )?),
                 _ => Cow::Borrowed(&x),
             };
@@ -82,8 +84,14 @@ impl StepRunner for CpuRunner<'_> {
                 shape[0] *= 2;
                 input = Cow::Owned(Tensor::new(shape, doubled)?);
             }
-            let mut eps = forward_labeled(self.unet, self.weights, &input, &[t], labels.as_ref())
-                .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
+            let mut eps = forward_labeled(
+                self.unet,
+                self.weights,
+                &input,
+                &[t as f32],
+                labels.as_ref(),
+            )
+            .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
             if let Some(g) = &guidance {
                 eps = Tensor::new(x.shape.clone(), g.combine(&eps.data, batch, per_image)?)?;
             }
@@ -109,7 +117,10 @@ impl StepRunner for CpuRunner<'_> {
                     inverse_step(self.cfg, &s[i], &eps.data, &x.data, batch)?
                 }
                 SamplerSteps::Multistep(table) => {
-                    multistep_step(table, i, &eps.data, &x.data, batch, &mut state)?
+                    multistep_step_noisy(table, i, &eps.data, &x.data, noise, batch, &mut state)?
+                }
+                SamplerSteps::Consistency(table) => {
+                    consistency_step(table, i, &eps.data, &x.data, noise, batch)?
                 }
                 SamplerSteps::Sigma(table) => {
                     sigma_step(table, i, &eps.data, &x.data, batch, noise, &mut sigma_state)?

@@ -1,8 +1,10 @@
 //! The sampling loop on the GPU (DDIM, DDPM, noise-free tables such as DDIM inversion, the
-//! multistep solvers DPM-Solver(++) and UniPC, and the σ-space samplers Euler, Euler ancestral,
-//! Heun and LMS): every step is one command buffer (copy the sample into the forward's input,
-//! the U-Net forward, the fused update; the σ-space update writes the next model input itself,
-//! scaled, and Heun's two evaluations of a step share one command buffer), submitted per step for
+//! multistep solvers DPM-Solver(++) with its SDE variants, UniPC and PNDM, the σ-space samplers
+//! Euler, Euler ancestral, Heun and LMS, and the consistency sampler): every step is one command
+//! buffer (copy the sample — the consistency sampler: its scaled model input, which its update
+//! writes — into the forward's input, the U-Net forward, the fused update; the σ-space update
+//! writes the next model input itself, scaled, and Heun's two evaluations of a step share one
+//! command buffer), submitted per step for
 //! progress, with no read back until the end. Per-step data (the time-embedding tables inside
 //! the forward, the update coefficients) is selected by step index through dynamic offsets, so
 //! the dispatches are recorded once; the multistep solvers keep their earlier outputs on the
@@ -23,6 +25,7 @@
 use anyhow::{ensure, Context, Result};
 
 use super::kernel::Dispatch;
+use super::kernels::consistency::{consistency_update, ConsistencyIo};
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
@@ -37,7 +40,10 @@ use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
 use crate::sampling::{Chunk, ChunkOutput, Guided, SamplerSteps, StepRunner};
-use crate::schedule::{MultistepTable, PredictionType, SchedulerConfig, SigmaTable, X0Limit};
+use crate::schedule::{
+    consistency_input, ConsistencyTable, MultistepTable, PredictionType, SchedulerConfig,
+    SigmaTable, X0Limit,
+};
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -55,11 +61,14 @@ pub struct DdimSpec<'a> {
 /// How to run a sampling loop: which update follows each forward.
 pub enum SampleSpec<'a> {
     Ddim(DdimSpec<'a>),
-    /// DPM-Solver(++) or UniPC: one row per model evaluation, no step noise.
+    /// DPM-Solver(++) (noise at every step for the SDE variants), UniPC or PNDM: one row per
+    /// model evaluation.
     Multistep(&'a MultistepTable),
     /// Euler, Euler ancestral, Heun or LMS: one row per model evaluation; the update also writes
     /// the next evaluation's (scaled) model input.
     Sigma(&'a SigmaTable),
+    /// The consistency sampler: one row per step; it writes the next step's scaled input.
+    Consistency(&'a ConsistencyTable),
 }
 
 impl<'a> From<DdimSpec<'a>> for SampleSpec<'a> {
@@ -75,6 +84,7 @@ impl SampleSpec<'_> {
             Self::Ddim(d) => d.steps.len(),
             Self::Multistep(t) => t.steps.len(),
             Self::Sigma(t) => t.steps.len(),
+            Self::Consistency(t) => t.steps.len(),
         }
     }
 
@@ -92,29 +102,39 @@ impl SampleSpec<'_> {
                     && !t.steps[s].draws
                     && t.steps.get(s + 1).is_some_and(|n| !n.draws)
             }
-            Self::Ddim(_) | Self::Multistep(_) => false,
+            Self::Ddim(_) | Self::Multistep(_) | Self::Consistency(_) => false,
         }
     }
 
-    /// Why step `s` needs a noise tensor, if it does.
+    /// Why step `s` needs a noise tensor, if it does (naming its noise multiplier).
     fn needs_noise(&self, s: usize) -> Option<String> {
         match self {
             Self::Ddim(d) => {
                 let sigma = d.steps[s].sigma;
                 (sigma > 0.0).then(|| format!("has sigma {sigma}"))
             }
-            Self::Multistep(_) => None,
+            Self::Multistep(t) => t
+                .draws_noise
+                .then(|| format!("draws noise (sigma {})", t.steps[s].noise)),
+            Self::Consistency(t) => t
+                .draws_noise
+                .then(|| format!("draws noise (sigma {})", t.steps[s].noise)),
             Self::Sigma(t) => t.steps[s]
                 .draws
                 .then(|| format!("draws noise ({})", t.options.sampler.class_name())),
         }
     }
+
+    /// Whether any step adds noise (a noise buffer is kept).
+    fn noisy(&self) -> bool {
+        (0..self.len()).any(|s| self.needs_noise(s).is_some())
+    }
 }
 
 /// Values per image (in units of one sample) the loop keeps on the device besides the plan:
-/// the sample, one step's noise, the solver history, the predicted-x0 scratch and `frames`
-/// recorded frames, and the read-back of the sample and the frames. Mirrors
-/// [`sample_recording`] and `Update::new`.
+/// the sample, one step's noise, the solver history (or the consistency sampler's scaled
+/// input), the predicted-x0 scratch and `frames` recorded frames, and the read-back of the
+/// sample and the frames. Mirrors [`sample_recording`] and `Update::new`.
 fn sampler_values(noisy: bool, history: usize, frames: usize) -> usize {
     let x0_scratch = usize::from(frames > 0);
     1 + usize::from(noisy) + history + x0_scratch + frames + (1 + frames)
@@ -125,6 +145,9 @@ struct Update {
     dispatches: Vec<Dispatch>,
     /// One step's noise, rewritten before each noisy step.
     noise: Option<GpuTensor>,
+    /// What each step copies into the forward's input when it is not the sample: the
+    /// consistency sampler's scaled input, written by the update.
+    model_in: Option<GpuTensor>,
 }
 
 /// The tensors an update reads and writes besides its own: the model output, the sample
@@ -180,9 +203,16 @@ impl Update {
                         guide: Some(guide),
                     },
                 )?;
-                Self { dispatches, noise }
+                Self {
+                    dispatches,
+                    noise,
+                    model_in: None,
+                }
             }
             SampleSpec::Multistep(table) => {
+                let noise = table
+                    .draws_noise
+                    .then(|| ctx.tensor("step noise", &[numel], Precision::F32));
                 let bytes = check_history(ctx, table, batch, per_sample)?;
                 // The bind group keeps the history alive as long as the loop's dispatches.
                 let history =
@@ -197,13 +227,40 @@ impl Update {
                         sample,
                         history: &history,
                         x0_out,
+                        noise: noise.as_ref(),
                         first_bad: Some(first_bad),
                         guide: Some(guide),
                     },
                 )?;
                 Self {
                     dispatches,
-                    noise: None,
+                    noise,
+                    model_in: None,
+                }
+            }
+            SampleSpec::Consistency(table) => {
+                let noise = table
+                    .draws_noise
+                    .then(|| ctx.tensor("step noise", &[numel], Precision::F32));
+                let model_in = ctx.tensor("consistency model input", &[numel], Precision::F32);
+                let dispatch = consistency_update(
+                    ctx,
+                    table,
+                    numel,
+                    &ConsistencyIo {
+                        model_out,
+                        sample,
+                        model_in: &model_in,
+                        noise: noise.as_ref(),
+                        x0_out,
+                        first_bad: Some(first_bad),
+                        guide: Some(guide),
+                    },
+                )?;
+                Self {
+                    dispatches: vec![dispatch],
+                    noise,
+                    model_in: Some(model_in),
                 }
             }
             SampleSpec::Sigma(table) => {
@@ -232,6 +289,7 @@ impl Update {
                 Self {
                     dispatches: vec![dispatch],
                     noise,
+                    model_in: None,
                 }
             }
         })
@@ -245,12 +303,15 @@ pub use crate::sampling::Diverged as NonFinite;
 /// The sample after every step, in NCHW: x_T in, x_0 out.
 /// [`sample_recording`] also keeps the predicted x0 of chosen steps.
 ///
-/// `noise(s)` is called for every step `s` in order when any step has sigma > 0, and returns
-/// that step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the
-/// caller knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where
-/// sigma is 0; DDPM only where t > 0), so a sequential generator (torch's) stays aligned with
-/// the reference. With eta = 0 it is never called, nor for the multistep solvers, which draw no
-/// noise. `progress(s, total)` follows each submission.
+/// `noise(s)` is called for every step `s` in order when any step adds noise (DDIM with
+/// sigma > 0, DDPM, the SDE solvers, consistency runs of two or more steps), and returns that
+/// step's NCHW noise (`x_t.numel()` values) or None where the sampler draws none (the caller
+/// knows the draw rule: diffusers' DDIM draws at every step when eta > 0, even where sigma is
+/// 0; DDPM only where t > 0; the SDE solvers and consistency runs at every step), so a
+/// sequential generator (torch's) stays aligned with the reference. With eta = 0 it is never
+/// called, nor for the deterministic solvers. For the consistency sampler `x_t` is the
+/// unscaled start (latents × σ_max); its first model input is scaled here. `progress(s,
+/// total)` follows each submission.
 pub fn sample(
     ctx: &GpuContext,
     forward: &dyn StepForward,
@@ -314,11 +375,10 @@ pub fn sample_guided(
         "the forward plan's output (the sample's size, twice when guided)",
         halves * numel,
     )?;
-    let mut x_nhwc = nchw_to_nhwc(&x_t.data, n, c, h, w);
+    let x_nhwc = nchw_to_nhwc(&x_t.data, n, c, h, w);
     if let SampleSpec::Sigma(table) = spec {
-        // diffusers' pipelines: latents × init_noise_sigma (f32), then the first model input
-        // x / sqrt(σ₀² + 1); the update writes every later one.
-        x_nhwc.iter_mut().for_each(|v| *v *= table.init_noise_sigma);
+        // x_T comes scaled by init_noise_sigma (`sampling::run`); the first model input is
+        // x / sqrt(σ₀² + 1), and the update writes every later one.
         let scale = table.steps[0].scale;
         let input: Vec<f32> = x_nhwc.iter().map(|&v| v / scale).collect();
         for half in 0..halves {
@@ -373,6 +433,16 @@ pub fn sample_guided(
         guide: &guide,
     };
     let update = Update::new(ctx, spec, (n, c * h * w), io)?;
+    if let (SampleSpec::Consistency(table), Some(model_in)) = (spec, &update.model_in) {
+        // The first step's input, scaled on the host as the CPU reference scales it.
+        let x = consistency_input(table, 0, &x_t.data)?;
+        ctx.queue.write_buffer(
+            model_in.buffer(),
+            0,
+            bytemuck::cast_slice(&nchw_to_nhwc(&x, n, c, h, w)),
+        );
+    }
+    let input_source = update.model_in.as_ref().unwrap_or(&sample);
     let total = spec.len();
     let mut first = 0;
     while first < total {
@@ -409,7 +479,7 @@ pub fn sample_guided(
             if copies_input {
                 for half in 0..halves as u64 {
                     encoder.copy_buffer_to_buffer(
-                        sample.buffer(),
+                        input_source.buffer(),
                         0,
                         forward.input().buffer(),
                         half * bytes,
@@ -479,6 +549,7 @@ pub enum RunUpdate {
     },
     Multistep(MultistepTable),
     Sigma(SigmaTable),
+    Consistency(ConsistencyTable),
 }
 
 impl RunUpdate {
@@ -497,6 +568,7 @@ impl RunUpdate {
             SamplerSteps::Ddpm(s) => ddim(ddpm_rows(s)),
             SamplerSteps::Multistep(t) => RunUpdate::Multistep(t.clone()),
             SamplerSteps::Sigma(t) => RunUpdate::Sigma(t.clone()),
+            SamplerSteps::Consistency(t) => RunUpdate::Consistency(t.clone()),
         }
     }
 
@@ -515,6 +587,7 @@ impl RunUpdate {
             }),
             Self::Multistep(t) => SampleSpec::Multistep(t),
             Self::Sigma(t) => SampleSpec::Sigma(t),
+            Self::Consistency(t) => SampleSpec::Consistency(t),
         }
     }
 }
@@ -534,7 +607,7 @@ pub fn batch_capacity(
     unet: &UNet,
     weights: &GpuWeights,
     update: &RunUpdate,
-    timesteps: &[f32],
+    timesteps: &[f64],
     options: PlanOptions,
     frames: usize,
 ) -> Result<Capacity> {
@@ -549,7 +622,7 @@ pub fn batch_capacity(
     let history = match update {
         RunUpdate::Multistep(t) => history_slots(t),
         RunUpdate::Sigma(t) => sigma_step::history_slots(t),
-        RunUpdate::Ddim { .. } => 0,
+        RunUpdate::Ddim { .. } | RunUpdate::Consistency(_) => 0,
     };
     if history > 0 {
         let per_image = (history * unet.input.numel() * 4) as u64;
@@ -574,16 +647,15 @@ pub fn batch_capacity(
     let Some(budget) = &ctx.memory else {
         return Ok(cap);
     };
-    let plan = plan_footprint(ctx, unet, weights, timesteps, options)?;
-    let noisy = match update {
-        RunUpdate::Ddim { rows, .. } => rows.iter().any(|r| r.sigma > 0.0),
-        RunUpdate::Sigma(t) => t.steps.iter().any(|s| s.draws),
-        RunUpdate::Multistep(_) => false,
-    };
+    let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+    let plan = plan_footprint(ctx, unet, weights, &ts, options)?;
+    let noisy = update.spec().noisy();
+    // The consistency sampler's scaled input counts like one history slot.
+    let kept = history + matches!(update, RunUpdate::Consistency(_)) as usize;
     let run = Footprint {
         fixed: weights.bytes + plan.fixed,
         per_image: plan.per_image
-            + (sampler_values(noisy, history, frames) * unet.input.numel() * 4) as u64,
+            + (sampler_values(noisy, kept, frames) * unet.input.numel() * 4) as u64,
     };
     let n = run.max_batch(budget.bytes);
     ensure!(
@@ -621,7 +693,7 @@ pub struct GpuRunner<'a> {
     weights: &'a GpuWeights,
     options: PlanOptions,
     /// The model timestep of every step, in loop order.
-    timesteps: Vec<f32>,
+    timesteps: Vec<f64>,
     update: RunUpdate,
     max_batch: usize,
     /// What sets `max_batch`, for messages.
@@ -643,7 +715,7 @@ impl<'a> GpuRunner<'a> {
         frames: usize,
     ) -> Result<Self> {
         let update = RunUpdate::new(cfg, steps);
-        let timesteps: Vec<f32> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
+        let timesteps: Vec<f64> = (0..steps.len()).map(|i| steps.timestep(i)).collect();
         let capacity = batch_capacity(ctx, unet, weights, &update, &timesteps, options, frames)?;
         Ok(Self {
             ctx,
@@ -668,8 +740,11 @@ impl<'a> GpuRunner<'a> {
         Ok(match self.plans.iter().position(|(b, _)| *b == batch) {
             Some(i) => i,
             None => {
-                let timesteps: Vec<Vec<f32>> =
-                    self.timesteps.iter().map(|&t| vec![t; batch]).collect();
+                let timesteps: Vec<Vec<f32>> = self
+                    .timesteps
+                    .iter()
+                    .map(|&t| vec![t as f32; batch])
+                    .collect();
                 let what = format!("compiling the U-Net for a batch of {batch}");
                 let plan = self
                     .ctx

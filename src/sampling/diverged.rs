@@ -7,8 +7,9 @@
 pub struct Diverged {
     /// The first step (0-based, in loop order) whose new sample holds a NaN or infinity.
     pub step: usize,
-    /// That step's model timestep, where the caller knows the run's timesteps.
-    pub timestep: Option<f32>,
+    /// That step's model timestep (fractional for the consistency sampler), where the caller
+    /// knows the run's timesteps.
+    pub timestep: Option<f64>,
     /// NaN or infinite values among `numel`: in the sample after `step` on the CPU reference; in
     /// the final sample on the GPU, which flags the first step but does not count per step.
     pub bad: usize,

@@ -167,7 +167,13 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         let labels = labels.map(|l| l.images(range.clone())).transpose()?;
         let chunk = match start {
             Start::Noise(plan) => {
-                let noise = plan.chunk(range.clone())?;
+                let mut noise = plan.chunk(range.clone())?;
+                // The pipeline's `latents * init_noise_sigma` (f32; 80 for consistency models).
+                let scale = steps.init_noise_sigma();
+                if scale != 1.0 {
+                    let scale = scale as f32;
+                    noise.initial.iter_mut().for_each(|v| *v *= scale);
+                }
                 Chunk {
                     x: Tensor::new(vec![range.len(), c, h, w], noise.initial)?,
                     noise: noise.steps,

@@ -2,9 +2,9 @@
 //! computed once per run (in f64, diffusers-exact) that both devices consume.
 
 use crate::schedule::{
-    ddim_table, ddpm_table, inverse_table, DdimStep, DdpmStep, DdpmVariance, MultistepTable,
-    SchedulerConfig, SigmaKeys, SigmaOptions, SigmaSampler, SigmaTable, SolverFamily, SolverKeys,
-    SolverOptions, X0Limit,
+    ddim_table, ddpm_table, inverse_table, ConsistencyTable, DdimStep, DdpmStep, DdpmVariance,
+    MultistepTable, SchedulerConfig, SigmaKeys, SigmaOptions, SigmaSampler, SigmaTable,
+    SolverFamily, SolverKeys, SolverOptions, X0Limit,
 };
 use anyhow::{ensure, Result};
 
@@ -30,11 +30,18 @@ pub enum SamplerKind {
     Heun,
     /// Linear multistep in σ, diffusers' LMSDiscreteScheduler.
     Lms,
+    /// PNDM (Liu et al. 2022), diffusers' PNDMScheduler.
+    Pndm,
+    /// Consistency models (Song et al. 2023), diffusers' CMStochasticIterativeScheduler.
+    Consistency,
 }
+
+/// diffusers' class name of the consistency-model scheduler.
+const CONSISTENCY_CLASS: &str = "CMStochasticIterativeScheduler";
 
 impl SamplerKind {
     /// Every sampler, in the order a list of choices shows them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Ddim,
         Self::Ddpm,
         Self::DpmSolverPlusPlus,
@@ -43,6 +50,8 @@ impl SamplerKind {
         Self::EulerAncestral,
         Self::Heun,
         Self::Lms,
+        Self::Pndm,
+        Self::Consistency,
     ];
 
     /// The multistep solver family, if this is one.
@@ -50,6 +59,7 @@ impl SamplerKind {
         match self {
             Self::DpmSolverPlusPlus => Some(SolverFamily::DpmSolver),
             Self::Unipc => Some(SolverFamily::UniPc),
+            Self::Pndm => Some(SolverFamily::Pndm),
             _ => None,
         }
     }
@@ -65,28 +75,25 @@ impl SamplerKind {
         }
     }
 
-    /// The sampler a scheduler config selects by its `_class_name`: one of the two multistep
-    /// solvers or the four σ-space samplers, else DDIM (as `DDIMPipeline` converts any config to
-    /// DDIM).
+    /// The sampler a scheduler config selects by its `_class_name`: a multistep solver, PNDM,
+    /// one of the four σ-space samplers or the consistency sampler, else DDIM (as
+    /// `DDIMPipeline` converts any config to DDIM).
     pub fn from_config(cfg: &SchedulerConfig) -> Self {
-        let sigma = cfg
-            .class_name
-            .as_deref()
-            .and_then(SigmaSampler::from_class_name);
-        match sigma {
+        let class = cfg.class_name.as_deref();
+        if class == Some(CONSISTENCY_CLASS) {
+            return Self::Consistency;
+        }
+        match class.and_then(SigmaSampler::from_class_name) {
             Some(SigmaSampler::Euler) => return Self::Euler,
             Some(SigmaSampler::EulerAncestral) => return Self::EulerAncestral,
             Some(SigmaSampler::Heun) => return Self::Heun,
             Some(SigmaSampler::Lms) => return Self::Lms,
             None => {}
         }
-        match cfg
-            .class_name
-            .as_deref()
-            .and_then(SolverFamily::from_class_name)
-        {
+        match class.and_then(SolverFamily::from_class_name) {
             Some(SolverFamily::DpmSolver) => Self::DpmSolverPlusPlus,
             Some(SolverFamily::UniPc) => Self::Unipc,
+            Some(SolverFamily::Pndm) => Self::Pndm,
             None => Self::Ddim,
         }
     }
@@ -102,6 +109,8 @@ impl SamplerKind {
             Self::Euler | Self::EulerAncestral | Self::Heun | Self::Lms => {
                 self.sigma_sampler().map_or("?", SigmaSampler::as_str)
             }
+            Self::Pndm => "pndm",
+            Self::Consistency => "consistency",
         }
     }
 }
@@ -142,6 +151,9 @@ pub struct SampleSettings {
     /// Options of the σ-space samplers (Euler, Euler ancestral, Heun, LMS) that override the
     /// scheduler config's (none for the others: giving one there is an error).
     pub sigma: SigmaKeys,
+    /// The consistency sampler's given timesteps (ramp indices, strictly descending); they win
+    /// over `steps`. Refused by every other sampler.
+    pub timesteps: Option<Vec<usize>>,
 }
 
 impl Default for SampleSettings {
@@ -153,6 +165,7 @@ impl Default for SampleSettings {
             use_clipped_model_output: false,
             solver: SolverKeys::default(),
             sigma: SigmaKeys::default(),
+            timesteps: None,
         }
     }
 }
@@ -162,7 +175,7 @@ fn no_solver_keys(settings: &SampleSettings) -> Result<()> {
     no_sigma_keys(settings)?;
     match settings.solver.given().first() {
         Some((key, _)) => anyhow::bail!(
-            "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of {}",
+            "`{key}` is an option of the multistep solvers (dpm-solver++, unipc, pndm), not of {}",
             settings.sampler.as_str()
         ),
         None => Ok(()),
@@ -200,6 +213,16 @@ fn sigma(
     )?))
 }
 
+/// Given timesteps are the consistency sampler's alone.
+fn no_timesteps(settings: &SampleSettings) -> Result<()> {
+    ensure!(
+        settings.timesteps.is_none(),
+        "`timesteps` is an option of the consistency sampler, not of {}",
+        settings.sampler.as_str()
+    );
+    Ok(())
+}
+
 /// The table of a multistep solver: the config's solver keys, then the settings' overrides.
 fn multistep(
     cfg: &SchedulerConfig,
@@ -231,16 +254,22 @@ pub enum SamplerSteps {
     Ddpm(Vec<DdpmStep>),
     /// DDIM inversion (x0 → x_T), diffusers' DDIMInverseScheduler.
     Inverse(Vec<DdimStep>),
-    /// DPM-Solver(++) or UniPC: linear multistep updates over the converted model outputs.
+    /// DPM-Solver(++) (and its SDE variants), UniPC or PNDM: linear multistep updates over the
+    /// kept model outputs.
     Multistep(MultistepTable),
     /// Euler, Euler ancestral, Heun or LMS: one row per model evaluation in σ-space.
     Sigma(SigmaTable),
+    /// Consistency models: denoise, clip, renoise.
+    Consistency(ConsistencyTable),
 }
 
 impl SamplerSteps {
     pub fn new(cfg: &SchedulerConfig, settings: &SampleSettings) -> Result<Self> {
         ensure!(settings.steps > 0, "the number of steps must be at least 1");
         let steps = settings.steps;
+        if settings.sampler != SamplerKind::Consistency {
+            no_timesteps(settings)?;
+        }
         Ok(match settings.sampler {
             SamplerKind::Ddim => {
                 no_solver_keys(settings)?;
@@ -260,6 +289,19 @@ impl SamplerSteps {
             SamplerKind::EulerAncestral => sigma(cfg, settings, SigmaSampler::EulerAncestral)?,
             SamplerKind::Heun => sigma(cfg, settings, SigmaSampler::Heun)?,
             SamplerKind::Lms => sigma(cfg, settings, SigmaSampler::Lms)?,
+            SamplerKind::Pndm => multistep(cfg, settings, SolverFamily::Pndm)?,
+            SamplerKind::Consistency => {
+                no_solver_keys(settings)?;
+                ensure!(
+                    settings.eta == 0.0 && !settings.use_clipped_model_output,
+                    "eta and use_clipped_model_output are options of DDIM, not of consistency"
+                );
+                Self::Consistency(ConsistencyTable::new(
+                    cfg,
+                    steps,
+                    settings.timesteps.as_deref(),
+                )?)
+            }
         })
     }
 
@@ -274,6 +316,7 @@ impl SamplerSteps {
                 use_clipped_model_output: false,
                 solver: SolverKeys::default(),
                 sigma: SigmaKeys::default(),
+                timesteps: None,
             },
         )
     }
@@ -290,6 +333,7 @@ impl SamplerSteps {
             Self::Ddpm(s) => s.len(),
             Self::Multistep(m) => m.steps.len(),
             Self::Sigma(s) => s.steps.len(),
+            Self::Consistency(c) => c.steps.len(),
         }
     }
 
@@ -298,24 +342,39 @@ impl SamplerSteps {
     }
 
     /// The model timestep of step `i`: an integer for DDIM, DDPM and the multistep solvers,
-    /// possibly fractional (or negative) for the σ-space samplers.
-    pub fn timestep(&self, i: usize) -> f32 {
+    /// possibly fractional for the σ-space samplers, fractional and possibly negative for the
+    /// consistency sampler (250·ln σ). The U-Net embeds it as f32.
+    pub fn timestep(&self, i: usize) -> f64 {
         match self {
-            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t as f32,
-            Self::Ddpm(s) => s[i].t as f32,
-            Self::Multistep(m) => m.steps[i].t as f32,
-            Self::Sigma(s) => s.steps[i].t,
+            Self::Ddim { steps, .. } | Self::Inverse(steps) => steps[i].t as f64,
+            Self::Ddpm(s) => s[i].t as f64,
+            Self::Multistep(m) => m.steps[i].t as f64,
+            Self::Sigma(s) => s.steps[i].t as f64,
+            Self::Consistency(c) => c.steps[i].t,
+        }
+    }
+
+    /// diffusers' `init_noise_sigma`: the pipeline multiplies its starting latents by it (σ_max
+    /// or sqrt(σ_max² + 1) for the σ-space samplers, 80 for the consistency sampler, else 1).
+    pub fn init_noise_sigma(&self) -> f64 {
+        match self {
+            Self::Sigma(s) => s.init_noise_sigma as f64,
+            Self::Consistency(c) => c.init_noise_sigma(),
+            _ => 1.0,
         }
     }
 
     /// Whether step `i` draws a noise tensor, exactly as diffusers does: DDIM draws at every
-    /// step when eta > 0 (even where sigma is 0); DDPM draws when t > 0.
+    /// step when eta > 0 (even where sigma is 0); DDPM draws when t > 0; the SDE solvers at
+    /// every step; the consistency sampler at every step of a run of two or more.
     pub fn draws_noise(&self, i: usize) -> bool {
         match self {
             Self::Ddim { eta, .. } => *eta > 0.0,
             Self::Ddpm(s) => s[i].t > 0,
             Self::Sigma(s) => s.steps[i].draws,
-            Self::Inverse(_) | Self::Multistep(_) => false,
+            Self::Multistep(m) => m.draws_noise,
+            Self::Consistency(c) => c.draws_noise,
+            Self::Inverse(_) => false,
         }
     }
 
@@ -325,6 +384,7 @@ impl SamplerSteps {
             Self::Inverse(_) => X0Limit::for_inverse(cfg),
             Self::Multistep(m) => m.limit,
             Self::Sigma(s) => s.options.clip.map_or(X0Limit::None, X0Limit::Clip),
+            Self::Consistency(_) => X0Limit::None,
             _ => X0Limit::from_config(cfg),
         }
     }

@@ -173,6 +173,10 @@ pub struct SchedulerConfig {
     pub solver_keys: SolverKeys,
     /// The keys of the σ-space samplers (Euler, Euler ancestral, Heun, LMS) the config gives.
     pub sigma_keys: SigmaKeys,
+    /// Every key of the config object as read (JSON `null` dropped), for the schedulers whose
+    /// own keys or defaults differ from DDIM's (PNDM's `set_alpha_to_one`, the consistency
+    /// models' σ range).
+    pub keys: Map<String, Value>,
 }
 
 impl Default for SchedulerConfig {
@@ -198,6 +202,7 @@ impl Default for SchedulerConfig {
             class_name: None,
             solver_keys: SolverKeys::default(),
             sigma_keys: SigmaKeys::default(),
+            keys: Map::new(),
         }
     }
 }
@@ -342,9 +347,34 @@ impl SchedulerConfig {
             class_name: f.string("_class_name")?,
             solver_keys: SolverKeys::from_json(map)?,
             sigma_keys: SigmaKeys::from_json(map)?,
+            keys: map
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether the config file gives `key` (not null).
+    pub fn given(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// A number under `key`, or `default` when the config does not give it.
+    pub fn number_or(&self, key: &str, default: f64) -> Result<f64> {
+        Fields(&self.keys).f64(key, default)
+    }
+
+    /// A whole number under `key`, or `default`.
+    pub fn count_or(&self, key: &str, default: usize) -> Result<usize> {
+        Fields(&self.keys).usize(key, default)
+    }
+
+    /// A boolean under `key`, or `default`.
+    pub fn flag_or(&self, key: &str, default: bool) -> Result<bool> {
+        Fields(&self.keys).bool(key, default)
     }
 
     /// Checks ranges that diffusers leaves unchecked but that would give NaN or nonsense.

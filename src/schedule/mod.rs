@@ -8,18 +8,21 @@
 //!   shared by the CPU steps below and the GPU kernels (uploaded as f32);
 //! - [`ddim_step`], [`inverse_step`], [`ddpm_step`]: the CPU reference steps on f32 tensors,
 //!   computed per element in f64;
-//! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) and UniPC as linear combinations
-//!   per step, with their options in [`SolverOptions`];
+//! - [`MultistepTable`] / [`multistep_step`]: DPM-Solver(++) (and its SDE variants), UniPC and
+//!   PNDM (`pndm`) as linear combinations per step, with their options in [`SolverOptions`];
 //! - [`SigmaTable`] / [`sigma_step`]: the σ-space samplers (Euler, Euler ancestral, Heun, LMS),
-//!   one row per model evaluation, with their options in [`SigmaOptions`].
+//!   one row per model evaluation, with their options in [`SigmaOptions`];
+//! - [`ConsistencyTable`] / [`consistency_step`]: consistency models' multistep sampling.
 
 mod beta_ppf;
 mod betas;
 mod config;
+mod consistency;
 mod ddim;
 mod ddpm;
 mod inverse;
 mod multistep;
+mod pndm;
 mod predict;
 mod sigma;
 mod sigma_grid;
@@ -31,13 +34,17 @@ mod timesteps;
 pub use beta_ppf::{beta_ppf, incomplete_beta};
 pub use betas::{torch_linspace_f32, NoiseSchedule};
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use consistency::{
+    consistency_input, consistency_step, ConsistencyConfig, ConsistencyStep, ConsistencyTable,
+};
 pub use ddim::{ddim_step, ddim_table, DdimStep, StepOutput};
 pub use ddpm::{ddpm_step, ddpm_table, DdpmStep, DdpmVariance};
 pub use inverse::{inverse_step, inverse_table};
 pub use multistep::{
-    multistep_step, solver_sigmas, solver_spacing, Combination, MultistepState, MultistepStep,
-    MultistepTable, MAX_HISTORY,
+    multistep_step, multistep_step_noisy, solver_sigmas, solver_spacing, Combination,
+    MultistepState, MultistepStep, MultistepTable, MAX_HISTORY,
 };
+pub use pndm::pndm_timesteps;
 pub use predict::X0Limit;
 pub use sigma::{
     lms_coefficient, scale_model_input, sigma_step, SigmaState, SigmaStep, SigmaTable,

@@ -1,6 +1,7 @@
 //! Multistep solvers as diffusers runs them: `DPMSolverMultistepScheduler` (DPM-Solver and
-//! DPM-Solver++, orders 1–3, midpoint or Heun) and `UniPCMultistepScheduler` (UniPC's predictor
-//! with its corrector, bh1 or bh2, orders 1–3).
+//! DPM-Solver++, orders 1–3, midpoint or Heun, and their SDE variants), `UniPCMultistepScheduler`
+//! (UniPC's predictor with its corrector, bh1 or bh2, orders 1–3) and `PNDMScheduler`
+//! (`super::pndm` builds its rows).
 //!
 //! Every update these solvers make is linear in the current sample and in the converted model
 //! outputs of the last few steps. So each step becomes one [`MultistepStep`] row, computed in f64
@@ -11,7 +12,12 @@
 //! x     = c.sample·last + Σ_a c.outputs[a]·y_a   UniPC's corrector, where it applies
 //! last  = x
 //! x'    = p.sample·x    + Σ_a p.outputs[a]·y_a   the predictor (DPM-Solver's whole update)
+//!         + noise·z                              the SDE variants: this step's draw z
 //! ```
+//!
+//! PNDM keeps the raw model outputs (`raw_outputs`: y = m, converted inside each transfer,
+//! which the coefficients include), and its transfers from the stored `cur_sample` use the
+//! corrector row as `x = last`.
 //!
 //! `y_a` is the converted output `a` steps ago (`y_0` this step's). The CPU reference
 //! ([`multistep_step`]) and the GPU kernel apply the same rows; the fixtures check them against
@@ -23,13 +29,14 @@ use serde_json::{json, Value};
 use super::betas::NoiseSchedule;
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::ddim::StepOutput;
+use super::pndm::pndm_steps;
 use super::predict::{check_shapes, x0_and_eps, X0Limit};
 use super::solver_options::{DpmAlgorithm, FinalSigmas, SolverFamily, SolverOptions, SolverType};
 use super::timesteps::np_arange_down_to_zero;
 
-/// The most converted outputs a step combines: UniPC of order 3 corrects with this step's output
-/// and the three before it.
-pub const MAX_HISTORY: usize = 4;
+/// The oldest output a step may combine, plus one: PNDM's first PLMS step after its Runge–Kutta
+/// warm-up reads the output of 12 evaluations before (UniPC of order 3 needs 4).
+pub const MAX_HISTORY: usize = 16;
 
 /// `sample·x + Σ_a outputs[a]·y_a`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -40,6 +47,12 @@ pub struct Combination {
 }
 
 impl Combination {
+    /// The coefficients by age, at least four (the DPM-Solver and UniPC tables' width), up to
+    /// the oldest output used.
+    pub fn by_age(&self) -> &[f64] {
+        &self.outputs[..self.depth().max(4)]
+    }
+
     /// The oldest output it uses, plus one (0 when it uses none).
     fn depth(&self) -> usize {
         self.outputs
@@ -64,8 +77,12 @@ pub struct MultistepStep {
     /// λ = log α − log σ at this level and the next (+∞ for σ = 0).
     pub lambda: f64,
     pub lambda_next: f64,
-    /// Order of the update (the predictor's, for UniPC).
+    /// Order of the update (the predictor's, for UniPC; PNDM: 4 for the Runge–Kutta and PLMS
+    /// steps whatever their history).
     pub order: usize,
+    /// Coefficient of this step's noise draw z (the SDE variants; 0 otherwise, and at a final
+    /// σ of 0).
+    pub noise: f64,
     /// Order of UniPC's corrector applied before the update; 0 = none.
     pub corrector_order: usize,
     pub corrector: Combination,
@@ -83,9 +100,10 @@ impl MultistepStep {
             "lambda": self.lambda,
             "lambda_next": self.lambda_next,
             "order": self.order,
+            "noise": self.noise,
             "corrector_order": self.corrector_order,
             "corrector": self.corrector_json(),
-            "predictor": {"sample": self.predictor.sample, "outputs": self.predictor.outputs},
+            "predictor": {"sample": self.predictor.sample, "outputs": self.predictor.by_age()},
         })
     }
 
@@ -93,7 +111,7 @@ impl MultistepStep {
         if self.corrector_order == 0 {
             Value::Null
         } else {
-            json!({"last_sample": self.corrector.sample, "outputs": self.corrector.outputs})
+            json!({"last_sample": self.corrector.sample, "outputs": self.corrector.by_age()})
         }
     }
 }
@@ -105,8 +123,12 @@ pub struct MultistepTable {
     pub prediction: PredictionType,
     /// Dynamic thresholding of the data prediction, or none (these solvers never clip).
     pub limit: X0Limit,
-    /// True: the converted output is x0; false: ε.
+    /// True: the converted output is x0; false: ε (or, with `raw_outputs`, the model output).
     pub predicts_x0: bool,
+    /// PNDM: the kept outputs are the model's own; the ε conversion of v is in the coefficients.
+    pub raw_outputs: bool,
+    /// Every step draws noise (the SDE variants), whether or not its coefficient is 0.
+    pub draws_noise: bool,
     pub steps: Vec<MultistepStep>,
     /// Converted outputs that must be kept: the largest depth any row uses.
     pub history: usize,
@@ -308,56 +330,122 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     Ok(x)
 }
 
+/// The coefficients of one DPM-Solver update from level s0 to t: `x_t = sample·x + d0·D0 +
+/// d1·D1 + d2·D2 + noise·z`, with `d1` the second-order term (by solver type) and `(d1_3, d2)`
+/// the third-order terms, as diffusers writes each `algorithm_type`.
+struct DpmTerms {
+    sample: f64,
+    d0: f64,
+    d1: f64,
+    d1_3: f64,
+    d2: f64,
+    noise: f64,
+}
+
+impl DpmTerms {
+    fn new(
+        opts: &SolverOptions,
+        (alpha_t, sigma_t): (f64, f64),
+        (alpha_s0, sigma_s0): (f64, f64),
+        h: f64,
+    ) -> Self {
+        let heun = opts.solver_type == SolverType::Heun;
+        match opts.algorithm {
+            DpmAlgorithm::DpmSolverPlusPlus => {
+                let em1 = (-h).exp() - 1.0;
+                Self {
+                    sample: sigma_t / sigma_s0,
+                    d0: -alpha_t * em1,
+                    d1: if heun {
+                        alpha_t * (em1 / h + 1.0)
+                    } else {
+                        -0.5 * alpha_t * em1
+                    },
+                    d1_3: alpha_t * (em1 / h + 1.0),
+                    d2: -alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5),
+                    noise: 0.0,
+                }
+            }
+            DpmAlgorithm::DpmSolver => {
+                let ep1 = h.exp() - 1.0;
+                Self {
+                    sample: alpha_t / alpha_s0,
+                    d0: -sigma_t * ep1,
+                    d1: if heun {
+                        -sigma_t * (ep1 / h - 1.0)
+                    } else {
+                        -0.5 * sigma_t * ep1
+                    },
+                    d1_3: -sigma_t * (ep1 / h - 1.0),
+                    d2: -sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5),
+                    noise: 0.0,
+                }
+            }
+            DpmAlgorithm::SdeDpmSolverPlusPlus => {
+                // 1 − e^{−2h}; at the final σ = 0, h = +∞ and this is 1 while σ_t = 0.
+                let one_m = 1.0 - (-2.0 * h).exp();
+                Self {
+                    sample: sigma_t / sigma_s0 * (-h).exp(),
+                    d0: alpha_t * one_m,
+                    d1: if heun {
+                        alpha_t * (one_m / (-2.0 * h) + 1.0)
+                    } else {
+                        0.5 * alpha_t * one_m
+                    },
+                    d1_3: alpha_t * (one_m / (-2.0 * h) + 1.0),
+                    d2: alpha_t * ((one_m - 2.0 * h) / (2.0 * h).powi(2) - 0.5),
+                    noise: sigma_t * one_m.sqrt(),
+                }
+            }
+            DpmAlgorithm::SdeDpmSolver => {
+                let ep1 = h.exp() - 1.0;
+                Self {
+                    sample: alpha_t / alpha_s0,
+                    d0: -2.0 * sigma_t * ep1,
+                    d1: if heun {
+                        -2.0 * sigma_t * (ep1 / h - 1.0)
+                    } else {
+                        -sigma_t * ep1
+                    },
+                    // diffusers has no third-order sde-dpmsolver update; options refuse order 3.
+                    d1_3: f64::NAN,
+                    d2: f64::NAN,
+                    noise: sigma_t * ((2.0 * h).exp() - 1.0).sqrt(),
+                }
+            }
+        }
+    }
+}
+
 /// DPM-Solver's update from level `i` to `i+1` of order `order`: coefficients on x and on the
-/// converted outputs by age.
+/// converted outputs by age, and the noise coefficient (the SDE variants; else 0).
 fn dpm_update(
     opts: &SolverOptions,
     lambdas: &[f64],
     sig: &[(f64, f64)],
     i: usize,
     order: usize,
-) -> Combination {
-    let (alpha_t, sigma_t) = sig[i + 1];
-    let (alpha_s0, sigma_s0) = sig[i];
+) -> (Combination, f64) {
     let h = lambdas[i + 1] - lambdas[i];
-    let pp = opts.algorithm == DpmAlgorithm::DpmSolverPlusPlus;
-    let mut c = Combination::default();
+    let terms = DpmTerms::new(opts, sig[i + 1], sig[i], h);
     // x_t = sample·x + d0·D0 + d1·D1 + d2·D2, with D0 = m0 and D1, D2 divided differences.
-    let (sample, d0) = if pp {
-        (sigma_t / sigma_s0, -alpha_t * ((-h).exp() - 1.0))
-    } else {
-        (alpha_t / alpha_s0, -sigma_t * (h.exp() - 1.0))
+    let mut c = Combination {
+        sample: terms.sample,
+        ..Default::default()
     };
-    c.sample = sample;
-    c.outputs[0] = d0;
+    c.outputs[0] = terms.d0;
     if order == 1 {
-        return c;
+        return (c, terms.noise);
     }
     let r0 = (lambdas[i] - lambdas[i - 1]) / h;
     if order == 2 {
-        let d1 = match (pp, opts.solver_type) {
-            (true, SolverType::Heun) => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
-            (true, _) => -0.5 * alpha_t * ((-h).exp() - 1.0),
-            (false, SolverType::Heun) => -sigma_t * ((h.exp() - 1.0) / h - 1.0),
-            (false, _) => -0.5 * sigma_t * (h.exp() - 1.0),
-        };
         // D1 = (m0 − m1)/r0
-        c.outputs[0] += d1 / r0;
-        c.outputs[1] -= d1 / r0;
-        return c;
+        c.outputs[0] += terms.d1 / r0;
+        c.outputs[1] -= terms.d1 / r0;
+        return (c, terms.noise);
     }
     let r1 = (lambdas[i - 1] - lambdas[i - 2]) / h;
-    let (d1, d2) = if pp {
-        (
-            alpha_t * (((-h).exp() - 1.0) / h + 1.0),
-            -alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5),
-        )
-    } else {
-        (
-            -sigma_t * ((h.exp() - 1.0) / h - 1.0),
-            -sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5),
-        )
-    };
+    let (d1, d2) = (terms.d1_3, terms.d2);
     // D1 = (1 + k)·D1_0 − k·D1_1, D2 = j·(D1_0 − D1_1), D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1.
     let k = r0 / (r0 + r1);
     let j = 1.0 / (r0 + r1);
@@ -366,7 +454,7 @@ fn dpm_update(
     c.outputs[0] += u / r0;
     c.outputs[1] += -u / r0 + v / r1;
     c.outputs[2] -= v / r1;
-    c
+    (c, terms.noise)
 }
 
 /// What UniPC's predictor and corrector share, for a move from level `s0` to level `t` of
@@ -495,6 +583,9 @@ fn unipc_corrector(
 impl MultistepTable {
     /// The rows of `n` steps of the solver `opts` on the schedule of `cfg`.
     pub fn new(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
+        if opts.family == SolverFamily::Pndm {
+            return Self::pndm(cfg, opts, n);
+        }
         let n_asked = n;
         let (ts, sigmas) = solver_sigmas(cfg, opts, n)?;
         let n = ts.len();
@@ -563,10 +654,11 @@ impl MultistepTable {
                         if corrects { prev_order } else { 0 },
                     )
                 }
+                SolverFamily::Pndm => unreachable!("PNDM tables are built by schedule::pndm"),
             };
-            let predictor = match opts.family {
+            let (predictor, noise) = match opts.family {
                 SolverFamily::DpmSolver => dpm_update(opts, &lambdas, &sig, i, order),
-                SolverFamily::UniPc => unipc_predictor(opts, &lambdas, &sig, i, order)?,
+                _ => (unipc_predictor(opts, &lambdas, &sig, i, order)?, 0.0),
             };
             let corrector = if corrector_order > 0 {
                 unipc_corrector(opts, &lambdas, &sig, i, corrector_order)?
@@ -582,6 +674,7 @@ impl MultistepTable {
                 lambda: lambdas[i],
                 lambda_next: lambdas[i + 1],
                 order,
+                noise,
                 corrector_order,
                 corrector,
                 predictor,
@@ -596,6 +689,7 @@ impl MultistepTable {
             .max(1);
         if let Some((i, bad)) = steps.iter().enumerate().find(|(_, s)| {
             !(s.predictor.sample.is_finite()
+                && s.noise.is_finite()
                 && s.predictor.outputs.iter().all(|c| c.is_finite())
                 && s.corrector.outputs.iter().all(|c| c.is_finite()))
         }) {
@@ -618,6 +712,64 @@ impl MultistepTable {
                 X0Limit::None
             },
             predicts_x0: opts.predicts_x0(),
+            raw_outputs: false,
+            draws_noise: opts.family == SolverFamily::DpmSolver && opts.algorithm.is_sde(),
+            steps,
+            history,
+        })
+    }
+
+    /// PNDM's transfers as rows: the raw model outputs kept, a transfer from `cur_sample` read
+    /// through the corrector as `x = 1·last` (saved by the step before, whose next step
+    /// corrects).
+    fn pndm(cfg: &SchedulerConfig, opts: &SolverOptions, n: usize) -> Result<Self> {
+        let mut steps = Vec::new();
+        for (c, p) in pndm_steps(cfg, opts, n)?.into_iter().enumerate() {
+            let mut predictor = Combination {
+                sample: p.sample,
+                ..Default::default()
+            };
+            for (age, w) in p.outputs {
+                ensure!(
+                    age < MAX_HISTORY,
+                    "PNDM step {c} reads the output of {age} steps before; {MAX_HISTORY} are kept"
+                );
+                predictor.outputs[age] += w;
+            }
+            let sigma = ((1.0 - p.alpha_t) / p.alpha_t).sqrt();
+            let sigma_next = ((1.0 - p.alpha_next) / p.alpha_next).sqrt();
+            steps.push(MultistepStep {
+                t: p.t,
+                sigma,
+                sigma_next,
+                alpha_s: p.alpha_t.sqrt(),
+                sigma_s: (1.0 - p.alpha_t).sqrt(),
+                lambda: -sigma.ln(),
+                lambda_next: -sigma_next.ln(),
+                // The number of outputs combined: 4 for Runge–Kutta's last and full PLMS.
+                order: predictor.outputs.iter().filter(|&&w| w != 0.0).count(),
+                noise: 0.0,
+                corrector_order: p.from_cur_sample as usize,
+                corrector: Combination {
+                    sample: if p.from_cur_sample { 1.0 } else { 0.0 },
+                    ..Default::default()
+                },
+                predictor,
+            });
+        }
+        let history = steps
+            .iter()
+            .map(|s| s.predictor.depth())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Self {
+            options: opts.clone(),
+            prediction: cfg.prediction_type,
+            limit: X0Limit::None,
+            predicts_x0: false,
+            raw_outputs: true,
+            draws_noise: false,
             steps,
             history,
         })
@@ -652,7 +804,31 @@ pub fn multistep_step(
     batch: usize,
     state: &mut MultistepState,
 ) -> Result<StepOutput> {
-    check_shapes(sample, model_output, None, batch)?;
+    multistep_step_noisy(table, i, model_output, sample, None, batch, state)
+}
+
+/// [`multistep_step`] with this step's noise draw `noise` (NCHW like the sample), which the SDE
+/// variants need at every step (`table.draws_noise`) and the other solvers refuse.
+pub fn multistep_step_noisy(
+    table: &MultistepTable,
+    i: usize,
+    model_output: &[f32],
+    sample: &[f32],
+    noise: Option<&[f32]>,
+    batch: usize,
+    state: &mut MultistepState,
+) -> Result<StepOutput> {
+    check_shapes(sample, model_output, noise, batch)?;
+    ensure!(
+        noise.is_some() == table.draws_noise,
+        "step {i}: {} noise was given, the solver {}",
+        if noise.is_some() { "a" } else { "no" },
+        if table.draws_noise {
+            "draws noise at every step"
+        } else {
+            "draws none"
+        }
+    );
     let Some(step) = table.steps.get(i) else {
         bail!("step {i} of a {}-step run", table.steps.len());
     };
@@ -676,6 +852,10 @@ pub fn multistep_step(
         x0.push(a);
         eps.push(e);
     }
+    if table.raw_outputs {
+        // PNDM: the model output itself is kept (x0 only for trajectory frames).
+        eps = model_output.iter().map(|&m| m as f64).collect();
+    }
     if table.thresholds() {
         table.limit.apply(&mut x0, batch)?;
         if !table.predicts_x0 {
@@ -691,6 +871,8 @@ pub fn multistep_step(
         .collect();
     let x0_out: Vec<f32> = if table.predicts_x0 {
         y.clone()
+    } else if table.raw_outputs {
+        x0.iter().map(|&v| v as f32).collect()
     } else {
         (0..n)
             .map(|k| ((sample[k] as f64 - sb * y[k] as f64) / sa) as f32)
@@ -703,11 +885,15 @@ pub fn multistep_step(
             &state.outputs[age - 1]
         }
     };
-    let combine = |c: &Combination, base: &[f32]| -> Vec<f32> {
+    // `extra`: the SDE noise term (coefficient, draw), added before rounding.
+    let combine = |c: &Combination, base: &[f32], extra: Option<(f64, &[f32])>| -> Vec<f32> {
         let depth = c.depth();
         (0..n)
             .map(|k| {
                 let mut v = c.sample * base[k] as f64;
+                if let Some((w, z)) = extra {
+                    v += w * z[k] as f64;
+                }
                 for (age, &w) in c.outputs[..depth].iter().enumerate() {
                     if w != 0.0 {
                         v += w * history(age)[k] as f64;
@@ -721,11 +907,11 @@ pub fn multistep_step(
         let Some(last) = state.last_sample.as_deref() else {
             bail!("step {i} corrects but no earlier sample is kept");
         };
-        combine(&step.corrector, last)
+        combine(&step.corrector, last, None)
     } else {
         sample.to_vec()
     };
-    let prev_sample = combine(&step.predictor, &x);
+    let prev_sample = combine(&step.predictor, &x, noise.map(|z| (step.noise, z)));
     state.outputs.insert(0, y);
     state.outputs.truncate(table.history);
     state.last_sample = Some(x);

@@ -1,8 +1,9 @@
 //! The options of the two multistep solvers, diffusers' `DPMSolverMultistepScheduler` and
 //! `UniPCMultistepScheduler`, as they are read: keys of a `scheduler_config.json` (of any class,
 //! like `from_config`), then single-key overrides from the caller, then each solver's defaults.
-//! Unsupported options that change the result (SDE variants, learned variances, flow or
-//! exponential sigmas, …) are refused by name rather than ignored.
+//! Unsupported options that change the result (learned variances, flow or exponential sigmas, …)
+//! are refused by name rather than ignored. `PNDMScheduler` runs on the same machinery
+//! (`schedule::pndm`); its one option here is `skip_prk_steps`.
 
 use anyhow::{bail, ensure, Result};
 use serde_json::{json, Map, Value};
@@ -14,6 +15,8 @@ pub enum SolverFamily {
     DpmSolver,
     /// UniPC (Zhao et al. 2023): a multistep predictor with a corrector.
     UniPc,
+    /// PNDM (Liu et al. 2022): Runge–Kutta warm-up steps, then linear multistep (PLMS).
+    Pndm,
 }
 
 impl SolverFamily {
@@ -22,12 +25,13 @@ impl SolverFamily {
         match self {
             Self::DpmSolver => "DPMSolverMultistepScheduler",
             Self::UniPc => "UniPCMultistepScheduler",
+            Self::Pndm => "PNDMScheduler",
         }
     }
 
     /// The family a diffusers `_class_name` selects, if it is one of the two.
     pub fn from_class_name(name: &str) -> Option<Self> {
-        [Self::DpmSolver, Self::UniPc]
+        [Self::DpmSolver, Self::UniPc, Self::Pndm]
             .into_iter()
             .find(|f| f.class_name() == name)
     }
@@ -40,6 +44,23 @@ pub enum DpmAlgorithm {
     DpmSolverPlusPlus,
     /// Noise prediction (ε): "dpmsolver".
     DpmSolver,
+    /// Data prediction with the SDE solver's noise at every step: "sde-dpmsolver++" (DPM++ 2M
+    /// SDE at order 2).
+    SdeDpmSolverPlusPlus,
+    /// Noise prediction with the SDE solver's noise: "sde-dpmsolver" (orders 1 and 2 only).
+    SdeDpmSolver,
+}
+
+impl DpmAlgorithm {
+    /// Whether the model output is converted to the data prediction x0 (else ε).
+    pub fn predicts_x0(self) -> bool {
+        matches!(self, Self::DpmSolverPlusPlus | Self::SdeDpmSolverPlusPlus)
+    }
+
+    /// Whether each step adds fresh noise (the SDE variants).
+    pub fn is_sde(self) -> bool {
+        matches!(self, Self::SdeDpmSolverPlusPlus | Self::SdeDpmSolver)
+    }
 }
 
 /// `solver_type`: midpoint | heun for DPM-Solver, bh1 | bh2 for UniPC.
@@ -74,6 +95,8 @@ fn lookup<T: Copy>(key: &str, s: &str, table: &[(&'static str, T)]) -> Result<T>
 const ALGORITHMS: &[(&str, DpmAlgorithm)] = &[
     ("dpmsolver++", DpmAlgorithm::DpmSolverPlusPlus),
     ("dpmsolver", DpmAlgorithm::DpmSolver),
+    ("sde-dpmsolver++", DpmAlgorithm::SdeDpmSolverPlusPlus),
+    ("sde-dpmsolver", DpmAlgorithm::SdeDpmSolver),
 ];
 const DPM_TYPES: &[(&str, SolverType)] = &[
     ("midpoint", SolverType::Midpoint),
@@ -131,6 +154,8 @@ pub struct SolverKeys {
     pub use_karras_sigmas: Option<bool>,
     pub predict_x0: Option<bool>,
     pub disable_corrector: Option<Vec<usize>>,
+    /// PNDM only: plain PLMS from the start, without the Runge–Kutta warm-up.
+    pub skip_prk_steps: Option<bool>,
     /// Options that are set in a config file and change the result but are not supported here,
     /// as `key = value`; using a solver with any of them is refused.
     pub unsupported: Vec<String>,
@@ -219,6 +244,7 @@ impl SolverKeys {
             use_karras_sigmas: bool_of("use_karras_sigmas")?,
             predict_x0: bool_of("predict_x0")?,
             disable_corrector,
+            skip_prk_steps: bool_of("skip_prk_steps")?,
             unsupported,
         })
     }
@@ -259,6 +285,7 @@ impl SolverKeys {
             "disable_corrector",
             self.disable_corrector.as_ref().map(|v| json!(v)),
         );
+        put("skip_prk_steps", self.skip_prk_steps.map(|v| json!(v)));
         out
     }
 
@@ -285,6 +312,7 @@ impl SolverKeys {
                 .disable_corrector
                 .clone()
                 .or(self.disable_corrector.clone()),
+            skip_prk_steps: over.skip_prk_steps.or(self.skip_prk_steps),
             unsupported: self.unsupported.clone(),
         }
     }
@@ -310,6 +338,8 @@ pub struct SolverOptions {
     pub predict_x0: bool,
     /// UniPC only: steps after which the corrector is not applied.
     pub disable_corrector: Vec<usize>,
+    /// PNDM only: no Runge–Kutta warm-up.
+    pub skip_prk_steps: bool,
 }
 
 impl SolverOptions {
@@ -320,7 +350,7 @@ impl SolverOptions {
             order: 2,
             algorithm: DpmAlgorithm::DpmSolverPlusPlus,
             solver_type: match family {
-                SolverFamily::DpmSolver => SolverType::Midpoint,
+                SolverFamily::DpmSolver | SolverFamily::Pndm => SolverType::Midpoint,
                 SolverFamily::UniPc => SolverType::Bh2,
             },
             lower_order_final: true,
@@ -330,6 +360,7 @@ impl SolverOptions {
             use_karras_sigmas: false,
             predict_x0: true,
             disable_corrector: Vec::new(),
+            skip_prk_steps: false,
         }
     }
 
@@ -347,6 +378,9 @@ impl SolverOptions {
                 "the scheduler config sets {bad}, which {} here does not support",
                 family.class_name()
             );
+        }
+        if family == SolverFamily::Pndm {
+            return Self::resolve_pndm(config, overrides);
         }
         let dpm = family == SolverFamily::DpmSolver;
         let only_for = |key: &str, given: bool, ok: bool, which: &str| -> Result<()> {
@@ -378,6 +412,12 @@ impl SolverOptions {
             !dpm,
             "unipc",
         )?;
+        only_for(
+            "skip_prk_steps",
+            overrides.skip_prk_steps.is_some(),
+            false,
+            "pndm",
+        )?;
         let keys = config.overridden_by(overrides);
         let mut o = Self::defaults(family);
         if let Some(n) = keys.solver_order {
@@ -392,10 +432,6 @@ impl SolverOptions {
                 o.algorithm = match a.as_str() {
                     // diffusers registers "deis" as dpmsolver++.
                     "deis" => DpmAlgorithm::DpmSolverPlusPlus,
-                    "sde-dpmsolver++" | "sde-dpmsolver" => bail!(
-                        "`algorithm_type`: {a:?} (the SDE variant) is not supported; allowed: {}",
-                        names(ALGORITHMS)
-                    ),
                     _ => lookup("algorithm_type", a, ALGORITHMS)?,
                 };
             }
@@ -447,15 +483,47 @@ impl SolverOptions {
         Ok(o)
     }
 
+    /// PNDM's options: `skip_prk_steps` from the overrides or the config; any other solver key
+    /// given by the caller is refused (a config's keys of other classes are ignored, as
+    /// `from_config` does).
+    fn resolve_pndm(config: &SolverKeys, overrides: &SolverKeys) -> Result<Self> {
+        let other = SolverKeys {
+            skip_prk_steps: None,
+            ..overrides.clone()
+        };
+        if let Some((key, _)) = other.given().first() {
+            bail!(
+                "`{key}` is an option of the multistep solvers (dpm-solver++, unipc), not of pndm"
+            );
+        }
+        let mut o = Self::defaults(SolverFamily::Pndm);
+        o.order = 4;
+        o.skip_prk_steps = overrides
+            .skip_prk_steps
+            .or(config.skip_prk_steps)
+            .unwrap_or(false);
+        Ok(o)
+    }
+
     /// Combinations diffusers refuses, or for which it gives NaN at the last step.
     fn check(&self) -> Result<()> {
         let zero = self.final_sigmas == FinalSigmas::Zero;
         match self.family {
-            SolverFamily::DpmSolver => ensure!(
-                !(zero && self.algorithm == DpmAlgorithm::DpmSolver),
-                "`final_sigmas_type` zero is not supported with `algorithm_type` dpmsolver \
-                 (diffusers refuses it); use final_sigmas_type sigma_min"
-            ),
+            SolverFamily::DpmSolver => {
+                ensure!(
+                    !zero || self.algorithm.predicts_x0(),
+                    "`final_sigmas_type` zero is not supported with `algorithm_type` {} \
+                     (diffusers refuses it); use final_sigmas_type sigma_min",
+                    self.algorithm.as_str()
+                );
+                ensure!(
+                    !(self.algorithm == DpmAlgorithm::SdeDpmSolver && self.order == 3),
+                    "`solver_order` 3 is not supported with `algorithm_type` sde-dpmsolver \
+                     (diffusers has no third-order update for it); use solver_order 1 or 2, or \
+                     sde-dpmsolver++"
+                );
+            }
+            SolverFamily::Pndm => {}
             SolverFamily::UniPc => {
                 ensure!(
                     !zero || self.predict_x0,
@@ -502,6 +570,12 @@ impl SolverOptions {
                 m.insert("predict_x0".into(), json!(self.predict_x0));
                 m.insert("disable_corrector".into(), json!(self.disable_corrector));
             }
+            SolverFamily::Pndm => {
+                let mut p = Map::new();
+                p.insert("_class_name".into(), json!(self.family.class_name()));
+                p.insert("skip_prk_steps".into(), json!(self.skip_prk_steps));
+                return Value::Object(p);
+            }
         }
         Value::Object(m)
     }
@@ -509,8 +583,9 @@ impl SolverOptions {
     /// Whether the converted model output is the data prediction x0 (else the noise ε).
     pub fn predicts_x0(&self) -> bool {
         match self.family {
-            SolverFamily::DpmSolver => self.algorithm == DpmAlgorithm::DpmSolverPlusPlus,
+            SolverFamily::DpmSolver => self.algorithm.predicts_x0(),
             SolverFamily::UniPc => self.predict_x0,
+            SolverFamily::Pndm => false,
         }
     }
 }

@@ -172,6 +172,7 @@ impl Identity {
             class_name,
             solver_keys,
             sigma_keys,
+            keys,
         } = cfg;
         let s = |k: &str| format!("scheduler.{k}");
         self.put(&s("num_train_timesteps"), num_train_timesteps);
@@ -204,6 +205,12 @@ impl Identity {
         self.put(&s("_class_name"), class_name);
         self.solver_keys("scheduler", solver_keys);
         self.sigma_keys("scheduler", sigma_keys);
+        // Keys read by one sampler only (PNDM's set_alpha_to_one default, the consistency
+        // models' σ range): the file's own values.
+        self.put(
+            &s("keys"),
+            serde_json::Value::Object(keys.clone()).to_string(),
+        );
     }
 
     fn sampler(&mut self, settings: &SampleSettings) {
@@ -214,6 +221,7 @@ impl Identity {
             use_clipped_model_output,
             solver,
             sigma,
+            timesteps,
         } = settings;
         self.put("sampler", sampler.as_str());
         self.put("sampler.steps", steps);
@@ -221,6 +229,7 @@ impl Identity {
         self.put("sampler.use_clipped_model_output", use_clipped_model_output);
         self.solver_keys("sampler", solver);
         self.sigma_keys("sampler", sigma);
+        self.put("sampler.timesteps", timesteps);
     }
 
     /// σ-sampler options under `prefix.sigma.*`, only those given: a folder made before these
@@ -245,6 +254,7 @@ impl Identity {
             use_karras_sigmas,
             predict_x0,
             disable_corrector,
+            skip_prk_steps,
             unsupported,
         } = keys;
         let k = |name: &str| format!("{prefix}.solver.{name}");
@@ -258,6 +268,7 @@ impl Identity {
         self.put(&k("use_karras_sigmas"), use_karras_sigmas);
         self.put(&k("predict_x0"), predict_x0);
         self.put(&k("disable_corrector"), disable_corrector);
+        self.put(&k("skip_prk_steps"), skip_prk_steps);
         self.put(&k("unsupported"), unsupported);
     }
 

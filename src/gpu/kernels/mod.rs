@@ -1,6 +1,7 @@
 //! One module per kernel family: params struct, bindings, dispatch size, FLOPs and bytes.
 
 pub mod attention;
+pub mod consistency;
 pub mod conv2d;
 pub mod ddim_step;
 pub mod elementwise;
@@ -19,8 +20,9 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 12] = [
+pub const SHADERS: [(&str, &str); 13] = [
     ("attention", attention::SOURCE),
+    ("consistency", consistency::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
     ("elementwise", elementwise::SOURCE),

@@ -1,13 +1,17 @@
-//! The fused update of the multistep solvers (`shaders/multistep.wgsl`): one dispatch per step
-//! (two with dynamic thresholding, whose search is `threshold::dynamic_threshold`), recorded
-//! once and encoded for step `s` with a dynamic offset into a table of per-step rows. Rows come
-//! from a `schedule::MultistepTable`; the reference twin is `schedule::multistep_step`.
+//! The fused update of the multistep solvers (`shaders/multistep.wgsl`): DPM-Solver(++) and its
+//! SDE variants, UniPC and PNDM. One dispatch per step (two with dynamic thresholding, whose
+//! search is `threshold::dynamic_threshold`), recorded once and encoded for step `s` with a
+//! dynamic offset into a table of per-step rows. Rows come from a `schedule::MultistepTable`;
+//! the reference twin is `schedule::multistep_step_noisy`.
 //!
-//! The converted outputs of earlier steps stay on the device in one history buffer (ring slots
-//! plus the corrector's `last` sample), so a run reads nothing back until the end and binds
-//! six storage buffers (with the divergence flag) whatever the solver order.
+//! The kept outputs of earlier steps stay on the device in one history buffer (slots plus the
+//! corrector's `last` sample), so a run reads nothing back until the end and binds seven storage
+//! buffers (with the step noise and the divergence flag) whatever the solver. Slots are assigned
+//! by liveness ([`slot_plan`]): an output gets a slot only when a later step reads it, and
+//! keeps it until its last reader, so DPM-Solver and UniPC use a ring's worth and PNDM (whose
+//! PLMS reads the first output of each Runge–Kutta block up to 12 evaluations later) five.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::guide::{given_or_off, Guide};
 use super::threshold::{dynamic_threshold, prediction_code, Level, ThresholdConfig, ThresholdIo};
@@ -15,7 +19,7 @@ use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
 use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
-use crate::schedule::{Combination, MultistepTable, X0Limit, MAX_HISTORY};
+use crate::schedule::{Combination, MultistepTable, X0Limit};
 
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/multistep.wgsl"),
@@ -37,10 +41,11 @@ pub struct Params {
     pub rederive_eps: u32,
     pub write_x0: u32,
     pub last_offset: u32,
+    pub raw_output: u32,
 }
 
 /// One row of the per-step table as the shader sees it (`Step`), in its own aligned slot.
-/// Coefficients are by ring slot, not by age: `pred_slots[k]` multiplies ring slot k.
+/// Coefficients are by history slot, not by age: `pred_slots[k]` multiplies slot k.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepRow {
@@ -52,25 +57,95 @@ pub struct StepRow {
     pub corr_y0: f32,
     pub corrects: u32,
     pub save_last: u32,
-    pub pred_slots: [f32; 4],
-    pub corr_slots: [f32; 4],
+    pub pred_slots: [f32; MAX_SLOTS],
+    pub corr_slots: [f32; MAX_SLOTS],
+    /// The slot this step's output goes to, when `writes`.
     pub write_slot: u32,
     pub step: u32,
-    pub _pad: [u32; 2],
+    /// Coefficient of this step's noise draw (the SDE variants).
+    pub noise: f32,
+    /// Whether a later step reads this step's output.
+    pub writes: u32,
 }
+
+/// History slots a row can address: two vec4 of coefficients in the shader.
+pub const MAX_SLOTS: usize = 8;
 
 // The threshold search reads the first fields of this row.
 const _: () = assert!(
     std::mem::offset_of!(StepRow, sqrt_a) == std::mem::offset_of!(Level, sqrt_a)
         && std::mem::offset_of!(StepRow, sqrt_b) == std::mem::offset_of!(Level, sqrt_b)
 );
-// The shader reads a vec4 of slot coefficients: at most four ring slots.
-const _: () = assert!(MAX_HISTORY <= 4);
+/// Where each step's output lives on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotPlan {
+    /// Per step: the slot its output is written to, or None when no later step reads it.
+    pub write: Vec<Option<usize>>,
+    /// Slots in use (at least 1).
+    pub slots: usize,
+}
 
-/// Slots of `numel` values the history buffer holds: the ring, then `last` when any step
+/// The combinations a step applies (the corrector only where it corrects).
+fn combinations(table: &MultistepTable, s: usize) -> impl Iterator<Item = &Combination> {
+    let st = &table.steps[s];
+    std::iter::once(&st.predictor).chain((st.corrector_order > 0).then_some(&st.corrector))
+}
+
+/// Assigns slots by liveness: step s's output takes the lowest slot whose output has no reader
+/// after s (reads come before the write in each invocation, so a slot whose last reader is s
+/// itself is free). Fails when a step reads an output from before the run or more than
+/// [`MAX_SLOTS`] outputs are live at once.
+pub fn slot_plan(table: &MultistepTable) -> Result<SlotPlan> {
+    let n = table.steps.len();
+    let mut last_use: Vec<Option<usize>> = vec![None; n];
+    for s in 0..n {
+        for c in combinations(table, s) {
+            for (age, &w) in c.outputs.iter().enumerate().skip(1) {
+                if w == 0.0 {
+                    continue;
+                }
+                ensure!(
+                    age <= s,
+                    "multistep step {s} uses the output of {age} steps before, but only {s} \
+                     steps ran before it"
+                );
+                last_use[s - age] = Some(s);
+            }
+        }
+    }
+    let mut owner: Vec<usize> = Vec::new();
+    let mut write = vec![None; n];
+    for s in 0..n {
+        if last_use[s].is_none() {
+            continue;
+        }
+        let free = owner
+            .iter()
+            .position(|&e| last_use[e].is_some_and(|last| last <= s));
+        let k = free.unwrap_or_else(|| {
+            owner.push(s);
+            owner.len() - 1
+        });
+        owner[k] = s;
+        write[s] = Some(k);
+    }
+    ensure!(
+        owner.len() <= MAX_SLOTS,
+        "{} keeps {} outputs at once; the multistep kernel holds {MAX_SLOTS}",
+        table.options.family.class_name(),
+        owner.len()
+    );
+    Ok(SlotPlan {
+        write,
+        slots: owner.len().max(1),
+    })
+}
+
+/// Slots of `numel` values the history buffer holds: the outputs, then `last` when any step
 /// corrects.
 pub fn history_slots(table: &MultistepTable) -> usize {
-    table.history + uses_last(table) as usize
+    let outputs = slot_plan(table).map_or(table.history, |p| p.slots);
+    outputs + uses_last(table) as usize
 }
 
 fn uses_last(table: &MultistepTable) -> bool {
@@ -82,48 +157,37 @@ pub fn history_bytes(table: &MultistepTable, numel: usize) -> u64 {
     (history_slots(table) * numel * 4) as u64
 }
 
-/// A combination's coefficients by ring slot at step `s` (ring of `ring` slots): (age-0
-/// coefficient, per-slot coefficients). Fails on ages the ring or the run cannot supply.
-fn by_slot(c: &Combination, s: usize, ring: usize) -> Result<(f32, [f32; 4])> {
-    let mut slots = [0f32; 4];
+/// A combination's coefficients at step `s`: (age-0 coefficient, per-slot coefficients).
+fn by_slot(c: &Combination, s: usize, plan: &SlotPlan) -> Result<(f32, [f32; MAX_SLOTS])> {
+    let mut slots = [0f32; MAX_SLOTS];
     for (age, &w) in c.outputs.iter().enumerate().skip(1) {
         if w == 0.0 {
             continue;
         }
-        ensure!(
-            age < ring && age <= s,
-            "multistep step {s} uses the output of {age} steps before, but {} kept",
-            if age > s {
-                format!("only {s} steps ran before it")
-            } else {
-                format!("only {} are", ring - 1)
-            }
-        );
-        slots[(s - age) % ring] = w as f32;
+        let Some(k) = s.checked_sub(age).and_then(|e| plan.write[e]) else {
+            bail!("multistep step {s} reads the output of {age} steps before, which is not kept");
+        };
+        slots[k] = w as f32;
     }
     Ok((c.outputs[0] as f32, slots))
 }
 
 /// The table's rows as the shader reads them: coefficients rounded from f64 to f32, ages mapped
-/// to ring slots (step `s` writes slot `s mod history`).
+/// to the slots of [`slot_plan`].
 pub fn step_rows(table: &MultistepTable) -> Result<Vec<StepRow>> {
-    let ring = table.history;
-    ensure!(
-        (1..=MAX_HISTORY).contains(&ring),
-        "multistep history of {ring} outputs; 1..={MAX_HISTORY} supported"
-    );
+    let plan = slot_plan(table)?;
     table
         .steps
         .iter()
         .enumerate()
         .map(|(s, st)| {
-            let (pred_y0, pred_slots) = by_slot(&st.predictor, s, ring)?;
+            let (pred_y0, pred_slots) = by_slot(&st.predictor, s, &plan)?;
             let corrects = st.corrector_order > 0;
             let (corr_y0, corr_slots) = if corrects {
                 ensure!(s > 0, "multistep step 0 cannot correct: no earlier sample");
-                by_slot(&st.corrector, s, ring)?
+                by_slot(&st.corrector, s, &plan)?
             } else {
-                (0.0, [0.0; 4])
+                (0.0, [0.0; MAX_SLOTS])
             };
             Ok(StepRow {
                 sqrt_a: st.alpha_s as f32,
@@ -143,9 +207,10 @@ pub fn step_rows(table: &MultistepTable) -> Result<Vec<StepRow>> {
                     .is_some_and(|n| n.corrector_order > 0) as u32,
                 pred_slots,
                 corr_slots,
-                write_slot: (s % ring) as u32,
+                write_slot: plan.write[s].unwrap_or(0) as u32,
                 step: s as u32,
-                _pad: [0; 2],
+                noise: st.noise as f32,
+                writes: plan.write[s].is_some() as u32,
             })
         })
         .collect()
@@ -161,6 +226,9 @@ pub struct MultistepIo<'a> {
     /// Where to store the data prediction each step (x0, thresholded where the solver
     /// thresholds; for ε solvers derived from ε), if wanted.
     pub x0_out: Option<&'a GpuTensor>,
+    /// This step's noise draw (f32, `numel` values), rewritten before each step, when the
+    /// solver draws (`table.draws_noise`).
+    pub noise: Option<&'a GpuTensor>,
     /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
     /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
     pub first_bad: Option<&'a wgpu::Buffer>,
@@ -183,6 +251,7 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // history: ring slots, then last
             Binding::StorageReadWrite, // x0 out
             Binding::StorageReadWrite, // first_bad (atomic u32)
+            Binding::StorageRead,      // step noise
             Binding::Uniform,          // guidance (guide.wgsl)
             Binding::StorageRead,      // guidance's per-image std ratio
         ],
@@ -191,14 +260,16 @@ fn spec() -> KernelSpec {
 
 /// (flops, bytes) per element of the costliest step, for benchmarks.
 fn cost_per_element(table: &MultistepTable, rows: &[StepRow], write_x0: bool) -> (u64, u64) {
-    let terms = |v: &[f32; 4]| v.iter().filter(|&&c| c != 0.0).count() as u64;
+    let terms = |v: &[f32; MAX_SLOTS]| v.iter().filter(|&&c| c != 0.0).count() as u64;
     let thresholds = table.thresholds() as u64;
     rows.iter()
         .map(|r| {
             let corr = r.corrects as u64;
-            let reads = 2 + terms(&r.pred_slots) + corr * (1 + terms(&r.corr_slots));
+            let noisy = (r.noise != 0.0) as u64;
+            let reads = 2 + noisy + terms(&r.pred_slots) + corr * (1 + terms(&r.corr_slots));
             let writes = 2 + r.save_last as u64 + write_x0 as u64;
             let flops = 4
+                + 2 * noisy
                 + thresholds * 6
                 + 2 * (2 + terms(&r.pred_slots))
                 + corr * 2 * (2 + terms(&r.corr_slots))
@@ -261,6 +332,20 @@ pub fn multistep_update(
         None => None,
     };
     ensure!(
+        io.noise.is_some() == table.draws_noise,
+        "multistep update: the solver {} but {} noise buffer was given",
+        if table.draws_noise {
+            "draws noise"
+        } else {
+            "draws none"
+        },
+        if io.noise.is_some() { "a" } else { "no" }
+    );
+    let noise = match io.noise {
+        Some(t) => Some(t.flat("multistep noise", numel)?),
+        None => None,
+    };
+    ensure!(
         io.history.precision() == Precision::F32
             && io.history.offset() == 0
             && io.history.is_contiguous()
@@ -291,11 +376,13 @@ pub fn multistep_update(
         predicts_x0: table.predicts_x0 as u32,
         rederive_eps: (thresholding && !table.predicts_x0) as u32,
         write_x0: x0_out.is_some() as u32,
-        last_offset: (table.history * numel) as u32,
+        last_offset: (slot_plan(table)?.slots * numel) as u32,
+        raw_output: table.raw_outputs as u32,
     };
     let uniform = ctx.uniform("multistep params", &params);
     let no_x0 = ctx.storage("multistep no x0", 16);
     let no_flag = ctx.storage("multistep no first_bad", 16);
+    let no_noise = ctx.storage("multistep no noise", 16);
     let thresholds = ctx.tensor("multistep thresholds", &[batch], Precision::F32);
     let mut out = vec![];
     if let (true, X0Limit::Threshold { ratio, max_value }) = (thresholding, table.limit) {
@@ -338,6 +425,7 @@ pub fn multistep_update(
             },
             x0_out.unwrap_or((&no_x0).into()),
             io.first_bad.unwrap_or(&no_flag).into(),
+            noise.unwrap_or((&no_noise).into()),
             guide.params(),
             guide.ratio.binding(),
         ],
