@@ -15,6 +15,12 @@ use super::sample::{check_outputs, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "With a class-conditional model, --class conditions both runs. The inversion \
+    always runs at guidance scale 1: a guided inversion is not a bijection (no decode inverts it), \
+    so its latents would not reconstruct the image. --guidance-scale, --guidance-rescale and \
+    --null-class guide only the reconstruction."
+)]
 pub struct Args {
     /// Model directory in diffusers layout (default: the bundled MNIST model).
     #[arg(long, value_name = "DIR")]
