@@ -256,3 +256,95 @@ fn seed_folders_record_guidance() {
     assert!(manifest.contains("\"model.config._null_class_label\": \"3\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Between two classes at one seed: the ends are the two classes exactly (guided or not), the
+/// middle differs from both; `ddim interpolate --class-a A --class-b B` writes the strip.
+#[test]
+fn interpolation_between_classes() {
+    use ddim_wgpu::pipeline::{Device, LatentRequest, Pipeline};
+    use ddim_wgpu::sampling::Guidance;
+    use ddim_wgpu::{ClassLabels, Tensor};
+    let pipe = Pipeline::load(Path::new(COND)).unwrap();
+    let per = pipe.per_image();
+    let noise = ddim_wgpu::rng::NoiseSource::new(ddim_wgpu::rng::RngKind::Torch, 5)
+        .randn(per)
+        .unwrap();
+    let x = Tensor::new(vec![3, 3, 16, 16], noise.repeat(3)).unwrap();
+    for scale in [1.0, 2.0] {
+        let decode = |labels: ClassLabels| {
+            let request = LatentRequest {
+                steps: 3,
+                labels: Some(labels),
+                guidance: Guidance {
+                    scale,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            pipe.decode(&Device::Cpu, &x, &request).unwrap()
+        };
+        let mixed = decode(ClassLabels::Mixed(vec![
+            (0, 2, 0.0),
+            (0, 2, 0.5),
+            (0, 2, 1.0),
+        ]));
+        let ends = decode(ClassLabels::Indices(vec![0, 1, 2]));
+        assert_eq!(mixed.data[..per], ends.data[..per], "t = 0 is class 0");
+        assert_eq!(
+            mixed.data[2 * per..],
+            ends.data[2 * per..],
+            "t = 1 is class 2"
+        );
+        let mid = &mixed.data[per..2 * per];
+        let far = |other: &[f32]| {
+            mid.iter()
+                .zip(other)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(far(&ends.data[..per]) > 1e-3 && far(&ends.data[2 * per..]) > 1e-3);
+    }
+    let dir = temp_dir("interp");
+    let out = dir.join("strip.png");
+    let o = ddim(&[
+        "interpolate",
+        "--model",
+        COND,
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--frames",
+        "3",
+        "--class-a",
+        "0",
+        "--class-b",
+        "2",
+        "--seed-a",
+        "5",
+        "--guidance-scale",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    let o = ddim(&[
+        "interpolate",
+        "--model",
+        COND,
+        "--class-a",
+        "0",
+        "--class-b",
+        "9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("out of range"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,7 +74,7 @@ impl Guidance {
             );
         }
         match labels {
-            Some(ClassLabels::Indices(_)) | None => {}
+            Some(ClassLabels::Indices(_) | ClassLabels::Mixed(_)) | None => {}
             Some(ClassLabels::Vectors { .. }) => bail!(
                 "guidance takes class indices (a null label), not the class vectors of an \
                  \"identity\" class embedding"
@@ -113,12 +113,22 @@ impl Guided {
         batch: usize,
     ) -> Result<ClassLabels> {
         let labels = labels.context("guidance needs class labels (--class N)")?;
-        let ClassLabels::Indices(class) = labels.for_batch(batch)? else {
-            bail!("guidance takes class indices, not class vectors");
-        };
-        let mut all = vec![self.null; batch];
-        all.extend(class);
-        Ok(ClassLabels::Indices(all))
+        Ok(match labels.for_batch(batch)? {
+            ClassLabels::Indices(class) => {
+                let mut all = vec![self.null; batch];
+                all.extend(class);
+                ClassLabels::Indices(all)
+            }
+            // Interpolated classes: the null half is the null label's embedding alone.
+            ClassLabels::Mixed(class) => {
+                let mut all = vec![(self.null, self.null, 0.0); batch];
+                all.extend(class);
+                ClassLabels::Mixed(all)
+            }
+            ClassLabels::Vectors { .. } => {
+                bail!("guidance takes class indices, not class vectors")
+            }
+        })
     }
 
     /// The multipliers of the fused GPU combination, in f32 as torch applies them:
