@@ -5,7 +5,11 @@
 // Loader: the logical input may be a nearest 2× upsample of the stored one (read at (y/2, x/2)),
 // and its channels may come from two buffers (ci < c1 from `x_a`, the rest from `x_b`): the
 // decoder's upsample and skip concatenation cost no extra pass.
-// Epilogue: out = (acc + bias[n] + chan_add[b, n]? + residual[m, n]?) · out_scale.
+// Epilogue: out = (acc + bias[n] + chan_add[b, n]? + residual[m, n]?) · out_scale (/ div[b]?).
+// The residual may be stored at another size and resampled as it is read (resample_taps.wgsl,
+// appended): a resnet's identity path when the resnet pools (avg-pool 2×2) or upsamples (nearest),
+// so x = Dn(x) / U(x) costs no pass of its own. With IMAGE_DIV the per-step table holds one
+// divisor per image instead of channel additions (a fourier skip model's output / σ).
 //
 // Two variants, one interface (chosen per adapter, see src/gpu/kernels/conv2d.rs):
 //   register — no workgroup memory and no barriers, for CPU adapters (lavapipe), where barriers
@@ -39,7 +43,11 @@ struct Params {
     out_scale: f32,
     m_total: u32,    // B·OH·OW
     m_groups_y: u32, // workgroups along grid y; grid z extends M past 65535 groups
-    _pad: u32,
+    res_h: u32,      // stored residual size (out_h × out_w unless res_mode resamples it)
+    res_w: u32,
+    res_mode: u32,   // RS_* (resample_taps.wgsl) applied to the residual as it is read
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // The storage type of activations and weights: f32, or f16 where the plan is built in half
@@ -48,12 +56,14 @@ alias act = f32;
 
 const HAS_CHAN_ADD: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
+const IMAGE_DIV: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x_a: array<act>;
 @group(0) @binding(2) var<storage, read> x_b: array<act>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<act>>;
 @group(0) @binding(4) var<storage, read> bias: array<vec4<f32>>;
+// The step's [B, Cout] block of a per-step table (HAS_CHAN_ADD), or its [B, 1] divisors (IMAGE_DIV).
 @group(0) @binding(5) var<storage, read> chan_add: array<f32>;
 @group(0) @binding(6) var<storage, read> residual: array<act>;
 @group(0) @binding(7) var<storage, read_write> out: array<act>;
@@ -109,6 +119,34 @@ fn load_x(px: Pixel, k: u32) -> f32 {
     return f32(x_b[u32(s) * p.c2 + (ci - p.c1)]);
 }
 
+// The residual of output pixel m (image b), channel n, resampled from res_h × res_w if res_mode
+// says so (the residual buffer has Cout channels either way).
+fn residual_at(m: u32, b: u32, n: u32) -> f32 {
+    if (p.res_mode == RS_NONE) {
+        return f32(residual[m * p.cout + n]);
+    }
+    let ox = m % p.out_w;
+    let oy = (m / p.out_w) % p.out_h;
+    let ty = axis_taps(p.res_mode, oy);
+    let tx = axis_taps(p.res_mode, ox);
+    var acc = 0.0;
+    for (var a = 0u; a < ty.count; a++) {
+        let iy = ty.first + i32(a);
+        if (iy < 0 || iy >= i32(p.res_h)) {
+            continue;
+        }
+        for (var e = 0u; e < tx.count; e++) {
+            let ix = tx.first + i32(e);
+            if (ix < 0 || ix >= i32(p.res_w)) {
+                continue;
+            }
+            let r = ((b * p.res_h + u32(iy)) * p.res_w + u32(ix)) * p.cout + n;
+            acc += ty.w[a] * tx.w[e] * f32(residual[r]);
+        }
+    }
+    return acc;
+}
+
 fn epilogue(m: u32, px: Pixel, nv: u32, acc: vec4<f32>) {
     if (!px.valid || nv >= p.cout_v) {
         return;
@@ -123,9 +161,13 @@ fn epilogue(m: u32, px: Pixel, nv: u32, acc: vec4<f32>) {
                 o += chan_add[px.b * p.cout + n];
             }
             if ((p.flags & HAS_RESIDUAL) != 0u) {
-                o += f32(residual[m * p.cout + n]);
+                o += residual_at(m, px.b, n);
             }
-            out[m * p.cout + n] = act(o * p.out_scale);
+            o *= p.out_scale;
+            if ((p.flags & IMAGE_DIV) != 0u) {
+                o /= chan_add[px.b];
+            }
+            out[m * p.cout + n] = act(o);
         }
     }
 }

@@ -1,4 +1,5 @@
-// Group normalisation over NHWC f32 activations, with an optional fused SiLU.
+// Group normalisation over NHWC f32 activations, with an optional fused SiLU, and in the apply
+// pass the resnet's neighbours: the scale-shift time conditioning and the ×2 resampling of h.
 //
 // Three barrier-free passes (lavapipe is slow with workgroup barriers; real GPUs get enough
 // parallelism from the chunking):
@@ -7,9 +8,16 @@
 //   gn_combine one invocation per (batch, group): Chan's parallel formula over the group's
 //              (chunk, channel) partials, giving the mean and rstd = 1/sqrt(var + eps) (biased
 //              variance), stored per (batch, channel) as (mean, rstd·gamma[c], beta[c]).
-//   gn_apply   four consecutive elements per invocation: y = (x − mean)·scale + shift, then SiLU.
-//              Channel and image indices advance incrementally: two integer divisions per four
-//              elements (division by a run-time value is slow on CPU adapters).
+//   gn_apply   four consecutive elements per invocation: y = (x − mean)·scale + shift, then
+//              with resnet_time_scale_shift = "scale_shift" y·(1 + s[b, c]) + t[b, c] (the step's
+//              [B, 2C] block of the resnet's projection table, diffusers' order: norm2, then the
+//              time conditioning, then SiLU), then SiLU. Channel and image indices advance
+//              incrementally: two integer divisions per four elements (division by a run-time
+//              value is slow on CPU adapters).
+//   gn_apply_resample  one output element per invocation of y = resample(silu(norm(x))), the
+//              resnet's down/up paths after norm1 + SiLU (avg-pool 2×2, FIR down/up, nearest;
+//              resample_taps.wgsl, appended): conv1 then reads h at its own resolution, and the
+//              full-resolution normalised h is never stored.
 // Any number of groups; channels per group need not be a multiple of 4.
 
 struct Params {
@@ -21,6 +29,14 @@ struct Params {
     num_chunks: u32,    // ceil(hw / chunk_pixels)
     eps: f32,
     silu: u32,          // 1: apply SiLU after the affine transform
+    width: u32,         // image width (height = hw / width), for gn_apply_resample
+    out_h: u32,         // y's size (gn_apply_resample)
+    out_w: u32,
+    resample: u32,      // RS_* (resample_taps.wgsl), gn_apply_resample
+    scale_shift: u32,   // 1: y·(1 + s) + t from `table` before the SiLU
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Storage type of x and y: f32, or f16 in a half-precision plan (src/gpu/precision.rs rewrites
@@ -36,6 +52,9 @@ alias act = f32;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<act>;
+// The step's [B, 2C] block (scale, shift) of a resnet's time projection (bound at a dynamic
+// offset per step), when p.scale_shift = 1.
+@group(0) @binding(7) var<storage, read> table: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -107,6 +126,20 @@ fn gn_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
 }
 
+// silu?(scale_shift?((v − mean)·rstd·γ + β)) of value v of image b, channel ch.
+fn normalized(v: f32, b: u32, ch: u32) -> f32 {
+    let k = coef[b * p.channels + ch];
+    var r = (v - k.x) * k.y + k.z;
+    if p.scale_shift != 0u {
+        let row = b * 2u * p.channels;
+        r = r * (1.0 + table[row + ch]) + table[row + p.channels + ch];
+    }
+    if p.silu != 0u {
+        r = r / (1.0 + exp(-r));
+    }
+    return r;
+}
+
 @compute @workgroup_size(256)
 fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i0 = flat_index(gid, nwg) * 4u;
@@ -123,12 +156,7 @@ fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         if i >= numel {
             break;
         }
-        let k = coef[b * c + ch];
-        var v = (f32(x[i]) - k.x) * k.y + k.z;
-        if p.silu != 0u {
-            v = v / (1.0 + exp(-v));
-        }
-        y[i] = act(v);
+        y[i] = act(normalized(f32(x[i]), b, ch));
         ch += 1u;
         if ch == c {
             ch = 0u;
@@ -136,4 +164,39 @@ fn gn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             b = pixel / p.hw;
         }
     }
+}
+
+@compute @workgroup_size(256)
+fn gn_apply_resample(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    let c = p.channels;
+    if i >= p.batch * p.out_h * p.out_w * c {
+        return;
+    }
+    let ch = i % c;
+    let px = i / c;
+    let ox = px % p.out_w;
+    let t = px / p.out_w;
+    let oy = t % p.out_h;
+    let b = t / p.out_h;
+    let height = p.hw / p.width;
+    let ty = axis_taps(p.resample, oy);
+    let tx = axis_taps(p.resample, ox);
+    var acc = 0.0;
+    for (var a = 0u; a < ty.count; a++) {
+        let iy = ty.first + i32(a);
+        if (iy < 0 || iy >= i32(height)) {
+            continue; // zero padding: outside samples add nothing (not normalized(0))
+        }
+        let row = (b * height + u32(iy)) * p.width;
+        for (var e = 0u; e < tx.count; e++) {
+            let ix = tx.first + i32(e);
+            if (ix < 0 || ix >= i32(p.width)) {
+                continue;
+            }
+            let v = normalized(f32(x[(row + u32(ix)) * c + ch]), b, ch);
+            acc += ty.w[a] * tx.w[e] * v;
+        }
+    }
+    y[i] = act(acc);
 }

@@ -117,7 +117,7 @@ fn sample_takes_class_for_all_per_image_and_per_seed() {
         &sample(&["-n", "2", "--class", "10", "--out", grid]),
         "class label 10 is out of range",
     );
-    // Under plain --device auto a model the GPU plan cannot run yet goes to the CPU reference.
+    // Under plain --device auto (the GPU plan runs class-conditional models).
     ok(ddim(&[
         "sample", "--model", MODEL, "--steps", "1", "-n", "1", "--class", "2", "--out", grid,
     ]));

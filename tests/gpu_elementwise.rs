@@ -1,4 +1,4 @@
-//! The elementwise kernels of the plan (`concat_channels`, `affine`, `scale_shift_silu`) against
+//! The elementwise kernels of the plan (`concat_channels`, `affine`) against
 //! the CPU reference on awkward shapes: element counts that are not multiples of the 64-wide
 //! workgroup, batch > 1, outputs poisoned with NaN so an unwritten element fails.
 
@@ -7,8 +7,8 @@ mod common;
 use ddim_wgpu::cpu::forward::to_tokens;
 use ddim_wgpu::cpu::ops;
 use ddim_wgpu::gpu::context::run_dispatches;
-use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels, scale_shift_silu};
-use ddim_wgpu::gpu::{Precision, StepTable};
+use ddim_wgpu::gpu::kernels::elementwise::{affine, concat_channels};
+use ddim_wgpu::gpu::Precision;
 use ddim_wgpu::Tensor;
 
 fn random_nchw(shape: [usize; 4], seed: u64) -> Tensor {
@@ -69,45 +69,5 @@ fn affine_matches_cpu() {
                 common::KERNEL_TOL,
             );
         }
-    });
-}
-
-/// `silu(y · (1 + scale) + shift)` per (image, channel), as `cpu::forward::resnet` applies the
-/// time embedding with `scale_shift` (then `cpu::ops::silu`), reading step 1 of a two-step table
-/// through the dynamic offset.
-#[test]
-fn scale_shift_silu_matches_cpu() {
-    let (n, c, h, w) = (3usize, 11usize, 3usize, 5usize);
-    let y = random_nchw([n, c, h, w], 21);
-    // Two steps of [n, 2c] (scale, shift) rows; only step 1 is used.
-    let steps: Vec<Vec<f32>> = (0..2).map(|s| common::random(n * 2 * c, 30 + s)).collect();
-    let t = &steps[1];
-    let mut shifted = y.clone();
-    let plane = h * w;
-    for bi in 0..n {
-        for ch in 0..c {
-            let (scale, shift) = (t[bi * 2 * c + ch], t[bi * 2 * c + c + ch]);
-            for v in &mut shifted.data[(bi * c + ch) * plane..][..plane] {
-                *v = *v * (1.0 + scale) + shift;
-            }
-        }
-    }
-    let want = to_tokens(&ops::silu(&shifted)).data;
-    common::for_each_backend(|backend, ctx| {
-        let tb = StepTable::aligned_from(ctx, "table", &steps, n, 2 * c).unwrap();
-        let dims = [n, h, w, c];
-        let yb = ctx
-            .tensor_from("y", &to_tokens(&y).data, &dims, Precision::F32)
-            .unwrap();
-        let out = ctx.poisoned_tensor("out", &dims, Precision::F32);
-        let d = scale_shift_silu(ctx, "scale_shift_silu", &yb, &tb, &out).unwrap();
-        run_dispatches(ctx, &[d], 1).unwrap();
-        let got = ctx.read_tensor(&out).unwrap();
-        common::assert_close(
-            &format!("scale_shift_silu {n}x{c}x{h}x{w} step 1 on {backend}"),
-            &got,
-            &want,
-            common::KERNEL_TOL,
-        );
     });
 }

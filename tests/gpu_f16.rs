@@ -6,11 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use ddim_wgpu::cpu::forward::forward as cpu_forward;
+use ddim_wgpu::cpu::forward::forward_labeled;
 use ddim_wgpu::gpu::plan::forward;
 use ddim_wgpu::gpu::{GpuWeights, Precision};
 use ddim_wgpu::model::tensor_io::read_tensor;
-use ddim_wgpu::model::{Model, UNet, UNet2DConfig, Weights};
+use ddim_wgpu::model::{ClassLabels, Model, UNet, UNet2DConfig, Weights};
 use ddim_wgpu::Tensor;
 
 struct Case {
@@ -19,6 +19,7 @@ struct Case {
     weights: Weights,
     x: Tensor,
     t: Vec<f32>,
+    labels: Option<ClassLabels>,
 }
 
 /// Every loadable model fixture, plus the mnist-like and cifar10 architectures with seeded
@@ -47,17 +48,13 @@ fn cases() -> Vec<Case> {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         let unet = UNet::new(&model.config, h, w).unwrap();
-        // Models the GPU plan refuses by name (gpu::support) are checked on the CPU only for now.
-        if let Err(e) = ddim_wgpu::gpu::support::check(&unet) {
-            eprintln!("[gpu f16] {}: skipped ({e})", d.display());
-            continue;
-        }
         out.push(Case {
             name: d.file_name().unwrap().to_string_lossy().into_owned(),
             unet,
             weights: model.weights,
             x,
             t,
+            labels: common::fixture_labels(&d),
         });
     }
     assert!(out.len() >= 5, "expected the committed model fixtures");
@@ -77,6 +74,7 @@ fn cases() -> Vec<Case> {
             .unwrap(),
             t: (0..batch).map(|i| 1.0 + 400.0 * i as f32).collect(),
             unet,
+            labels: None,
         });
     }
     out
@@ -87,13 +85,13 @@ fn f16_forward_is_within_tolerance_of_the_cpu_reference() {
     let cases = cases();
     let cpu: Vec<Tensor> = cases
         .iter()
-        .map(|c| cpu_forward(&c.unet, &c.weights, &c.x, &c.t).unwrap())
+        .map(|c| forward_labeled(&c.unet, &c.weights, &c.x, &c.t, c.labels.as_ref()).unwrap())
         .collect();
     let without = common::for_each_f16_backend(|backend, ctx| {
         for (c, want) in cases.iter().zip(&cpu) {
             let w = GpuWeights::upload_as(ctx, &c.unet, &c.weights, Precision::F16).unwrap();
             let f32_bytes = GpuWeights::upload(ctx, &c.unet, &c.weights).unwrap().bytes;
-            let y = forward(ctx, &c.unet, &w, &c.x, &c.t, None)
+            let y = forward(ctx, &c.unet, &w, &c.x, &c.t, c.labels.as_ref(), None)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", c.name));
             let err = common::assert_close(
                 &format!("{} in f16 on {backend}", c.name),

@@ -6,12 +6,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ddim_wgpu::cpu::forward::{forward as cpu_forward, forward_with};
+use ddim_wgpu::cpu::forward::{forward as cpu_forward, forward_labeled, forward_with};
 use ddim_wgpu::gpu::kernels::conv2d::Variant;
-use ddim_wgpu::gpu::plan::{forward, PlanOptions, UNetPlan};
+use ddim_wgpu::gpu::plan::{folded_layers, forward, PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{GpuContext, GpuWeights};
 use ddim_wgpu::model::tensor_io::read_tensor;
-use ddim_wgpu::model::{Model, UNet, Weights};
+use ddim_wgpu::model::unet::broadcast_timesteps;
+use ddim_wgpu::model::{ClassLabels, Model, UNet, Weights};
 use ddim_wgpu::Tensor;
 
 const TOL: f64 = common::FORWARD_TOL;
@@ -54,6 +55,7 @@ struct Fixture {
     x: Tensor,
     t: Vec<f32>,
     torch: Tensor,
+    labels: Option<ClassLabels>,
 }
 
 fn load(dir: &Path) -> Option<Fixture> {
@@ -70,12 +72,6 @@ fn load(dir: &Path) -> Option<Fixture> {
     let x = read_tensor(&dir.join("input.safetensors"), "sample").unwrap();
     let (_, _, h, w) = x.nchw();
     let unet = UNet::new(&model.config, h, w).unwrap();
-    // Models the GPU plan refuses by name (gpu::support) are checked on the CPU only for now
-    // (tests/cpu_unet_fixtures.rs).
-    if let Err(e) = ddim_wgpu::gpu::support::check(&unet) {
-        eprintln!("[gpu forward] {name}: skipped ({e})");
-        return None;
-    }
     let torch = read_tensor(&dir.join("expected.safetensors"), "sample").unwrap();
     Some(Fixture {
         name,
@@ -84,6 +80,7 @@ fn load(dir: &Path) -> Option<Fixture> {
         x,
         t: timesteps(dir),
         torch,
+        labels: common::fixture_labels(dir),
     })
 }
 
@@ -93,7 +90,7 @@ fn forward_matches_cpu_reference_and_pytorch_on_every_fixture() {
     assert!(fixtures.len() >= 5, "expected the committed model fixtures");
     let cpu: Vec<Tensor> = fixtures
         .iter()
-        .map(|f| cpu_forward(&f.unet, &f.model.weights, &f.x, &f.t).unwrap())
+        .map(|f| forward_labeled(&f.unet, &f.model.weights, &f.x, &f.t, f.labels.as_ref()).unwrap())
         .collect();
     common::for_each_backend(|backend, ctx| {
         for (f, cpu) in fixtures.iter().zip(&cpu) {
@@ -103,6 +100,7 @@ fn forward_matches_cpu_reference_and_pytorch_on_every_fixture() {
                 &upload(ctx, &f.unet, &f.model.weights),
                 &f.x,
                 &f.t,
+                f.labels.as_ref(),
                 None,
             )
             .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
@@ -146,6 +144,7 @@ fn batch_split_and_both_conv_variants_agree() {
                 &upload(ctx, &f.unet, &f.model.weights),
                 &x,
                 &t,
+                None,
                 chunk,
             )
             .unwrap();
@@ -244,7 +243,16 @@ fn builtin_architectures_with_random_weights_match_the_cpu() {
         let t: Vec<f32> = (0..batch).map(|i| 1.0 + 400.0 * i as f32).collect();
         let cpu = cpu_forward(&unet, &weights, &x, &t).unwrap();
         common::for_each_backend(|backend, ctx| {
-            let y = forward(ctx, &unet, &upload(ctx, &unet, &weights), &x, &t, None).unwrap();
+            let y = forward(
+                ctx,
+                &unet,
+                &upload(ctx, &unet, &weights),
+                &x,
+                &t,
+                None,
+                None,
+            )
+            .unwrap();
             let err =
                 common::assert_close(&format!("{name} on {backend}"), &y.data, &cpu.data, TOL);
             eprintln!("[gpu forward] {backend} {name} (random weights): rel L2 vs CPU {err:.2e}");
@@ -284,5 +292,122 @@ fn oversized_batch_is_refused_by_the_plan() {
         .err()
         .expect("an oversized batch must be refused");
         assert!(format!("{err:#}").contains("split the batch"), "{err:#}");
+    });
+}
+
+/// Every fixture layer by layer, as `ddim verify` compares them: each layer the GPU plan reports
+/// equals the CPU's, and every CPU layer is reported unless the plan folds it into a neighbour
+/// (`folded_layers`; the class embedding lives inside the GPU's embedding table). This covers
+/// the resnets that resample (avg-pool, nearest, FIR), the skip blocks' image path, the
+/// σ division, Fourier and learned time embeddings and the three class embeddings.
+#[test]
+fn every_fixture_layer_by_layer() {
+    let fixtures: Vec<Fixture> = model_fixtures().iter().filter_map(|d| load(d)).collect();
+    let mut cpu = vec![];
+    for f in &fixtures {
+        let mut layers = vec![];
+        forward_with(
+            &f.unet,
+            &f.model.weights,
+            &f.x,
+            &f.t,
+            f.labels.as_ref(),
+            &mut |name, t| layers.push((name.to_string(), t.clone())),
+        )
+        .unwrap();
+        cpu.push(layers);
+    }
+    common::for_each_backend(|backend, ctx| {
+        for (f, cpu_layers) in fixtures.iter().zip(&cpu) {
+            let weights = upload(ctx, &f.unet, &f.model.weights);
+            let t = broadcast_timesteps(&f.t, f.x.shape[0]).unwrap();
+            let plan = UNetPlan::new(
+                ctx,
+                &f.unet,
+                &weights,
+                &[t],
+                PlanOptions {
+                    conv_variant: None,
+                    keep_layer_outputs: true,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}: {e:#}", f.name));
+            plan.set_labels(ctx, &f.unet, &weights, f.labels.as_ref())
+                .unwrap();
+            plan.write_input(ctx, &f.x).unwrap();
+            plan.run(ctx, 0).unwrap();
+            let got = plan.read_layers(ctx).unwrap();
+            let mut folded = folded_layers(&f.unet);
+            folded.extend(["time_embedding", "class_embedding"]);
+            let mut worst = 0.0f64;
+            for (name, want) in cpu_layers {
+                match got.iter().find(|(n, _)| n == name) {
+                    Some((_, g)) => {
+                        assert_eq!(g.shape, want.shape, "{} {name}", f.name);
+                        worst = worst.max(common::assert_close(
+                            &format!("{} {name} on {backend}", f.name),
+                            &g.data,
+                            &want.data,
+                            TOL,
+                        ));
+                    }
+                    None => assert!(
+                        folded.contains(&name.as_str()),
+                        "{}: the GPU plan reported no output for {name}",
+                        f.name
+                    ),
+                }
+            }
+            assert!(
+                got.iter()
+                    .all(|(n, _)| cpu_layers.iter().any(|(c, _)| c == n)),
+                "{}: the GPU reported a layer the CPU does not name",
+                f.name
+            );
+            eprintln!(
+                "[gpu layers] {backend} {}: {} layers, worst rel L2 {worst:.2e}",
+                f.name,
+                got.len()
+            );
+        }
+    });
+}
+
+/// A class-conditional model (the consistency-model-like fixture: resnet resampling, scale-shift,
+/// a class table) with per-image labels run in chunks of 1 and 2: each chunk's tables are
+/// recomputed for its own labels, so every image matches the CPU; a plan run without labels
+/// is refused.
+#[test]
+fn class_labels_follow_the_images_across_chunks() {
+    let f = load(&fixtures_dir().join("cd_imagenet64_like")).unwrap();
+    let (n, c, h, w) = f.x.nchw();
+    let mut data = f.x.data.clone();
+    data.extend_from_slice(&common::random(c * h * w, 8));
+    let x = Tensor::new(vec![n + 1, c, h, w], data).unwrap();
+    let mut t = f.t.clone();
+    t.push(500.0);
+    let labels = ClassLabels::Indices(vec![3, 7, 1]);
+    let cpu = forward_labeled(&f.unet, &f.model.weights, &x, &t, Some(&labels)).unwrap();
+    common::for_each_backend(|backend, ctx| {
+        let weights = upload(ctx, &f.unet, &f.model.weights);
+        for chunk in [None, Some(1), Some(2)] {
+            let y = forward(ctx, &f.unet, &weights, &x, &t, Some(&labels), chunk).unwrap();
+            common::assert_close(
+                &format!("{backend} labels per image, chunk {chunk:?}"),
+                &y.data,
+                &cpu.data,
+                TOL,
+            );
+        }
+        let plan =
+            UNetPlan::new(ctx, &f.unet, &weights, &[t.clone()], PlanOptions::default()).unwrap();
+        let Err(e) = plan.run(ctx, 0) else {
+            panic!("{backend}: a class-conditional plan ran without labels");
+        };
+        assert!(format!("{e:#}").contains("class-conditional"), "{e:#}");
+        let Err(e) = plan.set_labels(ctx, &f.unet, &weights, None) else {
+            panic!("{backend}: missing labels were accepted");
+        };
+        assert!(format!("{e:#}").contains("give a class label"), "{e:#}");
     });
 }

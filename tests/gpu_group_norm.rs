@@ -1,14 +1,17 @@
-//! Group norm (+ fused SiLU) on the GPU against `cpu::ops::group_norm` (+ `silu`), NHWC vs NCHW.
+//! Group norm (+ fused SiLU) on the GPU against `cpu::ops::group_norm` (+ `silu`), NHWC vs NCHW;
+//! and the apply pass's extras: the scale-shift time conditioning (norm → ·(1 + s) + t → SiLU,
+//! as `cpu::forward::resnet`) and the ×2 resampling of the result (`cpu::resample`).
 
 mod common;
 
-use ddim_wgpu::cpu::ops;
+use ddim_wgpu::cpu::{ops, resample as cpu_resample};
 use ddim_wgpu::gpu::choices::Choices;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::group_norm::{
-    group_norm, GroupNormIo, GroupNormScratch, GroupNormShape,
+    group_norm, group_norm_with, Apply, GroupNormIo, GroupNormScratch, GroupNormShape,
 };
-use ddim_wgpu::gpu::{GpuContext, Precision};
+use ddim_wgpu::gpu::kernels::resample::Resample;
+use ddim_wgpu::gpu::{GpuContext, Precision, StepTable};
 use ddim_wgpu::Tensor;
 
 struct Case {
@@ -247,5 +250,187 @@ fn scratch_too_small_for_the_coefficients_is_refused() {
                 common::KERNEL_TOL,
             );
         }
+    });
+}
+
+/// The apply pass with the scale-shift and/or a resampling of its output, on both reduction
+/// paths, in f32 and (where the device has it) f16 storage. The table has two steps and step 1
+/// is used, through the dynamic offset.
+#[test]
+fn apply_pass_scale_shift_and_resampling_match_cpu() {
+    // (batch, channels, h, w, groups, scale_shift, resample): odd sizes, batch > 1, outputs
+    // not a multiple of the 256-wide workgroup.
+    let cases = [
+        (3, 12, 5, 7, 4, true, Resample::None),
+        (2, 6, 7, 5, 3, false, Resample::AvgPool2),
+        (2, 6, 7, 5, 3, false, Resample::FirDown2),
+        (2, 6, 5, 3, 2, false, Resample::FirUp2),
+        (3, 5, 3, 4, 1, false, Resample::Nearest2),
+        (2, 8, 6, 6, 4, true, Resample::FirDown2),
+    ];
+    for (i, &(n, c, h, w, groups, scale_shift, mode)) in cases.iter().enumerate() {
+        for precision in [Precision::F32, Precision::F16] {
+            check_apply(
+                (n, c, h, w, groups),
+                scale_shift,
+                mode,
+                precision,
+                300 + i as u64,
+            );
+        }
+    }
+}
+
+fn check_apply(
+    (n, c, h, w, groups): (usize, usize, usize, usize, usize),
+    scale_shift: bool,
+    mode: Resample,
+    precision: Precision,
+    seed: u64,
+) {
+    let round = |v: f32| match precision {
+        Precision::F32 => v,
+        Precision::F16 => half::f16::from_f32(v).to_f32(),
+    };
+    let x: Vec<f32> = common::random(n * c * h * w, seed)
+        .iter()
+        .map(|v| round(2.0 * v + 5.0))
+        .collect();
+    let gamma: Vec<f32> = common::random(c, seed + 1)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let beta = common::random(c, seed + 2);
+    let steps: Vec<Vec<f32>> = (0..2)
+        .map(|s| common::random(n * 2 * c, seed + 3 + s))
+        .collect();
+    let eps = 1e-5;
+    let xt = Tensor::new(vec![n, c, h, w], x.clone()).unwrap();
+    let mut want = ops::group_norm(&xt, groups, &gamma, &beta, eps);
+    if scale_shift {
+        let t = &steps[1];
+        for bi in 0..n {
+            for ch in 0..c {
+                let (s, b) = (t[bi * 2 * c + ch], t[bi * 2 * c + c + ch]);
+                for v in &mut want.data[(bi * c + ch) * h * w..][..h * w] {
+                    *v = *v * (1.0 + s) + b;
+                }
+            }
+        }
+    }
+    want = ops::silu(&want);
+    want = match mode {
+        Resample::None => want,
+        Resample::AvgPool2 => cpu_resample::avg_pool2x2(&want),
+        Resample::FirDown2 => cpu_resample::fir_down2(&want),
+        Resample::FirUp2 => cpu_resample::fir_up2(&want),
+        Resample::Nearest2 => ops::upsample_nearest2x(&want),
+    };
+    let (oh, ow) = (want.shape[2], want.shape[3]);
+    let want = common::nchw_to_nhwc(&want.data, n, c, oh, ow);
+    let shape = GroupNormShape {
+        batch: n,
+        hw: h * w,
+        channels: c,
+        groups,
+        eps,
+        silu: true,
+        precision,
+    };
+    let label =
+        format!("group norm {n}x{c}x{h}x{w} scale_shift {scale_shift} {mode:?} {precision}");
+    common::for_each_reduction_path(|path, ctx| {
+        if precision == Precision::F16 && !ctx.features.contains(wgpu::Features::SHADER_F16) {
+            return;
+        }
+        let xb = ctx
+            .tensor_from(
+                "x",
+                &common::nchw_to_nhwc(&x, n, c, h, w),
+                &[n, h, w, c],
+                precision,
+            )
+            .unwrap();
+        let gb = ctx
+            .tensor_from("gamma", &gamma, &[c], Precision::F32)
+            .unwrap();
+        let bb = ctx
+            .tensor_from("beta", &beta, &[c], Precision::F32)
+            .unwrap();
+        let yb = ctx.poisoned_tensor("y", &[n, oh, ow, c], precision);
+        let table = StepTable::aligned_from(ctx, "scale-shift", &steps, n, 2 * c).unwrap();
+        let io = GroupNormIo {
+            x: &xb,
+            gamma: &gb,
+            beta: &bb,
+            y: &yb,
+        };
+        let apply = Apply {
+            scale_shift: scale_shift.then_some(&table),
+            resample: mode,
+        };
+        let scratch = GroupNormScratch::new(ctx, &[shape]);
+        let combine = Choices::fixed(ctx).group_norm(&shape);
+        let d = group_norm_with(ctx, &shape, combine, &scratch, &io, apply).unwrap();
+        run_dispatches(ctx, &d, 1).unwrap();
+        let got = ctx.read_tensor(&yb).unwrap();
+        let tol = match precision {
+            Precision::F32 => common::KERNEL_TOL,
+            Precision::F16 => common::F16_KERNEL_TOL,
+        };
+        let err = common::assert_close(&format!("{label} on {path}"), &got, &want, tol);
+        eprintln!("{label} on {path}: rel L2 {err:.2e}");
+    });
+}
+
+/// A scale-shift table of the wrong width and a resampling that leaves nothing are refused.
+#[test]
+fn apply_pass_bad_input_is_refused() {
+    let (n, c, h, w) = (2, 4, 1, 3);
+    let shape = GroupNormShape {
+        batch: n,
+        hw: h * w,
+        channels: c,
+        groups: 2,
+        eps: 1e-5,
+        silu: true,
+        precision: Precision::F32,
+    };
+    common::for_each_backend(|backend, ctx| {
+        let f32 = Precision::F32;
+        let x = ctx.tensor("x", &[n, h, w, c], f32);
+        let g = ctx.tensor("gamma", &[c], f32);
+        let y = ctx.tensor("y", &[n, h, w, c], f32);
+        let io = GroupNormIo {
+            x: &x,
+            gamma: &g,
+            beta: &g,
+            y: &y,
+        };
+        let scratch = GroupNormScratch::new(ctx, &[shape]);
+        let combine = Choices::fixed(ctx).group_norm(&shape);
+        let narrow = StepTable::aligned_from(ctx, "t", &[vec![0.0; n * c]], n, c).unwrap();
+        let apply = Apply {
+            scale_shift: Some(&narrow),
+            ..Apply::default()
+        };
+        let Err(e) = group_norm_with(ctx, &shape, combine, &scratch, &io, apply) else {
+            panic!("{backend}: accepted");
+        };
+        assert!(
+            format!("{e:#}").contains("scale-shift table"),
+            "{backend}: {e:#}"
+        );
+        let apply = Apply {
+            resample: Resample::AvgPool2,
+            ..Apply::default()
+        };
+        let Err(e) = group_norm_with(ctx, &shape, combine, &scratch, &io, apply) else {
+            panic!("{backend}: accepted");
+        };
+        assert!(
+            format!("{e:#}").contains("leaves nothing"),
+            "{backend}: {e:#}"
+        );
     });
 }

@@ -330,3 +330,47 @@ fn bad_noise_and_shapes_are_errors() {
         assert!(format!("{err:#}").contains("NCHW"), "{backend}: {err:#}");
     });
 }
+
+/// Class-conditional models sampled on the GPU against the CPU reference, a label per seed: the
+/// consistency-model-like fixture (class table, resnet resampling, scale-shift) and a
+/// `timestep`-type class embedding, 3 images in chunks of 2 (the batch-2 plan runs two chunks
+/// with different labels, so its tables are recomputed per chunk). The Fourier skip models take
+/// σ > 0 and DDIM ends at t = 0, so they are checked by tests/gpu_forward.rs.
+#[test]
+fn class_conditional_models_sample_as_on_the_cpu() {
+    use ddim_wgpu::model::ClassLabels;
+    use ddim_wgpu::pipeline::{Device, Noise, Pipeline, SampleRequest};
+    use ddim_wgpu::sampling::SampleSettings;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet");
+    for (fixture, labels) in [
+        ("cd_imagenet64_like", ClassLabels::Indices(vec![2, 9, 4])),
+        ("class_timestep", ClassLabels::Indices(vec![1, 0, 3])),
+    ] {
+        let pipe = Pipeline::load(&root.join(fixture)).unwrap();
+        let request = SampleRequest {
+            settings: SampleSettings {
+                steps: 3,
+                eta: 1.0,
+                ..Default::default()
+            },
+            noise: Noise::Seeds(vec![11, 12, 13]),
+            batch: Some(2),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let want = pipe.sample(&Device::Cpu, &request).unwrap();
+        common::for_each_backend(|backend, _| {
+            let device = common::device(backend).unwrap();
+            let got = pipe
+                .sample(&device, &request)
+                .unwrap_or_else(|e| panic!("{fixture} on {backend}: {e:#}"));
+            let (max_abs, at) = max_abs_diff(&got.data, &want.data);
+            eprintln!("{fixture} on {backend}: max abs {max_abs:.2e}");
+            assert!(
+                max_abs <= common::SAMPLE_MAX_ABS,
+                "{fixture} on {backend}: max abs {max_abs:.3e} at {at}"
+            );
+        });
+    }
+}

@@ -44,7 +44,7 @@ fn forward_checked(ctx: &GpuContext, what: &str) -> TuneReport {
     .unwrap();
     let t = [999.0, 500.0, 3.0];
     let weights = GpuWeights::upload(ctx, unet, &pipe.model.weights).unwrap();
-    let y = forward(ctx, unet, &weights, &x, &t, None).unwrap();
+    let y = forward(ctx, unet, &weights, &x, &t, None, None).unwrap();
     let want = cpu_forward(unet, &pipe.model.weights, &x, &t).unwrap();
     common::assert_close(what, &y.data, &want.data, common::FORWARD_TOL);
     ctx.tuner.report()

@@ -2,8 +2,9 @@
 //! (fixtures from tools/export_guidance_fixtures.py: a tiny class-conditional model with the null
 //! label 3 declared by `"_null_class_label"`, diffusers' DDIM (eta 0, 0.5, 1; ε and v), DPM-Solver++,
 //! UniPC, Euler ancestral and Heun schedulers, the unconditional half first, `rescale_noise_cfg`
-//! where the case has a rescale), on the CPU reference, in whole-batch chunks and in chunks of one
-//! or two images (the noise plan slices the guided batch's draws of shape B).
+//! where the case has a rescale), on the CPU reference and on every GPU backend (the doubled
+//! batch through the plan, the combination fused into the updates), in whole-batch chunks and in
+//! chunks of one or two images (the noise plan slices the guided batch's draws of shape B).
 
 mod common;
 
@@ -125,6 +126,14 @@ pub fn check_all(device: &Device, what: &str, small: usize) {
 #[test]
 fn cpu_guidance_reproduces_diffusers_loops() {
     check_all(&Device::Cpu, "cpu", 1);
+}
+
+#[test]
+fn gpu_guidance_reproduces_diffusers_loops() {
+    common::for_each_backend(|backend, _| {
+        let device = common::device(backend).unwrap();
+        check_all(&device, &format!("{backend:?}"), 2);
+    });
 }
 
 /// Guidance at scale 1 is off: the same images as the conditional model alone; and a guided run

@@ -434,36 +434,3 @@ fn timesteps_the_time_embedding_cannot_take_are_refused() {
     refuses(&unet, &w, &[0.0], None, "must be positive (σ > 0)");
     refuses(&unet, &w, &[f32::NAN], None, "not a finite number");
 }
-
-#[test]
-fn the_gpu_plan_refuses_by_name_what_it_cannot_run_yet() {
-    let check = |edit: fn(&mut UNet2DConfig), needle: &str| {
-        let (unet, _) = small(edit);
-        let e = ddim_wgpu::gpu::support::check(&unet)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(needle) && e.ends_with("is not yet supported on the GPU; use --device cpu"),
-            "{e}"
-        );
-    };
-    check(
-        |c| c.time_embedding_type = "fourier".into(),
-        "time_embedding_type \"fourier\"",
-    );
-    check(|c| c.num_class_embeds = Some(3), "class conditioning");
-    check(
-        |c| c.down_block_types[0] = "ResnetDownsampleBlock2D".into(),
-        "down_blocks.0.downsamplers.0 (a resnet that resamples)",
-    );
-    check(
-        |c| {
-            c.norm_num_groups = None;
-            c.down_block_types = vec!["SkipDownBlock2D".into(), "SkipDownBlock2D".into()];
-            c.up_block_types = vec!["SkipUpBlock2D".into(), "SkipUpBlock2D".into()];
-        },
-        "skip_sample (the skip blocks' image path)",
-    );
-    let (unet, _) = small(|_| {});
-    assert!(ddim_wgpu::gpu::support::check(&unet).is_ok());
-}

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
     attention, consistency, conv2d, ddim_step, elementwise, group_norm, guide, linear, multistep,
-    sigma_step, smoke, threshold, SHADERS,
+    resample, sigma_step, smoke, threshold, time_embedding, SHADERS,
 };
 
 /// A Rust struct's size and the offset of each of its fields.
@@ -70,7 +70,11 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 out_scale,
                 m_total,
                 m_groups_y,
-                _pad,
+                res_h,
+                res_w,
+                res_mode,
+                _pad0,
+                _pad1,
             }),
         ),
         (
@@ -111,11 +115,21 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 n,
                 c1,
                 c2,
-                hw,
                 scale,
                 shift,
                 row_groups,
-                _pad
+                _pad0,
+                _pad1
+            }),
+        ),
+        (
+            "embedding",
+            "Params",
+            host_layout!(time_embedding::Params {
+                rows,
+                batch,
+                width,
+                row_groups,
             }),
         ),
         (
@@ -130,9 +144,31 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 num_chunks,
                 eps,
                 silu,
+                width,
+                out_h,
+                out_w,
+                resample,
+                scale_shift,
+                _pad0,
+                _pad1,
+                _pad2,
             }),
         ),
         ("linear", "Params", linear_params()),
+        (
+            "resample",
+            "Params",
+            host_layout!(resample::Params {
+                batch,
+                height,
+                width,
+                channels,
+                out_h,
+                out_w,
+                mode,
+                row_groups,
+            }),
+        ),
         ("linear_k4", "Params", linear_params()),
         (
             "consistency",
@@ -494,6 +530,7 @@ fn flags_and_tile_sizes_agree() {
         [
             HAS_CHAN_ADD,
             HAS_RESIDUAL,
+            IMAGE_DIV,
             REG_TM,
             REG_TNV,
             REG_WG,
@@ -509,6 +546,11 @@ fn flags_and_tile_sizes_agree() {
         ["linear", "linear_k4"],
         linear,
         [HAS_BIAS, HAS_RESIDUAL, SILU_IN, SILU_OUT, BIAS_PER_ROW]
+    );
+    assert_consts_agree!(
+        ["resample", "group_norm", "conv2d"],
+        resample,
+        [RS_NONE, RS_AVG_POOL, RS_FIR_DOWN, RS_FIR_UP, RS_NEAREST]
     );
 }
 

@@ -156,3 +156,45 @@ fn verify_in_f16_uses_f16_tolerances_and_gl_refuses_it() {
         }
     });
 }
+
+/// The new block types layer by layer on both backends: a class-conditional model with
+/// resampling resnets and scale-shift (with labels, and its short sample), the NCSN++-like skip
+/// model with a Fourier embedding (its image path reported per block, the σ division as the
+/// last layer; no sample, as DDIM ends at t = 0), and a learned time embedding.
+#[test]
+fn verify_is_green_on_the_new_block_types() {
+    let _guard = common::gpu_lock();
+    for backend in common::backends() {
+        if common::context(backend).is_none() {
+            continue;
+        }
+        let name = backend.to_string();
+        for (model, class, expected) in [
+            (
+                "cd_imagenet64_like",
+                Some("3,7"),
+                &["down_blocks.0.downsamplers.0", "sample (2 DDIM steps"][..],
+            ),
+            (
+                "ncsnpp_skip_fourier",
+                None,
+                &["up_blocks.0.skip_conv", "divide_by_sigma", "no sample"][..],
+            ),
+            ("learned_time", Some("1"), &["sample (2 DDIM steps"][..]),
+        ] {
+            let model_dir = fixture(model);
+            let mut args = vec!["--model", &model_dir, "--steps", "2", "--backend", &name];
+            if let Some(c) = class {
+                args.extend(["--class", c]);
+            }
+            let (ok, text) = verify(&args);
+            assert!(ok, "ddim verify {model} on {name} failed:\n{text}");
+            for e in expected.iter().chain(&["OK:"]) {
+                assert!(
+                    text.contains(e),
+                    "{model} on {name}: missing {e:?} in:\n{text}"
+                );
+            }
+        }
+    }
+}

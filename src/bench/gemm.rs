@@ -140,6 +140,8 @@ pub fn build(ctx: &GpuContext, kernel: GemmKernel, size: GemmSize) -> Result<Gem
                 x_b: None,
                 chan_add: None,
                 residual: None,
+                residual_resample: Default::default(),
+                image_div: None,
                 out: &out,
                 out_scale: 1.0,
             };

@@ -106,6 +106,8 @@ pub fn conv_case(
         x_b: x_b.as_ref(),
         chan_add: None,
         residual: None,
+        residual_resample: Default::default(),
+        image_div: None,
         out: &out,
         out_scale: 1.0,
     };

@@ -112,11 +112,19 @@ pub fn run(args: Args) -> Result<()> {
     let (_, _, h, w) = x.nchw();
     let unet = UNet::new(&config, h, w)?;
     ClassLabels::check(labels.as_ref(), &unet.time).context("--class")?;
-    // Under auto, a model the GPU plan cannot run yet goes to the CPU reference.
-    let gpu_can = ddim_wgpu::gpu::support::check(&unet).is_ok();
-    if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none() && gpu_can) {
+    if args.device == "gpu" || (args.device == "auto" && args.save_layers.is_none()) {
         match open_gpu(&args) {
-            Ok(ctx) => return run_gpu(&args, &ctx, &unet, &weights, &x, &timesteps),
+            Ok(ctx) => {
+                return run_gpu(
+                    &args,
+                    &ctx,
+                    &unet,
+                    &weights,
+                    &x,
+                    &timesteps,
+                    labels.as_ref(),
+                )
+            }
             Err(e) if args.device == "gpu" || args.adapter.names_one() => return Err(e),
             Err(e) => log::warn!("no usable GPU adapter ({e:#}); using the CPU reference"),
         }
@@ -167,13 +175,11 @@ fn run_gpu(
     weights: &Weights,
     x: &ddim_wgpu::Tensor,
     timesteps: &[f32],
+    labels: Option<&ClassLabels>,
 ) -> Result<()> {
     let start = Instant::now();
-    if args.class.is_some() {
-        bail!(ddim_wgpu::gpu::support::unsupported("class conditioning"));
-    }
     let weights = ddim_wgpu::gpu::GpuWeights::upload(ctx, unet, weights)?;
-    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, &weights, x, timesteps, None)?;
+    let y = ddim_wgpu::gpu::plan::forward(ctx, unet, &weights, x, timesteps, labels, None)?;
     let secs = start.elapsed().as_secs_f64();
     if !args.quiet {
         let gflop = unet.flops() as f64 * x.shape[0] as f64 / 1e9;

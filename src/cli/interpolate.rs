@@ -101,7 +101,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
     let x = Tensor::new(vec![args.frames, c, h, w], x)?;
-    let device = args.device.open_for(&pipe)?;
+    let device = args.device.open()?;
     let bar = progress_bar(args.quiet);
     let request = LatentRequest {
         steps: args.steps,

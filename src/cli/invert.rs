@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         pipe.scheduler.clip_sample = false;
     }
     let x0 = load_images(&args, &pipe)?;
-    let device = args.device.open_for(&pipe)?;
+    let device = args.device.open()?;
     if args.report {
         println!(
             "DDIM inversion + reconstruction of {} image(s), {name}, on {}",

@@ -130,7 +130,7 @@ pub fn run(args: Args) -> Result<()> {
             num: args.num,
         },
     };
-    let device = args.device.open_for(&pipe)?;
+    let device = args.device.open()?;
     let bar = progress_bar(args.quiet);
     let settings = args.settings(&pipe);
     let sampler = settings.sampler;

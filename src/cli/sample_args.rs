@@ -34,22 +34,6 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// [`DeviceArgs::open`] for `pipe`'s model: under plain `--device auto`, a model the GPU plan
-    /// cannot run yet (`gpu::support`) goes to the CPU reference, with a warning.
-    pub fn open_for(&self, pipe: &Pipeline) -> Result<Device> {
-        let device = self.open()?;
-        if self.device == DeviceArg::Auto && matches!(device, Device::Gpu(_)) {
-            let half = self.adapter.choice()?.precision != ddim_wgpu::gpu::Precision::F32;
-            if !half && !self.adapter.names_one() {
-                if let Err(e) = ddim_wgpu::gpu::support::check(&pipe.unet) {
-                    log::warn!("{e}; using the CPU reference");
-                    return Ok(Device::Cpu);
-                }
-            }
-        }
-        Ok(device)
-    }
-
     pub fn open(&self) -> Result<Device> {
         let choice = self.adapter.choice()?;
         let half = choice.precision != ddim_wgpu::gpu::Precision::F32;

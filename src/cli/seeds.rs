@@ -199,7 +199,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
-    let device = args.device.open_for(&pipe)?;
+    let device = args.device.open()?;
     let mut request = SampleRequest {
         settings,
         // Only the count matters for choosing the batch; each window gets its own seeds.

@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 use ddim_wgpu::cpu::forward::forward_with;
 use ddim_wgpu::gpu::context::run_dispatches;
 use ddim_wgpu::gpu::kernels::time_embedding::time_embedding;
-use ddim_wgpu::gpu::plan::{PlanOptions, UNetPlan};
+use ddim_wgpu::gpu::plan::{folded_layers, PlanOptions, UNetPlan};
 use ddim_wgpu::gpu::{GpuContext, GpuWeights};
-use ddim_wgpu::model::unet::Op;
-use ddim_wgpu::model::UNet;
+use ddim_wgpu::model::unet::TimeProj;
+use ddim_wgpu::model::{ClassLabels, UNet};
 use ddim_wgpu::pipeline::{Device, Noise, SampleRequest};
 use ddim_wgpu::rng::{RngKind, TorchRng};
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind};
@@ -110,14 +110,15 @@ fn timesteps(batch: usize, train_steps: usize) -> Vec<f32> {
 }
 
 /// The GPU forward's time embedding and every layer's output (NCHW), named as the CPU
-/// reference names them (`cpu::forward::forward_with`); layers the plan folds into the next
-/// kernel (skip concatenation, nearest upsample) have no output of their own.
+/// reference names them (`cpu::forward::forward_with`); layers the plan folds into a neighbour
+/// (`gpu::plan::folded_layers`) have no output of their own.
 fn gpu_forward_layers(
     ctx: &GpuContext,
     unet: &UNet,
     weights: &GpuWeights,
     x: &Tensor,
     timesteps: &[f32],
+    labels: Option<&ClassLabels>,
 ) -> Result<Vec<(String, Tensor)>> {
     let steps = [timesteps.to_vec()];
     let options = PlanOptions {
@@ -125,6 +126,7 @@ fn gpu_forward_layers(
         ..Default::default()
     };
     let plan = UNetPlan::new(ctx, unet, weights, &steps, options)?;
+    plan.set_labels(ctx, unet, weights, labels)?;
     plan.write_input(ctx, x)?;
     plan.run(ctx, 0)?;
     let mut layers = plan.read_layers(ctx)?;
@@ -151,16 +153,18 @@ pub fn run(args: Args) -> Result<()> {
     let unet = &pipe.unet;
     let weights = &pipe.model.weights;
     let labels = super::flags::labels_of(&args.class);
-    ddim_wgpu::model::ClassLabels::check(labels.as_ref(), &unet.time).context("--class")?;
-    // What the plan cannot run yet is refused before the CPU reference spends its time.
-    ddim_wgpu::gpu::support::check(unet)?;
+    ClassLabels::check(labels.as_ref(), &unet.time).context("--class")?;
     let (c, h, w) = (unet.input.c, unet.input.h, unet.input.w);
     let numel = args.batch * c * h * w;
     let x = Tensor::new(
         vec![args.batch, c, h, w],
         TorchRng::new(args.seed).randn(numel.max(16))?[..numel].to_vec(),
     )?;
-    let ts = timesteps(args.batch, pipe.scheduler.num_train_timesteps);
+    let mut ts = timesteps(args.batch, pipe.scheduler.num_train_timesteps);
+    if matches!(unet.time.proj, TimeProj::Fourier { .. }) {
+        // A Fourier embedding takes σ > 0 (it embeds ln σ): the spread starts at 0.01.
+        ts.iter_mut().for_each(|t| *t = t.max(0.01));
+    }
 
     // The forward, layer by layer.
     let t0 = Instant::now();
@@ -171,16 +175,14 @@ pub fn run(args: Args) -> Result<()> {
     let cpu_secs = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let gpu_weights = pipe.gpu_weights(ctx)?;
-    let gpu_layers = gpu_forward_layers(ctx, unet, &gpu_weights, &x, &ts)
+    let gpu_layers = gpu_forward_layers(ctx, unet, &gpu_weights, &x, &ts, labels.as_ref())
         .context("running the forward on the GPU")?;
     let gpu_secs = t0.elapsed().as_secs_f64();
     let mut rows = vec![];
-    let folded: Vec<&str> = unet
-        .layers
-        .iter()
-        .filter(|l| matches!(l.op, Op::ConcatSkip { .. } | Op::UpsampleNearest2x))
-        .map(|l| l.name.as_str())
-        .collect();
+    // The class embedding is added inside the GPU's embedding table; the resnets reading it
+    // are compared.
+    let mut folded = folded_layers(unet);
+    folded.push("class_embedding");
     for (name, want) in &cpu_layers {
         match gpu_layers.iter().find(|(n, _)| n == name) {
             Some((_, got)) => rows.push(Row::new(name, got, want)),
@@ -191,12 +193,18 @@ pub fn run(args: Args) -> Result<()> {
 
     // A short sample through the whole loop (GPU sampler vs CPU reference, same noise).
     let mut sample_row = None;
-    let samplable = unet.output == unet.input;
+    // A Fourier (σ-conditioned, score) model cannot take the t = 0 every DDIM run ends at.
+    let fourier = matches!(unet.time.proj, TimeProj::Fourier { .. });
+    let samplable = unet.output == unet.input && !fourier;
     if args.steps > 0 && !samplable && !args.json {
-        println!(
-            "(no sample: the model outputs {} for inputs {}, e.g. a learned variance)",
-            unet.output, unet.input
-        );
+        if fourier {
+            println!("(no sample: a Fourier time embedding takes σ > 0, and DDIM ends at t = 0)");
+        } else {
+            println!(
+                "(no sample: the model outputs {} for inputs {}, e.g. a learned variance)",
+                unet.output, unet.input
+            );
+        }
     }
     if args.steps > 0 && samplable {
         let eta = args.eta.unwrap_or(if args.sampler == SamplerKind::Ddim {

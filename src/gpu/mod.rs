@@ -12,7 +12,6 @@ pub mod pool;
 pub mod precision;
 pub mod profile;
 pub mod sampler;
-pub mod support;
 pub mod tensor;
 pub mod tune;
 pub mod tuning;

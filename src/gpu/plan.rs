@@ -11,13 +11,21 @@
 //!   variants for; the tuning pass ([`super::tuning`]) chooses those, and the plan is built
 //!   again on the packed buffers with the choices as values. wgpu orders the dispatches of a
 //!   pass, so buffer reuse needs no extra synchronisation.
-//! * Everything that depends only on the timestep (time embedding, every resnet's projection)
-//!   is computed for all steps when the plan is built, into tables the convolutions read at a
-//!   dynamic offset: dispatches and bind groups are recorded once and replayed per step.
+//! * Everything that depends only on the timestep and the class labels (time and class
+//!   embedding, every resnet's projection) is computed for all steps when the plan is built,
+//!   into tables the convolutions and norms read at a dynamic offset: dispatches and bind groups
+//!   are recorded once and replayed per step. New labels (a chunk of other images) rewrite the
+//!   class input and run those table dispatches again ([`UNetPlan::set_labels`]).
 //! * The decoder's nearest upsample and the skip concatenation feeding a shortcut conv are
 //!   folded into the conv loader; a concatenation feeding a group norm is materialised.
+//! * What sits next to a kernel joins it: the scale-shift time conditioning and an up/down
+//!   resnet's resampling of h run in the group norm's apply pass (nearest in conv1's loader), the
+//!   resampled identity is read through the filter by conv2's epilogue, and a skip model's image
+//!   path add (FIR-upsampled as it is read) and a Fourier model's division by σ run in the
+//!   epilogues of the convs they follow ([`folded_layers`] names what has no output of its own).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -27,19 +35,23 @@ use super::kernel::Dispatch;
 use super::kernels::attention::{attention_block, AttentionScratch};
 use super::kernels::conv2d::{conv2d, ConvIo, ConvShape, Variant};
 use super::kernels::elementwise;
-use super::kernels::group_norm::{group_norm, GroupNormIo, GroupNormScratch, GroupNormShape};
-use super::kernels::time_embedding::{time_embedding, time_projection, EmbeddingTable};
+use super::kernels::group_norm::{
+    group_norm_with, Apply, GroupNormIo, GroupNormScratch, GroupNormShape,
+};
+use super::kernels::resample::{self, Resample};
+use super::kernels::time_embedding::{time_projection, Embedding, EmbeddingTable};
 use super::memory::Footprint;
 use super::pool::{Act, Pool};
 use super::precision::Precision;
-use super::support;
-use super::tensor::GpuTensor;
+use super::tensor::{GpuTensor, StepTable};
 use super::tuning;
 use super::weights::{attention_shape, GpuWeights};
 use super::GpuContext;
 use crate::model::unet::{
-    broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resnet, Shape, UNet,
+    broadcast_timesteps, Attention, Conv2d, GroupNorm, Op, Resample as ModelResample, Resnet,
+    Shape, UNet,
 };
+use crate::model::ClassLabels;
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use crate::Tensor;
 
@@ -98,6 +110,12 @@ pub struct UNetPlan {
     pool: Pool,
     /// Useful FLOPs of one forward (all dispatches).
     pub flops: u64,
+    /// The time (and class) embedding and every resnet's projection of it: run when the plan
+    /// is built, and again when the class labels change ([`UNetPlan::set_labels`]).
+    embedding: Embedding,
+    projections: Vec<Dispatch>,
+    /// The labels the tables were last computed for.
+    labels: Mutex<Option<ClassLabels>>,
 }
 
 /// Largest batch whose every buffer fits in one binding on `ctx` (at least 1, or an error when
@@ -168,11 +186,16 @@ pub fn plan_footprint(
     })
 }
 
-/// What a convolution's epilogue adds to its output: `(conv + chan_add + residual) · out_scale`.
+/// What a convolution's epilogue adds to its output:
+/// `(conv + chan_add + resample(residual)) · out_scale / image_div`.
 struct Epilogue<'t> {
     /// A per-step `[B, Cout]` table (a resnet's time projection).
     chan_add: Option<&'t EmbeddingTable>,
     residual: Option<Act>,
+    /// How the residual is resampled as it is read (a resnet's pooled or upsampled identity).
+    residual_resample: Resample,
+    /// A per-step `[B, 1]` table dividing the result (a fourier skip model's σ).
+    image_div: Option<&'t StepTable>,
     out_scale: f32,
 }
 
@@ -181,6 +204,8 @@ impl Epilogue<'_> {
     const NONE: Epilogue<'static> = Epilogue {
         chan_add: None,
         residual: None,
+        residual_resample: Resample::None,
+        image_div: None,
         out_scale: 1.0,
     };
 }
@@ -248,6 +273,8 @@ impl Builder<'_> {
             x_b: b.map(|b| &b.tensor),
             chan_add: epilogue.chan_add,
             residual: epilogue.residual.as_ref().map(|r| &r.tensor),
+            residual_resample: epilogue.residual_resample,
+            image_div: epilogue.image_div,
             out: &out,
             out_scale: epilogue.out_scale,
         };
@@ -258,7 +285,15 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn group_norm(&mut self, name: &str, norm: &GroupNorm, x: Act, silu: bool) -> Result<Act> {
+    /// `silu?(norm(x))`, with the apply pass's extras (`apply`: scale-shift, resampling).
+    fn group_norm(
+        &mut self,
+        name: &str,
+        norm: &GroupNorm,
+        x: Act,
+        silu: bool,
+        apply: Apply<'_>,
+    ) -> Result<Act> {
         ensure!(
             norm.channels == shape(&x).c,
             "{name}: norm over {} channels, activation has {}",
@@ -266,7 +301,9 @@ impl Builder<'_> {
             shape(&x).c
         );
         let ns = GroupNormShape::of(&x, norm.groups, norm.eps, silu)?;
-        let out = self.new_act(name, shape(&x));
+        let s = shape(&x);
+        let (h, w) = apply.resample.out_hw(s.h, s.w)?;
+        let out = self.new_act(name, Shape { h, w, ..s });
         let io = GroupNormIo {
             x: &x,
             gamma: self.weights.tensor(&norm.weight)?,
@@ -274,7 +311,7 @@ impl Builder<'_> {
             y: &out,
         };
         let combine = self.choices.group_norm(&ns);
-        let ds = group_norm(self.ctx, &ns, combine, &self.norm_scratch, &io)
+        let ds = group_norm_with(self.ctx, &ns, combine, &self.norm_scratch, &io, apply)
             .with_context(|| format!("{name}: group norm"))?;
         self.dispatches.extend(ds);
         Ok(out)
@@ -300,56 +337,74 @@ impl Builder<'_> {
         }
     }
 
-    fn resnet(&mut self, name: &str, r: &Resnet, x: Cur) -> Result<Act> {
+    /// A resnet whose both paths are resampled by `resample` after norm1 + SiLU (diffusers'
+    /// up/down resnets; `Resample::None` for the plain one). Nothing costs a pass of its own
+    /// except a shortcut conv's filtered input: h is resampled by norm1's apply pass (nearest by
+    /// conv1's loader, so the 4× larger h is never stored), the identity by conv2's epilogue as
+    /// it reads it, and a shortcut conv's input by the loader (nearest) or else the standalone
+    /// kernel.
+    fn resnet(&mut self, name: &str, r: &Resnet, x: Cur, resample: Resample) -> Result<Act> {
         let (proj, table) = time_projection(self.ctx, &r.time_emb_proj, self.weights, &self.emb)
             .with_context(|| format!("{name}: time_emb_proj"))?;
         self.prelude.push(proj);
 
         // With a shortcut conv, it reads x (a pair directly); without, x itself is the residual.
         let xs = self.materialise(&format!("{name}.concat"), x.clone())?;
+        let filter_x =
+            r.shortcut.is_some() && !matches!(resample, Resample::None | Resample::Nearest2);
+        let shortcut_in = filter_x.then(|| xs.clone());
         let (norm_in, identity) = match r.shortcut {
             Some(_) => (xs, None),
             None => (xs.clone(), Some(xs)),
         };
-        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true)?;
+        let plain = Apply::default();
+        let (norm1_resample, conv1_up) = match resample {
+            Resample::Nearest2 => (Resample::None, true),
+            mode => (mode, false),
+        };
+        let apply1 = Apply {
+            resample: norm1_resample,
+            ..plain
+        };
+        let n1 = self.group_norm(&format!("{name}.norm1"), &r.norm1, norm_in, true, apply1)?;
+        let conv1 = format!("{name}.conv1");
         let n2 = if r.scale_shift {
-            let conv1 = format!("{name}.conv1");
-            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), false, Epilogue::NONE)?;
-            let g = self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, false)?;
-            let label = format!("{name}.scale_shift");
-            let out = self.new_act(&label, shape(&g));
-            let d = elementwise::scale_shift_silu(self.ctx, &label, &g, &table, &out)?;
-            self.dispatches.push(d);
-            out
+            // norm2 → ·(1 + scale) + shift → SiLU, all in norm2's apply pass.
+            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), conv1_up, Epilogue::NONE)?;
+            let apply = Apply {
+                scale_shift: Some(&table),
+                ..plain
+            };
+            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true, apply)?
         } else {
             let epilogue = Epilogue {
                 chan_add: Some(&table),
                 ..Epilogue::NONE
             };
-            let h1 = self.conv(
-                &format!("{name}.conv1"),
-                &r.conv1,
-                Cur::One(n1),
-                false,
-                epilogue,
-            )?;
-            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true)?
+            let h1 = self.conv(&conv1, &r.conv1, Cur::One(n1), conv1_up, epilogue)?;
+            self.group_norm(&format!("{name}.norm2"), &r.norm2, h1, true, plain)?
         };
-        let residual = match (&r.shortcut, identity) {
-            (Some(s), _) => self.conv(
-                &format!("{name}.conv_shortcut"),
-                s,
-                x,
-                false,
-                Epilogue::NONE,
-            )?,
-            (None, Some(identity)) => identity,
+        let (residual, residual_resample) = match (&r.shortcut, identity) {
+            (Some(s), _) => {
+                let label = format!("{name}.conv_shortcut");
+                let (input, up) = match shortcut_in {
+                    Some(xs) => {
+                        let out = self.resample(&format!("{name}.resample_x"), resample, xs)?;
+                        (Cur::One(out), false)
+                    }
+                    None => (x, resample == Resample::Nearest2),
+                };
+                let sc = self.conv(&label, s, input, up, Epilogue::NONE)?;
+                (sc, Resample::None)
+            }
+            (None, Some(identity)) => (identity, resample),
             (None, None) => unreachable!("no shortcut means x is the identity"),
         };
         let epilogue = Epilogue {
-            chan_add: None,
             residual: Some(residual),
+            residual_resample,
             out_scale: 1.0 / r.output_scale_factor,
+            ..Epilogue::NONE
         };
         self.conv(
             &format!("{name}.conv2"),
@@ -358,6 +413,16 @@ impl Builder<'_> {
             false,
             epilogue,
         )
+    }
+
+    /// `mode(x)` by the standalone resampling kernel.
+    fn resample(&mut self, name: &str, mode: Resample, x: Act) -> Result<Act> {
+        let s = shape(&x);
+        let (h, w) = mode.out_hw(s.h, s.w)?;
+        let out = self.new_act(name, Shape { h, w, ..s });
+        let d = resample::resample(self.ctx, name, mode, &x, &out)?;
+        self.dispatches.push(d);
+        Ok(out)
     }
 
     fn attention(&mut self, name: &str, a: &Attention, x: Act) -> Result<Act> {
@@ -384,6 +449,65 @@ impl Builder<'_> {
         self.dispatches.extend(ds);
         Ok(out)
     }
+}
+
+/// The embedding's dispatches, then the resnets' projections of it, in order.
+fn run_prelude(ctx: &GpuContext, embedding: &Embedding, projections: &[Dispatch]) -> Result<()> {
+    for dispatches in [&embedding.time[..], &embedding.class[..], projections] {
+        run_dispatches(ctx, dispatches, 0)?;
+    }
+    Ok(())
+}
+
+/// The kernels' name for a resnet's resampling.
+fn resample_of(r: Option<ModelResample>) -> Resample {
+    match r {
+        None => Resample::None,
+        Some(ModelResample::AvgPool2x2) => Resample::AvgPool2,
+        Some(ModelResample::Nearest2x) => Resample::Nearest2,
+        Some(ModelResample::FirDown2) => Resample::FirDown2,
+        Some(ModelResample::FirUp2) => Resample::FirUp2,
+    }
+}
+
+/// The layers that have no output of their own on the GPU because the plan folds them into a
+/// neighbour (for `ddim verify`, which compares the rest with the CPU's layers): a skip
+/// concatenation and a nearest upsample (read by the next conv's loader), and the ops a conv's
+/// epilogue absorbs (a skip model's image-path add and a Fourier model's division by σ, the
+/// conv's result being reported under the last of them).
+pub fn folded_layers(unet: &UNet) -> Vec<&str> {
+    let absorbed = |op: Option<&Op>| matches!(op, Some(Op::SkipImageAdd | Op::DivideBySigma));
+    let layers = &unet.layers;
+    layers
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| match l.op {
+            Op::ConcatSkip { .. } | Op::UpsampleNearest2x | Op::SkipImageCapture => true,
+            Op::Conv(_) | Op::SkipImageAdd => absorbed(layers.get(i + 1).map(|n| &n.op)),
+            _ => false,
+        })
+        .map(|(_, l)| l.name.as_str())
+        .collect()
+}
+
+/// The entries `images` of per-image `labels`.
+fn pick_labels(labels: &ClassLabels, images: &[usize]) -> Result<ClassLabels> {
+    let one = |i: usize| labels.images(i..i + 1);
+    let mut parts = images.iter().map(|&i| one(i));
+    let first = parts.next().context("no images")??;
+    parts.try_fold(first, |acc, next| {
+        Ok(match (acc, next?) {
+            (ClassLabels::Indices(mut a), ClassLabels::Indices(b)) => {
+                a.extend(b);
+                ClassLabels::Indices(a)
+            }
+            (ClassLabels::Vectors { width, mut data }, ClassLabels::Vectors { data: b, .. }) => {
+                data.extend(b);
+                ClassLabels::Vectors { width, data }
+            }
+            _ => bail!("class labels of two kinds"),
+        })
+    })
 }
 
 fn one(cur: Cur, name: &str) -> Result<Act> {
@@ -437,7 +561,6 @@ impl UNetPlan {
         pool: Pool,
         choices: &Choices,
     ) -> Result<Self> {
-        support::check(unet)?;
         ensure!(!timesteps.is_empty(), "a plan needs at least one step");
         let batch = timesteps[0].len();
         ensure!(batch > 0, "a plan needs a batch of at least one image");
@@ -468,11 +591,20 @@ impl UNetPlan {
                     norm_shapes.push(gn(&r.norm2, l.output));
                 }
                 Op::GroupNormSilu(n) => norm_shapes.push(gn(n, l.input)),
+                Op::SkipImageUp {
+                    project: Some(p), ..
+                } => norm_shapes.push(gn(&p.norm, l.input)),
                 _ => {}
             }
         }
-        let (prelude, emb) =
-            time_embedding(ctx, &unet.time, weights, timesteps).context("time embedding")?;
+        let embedding =
+            Embedding::new(ctx, &unet.time, weights, timesteps).context("time embedding")?;
+        let emb = embedding.emb.clone();
+        // A Fourier model's output is divided by its timestep (σ) per image.
+        let sigma = match unet.layers.iter().any(|l| l.op == Op::DivideBySigma) {
+            true => Some(StepTable::aligned_from(ctx, "sigma", timesteps, batch, 1)?),
+            false => None,
+        };
         let mut b = Builder {
             ctx,
             weights,
@@ -483,7 +615,7 @@ impl UNetPlan {
             norm_scratch: GroupNormScratch::new(ctx, &norm_shapes),
             attn_scratch: HashMap::new(),
             emb,
-            prelude,
+            prelude: Vec::new(),
         };
 
         // The input is f32 (the sampler's state); a half-precision plan converts it first.
@@ -506,8 +638,14 @@ impl UNetPlan {
         let mut skips: Vec<Option<Act>> = vec![None; unet.skips.len()];
         let mut pending_upsample = false;
         let mut layer_outputs = Vec::new();
-        for layer in &unet.layers {
+        // The skip blocks' image path; None stands for diffusers' 0 after its reset.
+        let mut image: Option<Act> = None;
+        let mut next = 0;
+        while let Some(layer) = unet.layers.get(next) {
+            next += 1;
             let name = layer.name.as_str();
+            // The layer whose output this op's result is (a conv reports the ops it absorbs).
+            let mut reported = layer;
             ensure!(
                 !pending_upsample || matches!(layer.op, Op::Conv(_)),
                 "{name}: the GPU plan folds a nearest upsample into the next conv, found {:?}",
@@ -522,17 +660,34 @@ impl UNetPlan {
                     out
                 }
                 Op::Conv(c) => {
-                    let out = b.conv(name, c, cur, pending_upsample, Epilogue::NONE)?;
+                    // A skip model's conv_out adds the image path and a Fourier model's divides
+                    // by σ: both in its epilogue (see `folded_layers`).
+                    let mut epilogue = Epilogue::NONE;
+                    let follows = |i: usize| unet.layers.get(i).map(|l| &l.op);
+                    if follows(next) == Some(&Op::SkipImageAdd) {
+                        reported = &unet.layers[next];
+                        next += 1;
+                        let s = image.take();
+                        epilogue.residual = Some(s.context("no image path to add")?);
+                    }
+                    if follows(next) == Some(&Op::DivideBySigma) {
+                        reported = &unet.layers[next];
+                        next += 1;
+                        epilogue.image_div = sigma.as_ref();
+                    }
+                    let out = b.conv(name, c, cur, pending_upsample, epilogue)?;
                     pending_upsample = false;
                     out
                 }
-                Op::Resnet(r) => b.resnet(name, r, cur)?,
+                Op::Resnet(r) => b.resnet(name, r, cur, resample_of(r.resample))?,
                 Op::Attention(a) => b.attention(name, a, one(cur, name)?)?,
                 Op::UpsampleNearest2x => {
                     pending_upsample = true;
                     continue;
                 }
-                Op::GroupNormSilu(n) => b.group_norm(name, n, one(cur, name)?, true)?,
+                Op::GroupNormSilu(n) => {
+                    b.group_norm(name, n, one(cur, name)?, true, Apply::default())?
+                }
                 Op::PushSkip { slot } => {
                     let x = one(cur, name)?;
                     skips[*slot] = Some(x.clone());
@@ -547,20 +702,75 @@ impl UNetPlan {
                     cur = Cur::Pair(x, s);
                     continue;
                 }
-                Op::SkipImageCapture
-                | Op::SkipImageDown(_)
-                | Op::SkipImageUp { .. }
-                | Op::SkipImageAdd
-                | Op::DivideBySigma => bail!(support::unsupported(name)),
+                Op::SkipImageCapture => {
+                    let x = one(cur, name)?;
+                    image = Some(x.clone());
+                    cur = Cur::One(x);
+                    continue;
+                }
+                Op::SkipImageDown(conv) => {
+                    // h + skip_conv(FIR-down(s)): the 1×1 conv adds h in its epilogue.
+                    let s = image.take().context("no image path to downsample")?;
+                    let down = b.resample(&format!("{name}.fir_down"), Resample::FirDown2, s)?;
+                    image = Some(down.clone());
+                    let epilogue = Epilogue {
+                        residual: Some(one(cur, name)?),
+                        ..Epilogue::NONE
+                    };
+                    b.conv(name, conv, Cur::One(down), false, epilogue)?
+                }
+                Op::SkipImageUp { upsample, project } => {
+                    let h = one(cur, name)?;
+                    let up = image.take().filter(|_| *upsample);
+                    let s = match (project, up) {
+                        // FIR-up(s) + skip_conv(silu(skip_norm(h))): the conv reads s through
+                        // the FIR-up filter as its residual.
+                        (Some(p), up) => {
+                            let label = format!("{name}.skip_norm");
+                            let n =
+                                b.group_norm(&label, &p.norm, h.clone(), true, Apply::default())?;
+                            let epilogue = Epilogue {
+                                residual_resample: match up {
+                                    Some(_) => Resample::FirUp2,
+                                    None => Resample::None,
+                                },
+                                residual: up,
+                                ..Epilogue::NONE
+                            };
+                            b.conv(name, &p.conv, Cur::One(n), false, epilogue)?
+                        }
+                        (None, Some(s)) => b.resample(name, Resample::FirUp2, s)?,
+                        (None, None) => bail!("{name}: nothing to do on the image path"),
+                    };
+                    // The layer's shape is h's (unchanged); the image path has h's size.
+                    let si = shape(&s);
+                    ensure!(
+                        (si.h, si.w) == (layer.output.h, layer.output.w),
+                        "{name}: GPU plan produced an image path of {si} for h of {}",
+                        layer.output
+                    );
+                    if options.keep_layer_outputs {
+                        layer_outputs.push((layer.name.clone(), s.clone()));
+                    }
+                    image = Some(s);
+                    cur = Cur::One(h);
+                    continue;
+                }
+                Op::SkipImageAdd | Op::DivideBySigma => bail!(
+                    "{name}: the GPU plan folds this into the epilogue of the conv before it, \
+                     found after {:?}",
+                    unet.layers[next - 2].op
+                ),
             };
             ensure!(
-                shape(&out) == layer.output,
-                "{name}: GPU plan produced {} but the model says {}",
+                shape(&out) == reported.output,
+                "{}: GPU plan produced {} but the model says {}",
+                reported.name,
                 shape(&out),
-                layer.output
+                reported.output
             );
             if options.keep_layer_outputs {
-                layer_outputs.push((layer.name.clone(), out.clone()));
+                layer_outputs.push((reported.name.clone(), out.clone()));
             }
             cur = Cur::One(out);
         }
@@ -579,8 +789,9 @@ impl UNetPlan {
         )?);
         drop(last);
 
+        let projections = b.prelude;
         if !b.pool.is_dry_run() {
-            run_dispatches(ctx, &b.prelude, 0).context("time-embedding prelude")?;
+            run_prelude(ctx, &embedding, &projections).context("time-embedding prelude")?;
         }
         // Waiting lets wgpu free the staging copies of every upload (as large as the weights)
         // and, after a dry run, its buffers.
@@ -598,6 +809,9 @@ impl UNetPlan {
             layer_outputs,
             pool: b.pool,
             flops,
+            embedding,
+            projections,
+            labels: Mutex::new(None),
         })
     }
 
@@ -622,8 +836,38 @@ impl UNetPlan {
         Ok(())
     }
 
+    /// Recomputes the embedding tables for the class `labels` (one per image of the plan's
+    /// batch, or one for all), checked against the model, when they differ from the labels the
+    /// tables hold; for an unconditional model only the check (no labels) is done.
+    pub fn set_labels(
+        &self,
+        ctx: &GpuContext,
+        unet: &UNet,
+        weights: &GpuWeights,
+        labels: Option<&ClassLabels>,
+    ) -> Result<()> {
+        ClassLabels::check(labels, &unet.time)?;
+        if !self.embedding.is_conditional() {
+            return Ok(());
+        }
+        let labels = labels.map(|l| l.for_batch(self.batch)).transpose()?;
+        let mut held = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        if *held != labels {
+            self.embedding
+                .write_labels(ctx, &unet.time, weights, labels.as_ref())?;
+            run_prelude(ctx, &self.embedding, &self.projections)
+                .context("recomputing the time embedding for new class labels")?;
+            *held = labels;
+        }
+        Ok(())
+    }
+
     /// Records one forward at `step` into one compute pass and submits it.
     pub fn run(&self, ctx: &GpuContext, step: usize) -> Result<()> {
+        ensure!(
+            !self.embedding.is_conditional() || self.labels.lock().map_or(true, |l| l.is_some()),
+            "the model is class-conditional: the plan needs its labels (set_labels) first"
+        );
         ensure!(
             step < self.steps,
             "step {step} of a {}-step plan",
@@ -699,14 +943,16 @@ impl StepForward for UNetPlan {
 }
 
 /// One U-Net evaluation of an NCHW batch on the GPU, with one timestep per image (or one for
-/// all). Batches larger than `max_batch` (or than what fits one binding) run in chunks: the
-/// chunks become the plan's "steps", so one plan and one set of weights serve them all.
+/// all) and, for a class-conditional model, class labels (one per image or one for all).
+/// Batches larger than `max_batch` (or than what fits one binding) run in chunks: the chunks
+/// become the plan's "steps", so one plan and one set of weights serve them all.
 pub fn forward(
     ctx: &GpuContext,
     unet: &UNet,
     weights: &GpuWeights,
     x: &Tensor,
     timesteps: &[f32],
+    labels: Option<&ClassLabels>,
     max_batch_override: Option<usize>,
 ) -> Result<Tensor> {
     ensure!(
@@ -717,15 +963,23 @@ pub fn forward(
     let (n, c, h, w) = x.nchw();
     ensure!(n > 0, "the input batch is empty");
     let timesteps = broadcast_timesteps(timesteps, n)?;
+    ClassLabels::check(labels, &unet.time)?;
+    let labels = labels.map(|l| l.for_batch(n)).transpose()?;
     let fits = max_batch(ctx, unet)?;
     let chunk = max_batch_override.unwrap_or(fits).clamp(1, fits).min(n);
     let chunks = n.div_ceil(chunk);
     let per_image = c * h * w;
-    // Pad the last chunk with copies of timestep 0 (its outputs are dropped).
+    // Pad the last chunk with copies of the first image's timestep (its outputs are dropped;
+    // a valid timestep, as a Fourier or learned embedding refuses others).
     let table: Vec<Vec<f32>> = (0..chunks)
         .map(|k| {
             (0..chunk)
-                .map(|i| timesteps.get(k * chunk + i).copied().unwrap_or(0.0))
+                .map(|i| {
+                    timesteps
+                        .get(k * chunk + i)
+                        .copied()
+                        .unwrap_or(timesteps[0])
+                })
                 .collect()
         })
         .collect();
@@ -738,6 +992,17 @@ pub fn forward(
         let mut data = x.data[lo * per_image..hi * per_image].to_vec();
         data.resize(chunk * per_image, 0.0);
         plan.write_input(ctx, &Tensor::new(vec![chunk, c, h, w], data)?)?;
+        // The chunk's labels, the last one padded with the first image's.
+        let chunk_labels = match &labels {
+            Some(l) => {
+                let pick: Vec<usize> = (lo..lo + chunk)
+                    .map(|i| if i < n { i } else { 0 })
+                    .collect();
+                Some(pick_labels(l, &pick)?)
+            }
+            None => None,
+        };
+        plan.set_labels(ctx, unet, weights, chunk_labels.as_ref())?;
         plan.run(ctx, k)?;
         let y = plan.read_output(ctx)?;
         out.extend_from_slice(&y.data[..(hi - lo) * out_shape.numel()]);

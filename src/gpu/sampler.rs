@@ -776,14 +776,20 @@ impl StepRunner for GpuRunner<'_> {
             labels,
             guidance,
         } = chunk;
-        ensure!(
-            labels.is_none(),
-            super::support::unsupported("class conditioning")
-        );
         // A guided chunk's forward runs on the doubled batch (the null label's half first).
         let halves = if guidance.is_some() { 2 } else { 1 };
         let i = self.plan_index(halves * x.shape[0])?;
         let plan = &self.plans[i].1;
+        ensure!(
+            !matches!(labels, Some(crate::model::ClassLabels::Mixed(_))),
+            "interpolating between class embeddings is not yet supported on the GPU; use --device cpu"
+        );
+        // Guided: the null label's half, then the chunk's labels.
+        let labels = match &guidance {
+            Some(g) => Some(g.doubled_labels(labels.as_ref(), x.shape[0])?),
+            None => labels,
+        };
+        plan.set_labels(self.ctx, self.unet, self.weights, labels.as_ref())?;
         let spec = self.update.spec();
         let (x, frames) = sample_guided(
             self.ctx,

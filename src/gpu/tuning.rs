@@ -358,6 +358,8 @@ impl Bench {
                     x_b: x_b.as_ref(),
                     chan_add: None,
                     residual: None,
+                    residual_resample: Default::default(),
+                    image_div: None,
                     out: &self.out,
                     out_scale: 1.0,
                 };

@@ -13,7 +13,7 @@ use super::kernels::conv2d::ConvWeights;
 use super::precision::Precision;
 use super::tensor::GpuTensor;
 use super::GpuContext;
-use crate::model::unet::{Attention, Conv2d, GroupNorm, Linear, Op};
+use crate::model::unet::{Attention, ClassEmbedding, Conv2d, GroupNorm, Linear, Op, TimeProj};
 use crate::model::{UNet, Weights};
 
 /// Every weight of one U-Net on one device.
@@ -24,6 +24,8 @@ pub struct GpuWeights {
     tensors: HashMap<String, GpuTensor>,
     /// Keyed by the block's `to_q` weight name.
     attention: HashMap<String, AttentionWeights>,
+    /// Host copies of what runs on the host: the Fourier or learned time projection's weight.
+    host: HashMap<String, Vec<f32>>,
     /// Bytes of all uploaded buffers.
     pub bytes: u64,
     /// How conv and attention weights are stored, and so the activations of every plan built
@@ -45,18 +47,34 @@ impl GpuWeights {
         weights: &Weights,
         precision: Precision,
     ) -> Result<Self> {
-        super::support::check(unet)?;
         precision.check(ctx.features, &ctx.describe())?;
         weights.check(&unet.weights())?;
         let mut up = Self {
             convs: HashMap::new(),
             tensors: HashMap::new(),
             attention: HashMap::new(),
+            host: HashMap::new(),
             bytes: 0,
             precision,
         };
         up.linear(ctx, weights, &unet.time.linear_1)?;
         up.linear(ctx, weights, &unet.time.linear_2)?;
+        // The time projection runs on the host (`kernels::time_embedding::Projection`).
+        match &unet.time.proj {
+            TimeProj::Positional { .. } => {}
+            TimeProj::Fourier { weight, .. } | TimeProj::Learned { weight, .. } => {
+                up.host
+                    .insert(weight.clone(), weights.slice(weight)?.to_vec());
+            }
+        }
+        match &unet.time.class {
+            Some(ClassEmbedding::Table { weight, .. }) => up.upload_tensor(ctx, weights, weight)?,
+            Some(ClassEmbedding::Timestep { linear_1, linear_2 }) => {
+                up.linear(ctx, weights, linear_1)?;
+                up.linear(ctx, weights, linear_2)?;
+            }
+            Some(ClassEmbedding::Identity) | None => {}
+        }
         for layer in &unet.layers {
             let name = layer.name.as_str();
             match &layer.op {
@@ -73,15 +91,21 @@ impl GpuWeights {
                 }
                 Op::Attention(a) => up.attention(ctx, weights, a, layer.input.h * layer.input.w),
                 Op::GroupNormSilu(n) => up.norm(ctx, weights, n),
+                Op::SkipImageDown(c) => up.conv(ctx, weights, c),
+                Op::SkipImageUp { project, .. } => match project {
+                    Some(p) => {
+                        up.norm(ctx, weights, &p.norm)?;
+                        up.conv(ctx, weights, &p.conv)
+                    }
+                    None => Ok(()),
+                },
                 Op::CenterInput
                 | Op::UpsampleNearest2x
                 | Op::PushSkip { .. }
-                | Op::ConcatSkip { .. } => Ok(()),
-                Op::SkipImageCapture
-                | Op::SkipImageDown(_)
-                | Op::SkipImageUp { .. }
+                | Op::ConcatSkip { .. }
+                | Op::SkipImageCapture
                 | Op::SkipImageAdd
-                | Op::DivideBySigma => Err(anyhow::anyhow!(super::support::unsupported(name))),
+                | Op::DivideBySigma => Ok(()),
             }
             .with_context(|| format!("{name}: uploading weights"))?;
         }
@@ -161,6 +185,14 @@ impl GpuWeights {
     }
 
     /// A tensor uploaded as it is (norm scale/shift, linear weight/bias), in its file's shape.
+    /// A weight kept on the host (the Fourier or learned time projection's).
+    pub fn host(&self, name: &str) -> Result<&[f32]> {
+        self.host
+            .get(name)
+            .map(Vec::as_slice)
+            .with_context(|| format!("{name} was not kept on the host"))
+    }
+
     pub fn tensor(&self, name: &str) -> Result<&GpuTensor> {
         self.tensors
             .get(name)

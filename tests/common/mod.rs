@@ -318,6 +318,25 @@ pub fn tiny_pipeline() -> ddim_wgpu::pipeline::Pipeline {
     ddim_wgpu::pipeline::Pipeline::new(model, cfg).unwrap()
 }
 
+/// A model fixture's class labels (`case.json`'s `class_labels`, or with `class_vectors` the
+/// identity vectors in `input.safetensors`), or None for an unconditional model.
+pub fn fixture_labels(dir: &std::path::Path) -> Option<ddim_wgpu::model::ClassLabels> {
+    use ddim_wgpu::model::ClassLabels;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    if v["class_vectors"].as_bool() == Some(true) {
+        let path = dir.join("input.safetensors");
+        let t = ddim_wgpu::model::tensor_io::read_tensor(&path, "class_labels").unwrap();
+        return Some(ClassLabels::Vectors {
+            width: t.shape[1],
+            data: t.data,
+        });
+    }
+    v["class_labels"]
+        .as_array()
+        .map(|a| ClassLabels::Indices(a.iter().map(|l| l.as_u64().unwrap() as u32).collect()))
+}
+
 /// Decodes a fixture tensor written by the tools/ exporters: `{"f32le_b64": base64 of
 /// little-endian f32, "len": n}`.
 pub fn fixture_f32(v: &serde_json::Value) -> Vec<f32> {

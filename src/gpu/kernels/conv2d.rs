@@ -1,10 +1,12 @@
 //! conv2d as an implicit GEMM over NHWC (`shaders/conv2d.wgsl`), with the decoder's nearest 2×
-//! upsample and skip concatenation folded into the loader and bias, per-(batch, channel) add and
-//! residual add fused into the epilogue. The reference twin is `cpu::ops::conv2d` (+ upsample,
-//! concat, add).
+//! upsample and skip concatenation folded into the loader and bias, per-(batch, channel) add,
+//! residual add (resampled as it is read where a resnet pools or upsamples its identity path)
+//! and a per-image divisor fused into the epilogue. The reference twin is `cpu::ops::conv2d`
+//! (+ upsample, concat, add, `cpu::resample`).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
+use super::resample::Resample;
 use crate::gpu::kernel::{Binding, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
 use crate::gpu::tensor::{GpuTensor, StepTable};
@@ -14,16 +16,20 @@ use crate::Tensor;
 
 /// The shader: conv2d.wgsl plus the row kernels that tests/support/conv2d_rows.rs generates into
 /// conv2d_rows.wgsl (WGSL declarations may come in any order, so appending is enough).
+/// The residual read's filters (resample_taps.wgsl) are appended too.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/conv2d.wgsl"),
     "\n",
     include_str!("../../../shaders/conv2d_rows.wgsl"),
+    "\n",
+    include_str!("../../../shaders/resample_taps.wgsl"),
 );
 
 // `Params::flags` bits and the entry points' tile sizes. Each is the WGSL `const` of the same
 // name, which tests/shader_contracts.rs checks, so neither side can change alone.
 pub const HAS_CHAN_ADD: u32 = 1;
 pub const HAS_RESIDUAL: u32 = 2;
+pub const IMAGE_DIV: u32 = 4;
 pub const REG_TM: u32 = 8;
 pub const REG_TNV: u32 = 2;
 pub const REG_WG: u32 = 64;
@@ -179,7 +185,11 @@ pub struct Params {
     pub out_scale: f32,
     pub m_total: u32,
     pub m_groups_y: u32,
-    pub _pad: u32,
+    pub res_h: u32,
+    pub res_w: u32,
+    pub res_mode: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 /// The geometry of one convolution. The input is `batch × src_h × src_w × (c1 + c2)` NHWC,
@@ -377,8 +387,15 @@ pub struct ConvIo<'a> {
     pub x_b: Option<&'a GpuTensor>,
     /// A per-step `[B, Cout]` table added per (batch, channel) (a resnet's time projection).
     pub chan_add: Option<&'a StepTable>,
-    /// `[B, out_h, out_w, Cout]`, added before `out_scale`.
+    /// `[B, out_h, out_w, Cout]`, added before `out_scale`; or, with `residual_resample`, what
+    /// that filter turns into `[B, out_h, out_w, Cout]` (a resnet's identity path x = Dn(x) or
+    /// U(x), read through the filter rather than stored resampled).
     pub residual: Option<&'a GpuTensor>,
+    /// How the residual is resampled as it is read ([`Resample::None`] normally).
+    pub residual_resample: Resample,
+    /// A per-step `[B, 1]` table: the sum is divided by image b's value after `out_scale` (a
+    /// fourier skip model's `out / σ`). Excludes `chan_add` (they share a binding).
+    pub image_div: Option<&'a StepTable>,
     /// `[B, out_h, out_w, Cout]`.
     pub out: &'a GpuTensor,
     /// Multiplies the sum (diffusers' 1 / output_scale_factor); 1 normally.
@@ -424,13 +441,35 @@ pub fn conv2d(
     };
     let out_shape = [b, oh, ow, shape.cout];
     let out = io.out.dense("conv2d out", &out_shape, act)?;
+    let (res_h, res_w) = match (io.residual, io.residual_resample) {
+        (_, Resample::None) => (oh, ow),
+        (Some(t), mode) => {
+            ensure!(
+                t.rank() == 4,
+                "conv2d {label}: the residual {:?} is not NHWC",
+                t.shape()
+            );
+            let (rh, rw) = (t.shape()[1], t.shape()[2]);
+            ensure!(
+                mode.out_hw(rh, rw)? == (oh, ow),
+                "conv2d {label}: {mode:?} of a {rh}×{rw} residual is not the {oh}×{ow} output"
+            );
+            (rh, rw)
+        }
+        (None, mode) => bail!("conv2d {label}: {mode:?} of a residual that is not there"),
+    };
     let residual = match io.residual {
-        Some(t) => Some(t.dense("conv2d residual", &out_shape, act)?),
+        Some(t) => Some(t.dense("conv2d residual", &[b, res_h, res_w, shape.cout], act)?),
         None => None,
     };
+    ensure!(
+        io.chan_add.is_none() || io.image_div.is_none(),
+        "conv2d {label}: a channel table and an image divisor share one binding"
+    );
     let src_pixels = b * h * w;
     let largest = (src_pixels * shape.cin())
         .max(shape.out_len())
+        .max(b * res_h * res_w * shape.cout)
         .max(shape.k() * round4(shape.cout));
     ensure!(
         ((largest * 4) as u64) <= ctx.max_binding_bytes() && largest < u32::MAX as usize,
@@ -456,6 +495,9 @@ pub fn conv2d(
     if io.residual.is_some() {
         flags |= HAS_RESIDUAL;
     }
+    if io.image_div.is_some() {
+        flags |= IMAGE_DIV;
+    }
     let params = Params {
         batch: shape.batch as u32,
         src_h: shape.src_h as u32,
@@ -476,15 +518,19 @@ pub fn conv2d(
         out_scale: io.out_scale,
         m_total: m as u32,
         m_groups_y: gy,
-        _pad: 0,
+        res_h: res_h as u32,
+        res_w: res_w as u32,
+        res_mode: io.residual_resample.code(),
+        _pad0: 0,
+        _pad1: 0,
     };
 
     let kernel = ctx.kernel(&spec_as(entry.name, act))?;
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     // Unused inputs still need a binding; a tiny buffer that is never read stands in.
     let unused = ctx.placeholder();
-    let (chan, chan_stride) = match io.chan_add {
-        Some(t) => {
+    let (chan, chan_stride) = match (io.chan_add, io.image_div) {
+        (Some(t), _) => {
             ensure!(
                 t.batch() == b && t.width() == shape.cout,
                 "conv2d {label}: chan_add table is [{}, {}] per step, needs [{b}, {}]",
@@ -494,7 +540,16 @@ pub fn conv2d(
             );
             (t.step_binding(), t.stride_bytes())
         }
-        None => (unused.into(), 0),
+        (None, Some(t)) => {
+            ensure!(
+                t.batch() == b && t.width() == 1,
+                "conv2d {label}: the image divisor table is [{}, {}] per step, needs [{b}, 1]",
+                t.batch(),
+                t.width()
+            );
+            (t.step_binding(), t.stride_bytes())
+        }
+        (None, None) => (unused.into(), 0),
     };
     let bind_group = kernel.bind_group(
         &ctx.device,
@@ -515,7 +570,13 @@ pub fn conv2d(
         bind_group,
         workgroups: [(cout_v as u32).div_ceil(entry.cols), gy, gz],
         dynamic_strides: vec![chan_stride],
-        flops: shape.flops(),
-        bytes: shape.bytes_as(io.residual.is_some(), act),
+        // A resampled residual costs a multiply-add per tap, and is read at its stored size.
+        flops: shape.flops()
+            + match (io.residual, io.residual_resample) {
+                (Some(_), Resample::None) | (None, _) => 0,
+                (Some(_), mode) => 2 * mode.taps() * shape.out_len() as u64,
+            },
+        bytes: shape.bytes_as(false, act)
+            + (act.bytes() * io.residual.map_or(0, |_| b * res_h * res_w * shape.cout)) as u64,
     })
 }

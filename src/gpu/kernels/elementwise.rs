@@ -1,11 +1,11 @@
 //! Elementwise helpers of the U-Net plan (`shaders/elementwise.wgsl`): skip concatenation for a
-//! group norm's input, `a·x + b` (center_input_sample) and the scale-shift time embedding + SiLU.
+//! group norm's input and `a·x + b` (center_input_sample).
 
 use anyhow::{ensure, Result};
 
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::tensor::{GpuTensor, StepTable};
+use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
 
 pub const SOURCE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -17,14 +17,14 @@ pub struct Params {
     pub n: u32,
     pub c1: u32,
     pub c2: u32,
-    pub hw: u32,
     pub scale: f32,
     pub shift: f32,
     pub row_groups: u32,
-    pub _pad: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
-/// Storage types of a kernel's inputs (`a`, `b`) and of its output; the table is f32.
+/// Storage types of a kernel's inputs (`a`, `b`) and of its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Io {
     pub input: Precision,
@@ -60,20 +60,17 @@ pub fn spec_as(entry: &'static str, io: Io) -> KernelSpec {
         entry,
         bindings: vec![
             Binding::Uniform,
-            Binding::StorageRead,        // a
-            Binding::StorageRead,        // b
-            Binding::StorageReadDynamic, // per-step table
-            Binding::StorageReadWrite,   // out
+            Binding::StorageRead,      // a
+            Binding::StorageRead,      // b
+            Binding::StorageReadWrite, // out
         ],
     }
 }
 
-/// What an elementwise kernel reads (checked dense by the caller): `a`, optionally `b`, and
-/// optionally a per-step table.
+/// What an elementwise kernel reads (checked dense by the caller): `a` and optionally `b`.
 struct Inputs<'a> {
     a: BufferSlice<'a>,
     b: Option<BufferSlice<'a>>,
-    table: Option<&'a StepTable>,
 }
 
 fn build(
@@ -85,7 +82,7 @@ fn build(
     out: BufferSlice<'_>,
     io: Io,
 ) -> Result<Dispatch> {
-    let Inputs { a, b, table } = inputs;
+    let Inputs { a, b } = inputs;
     ensure!(params.n > 0, "{label}: empty");
     let kernel = ctx.kernel(&spec_as(entry, io))?;
     let groups = params.n.div_ceil(WORKGROUP);
@@ -93,19 +90,9 @@ fn build(
     params.row_groups = grid[0];
     let uniform = ctx.uniform(&format!("{label} params"), &params);
     let unused = ctx.placeholder();
-    let (tslice, tstride) = match table {
-        Some(t) => (t.step_binding(), t.stride_bytes()),
-        None => (unused.into(), 0),
-    };
     let bind_group = kernel.bind_group(
         &ctx.device,
-        &[
-            (&uniform).into(),
-            a,
-            b.unwrap_or(unused.into()),
-            tslice,
-            out,
-        ],
+        &[(&uniform).into(), a, b.unwrap_or(unused.into()), out],
     )?;
     let n = params.n as u64;
     Ok(Dispatch {
@@ -113,7 +100,7 @@ fn build(
         kernel,
         bind_group,
         workgroups: grid,
-        dynamic_strides: vec![tstride],
+        dynamic_strides: vec![],
         flops: n,
         bytes: (io.input.bytes() + io.output.bytes()) as u64 * n,
     })
@@ -153,7 +140,6 @@ pub fn concat_channels(
     let inputs = Inputs {
         a: a.dense(label, shape, io.input)?,
         b: Some(b.dense(label, &b_shape, io.input)?),
-        table: None,
     };
     let out = out.dense(label, &out_shape, io.output)?;
     build(ctx, "concat_channels", label, params, inputs, out, io)
@@ -181,45 +167,7 @@ pub fn affine(
     let inputs = Inputs {
         a: a.dense(label, a.shape(), io.input)?,
         b: None,
-        table: None,
     };
     let out = out.dense(label, a.shape(), io.output)?;
     build(ctx, "affine", label, params, inputs, out, io)
-}
-
-/// `out = silu(a · (1 + scale) + shift)` for NHWC `a` `[B, H, W, C]`, with (scale, shift) the
-/// step's `[B, 2C]` block of `table`.
-pub fn scale_shift_silu(
-    ctx: &GpuContext,
-    label: &str,
-    a: &GpuTensor,
-    table: &StepTable,
-    out: &GpuTensor,
-) -> Result<Dispatch> {
-    ensure!(a.rank() == 4, "{label}: expected NHWC, got {:?}", a.shape());
-    let [batch, h, w, c] = [a.shape()[0], a.shape()[1], a.shape()[2], a.shape()[3]];
-    ensure!(
-        table.batch() == batch && table.width() == 2 * c,
-        "{label}: the scale-shift table is [{}, {}] per step, needs [{batch}, {}]",
-        table.batch(),
-        table.width(),
-        2 * c
-    );
-    let io = Io {
-        input: a.precision(),
-        output: out.precision(),
-    };
-    let params = Params {
-        n: a.numel() as u32,
-        c1: c as u32,
-        hw: (h * w) as u32,
-        ..Default::default()
-    };
-    let inputs = Inputs {
-        a: a.dense(label, a.shape(), io.input)?,
-        b: None,
-        table: Some(table),
-    };
-    let out = out.dense(label, a.shape(), io.output)?;
-    build(ctx, "scale_shift_silu", label, params, inputs, out, io)
 }

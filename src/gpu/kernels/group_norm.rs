@@ -1,20 +1,32 @@
 //! Group normalisation of NHWC activations with an optional fused SiLU (`shaders/group_norm.wgsl`).
 //!
 //! Three dispatches: per-(chunk, channel) partial statistics, Chan's combination per group, and
-//! the elementwise apply. The reference twin is `cpu::ops::group_norm` (+ `cpu::ops::silu`).
+//! the elementwise apply. The apply pass also takes a resnet's neighbours of the norm ([`Apply`]):
+//! the scale-shift time conditioning after norm2, and the ×2 resampling of h after norm1 + SiLU
+//! in up/down resnets. The reference twin is `cpu::ops::group_norm` (+ `cpu::ops::silu`, the
+//! scale-shift of `cpu::forward`, `cpu::resample`).
 
 use anyhow::{ensure, Result};
+use bytemuck::Zeroable;
 
+use super::resample::Resample;
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::{specialize, Precision};
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuTensor, StepTable};
 use crate::gpu::variants::Reduction;
 use crate::gpu::GpuContext;
 
-pub const SOURCE: &str = include_str!("../../../shaders/group_norm.wgsl");
-/// With the subgroup combine appended (compiled only on devices with `SUBGROUP`).
+/// The shader with the resampling taps its apply pass uses appended.
+pub const SOURCE: &str = concat!(
+    include_str!("../../../shaders/group_norm.wgsl"),
+    "\n",
+    include_str!("../../../shaders/resample_taps.wgsl"),
+);
+/// With the subgroup combine appended too (compiled only on devices with `SUBGROUP`).
 pub const SOURCE_SUBGROUP: &str = concat!(
     include_str!("../../../shaders/group_norm.wgsl"),
+    "\n",
+    include_str!("../../../shaders/resample_taps.wgsl"),
     "\n",
     include_str!("../../../shaders/group_norm_subgroup.wgsl"),
 );
@@ -34,6 +46,14 @@ pub struct Params {
     pub num_chunks: u32,
     pub eps: f32,
     pub silu: u32,
+    pub width: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub resample: u32,
+    pub scale_shift: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// What to normalise: an NHWC tensor `[batch, hw, channels]` split into `groups` channel groups.
@@ -70,6 +90,7 @@ impl GroupNormShape {
             num_chunks: self.num_chunks() as u32,
             eps: self.eps,
             silu: self.silu as u32,
+            ..Zeroable::zeroed()
         }
     }
 
@@ -136,13 +157,14 @@ fn spec(entry: &'static str, precision: Precision) -> KernelSpec {
         source,
         entry,
         bindings: vec![
-            Binding::Uniform,          // params
-            Binding::StorageRead,      // x
-            Binding::StorageReadWrite, // partials
-            Binding::StorageReadWrite, // per-(batch, channel) coefficients
-            Binding::StorageRead,      // gamma
-            Binding::StorageRead,      // beta
-            Binding::StorageReadWrite, // y
+            Binding::Uniform,            // params
+            Binding::StorageRead,        // x
+            Binding::StorageReadWrite,   // partials
+            Binding::StorageReadWrite,   // per-(batch, channel) coefficients
+            Binding::StorageRead,        // gamma
+            Binding::StorageRead,        // beta
+            Binding::StorageReadWrite,   // y
+            Binding::StorageReadDynamic, // the scale-shift table's step block
         ],
     }
 }
@@ -174,6 +196,18 @@ impl GroupNormShape {
     }
 }
 
+/// What the apply pass does besides `silu?(norm(x)·γ + β)`: the neighbours of a resnet's norms
+/// it takes in, so that neither costs a pass of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Apply<'a> {
+    /// `v·(1 + s) + t` before the SiLU, with `(s, t)` the step's `[B, 2C]` block of the table
+    /// (diffusers' `resnet_time_scale_shift = "scale_shift"`: first half scale, then shift).
+    pub scale_shift: Option<&'a StepTable>,
+    /// `y = resample(…)`: x is NHWC `[B, H, W, C]` and y `[B, OH, OW, C]` (a resnet's h path
+    /// after norm1 + SiLU when it resamples).
+    pub resample: Resample,
+}
+
 /// The three dispatches computing `y = silu?(group_norm(x) · gamma + beta)` with the statistics
 /// combined as `combine`. `x` and `y` must be different tensors.
 pub fn group_norm(
@@ -182,6 +216,18 @@ pub fn group_norm(
     combine: Reduction,
     scratch: &GroupNormScratch,
     io: &GroupNormIo<'_>,
+) -> Result<Vec<Dispatch>> {
+    group_norm_with(ctx, shape, combine, scratch, io, Apply::default())
+}
+
+/// [`group_norm`] with the apply pass doing `apply` too.
+pub fn group_norm_with(
+    ctx: &GpuContext,
+    shape: &GroupNormShape,
+    combine: Reduction,
+    scratch: &GroupNormScratch,
+    io: &GroupNormIo<'_>,
+    apply: Apply<'_>,
 ) -> Result<Vec<Dispatch>> {
     shape.validate()?;
     ensure!(
@@ -198,21 +244,70 @@ pub fn group_norm(
     let p = shape.precision;
     let dims = io.x.shape();
     let x = io.x.dense("group norm x", dims, p)?;
-    let y = io.y.dense("group norm y", dims, p)?;
     ensure!(
         io.x.numel() == shape.numel(),
         "group norm: x {:?} is not {shape:?}",
         dims
     );
+    let mut params = shape.params();
+    let (y, out_numel) = match apply.resample {
+        Resample::None => (io.y.dense("group norm y", dims, p)?, shape.numel()),
+        mode => {
+            ensure!(
+                dims.len() == 4,
+                "group norm: resampling needs NHWC x, got {dims:?}"
+            );
+            let (h, w) = (dims[1], dims[2]);
+            let (oh, ow) = mode.out_hw(h, w)?;
+            let out = [shape.batch, oh, ow, shape.channels];
+            let n = out.iter().product::<usize>();
+            ensure!(
+                n < u32::MAX as usize,
+                "group norm: {n} resampled elements overflow 32-bit indexing"
+            );
+            params.width = w as u32;
+            params.out_h = oh as u32;
+            params.out_w = ow as u32;
+            params.resample = mode.code();
+            (io.y.dense("group norm y", &out, p)?, n)
+        }
+    };
+    let unused = ctx.placeholder();
+    let (table, table_stride) = match apply.scale_shift {
+        Some(t) => {
+            ensure!(
+                t.batch() == shape.batch && t.width() == 2 * shape.channels,
+                "group norm: the scale-shift table is [{}, {}] per step, needs [{}, {}]",
+                t.batch(),
+                t.width(),
+                shape.batch,
+                2 * shape.channels
+            );
+            params.scale_shift = 1;
+            (t.step_binding(), t.stride_bytes())
+        }
+        None => (unused.into(), 0),
+    };
     let gamma = io
         .gamma
         .dense("group norm gamma", &[shape.channels], Precision::F32)?;
     let beta = io
         .beta
         .dense("group norm beta", &[shape.channels], Precision::F32)?;
-    let uniform = ctx.uniform("group norm params", &shape.params());
+    let uniform = ctx.uniform("group norm params", &params);
+    let applied = ApplyCost {
+        out_numel,
+        taps: apply.resample.taps(),
+        scale_shift: apply.scale_shift.is_some(),
+    };
     let mut out = Vec::with_capacity(3);
-    for stage in stages(shape, combine == Reduction::Subgroup) {
+    for stage in stages(shape, combine == Reduction::Subgroup, applied) {
+        // Only the apply pass reads the table; the others bind it at offset 0 every step.
+        let stride = if stage.entry.starts_with("gn_apply") {
+            table_stride
+        } else {
+            0
+        };
         out.push(stage_dispatch(
             ctx,
             shape,
@@ -225,7 +320,9 @@ pub fn group_norm(
                 gamma,
                 beta,
                 y,
+                table,
             ],
+            stride,
         )?);
     }
     Ok(out)
@@ -239,7 +336,17 @@ pub(crate) struct Stage {
     flops: u64,
 }
 
-pub(crate) fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
+/// What the apply pass computes, for its dispatch size and cost.
+#[derive(Clone, Copy, Debug)]
+struct ApplyCost {
+    /// Elements of y.
+    out_numel: usize,
+    /// Input samples per output (1 without resampling).
+    taps: u64,
+    scale_shift: bool,
+}
+
+fn stages(shape: &GroupNormShape, subgroups: bool, apply: ApplyCost) -> [Stage; 3] {
     let partial_len = shape.batch * shape.num_chunks() * shape.channels;
     let numel = shape.numel();
     let elem = shape.precision.bytes() as u64;
@@ -249,6 +356,25 @@ pub(crate) fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
         ("gn_combine_sg", groups)
     } else {
         ("gn_combine", groups.div_ceil(WORKGROUP))
+    };
+    let out_n = apply.out_numel as u64;
+    // Per evaluated input: subtract, multiply-add, SiLU (~5); the scale-shift a multiply-add.
+    let per_value = 8 + if apply.scale_shift { 2 } else { 0 };
+    let table_bytes = if apply.scale_shift {
+        (shape.batch * 2 * shape.channels * 4) as u64
+    } else {
+        0
+    };
+    let (entry, items, flops) = if apply.taps == 1 && out_n == n {
+        ("gn_apply", numel.div_ceil(4), per_value * n)
+    } else {
+        // Every tap normalises its input again (cheaper than storing the full-size h) and
+        // adds it with its weight.
+        (
+            "gn_apply_resample",
+            apply.out_numel,
+            (per_value + 2) * apply.taps * out_n,
+        )
     };
     [
         Stage {
@@ -264,20 +390,22 @@ pub(crate) fn stages(shape: &GroupNormShape, subgroups: bool) -> [Stage; 3] {
             flops: 8 * partial_len as u64,
         },
         Stage {
-            entry: "gn_apply",
-            workgroups: (numel.div_ceil(4) as u32).div_ceil(WORKGROUP),
-            bytes: 2 * n * elem + 16 * shape.channels as u64,
-            flops: 8 * n,
+            entry,
+            workgroups: (items as u32).div_ceil(WORKGROUP),
+            bytes: (n + out_n) * elem + 16 * shape.channels as u64 + table_bytes,
+            flops,
         },
     ]
 }
 
-/// The dispatch of `stage`, bound to (params, x, partials, stats, gamma, beta, y).
+/// The dispatch of `stage`, bound to (params, x, partials, stats, gamma, beta, y, table), the
+/// table at `table_stride` bytes per step.
 pub(crate) fn stage_dispatch(
     ctx: &GpuContext,
     shape: &GroupNormShape,
     stage: &Stage,
-    buffers: [BufferSlice<'_>; 7],
+    buffers: [BufferSlice<'_>; 8],
+    table_stride: u32,
 ) -> Result<Dispatch> {
     let kernel = ctx.kernel(&spec(stage.entry, shape.precision))?;
     let bind_group = kernel.bind_group(&ctx.device, &buffers)?;
@@ -294,7 +422,7 @@ pub(crate) fn stage_dispatch(
             stage.workgroups,
             ctx.limits.max_compute_workgroups_per_dimension,
         ),
-        dynamic_strides: vec![],
+        dynamic_strides: vec![table_stride],
         flops: stage.flops,
         bytes: stage.bytes,
     })

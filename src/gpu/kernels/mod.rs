@@ -9,6 +9,7 @@ pub mod group_norm;
 pub mod guide;
 pub mod linear;
 pub mod multistep;
+pub mod resample;
 pub mod sigma_step;
 pub mod smoke;
 pub mod threshold;
@@ -20,17 +21,19 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 13] = [
+pub const SHADERS: [(&str, &str); 15] = [
     ("attention", attention::SOURCE),
     ("consistency", consistency::SOURCE),
     ("conv2d", conv2d::SOURCE),
     ("ddim_step", ddim_step::SOURCE),
     ("elementwise", elementwise::SOURCE),
+    ("embedding", time_embedding::SOURCE),
     ("group_norm", group_norm::SOURCE),
     ("guide_std", guide::STD_SOURCE),
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
     ("multistep", multistep::SOURCE),
+    ("resample", resample::SOURCE),
     ("sigma_step", sigma_step::SOURCE),
     ("smoke", smoke::SOURCE),
     ("threshold", threshold::SOURCE),
@@ -58,6 +61,7 @@ pub fn f16_shaders() -> Vec<(&'static str, &'static str)> {
     let mut out = vec![
         specialize("conv2d", conv2d::SOURCE, &[("act", h)]),
         specialize("group_norm", group_norm::SOURCE, &[("act", h)]),
+        specialize("resample", resample::SOURCE, &[("act", h)]),
         specialize(
             "group_norm_subgroup",
             group_norm::SOURCE_SUBGROUP,
