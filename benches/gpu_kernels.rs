@@ -221,6 +221,7 @@ fn ddim_with_noise(
             sample: &sample,
             x0_out: None,
             first_bad: None,
+            guide: None,
         },
     )
     .expect("DDIM update");
@@ -317,6 +318,7 @@ fn one_step(c: &mut Criterion, ctx: &GpuContext, profiler: &Profiler) {
             sample: &sample,
             x0_out: None,
             first_bad: None,
+            guide: None,
         },
     )
     .expect("DDIM update");

@@ -34,6 +34,9 @@ struct Step {
 @group(0) @binding(5) var<storage, read_write> model_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
+// Classifier-free guidance (guide.wgsl, appended): the output read is guided_model_out(i).
+@group(0) @binding(8) var<uniform> guide: Guide;
+@group(0) @binding(9) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -43,7 +46,7 @@ fn consistency_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if i >= p.numel {
         return;
     }
-    var d = st.c_out * model_out[i] + st.c_skip * sample[i];
+    var d = st.c_out * guided_model_out(i) + st.c_skip * sample[i];
     if p.clip != 0u {
         d = clamp(d, -1.0, 1.0);
     }

@@ -14,7 +14,8 @@
 // `thresholds`; it reads sqrt_a and sqrt_b from this step's row, so Step must start with them.
 // An element whose new sample is NaN or infinite lowers `first_bad` (reset to 0xFFFFFFFF by the
 // host) to this step's index, so the host learns where a run diverged from its one read-back.
-// predict_x0_eps and is_non_finite come from predict.wgsl, appended to this source.
+// predict_x0_eps and is_non_finite come from predict.wgsl, appended to this source; Guide and
+// guided_model_out (classifier-free guidance on the doubled batch) from guide.wgsl.
 
 struct Params {
     numel: u32,
@@ -50,6 +51,8 @@ struct Step {
 @group(0) @binding(5) var<storage, read_write> sample: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
+@group(0) @binding(8) var<uniform> guide: Guide;
+@group(0) @binding(9) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -64,7 +67,7 @@ fn ddim_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     let x = sample[i];
-    let pe = predict(x, model_out[i]);
+    let pe = predict(x, guided_model_out(i));
     var x0 = pe.x;
     var eps = pe.y;
     if p.limit == 1u {

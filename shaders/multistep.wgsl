@@ -56,6 +56,9 @@ struct Step {
 @group(0) @binding(6) var<storage, read_write> x0_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> first_bad: atomic<u32>;
 @group(0) @binding(8) var<storage, read> noise: array<f32>;
+// Classifier-free guidance (guide.wgsl, appended): the output read is guided_model_out(i).
+@group(0) @binding(9) var<uniform> guide: Guide;
+@group(0) @binding(10) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -82,7 +85,8 @@ fn multistep_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         return;
     }
     let x_in = sample[i];
-    let pe = predict_x0_eps(p.prediction, st.sqrt_a, st.sqrt_b, x_in, model_out[i]);
+    let m = guided_model_out(i);
+    let pe = predict_x0_eps(p.prediction, st.sqrt_a, st.sqrt_b, x_in, m);
     var x0 = pe.x;
     var eps = pe.y;
     if p.thresholding != 0u {
@@ -94,7 +98,7 @@ fn multistep_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     }
     var y0 = select(eps, x0, p.predicts_x0 != 0u);
     if p.raw_output != 0u {
-        y0 = model_out[i];
+        y0 = m;
     }
     var x = x_in;
     if st.corrects != 0u {

@@ -50,6 +50,10 @@ struct Step {
 @group(0) @binding(6) var<storage, read_write> model_in: array<f32>;
 @group(0) @binding(7) var<storage, read_write> x0_out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> first_bad: atomic<u32>;
+// Classifier-free guidance (guide.wgsl, appended): the output read is guided_model_out(i), and
+// the next model input is written into both halves of the doubled batch.
+@group(0) @binding(9) var<uniform> guide: Guide;
+@group(0) @binding(10) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -67,7 +71,7 @@ fn sigma_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if st.churn != 0.0 {
         x = x + st.churn * z;
     }
-    var x0 = st.x0_sample * x + st.x0_model * model_out[i];
+    var x0 = st.x0_sample * x + st.x0_model * guided_model_out(i);
     if p.clip != 0u {
         x0 = clamp(x0, -p.clip_range, p.clip_range);
     }
@@ -92,7 +96,11 @@ fn sigma_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         history[st.write_slot * p.numel + i] = d;
     }
     sample[i] = next;
-    model_in[i] = next / st.next_scale;
+    let input = next / st.next_scale;
+    model_in[i] = input;
+    if guide.on != 0u {
+        model_in[p.numel + i] = input;
+    }
     if is_non_finite(next) {
         atomicMin(&first_bad, st.step);
     }

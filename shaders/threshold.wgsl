@@ -28,6 +28,9 @@ struct Level {
 @group(0) @binding(2) var<storage, read> model_out: array<f32>;
 @group(0) @binding(3) var<storage, read> sample: array<f32>;
 @group(0) @binding(4) var<storage, read_write> thresholds: array<f32>;
+// Classifier-free guidance (guide.wgsl, appended): x0 comes from guided_model_out.
+@group(0) @binding(5) var<uniform> guide: Guide;
+@group(0) @binding(6) var<storage, read> guide_ratio: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -56,7 +59,7 @@ fn dynamic_threshold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         workgroupBarrier();
         let prefix = vec2<u32>(sel_prefix[0], sel_prefix[1]);
         for (var j = lid; j < p.per_sample; j += WG) {
-            let x0 = predict_x0_eps(p.prediction, lv.sqrt_a, lv.sqrt_b, sample[base + j], model_out[base + j]).x;
+            let x0 = predict_x0_eps(p.prediction, lv.sqrt_a, lv.sqrt_b, sample[base + j], guided_model_out(base + j)).x;
             let bits = bitcast<u32>(abs(x0));
             let digit = (bits >> shift) & 255u;
             // Only values whose higher digits equal the prefix chosen so far (all in round 0).

@@ -25,7 +25,9 @@ use crate::gpu::sampler::GpuRunner;
 use crate::gpu::{AdapterChoice, GpuContext, GpuWeights};
 use crate::model::{ClassLabels, Model, UNet};
 use crate::rng::RngKind;
-use crate::sampling::{self, ChunkSink, NoisePlan, Run, SamplerSteps, Start, StepRunner};
+use crate::sampling::{
+    self, ChunkSink, Guidance, Guided, NoisePlan, Run, SamplerSteps, Start, StepRunner,
+};
 use crate::schedule::SchedulerConfig;
 use crate::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -103,6 +105,8 @@ pub struct SampleRequest {
     /// Class labels of a class-conditional model: one for all images or one per image (in the
     /// order of `noise`'s images); None for an unconditional model.
     pub labels: Option<ClassLabels>,
+    /// Classifier-free guidance (off by default): the model runs on twice the batch.
+    pub guidance: Guidance,
 }
 
 impl SampleRequest {
@@ -123,6 +127,7 @@ impl Default for SampleRequest {
             trajectory: TrajectoryFrames::Off,
             progress: None,
             labels: None,
+            guidance: Guidance::default(),
         }
     }
 }
@@ -174,6 +179,9 @@ pub struct LatentRequest {
     pub progress: Option<Progress>,
     /// Class labels of a class-conditional model: one for all images or one per image.
     pub labels: Option<ClassLabels>,
+    /// Classifier-free guidance (off by default; [`Pipeline::invert`] refuses it: a guided
+    /// inversion is not the inverse of any decode).
+    pub guidance: Guidance,
 }
 
 impl Default for LatentRequest {
@@ -183,6 +191,7 @@ impl Default for LatentRequest {
             batch: None,
             progress: None,
             labels: None,
+            guidance: Guidance::default(),
         }
     }
 }
@@ -193,6 +202,7 @@ struct Outputs<'t, 's> {
     progress: Option<&'t Progress>,
     sink: Option<ChunkSink<'s>>,
     labels: Option<&'t ClassLabels>,
+    guidance: Guidance,
 }
 
 impl<'t> Outputs<'t, '_> {
@@ -202,6 +212,7 @@ impl<'t> Outputs<'t, '_> {
             progress: request.progress.as_ref(),
             sink: None,
             labels: request.labels.as_ref(),
+            guidance: request.guidance,
         }
     }
 }
@@ -276,6 +287,7 @@ impl Pipeline {
                 progress: request.progress.as_ref(),
                 sink: None,
                 labels: request.labels.as_ref(),
+                guidance: request.guidance,
             },
         )?;
         Ok(Sampled {
@@ -311,6 +323,7 @@ impl Pipeline {
                 progress: request.progress.as_ref(),
                 sink: Some(sink),
                 labels: request.labels.as_ref(),
+                guidance: request.guidance,
             },
         )?;
         Ok(batch)
@@ -358,6 +371,11 @@ impl Pipeline {
     /// DDIM inversion (diffusers' DDIMInverseScheduler): clean images x0 (NCHW in [-1, 1]) to
     /// their latents x_T after `request.steps` steps.
     pub fn invert(&self, device: &Device, x0: &Tensor, request: &LatentRequest) -> Result<Tensor> {
+        ensure!(
+            !request.guidance.is_on(),
+            "inversion runs at guidance scale 1: a guided inversion is not the inverse of any \
+             decode (guidance may apply to the reconstruction)"
+        );
         let steps = SamplerSteps::inverse(&self.scheduler, request.steps)?;
         let (x_t, _) = self.run(
             device,
@@ -387,8 +405,9 @@ impl Pipeline {
     /// decides it (its trajectory frames included), without sampling.
     pub fn batch_for(&self, device: &Device, request: &SampleRequest) -> Result<usize> {
         let num = request.num();
+        let per_eval = self.images_per_image(&request.guidance);
         match device {
-            Device::Cpu => self.decide_batch(None, num, request.batch),
+            Device::Cpu => self.decide_batch(None, num, request.batch, per_eval),
             Device::Gpu(ctx) => {
                 let steps = self.steps(&request.settings)?;
                 let frames = self
@@ -396,7 +415,7 @@ impl Pipeline {
                     .map_or(0, |t| t.steps.len());
                 let weights = self.gpu_weights(ctx)?;
                 let gpu = self.gpu_runner(ctx, &weights, &steps, frames)?;
-                self.decide_batch(Some((ctx, &gpu)), num, request.batch)
+                self.decide_batch(Some((ctx, &gpu)), num, request.batch, per_eval)
             }
         }
     }
@@ -409,13 +428,22 @@ impl Pipeline {
     ///   binding, and the memory budget) and about 512 MiB of activations (16 at most on the CPU
     ///   reference, which gains nothing from more), evened out over the chunks of `num` (1,000
     ///   images at a cap of 200 run as 5 × 200; at a cap of 341 as 3 × 334, the last chunk 332).
+    ///
+    /// `per_eval` is the model's images per image of the chunk: 2 under guidance (the doubled
+    /// batch), else 1; every limit counts the model's images.
     fn decide_batch(
         &self,
         gpu: Option<(&GpuContext, &GpuRunner<'_>)>,
         num: usize,
         batch: Option<usize>,
+        per_eval: usize,
     ) -> Result<usize> {
-        let fits = gpu.map_or(usize::MAX, |(_, r)| r.max_batch());
+        let fits = gpu.map_or(usize::MAX, |(_, r)| r.max_batch() / per_eval);
+        ensure!(
+            fits > 0,
+            "one guided image needs 2 images per model evaluation; the device holds {}",
+            fits * per_eval
+        );
         match batch {
             Some(b) => {
                 let b = b.clamp(1, num.max(1));
@@ -433,8 +461,8 @@ impl Pipeline {
                 Ok(b)
             }
             None => {
-                let cap = self.auto_batch_cap(gpu.map(|(ctx, _)| ctx))?;
-                Ok(even_chunks(num, cap.min(fits)))
+                let cap = self.auto_batch_cap(gpu.map(|(ctx, _)| ctx))? / per_eval;
+                Ok(even_chunks(num, cap.max(1).min(fits)))
             }
         }
     }
@@ -457,6 +485,25 @@ impl Pipeline {
             Some(ctx) => cap = cap.min(crate::gpu::plan::max_batch(ctx, &self.unet)?),
         }
         Ok(cap)
+    }
+
+    /// The model's images per image of a run: 2 under guidance (the doubled batch), else 1.
+    fn images_per_image(&self, guidance: &Guidance) -> usize {
+        if guidance.is_on() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The guidance a run with `guidance` and `labels` applies to this model (None when off),
+    /// refused with one line where it cannot apply: an unconditional model, no null label.
+    pub fn guided(
+        &self,
+        guidance: &Guidance,
+        labels: Option<&ClassLabels>,
+    ) -> Result<Option<Guided>> {
+        guidance.resolve(&self.unet.time, self.model.config.null_class_label, labels)
     }
 
     /// The GPU side of a run of `steps` keeping `frames` frames per chunk.
@@ -517,6 +564,7 @@ impl Pipeline {
             progress,
             sink,
             labels,
+            guidance,
         } = outputs;
         let (c, h, w) = (self.unet.input.c, self.unet.input.h, self.unet.input.w);
         ensure!(
@@ -538,6 +586,8 @@ impl Pipeline {
                 l.len()
             );
         }
+        let guided = self.guided(&guidance, labels)?;
+        let per_eval = self.images_per_image(&guidance);
         let frames = trajectory.as_deref().map_or(0, |t| t.steps.len());
         let run = |batch| Run {
             steps,
@@ -547,6 +597,7 @@ impl Pipeline {
             trajectory,
             progress,
             labels,
+            guidance: guided,
             // `Some(s)` re-coerces the sink to the run's shorter lifetime.
             sink: match sink {
                 Some(s) => Some(s),
@@ -555,7 +606,7 @@ impl Pipeline {
         };
         match device {
             Device::Cpu => {
-                let batch = self.decide_batch(None, num, batch)?;
+                let batch = self.decide_batch(None, num, batch, per_eval)?;
                 let mut cpu = CpuRunner {
                     unet: &self.unet,
                     weights: &self.model.weights,
@@ -567,7 +618,7 @@ impl Pipeline {
             Device::Gpu(ctx) => {
                 let weights = self.gpu_weights(ctx)?;
                 let mut gpu = self.gpu_runner(ctx, &weights, steps, frames)?;
-                let batch = self.decide_batch(Some((ctx, &gpu)), num, batch)?;
+                let batch = self.decide_batch(Some((ctx, &gpu)), num, batch, per_eval)?;
                 let x = sampling::run(&mut gpu as &mut dyn StepRunner, run(batch))?;
                 Ok((x, batch))
             }

@@ -504,6 +504,7 @@ mod tests {
             seeds: &SeedSet::parse("0-9").unwrap(),
             shards: 1,
             class: None,
+            guidance: None,
         })
     }
 
@@ -593,6 +594,11 @@ mod tests {
             seeds: &SeedSet::parse("0-9").unwrap(),
             shards: 1,
             class: Some(&crate::model::ClassLabels::Indices(vec![3, 1])),
+            guidance: Some(&crate::sampling::Guided {
+                scale: 2.5,
+                rescale: 0.7,
+                null: 10,
+            }),
         });
         let keys: Vec<String> = other
             .differences(&base)
@@ -601,9 +607,21 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            ["model.config.norm_eps", "precision", "rng", "run.class"]
+            [
+                "model.config.norm_eps",
+                "precision",
+                "rng",
+                "run.class",
+                "run.guidance_rescale",
+                "run.guidance_scale",
+                "run.null_class"
+            ]
         );
         assert_eq!(other.get("run.class"), Some("3,1"));
+        assert_eq!(other.get("run.guidance_scale"), Some("2.5"));
+        assert_eq!(other.get("run.null_class"), Some("10"));
+        // A model's declared null label is part of its config only where it declares one.
+        assert!(base.get("model.config._null_class_label").is_none());
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> (f64, f64, f64) {
             noise: noise.as_ref(),
             x0_out: Some(&x0),
             first_bad: None,
+            guide: None,
         },
     )
     .unwrap();

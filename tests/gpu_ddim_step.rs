@@ -102,6 +102,7 @@ fn run_case(
         sample: &sample,
         x0_out: Some(&x0),
         first_bad: None,
+        guide: None,
     };
     let dispatches = ddim_update(ctx, &update, &rows, layout, &bufs).expect("building");
     let mut current = start;
@@ -312,6 +313,7 @@ fn dynamic_threshold_order_statistics_are_exact() {
             sample: &sample,
             x0_out: Some(&x0),
             first_bad: None,
+            guide: None,
         };
         let d = ddim_update(ctx, &update, &rows, NoiseLayout::AllSteps, &bufs).unwrap();
         run_dispatches(ctx, &d, 1).unwrap();

@@ -124,6 +124,7 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64, scale: f32) -> Worst {
         x0_out: Some(&x0),
         noise: noise.as_ref(),
         first_bad: None,
+        guide: None,
     };
     let dispatches = multistep_update(ctx, &table, BATCH, PER_SAMPLE, &bufs).expect("building");
     let mut state = MultistepState::default();
@@ -665,6 +666,7 @@ fn history_too_large_for_a_binding_is_an_error() {
             x0_out: None,
             noise: None,
             first_bad: None,
+            guide: None,
         };
         let err = multistep_update(ctx, &t, 7, per_sample, &bufs)
             .err()

@@ -267,6 +267,7 @@ fn unet_inversion_and_reconstruction_match_cpu_reference() {
         batch: Some(2),
         progress: None,
         labels: None,
+        guidance: Default::default(),
     };
     let latent = pipe.invert(&Device::Cpu, &x0, &request).unwrap();
     let back = pipe.decode(&Device::Cpu, &latent, &request).unwrap();

@@ -138,6 +138,7 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> Worst {
             model_in: &model_in,
             x0_out: Some(&x0),
             first_bad: None,
+            guide: None,
         },
     )
     .expect("building");

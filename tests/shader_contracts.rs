@@ -12,7 +12,7 @@ use std::mem::{offset_of, size_of};
 use std::path::Path;
 
 use ddim_wgpu::gpu::kernels::{
-    attention, consistency, conv2d, ddim_step, elementwise, group_norm, linear, multistep,
+    attention, consistency, conv2d, ddim_step, elementwise, group_norm, guide, linear, multistep,
     resample, sigma_step, smoke, threshold, time_embedding, SHADERS,
 };
 
@@ -276,6 +276,91 @@ fn uniform_twins() -> Vec<(&'static str, &'static str, HostLayout)> {
                 rank_hi,
                 rank_weight,
                 max_value,
+                _pad,
+            }),
+        ),
+        // guide.wgsl's uniform, in every shader it is appended to, and guide_std's.
+        (
+            "ddim_step",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "multistep",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "sigma_step",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "threshold",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "consistency",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
+                _pad,
+            }),
+        ),
+        (
+            "guide_std",
+            "Guide",
+            host_layout!(guide::GuideParams {
+                on,
+                numel,
+                per_sample,
+                rescale,
+                w,
+                phi,
+                keep,
                 _pad,
             }),
         ),

@@ -221,6 +221,7 @@ pub fn ddim_update_case(ctx: &GpuContext, batch: usize, per_sample: usize) -> Re
         sample: &sample,
         x0_out: None,
         first_bad: None,
+        guide: None,
     };
     let dispatches = ddim_update(ctx, &cfg, &[row], NoiseLayout::Rewritten, &bufs)?;
     Ok(KernelCase {

@@ -6,7 +6,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use ddim_wgpu::model::ClassLabels;
 use ddim_wgpu::pipeline::BatchTooLarge;
 use ddim_wgpu::rng::RngKind;
-use ddim_wgpu::sampling::SamplerKind;
+use ddim_wgpu::sampling::{Guidance, SamplerKind};
 
 /// `--sampler`: one of [`SamplerKind::ALL`], each with its line of help.
 pub fn sampler() -> impl TypedValueParser<Value = SamplerKind> {
@@ -61,6 +61,38 @@ pub fn batch_hint(e: anyhow::Error, batch: Option<usize>) -> anyhow::Error {
             )
         }
         _ => e,
+    }
+}
+
+/// `--guidance-scale`, `--guidance-rescale`, `--null-class`: classifier-free guidance of a
+/// class-conditional model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GuidanceArgs {
+    /// Classifier-free guidance scale w: the model runs on [null label; --class] at twice the
+    /// batch and steps on u + w·(c − u) (its raw output, as diffusers' pipelines guide). 1 is off.
+    #[arg(
+        long,
+        value_name = "W",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub guidance_scale: f64,
+    /// Rescale the guided output towards the conditional one's std (Lin et al. 2023, diffusers'
+    /// guidance_rescale), in [0, 1]; needs --guidance-scale.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub guidance_rescale: f64,
+    /// The null (unconditional) label for guidance (default: the model's "_null_class_label").
+    #[arg(long, value_name = "N", value_parser = super::numbers::at_least::<u32, 0>)]
+    pub null_class: Option<u32>,
+}
+
+impl GuidanceArgs {
+    pub fn guidance(&self) -> Guidance {
+        Guidance {
+            scale: self.guidance_scale,
+            rescale: self.guidance_rescale,
+            null_class: self.null_class,
+        }
     }
 }
 

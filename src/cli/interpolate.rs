@@ -1,9 +1,11 @@
-//! `ddim interpolate`: decode a spherical (or linear) interpolation between two seeds' noise.
+//! `ddim interpolate`: decode a spherical (or linear) interpolation between two seeds' noise, or,
+//! for a class-conditional model, between two classes' embeddings at one seed's noise.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use ddim_wgpu::image_io::save_grid;
+use ddim_wgpu::model::ClassLabels;
 use ddim_wgpu::pipeline::LatentRequest;
 use ddim_wgpu::rng::{NoiseSource, RngKind};
 use ddim_wgpu::sampling::{lerp, slerp};
@@ -41,6 +43,16 @@ pub struct Args {
     /// Class label of a class-conditional model (one for all frames, or one per frame).
     #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
     pub class: Option<super::flags::ClassArg>,
+    /// Interpolate between two classes instead of two seeds: the class embedding goes from
+    /// --class-a's to --class-b's across the frames, all decoded from --seed-a's noise.
+    #[arg(long, value_name = "A", requires = "class_b", conflicts_with_all = ["class", "seed_b", "lerp"],
+          value_parser = super::numbers::at_least::<u32, 0>)]
+    pub class_a: Option<u32>,
+    /// The class at the strip's end (with --class-a).
+    #[arg(long, value_name = "B", requires = "class_a", value_parser = super::numbers::at_least::<u32, 0>)]
+    pub class_b: Option<u32>,
+    #[command(flatten)]
+    pub guidance: super::flags::GuidanceArgs,
     /// The PNG strip to write.
     #[arg(long, value_name = "FILE", default_value = "interpolation.png")]
     pub out: PathBuf,
@@ -65,16 +77,28 @@ pub fn run(args: Args) -> Result<()> {
     };
     fits::check("--frames", args.frames as u128, each, "")?;
     let a = NoiseSource::new(args.rng, args.seed_a).randn(per)?;
-    let b = NoiseSource::new(args.rng, args.seed_b).randn(per)?;
+    let classes = args.class_a.zip(args.class_b);
+    let b = match classes {
+        Some(_) => a.clone(),
+        None => NoiseSource::new(args.rng, args.seed_b).randn(per)?,
+    };
+    let alphas: Vec<f64> = (0..args.frames)
+        .map(|f| f as f64 / (args.frames - 1) as f64)
+        .collect();
     let mut x = Vec::with_capacity(per * args.frames);
-    for f in 0..args.frames {
-        let alpha = f as f64 / (args.frames - 1) as f64;
+    for &alpha in &alphas {
         x.extend(if args.lerp {
             lerp(&a, &b, alpha)
         } else {
             slerp(&a, &b, alpha)
         });
     }
+    let labels = match classes {
+        Some((ca, cb)) => Some(ClassLabels::Mixed(
+            alphas.iter().map(|&t| (ca, cb, t as f32)).collect(),
+        )),
+        None => super::flags::labels_of(&args.class),
+    };
     let (c, h, w) = (pipe.unet.input.c, pipe.unet.input.h, pipe.unet.input.w);
     let x = Tensor::new(vec![args.frames, c, h, w], x)?;
     let device = args.device.open()?;
@@ -83,7 +107,8 @@ pub fn run(args: Args) -> Result<()> {
         steps: args.steps,
         batch: args.batch,
         progress: Some(bar_progress(&bar, 0)),
-        labels: super::flags::labels_of(&args.class),
+        labels,
+        guidance: args.guidance.guidance(),
     };
     let images = pipe
         .decode(&device, &x, &request)
@@ -91,13 +116,19 @@ pub fn run(args: Args) -> Result<()> {
     bar.finish_and_clear();
     save_grid(&args.out, &images, Some(args.frames))?;
     if !args.quiet {
+        let what = match classes {
+            Some((ca, cb)) => format!("class {ca} to class {cb} at seed {}", args.seed_a),
+            None => format!(
+                "{} from seed {} to seed {}",
+                if args.lerp { "lerp" } else { "slerp" },
+                args.seed_a,
+                args.seed_b
+            ),
+        };
         println!(
-            "wrote {} ({} frames, {} from seed {} to seed {}, {name}, DDIM {} steps) on {}",
+            "wrote {} ({} frames, {what}, {name}, DDIM {} steps) on {}",
             args.out.display(),
             args.frames,
-            if args.lerp { "lerp" } else { "slerp" },
-            args.seed_a,
-            args.seed_b,
             args.steps,
             device.describe()
         );

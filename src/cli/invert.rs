@@ -15,6 +15,12 @@ use super::sample::{check_outputs, load_pipeline, progress_bar, DeviceArgs};
 use super::schedule::SchedulerOverrides;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "With a class-conditional model, --class conditions both runs. The inversion \
+    always runs at guidance scale 1: a guided inversion is not a bijection (no decode inverts it), \
+    so its latents would not reconstruct the image. --guidance-scale, --guidance-rescale and \
+    --null-class guide only the reconstruction."
+)]
 pub struct Args {
     /// Model directory in diffusers layout (default: the bundled MNIST model).
     #[arg(long, value_name = "DIR")]
@@ -29,6 +35,11 @@ pub struct Args {
     /// Class labels of a class-conditional model: one for all images or one per --image.
     #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
     pub class: Option<super::flags::ClassArg>,
+    /// Guidance of the reconstruction only (--guidance-scale W, --guidance-rescale R,
+    /// --null-class N). The inversion itself always runs at guidance 1 with --class: a guided
+    /// inversion is not a bijection (no decode inverts it), so its latents would not reconstruct.
+    #[command(flatten)]
+    pub guidance: super::flags::GuidanceArgs,
     /// PNG with each original next to its reconstruction.
     #[arg(long, value_name = "FILE", default_value = "inversion.png")]
     pub out: PathBuf,
@@ -140,7 +151,10 @@ fn invert_and_reconstruct(
             first.set_position(done as u64);
         })),
         labels: super::flags::labels_of(&args.class),
+        guidance: Default::default(),
     };
+    // Checked before the inversion runs, so a bad guidance flag costs nothing.
+    pipe.guided(&args.guidance.guidance(), request.labels.as_ref())?;
     let latents = pipe
         .invert(device, x0, &request)
         .map_err(|e| batch_hint(e, args.batch))?;
@@ -150,6 +164,7 @@ fn invert_and_reconstruct(
         progress: Some(Progress::new(move |done, _| {
             second.set_position(offset + done as u64)
         })),
+        guidance: args.guidance.guidance(),
         ..request
     };
     let rec = pipe

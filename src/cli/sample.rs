@@ -146,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         progress: Some(bar_progress(&bar, 0)),
         labels: super::flags::labels_of(&args.class),
+        guidance: args.guidance.guidance(),
     };
     let started = Instant::now();
     let Sampled {

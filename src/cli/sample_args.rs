@@ -112,6 +112,8 @@ pub struct Args {
     /// --seeds, one per seed of the whole set, in its order).
     #[arg(long, value_name = "N[,N2,...]", value_parser = super::flags::class_labels)]
     pub class: Option<super::flags::ClassArg>,
+    #[command(flatten)]
+    pub guidance: super::flags::GuidanceArgs,
     /// Noise generator: torch reproduces torch.manual_seed(seed) + diffusers' pipelines.
     #[arg(long, value_parser = super::flags::rng(), default_value_t = RngKind::Torch)]
     pub rng: RngKind,

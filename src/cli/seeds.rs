@@ -77,6 +77,12 @@ fn manifest(
         seeds: set,
         shards,
         class: super::flags::labels_of(&args.class).as_ref(),
+        guidance: pipe
+            .guided(
+                &args.guidance.guidance(),
+                super::flags::labels_of(&args.class).as_ref(),
+            )?
+            .as_ref(),
     });
     let notes = BTreeMap::from([
         ("model".to_string(), model_name.to_string()),
@@ -207,6 +213,7 @@ pub fn run(args: Args) -> Result<()> {
         progress: None,
         // Each window gets its seeds' labels.
         labels: None,
+        guidance: args.guidance.guidance(),
     };
     // One batch for every window, chosen once for a window's worth of images.
     let batch = pipe

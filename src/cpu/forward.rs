@@ -231,6 +231,26 @@ pub fn class_embedding(
             let proj = time_projection(&t.proj, weights, &as_t)?;
             mlp(linear_1, linear_2, weights, &proj)?
         }
+        (Some(_), Some(ClassLabels::Mixed(v))) => {
+            // Each end's embedding, then (1 − t)·E(a) + t·E(b) per image.
+            let end = |pick: fn(&(u32, u32, f32)) -> u32| {
+                let ends = ClassLabels::Indices(v.iter().map(pick).collect());
+                class_embedding(unet, weights, Some(&ends))?
+                    .context("a class-conditional model has a class embedding")
+            };
+            let (a, b) = (end(|e| e.0)?, end(|e| e.1)?);
+            let width = t.embed_dim();
+            let data = a
+                .data
+                .chunks(width)
+                .zip(b.data.chunks(width))
+                .zip(v)
+                .flat_map(|((ea, eb), &(_, _, w))| {
+                    ea.iter().zip(eb).map(move |(&x, &y)| (1.0 - w) * x + w * y)
+                })
+                .collect();
+            Tensor::new(vec![v.len(), width], data)?
+        }
         (Some(ClassEmbedding::Identity), Some(ClassLabels::Vectors { width, data })) => {
             Tensor::new(vec![data.len() / width, *width], data.clone())?
         }

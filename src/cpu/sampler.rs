@@ -42,6 +42,7 @@ impl StepRunner for CpuRunner<'_> {
             mut x,
             mut noise,
             labels,
+            guidance,
         } = chunk;
         let steps = self.steps;
         ensure!(
@@ -51,6 +52,12 @@ impl StepRunner for CpuRunner<'_> {
             steps.len()
         );
         let batch = x.shape[0];
+        let per_image = x.numel() / batch.max(1);
+        // Guidance: every evaluation runs on [x; x] with [null labels; labels].
+        let labels = match &guidance {
+            Some(g) => Some(g.doubled_labels(labels.as_ref(), batch)?),
+            None => labels,
+        };
         let mut frames = Vec::with_capacity(record.len());
         let mut state = MultistepState::default();
         let mut sigma_state = SigmaState::default();
@@ -59,7 +66,7 @@ impl StepRunner for CpuRunner<'_> {
             let t = steps.timestep(i);
             // The σ-space samplers feed the model x/sqrt(σ²+1), the consistency sampler x·c_in;
             // the others x itself.
-            let input = match steps {
+            let mut input = match steps {
                 SamplerSteps::Sigma(table) => Cow::Owned(Tensor::new(
                     x.shape.clone(),
                     scale_model_input(table, i, &x.data)?,
@@ -70,7 +77,14 @@ impl StepRunner for CpuRunner<'_> {
                 )?),
                 _ => Cow::Borrowed(&x),
             };
-            let eps = forward_labeled(
+            if guidance.is_some() {
+                let mut doubled = input.data.clone();
+                doubled.extend_from_slice(&input.data);
+                let mut shape = input.shape.clone();
+                shape[0] *= 2;
+                input = Cow::Owned(Tensor::new(shape, doubled)?);
+            }
+            let mut eps = forward_labeled(
                 self.unet,
                 self.weights,
                 &input,
@@ -78,6 +92,9 @@ impl StepRunner for CpuRunner<'_> {
                 labels.as_ref(),
             )
             .with_context(|| format!("U-Net at step {i} (t = {t})"))?;
+            if let Some(g) = &guidance {
+                eps = Tensor::new(x.shape.clone(), g.combine(&eps.data, batch, per_image)?)?;
+            }
             let noise = noise.as_deref();
             let out = match steps {
                 SamplerSteps::Ddim {

@@ -29,6 +29,7 @@ use super::kernels::consistency::{consistency_update, ConsistencyIo};
 use super::kernels::ddim_step::{
     ddim_rows, ddim_update, ddpm_rows, DdimIo, DdimUpdateConfig, NoiseLayout, UpdateRow,
 };
+use super::kernels::guide::{guide, Guide};
 use super::kernels::multistep::{check_history, history_slots, multistep_update, MultistepIo};
 use super::kernels::sigma_step::{self, sigma_update, SigmaIo};
 use super::memory::{mib, Footprint};
@@ -38,7 +39,7 @@ use super::tensor::GpuTensor;
 use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::model::UNet;
-use crate::sampling::{Chunk, ChunkOutput, SamplerSteps, StepRunner};
+use crate::sampling::{Chunk, ChunkOutput, Guided, SamplerSteps, StepRunner};
 use crate::schedule::{
     consistency_input, ConsistencyTable, MultistepTable, PredictionType, SchedulerConfig,
     SigmaTable, X0Limit,
@@ -158,6 +159,8 @@ struct LoopIo<'a> {
     sample: &'a GpuTensor,
     x0_out: Option<&'a GpuTensor>,
     first_bad: &'a wgpu::Buffer,
+    /// Guidance, read by every update (off: the output is read as it is).
+    guide: &'a Guide,
 }
 
 impl Update {
@@ -174,6 +177,7 @@ impl Update {
             sample,
             x0_out,
             first_bad,
+            guide,
         } = io;
         Ok(match spec {
             SampleSpec::Ddim(d) => {
@@ -196,6 +200,7 @@ impl Update {
                         sample,
                         x0_out,
                         first_bad: Some(first_bad),
+                        guide: Some(guide),
                     },
                 )?;
                 Self {
@@ -224,6 +229,7 @@ impl Update {
                         x0_out,
                         noise: noise.as_ref(),
                         first_bad: Some(first_bad),
+                        guide: Some(guide),
                     },
                 )?;
                 Self {
@@ -248,6 +254,7 @@ impl Update {
                         noise: noise.as_ref(),
                         x0_out,
                         first_bad: Some(first_bad),
+                        guide: Some(guide),
                     },
                 )?;
                 Self {
@@ -276,6 +283,7 @@ impl Update {
                         model_in,
                         x0_out,
                         first_bad: Some(first_bad),
+                        guide: Some(guide),
                     },
                 )?;
                 Self {
@@ -329,6 +337,25 @@ pub fn sample_recording(
     record: &[usize],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Vec<Tensor>)> {
+    sample_guided(ctx, forward, spec, None, x_t, noise, record, progress)
+}
+
+/// [`sample_recording`] with classifier-free guidance: `forward` runs on the doubled batch
+/// (2·N images, its labels the null label's half first; the caller builds it so), the sample
+/// is copied (or, by the σ-space update, written) into both halves of its input, and every
+/// update reads u + w·(c − u) of its output, rescaled when `guidance.rescale` > 0 (one
+/// per-image reduction before the update). The sample, the noise and the frames keep N images.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_guided(
+    ctx: &GpuContext,
+    forward: &dyn StepForward,
+    spec: &SampleSpec<'_>,
+    guidance: Option<&Guided>,
+    x_t: &Tensor,
+    noise: &mut dyn FnMut(usize) -> Result<Option<Vec<f32>>>,
+    record: &[usize],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Vec<Tensor>)> {
     ensure!(
         x_t.shape.len() == 4,
         "the initial sample must be NCHW, got shape {:?}",
@@ -338,20 +365,29 @@ pub fn sample_recording(
     let numel = x_t.numel();
     ensure!(!spec.is_empty(), "sampling needs at least one step");
     let nhwc = [n, h, w, c];
-    forward
-        .input()
-        .flat("the forward plan's input (the sample's size)", numel)?;
-    forward
-        .output()
-        .flat("the forward plan's output (the sample's size)", numel)?;
+    // A guided forward holds both halves.
+    let halves = if guidance.is_some() { 2 } else { 1 };
+    forward.input().flat(
+        "the forward plan's input (the sample's size, twice when guided)",
+        halves * numel,
+    )?;
+    forward.output().flat(
+        "the forward plan's output (the sample's size, twice when guided)",
+        halves * numel,
+    )?;
     let x_nhwc = nchw_to_nhwc(&x_t.data, n, c, h, w);
     if let SampleSpec::Sigma(table) = spec {
         // x_T comes scaled by init_noise_sigma (`sampling::run`); the first model input is
         // x / sqrt(σ₀² + 1), and the update writes every later one.
         let scale = table.steps[0].scale;
         let input: Vec<f32> = x_nhwc.iter().map(|&v| v / scale).collect();
-        ctx.queue
-            .write_buffer(forward.input().buffer(), 0, bytemuck::cast_slice(&input));
+        for half in 0..halves {
+            ctx.queue.write_buffer(
+                forward.input().buffer(),
+                (half * numel * 4) as u64,
+                bytemuck::cast_slice(&input),
+            );
+        }
     }
     let sample = ctx.tensor_from("sample", &x_nhwc, &nhwc, Precision::F32)?;
     // The σ-space update writes the next model input itself; the others copy the sample.
@@ -385,12 +421,16 @@ pub fn sample_recording(
             )
         })
         .collect();
+    let mut guide = guide(ctx, guidance, n, c * h * w, forward.output())?;
+    // The rescale's per-image reduction runs before the update (and its threshold search).
+    let guide_std = guide.dispatch.take();
     let io = LoopIo {
         model_out: forward.output(),
         model_in: forward.input(),
         sample: &sample,
         x0_out: x0_scratch.as_ref(),
         first_bad: &first_bad,
+        guide: &guide,
     };
     let update = Update::new(ctx, spec, (n, c * h * w), io)?;
     if let (SampleSpec::Consistency(table), Some(model_in)) = (spec, &update.model_in) {
@@ -437,20 +477,23 @@ pub fn sample_recording(
             });
         for s in evals.clone() {
             if copies_input {
-                encoder.copy_buffer_to_buffer(
-                    input_source.buffer(),
-                    0,
-                    forward.input().buffer(),
-                    0,
-                    Some(bytes),
-                );
+                for half in 0..halves as u64 {
+                    encoder.copy_buffer_to_buffer(
+                        input_source.buffer(),
+                        0,
+                        forward.input().buffer(),
+                        half * bytes,
+                        Some(bytes),
+                    );
+                }
             }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("sampler step"),
                     timestamp_writes: None,
                 });
-                for d in forward.dispatches().iter().chain(&update.dispatches) {
+                let dispatches = forward.dispatches().iter().chain(&guide_std);
+                for d in dispatches.chain(&update.dispatches) {
                     d.encode(&mut pass, s as u32);
                 }
             }
@@ -731,15 +774,28 @@ impl StepRunner for GpuRunner<'_> {
             x,
             mut noise,
             labels,
+            guidance,
         } = chunk;
-        let i = self.plan_index(x.shape[0])?;
+        // A guided chunk's forward runs on the doubled batch (the null label's half first).
+        let halves = if guidance.is_some() { 2 } else { 1 };
+        let i = self.plan_index(halves * x.shape[0])?;
         let plan = &self.plans[i].1;
+        ensure!(
+            !matches!(labels, Some(crate::model::ClassLabels::Mixed(_))),
+            "interpolating between class embeddings is not yet supported on the GPU; use --device cpu"
+        );
+        // Guided: the null label's half, then the chunk's labels.
+        let labels = match &guidance {
+            Some(g) => Some(g.doubled_labels(labels.as_ref(), x.shape[0])?),
+            None => labels,
+        };
         plan.set_labels(self.ctx, self.unet, self.weights, labels.as_ref())?;
         let spec = self.update.spec();
-        let (x, frames) = sample_recording(
+        let (x, frames) = sample_guided(
             self.ctx,
             plan,
             &spec,
+            guidance.as_ref(),
             &x,
             &mut |s| noise.step(s),
             record,

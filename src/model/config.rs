@@ -70,6 +70,12 @@ pub struct UNet2DConfig {
     pub num_class_embeds: Option<usize>,
     /// Rows of the `learned` time embedding table (only read by `time_embedding_type = "learned"`).
     pub num_train_timesteps: Option<usize>,
+    /// The label of the unconditional half under classifier-free guidance, as this crate's
+    /// models declare it (`"_null_class_label": N`; diffusers ignores keys starting with `_`).
+    /// Left out of the serialised config when absent, so seed-folder identities of models
+    /// without it are unchanged.
+    #[serde(rename = "_null_class_label", skip_serializing_if = "Option::is_none")]
+    pub null_class_label: Option<u32>,
 }
 
 impl Default for UNet2DConfig {
@@ -115,6 +121,7 @@ impl Default for UNet2DConfig {
             class_embed_type: None,
             num_class_embeds: None,
             num_train_timesteps: None,
+            null_class_label: None,
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum ClassLabels {
     /// Vectors added to the time embedding as they are (`class_embed_type: "identity"`):
     /// `data.len() / width` vectors of `width` (= the time embedding width), row-major.
     Vectors { width: usize, data: Vec<f32> },
+    /// Per image (a, b, t): the class embedding interpolated, (1 − t)·E(a) + t·E(b), for class
+    /// indices (`ddim interpolate --class-a A --class-b B`).
+    Mixed(Vec<(u32, u32, f32)>),
 }
 
 impl ClassLabels {
@@ -25,6 +28,7 @@ impl ClassLabels {
         match self {
             Self::Indices(v) => v.len(),
             Self::Vectors { width, data } => data.len() / (*width).max(1),
+            Self::Mixed(v) => v.len(),
         }
     }
 
@@ -44,6 +48,7 @@ impl ClassLabels {
         );
         Ok(match self {
             Self::Indices(v) => Self::Indices(range.map(|i| v[pick(i)]).collect()),
+            Self::Mixed(v) => Self::Mixed(range.map(|i| v[pick(i)]).collect()),
             Self::Vectors { width, data } => Self::Vectors {
                 width: *width,
                 data: range
@@ -69,6 +74,11 @@ impl ClassLabels {
     pub fn describe(&self) -> String {
         match self {
             Self::Indices(v) => v.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            Self::Mixed(v) => {
+                let each: Vec<String> =
+                    v.iter().map(|(a, b, t)| format!("{a}~{b}@{t:?}")).collect();
+                format!("mixed: {}", each.join(","))
+            }
             Self::Vectors { width, data } => {
                 let values: Vec<String> = data.iter().map(|v| format!("{v:?}")).collect();
                 format!("vectors of {width}: {}", values.join(","))
@@ -94,6 +104,16 @@ impl ClassLabels {
             (Some(class), Some(labels)) => (class, labels),
         };
         ensure!(!labels.is_empty(), "no class labels given");
+        if let Self::Mixed(v) = labels {
+            ensure!(
+                v.iter().all(|(_, _, t)| t.is_finite()),
+                "class mixing weights must be finite"
+            );
+            let ends =
+                |pick: fn(&(u32, u32, f32)) -> u32| Self::Indices(v.iter().map(pick).collect());
+            Self::check(Some(&ends(|e| e.0)), time)?;
+            return Self::check(Some(&ends(|e| e.1)), time);
+        }
         match (class, labels) {
             (ClassEmbedding::Table { classes, .. }, Self::Indices(v)) => {
                 if let Some(bad) = v.iter().find(|&&l| l as usize >= *classes) {
@@ -125,6 +145,7 @@ impl ClassLabels {
                  image, not class indices",
                 time.embed_dim()
             ),
+            (_, Self::Mixed(_)) => unreachable!("mixed labels are checked above"),
             (_, Self::Vectors { .. }) => bail!(
                 "class vectors were given, but the model ({}) takes class indices",
                 describe_embedding(class, time)

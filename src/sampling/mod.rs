@@ -5,6 +5,7 @@
 //! every device.
 
 mod diverged;
+pub mod guidance;
 pub mod interpolate;
 mod noise;
 mod run;
@@ -13,6 +14,7 @@ pub mod steps;
 pub mod trajectory;
 
 pub use diverged::Diverged;
+pub use guidance::{Guidance, Guided};
 pub use interpolate::{lerp, slerp};
 pub use noise::Noise;
 pub(crate) use noise::NoisePlan;

@@ -2,6 +2,7 @@
 //! consumes, trajectory frames and progress, over a device that runs all steps of one chunk
 //! ([`StepRunner`]: the CPU reference, `cpu::sampler`, or a compiled GPU plan, `gpu::sampler`).
 
+use super::guidance::Guided;
 use super::noise::{NoisePlan, StepNoise};
 use super::steps::SamplerSteps;
 use super::trajectory::Trajectory;
@@ -18,6 +19,9 @@ pub struct Chunk {
     pub noise: StepNoise,
     /// The chunk's class labels, one per image (None for an unconditional model).
     pub labels: Option<ClassLabels>,
+    /// Classifier-free guidance: the device runs the model on the doubled batch (the null
+    /// label's half first) and steps on the combination, at the chunk's batch.
+    pub guidance: Option<Guided>,
 }
 
 /// What a device gives back for a chunk.
@@ -30,7 +34,8 @@ pub struct ChunkOutput {
 
 /// A device that runs every step of one run's [`SamplerSteps`] on a chunk of images.
 pub trait StepRunner {
-    /// The most images one chunk may hold on this device.
+    /// The most images one model evaluation may hold on this device (a guided chunk holds half
+    /// as many images: its evaluations run on the doubled batch).
     fn max_batch(&self) -> usize;
 
     /// Runs all steps on `chunk`, keeping the predicted x0 after each step listed in `record`
@@ -87,6 +92,8 @@ pub struct Run<'a> {
     pub progress: Option<&'a Progress>,
     /// Class labels, one for all images or one per image; each chunk gets its images' labels.
     pub labels: Option<&'a ClassLabels>,
+    /// Classifier-free guidance (checked against the model and the labels by the caller).
+    pub guidance: Option<Guided>,
     /// Receives every chunk as it finishes; with a sink the returned tensor is empty (shape
     /// [0, C, H, W]) and memory holds one chunk, not the whole run.
     pub sink: Option<ChunkSink<'a>>,
@@ -103,6 +110,7 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
         mut trajectory,
         progress,
         labels,
+        guidance,
         mut sink,
     } = run;
     let per_image = c * h * w;
@@ -136,7 +144,15 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
     };
     ensure!(num > 0, "the number of images must be at least 1");
     ensure!(batch > 0, "the batch size must be at least 1");
-    let batch = batch.min(device.max_batch()).min(num);
+    // A guided evaluation holds two images per image of the chunk.
+    let per_eval = if guidance.is_some() { 2 } else { 1 };
+    let fits = device.max_batch() / per_eval;
+    ensure!(
+        fits > 0,
+        "the device holds {} image(s) per model evaluation; guidance needs 2 per image",
+        device.max_batch()
+    );
+    let batch = batch.min(fits).min(num);
     if let Some(t) = trajectory.as_deref_mut() {
         t.start(steps.len(), num, c, h, w)?;
     }
@@ -162,12 +178,14 @@ pub fn run(device: &mut dyn StepRunner, run: Run<'_>) -> Result<Tensor> {
                     x: Tensor::new(vec![range.len(), c, h, w], noise.initial)?,
                     noise: noise.steps,
                     labels,
+                    guidance,
                 }
             }
             Start::Given(x) => Chunk {
                 x: x.images(range.clone())?,
                 noise: StepNoise::none(steps.len()),
                 labels,
+                guidance,
             },
         };
         let y = device

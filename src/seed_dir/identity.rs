@@ -36,6 +36,9 @@ pub struct RunSettings<'a> {
     /// `--class` as given (one label for all seeds, or one per seed of the set); None for an
     /// unconditional model.
     pub class: Option<&'a crate::model::ClassLabels>,
+    /// Classifier-free guidance when on (None when off, so folders made before guidance
+    /// existed keep their identity).
+    pub guidance: Option<&'a crate::sampling::Guided>,
 }
 
 /// Sorted `key → value`; serialised as a JSON object with sorted keys.
@@ -94,11 +97,17 @@ impl Identity {
             seeds,
             shards,
             class,
+            guidance,
         } = run;
         id.put("run.seeds", seeds.to_string());
         // Only class-conditional runs have the key, so folders made before it existed still match.
         if let Some(class) = class {
             id.put("run.class", class.describe());
+        }
+        if let Some(g) = guidance {
+            id.put("run.guidance_scale", g.scale);
+            id.put("run.guidance_rescale", g.rescale);
+            id.put("run.null_class", g.null as u64);
         }
         id.put("run.shards", shards);
         id.put("image", format!("{c}x{h}x{w}"));

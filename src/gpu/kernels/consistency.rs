@@ -6,6 +6,7 @@
 
 use anyhow::{ensure, Result};
 
+use super::guide::{given_or_off, Guide};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::tensor::GpuTensor;
 use crate::gpu::GpuContext;
@@ -15,6 +16,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/consistency.wgsl"),
     "\n",
     include_str!("../../../shaders/predict.wgsl"),
+    "\n",
+    include_str!("../../../shaders/guide.wgsl"),
 );
 const WORKGROUP: u32 = 256;
 
@@ -71,6 +74,9 @@ pub struct ConsistencyIo<'a> {
     pub x0_out: Option<&'a GpuTensor>,
     /// One u32, lowered to the index of any step whose new sample holds a NaN or infinity.
     pub first_bad: Option<&'a wgpu::Buffer>,
+    /// Classifier-free guidance: `model_out` holds the doubled batch and the update reads the
+    /// guided output (run `guide.dispatch` first when it has one). None: unguided.
+    pub guide: Option<&'a Guide>,
 }
 
 fn spec() -> KernelSpec {
@@ -87,6 +93,8 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // next model input
             Binding::StorageReadWrite, // x0 out
             Binding::StorageReadWrite, // first_bad (atomic u32)
+            Binding::Uniform,          // guidance (guide.wgsl)
+            Binding::StorageRead,      // guidance's per-image std ratio
         ],
     }
 }
@@ -111,7 +119,12 @@ pub fn consistency_update(
         },
         if io.noise.is_some() { "a" } else { "no" }
     );
-    let model_out = io.model_out.flat("consistency model output", numel)?;
+    let mut off = None;
+    // Unguided, the guide's per-image split is never read: one "image" of numel serves.
+    let guide = given_or_off(ctx, io.guide, &mut off, 1, numel, io.model_out)?;
+    let model_out = io
+        .model_out
+        .flat("consistency model output", guide.model_values(numel))?;
     let sample = io.sample.flat("consistency sample", numel)?;
     let model_in = io.model_in.flat("consistency model input", numel)?;
     let noise = match io.noise {
@@ -161,6 +174,8 @@ pub fn consistency_update(
             model_in,
             x0_out.unwrap_or((&no_x0).into()),
             io.first_bad.unwrap_or(&no_flag).into(),
+            guide.params(),
+            guide.ratio.binding(),
         ],
     )?;
     // Reads m, x (and z); writes x', the next input (and x0).

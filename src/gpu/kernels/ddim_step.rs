@@ -5,6 +5,7 @@
 
 use anyhow::{bail, ensure, Result};
 
+use super::guide::{given_or_off, Guide};
 use super::threshold::{dynamic_threshold, prediction_code, Level, ThresholdConfig, ThresholdIo};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
@@ -16,6 +17,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/ddim_step.wgsl"),
     "\n",
     include_str!("../../../shaders/predict.wgsl"),
+    "\n",
+    include_str!("../../../shaders/guide.wgsl"),
 );
 const WORKGROUP: u32 = 256;
 
@@ -159,6 +162,9 @@ pub struct DdimIo<'a> {
     /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
     /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
     pub first_bad: Option<&'a wgpu::Buffer>,
+    /// Classifier-free guidance: `model_out` holds the doubled batch and the update reads the
+    /// guided output (run `guide.dispatch` first when it has one). None: unguided.
+    pub guide: Option<&'a Guide>,
 }
 
 fn spec() -> KernelSpec {
@@ -175,6 +181,8 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // sample (in place)
             Binding::StorageReadWrite, // x0 out
             Binding::StorageReadWrite, // first_bad (atomic u32)
+            Binding::Uniform,          // guidance (guide.wgsl)
+            Binding::StorageRead,      // guidance's per-image std ratio
         ],
     }
 }
@@ -226,7 +234,18 @@ pub fn ddim_update(
     );
     ensure!(!steps.is_empty(), "DDIM update: no steps");
     let bytes = (numel * 4) as u64;
-    let model_out = io.model_out.flat("DDIM update model output", numel)?;
+    let mut off = None;
+    let guide = given_or_off(
+        ctx,
+        io.guide,
+        &mut off,
+        cfg.batch,
+        cfg.per_sample,
+        io.model_out,
+    )?;
+    let model_out = io
+        .model_out
+        .flat("DDIM update model output", guide.model_values(numel))?;
     let sample = io.sample.flat("DDIM update sample", numel)?;
     let x0_out = match io.x0_out {
         Some(t) => Some(t.flat("DDIM update x0", numel)?),
@@ -281,6 +300,7 @@ pub fn ddim_update(
                 model_out: io.model_out,
                 sample: io.sample,
                 thresholds: &thresholds,
+                guide,
             },
         )?);
     }
@@ -300,6 +320,8 @@ pub fn ddim_update(
             sample,
             x0_out.unwrap_or((&no_x0).into()),
             io.first_bad.unwrap_or(&no_flag).into(),
+            guide.params(),
+            guide.ratio.binding(),
         ],
     )?;
     out.push(Dispatch {

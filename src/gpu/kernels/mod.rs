@@ -6,6 +6,7 @@ pub mod conv2d;
 pub mod ddim_step;
 pub mod elementwise;
 pub mod group_norm;
+pub mod guide;
 pub mod linear;
 pub mod multistep;
 pub mod resample;
@@ -20,7 +21,7 @@ use crate::gpu::KernelSpec;
 /// Every shader module the crate compiles, by name, as compiled (conv2d is assembled from two
 /// files; the sampler updates and the threshold search append predict.wgsl), for
 /// tests/shaders_naga.rs and tests/shader_contracts.rs.
-pub const SHADERS: [(&str, &str); 14] = [
+pub const SHADERS: [(&str, &str); 15] = [
     ("attention", attention::SOURCE),
     ("consistency", consistency::SOURCE),
     ("conv2d", conv2d::SOURCE),
@@ -28,6 +29,7 @@ pub const SHADERS: [(&str, &str); 14] = [
     ("elementwise", elementwise::SOURCE),
     ("embedding", time_embedding::SOURCE),
     ("group_norm", group_norm::SOURCE),
+    ("guide_std", guide::STD_SOURCE),
     ("linear", linear::SOURCE),
     ("linear_k4", linear::SOURCE_K4),
     ("multistep", multistep::SOURCE),

@@ -13,6 +13,7 @@
 
 use anyhow::{bail, ensure, Result};
 
+use super::guide::{given_or_off, Guide};
 use super::threshold::{dynamic_threshold, prediction_code, Level, ThresholdConfig, ThresholdIo};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
@@ -24,6 +25,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/multistep.wgsl"),
     "\n",
     include_str!("../../../shaders/predict.wgsl"),
+    "\n",
+    include_str!("../../../shaders/guide.wgsl"),
 );
 const WORKGROUP: u32 = 256;
 
@@ -229,6 +232,9 @@ pub struct MultistepIo<'a> {
     /// One u32, lowered (`atomicMin`) to the index of any step whose new sample holds a NaN or
     /// infinity; the caller initialises it to `u32::MAX`. None: not reported.
     pub first_bad: Option<&'a wgpu::Buffer>,
+    /// Classifier-free guidance: `model_out` holds the doubled batch and the update reads the
+    /// guided output (run `guide.dispatch` first when it has one). None: unguided.
+    pub guide: Option<&'a Guide>,
 }
 
 fn spec() -> KernelSpec {
@@ -246,6 +252,8 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // x0 out
             Binding::StorageReadWrite, // first_bad (atomic u32)
             Binding::StorageRead,      // step noise
+            Binding::Uniform,          // guidance (guide.wgsl)
+            Binding::StorageRead,      // guidance's per-image std ratio
         ],
     }
 }
@@ -313,7 +321,11 @@ pub fn multistep_update(
     ensure!(numel > 0, "multistep update: empty sample");
     ensure!(!table.steps.is_empty(), "multistep update: no steps");
     let history = check_history(ctx, table, batch, per_sample)?;
-    let model_out = io.model_out.flat("multistep model output", numel)?;
+    let mut off = None;
+    let guide = given_or_off(ctx, io.guide, &mut off, batch, per_sample, io.model_out)?;
+    let model_out = io
+        .model_out
+        .flat("multistep model output", guide.model_values(numel))?;
     let sample = io.sample.flat("multistep sample", numel)?;
     let x0_out = match io.x0_out {
         Some(t) => Some(t.flat("multistep x0", numel)?),
@@ -389,6 +401,7 @@ pub fn multistep_update(
                 model_out: io.model_out,
                 sample: io.sample,
                 thresholds: &thresholds,
+                guide,
             },
         )?);
     }
@@ -413,6 +426,8 @@ pub fn multistep_update(
             x0_out.unwrap_or((&no_x0).into()),
             io.first_bad.unwrap_or(&no_flag).into(),
             noise.unwrap_or((&no_noise).into()),
+            guide.params(),
+            guide.ratio.binding(),
         ],
     )?;
     let (flops, traffic) = cost_per_element(table, &rows, io.x0_out.is_some());

@@ -8,6 +8,7 @@
 
 use anyhow::{ensure, Result};
 
+use super::guide::{given_or_off, Guide};
 use crate::gpu::kernel::{grid_2d, Binding, BufferSlice, Dispatch, KernelSpec};
 use crate::gpu::precision::Precision;
 use crate::gpu::tensor::GpuTensor;
@@ -18,6 +19,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/sigma_step.wgsl"),
     "\n",
     include_str!("../../../shaders/predict.wgsl"),
+    "\n",
+    include_str!("../../../shaders/guide.wgsl"),
 );
 const WORKGROUP: u32 = 256;
 
@@ -134,6 +137,10 @@ pub struct SigmaIo<'a> {
     pub x0_out: Option<&'a GpuTensor>,
     /// One u32, lowered to the index of any evaluation whose new sample holds a NaN or infinity.
     pub first_bad: Option<&'a wgpu::Buffer>,
+    /// Classifier-free guidance: `model_out` and `model_in` hold the doubled batch, the update
+    /// reads the guided output and writes the next input into both halves (run `guide.dispatch`
+    /// first when it has one). None: unguided.
+    pub guide: Option<&'a Guide>,
 }
 
 fn spec() -> KernelSpec {
@@ -151,6 +158,8 @@ fn spec() -> KernelSpec {
             Binding::StorageReadWrite, // the next model input
             Binding::StorageReadWrite, // x0 out
             Binding::StorageReadWrite, // first_bad (atomic u32)
+            Binding::Uniform,          // guidance (guide.wgsl)
+            Binding::StorageRead,      // guidance's per-image std ratio
         ],
     }
 }
@@ -197,9 +206,15 @@ pub fn sigma_update(
     ensure!(numel > 0, "σ update: empty sample");
     ensure!(!table.steps.is_empty(), "σ update: no steps");
     let history_bytes = check_history(ctx, table, batch, numel)?;
-    let model_out = io.model_out.flat("σ update model output", numel)?;
+    let mut off = None;
+    let guide = given_or_off(ctx, io.guide, &mut off, batch, per_sample, io.model_out)?;
+    let model_out = io
+        .model_out
+        .flat("σ update model output", guide.model_values(numel))?;
     let sample = io.sample.flat("σ update sample", numel)?;
-    let model_in = io.model_in.flat("σ update model input", numel)?;
+    let model_in = io
+        .model_in
+        .flat("σ update model input", guide.model_values(numel))?;
     let x0_out = match io.x0_out {
         Some(t) => Some(t.flat("σ update x0", numel)?),
         None => None,
@@ -288,6 +303,8 @@ pub fn sigma_update(
             model_in,
             x0_out.unwrap_or((&no_x0).into()),
             io.first_bad.unwrap_or(&no_flag).into(),
+            guide.params(),
+            guide.ratio.binding(),
         ],
     )?;
     // Per element: reads x, m, z, ring terms, the saved sample; writes x, model input, d, x0.

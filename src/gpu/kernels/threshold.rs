@@ -14,6 +14,8 @@ pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/threshold.wgsl"),
     "\n",
     include_str!("../../../shaders/predict.wgsl"),
+    "\n",
+    include_str!("../../../shaders/guide.wgsl"),
 );
 
 /// Codes of `PredictionType` in every shader's `prediction` field (predict.wgsl).
@@ -66,6 +68,8 @@ pub struct ThresholdIo<'a> {
     pub sample: &'a GpuTensor,
     /// `batch` f32, written.
     pub thresholds: &'a GpuTensor,
+    /// The update's guidance (x0 comes from the guided output).
+    pub guide: &'a super::guide::Guide,
 }
 
 fn spec() -> KernelSpec {
@@ -79,6 +83,8 @@ fn spec() -> KernelSpec {
             Binding::StorageRead,      // model output
             Binding::StorageRead,      // sample
             Binding::StorageReadWrite, // per-sample thresholds
+            Binding::Uniform,          // guidance (guide.wgsl)
+            Binding::StorageRead,      // guidance's per-image std ratio
         ],
     }
 }
@@ -107,7 +113,9 @@ pub fn dynamic_threshold(
     );
     let numel = batch * per_sample;
     let bytes = (numel * 4) as u64;
-    let model_out = io.model_out.flat("thresholding model output", numel)?;
+    let model_out = io
+        .model_out
+        .flat("thresholding model output", io.guide.model_values(numel))?;
     let sample = io.sample.flat("thresholding sample", numel)?;
     let thresholds = io.thresholds.flat("thresholds", batch)?;
     // torch.quantile's rank position, computed in f64 as the CPU reference does.
@@ -135,6 +143,8 @@ pub fn dynamic_threshold(
             model_out,
             sample,
             thresholds,
+            io.guide.params(),
+            io.guide.ratio.binding(),
         ],
     )?;
     Ok(Dispatch {
