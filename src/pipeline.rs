@@ -438,11 +438,11 @@ impl Pipeline {
         batch: Option<usize>,
         per_eval: usize,
     ) -> Result<usize> {
-        let fits = gpu.map_or(usize::MAX, |(_, r)| r.max_batch() / per_eval);
+        let device_fits = gpu.map_or(usize::MAX, |(_, r)| r.max_batch());
+        let fits = device_fits / per_eval;
         ensure!(
             fits > 0,
-            "one guided image needs 2 images per model evaluation; the device holds {}",
-            fits * per_eval
+            "one guided image needs 2 images per model evaluation; the device holds {device_fits}"
         );
         match batch {
             Some(b) => {
