@@ -12,6 +12,8 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use ddim_wgpu::sampling::{SampleSettings, SamplerKind, SamplerSteps};
 use ddim_wgpu::schedule::{
     consistency_input, consistency_step, multistep_step_noisy, ConsistencyTable, MultistepState,
@@ -38,32 +40,7 @@ fn load() -> Value {
 }
 
 fn tensor(v: &Value) -> Vec<f32> {
-    let text = v["f32le_b64"].as_str().expect("f32le_b64");
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("bad base64 byte {c}"),
-        }
-    };
-    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-    for chunk in text.as_bytes().chunks(4) {
-        let pad = chunk.iter().filter(|&&c| c == b'=').count();
-        let n = chunk
-            .iter()
-            .map(|&c| if c == b'=' { 0 } else { val(c) })
-            .fold(0u32, |acc, d| (acc << 6) | d);
-        bytes.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..3 - pad]);
-    }
-    let out: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(out.len() as u64, v["len"].as_u64().unwrap());
-    out
+    common::fixture_f32(v)
 }
 
 fn ulps(a: f32, b: f32) -> u32 {
